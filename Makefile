@@ -1,0 +1,26 @@
+# dedup_ext: PGXS build
+MODULE_big = dedup_ext
+OBJS = \
+	dedup_ext.o \
+	src/args.o \
+	src/sqlgen.o \
+	src/audit.o \
+	src/dedup.o \
+	src/archive.o \
+	src/jobs.o \
+	src/spi.o \
+	src/unique.o \
+	src/verify.o
+
+EXTENSION = dedup_ext
+DATA = dedup_ext--1.0.sql
+PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
+
+PG_CPPFLAGS = -I$(srcdir)/src
+
+REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting
+REGRESS_OPTS = --inputdir=.
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

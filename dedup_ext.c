@@ -1,0 +1,48 @@
+/*
+ * dedup_ext.c
+ *		Module entry: settings.
+ *
+ * dedup_ext turns the hand-run runbooks for duplicate rows into SQL calls:
+ * audit, preview, dedup by delete or rename with an archive, rollback, and a
+ * unique index that keeps the duplicates from coming back.  The work itself
+ * lives in src/, one file per concern.
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "utils/guc.h"
+
+#include <limits.h>
+
+#include "dedup_ext.h"
+
+PG_MODULE_MAGIC;
+
+int			dedup_batch_size = 10000;
+int			dedup_batch_delay = 0;
+int			dedup_lock_timeout = 1000;
+int			dedup_max_workers = 2;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("dedup_ext.batch_size",
+							"Rows per committed batch in background jobs.",
+							NULL, &dedup_batch_size, 10000, 1, INT_MAX,
+							PGC_USERSET, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dedup_ext.batch_delay",
+							"Pause between batches of background jobs, to throttle them.",
+							NULL, &dedup_batch_delay, 0, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("dedup_ext.lock_timeout",
+							"Longest wait of a batch for a lock before it retries later.",
+							NULL, &dedup_lock_timeout, 1000, 1, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("dedup_ext.max_workers",
+							"Background workers running jobs at once.",
+							NULL, &dedup_max_workers, 2, 0, 64,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	MarkGUCPrefixReserved("dedup_ext");
+}

@@ -1,0 +1,534 @@
+/*
+ * args.c
+ *		Validation of the caller's arguments into a DedupTarget.
+ *
+ * Everything a call needs to know about the relation and the key is checked
+ * here, before the call changes anything, so that a refused call changes
+ * nothing.  The caller's filter and keep are parsed as exactly one
+ * expression / one ORDER BY list, analyzed against the relation, and then
+ * deparsed by ruleutils: generated SQL only ever contains that deparsed text,
+ * never the caller's string, so nothing can be appended to a statement.
+ */
+#include "dedup_ext.h"
+
+#include "access/genam.h"
+#include "access/relation.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/optimizer.h"
+#include "parser/parse_coerce.h"
+#include "parser/parse_collate.h"
+#include "parser/parse_expr.h"
+#include "parser/parse_oper.h"
+#include "parser/parse_relation.h"
+#include "parser/parser.h"
+#include "rewrite/rewriteManip.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/ruleutils.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+#include "utils/regproc.h"
+
+void
+dedup_require_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("argument \"%s\" must not be null", argname)));
+}
+
+/* "OPERATOR(schema.name)" for an operator, so that search_path cannot matter */
+static char *
+operator_sql(Oid opno)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
+	Form_pg_operator op;
+	char	   *result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for operator %u", opno);
+	op = (Form_pg_operator) GETSTRUCT(tup);
+	result = psprintf("OPERATOR(%s.%s)",
+					  quote_identifier(get_namespace_name(op->oprnamespace)),
+					  NameStr(op->oprname));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/* relid of a relation named by a qualified (quoted) name, or InvalidOid */
+Oid
+dedup_relid_by_name(const char *qualified)
+{
+	List	   *names = stringToQualifiedNameList(qualified);
+
+	return RangeVarGetRelid(makeRangeVarFromNameList(names), NoLock, true);
+}
+
+void
+dedup_check_owner(Oid relid)
+{
+	if (!dedup_rel_ownercheck(relid, GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of table %s", get_rel_name(relid)),
+				 errdetail("dedup_ext changes a table only for its owner or a member of the owning role.")));
+}
+
+static const char *
+relkind_name(char relkind)
+{
+	switch (relkind)
+	{
+		case RELKIND_VIEW:
+			return "a view";
+		case RELKIND_MATVIEW:
+			return "a materialized view";
+		case RELKIND_FOREIGN_TABLE:
+			return "a foreign table";
+		case RELKIND_PARTITIONED_TABLE:
+			return "a partitioned table";
+		case RELKIND_INDEX:
+		case RELKIND_PARTITIONED_INDEX:
+			return "an index";
+		case RELKIND_SEQUENCE:
+			return "a sequence";
+		case RELKIND_COMPOSITE_TYPE:
+			return "a composite type";
+		case RELKIND_TOASTVALUE:
+			return "a TOAST table";
+		default:
+			return "not a table";
+	}
+}
+
+/* Fill a DedupColumn from the relation's catalog entry for attnum. */
+static void
+fill_column(Relation rel, AttrNumber attnum, DedupColumn *col)
+{
+	Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+	TypeCacheEntry *tce;
+
+	col->name = pstrdup(NameStr(att->attname));
+	col->quoted = pstrdup(quote_identifier(col->name));
+	col->type = att->atttypid;
+	tce = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR);
+	col->eq_opr = tce->eq_opr;
+	col->eq_sql = OidIsValid(tce->eq_opr) ? operator_sql(tce->eq_opr) : NULL;
+}
+
+static void
+open_key(DedupTarget *t, Relation rel, ArrayType *key)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (ARR_NDIM(key) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("argument \"key\" must be a one-dimensional array of column names")));
+	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("argument \"key\" must name at least one column")));
+
+	t->nkeys = n;
+	t->keys = palloc0(sizeof(DedupColumn) * n);
+	for (int i = 0; i < n; i++)
+	{
+		char	   *name;
+		AttrNumber	attnum;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("argument \"key\" must not contain NULL")));
+		name = TextDatumGetCString(elems[i]);
+		attnum = get_attnum(t->relid, name);
+		if (attnum == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("column \"%s\" named in key does not exist", name),
+					 errdetail("Table %s has no column \"%s\".", t->qualname, name)));
+		if (attnum < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("column \"%s\" named in key is a system column", name)));
+		for (int j = 0; j < i; j++)
+			if (strcmp(t->keys[j].name, name) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_DUPLICATE_COLUMN),
+						 errmsg("column \"%s\" appears more than once in key", name)));
+
+		fill_column(rel, attnum, &t->keys[i]);
+		if (!OidIsValid(t->keys[i].eq_opr))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("key column \"%s\" has type %s, which has no equality operator",
+							name, format_type_be(t->keys[i].type)),
+					 errhint("Key columns need a type with a default btree or hash operator class; use a cast in a generated column if needed.")));
+	}
+}
+
+static void
+open_primary_key(DedupTarget *t, Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	Relation	idx;
+
+	t->npk = 0;
+	if (!OidIsValid(pkoid))
+		return;
+	idx = index_open(pkoid, AccessShareLock);
+	t->npk = idx->rd_index->indnkeyatts;
+	t->pk = palloc0(sizeof(DedupColumn) * t->npk);
+	for (int i = 0; i < t->npk; i++)
+		fill_column(rel, idx->rd_index->indkey.values[i], &t->pk[i]);
+	index_close(idx, AccessShareLock);
+}
+
+/*
+ * Parse "SELECT <prefix> <text>" and insist on exactly one SELECT whose only
+ * clause is the one the argument stands for (WHERE or ORDER BY).  Anything
+ * else -- a second statement, a UNION, a LIMIT -- means the argument was more
+ * than one expression or ORDER BY list.
+ */
+static SelectStmt *
+parse_clause(const char *argname, const char *prefix, const char *text)
+{
+	char	   *sql = psprintf("SELECT %s\n%s\n", prefix, text);
+	List	   *raw = raw_parser(sql, RAW_PARSE_DEFAULT);
+	SelectStmt *s;
+	bool		is_where = strcmp(prefix, "WHERE") == 0;
+
+	if (list_length(raw) != 1 ||
+		!IsA(((RawStmt *) linitial(raw))->stmt, SelectStmt))
+		goto not_one;
+	s = (SelectStmt *) ((RawStmt *) linitial(raw))->stmt;
+	if (s->op != SETOP_NONE || s->targetList || s->fromClause ||
+		s->distinctClause || s->intoClause || s->groupClause ||
+		s->havingClause || s->windowClause || s->valuesLists ||
+		s->limitCount || s->limitOffset || s->lockingClause || s->withClause)
+		goto not_one;
+	if (is_where ? (s->sortClause != NIL || s->whereClause == NULL)
+		: (s->whereClause != NULL || s->sortClause == NIL))
+		goto not_one;
+	return s;
+
+not_one:
+	ereport(ERROR,
+			(errcode(ERRCODE_SYNTAX_ERROR),
+			 errmsg("argument \"%s\" must be %s", argname,
+					is_where ? "a single boolean expression" : "a single ORDER BY list"),
+			 errdetail("Given: %s", text)));
+	pg_unreachable();
+}
+
+/*
+ * Run raw parsing and parse analysis of a caller's argument, prefixing any
+ * error with the argument's name.  Nothing has been changed yet when this
+ * runs, so rethrowing (rather than recovering in a subtransaction) is safe.
+ */
+typedef struct ParsedArg
+{
+	Node	   *expr;			/* the filter expression */
+	List	   *sortby;			/* the keep list: SortBy nodes ... */
+	List	   *exprs;			/* ... and their analyzed expressions */
+	bool		has_aggs;
+} ParsedArg;
+
+static void
+analyze_arg(DedupTarget *t, Relation rel, const char *argname,
+			const char *text, ParsedArg *out)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	bool		is_filter = strcmp(argname, "filter") == 0;
+
+	PG_TRY();
+	{
+		SelectStmt *s = parse_clause(argname, is_filter ? "WHERE" : "ORDER BY", text);
+		ParseState *pstate = make_parsestate(NULL);
+		ParseNamespaceItem *nsitem;
+
+		pstate->p_sourcetext = text;
+		nsitem = addRangeTableEntryForRelation(pstate, rel, AccessShareLock,
+											   NULL, false, true);
+		addNSItemToQuery(pstate, nsitem, false, true, true);
+		if (is_filter)
+		{
+			out->expr = transformExpr(pstate, s->whereClause, EXPR_KIND_WHERE);
+		}
+		else
+		{
+			ListCell   *lc;
+
+			out->sortby = s->sortClause;
+			foreach(lc, s->sortClause)
+			{
+				SortBy	   *sb = lfirst_node(SortBy, lc);
+				Node	   *e = transformExpr(pstate, sb->node, EXPR_KIND_WINDOW_ORDER);
+
+				assign_expr_collations(pstate, e);
+				out->exprs = lappend(out->exprs, e);
+			}
+		}
+		out->has_aggs = pstate->p_hasAggs;
+		free_parsestate(pstate);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		if (strncmp(edata->message, "argument \"", 10) != 0)
+			edata->message = psprintf("invalid %s: %s", argname, edata->message);
+		/* positions refer to our wrapper text, not to anything the caller sees */
+		edata->cursorpos = 0;
+		edata->internalpos = 0;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+
+	if (out->has_aggs)
+		ereport(ERROR,
+				(errcode(ERRCODE_GROUPING_ERROR),
+				 errmsg("aggregate functions are not allowed in %s", argname)));
+}
+
+static void
+open_filter(DedupTarget *t, Relation rel, const char *filter)
+{
+	ParsedArg	p = {0};
+	Node	   *expr;
+	Oid			type;
+
+	analyze_arg(t, rel, "filter", filter, &p);
+	expr = p.expr;
+	type = exprType(expr);
+	if (type != BOOLOID && type != UNKNOWNOID && getBaseType(type) != BOOLOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("argument \"filter\" must be a boolean expression, not type %s",
+						format_type_be(type)),
+				 errdetail("Given: %s", filter)));
+	expr = coerce_to_boolean(NULL, expr, "filter");
+	assign_expr_collations(NULL, expr);
+
+	t->filter_text = pstrdup(filter);
+	t->filter_r = deparse_expression(expr, deparse_context_for("r", t->relid), true, false);
+	t->filter_bare = deparse_expression(expr, deparse_context_for(t->relname, t->relid),
+										false, false);
+	t->filter_immutable = !contain_mutable_functions(expr) && !checkExprHasSubLink(expr);
+}
+
+/*
+ * Validate rel, key and filter.  check_owner: the call will change the table
+ * (or says what a change would do), so only its owner may make it.  The lock
+ * is held to the end of the transaction.
+ */
+DedupTarget *
+dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
+				  bool check_owner, LOCKMODE lockmode)
+{
+	DedupTarget *t = palloc0(sizeof(DedupTarget));
+	HeapTuple	tup;
+	Form_pg_class classform;
+	Relation	rel;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u given as argument \"rel\" does not exist", relid)));
+	classform = (Form_pg_class) GETSTRUCT(tup);
+	t->relid = relid;
+	t->relowner = classform->relowner;
+	t->relname = pstrdup(NameStr(classform->relname));
+	t->qualname = quote_qualified_identifier(get_namespace_name(classform->relnamespace),
+											 t->relname);
+	if (classform->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("argument \"rel\" must be a table, but \"%s\" is %s",
+						t->relname, relkind_name(classform->relkind)),
+				 classform->relkind == RELKIND_PARTITIONED_TABLE ?
+				 errhint("Deduplicate each partition, or key on the partition key.") : 0));
+	ReleaseSysCache(tup);
+
+	if (check_owner)
+		dedup_check_owner(relid);
+	LockRelationOid(relid, lockmode);
+	/* it may have been dropped while we waited for the lock */
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(relid)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"%s\" was dropped concurrently", t->relname)));
+
+	rel = relation_open(relid, NoLock);
+	open_key(t, rel, key);
+	open_primary_key(t, rel);
+	t->nulls_distinct = nulls_distinct;
+	if (filter != NULL)
+		open_filter(t, rel, text_to_cstring(filter));
+	t->rename_key = -1;
+	relation_close(rel, NoLock);
+	return t;
+}
+
+/* pk columns (or ctid) in ascending or descending order, alias r */
+static void
+append_tiebreak(StringInfo buf, DedupTarget *t, bool descending)
+{
+	const char *dir = descending ? " DESC" : "";
+
+	if (t->npk == 0)
+		appendStringInfo(buf, "r.ctid%s", dir);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(buf, "%sr.%s%s", i > 0 ? ", " : "", t->pk[i].quoted, dir);
+}
+
+/*
+ * keep: 'first' (lowest primary key, or ctid), 'last', or an ORDER BY list;
+ * the list is always followed by the primary key so that the survivor of a
+ * group is deterministic.
+ */
+void
+dedup_target_set_keep(DedupTarget *t, const char *keep)
+{
+	StringInfoData buf;
+	Relation	rel;
+	ParsedArg	p = {0};
+	ListCell   *ls,
+			   *le;
+	List	   *dpcontext;
+
+	initStringInfo(&buf);
+	if (strcmp(keep, "first") == 0 || strcmp(keep, "last") == 0)
+	{
+		append_tiebreak(&buf, t, keep[0] == 'l');
+		t->order_r = buf.data;
+		return;
+	}
+
+	rel = relation_open(t->relid, NoLock);
+	analyze_arg(t, rel, "keep", keep, &p);
+	relation_close(rel, NoLock);
+
+	dpcontext = deparse_context_for("r", t->relid);
+	forboth(ls, p.sortby, le, p.exprs)
+	{
+		SortBy	   *sb = lfirst_node(SortBy, ls);
+		Node	   *e = lfirst(le);
+		Oid			type = exprType(e);
+
+		appendStringInfoString(&buf, deparse_expression(e, dpcontext, true, false));
+		if (sb->sortby_dir == SORTBY_USING)
+		{
+			Oid			opno = compatible_oper_opid(sb->useOp, type, type, false);
+			Oid			opfamily;
+			Oid			opcintype;
+			int16		strategy;
+
+			if (!get_ordering_op_properties(opno, &opfamily, &opcintype, &strategy))
+				ereport(ERROR,
+						(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+						 errmsg("invalid keep: operator %s is not a valid ordering operator",
+								strVal(llast(sb->useOp)))));
+			appendStringInfo(&buf, " USING %s", operator_sql(opno));
+		}
+		else
+		{
+			Oid			sortop;
+
+			get_sort_group_operators(type, true, false, false, &sortop, NULL, NULL, NULL);
+			if (sb->sortby_dir == SORTBY_DESC)
+				appendStringInfoString(&buf, " DESC");
+		}
+		if (sb->sortby_nulls == SORTBY_NULLS_FIRST)
+			appendStringInfoString(&buf, " NULLS FIRST");
+		else if (sb->sortby_nulls == SORTBY_NULLS_LAST)
+			appendStringInfoString(&buf, " NULLS LAST");
+		appendStringInfoString(&buf, ", ");
+	}
+	append_tiebreak(&buf, t, false);
+	t->order_r = buf.data;
+}
+
+/*
+ * rename: the last key column of a string type gets a suffix made of the
+ * primary key, so a primary key is needed.
+ */
+void
+dedup_target_set_rename(DedupTarget *t)
+{
+	for (int i = t->nkeys - 1; i >= 0 && t->rename_key < 0; i--)
+		if (TypeCategory(getBaseType(t->keys[i].type)) == TYPCATEGORY_STRING)
+			t->rename_key = i;
+	if (t->rename_key < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("action \"rename\" needs a key column of a string type"),
+				 errdetail("The renamed column gets the suffix '-' || primary key; no column of the key of %s is text, varchar or similar.",
+						   t->qualname),
+				 errhint("Use action => 'delete' or 'merge', or add a text column to the key.")));
+	if (t->npk == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("action \"rename\" needs a table with a primary key"),
+				 errdetail("The renamed value is suffixed with the primary key, and %s has none.",
+						   t->qualname),
+				 errhint("Add a primary key, or use action => 'delete'.")));
+}
+
+DedupAction
+dedup_parse_action(const char *action)
+{
+	if (strcmp(action, "delete") == 0)
+		return DEDUP_ACTION_DELETE;
+	if (strcmp(action, "rename") == 0)
+		return DEDUP_ACTION_RENAME;
+	if (strcmp(action, "merge") == 0)
+		return DEDUP_ACTION_MERGE;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid value for argument \"action\": \"%s\"", action),
+			 errhint("Valid values are \"delete\", \"rename\" and \"merge\".")));
+	pg_unreachable();
+}
+
+const char *
+dedup_action_name(DedupAction action)
+{
+	static const char *const names[] = {"delete", "rename", "merge"};
+
+	return names[action];
+}
+
+DedupStrategy
+dedup_parse_strategy(const char *strategy)
+{
+	if (strcmp(strategy, "auto") == 0)
+		return DEDUP_STRATEGY_AUTO;
+	if (strcmp(strategy, "delete") == 0)
+		return DEDUP_STRATEGY_DELETE;
+	if (strcmp(strategy, "rewrite") == 0)
+		return DEDUP_STRATEGY_REWRITE;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid value for argument \"strategy\": \"%s\"", strategy),
+			 errhint("Valid values are \"auto\", \"delete\" and \"rewrite\".")));
+	pg_unreachable();
+}

@@ -1,0 +1,43 @@
+/*
+ * compat.h
+ *		The only place where dedup_ext looks at PG_VERSION_NUM.
+ *
+ * dedup_ext targets PostgreSQL 15; these macros keep 14-17 within reach by
+ * hiding the few server APIs that were renamed in that range.
+ */
+#ifndef DEDUP_COMPAT_H
+#define DEDUP_COMPAT_H
+
+#include "postgres.h"
+
+#if PG_VERSION_NUM < 140000
+#error "dedup_ext requires PostgreSQL 14 or later"
+#endif
+
+/* Ownership checks became object_ownercheck() in 16. */
+#if PG_VERSION_NUM >= 160000
+#include "catalog/pg_class.h"
+#include "utils/acl.h"
+#define dedup_rel_ownercheck(relid, roleid) \
+	object_ownercheck(RelationRelationId, (relid), (roleid))
+#else
+#include "utils/acl.h"
+#define dedup_rel_ownercheck(relid, roleid) pg_class_ownercheck((relid), (roleid))
+#endif
+
+/* MarkGUCPrefixReserved() appeared in 15; 14 spells it the old way. */
+#if PG_VERSION_NUM < 150000
+#define MarkGUCPrefixReserved(prefix) EmitWarningsOnPlaceholders(prefix)
+#endif
+
+/* UNIQUE NULLS NOT DISTINCT exists from 15 on. */
+#if PG_VERSION_NUM >= 150000
+#define DEDUP_HAVE_NULLS_NOT_DISTINCT 1
+#endif
+
+/* InitMaterializedSRF() was SetSingleFuncCall() before 15.2 and absent in 14. */
+#if PG_VERSION_NUM < 150002
+#define InitMaterializedSRF(fcinfo, flags) SetSingleFuncCall((fcinfo), (flags))
+#endif
+
+#endif							/* DEDUP_COMPAT_H */

@@ -1,0 +1,265 @@
+/*
+ * dedup.c
+ *		dedup_table in the foreground: delete and rename.
+ *
+ * The losers of every group are found with one window pass over the table
+ * (sql_ranked), and the same statement archives and removes (or renames)
+ * them: a data-modifying WITH whose sub-statements all see one snapshot, so
+ * the archive receives exactly the original versions of the rows the
+ * statement changes.  The whole job runs in the caller's transaction, under
+ * a SHARE ROW EXCLUSIVE lock that keeps writers (who could add duplicates
+ * behind the pass) out and lets readers in.
+ */
+#include "dedup_ext.h"
+
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(dedup_table);
+
+typedef struct DedupResult
+{
+	int64		job_id;			/* 0: dry run */
+	const char *state;
+	const char *strategy;
+	int64		groups;
+	int64		rows_deleted;
+	int64		rows_renamed;
+	char	   *archive_table;
+	char	   *unique_index;
+	bool		unique_is_constraint;
+} DedupResult;
+
+static void
+json_field(StringInfo buf, const char *name, const char *value)
+{
+	appendStringInfo(buf, "%s", buf->len > 1 ? ", " : "");
+	escape_json(buf, name);
+	appendStringInfoString(buf, ": ");
+	if (value)
+		escape_json(buf, value);
+	else
+		appendStringInfoString(buf, "null");
+}
+
+static void
+json_raw(StringInfo buf, const char *name, const char *raw)
+{
+	appendStringInfo(buf, "%s", buf->len > 1 ? ", " : "");
+	escape_json(buf, name);
+	appendStringInfo(buf, ": %s", raw);
+}
+
+/* the job's params, as given, plus what the job resolved (renamed column) */
+static char *
+params_json(FunctionCallInfo fcinfo, DedupTarget *t, const char *keep,
+			DedupAction action, const char *strategy)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	appendStringInfoString(&buf, "\"key\": [");
+	for (int i = 0; i < t->nkeys; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&buf, ", ");
+		escape_json(&buf, t->keys[i].name);
+	}
+	appendStringInfoChar(&buf, ']');
+	json_field(&buf, "keep", keep);
+	json_field(&buf, "action", dedup_action_name(action));
+	json_field(&buf, "filter", t->filter_text);
+	json_raw(&buf, "nulls_distinct", t->nulls_distinct ? "true" : "false");
+	json_raw(&buf, "archive", PG_GETARG_BOOL(6) ? "true" : "false");
+	json_raw(&buf, "add_unique", PG_GETARG_BOOL(7) ? "true" : "false");
+	json_raw(&buf, "background", PG_GETARG_BOOL(9) ? "true" : "false");
+	json_raw(&buf, "batch_size", PG_ARGISNULL(10) ? "null" : psprintf("%d", PG_GETARG_INT32(10)));
+	json_field(&buf, "strategy", strategy);
+	json_field(&buf, "rename_column",
+			   t->rename_key >= 0 ? t->keys[t->rename_key].name : NULL);
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/* dry run: what a dedup would do, from the same window pass */
+static void
+count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
+{
+	int64		losers;
+
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE s.dedup_rn OPERATOR(pg_catalog.=) 2),"
+							" pg_catalog.count(*) FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
+							sql_ranked(t, NULL)),
+				   SPI_OK_SELECT);
+	res->groups = spi_get_int64(0, 1);
+	losers = spi_get_int64(0, 2);
+	if (action == DEDUP_ACTION_RENAME)
+		res->rows_renamed = losers;
+	else
+		res->rows_deleted = losers;
+}
+
+/*
+ * Delete the losers, archiving them in the same statement.  Every duplicate
+ * group has exactly one row numbered 2, which counts the groups.
+ */
+static void
+run_delete(DedupTarget *t, DedupResult *res)
+{
+	const char *losers = psprintf("dedup_l AS (SELECT s.dedup_ctid, s.dedup_rn FROM (%s) s"
+								  " WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1)",
+								  sql_ranked(t, NULL));
+	const char *del = psprintf("dedup_d AS (DELETE FROM ONLY %s r USING dedup_l l"
+							   " WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid RETURNING r.*)",
+							   t->qualname);
+	char	   *sql;
+
+	if (res->archive_table)
+		sql = psprintf("WITH %s, %s, dedup_a AS (INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL"
+					   " FROM dedup_d d RETURNING 1)"
+					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_a),"
+					   " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_rn OPERATOR(pg_catalog.=) 2)",
+					   losers, del, res->archive_table, (long long) res->job_id);
+	else
+		sql = psprintf("WITH %s, %s"
+					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_d),"
+					   " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_rn OPERATOR(pg_catalog.=) 2)",
+					   losers, del);
+	spi_exec_count(sql, SPI_OK_SELECT);
+	res->rows_deleted = spi_get_int64(0, 1);
+	res->groups = spi_get_int64(0, 2);
+}
+
+/* Rename the losers' key column, archiving their original versions. */
+static void
+run_rename(DedupTarget *t, DedupResult *res)
+{
+	StringInfoData sql;
+	const char *col = t->keys[t->rename_key].quoted;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
+					 " WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s, ",
+					 sql_ranked(t, sql_rename_cols(t)), sql_rename_ctes(t, "dedup_l"));
+	if (res->archive_table)
+		appendStringInfo(&sql, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', f.dedup_cand, NULL"
+						 " FROM ONLY %s r JOIN dedup_f f ON r.ctid OPERATOR(pg_catalog.=) f.dedup_ctid"
+						 " RETURNING 1), ",
+						 res->archive_table, (long long) res->job_id, t->qualname);
+	appendStringInfo(&sql, "dedup_u AS (UPDATE ONLY %s r SET %s = f.dedup_cand FROM dedup_f f"
+					 " WHERE r.ctid OPERATOR(pg_catalog.=) f.dedup_ctid RETURNING 1)"
+					 " SELECT (SELECT pg_catalog.count(*) FROM dedup_u),"
+					 " (SELECT pg_catalog.count(*) FROM dedup_f f WHERE f.dedup_rn OPERATOR(pg_catalog.=) 2)",
+					 t->qualname, col);
+	spi_exec_count(sql.data, SPI_OK_SELECT);
+	res->rows_renamed = spi_get_int64(0, 1);
+	res->groups = spi_get_int64(0, 2);
+}
+
+static void
+return_result(FunctionCallInfo fcinfo, DedupResult *res)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[9];
+	bool		nulls[9] = {0};
+
+	InitMaterializedSRF(fcinfo, 0);
+	values[0] = Int64GetDatum(res->job_id);
+	nulls[0] = (res->job_id == 0);
+	values[1] = CStringGetTextDatum(res->state);
+	values[2] = CStringGetTextDatum(res->strategy);
+	values[3] = Int64GetDatum(res->groups);
+	values[4] = Int64GetDatum(res->rows_deleted);
+	values[5] = Int64GetDatum(res->rows_renamed);
+	values[6] = Int64GetDatum(0);
+	nulls[7] = (res->archive_table == NULL);
+	values[7] = nulls[7] ? (Datum) 0 : ObjectIdGetDatum(dedup_relid_by_name(res->archive_table));
+	nulls[8] = (res->unique_index == NULL);
+	values[8] = nulls[8] ? (Datum) 0 : ObjectIdGetDatum(dedup_relid_by_name(res->unique_index));
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+Datum
+dedup_table(PG_FUNCTION_ARGS)
+{
+	static const char *const argnames[] = {
+		"rel", "key", "keep", "action", NULL, "nulls_distinct", "archive",
+		"add_unique", "dry_run", "background", NULL, "strategy"
+	};
+	DedupTarget *t;
+	DedupAction action;
+	const char *keep;
+	bool		dry_run;
+	bool		add_unique;
+	DedupResult res = {0};
+
+	for (int i = 0; i < lengthof(argnames); i++)
+		if (argnames[i])
+			dedup_require_arg(fcinfo, i, argnames[i]);
+	keep = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	action = dedup_parse_action(text_to_cstring(PG_GETARG_TEXT_PP(3)));
+	(void) dedup_parse_strategy(text_to_cstring(PG_GETARG_TEXT_PP(11)));
+	if (!PG_ARGISNULL(10) && PG_GETARG_INT32(10) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("argument \"batch_size\" must be greater than zero")));
+	add_unique = PG_GETARG_BOOL(7);
+	dry_run = PG_GETARG_BOOL(8);
+
+	t = dedup_target_open(PG_GETARG_OID(0), PG_GETARG_ARRAYTYPE_P(1),
+						  PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4),
+						  PG_GETARG_BOOL(5), true,
+						  dry_run ? AccessShareLock : ShareRowExclusiveLock);
+	dedup_target_set_keep(t, keep);
+	if (action == DEDUP_ACTION_RENAME)
+		dedup_target_set_rename(t);
+	if (action == DEDUP_ACTION_MERGE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("action \"merge\" is not available in this version of dedup_ext")));
+	if (PG_GETARG_BOOL(9))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("background => true is not available in this version of dedup_ext"),
+				 errhint("Run the job in the foreground, inside your transaction.")));
+	if (add_unique && t->filter_bare && !t->filter_immutable)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+				 errmsg("argument \"filter\" cannot be the predicate of a unique index"),
+				 errdetail("An index predicate may use only immutable functions and no subqueries."),
+				 errhint("Use add_unique => false, or an immutable filter.")));
+
+	/* 'rewrite' arrives with the performance work; until then every job deletes in place */
+	res.strategy = "delete";
+	SPI_connect();
+	if (dry_run)
+	{
+		res.state = "dry_run";
+		count_losers(t, &res, action);
+	}
+	else
+	{
+		res.job_id = job_create("dedup", t->relid, t->relname,
+								params_json(fcinfo, t, keep, action,
+											text_to_cstring(PG_GETARG_TEXT_PP(11))), 0);
+		if (PG_GETARG_BOOL(6))
+			res.archive_table = archive_create(t, res.job_id);
+		if (action == DEDUP_ACTION_RENAME)
+			run_rename(t, &res);
+		else
+			run_delete(t, &res);
+		if (add_unique)
+			res.unique_index = unique_create(t, &res.unique_is_constraint);
+		job_finish(res.job_id, res.strategy, res.groups, res.rows_deleted, res.rows_renamed,
+				   res.rows_deleted + res.rows_renamed, res.archive_table,
+				   res.unique_index, res.unique_is_constraint);
+		res.state = "done";
+	}
+	return_result(fcinfo, &res);
+	SPI_finish();
+	return (Datum) 0;
+}

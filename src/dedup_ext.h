@@ -1,0 +1,150 @@
+/*
+ * dedup_ext.h
+ *		Declarations shared by the files of dedup_ext.
+ *
+ * The flow of every call: args.c validates the arguments into a DedupTarget
+ * (everything generated SQL needs to know about the relation and the key),
+ * sqlgen.c turns a DedupTarget into SQL fragments, and audit.c / dedup.c /
+ * archive.c run those as whole-table statements through SPI.  jobs.c keeps the
+ * job rows.  No code here fetches table rows into C memory: every per-row step
+ * is a set-based statement whose executor spills to disk as needed.
+ */
+#ifndef DEDUP_EXT_H
+#define DEDUP_EXT_H
+
+#include "postgres.h"
+
+#include "compat.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "storage/lockdefs.h"
+#include "utils/array.h"
+
+/* GUCs (dedup_ext.c) */
+extern int	dedup_batch_size;
+extern int	dedup_batch_delay;
+extern int	dedup_lock_timeout;
+extern int	dedup_max_workers;
+
+typedef enum DedupAction
+{
+	DEDUP_ACTION_DELETE,
+	DEDUP_ACTION_RENAME,
+	DEDUP_ACTION_MERGE
+} DedupAction;
+
+typedef enum DedupStrategy
+{
+	DEDUP_STRATEGY_AUTO,
+	DEDUP_STRATEGY_DELETE,
+	DEDUP_STRATEGY_REWRITE
+} DedupStrategy;
+
+/* One column the generated SQL refers to. */
+typedef struct DedupColumn
+{
+	char	   *name;			/* as in the catalog */
+	char	   *quoted;			/* quote_identifier(name) */
+	Oid			type;
+	Oid			eq_opr;			/* the type's default equality operator */
+	char	   *eq_sql;			/* "OPERATOR(schema.=)" for eq_opr */
+} DedupColumn;
+
+/* A validated relation + key + options; built by args.c. */
+typedef struct DedupTarget
+{
+	Oid			relid;
+	Oid			relowner;
+	char	   *relname;		/* unquoted, for messages and archive names */
+	char	   *qualname;		/* "schema"."table", quoted */
+	int			nkeys;
+	DedupColumn *keys;
+	int			npk;			/* 0: no primary key, ctid identifies rows */
+	DedupColumn *pk;
+	char	   *filter_text;	/* the caller's filter, as given (NULL: none) */
+	char	   *filter_r;		/* deparsed, columns qualified with alias r */
+	char	   *filter_bare;	/* deparsed, unqualified (index predicates) */
+	bool		filter_immutable;	/* usable as an index predicate */
+	bool		nulls_distinct;
+	char	   *order_r;		/* keep order + tie-breaker, alias r */
+	int			rename_key;		/* index into keys of the renamed column, or -1 */
+} DedupTarget;
+
+/* args.c */
+extern void dedup_require_arg(FunctionCallInfo fcinfo, int argno, const char *argname);
+extern DedupTarget *dedup_target_open(Oid relid, ArrayType *key, text *filter,
+									  bool nulls_distinct, bool check_owner,
+									  LOCKMODE lockmode);
+extern void dedup_target_set_keep(DedupTarget *t, const char *keep);
+extern void dedup_target_set_rename(DedupTarget *t);
+extern DedupAction dedup_parse_action(const char *action);
+extern const char *dedup_action_name(DedupAction action);
+extern DedupStrategy dedup_parse_strategy(const char *strategy);
+extern void dedup_check_owner(Oid relid);
+extern Oid	dedup_relid_by_name(const char *qualified);
+
+/* sqlgen.c */
+extern char *sql_key_list(DedupTarget *t, const char *alias);
+extern char *sql_key_json(DedupTarget *t, const char *alias);
+extern char *sql_row_id(DedupTarget *t, const char *alias);
+extern char *sql_rows_where(DedupTarget *t, bool with_filter);
+extern char *sql_any_key_null(DedupTarget *t, const char *alias);
+extern char *sql_keys_match(DedupTarget *t, const char *a, const char *b);
+extern char *sql_pk_match(DedupTarget *t, const char *a, const char *b);
+extern char *sql_ranked(DedupTarget *t, const char *extra_cols);
+extern char *sql_rename_cols(DedupTarget *t);
+extern char *sql_rename_ctes(DedupTarget *t, const char *source);
+extern char *sql_literal(const char *s);
+
+/* spi.c */
+extern int64 spi_exec_count(const char *sql, int expected);
+extern int64 spi_get_int64(int row, int col);
+extern void spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql);
+
+/* jobs.c */
+typedef struct DedupJob
+{
+	int64		job_id;
+	char	   *kind;
+	Oid			relid;
+	char	   *state;
+	Oid			submitted_by;
+	char	   *params;			/* jsonb as text */
+	int64		rows_deleted;
+	int64		rows_renamed;
+	char	   *archive_table;	/* qualified, or NULL */
+	char	   *unique_index;	/* qualified, or NULL */
+	bool		unique_is_constraint;
+	int64		rolled_back_by; /* 0: not rolled back */
+} DedupJob;
+
+extern char *dedup_ext_schema(void);
+extern Oid	dedup_ext_owner(void);
+extern int64 job_create(const char *kind, Oid relid, const char *relname,
+						const char *params_json, int64 target_job);
+extern void job_finish(int64 job_id, const char *strategy, int64 groups,
+					   int64 rows_deleted, int64 rows_renamed, int64 rows_changed,
+					   const char *archive_table, const char *unique_index,
+					   bool unique_is_constraint);
+extern void job_mark_rolled_back(int64 job_id, int64 rollback_job_id);
+extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
+extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
+							   const char *nulls, int expected);
+extern char *job_param(DedupJob *job, const char *name);
+extern ArrayType *job_param_array(DedupJob *job, const char *name);
+
+/* archive.c */
+extern char *archive_create(DedupTarget *t, int64 job_id);
+
+/* unique.c */
+extern char *unique_create(DedupTarget *t, bool *is_constraint);
+
+/* the SQL-callable functions */
+extern Datum dedup_audit(PG_FUNCTION_ARGS);
+extern Datum dedup_groups(PG_FUNCTION_ARGS);
+extern Datum dedup_preview(PG_FUNCTION_ARGS);
+extern Datum dedup_table(PG_FUNCTION_ARGS);
+extern Datum dedup_rollback(PG_FUNCTION_ARGS);
+extern Datum dedup_verify(PG_FUNCTION_ARGS);
+
+#endif							/* DEDUP_EXT_H */

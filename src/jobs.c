@@ -1,0 +1,258 @@
+/*
+ * jobs.c
+ *		The job rows in dedup_job.
+ *
+ * dedup_job is not writable by users: a job row is written here, by the C
+ * code, as the owner of the extension (SetUserIdAndSecContext for the
+ * duration of one statement), so that a role can neither forge nor alter
+ * jobs, yet every job row is written in the caller's transaction and
+ * disappears with it on ROLLBACK.  Users read the dedup_jobs view, which
+ * shows each role its own jobs.
+ */
+#include "dedup_ext.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+/*
+ * Where the extension lives and who owns it.  get_extension_schema() is not
+ * exported before PostgreSQL 16, so ask the catalog.
+ */
+static void
+extension_info(char **schema, Oid *owner)
+{
+	bool		isnull;
+
+	if (SPI_execute("SELECT n.nspname, e.extowner FROM pg_catalog.pg_extension e"
+					" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
+					" WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext'", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension \"dedup_ext\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION dedup_ext.")));
+	if (schema)
+		*schema = pstrdup(quote_identifier(SPI_getvalue(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 1)));
+	if (owner)
+		*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 2, &isnull));
+}
+
+/* quoted name of the extension's schema */
+char *
+dedup_ext_schema(void)
+{
+	char	   *schema;
+
+	extension_info(&schema, NULL);
+	return schema;
+}
+
+/* the owner of the extension and of its objects */
+Oid
+dedup_ext_owner(void)
+{
+	Oid			owner;
+
+	extension_info(NULL, &owner);
+	return owner;
+}
+
+/*
+ * Execute one statement as the extension owner.  An error aborts the
+ * transaction (or subtransaction), which restores the user id.
+ */
+int64
+spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
+				  const char *nulls, int expected)
+{
+	Oid			saved_user;
+	int			saved_sec;
+	int			ret;
+
+	GetUserIdAndSecContext(&saved_user, &saved_sec);
+	SetUserIdAndSecContext(dedup_ext_owner(),
+						   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	SetUserIdAndSecContext(saved_user, saved_sec);
+	if (ret != expected)
+		elog(ERROR, "dedup_ext: unexpected SPI result %s for: %s",
+			 SPI_result_code_string(ret), sql);
+	return (int64) SPI_processed;
+}
+
+int64
+job_create(const char *kind, Oid relid, const char *relname,
+		   const char *params_json, int64 target_job)
+{
+	Oid			types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID, INT8OID};
+	Datum		values[6];
+	char		nulls[7] = "      ";
+
+	values[0] = CStringGetTextDatum(kind);
+	values[1] = ObjectIdGetDatum(relid);
+	values[2] = CStringGetTextDatum(relname);
+	values[3] = CStringGetTextDatum(params_json);
+	values[4] = ObjectIdGetDatum(GetUserId());
+	values[5] = Int64GetDatum(target_job);
+	if (target_job == 0)
+		nulls[5] = 'n';
+	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job"
+							   " (kind, relation, relation_name, params, state, submitted_by,"
+							   "  started_at, target_job)"
+							   " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
+							   "  pg_catalog.clock_timestamp(), $6) RETURNING job_id",
+							   dedup_ext_schema()),
+					  6, types, values, nulls, SPI_OK_INSERT_RETURNING);
+	return spi_get_int64(0, 1);
+}
+
+void
+job_finish(int64 job_id, const char *strategy, int64 groups,
+		   int64 rows_deleted, int64 rows_renamed, int64 rows_changed,
+		   const char *archive_table, const char *unique_index,
+		   bool unique_is_constraint)
+{
+	Oid			types[9] = {INT8OID, TEXTOID, INT8OID, INT8OID, INT8OID, TEXTOID, TEXTOID, BOOLOID,
+	INT8OID};
+	Datum		values[9];
+	char		nulls[10] = "         ";
+
+	values[0] = Int64GetDatum(job_id);
+	values[1] = strategy ? CStringGetTextDatum(strategy) : (Datum) 0;
+	values[2] = Int64GetDatum(groups);
+	values[3] = Int64GetDatum(rows_deleted);
+	values[4] = Int64GetDatum(rows_renamed);
+	values[5] = archive_table ? CStringGetTextDatum(archive_table) : (Datum) 0;
+	values[6] = unique_index ? CStringGetTextDatum(unique_index) : (Datum) 0;
+	values[7] = BoolGetDatum(unique_is_constraint);
+	values[8] = Int64GetDatum(rows_changed);
+	if (!strategy)
+		nulls[1] = 'n';
+	if (!archive_table)
+		nulls[5] = 'n';
+	if (!unique_index)
+		nulls[6] = 'n';
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'done',"
+							   " finished_at = pg_catalog.clock_timestamp(),"
+							   " strategy = $2, duplicate_groups = $3,"
+							   " rows_deleted = $4, rows_renamed = $5,"
+							   " rows_done = $9, rows_changed = $9,"
+							   " archive_table = $6, unique_index = $7,"
+							   " unique_is_constraint = $8"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1",
+							   dedup_ext_schema()),
+					  9, types, values, nulls, SPI_OK_UPDATE);
+}
+
+void
+job_mark_rolled_back(int64 job_id, int64 rollback_job_id)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2] = {Int64GetDatum(job_id), Int64GetDatum(rollback_job_id)};
+
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET rolled_back_by = $2"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1",
+							   dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+static char *
+get_text(int col)
+{
+	return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col);
+}
+
+/*
+ * Read a job.  A role sees its own jobs; superusers and members of
+ * pg_read_all_stats see all; control (rollback, cancel...) is for the
+ * submitter and superusers only.  for_update locks the job row, so that two
+ * sessions cannot, say, roll back the same job twice.
+ */
+DedupJob *
+job_fetch(int64 job_id, bool for_update, bool control)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(job_id)};
+	DedupJob   *job;
+	char	   *s;
+	bool		own;
+
+	spi_exec_as_owner(psprintf("SELECT job_id, kind, relation, state, submitted_by, params::pg_catalog.text,"
+							   " rows_deleted, rows_renamed, archive_table, unique_index,"
+							   " unique_is_constraint, rolled_back_by"
+							   " FROM %s.dedup_job WHERE job_id OPERATOR(pg_catalog.=) $1%s",
+							   dedup_ext_schema(), for_update ? " FOR UPDATE" : ""),
+					  1, types, values, NULL, SPI_OK_SELECT);
+
+	job = palloc0(sizeof(DedupJob));
+	if (SPI_processed == 1)
+	{
+		job->job_id = job_id;
+		job->kind = get_text(2);
+		job->relid = (Oid) strtoul(get_text(3), NULL, 10);
+		job->state = get_text(4);
+		job->submitted_by = (Oid) strtoul(get_text(5), NULL, 10);
+		job->params = get_text(6);
+		job->rows_deleted = spi_get_int64(0, 7);
+		job->rows_renamed = spi_get_int64(0, 8);
+		job->archive_table = get_text(9);
+		job->unique_index = get_text(10);
+		s = get_text(11);
+		job->unique_is_constraint = s && s[0] == 't';
+		job->rolled_back_by = spi_get_int64(0, 12);
+	}
+	own = job->job_id != 0 && (job->submitted_by == GetUserId() || superuser());
+	if (job->job_id == 0 ||
+		(!own && !has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job %lld does not exist", (long long) job_id),
+				 errhint("dedup_jobs lists the jobs you can see.")));
+	if (control && !own)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be the submitter of job %lld", (long long) job_id),
+				 errdetail("Job %lld was submitted by role %s.", (long long) job_id,
+						   GetUserNameFromId(job->submitted_by, true))));
+	return job;
+}
+
+/* one top-level field of the job's params, as text (NULL if absent or null) */
+char *
+job_param(DedupJob *job, const char *name)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(job->params), CStringGetTextDatum(name)};
+
+	if (SPI_execute_with_args("SELECT $1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) $2",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read job parameters");
+	return get_text(1);
+}
+
+/* a text[] field of the job's params */
+ArrayType *
+job_param_array(DedupJob *job, const char *name)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(job->params), CStringGetTextDatum(name)};
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute_with_args("SELECT ARRAY(SELECT pg_catalog.jsonb_array_elements_text("
+							  "$1::pg_catalog.jsonb OPERATOR(pg_catalog.->) $2))",
+							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read job parameters");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return DatumGetArrayTypePCopy(d);
+}

@@ -1,0 +1,189 @@
+/*
+ * sqlgen.c
+ *		SQL fragments generated from a DedupTarget.
+ *
+ * Every fragment quotes identifiers, schema-qualifies functions, types and
+ * operators (OPERATOR(pg_catalog.=) and the key types' own equality
+ * operators), and refers to the table through an alias, normally "r", so
+ * that the deparsed filter and keep (which use "r.") fit in.
+ */
+#include "dedup_ext.h"
+
+#include "utils/builtins.h"
+
+char *
+sql_literal(const char *s)
+{
+	return quote_literal_cstr(s);
+}
+
+/* "r.a, r.b"; with alias NULL "a, b" */
+char *
+sql_key_list(DedupTarget *t, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < t->nkeys; i++)
+		appendStringInfo(&buf, "%s%s%s%s", i > 0 ? ", " : "",
+						 alias ? alias : "", alias ? "." : "", t->keys[i].quoted);
+	return buf.data;
+}
+
+static char *
+json_object_of(DedupColumn *cols, int ncols, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "pg_catalog.jsonb_build_object(");
+	for (int i = 0; i < ncols; i++)
+		appendStringInfo(&buf, "%s%s, %s.%s", i > 0 ? ", " : "",
+						 sql_literal(cols[i].name), alias, cols[i].quoted);
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+/* key_values: {"a": .., "b": ..} */
+char *
+sql_key_json(DedupTarget *t, const char *alias)
+{
+	return json_object_of(t->keys, t->nkeys, alias);
+}
+
+/* row_id: the primary key as a jsonb object, or {"ctid": "(0,1)"} */
+char *
+sql_row_id(DedupTarget *t, const char *alias)
+{
+	if (t->npk == 0)
+		return psprintf("pg_catalog.jsonb_build_object('ctid', %s.ctid::pg_catalog.text)", alias);
+	return json_object_of(t->pk, t->npk, alias);
+}
+
+/* "(r.a IS NULL OR r.b IS NULL)" */
+char *
+sql_any_key_null(DedupTarget *t, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '(');
+	for (int i = 0; i < t->nkeys; i++)
+		appendStringInfo(&buf, "%s%s.%s IS NULL", i > 0 ? " OR " : "", alias, t->keys[i].quoted);
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+/*
+ * The rows that take part, alias r: the filter (if with_filter) and, when
+ * NULLs are distinct, no NULL in a key column (such a row is never a
+ * duplicate).
+ */
+char *
+sql_rows_where(DedupTarget *t, bool with_filter)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "true");
+	if (with_filter && t->filter_r)
+		appendStringInfo(&buf, " AND %s", t->filter_r);
+	if (t->nulls_distinct)
+		for (int i = 0; i < t->nkeys; i++)
+			appendStringInfo(&buf, " AND r.%s IS NOT NULL", t->keys[i].quoted);
+	return buf.data;
+}
+
+/* a.k = b.k for every key column, NULL-safe when NULLs are not distinct */
+char *
+sql_keys_match(DedupTarget *t, const char *a, const char *b)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < t->nkeys; i++)
+	{
+		const char *c = t->keys[i].quoted;
+
+		if (i > 0)
+			appendStringInfoString(&buf, " AND ");
+		if (t->nulls_distinct)
+			appendStringInfo(&buf, "%s.%s %s %s.%s", a, c, t->keys[i].eq_sql, b, c);
+		else
+			appendStringInfo(&buf, "(%s.%s %s %s.%s OR (%s.%s IS NULL AND %s.%s IS NULL))",
+							 a, c, t->keys[i].eq_sql, b, c, a, c, b, c);
+	}
+	return buf.data;
+}
+
+/* a.pk = b.pk for every primary-key column */
+char *
+sql_pk_match(DedupTarget *t, const char *a, const char *b)
+{
+	StringInfoData buf;
+
+	Assert(t->npk > 0);
+	initStringInfo(&buf);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, "%s%s.%s %s %s.%s", i > 0 ? " AND " : "",
+						 a, t->pk[i].quoted, t->pk[i].eq_sql, b, t->pk[i].quoted);
+	return buf.data;
+}
+
+/*
+ * One pass over the table that numbers the rows of every key group in keep
+ * order: dedup_rn = 1 is the survivor, every other row is a loser.  The
+ * window shares one sort with any other window over the same partition.
+ */
+char *
+sql_ranked(DedupTarget *t, const char *extra_cols)
+{
+	return psprintf("SELECT r.ctid AS dedup_ctid, pg_catalog.row_number() OVER dedup_w AS dedup_rn%s"
+					" FROM ONLY %s r WHERE %s"
+					" WINDOW dedup_w AS (PARTITION BY %s ORDER BY %s)",
+					extra_cols ? extra_cols : "", t->qualname, sql_rows_where(t, true),
+					sql_key_list(t, "r"), t->order_r);
+}
+
+/* the extra columns sql_ranked needs for sql_rename_ctes */
+char *
+sql_rename_cols(DedupTarget *t)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, ", r.%s::pg_catalog.text AS dedup_val, pg_catalog.concat_ws('-'",
+					 t->keys[t->rename_key].quoted);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, ", r.%s", t->pk[i].quoted);
+	appendStringInfoString(&buf, ") AS dedup_suffix");
+	return buf.data;
+}
+
+/*
+ * CTEs (for WITH RECURSIVE) giving the new value of every renamed row:
+ * dedup_f(dedup_ctid, dedup_rn, dedup_cand).  source names a relation of
+ * losers with the columns of sql_rename_cols.  The candidate is
+ * value || '-' || pk; while some row of the table already has it, another
+ * '-' || pk is appended.  Preview and dedup share this text, so the preview
+ * shows exactly the values a rename writes.
+ */
+char *
+sql_rename_ctes(DedupTarget *t, const char *source)
+{
+	const char *col = t->keys[t->rename_key].quoted;
+
+	return psprintf("dedup_c(dedup_ctid, dedup_rn, dedup_suffix, dedup_cand, dedup_depth) AS ("
+					" SELECT s.dedup_ctid, s.dedup_rn, s.dedup_suffix,"
+					" s.dedup_val OPERATOR(pg_catalog.||) '-'::pg_catalog.text OPERATOR(pg_catalog.||) s.dedup_suffix,"
+					" 0 FROM %s s"
+					" UNION ALL"
+					" SELECT c.dedup_ctid, c.dedup_rn, c.dedup_suffix,"
+					" c.dedup_cand OPERATOR(pg_catalog.||) '-'::pg_catalog.text OPERATOR(pg_catalog.||) c.dedup_suffix,"
+					" c.dedup_depth OPERATOR(pg_catalog.+) 1 FROM dedup_c c"
+					" WHERE EXISTS (SELECT FROM ONLY %s x"
+					" WHERE x.%s::pg_catalog.text OPERATOR(pg_catalog.=) c.dedup_cand)),"
+					" dedup_f AS (SELECT DISTINCT ON (c.dedup_ctid) c.dedup_ctid, c.dedup_rn, c.dedup_cand"
+					" FROM dedup_c c ORDER BY c.dedup_ctid, c.dedup_depth DESC)",
+					source, t->qualname, col);
+}

@@ -1,0 +1,166 @@
+/*
+ * verify.c
+ *		dedup_verify: checks a finished job against the table as it is now.
+ *
+ * Every check is one statement; a check that fails says in its detail how
+ * many rows are off, so that a DBA can go and look.
+ */
+#include "dedup_ext.h"
+
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(dedup_verify);
+
+static void
+add_check(ReturnSetInfo *rsinfo, const char *name, bool ok, const char *detail)
+{
+	Datum		values[3] = {CStringGetTextDatum(name), BoolGetDatum(ok),
+	CStringGetTextDatum(detail)};
+	bool		nulls[3] = {0};
+
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+static int64
+count_of(const char *sql)
+{
+	spi_exec_count(sql, SPI_OK_SELECT);
+	return spi_get_int64(0, 1);
+}
+
+/* checks of the archive of a dedup job against the table */
+static void
+check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
+{
+	const char *a = job->archive_table;
+	int64		deleted,
+				renamed,
+				n;
+
+	if (!OidIsValid(dedup_relid_by_name(a)))
+	{
+		add_check(rsinfo, "archive_complete", false,
+				  psprintf("archive table %s no longer exists", a));
+		return;
+	}
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
+							" pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
+							" FROM %s a", a),
+				   SPI_OK_SELECT);
+	deleted = spi_get_int64(0, 1);
+	renamed = spi_get_int64(0, 2);
+	add_check(rsinfo, "archive_complete",
+			  deleted == job->rows_deleted && renamed == job->rows_renamed,
+			  psprintf("%lld of %lld removed and %lld of %lld renamed rows archived in %s",
+					   (long long) deleted, (long long) job->rows_deleted,
+					   (long long) renamed, (long long) job->rows_renamed, a));
+
+	n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s a"
+						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'"
+						  " AND NOT EXISTS (SELECT FROM ONLY %s r WHERE %s)",
+						  a, t->qualname, sql_keys_match(t, "r", "a")));
+	add_check(rsinfo, "removed_rows_have_survivor", n == 0,
+			  psprintf("%lld removed rows have no row with their key in the table", (long long) n));
+
+	if (t->npk > 0)
+	{
+		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s a"
+							  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'"
+							  " AND EXISTS (SELECT FROM ONLY %s r WHERE %s)",
+							  a, t->qualname, sql_pk_match(t, "r", "a")));
+		add_check(rsinfo, "removed_rows_absent", n == 0,
+				  psprintf("%lld removed rows are back in the table", (long long) n));
+	}
+	if (renamed > 0 && t->rename_key >= 0 && t->npk > 0)
+	{
+		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s a"
+							  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename'"
+							  " AND NOT EXISTS (SELECT FROM ONLY %s r WHERE %s"
+							  " AND r.%s::pg_catalog.text OPERATOR(pg_catalog.=) a.dedup_new_value)",
+							  a, t->qualname, sql_pk_match(t, "r", "a"),
+							  t->keys[t->rename_key].quoted));
+		add_check(rsinfo, "renamed_rows_renamed", n == 0,
+				  psprintf("%lld renamed rows no longer have their new value", (long long) n));
+	}
+}
+
+static void
+check_unique(ReturnSetInfo *rsinfo, DedupJob *job)
+{
+	Oid			idx = dedup_relid_by_name(job->unique_index);
+	bool		ok = false;
+
+	if (OidIsValid(idx))
+	{
+		spi_exec_count(psprintf("SELECT i.indisunique AND i.indisvalid FROM pg_catalog.pg_index i"
+								" WHERE i.indexrelid OPERATOR(pg_catalog.=) %u", idx),
+					   SPI_OK_SELECT);
+		ok = SPI_processed == 1 &&
+			strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
+	}
+	add_check(rsinfo, "unique_index", ok,
+			  ok ? psprintf("%s is a valid unique index", job->unique_index)
+			  : psprintf("%s is missing or not a valid unique index", job->unique_index));
+}
+
+Datum
+dedup_verify(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	DedupJob   *job;
+	DedupTarget *t;
+	char	   *filter;
+	char	   *add_unique;
+	int64		n;
+
+	dedup_require_arg(fcinfo, 0, "job_id");
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	job = job_fetch(PG_GETARG_INT64(0), false, false);
+
+	add_check(rsinfo, "job_done",
+			  strcmp(job->state, "done") == 0 && job->rolled_back_by == 0,
+			  job->rolled_back_by ?
+			  psprintf("rolled back by job %lld", (long long) job->rolled_back_by) :
+			  psprintf("state is %s", job->state));
+	if (strcmp(job->kind, "dedup") != 0 || job->rolled_back_by != 0 ||
+		strcmp(job->state, "done") != 0)
+	{
+		SPI_finish();
+		return (Datum) 0;
+	}
+	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->relid)))
+	{
+		add_check(rsinfo, "table_exists", false, "the table of the job no longer exists");
+		SPI_finish();
+		return (Datum) 0;
+	}
+
+	filter = job_param(job, "filter");
+	t = dedup_target_open(job->relid, job_param_array(job, "key"),
+						  filter ? cstring_to_text(filter) : NULL,
+						  strcmp(job_param(job, "nulls_distinct"), "true") == 0,
+						  false, AccessShareLock);
+	if (job_param(job, "rename_column"))
+		dedup_target_set_rename(t);
+
+	n = count_of(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s r WHERE %s"
+						  " GROUP BY %s HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) g",
+						  t->qualname, sql_rows_where(t, true), sql_key_list(t, "r")));
+	add_check(rsinfo, "no_duplicates", n == 0,
+			  psprintf("%lld duplicate groups under the key", (long long) n));
+	if (job->archive_table)
+		check_archive(rsinfo, job, t);
+	add_unique = job_param(job, "add_unique");
+	if (job->unique_index)
+		check_unique(rsinfo, job);
+	else if (add_unique && strcmp(add_unique, "true") == 0)
+		add_check(rsinfo, "unique_index", false, "the job recorded no unique index");
+	SPI_finish();
+	return (Datum) 0;
+}
