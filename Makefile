@@ -20,6 +20,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 
 REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting
 REGRESS_OPTS = --inputdir=.
+TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
