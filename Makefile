@@ -8,6 +8,7 @@ OBJS = \
 	src/dedup.o \
 	src/archive.o \
 	src/jobs.o \
+	src/merge.o \
 	src/spi.o \
 	src/unique.o \
 	src/verify.o

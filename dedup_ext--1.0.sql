@@ -30,6 +30,8 @@ CREATE TABLE dedup_job (
     rows_deleted    bigint NOT NULL DEFAULT 0,
     rows_renamed    bigint NOT NULL DEFAULT 0,
     refs_repointed  bigint NOT NULL DEFAULT 0,
+    refs_removed    bigint NOT NULL DEFAULT 0,
+    ref_archives    jsonb,
     archive_table   text,
     unique_index    text,
     unique_is_constraint boolean NOT NULL DEFAULT false,
@@ -42,7 +44,7 @@ SELECT pg_catalog.pg_extension_config_dump('dedup_job_job_id_seq', '');
 
 CREATE VIEW dedup_jobs AS
 SELECT j.job_id, j.kind,
-       pg_catalog.to_regclass(j.relation::pg_catalog.text) AS relation,
+       j.relation::pg_catalog.regclass AS relation,
        j.params, j.state,
        pg_catalog.pg_get_userbyid(j.submitted_by) AS submitted_by,
        j.submitted_at, j.started_at, j.finished_at,
@@ -51,7 +53,7 @@ SELECT j.job_id, j.kind,
        j.rows_deleted, j.rows_renamed, j.refs_repointed,
        pg_catalog.to_regclass(j.archive_table) AS archive_table,
        pg_catalog.to_regclass(j.unique_index) AS unique_index,
-       j.target_job, j.rolled_back_by, j.relation_name
+       j.target_job, j.rolled_back_by, j.relation_name, j.refs_removed, j.ref_archives
   FROM @extschema@.dedup_job j
  WHERE j.submitted_by = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
     OR pg_catalog.pg_has_role(CURRENT_USER, 'pg_read_all_stats', 'USAGE');

@@ -33,16 +33,26 @@ PG_FUNCTION_INFO_V1(dedup_rollback);
 	"dedup_job_id pg_catalog.int8 NOT NULL, dedup_action pg_catalog.text NOT NULL," \
 	" dedup_new_value pg_catalog.text, dedup_survivor pg_catalog.jsonb"
 
+/*
+ * Create the archive of a table for a job: dedup_archive.<table>_<job_id>,
+ * or <table>_<job_id>_<tag> for the tables a merge re-points.  It belongs to
+ * the table's owner; writer, if not that owner, may add rows to it (a merge
+ * re-points rows of tables the caller may change but does not own).
+ */
 char *
-archive_create(DedupTarget *t, int64 job_id)
+archive_create(Oid relid, int64 job_id, const char *tag, Oid writer)
 {
-	Relation	rel = relation_open(t->relid, NoLock);
+	Relation	rel = relation_open(relid, NoLock);
 	TupleDesc	desc = RelationGetDescr(rel);
-	char	   *suffix = psprintf("_%lld", (long long) job_id);
-	int			len = pg_mbcliplen(t->relname, strlen(t->relname),
-								   NAMEDATALEN - 1 - strlen(suffix));
+	const char *relname = RelationGetRelationName(rel);
+	char	   *suffix = psprintf("_%lld%s%s", (long long) job_id, tag ? "_" : "", tag ? tag : "");
+	int			len = pg_mbcliplen(relname, strlen(relname), NAMEDATALEN - 1 - strlen(suffix));
 	char	   *qname = quote_qualified_identifier("dedup_archive",
-												   psprintf("%.*s%s", len, t->relname, suffix));
+												   psprintf("%.*s%s", len, relname, suffix));
+	Oid			relowner = rel->rd_rel->relowner;
+	char	   *owner = pstrdup(quote_identifier(GetUserNameFromId(relowner, false)));
+	char	   *source = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												   relname);
 	StringInfoData sql;
 
 	initStringInfo(&sql);
@@ -67,11 +77,14 @@ archive_create(DedupTarget *t, int64 job_id)
 	spi_exec_as_owner(sql.data, 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	spi_exec_as_owner(psprintf("COMMENT ON TABLE %s IS %s", qname,
 							   sql_literal(psprintf("dedup_ext: rows removed or changed in %s by job %lld",
-													t->qualname, (long long) job_id))),
+													source, (long long) job_id))),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
-	spi_exec_as_owner(psprintf("ALTER TABLE %s OWNER TO %s", qname,
-							   quote_identifier(GetUserNameFromId(t->relowner, false))),
+	spi_exec_as_owner(psprintf("ALTER TABLE %s OWNER TO %s", qname, owner),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	if (OidIsValid(writer) && !has_privs_of_role(writer, relowner))
+		spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", qname,
+								   quote_identifier(GetUserNameFromId(writer, false))),
+						  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	return qname;
 }
 
@@ -117,6 +130,104 @@ drop_unique(DedupJob *job, const char *qualname)
 								quote_identifier(get_rel_name(idx))), SPI_OK_UTILITY);
 	else
 		spi_exec_count(psprintf("DROP INDEX %s", job->unique_index), SPI_OK_UTILITY);
+}
+
+/* "c.a = a.a, c.b = a.b"-style lists over unquoted names */
+static char *
+name_list(Datum *names, int n, const char *fmt, const char *sep)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < n; i++)
+	{
+		const char *q = quote_identifier(TextDatumGetCString(names[i]));
+
+		if (i > 0)
+			appendStringInfoString(&buf, sep);
+		appendStringInfo(&buf, fmt, q, q);
+	}
+	return buf.data;
+}
+
+/*
+ * Undo what a merge did to the referencing tables: put back the rows removed
+ * as collisions and set re-pointed foreign keys back.  Runs after the
+ * table's own rows are back, so the restored references find their rows.
+ */
+static int64
+restore_refs(DedupJob *job)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(job->ref_archives)};
+	SPITupleTable *refs;
+	uint64		nrefs;
+	int64		restored = 0;
+
+	if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'table', e OPERATOR(pg_catalog.->>) 'archive',"
+							  " ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e OPERATOR(pg_catalog.->) 'columns')),"
+							  " ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e OPERATOR(pg_catalog.->) 'pk'))"
+							  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job->job_id);
+	refs = SPI_tuptable;
+	nrefs = SPI_processed;
+
+	for (uint64 i = 0; i < nrefs; i++)
+	{
+		HeapTuple	tup = refs->vals[i];
+		char	   *child = SPI_getvalue(tup, refs->tupdesc, 1);
+		char	   *archive = SPI_getvalue(tup, refs->tupdesc, 2);
+		bool		isnull;
+		Datum	   *cols,
+				   *pk;
+		int			ncols,
+					npk;
+		Oid			childid = dedup_relid_by_name(child);
+		Oid			archiveid = dedup_relid_by_name(archive);
+		char	   *restorable;
+		char	   *match;
+		int64		moved,
+					expected;
+
+		if (!OidIsValid(childid) || !OidIsValid(archiveid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: %s or its archive %s no longer exists",
+							(long long) job->job_id, child, archive)));
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 3, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &cols, NULL, &ncols);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 4, &isnull)),
+						  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
+
+		restorable = restorable_columns(archiveid, childid);
+		restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
+											" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
+											child, restorable, restorable, archive),
+								   SPI_OK_INSERT);
+
+		match = npk > 0 ?
+			psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
+					 name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "a.%s%.0s", ", ")) :
+			pstrdup("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid");
+		moved = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s a"
+										" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND %s",
+										child, name_list(cols, ncols, "%s = a.%s", ", "), archive, match),
+							   SPI_OK_UPDATE);
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s a"
+								" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint'", archive),
+					   SPI_OK_SELECT);
+		expected = spi_get_int64(0, 1);
+		if (moved != expected)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: %lld of %lld re-pointed rows of %s were found",
+							(long long) job->job_id, (long long) moved, (long long) expected, child),
+					 errdetail("Rows of a table without a primary key are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+		restored += moved;
+		spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	}
+	return restored;
 }
 
 /*
@@ -187,6 +298,9 @@ dedup_rollback(PG_FUNCTION_ARGS)
 										" SELECT %s FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
 										t->qualname, cols, cols, job->archive_table),
 							   SPI_OK_INSERT);
+
+	if (job->ref_archives)
+		restored += restore_refs(job);
 
 	rename_column = job_param(job, "rename_column");
 	if (rename_column)

@@ -48,8 +48,8 @@ dedup_require_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
 }
 
 /* "OPERATOR(schema.name)" for an operator, so that search_path cannot matter */
-static char *
-operator_sql(Oid opno)
+char *
+sql_operator(Oid opno)
 {
 	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(opno));
 	Form_pg_operator op;
@@ -123,7 +123,7 @@ fill_column(Relation rel, AttrNumber attnum, DedupColumn *col)
 	col->type = att->atttypid;
 	tce = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR);
 	col->eq_opr = tce->eq_opr;
-	col->eq_sql = OidIsValid(tce->eq_opr) ? operator_sql(tce->eq_opr) : NULL;
+	col->eq_sql = OidIsValid(tce->eq_opr) ? sql_operator(tce->eq_opr) : NULL;
 }
 
 static void
@@ -447,7 +447,7 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 						(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 						 errmsg("invalid keep: operator %s is not a valid ordering operator",
 								strVal(llast(sb->useOp)))));
-			appendStringInfo(&buf, " USING %s", operator_sql(opno));
+			appendStringInfo(&buf, " USING %s", sql_operator(opno));
 		}
 		else
 		{

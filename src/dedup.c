@@ -28,6 +28,9 @@ typedef struct DedupResult
 	int64		groups;
 	int64		rows_deleted;
 	int64		rows_renamed;
+	int64		refs_repointed;
+	int64		refs_removed;
+	char	   *ref_archives;
 	char	   *archive_table;
 	char	   *unique_index;
 	bool		unique_is_constraint;
@@ -161,6 +164,19 @@ run_rename(DedupTarget *t, DedupResult *res)
 }
 
 static void
+merge(DedupTarget *t, DedupResult *res)
+{
+	MergeResult mres = {0};
+
+	run_merge(t, res->job_id, res->archive_table, &mres);
+	res->groups = mres.groups;
+	res->rows_deleted = mres.rows_deleted;
+	res->refs_repointed = mres.refs_repointed;
+	res->refs_removed = mres.refs_removed;
+	res->ref_archives = mres.ref_archives;
+}
+
+static void
 return_result(FunctionCallInfo fcinfo, DedupResult *res)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
@@ -175,7 +191,7 @@ return_result(FunctionCallInfo fcinfo, DedupResult *res)
 	values[3] = Int64GetDatum(res->groups);
 	values[4] = Int64GetDatum(res->rows_deleted);
 	values[5] = Int64GetDatum(res->rows_renamed);
-	values[6] = Int64GetDatum(0);
+	values[6] = Int64GetDatum(res->refs_repointed);
 	nulls[7] = (res->archive_table == NULL);
 	values[7] = nulls[7] ? (Datum) 0 : ObjectIdGetDatum(dedup_relid_by_name(res->archive_table));
 	nulls[8] = (res->unique_index == NULL);
@@ -217,10 +233,6 @@ dedup_table(PG_FUNCTION_ARGS)
 	dedup_target_set_keep(t, keep);
 	if (action == DEDUP_ACTION_RENAME)
 		dedup_target_set_rename(t);
-	if (action == DEDUP_ACTION_MERGE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("action \"merge\" is not available in this version of dedup_ext")));
 	if (PG_GETARG_BOOL(9))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -239,7 +251,10 @@ dedup_table(PG_FUNCTION_ARGS)
 	if (dry_run)
 	{
 		res.state = "dry_run";
-		count_losers(t, &res, action);
+		if (action == DEDUP_ACTION_MERGE)
+			merge(t, &res);
+		else
+			count_losers(t, &res, action);
 	}
 	else
 	{
@@ -247,9 +262,11 @@ dedup_table(PG_FUNCTION_ARGS)
 								params_json(fcinfo, t, keep, action,
 											text_to_cstring(PG_GETARG_TEXT_PP(11))), 0);
 		if (PG_GETARG_BOOL(6))
-			res.archive_table = archive_create(t, res.job_id);
+			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid);
 		if (action == DEDUP_ACTION_RENAME)
 			run_rename(t, &res);
+		else if (action == DEDUP_ACTION_MERGE)
+			merge(t, &res);
 		else
 			run_delete(t, &res);
 		if (add_unique)
@@ -257,6 +274,8 @@ dedup_table(PG_FUNCTION_ARGS)
 		job_finish(res.job_id, res.strategy, res.groups, res.rows_deleted, res.rows_renamed,
 				   res.rows_deleted + res.rows_renamed, res.archive_table,
 				   res.unique_index, res.unique_is_constraint);
+		if (action == DEDUP_ACTION_MERGE)
+			job_set_refs(res.job_id, res.refs_repointed, res.refs_removed, res.ref_archives);
 		res.state = "done";
 	}
 	return_result(fcinfo, &res);

@@ -82,6 +82,7 @@ extern const char *dedup_action_name(DedupAction action);
 extern DedupStrategy dedup_parse_strategy(const char *strategy);
 extern void dedup_check_owner(Oid relid);
 extern Oid	dedup_relid_by_name(const char *qualified);
+extern char *sql_operator(Oid opno);
 
 /* sqlgen.c */
 extern char *sql_key_list(DedupTarget *t, const char *alias);
@@ -101,6 +102,18 @@ extern int64 spi_exec_count(const char *sql, int expected);
 extern int64 spi_get_int64(int row, int col);
 extern void spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql);
 
+/* merge.c */
+typedef struct MergeResult
+{
+	int64		groups;
+	int64		rows_deleted;
+	int64		refs_repointed;
+	int64		refs_removed;	/* referencing rows removed as collisions */
+	char	   *ref_archives;	/* jsonb: the archives of re-pointed tables */
+} MergeResult;
+
+extern void run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res);
+
 /* jobs.c */
 typedef struct DedupJob
 {
@@ -116,6 +129,7 @@ typedef struct DedupJob
 	char	   *unique_index;	/* qualified, or NULL */
 	bool		unique_is_constraint;
 	int64		rolled_back_by; /* 0: not rolled back */
+	char	   *ref_archives;	/* jsonb text, merge only */
 } DedupJob;
 
 extern char *dedup_ext_schema(void);
@@ -127,6 +141,8 @@ extern void job_finish(int64 job_id, const char *strategy, int64 groups,
 					   const char *archive_table, const char *unique_index,
 					   bool unique_is_constraint);
 extern void job_mark_rolled_back(int64 job_id, int64 rollback_job_id);
+extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
+						 const char *ref_archives);
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
 extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 							   const char *nulls, int expected);
@@ -134,7 +150,7 @@ extern char *job_param(DedupJob *job, const char *name);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 
 /* archive.c */
-extern char *archive_create(DedupTarget *t, int64 job_id);
+extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer);
 
 /* unique.c */
 extern char *unique_create(DedupTarget *t, bool *is_constraint);

@@ -166,6 +166,24 @@ job_mark_rolled_back(int64 job_id, int64 rollback_job_id)
 					  2, types, values, NULL, SPI_OK_UPDATE);
 }
 
+void
+job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed, const char *ref_archives)
+{
+	Oid			types[4] = {INT8OID, INT8OID, INT8OID, TEXTOID};
+	Datum		values[4] = {Int64GetDatum(job_id), Int64GetDatum(refs_repointed),
+	Int64GetDatum(refs_removed), ref_archives ? CStringGetTextDatum(ref_archives) : (Datum) 0};
+	char		nulls[5] = "    ";
+
+	if (!ref_archives)
+		nulls[3] = 'n';
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET refs_repointed = $2, refs_removed = $3,"
+							   " ref_archives = $4::pg_catalog.jsonb,"
+							   " rows_changed = rows_changed OPERATOR(pg_catalog.+) $2 OPERATOR(pg_catalog.+) $3"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1",
+							   dedup_ext_schema()),
+					  4, types, values, nulls, SPI_OK_UPDATE);
+}
+
 static char *
 get_text(int col)
 {
@@ -189,7 +207,7 @@ job_fetch(int64 job_id, bool for_update, bool control)
 
 	spi_exec_as_owner(psprintf("SELECT job_id, kind, relation, state, submitted_by, params::pg_catalog.text,"
 							   " rows_deleted, rows_renamed, archive_table, unique_index,"
-							   " unique_is_constraint, rolled_back_by"
+							   " unique_is_constraint, rolled_back_by, ref_archives::pg_catalog.text"
 							   " FROM %s.dedup_job WHERE job_id OPERATOR(pg_catalog.=) $1%s",
 							   dedup_ext_schema(), for_update ? " FOR UPDATE" : ""),
 					  1, types, values, NULL, SPI_OK_SELECT);
@@ -210,6 +228,7 @@ job_fetch(int64 job_id, bool for_update, bool control)
 		s = get_text(11);
 		job->unique_is_constraint = s && s[0] == 't';
 		job->rolled_back_by = spi_get_int64(0, 12);
+		job->ref_archives = get_text(13);
 	}
 	own = job->job_id != 0 && (job->submitted_by == GetUserId() || superuser());
 	if (job->job_id == 0 ||

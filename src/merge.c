@@ -1,0 +1,475 @@
+/*
+ * merge.c
+ *		action => 'merge': re-point the foreign keys that reference the
+ *		losing rows to the survivor of their group, then remove the losers.
+ *
+ * The losers are written once to a temporary map (loser primary key, the
+ * referenced columns of loser and survivor, the survivor's row_id), and every
+ * later step is one set-based statement joining a table with that map:
+ *   1. for each referencing table, and each of its unique indexes that
+ *      contains foreign-key columns, the rows that would collide once
+ *      re-pointed are removed (the row that already points at the survivor,
+ *      or else the first one, stays);
+ *   2. the referencing rows are re-pointed;
+ *   3. the losers are removed from the table.
+ * Each step archives the original version of the rows it changes in the same
+ * statement.  Referencing tables are found in the catalog, in every schema.
+ */
+#include "dedup_ext.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+/* one foreign key that references the table */
+typedef struct RefKey
+{
+	char	   *conname;
+	Oid			childid;
+	char	   *child;			/* qualified, quoted */
+	int			ncols;
+	char	  **cols;			/* referencing columns, quoted */
+	char	  **colnames;		/* the same, unquoted */
+	AttrNumber *attnums;
+	int		   *mapcol;			/* index of the referenced column in the map */
+	char	  **eq;				/* conpfeqop, as OPERATOR(...) */
+	List	   *pknames;		/* the child's primary key (unquoted), or NIL */
+	bool		deferrable;
+	bool		deferred;		/* INITIALLY DEFERRED */
+	char	   *archive;
+} RefKey;
+
+typedef struct MergePlan
+{
+	List	   *refs;			/* RefKey * */
+	List	   *refcols;		/* referenced columns of the table (unquoted) */
+	char	   *map;			/* the temporary map of losers */
+} MergePlan;
+
+static int
+refcol_index(MergePlan *plan, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, plan->refcols)
+		if (strcmp(lfirst(lc), name) == 0)
+			return foreach_current_index(lc);
+	plan->refcols = lappend(plan->refcols, pstrdup(name));
+	return list_length(plan->refcols) - 1;
+}
+
+/* The caller needs SELECT, UPDATE and DELETE on a table it re-points rows of. */
+static void
+check_child_privileges(RefKey *ref)
+{
+	static const AclMode modes[] = {ACL_SELECT, ACL_UPDATE, ACL_DELETE};
+
+	if (dedup_rel_ownercheck(ref->childid, GetUserId()))
+		return;
+	for (int i = 0; i < lengthof(modes); i++)
+		if (pg_class_aclcheck(ref->childid, GetUserId(), modes[i]) != ACLCHECK_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("permission denied for table %s", ref->child),
+					 errdetail("Merging re-points rows of %s (foreign key %s), which needs SELECT, UPDATE and DELETE on it.",
+							   ref->child, quote_identifier(ref->conname))));
+}
+
+static List *
+primary_key_names(Relation rel)
+{
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	List	   *names = NIL;
+	Relation	idx;
+
+	if (!OidIsValid(pkoid))
+		return NIL;
+	idx = index_open(pkoid, AccessShareLock);
+	for (int i = 0; i < idx->rd_index->indnkeyatts; i++)
+		names = lappend(names, get_attname(RelationGetRelid(rel),
+										   idx->rd_index->indkey.values[i], false));
+	index_close(idx, AccessShareLock);
+	return names;
+}
+
+/*
+ * Find, check and lock every foreign key referencing the table.  Runs before
+ * anything changes, so that a refusal changes nothing.
+ */
+static MergePlan *
+merge_plan(DedupTarget *t)
+{
+	MergePlan  *plan = palloc0(sizeof(MergePlan));
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(t->relid)};
+	SPITupleTable *tuptable;
+	uint64		nfks;
+
+	if (t->npk == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("action \"merge\" needs a table with a primary key"),
+				 errdetail("%s has none.", t->qualname),
+				 errhint("Add a primary key, or use action => 'delete'.")));
+
+	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid, c.conkey, c.confkey, c.conpfeqop,"
+							  " c.condeferrable, c.condeferred"
+							  " FROM pg_catalog.pg_constraint c"
+							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
+							  " AND c.conparentid OPERATOR(pg_catalog.=) 0"
+							  " ORDER BY c.conrelid, c.conname",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read foreign keys");
+	tuptable = SPI_tuptable;
+	nfks = SPI_processed;
+
+	for (uint64 f = 0; f < nfks; f++)
+	{
+		HeapTuple	tup = tuptable->vals[f];
+		TupleDesc	desc = tuptable->tupdesc;
+		RefKey	   *ref = palloc0(sizeof(RefKey));
+		bool		isnull;
+		Datum	   *conkey,
+				   *confkey,
+				   *eqops;
+		int			n;
+		Relation	child;
+
+		ref->conname = SPI_getvalue(tup, desc, 1);
+		ref->childid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+		ref->deferrable = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+		ref->deferred = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &conkey, NULL, &n);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 4, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &confkey, NULL, &n);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 5, &isnull)),
+						  OIDOID, 4, true, TYPALIGN_INT, &eqops, NULL, &n);
+
+		if (get_rel_relkind(ref->childid) != RELKIND_RELATION)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot merge rows of %s: foreign key %s is on partitioned table %s",
+							t->qualname, quote_identifier(ref->conname), get_rel_name(ref->childid))));
+		ref->child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
+												get_rel_name(ref->childid));
+		check_child_privileges(ref);
+		if (ref->childid != t->relid)
+			LockRelationOid(ref->childid, ShareRowExclusiveLock);
+
+		ref->ncols = n;
+		ref->cols = palloc(sizeof(char *) * n);
+		ref->colnames = palloc(sizeof(char *) * n);
+		ref->attnums = palloc(sizeof(AttrNumber) * n);
+		ref->mapcol = palloc(sizeof(int) * n);
+		ref->eq = palloc(sizeof(char *) * n);
+		for (int i = 0; i < n; i++)
+		{
+			ref->attnums[i] = DatumGetInt16(conkey[i]);
+			ref->colnames[i] = get_attname(ref->childid, ref->attnums[i], false);
+			ref->cols[i] = pstrdup(quote_identifier(ref->colnames[i]));
+			ref->mapcol[i] = refcol_index(plan, get_attname(t->relid, DatumGetInt16(confkey[i]), false));
+			ref->eq[i] = sql_operator(DatumGetObjectId(eqops[i]));
+		}
+		child = relation_open(ref->childid, NoLock);
+		ref->pknames = primary_key_names(child);
+		relation_close(child, NoLock);
+		plan->refs = lappend(plan->refs, ref);
+	}
+	return plan;
+}
+
+/* c.fk1 = m.dedup_o0 AND ... */
+static char *
+ref_join(RefKey *ref)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < ref->ncols; i++)
+		appendStringInfo(&buf, "%sc.%s %s m.dedup_o%d", i > 0 ? " AND " : "",
+						 ref->cols[i], ref->eq[i], ref->mapcol[i]);
+	return buf.data;
+}
+
+/*
+ * The map: one row per loser with its primary key (dedup_p<i>), the
+ * referenced columns of loser (dedup_o<j>) and survivor (dedup_n<j>), and
+ * the survivor's row_id.
+ */
+static void
+create_map(DedupTarget *t, MergePlan *plan)
+{
+	static int	counter = 0;
+	StringInfoData extra;
+	ListCell   *lc;
+	const char *row_id = sql_row_id(t, "r");
+
+	initStringInfo(&extra);
+	appendStringInfo(&extra, ", pg_catalog.first_value(%s) OVER dedup_w AS dedup_survivor", row_id);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&extra, ", r.%s AS dedup_p%d", t->pk[i].quoted, i);
+	foreach(lc, plan->refcols)
+	{
+		const char *col = quote_identifier(lfirst(lc));
+		int			j = foreach_current_index(lc);
+
+		appendStringInfo(&extra, ", r.%s AS dedup_o%d, pg_catalog.first_value(r.%s) OVER dedup_w AS dedup_n%d",
+						 col, j, col, j);
+	}
+	plan->map = psprintf("pg_temp.dedup_merge_map_%d_%d", MyProcPid, ++counter);
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT s.* FROM (%s) s"
+							" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
+							plan->map, sql_ranked(t, extra.data)),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", plan->map), SPI_OK_UTILITY);
+}
+
+/*
+ * Remove the rows of the referencing table that would collide under one of
+ * its unique indexes once re-pointed.  Within a would-be duplicate set the
+ * row that is not moved (it can only be one: the index holds today) stays,
+ * else the first by ctid.
+ */
+static int64
+remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
+{
+	Relation	child = relation_open(ref->childid, NoLock);
+	List	   *indexes = RelationGetIndexList(child);
+	ListCell   *lc;
+	int64		removed = 0;
+
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index index = idx->rd_index;
+		StringInfoData exprs;
+		StringInfoData notnull;
+		bool		overlaps = false;
+		bool		nulls_not_distinct = false;
+		char	   *del;
+
+#ifdef DEDUP_HAVE_NULLS_NOT_DISTINCT
+		nulls_not_distinct = index->indnullsnotdistinct;
+#endif
+		initStringInfo(&exprs);
+		initStringInfo(&notnull);
+		appendStringInfoString(&notnull, "true");
+		for (int k = 0; k < index->indnkeyatts && index->indisunique; k++)
+		{
+			AttrNumber	att = index->indkey.values[k];
+			char	   *expr = NULL;
+
+			for (int i = 0; i < ref->ncols; i++)
+				if (ref->attnums[i] == att)
+					expr = psprintf("COALESCE(m.dedup_n%d, c.%s)", ref->mapcol[i], ref->cols[i]);
+			overlaps |= (expr != NULL);
+			if (expr == NULL)
+				expr = psprintf("c.%s", quote_identifier(get_attname(ref->childid, att, false)));
+			appendStringInfo(&exprs, "%s%s", k > 0 ? ", " : "", expr);
+			appendStringInfo(&notnull, " AND %s IS NOT NULL", expr);
+		}
+		if (!index->indisunique || !overlaps ||
+			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) ||
+			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL))
+		{
+			index_close(idx, AccessShareLock);
+			continue;
+		}
+		index_close(idx, AccessShareLock);
+
+		del = psprintf("WITH dedup_x AS (SELECT c.ctid AS dedup_cctid, pg_catalog.row_number() OVER"
+					   " (PARTITION BY %s ORDER BY (m.dedup_rn IS NOT NULL), c.ctid) AS dedup_rn"
+					   " FROM ONLY %s c LEFT JOIN %s m ON %s WHERE %s),"
+					   " dedup_d AS (DELETE FROM ONLY %s c USING dedup_x x"
+					   " WHERE c.ctid OPERATOR(pg_catalog.=) x.dedup_cctid"
+					   " AND x.dedup_rn OPERATOR(pg_catalog.>) 1 RETURNING c.*)",
+					   exprs.data, ref->child, plan->map, ref_join(ref),
+					   nulls_not_distinct ? "true" : notnull.data, ref->child);
+		if (ref->archive)
+			removed += spi_exec_count(psprintf("%s INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
+											   del, ref->archive, (long long) job_id),
+									  SPI_OK_INSERT);
+		else
+		{
+			spi_exec_count(psprintf("%s SELECT pg_catalog.count(*) FROM dedup_d", del), SPI_OK_SELECT);
+			removed += spi_get_int64(0, 1);
+		}
+	}
+	relation_close(child, NoLock);
+	return removed;
+}
+
+/* Re-point the referencing rows; the archive gets their original versions. */
+static int64
+repoint(RefKey *ref, MergePlan *plan, int64 job_id)
+{
+	StringInfoData set;
+
+	initStringInfo(&set);
+	for (int i = 0; i < ref->ncols; i++)
+		appendStringInfo(&set, "%s%s = %s.dedup_n%d", i > 0 ? ", " : "", ref->cols[i],
+						 ref->archive ? "o" : "m", ref->mapcol[i]);
+	if (!ref->archive)
+		return spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s m WHERE %s",
+									   ref->child, set.data, plan->map, ref_join(ref)),
+							  SPI_OK_UPDATE);
+
+	/*
+	 * The new ctid goes into dedup_new_value, so that rows of a table
+	 * without a primary key can be found again by a rollback.
+	 */
+	return spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, c AS dedup_orow, m.*"
+								   " FROM ONLY %s c JOIN %s m ON %s),"
+								   " dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
+								   " WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
+								   " RETURNING c.ctid AS dedup_nctid, o.dedup_orow)"
+								   " INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
+								   " u.dedup_nctid::pg_catalog.text, NULL FROM dedup_u u",
+								   ref->child, plan->map, ref_join(ref),
+								   ref->child, set.data, ref->archive, (long long) job_id),
+						  SPI_OK_INSERT);
+}
+
+static void
+json_string_list(StringInfo buf, List *names)
+{
+	ListCell   *lc;
+
+	appendStringInfoChar(buf, '[');
+	foreach(lc, names)
+	{
+		if (foreach_current_index(lc) > 0)
+			appendStringInfoString(buf, ", ");
+		escape_json(buf, lfirst(lc));
+	}
+	appendStringInfoChar(buf, ']');
+}
+
+/* what a rollback needs to know of each re-pointed table */
+static char *
+ref_archives_json(MergePlan *plan)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '[');
+	foreach(lc, plan->refs)
+	{
+		RefKey	   *ref = lfirst(lc);
+		List	   *cols = NIL;
+
+		for (int i = 0; i < ref->ncols; i++)
+			cols = lappend(cols, ref->colnames[i]);
+		appendStringInfoString(&buf, foreach_current_index(lc) > 0 ? ", {\"table\": " : "{\"table\": ");
+		escape_json(&buf, ref->child);
+		appendStringInfoString(&buf, ", \"archive\": ");
+		escape_json(&buf, ref->archive);
+		appendStringInfoString(&buf, ", \"columns\": ");
+		json_string_list(&buf, cols);
+		appendStringInfoString(&buf, ", \"pk\": ");
+		json_string_list(&buf, ref->pknames);
+		appendStringInfoChar(&buf, '}');
+	}
+	appendStringInfoChar(&buf, ']');
+	return buf.data;
+}
+
+/*
+ * Run a merge.  archive: the table's archive (NULL: none).  job_id 0 is a
+ * dry run, which only counts.
+ */
+void
+run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
+{
+	MergePlan  *plan = merge_plan(t);
+	ListCell   *lc;
+	StringInfoData pkmatch;
+	const char *del;
+
+	create_map(t, plan);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_rn OPERATOR(pg_catalog.=) 2),"
+							" pg_catalog.count(*) FROM %s m", plan->map),
+				   SPI_OK_SELECT);
+	res->groups = spi_get_int64(0, 1);
+	if (job_id == 0)
+	{
+		res->rows_deleted = spi_get_int64(0, 2);
+		foreach(lc, plan->refs)
+		{
+			RefKey	   *ref = lfirst(lc);
+
+			spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c JOIN %s m ON %s",
+									ref->child, plan->map, ref_join(ref)), SPI_OK_SELECT);
+			res->refs_repointed += spi_get_int64(0, 1);
+		}
+		spi_exec_count(psprintf("DROP TABLE %s", plan->map), SPI_OK_UTILITY);
+		return;
+	}
+
+	foreach(lc, plan->refs)
+	{
+		RefKey	   *ref = lfirst(lc);
+
+		if (archive)
+			ref->archive = archive_create(ref->childid, job_id,
+										  psprintf("ref%d", foreach_current_index(lc) + 1),
+										  GetUserId());
+		res->refs_removed += remove_collisions(ref, plan, job_id);
+		res->refs_repointed += repoint(ref, plan, job_id);
+	}
+
+	initStringInfo(&pkmatch);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&pkmatch, "%sr.%s %s m.dedup_p%d", i > 0 ? " AND " : "",
+						 t->pk[i].quoted, t->pk[i].eq_sql, i);
+	del = psprintf("WITH dedup_d AS (DELETE FROM ONLY %s r USING %s m WHERE %s"
+				   " RETURNING r AS dedup_orow, m.dedup_survivor)",
+				   t->qualname, plan->map, pkmatch.data);
+	if (archive)
+		res->rows_deleted = spi_exec_count(psprintf("%s INSERT INTO %s SELECT (d.dedup_orow).*, %lld,"
+													" 'delete', NULL, d.dedup_survivor FROM dedup_d d",
+													del, archive, (long long) job_id),
+										   SPI_OK_INSERT);
+	else
+	{
+		spi_exec_count(psprintf("%s SELECT pg_catalog.count(*) FROM dedup_d", del), SPI_OK_SELECT);
+		res->rows_deleted = spi_get_int64(0, 1);
+	}
+	res->ref_archives = archive && plan->refs ? ref_archives_json(plan) : NULL;
+
+	/*
+	 * Deferrable foreign keys queued their checks to the end of the
+	 * transaction; run them now, so the merge is known to be consistent when
+	 * it returns and the table has no pending trigger events (which would
+	 * keep add_unique from building its index).  Then put back the
+	 * constraint's declared mode.
+	 */
+	foreach(lc, plan->refs)
+	{
+		RefKey	   *ref = lfirst(lc);
+		char	   *name;
+
+		if (!ref->deferrable)
+			continue;
+		name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
+										  ref->conname);
+		spi_exec_count(psprintf("SET CONSTRAINTS %s IMMEDIATE", name), SPI_OK_UTILITY);
+		if (ref->deferred)
+			spi_exec_count(psprintf("SET CONSTRAINTS %s DEFERRED", name), SPI_OK_UTILITY);
+	}
+	spi_exec_count(psprintf("DROP TABLE %s", plan->map), SPI_OK_UTILITY);
+}
