@@ -5,6 +5,7 @@ OBJS = \
 	src/args.o \
 	src/sqlgen.o \
 	src/audit.o \
+	src/backfill.o \
 	src/dedup.o \
 	src/archive.o \
 	src/jobs.o \

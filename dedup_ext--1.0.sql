@@ -32,6 +32,7 @@ CREATE TABLE dedup_job (
     refs_repointed  bigint NOT NULL DEFAULT 0,
     refs_removed    bigint NOT NULL DEFAULT 0,
     ref_archives    jsonb,
+    undo            jsonb,
     archive_table   text,
     unique_index    text,
     unique_is_constraint boolean NOT NULL DEFAULT false,
@@ -58,6 +59,24 @@ SELECT j.job_id, j.kind,
  WHERE j.submitted_by = (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = CURRENT_USER)
     OR pg_catalog.pg_has_role(CURRENT_USER, 'pg_read_all_stats', 'USAGE');
 GRANT SELECT ON dedup_jobs TO PUBLIC;
+
+-- Rows backfill_fk could not link: no parent has their key (orphan), or
+-- several do (ambiguous).  Visible with the job they belong to.
+CREATE TABLE dedup_orphan (
+    job_id      bigint NOT NULL REFERENCES dedup_job (job_id),
+    row_id      jsonb NOT NULL,
+    key_values  jsonb NOT NULL,
+    reason      text NOT NULL CHECK (reason IN ('orphan', 'ambiguous'))
+);
+CREATE INDEX ON dedup_orphan (job_id);
+REVOKE ALL ON dedup_orphan FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('dedup_orphan', '');
+
+CREATE VIEW dedup_orphans AS
+SELECT o.job_id, o.row_id, o.key_values, o.reason
+  FROM @extschema@.dedup_orphan o
+ WHERE o.job_id IN (SELECT j.job_id FROM @extschema@.dedup_jobs j);
+GRANT SELECT ON dedup_orphans TO PUBLIC;
 
 CREATE FUNCTION dedup_audit(rel regclass, key text[], filter text DEFAULT NULL,
                             nulls_distinct boolean DEFAULT true)
@@ -98,3 +117,17 @@ AS 'MODULE_PATHNAME', 'dedup_rollback' LANGUAGE C CALLED ON NULL INPUT;
 CREATE FUNCTION dedup_verify(job_id bigint)
 RETURNS TABLE (check_name text, ok boolean, detail text)
 AS 'MODULE_PATHNAME', 'dedup_verify' LANGUAGE C CALLED ON NULL INPUT;
+
+CREATE FUNCTION backfill_fk(child regclass, fk_column text, parent regclass, child_key text[],
+                            parent_key text[] DEFAULT NULL,
+                            parent_column text DEFAULT NULL,
+                            on_orphan text DEFAULT 'report',
+                            add_constraint boolean DEFAULT false,
+                            archive boolean DEFAULT true,
+                            dry_run boolean DEFAULT false,
+                            background boolean DEFAULT false,
+                            batch_size integer DEFAULT NULL)
+RETURNS TABLE (job_id bigint, state text, rows_updated bigint, orphan_rows bigint,
+               ambiguous_rows bigint, parents_created bigint, rows_deleted bigint,
+               constraint_name text)
+AS 'MODULE_PATHNAME', 'backfill_fk' LANGUAGE C CALLED ON NULL INPUT;

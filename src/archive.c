@@ -13,6 +13,7 @@
 #include "dedup_ext.h"
 
 #include "access/relation.h"
+#include "access/sysattr.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "executor/spi.h"
@@ -33,14 +34,30 @@ PG_FUNCTION_INFO_V1(dedup_rollback);
 	"dedup_job_id pg_catalog.int8 NOT NULL, dedup_action pg_catalog.text NOT NULL," \
 	" dedup_new_value pg_catalog.text, dedup_survivor pg_catalog.jsonb"
 
+/* "name type [COLLATE c]" of a column, for an archive's CREATE TABLE */
+static char *
+column_def(Form_pg_attribute att)
+{
+	char	   *def = psprintf("%s %s", quote_identifier(NameStr(att->attname)),
+							   format_type_extended(att->atttypid, att->atttypmod,
+													FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
+
+	if (OidIsValid(att->attcollation) && att->attcollation != get_typcollation(att->atttypid))
+		def = psprintf("%s COLLATE %s", def, generate_collation_name(att->attcollation));
+	return def;
+}
+
 /*
  * Create the archive of a table for a job: dedup_archive.<table>_<job_id>,
- * or <table>_<job_id>_<tag> for the tables a merge re-points.  It belongs to
- * the table's owner; writer, if not that owner, may add rows to it (a merge
- * re-points rows of tables the caller may change but does not own).
+ * or <table>_<job_id>_<tag> for the other tables a job touches.  It has the
+ * table's columns and the dedup_* columns; with only, it has just the named
+ * columns ("ctid" becoming dedup_ctid), which is how a backfill remembers
+ * the rows it linked without copying them.  It belongs to the table's owner;
+ * writer, if not that owner, may add rows to it (a merge re-points rows of
+ * tables the caller may change but does not own).
  */
 char *
-archive_create(Oid relid, int64 job_id, const char *tag, Oid writer)
+archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 {
 	Relation	rel = relation_open(relid, NoLock);
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -57,21 +74,27 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "CREATE TABLE %s (", qname);
-	for (int i = 0; i < desc->natts; i++)
+	if (only == NIL)
 	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attisdropped)
-			continue;
-		appendStringInfo(&sql, "%s %s", quote_identifier(NameStr(att->attname)),
-						 format_type_extended(att->atttypid, att->atttypmod,
-											  FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY));
-		if (OidIsValid(att->attcollation) &&
-			att->attcollation != get_typcollation(att->atttypid))
-			appendStringInfo(&sql, " COLLATE %s", generate_collation_name(att->attcollation));
-		appendStringInfoString(&sql, ", ");
+		for (int i = 0; i < desc->natts; i++)
+			if (!TupleDescAttr(desc, i)->attisdropped)
+				appendStringInfo(&sql, "%s, ", column_def(TupleDescAttr(desc, i)));
+		appendStringInfoString(&sql, ARCHIVE_OWN_COLUMNS ")");
 	}
-	appendStringInfoString(&sql, ARCHIVE_OWN_COLUMNS ")");
+	else
+	{
+		ListCell   *lc;
+
+		foreach(lc, only)
+		{
+			AttrNumber	att = get_attnum(relid, lfirst(lc));
+
+			appendStringInfo(&sql, "%s%s", foreach_current_index(lc) > 0 ? ", " : "",
+							 att == SelfItemPointerAttributeNumber ? "dedup_ctid pg_catalog.tid" :
+							 column_def(TupleDescAttr(desc, att - 1)));
+		}
+		appendStringInfoChar(&sql, ')');
+	}
 	relation_close(rel, NoLock);
 
 	spi_exec_as_owner(sql.data, 0, NULL, NULL, NULL, SPI_OK_UTILITY);
@@ -230,6 +253,96 @@ restore_refs(DedupJob *job)
 	return restored;
 }
 
+/* ROW(c.a, c.b) = ROW(x.a, x.b) over the columns of a key archive */
+static char *
+key_archive_match(Oid archive, const char *c, const char *x)
+{
+	Relation	arel = relation_open(archive, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(arel);
+	StringInfoData lhs;
+	StringInfoData rhs;
+
+	initStringInfo(&lhs);
+	initStringInfo(&rhs);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		const char *name = NameStr(TupleDescAttr(desc, i)->attname);
+
+		if (strcmp(name, "dedup_ctid") == 0)
+		{
+			relation_close(arel, AccessShareLock);
+			return psprintf("%s.ctid OPERATOR(pg_catalog.=) %s.dedup_ctid", c, x);
+		}
+		appendStringInfo(&lhs, "%s%s.%s", i > 0 ? ", " : "", c, quote_identifier(name));
+		appendStringInfo(&rhs, "%s%s.%s", i > 0 ? ", " : "", x, quote_identifier(name));
+	}
+	relation_close(arel, AccessShareLock);
+	return psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)", lhs.data, rhs.data);
+}
+
+/*
+ * Undo a backfill: drop the constraints it added, put deleted orphans back,
+ * set what it linked back to NULL, and remove the parents it created.
+ */
+static int64
+rollback_backfill(DedupJob *job, DedupTarget *t)
+{
+	char	   *deleted = json_field_text(job->undo, "deleted");
+	char	   *linked = json_field_text(job->undo, "linked");
+	char	   *created = json_field_text(job->undo, "created");
+	char	   *constraint = json_field_text(job->undo, "constraint");
+	char	   *fk = pstrdup(quote_identifier(json_field_text(job->undo, "fk_column")));
+	char	   *parent = job_param(job, "parent");
+	Oid			linkedid = dedup_relid_by_name(linked);
+	int64		restored = 0;
+	int64		expected;
+	int64		nulled;
+
+	if (!OidIsValid(linkedid) || (deleted && !OidIsValid(dedup_relid_by_name(deleted))) ||
+		(created && !OidIsValid(dedup_relid_by_name(created))))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("an archive table of job %lld no longer exists", (long long) job->job_id)));
+	if (constraint)
+		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", t->qualname,
+								quote_identifier(constraint)), SPI_OK_UTILITY);
+	if (strcmp(json_field_text(job->undo, "not_null"), "true") == 0)
+		spi_exec_count(psprintf("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL", t->qualname, fk),
+					   SPI_OK_UTILITY);
+	if (deleted)
+	{
+		char	   *cols = restorable_columns(dedup_relid_by_name(deleted), t->relid);
+
+		restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a",
+											t->qualname, cols, cols, deleted), SPI_OK_INSERT);
+	}
+
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s", linked), SPI_OK_SELECT);
+	expected = spi_get_int64(0, 1);
+	nulled = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
+									 t->qualname, fk, linked, key_archive_match(linkedid, "c", "l")),
+							SPI_OK_UPDATE);
+	if (nulled != expected)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: %lld of %lld linked rows of %s were found",
+						(long long) job->job_id, (long long) nulled, (long long) expected, t->qualname),
+				 errdetail("Rows of a table without a primary key are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+	restored += nulled;
+
+	if (created)
+		spi_exec_count(psprintf("DELETE FROM ONLY %s p USING %s x WHERE %s", parent, created,
+								key_archive_match(dedup_relid_by_name(created), "p", "x")),
+					   SPI_OK_DELETE);
+
+	spi_exec_as_owner(psprintf("DROP TABLE %s", linked), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	if (deleted)
+		spi_exec_as_owner(psprintf("DROP TABLE %s", deleted), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	if (created)
+		spi_exec_as_owner(psprintf("DROP TABLE %s", created), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	return restored;
+}
+
 /*
  * Undo a dedup job: drop the unique index it added, put back the rows it
  * removed (same ids: identity columns are overridden), set renamed keys back,
@@ -252,11 +365,11 @@ dedup_rollback(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	job = job_fetch(job_id, true, true);
-	if (strcmp(job->kind, "dedup") != 0)
+	if (strcmp(job->kind, "rollback") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("job %lld is a %s job; only dedup jobs can be rolled back",
-						(long long) job_id, job->kind)));
+				 errmsg("job %lld is a rollback; it cannot be rolled back itself", (long long) job_id),
+				 errhint("Run the job it undid again instead.")));
 	if (job->rolled_back_by != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -267,7 +380,8 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld is %s; only a finished job can be rolled back",
 						(long long) job_id, job->state)));
-	if (job->archive_table == NULL)
+	if (job->archive_table == NULL &&
+		(job->undo == NULL || json_field_text(job->undo, "linked") == NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld kept no archive, so it cannot be rolled back", (long long) job_id),
@@ -276,8 +390,8 @@ dedup_rollback(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("the table of job %lld no longer exists", (long long) job_id)));
-	archive = dedup_relid_by_name(job->archive_table);
-	if (!OidIsValid(archive))
+	archive = job->archive_table ? dedup_relid_by_name(job->archive_table) : InvalidOid;
+	if (job->archive_table && !OidIsValid(archive))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("archive table %s of job %lld no longer exists",
@@ -288,6 +402,15 @@ dedup_rollback(PG_FUNCTION_ARGS)
 						  true, ShareRowExclusiveLock);
 	rb_job = job_create("rollback", job->relid, t->relname,
 						psprintf("{\"job_id\": %lld}", (long long) job_id), job_id);
+
+	if (strcmp(job->kind, "backfill") == 0)
+	{
+		restored = rollback_backfill(job, t);
+		job_finish(rb_job, NULL, 0, 0, 0, restored, NULL, NULL, false);
+		job_mark_rolled_back(job_id, rb_job);
+		SPI_finish();
+		PG_RETURN_INT64(restored);
+	}
 
 	/* first the unique index, or the restored duplicates would violate it */
 	if (job->unique_index)

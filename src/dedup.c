@@ -262,7 +262,7 @@ dedup_table(PG_FUNCTION_ARGS)
 								params_json(fcinfo, t, keep, action,
 											text_to_cstring(PG_GETARG_TEXT_PP(11))), 0);
 		if (PG_GETARG_BOOL(6))
-			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid);
+			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid, NIL);
 		if (action == DEDUP_ACTION_RENAME)
 			run_rename(t, &res);
 		else if (action == DEDUP_ACTION_MERGE)

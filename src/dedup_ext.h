@@ -130,6 +130,7 @@ typedef struct DedupJob
 	bool		unique_is_constraint;
 	int64		rolled_back_by; /* 0: not rolled back */
 	char	   *ref_archives;	/* jsonb text, merge only */
+	char	   *undo;			/* jsonb text, backfill only */
 } DedupJob;
 
 extern char *dedup_ext_schema(void);
@@ -141,21 +142,25 @@ extern void job_finish(int64 job_id, const char *strategy, int64 groups,
 					   const char *archive_table, const char *unique_index,
 					   bool unique_is_constraint);
 extern void job_mark_rolled_back(int64 job_id, int64 rollback_job_id);
+extern void job_set_undo(int64 job_id, const char *undo_json);
 extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
 						 const char *ref_archives);
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
 extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 							   const char *nulls, int expected);
 extern char *job_param(DedupJob *job, const char *name);
+extern char *json_field_text(const char *json, const char *name);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 
 /* archive.c */
-extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer);
+extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
+							List *only);
 
 /* unique.c */
 extern char *unique_create(DedupTarget *t, bool *is_constraint);
 
 /* the SQL-callable functions */
+extern Datum backfill_fk(PG_FUNCTION_ARGS);
 extern Datum dedup_audit(PG_FUNCTION_ARGS);
 extern Datum dedup_groups(PG_FUNCTION_ARGS);
 extern Datum dedup_preview(PG_FUNCTION_ARGS);

@@ -184,6 +184,17 @@ job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed, const char 
 					  4, types, values, nulls, SPI_OK_UPDATE);
 }
 
+void
+job_set_undo(int64 job_id, const char *undo_json)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(job_id), CStringGetTextDatum(undo_json)};
+
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET undo = $2::pg_catalog.jsonb"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1", dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_UPDATE);
+}
+
 static char *
 get_text(int col)
 {
@@ -207,7 +218,8 @@ job_fetch(int64 job_id, bool for_update, bool control)
 
 	spi_exec_as_owner(psprintf("SELECT job_id, kind, relation, state, submitted_by, params::pg_catalog.text,"
 							   " rows_deleted, rows_renamed, archive_table, unique_index,"
-							   " unique_is_constraint, rolled_back_by, ref_archives::pg_catalog.text"
+							   " unique_is_constraint, rolled_back_by, ref_archives::pg_catalog.text,"
+							   " undo::pg_catalog.text"
 							   " FROM %s.dedup_job WHERE job_id OPERATOR(pg_catalog.=) $1%s",
 							   dedup_ext_schema(), for_update ? " FOR UPDATE" : ""),
 					  1, types, values, NULL, SPI_OK_SELECT);
@@ -229,6 +241,7 @@ job_fetch(int64 job_id, bool for_update, bool control)
 		job->unique_is_constraint = s && s[0] == 't';
 		job->rolled_back_by = spi_get_int64(0, 12);
 		job->ref_archives = get_text(13);
+		job->undo = get_text(14);
 	}
 	own = job->job_id != 0 && (job->submitted_by == GetUserId() || superuser());
 	if (job->job_id == 0 ||
@@ -250,8 +263,15 @@ job_fetch(int64 job_id, bool for_update, bool control)
 char *
 job_param(DedupJob *job, const char *name)
 {
+	return json_field_text(job->params, name);
+}
+
+/* one top-level field of a jsonb text, as text (NULL if absent or null) */
+char *
+json_field_text(const char *json, const char *name)
+{
 	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2] = {CStringGetTextDatum(job->params), CStringGetTextDatum(name)};
+	Datum		values[2] = {CStringGetTextDatum(json), CStringGetTextDatum(name)};
 
 	if (SPI_execute_with_args("SELECT $1::pg_catalog.jsonb OPERATOR(pg_catalog.->>) $2",
 							  2, types, values, NULL, true, 1) != SPI_OK_SELECT)

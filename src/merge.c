@@ -427,7 +427,7 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
 		if (archive)
 			ref->archive = archive_create(ref->childid, job_id,
 										  psprintf("ref%d", foreach_current_index(lc) + 1),
-										  GetUserId());
+										  GetUserId(), NIL);
 		res->refs_removed += remove_collisions(ref, plan, job_id);
 		res->refs_repointed += repoint(ref, plan, job_id);
 	}

@@ -1,0 +1,645 @@
+/*
+ * backfill.c
+ *		backfill_fk: set a foreign-key column from a natural key.
+ *
+ * One hash aggregate over the parent's natural key tells, for every key,
+ * how many parents have it; one UPDATE ... FROM joins the child with it and
+ * links the rows whose key names exactly one parent.  Rows whose key names
+ * none (orphans) or several (ambiguous) parents are never guessed: they are
+ * reported, and orphans follow on_orphan.  Only rows whose foreign-key column
+ * is NULL are touched, so running it again after fixing data links the rest
+ * and changes nothing else.
+ *
+ * With add_constraint, the constraints go on with the weakest locks
+ * PostgreSQL allows: FOREIGN KEY ... NOT VALID then VALIDATE, and NOT NULL
+ * through a validated CHECK (fk IS NOT NULL), which lets SET NOT NULL skip
+ * its scan.  The child is analyzed first: with statistics from before the
+ * backfill, VALIDATE may pick a plan that rescans the parent for every row.
+ */
+#include "dedup_ext.h"
+
+#include "access/relation.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_constraint.h"
+#include "catalog/pg_operator.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_oper.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(backfill_fk);
+
+typedef enum OnOrphan
+{
+	ON_ORPHAN_REPORT,
+	ON_ORPHAN_DELETE,
+	ON_ORPHAN_CREATE_PARENT,
+	ON_ORPHAN_ERROR
+} OnOrphan;
+
+typedef struct Backfill
+{
+	DedupTarget *child;			/* child + child_key, as a dedup target */
+	Oid			parentid;
+	char	   *parent;			/* qualified */
+	char	   *fk;				/* fk_column, quoted */
+	char	   *fkname;
+	AttrNumber	fkatt;
+	char	   *pcol;			/* parent_column, quoted */
+	char	   *pcolname;
+	AttrNumber	pcolatt;
+	char	  **pkey;			/* parent_key, quoted */
+	char	  **eq;				/* child_key[i] = parent_key[i] */
+	OnOrphan	on_orphan;
+} Backfill;
+
+typedef struct BackfillResult
+{
+	int64		job_id;
+	int64		rows_updated;
+	int64		orphan_rows;
+	int64		ambiguous_rows;
+	int64		parents_created;
+	int64		rows_deleted;
+	char	   *constraint_name;
+	bool		not_null_added;
+	char	   *deleted_archive;
+	char	   *linked_archive;
+	char	   *created_archive;
+} BackfillResult;
+
+static OnOrphan
+parse_on_orphan(const char *s)
+{
+	if (strcmp(s, "report") == 0)
+		return ON_ORPHAN_REPORT;
+	if (strcmp(s, "delete") == 0)
+		return ON_ORPHAN_DELETE;
+	if (strcmp(s, "create_parent") == 0)
+		return ON_ORPHAN_CREATE_PARENT;
+	if (strcmp(s, "error") == 0)
+		return ON_ORPHAN_ERROR;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid value for argument \"on_orphan\": \"%s\"", s),
+			 errhint("Valid values are \"report\", \"delete\", \"create_parent\" and \"error\".")));
+	pg_unreachable();
+}
+
+static AttrNumber
+column_of(Oid relid, const char *name, const char *argname)
+{
+	AttrNumber	att = get_attnum(relid, name);
+
+	if (att <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("column \"%s\" named in %s does not exist", name, argname),
+				 errdetail("Table %s has no column \"%s\".", get_rel_name(relid), name)));
+	return att;
+}
+
+static void
+require_table(Oid relid, const char *argname)
+{
+	char		relkind = get_rel_relkind(relid);
+
+	if (relkind == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u given as argument \"%s\" does not exist", relid, argname)));
+	if (relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("argument \"%s\" must be a table, but \"%s\" is not a plain table",
+						argname, get_rel_name(relid))));
+}
+
+/* integer types may reference each other; otherwise the types must match */
+static bool
+fk_types_compatible(Oid fk, Oid ref)
+{
+	fk = getBaseType(fk);
+	ref = getBaseType(ref);
+	if (fk == ref)
+		return true;
+	return (fk == INT2OID || fk == INT4OID || fk == INT8OID) &&
+		(ref == INT2OID || ref == INT4OID || ref == INT8OID);
+}
+
+/* The parent's one-column primary key, for parent_column => NULL. */
+static char *
+parent_pk_column(Oid parentid)
+{
+	Relation	rel = relation_open(parentid, AccessShareLock);
+	Oid			pkoid = RelationGetPrimaryKeyIndex(rel);
+	char	   *name = NULL;
+
+	if (OidIsValid(pkoid))
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(pkoid));
+		Form_pg_index index = (Form_pg_index) GETSTRUCT(tup);
+
+		if (index->indnkeyatts == 1)
+			name = get_attname(parentid, index->indkey.values[0], false);
+		ReleaseSysCache(tup);
+	}
+	relation_close(rel, AccessShareLock);
+	if (name == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FOREIGN_KEY),
+				 errmsg("parent table %s has no one-column primary key", get_rel_name(parentid)),
+				 errhint("Name the referenced column with parent_column.")));
+	return name;
+}
+
+static char **
+text_array(ArrayType *arr, int *n, const char *argname)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	char	  **result;
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, n);
+	result = palloc(sizeof(char *) * (*n + 1));
+	for (int i = 0; i < *n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("argument \"%s\" must not contain NULL", argname)));
+		result[i] = TextDatumGetCString(elems[i]);
+	}
+	return result;
+}
+
+/* Validate everything, take the locks; nothing has changed yet. */
+static Backfill *
+open_backfill(FunctionCallInfo fcinfo)
+{
+	Backfill   *b = palloc0(sizeof(Backfill));
+	Oid			childid = PG_GETARG_OID(0);
+	ArrayType  *child_key = PG_GETARG_ARRAYTYPE_P(3);
+	char	  **pkeynames;
+	int			nparent;
+	bool		writes_parent;
+	AclResult	acl;
+
+	b->on_orphan = parse_on_orphan(text_to_cstring(PG_GETARG_TEXT_PP(6)));
+	if (!PG_ARGISNULL(11) && PG_GETARG_INT32(11) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("argument \"batch_size\" must be greater than zero")));
+	require_table(childid, "child");
+	b->parentid = PG_GETARG_OID(2);
+	require_table(b->parentid, "parent");
+
+	/* the child as a dedup target: owner check, lock, key columns */
+	b->child = dedup_target_open(childid, child_key, NULL, true, true,
+								 PG_GETARG_BOOL(9) ? AccessShareLock : ShareRowExclusiveLock);
+
+	acl = pg_class_aclcheck(b->parentid, GetUserId(), ACL_SELECT);
+	if (acl != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(b->parentid)),
+				 errdetail("backfill_fk reads the parent given as argument \"parent\".")));
+	writes_parent = b->on_orphan == ON_ORPHAN_CREATE_PARENT && !PG_GETARG_BOOL(9);
+	if (writes_parent && pg_class_aclcheck(b->parentid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", get_rel_name(b->parentid)),
+				 errdetail("on_orphan => 'create_parent' inserts into the parent.")));
+	if (b->parentid != childid)
+		LockRelationOid(b->parentid, PG_GETARG_BOOL(9) ? AccessShareLock :
+						(writes_parent || PG_GETARG_BOOL(7)) ? ShareRowExclusiveLock : AccessShareLock);
+	b->parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(b->parentid)),
+										   get_rel_name(b->parentid));
+
+	b->fkname = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	b->fkatt = column_of(childid, b->fkname, "fk_column");
+	b->fk = pstrdup(quote_identifier(b->fkname));
+
+	pkeynames = PG_ARGISNULL(4) ? NULL : text_array(PG_GETARG_ARRAYTYPE_P(4), &nparent, "parent_key");
+	if (pkeynames && nparent != b->child->nkeys)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("arguments \"child_key\" and \"parent_key\" must have the same number of columns"),
+				 errdetail("child_key has %d, parent_key has %d.", b->child->nkeys, nparent)));
+	b->pkey = palloc(sizeof(char *) * b->child->nkeys);
+	b->eq = palloc(sizeof(char *) * b->child->nkeys);
+	for (int i = 0; i < b->child->nkeys; i++)
+	{
+		const char *name = pkeynames ? pkeynames[i] : b->child->keys[i].name;
+		AttrNumber	att = column_of(b->parentid, name, "parent_key");
+		Oid			ptype = get_atttype(b->parentid, att);
+		Operator	op = oper(NULL, list_make1(makeString("=")), b->child->keys[i].type, ptype,
+							  true, -1);
+
+		if (op == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("child_key column \"%s\" (%s) cannot be compared with parent_key column \"%s\" (%s)",
+							b->child->keys[i].name, format_type_be(b->child->keys[i].type),
+							name, format_type_be(ptype))));
+		b->eq[i] = sql_operator(oprid(op));
+		ReleaseSysCache(op);
+		b->pkey[i] = pstrdup(quote_identifier(name));
+	}
+
+	b->pcolname = PG_ARGISNULL(5) ? parent_pk_column(b->parentid) : text_to_cstring(PG_GETARG_TEXT_PP(5));
+	b->pcolatt = column_of(b->parentid, b->pcolname, "parent_column");
+	b->pcol = pstrdup(quote_identifier(b->pcolname));
+	if (!fk_types_compatible(get_atttype(childid, b->fkatt), get_atttype(b->parentid, b->pcolatt)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("fk_column \"%s\" has type %s, but parent_column \"%s\" has type %s",
+						b->fkname, format_type_be(get_atttype(childid, b->fkatt)),
+						b->pcolname, format_type_be(get_atttype(b->parentid, b->pcolatt))),
+				 errhint("A foreign-key column needs the type of the column it references.")));
+	return b;
+}
+
+/* c.k = m.dedup_k<i> AND ... (or p.<parent key> with alias p) */
+static char *
+key_join(Backfill *b, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < b->child->nkeys; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&buf, " AND ");
+		if (strcmp(alias, "m") == 0)
+			appendStringInfo(&buf, "c.%s %s m.dedup_k%d", b->child->keys[i].quoted, b->eq[i], i);
+		else
+			appendStringInfo(&buf, "c.%s %s %s.%s", b->child->keys[i].quoted, b->eq[i],
+							 alias, b->pkey[i]);
+	}
+	return buf.data;
+}
+
+/* one row per natural key of the parent: how many parents, and one of them */
+static char *
+parent_keys(Backfill *b)
+{
+	StringInfoData cols;
+	StringInfoData group;
+
+	initStringInfo(&cols);
+	initStringInfo(&group);
+	for (int i = 0; i < b->child->nkeys; i++)
+	{
+		appendStringInfo(&cols, "p.%s AS dedup_k%d, ", b->pkey[i], i);
+		appendStringInfo(&group, "%sp.%s", i > 0 ? ", " : "", b->pkey[i]);
+	}
+	return psprintf("SELECT %s pg_catalog.count(*) AS dedup_n,"
+					" (pg_catalog.array_agg(p.%s))[1] AS dedup_ref"
+					" FROM ONLY %s p GROUP BY %s",
+					cols.data, b->pcol, b->parent, group.data);
+}
+
+static char *
+keys_not_null(Backfill *b)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "true");
+	for (int i = 0; i < b->child->nkeys; i++)
+		appendStringInfo(&buf, " AND c.%s IS NOT NULL", b->child->keys[i].quoted);
+	return buf.data;
+}
+
+/* What the backfill would do: linkable, orphan, ambiguous rows, missing keys. */
+static void
+classify(Backfill *b, BackfillResult *res)
+{
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_n OPERATOR(pg_catalog.=) 1),"
+							" pg_catalog.count(*) FILTER (WHERE m.dedup_n IS NULL),"
+							" pg_catalog.count(*) FILTER (WHERE m.dedup_n OPERATOR(pg_catalog.>) 1),"
+							" pg_catalog.count(DISTINCT ROW(%s)) FILTER (WHERE m.dedup_n IS NULL AND %s)"
+							" FROM ONLY %s c LEFT JOIN (%s) m ON %s WHERE c.%s IS NULL",
+							sql_key_list(b->child, "c"), keys_not_null(b),
+							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk),
+				   SPI_OK_SELECT);
+	res->rows_updated = spi_get_int64(0, 1);
+	res->orphan_rows = spi_get_int64(0, 2);
+	res->ambiguous_rows = spi_get_int64(0, 3);
+	res->parents_created = spi_get_int64(0, 4);
+}
+
+/*
+ * List the orphan and ambiguous rows in dedup_orphans.  They are collected
+ * by the caller into a temporary table first; the extension owner only
+ * copies that table, so no user code runs with its rights.
+ */
+static void
+report_orphans(Backfill *b, int64 job_id)
+{
+	char	   *tmp = psprintf("pg_temp.dedup_orphans_%d_%lld", MyProcPid, (long long) job_id);
+
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
+							" SELECT %s AS row_id, %s AS key_values,"
+							" CASE WHEN m.dedup_n IS NULL THEN 'orphan' ELSE 'ambiguous' END AS reason"
+							" FROM ONLY %s c LEFT JOIN (%s) m ON %s"
+							" WHERE c.%s IS NULL AND (m.dedup_n IS NULL OR m.dedup_n OPERATOR(pg_catalog.>) 1)",
+							tmp, sql_row_id(b->child, "c"), sql_key_json(b->child, "c"),
+							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk),
+				   SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_orphan (job_id, row_id, key_values, reason)"
+							   " SELECT %lld, t.row_id, t.key_values, t.reason FROM %s t",
+							   dedup_ext_schema(), (long long) job_id, tmp),
+					  0, NULL, NULL, NULL, SPI_OK_INSERT);
+	spi_exec_count(psprintf("DROP TABLE %s", tmp), SPI_OK_UTILITY);
+}
+
+static char *
+orphan_condition(Backfill *b)
+{
+	return psprintf("c.%s IS NULL AND NOT EXISTS (SELECT FROM ONLY %s p WHERE %s)",
+					b->fk, b->parent, key_join(b, "p"));
+}
+
+static void
+delete_orphans(Backfill *b, BackfillResult *res)
+{
+	char	   *del = psprintf("DELETE FROM ONLY %s c WHERE %s RETURNING c.*",
+							   b->child->qualname, orphan_condition(b));
+
+	if (res->deleted_archive)
+		res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s) INSERT INTO %s"
+													" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
+													del, res->deleted_archive, (long long) res->job_id),
+										   SPI_OK_INSERT);
+	else
+		res->rows_deleted = spi_exec_count(del, SPI_OK_DELETE_RETURNING);
+}
+
+/* one parent per distinct missing key, key columns filled, the rest defaults */
+static void
+create_parents(Backfill *b, BackfillResult *res)
+{
+	StringInfoData pcols;
+	char	   *ins;
+
+	initStringInfo(&pcols);
+	for (int i = 0; i < b->child->nkeys; i++)
+		appendStringInfo(&pcols, "%s%s", i > 0 ? ", " : "", b->pkey[i]);
+	ins = psprintf("INSERT INTO %s AS p (%s) SELECT DISTINCT %s FROM ONLY %s c WHERE %s AND %s"
+				   " RETURNING p.%s",
+				   b->parent, pcols.data, sql_key_list(b->child, "c"), b->child->qualname,
+				   orphan_condition(b), keys_not_null(b), b->pcol);
+	if (res->created_archive)
+		res->parents_created = spi_exec_count(psprintf("WITH dedup_i AS (%s) INSERT INTO %s SELECT * FROM dedup_i",
+													   ins, res->created_archive),
+											  SPI_OK_INSERT);
+	else
+		res->parents_created = spi_exec_count(ins, SPI_OK_INSERT_RETURNING);
+}
+
+/* The one pass that links: a hash join with the parent's unambiguous keys. */
+static void
+link_rows(Backfill *b, BackfillResult *res)
+{
+	char	   *upd = psprintf("UPDATE ONLY %s c SET %s = m.dedup_ref FROM (%s) m"
+							   " WHERE c.%s IS NULL AND %s AND m.dedup_n OPERATOR(pg_catalog.=) 1",
+							   b->child->qualname, b->fk, parent_keys(b), b->fk, key_join(b, "m"));
+	StringInfoData ids;
+
+	if (!res->linked_archive)
+	{
+		res->rows_updated = spi_exec_count(upd, SPI_OK_UPDATE);
+		return;
+	}
+	initStringInfo(&ids);
+	if (b->child->npk == 0)
+		appendStringInfoString(&ids, "c.ctid");
+	for (int i = 0; i < b->child->npk; i++)
+		appendStringInfo(&ids, "%sc.%s", i > 0 ? ", " : "", b->child->pk[i].quoted);
+	res->rows_updated = spi_exec_count(psprintf("WITH dedup_u AS (%s RETURNING %s)"
+												" INSERT INTO %s SELECT * FROM dedup_u",
+												upd, ids.data, res->linked_archive),
+									   SPI_OK_INSERT);
+}
+
+static bool
+column_not_null(Oid relid, AttrNumber att)
+{
+	HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(att));
+	bool		result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for attribute %d of relation %u", att, relid);
+	result = ((Form_pg_attribute) GETSTRUCT(tup))->attnotnull;
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/* FOREIGN KEY NOT VALID + VALIDATE, then NOT NULL through a validated CHECK */
+static void
+add_constraints(Backfill *b, BackfillResult *res)
+{
+	Oid			nsp = get_rel_namespace(b->child->relid);
+	int64		nulls;
+	const char *check;
+
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NULL",
+							b->child->qualname, b->fk), SPI_OK_SELECT);
+	nulls = spi_get_int64(0, 1);
+	if (nulls > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("cannot add the constraints: %lld rows of %s still have %s NULL",
+						(long long) nulls, b->child->qualname, b->fk),
+				 errdetail("%lld rows match no parent (orphans) and %lld match more than one (ambiguous); ambiguous rows are never guessed.",
+						   (long long) (nulls - res->ambiguous_rows), (long long) res->ambiguous_rows),
+				 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
+
+	spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
+
+	res->constraint_name = ChooseConstraintName(b->child->relname, b->fkname, "fkey", nsp, NIL);
+	spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s) NOT VALID",
+							b->child->qualname, quote_identifier(res->constraint_name), b->fk,
+							b->parent, b->pcol), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
+							b->child->qualname, quote_identifier(res->constraint_name)), SPI_OK_UTILITY);
+
+	if (column_not_null(b->child->relid, b->fkatt))
+		return;
+	check = quote_identifier(ChooseConstraintName(b->child->relname, b->fkname, "not_null", nsp, NIL));
+	spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID",
+							b->child->qualname, check, b->fk), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s", b->child->qualname, check),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL", b->child->qualname, b->fk),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT %s", b->child->qualname, check),
+				   SPI_OK_UTILITY);
+	res->not_null_added = true;
+}
+
+/* what dedup_rollback needs to undo the job */
+static char *
+undo_json(Backfill *b, BackfillResult *res)
+{
+	StringInfoData buf;
+	const char *names[] = {"deleted", "linked", "created", "constraint", "fk_column", "parent_column"};
+	const char *values[] = {res->deleted_archive, res->linked_archive, res->created_archive,
+	res->constraint_name, b->fkname, b->pcolname};
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"not_null\": %s", res->not_null_added ? "true" : "false");
+	for (int i = 0; i < lengthof(names); i++)
+	{
+		appendStringInfo(&buf, ", \"%s\": ", names[i]);
+		if (values[i])
+			escape_json(&buf, values[i]);
+		else
+			appendStringInfoString(&buf, "null");
+	}
+	appendStringInfo(&buf, ", \"orphan_rows\": %lld, \"ambiguous_rows\": %lld, \"parents_created\": %lld}",
+					 (long long) res->orphan_rows, (long long) res->ambiguous_rows,
+					 (long long) res->parents_created);
+	return buf.data;
+}
+
+static char *
+params_json(FunctionCallInfo fcinfo, Backfill *b)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"fk_column\": ");
+	escape_json(&buf, b->fkname);
+	appendStringInfoString(&buf, ", \"parent\": ");
+	escape_json(&buf, b->parent);
+	appendStringInfoString(&buf, ", \"key\": [");
+	for (int i = 0; i < b->child->nkeys; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&buf, ", ");
+		escape_json(&buf, b->child->keys[i].name);
+	}
+	appendStringInfoString(&buf, "], \"parent_column\": ");
+	escape_json(&buf, b->pcolname);
+	appendStringInfoString(&buf, ", \"on_orphan\": ");
+	escape_json(&buf, text_to_cstring(PG_GETARG_TEXT_PP(6)));
+	appendStringInfo(&buf, ", \"add_constraint\": %s, \"archive\": %s, \"background\": %s}",
+					 PG_GETARG_BOOL(7) ? "true" : "false", PG_GETARG_BOOL(8) ? "true" : "false",
+					 PG_GETARG_BOOL(10) ? "true" : "false");
+	return buf.data;
+}
+
+static void
+return_result(FunctionCallInfo fcinfo, BackfillResult *res, const char *state)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Datum		values[8];
+	bool		nulls[8] = {0};
+
+	InitMaterializedSRF(fcinfo, 0);
+	values[0] = Int64GetDatum(res->job_id);
+	nulls[0] = (res->job_id == 0);
+	values[1] = CStringGetTextDatum(state);
+	values[2] = Int64GetDatum(res->rows_updated);
+	values[3] = Int64GetDatum(res->orphan_rows);
+	values[4] = Int64GetDatum(res->ambiguous_rows);
+	values[5] = Int64GetDatum(res->parents_created);
+	values[6] = Int64GetDatum(res->rows_deleted);
+	nulls[7] = (res->constraint_name == NULL);
+	values[7] = nulls[7] ? (Datum) 0 : CStringGetTextDatum(res->constraint_name);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+Datum
+backfill_fk(PG_FUNCTION_ARGS)
+{
+	static const char *const argnames[] = {
+		"child", "fk_column", "parent", "child_key", NULL, NULL, "on_orphan",
+		"add_constraint", "archive", "dry_run", "background"
+	};
+	Backfill   *b;
+	BackfillResult res = {0};
+	bool		archive;
+
+	for (int i = 0; i < lengthof(argnames); i++)
+		if (argnames[i])
+			dedup_require_arg(fcinfo, i, argnames[i]);
+	b = open_backfill(fcinfo);
+	if (PG_GETARG_BOOL(10))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("background => true is not available in this version of dedup_ext"),
+				 errhint("Run the backfill in the foreground, inside your transaction.")));
+	archive = PG_GETARG_BOOL(8);
+
+	SPI_connect();
+	classify(b, &res);
+	if (PG_GETARG_BOOL(9))
+	{
+		if (b->on_orphan != ON_ORPHAN_CREATE_PARENT)
+			res.parents_created = 0;
+		if (b->on_orphan == ON_ORPHAN_DELETE)
+			res.rows_deleted = res.orphan_rows;
+		return_result(fcinfo, &res, "dry_run");
+		SPI_finish();
+		return (Datum) 0;
+	}
+	if (b->on_orphan == ON_ORPHAN_ERROR && res.orphan_rows > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("%lld rows of %s match no row of %s", (long long) res.orphan_rows,
+						b->child->qualname, b->parent),
+				 errdetail("on_orphan => 'error' was given; nothing was changed."),
+				 errhint("Run it with on_orphan => 'report' (or dry_run => true) to list them.")));
+
+	res.job_id = job_create("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b), 0);
+	if (res.orphan_rows + res.ambiguous_rows > 0)
+		report_orphans(b, res.job_id);
+
+	if (b->on_orphan == ON_ORPHAN_DELETE)
+	{
+		if (archive)
+			res.deleted_archive = archive_create(b->child->relid, res.job_id, NULL, InvalidOid, NIL);
+		delete_orphans(b, &res);
+	}
+	res.parents_created = 0;
+	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
+	{
+		if (archive)
+			res.created_archive = archive_create(b->parentid, res.job_id, "created", GetUserId(),
+												 list_make1(b->pcolname));
+		create_parents(b, &res);
+	}
+	if (archive)
+	{
+		List	   *ids = NIL;
+
+		for (int i = 0; i < b->child->npk; i++)
+			ids = lappend(ids, b->child->pk[i].name);
+		res.linked_archive = archive_create(b->child->relid, res.job_id, "linked", InvalidOid,
+											ids ? ids : list_make1("ctid"));
+	}
+	link_rows(b, &res);
+	if (PG_GETARG_BOOL(7))
+		add_constraints(b, &res);
+
+	job_finish(res.job_id, NULL, 0, res.rows_deleted, 0,
+			   res.rows_updated + res.rows_deleted + res.parents_created, NULL, NULL, false);
+	job_set_undo(res.job_id, undo_json(b, &res));
+	return_result(fcinfo, &res, "done");
+	SPI_finish();
+	return (Datum) 0;
+}
