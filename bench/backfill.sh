@@ -32,7 +32,7 @@ CREATE TABLE tags_src AS
 SELECT g::bigint AS id, (k % 10) AS tenant_id,
        CASE WHEN g % 1000 = 0 THEN 'missing-' || g ELSE 'keyword-' || k END AS keyword,
        NULL::int AS keyword_id, 'payload-' || g AS note
-  FROM generate_series(1, $ROWS) g, LATERAL (SELECT 1 + (g * 7919) % $PARENTS AS k) s;
+  FROM generate_series(1, $ROWS) g, LATERAL (SELECT (1 + (g::bigint * 7919) % $PARENTS)::int AS k) s;
 VACUUM ANALYZE keywords;
 SQL
 
