@@ -13,6 +13,8 @@
 
 #include "access/genam.h"
 #include "access/relation.h"
+#include "catalog/catalog.h"
+#include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
@@ -368,6 +370,12 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 				 errhint("Deduplicate each partition, or key on the partition key.") : 0));
 	ReleaseSysCache(tup);
 
+	if (check_owner && (IsCatalogRelationOid(relid) ||
+						OidIsValid(getExtensionOfObject(RelationRelationId, relid))))
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("argument \"rel\" must be a user table, but \"%s\" is %s", t->relname,
+						IsCatalogRelationOid(relid) ? "a system catalog" : "part of an extension")));
 	if (check_owner)
 		dedup_check_owner(relid);
 	LockRelationOid(relid, lockmode);

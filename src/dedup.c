@@ -16,6 +16,7 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
+#include "utils/lsyscache.h"
 #include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(dedup_table);
@@ -137,6 +138,43 @@ run_delete(DedupTarget *t, DedupResult *res)
 	res->groups = spi_get_int64(0, 2);
 }
 
+/*
+ * A delete (or a rename of a referenced column) would make the foreign keys
+ * that cascade, or set NULL or a default, change rows of other tables that
+ * no archive keeps.  Refuse; merge re-points those references instead.
+ */
+static void
+refuse_cascading_references(DedupTarget *t, DedupAction action)
+{
+	bool		on_delete = (action == DEDUP_ACTION_DELETE);
+	Oid			types[3] = {OIDOID, BOOLOID, INT2OID};
+	Datum		values[3];
+
+	values[0] = ObjectIdGetDatum(t->relid);
+	values[1] = BoolGetDatum(on_delete);
+	values[2] = Int16GetDatum(on_delete ? 0 : get_attnum(t->relid, t->keys[t->rename_key].name));
+	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
+							  " FROM pg_catalog.pg_constraint c"
+							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
+							  " AND (CASE WHEN $2 THEN c.confdeltype ELSE c.confupdtype END)"
+							  "     OPERATOR(pg_catalog.=) ANY ('{c,n,d}'::pg_catalog.\"char\"[])"
+							  " AND ($3 OPERATOR(pg_catalog.=) 0 OR $3 OPERATOR(pg_catalog.=) ANY (c.confkey))"
+							  " ORDER BY 1 LIMIT 1",
+							  3, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read foreign keys");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot %s duplicate rows of %s: foreign key %s on %s would change rows there that no archive keeps",
+						dedup_action_name(action), t->qualname,
+						quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
+				 errdetail("The foreign key cascades, or sets NULL or a default, on %s.",
+						   on_delete ? "delete" : "update"),
+				 on_delete ? errhint("Use action => 'merge' to re-point the references to the surviving rows.") : 0));
+}
+
 /* Rename the losers' key column, archiving their original versions. */
 static void
 run_rename(DedupTarget *t, DedupResult *res)
@@ -156,11 +194,30 @@ run_rename(DedupTarget *t, DedupResult *res)
 	appendStringInfo(&sql, "dedup_u AS (UPDATE ONLY %s r SET %s = f.dedup_cand FROM dedup_f f"
 					 " WHERE r.ctid OPERATOR(pg_catalog.=) f.dedup_ctid RETURNING 1)"
 					 " SELECT (SELECT pg_catalog.count(*) FROM dedup_u),"
-					 " (SELECT pg_catalog.count(*) FROM dedup_f f WHERE f.dedup_rn OPERATOR(pg_catalog.=) 2)",
+					 " (SELECT pg_catalog.count(*) FROM dedup_f f WHERE f.dedup_rn OPERATOR(pg_catalog.=) 2),"
+					 " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_val IS NULL),"
+					 " (SELECT pg_catalog.min(f.dedup_cand) FROM dedup_f f GROUP BY f.dedup_cand"
+					 "  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1)",
 					 t->qualname, col);
 	spi_exec_count(sql.data, SPI_OK_SELECT);
 	res->rows_renamed = spi_get_int64(0, 1);
 	res->groups = spi_get_int64(0, 2);
+
+	/* the statement's changes go with the transaction this error aborts */
+	if (spi_get_int64(0, 3) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("cannot rename %lld duplicate rows of %s whose %s is NULL",
+						(long long) spi_get_int64(0, 3), t->qualname, t->keys[t->rename_key].quoted),
+				 errhint("Use nulls_distinct => true, which leaves rows with NULL keys alone, or action => 'delete'.")));
+	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("rename would give two rows of %s the value %s",
+						t->qualname, quote_literal_cstr(SPI_getvalue(SPI_tuptable->vals[0],
+																	 SPI_tuptable->tupdesc, 4))),
+				 errdetail("value || '-' || primary key is the same string for two different rows."),
+				 errhint("Use action => 'delete' or 'merge' for these rows.")));
 }
 
 static void
@@ -248,6 +305,8 @@ dedup_table(PG_FUNCTION_ARGS)
 	/* 'rewrite' arrives with the performance work; until then every job deletes in place */
 	res.strategy = "delete";
 	SPI_connect();
+	if (action != DEDUP_ACTION_MERGE)
+		refuse_cascading_references(t, action);
 	if (dry_run)
 	{
 		res.state = "dry_run";
