@@ -1,0 +1,180 @@
+--
+-- privileges: only the table's owner (or a member of the owning role) may change it;
+-- a non-superuser owner can use every function; a role sees and controls only its
+-- own jobs (superusers and pg_read_all_stats see all); archives are not readable by
+-- other roles; filter/keep run with the caller's rights.
+--
+DROP ROLE IF EXISTS regress_owner;
+DROP ROLE IF EXISTS regress_other;
+DROP ROLE IF EXISTS regress_member;
+DROP ROLE IF EXISTS regress_stats;
+CREATE ROLE regress_owner;
+CREATE ROLE regress_other;
+CREATE ROLE regress_member IN ROLE regress_owner;
+CREATE ROLE regress_stats IN ROLE pg_read_all_stats;
+
+-- a helper owned by the superuser: run q, show SQLSTATE and message instead of failing;
+-- numbers in messages (job ids, archive names) are shown as N
+CREATE SCHEMA priv_util;
+GRANT USAGE ON SCHEMA priv_util TO PUBLIC;
+CREATE FUNCTION priv_util.try(q text, OUT code text, OUT message text)
+LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE q;
+  code := 'OK';
+EXCEPTION WHEN OTHERS THEN
+  code := SQLSTATE;
+  message := regexp_replace(SQLERRM, '[0-9]+', 'N', 'g');
+END $$;
+
+CREATE SCHEMA priv AUTHORIZATION regress_owner;
+GRANT USAGE, CREATE ON SCHEMA priv TO regress_other;
+GRANT USAGE ON SCHEMA priv TO regress_stats;
+SET search_path = priv, public;
+
+--
+-- the owner, not a superuser, uses every function
+--
+SET ROLE regress_owner;
+SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user;
+CREATE TABLE priv.acct (id int PRIMARY KEY, email text NOT NULL, name text);
+INSERT INTO priv.acct SELECT g, 'u' || g % 4 || '@example.com', 'name ' || g
+  FROM generate_series(1, 12) g;
+CREATE TABLE priv.secret (id int PRIMARY KEY, token text NOT NULL);
+INSERT INTO priv.secret SELECT g, 'tok' || g % 2 FROM generate_series(1, 6) g;
+-- regress_other may read and write acct, but does not own it
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON priv.acct TO regress_other;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) AS acct_md5 FROM priv.acct a \gset
+SELECT md5(string_agg(s::text, ',' ORDER BY id)) AS secret_md5 FROM priv.secret s \gset
+
+-- expect 12 rows, 4 groups of 3, 8 duplicate rows
+SELECT * FROM dedup_audit('acct', '{email}');
+SELECT key_values, group_rows FROM dedup_groups('acct', '{email}') ORDER BY key_values::text;
+SELECT count(*) FROM dedup_preview('acct', '{email}');
+SELECT job_id IS NULL AS no_job_id, state, rows_deleted
+  FROM dedup_table('acct', '{email}', dry_run => true);
+CREATE TEMP TABLE r_owner AS
+SELECT * FROM dedup_table('acct', '{email}', add_unique => true);
+SELECT job_id AS jid_owner, archive_table AS arch_owner FROM r_owner \gset
+SELECT state, duplicate_groups, rows_deleted, unique_index FROM r_owner;
+SELECT id, email FROM priv.acct ORDER BY id;
+SELECT count(*) > 0 AS has_checks, bool_and(ok) AS all_ok FROM dedup_verify(:jid_owner);
+SELECT kind, state, submitted_by FROM dedup_jobs WHERE job_id = :jid_owner;
+-- the archive: owned by the table's owner, readable to it and to members only
+SELECT pg_get_userbyid(relowner) AS archive_owner FROM pg_class WHERE oid = :'arch_owner'::regclass;
+SELECT count(*) FROM :arch_owner;
+SELECT r AS role, has_table_privilege(r, :'arch_owner', 'SELECT') AS can_read
+  FROM unnest(ARRAY['regress_owner', 'regress_member', 'regress_other', 'regress_stats', 'public']) r
+ ORDER BY r;
+-- the job table itself is not for users
+SELECT * FROM priv_util.try($$SELECT count(*) FROM dedup_job$$);
+SELECT * FROM priv_util.try($$UPDATE dedup_job SET state = 'failed'$$);
+SELECT * FROM priv_util.try($$DELETE FROM dedup_job$$);
+
+--
+-- another role: reads what it may read, changes nothing it does not own
+--
+SET ROLE regress_other;
+-- it may SELECT acct, so it may audit it
+SELECT total_rows, duplicate_groups FROM dedup_audit('acct', '{email}');
+-- but not secret (no SELECT): the functions must not read it for it
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_audit('priv.secret', '{token}')$$);
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_groups('priv.secret', '{token}')$$);
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_preview('priv.secret', '{token}')$$);
+-- not the owner: 42501, even with DELETE/UPDATE/TRUNCATE granted
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_table('priv.acct', '{name}')$$);
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_table('priv.acct', '{name}', action => 'rename')$$);
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_table('priv.secret', '{token}')$$);
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_table('priv.acct', '{name}', dry_run => true)$$);
+-- the owner's job is neither visible nor controllable
+SELECT count(*) AS visible FROM dedup_jobs WHERE job_id = :jid_owner;
+SELECT count(*) AS visible_jobs FROM dedup_jobs;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_owner));
+SELECT * FROM priv_util.try(format('SELECT * FROM dedup_verify(%s)', :jid_owner));
+-- nor the archive
+SELECT * FROM priv_util.try(format('SELECT count(*) FROM %s', :'arch_owner'));
+SELECT * FROM priv_util.try(format('DROP TABLE %s', :'arch_owner'));
+-- its own table: every function works, filter and keep run as regress_other
+CREATE TABLE priv.mine (id int PRIMARY KEY, tag text NOT NULL);
+INSERT INTO priv.mine SELECT g, 't' || g % 3 FROM generate_series(1, 9) g;
+SELECT total_rows, duplicate_rows
+  FROM dedup_audit('mine', '{tag}', filter => 'current_user = ''regress_other''');
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_audit('priv.mine', '{tag}', filter => 'EXISTS (SELECT 1 FROM priv.secret)')$$);
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_table('priv.mine', '{tag}', keep => '(SELECT min(id) FROM priv.secret)')$$);
+CREATE TEMP TABLE r_other AS
+SELECT * FROM dedup_table('mine', '{tag}', action => 'rename',
+                          filter => 'current_user = ''regress_other''');
+SELECT job_id AS jid_other, archive_table AS arch_other FROM r_other \gset
+SELECT state, rows_renamed FROM r_other;
+SELECT id, tag FROM priv.mine ORDER BY id;
+SELECT count(*) > 0 AS has_checks, bool_and(ok) AS all_ok FROM dedup_verify(:jid_other);
+SELECT kind, state, submitted_by FROM dedup_jobs WHERE job_id = :jid_other;
+SELECT count(*) AS visible_jobs FROM dedup_jobs;
+SELECT pg_get_userbyid(relowner) AS archive_owner FROM pg_class WHERE oid = :'arch_other'::regclass;
+SELECT count(*) FROM :arch_other;
+
+--
+-- the owner again: does not see regress_other's job; undoes its own job
+--
+SET ROLE regress_owner;
+SELECT count(*) AS visible FROM dedup_jobs WHERE job_id = :jid_other;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_other));
+SELECT * FROM priv_util.try(format('SELECT count(*) FROM %s', :'arch_other'));
+SELECT dedup_rollback(:jid_owner) AS restored;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS exact FROM priv.acct a;
+SELECT kind, state, submitted_by FROM dedup_jobs
+ WHERE job_id = :jid_owner OR target_job = :jid_owner ORDER BY kind;
+
+--
+-- a member of the owning role may change the table; the job is its own
+--
+SET ROLE regress_member;
+CREATE TEMP TABLE r_member AS
+SELECT * FROM dedup_table('acct', '{email}', keep => 'last', add_unique => true);
+SELECT job_id AS jid_member, archive_table AS arch_member FROM r_member \gset
+SELECT state, rows_deleted, unique_index FROM r_member;
+SELECT id FROM priv.acct ORDER BY id;
+SELECT kind, state, submitted_by FROM dedup_jobs WHERE job_id = :jid_member;
+SELECT count(*) AS visible FROM dedup_jobs WHERE job_id IN (:jid_owner, :jid_other, :jid_member);
+SELECT pg_get_userbyid(relowner) AS archive_owner FROM pg_class WHERE oid = :'arch_member'::regclass;
+SELECT count(*) FROM :arch_member;
+SELECT count(*) > 0 AS has_checks, bool_and(ok) AS all_ok FROM dedup_verify(:jid_member);
+
+--
+-- pg_read_all_stats sees every job but controls none, and reads no archive
+--
+SET ROLE regress_stats;
+SELECT job_id = :jid_owner AS is_owner_job, kind, state, submitted_by
+  FROM dedup_jobs WHERE job_id IN (:jid_owner, :jid_other, :jid_member) OR target_job = :jid_owner
+ ORDER BY job_id;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_member));
+SELECT * FROM priv_util.try(format('SELECT count(*) FROM %s', :'arch_member'));
+SELECT * FROM priv_util.try($$SELECT * FROM dedup_table('priv.acct', '{name}')$$);
+
+-- regress_other cannot undo the member's job either
+SET ROLE regress_other;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_member));
+SELECT count(*) AS acct_rows FROM priv.acct;
+-- its own job it can undo
+SELECT dedup_rollback(:jid_other) AS restored;
+SELECT id, tag FROM priv.mine ORDER BY id;
+
+-- the member undoes its job
+SET ROLE regress_member;
+SELECT dedup_rollback(:jid_member) AS restored;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS exact FROM priv.acct a;
+
+-- a superuser sees all
+RESET ROLE;
+SELECT submitted_by, kind, count(*) FROM dedup_jobs
+ WHERE job_id IN (:jid_owner, :jid_other, :jid_member) OR target_job IN (:jid_owner, :jid_other, :jid_member)
+ GROUP BY 1, 2 ORDER BY 1, 2;
+-- secret never changed
+SELECT md5(string_agg(s::text, ',' ORDER BY id)) = :'secret_md5' AS secret_unchanged FROM priv.secret s;
+
+RESET search_path;
+DROP OWNED BY regress_owner, regress_other, regress_member, regress_stats;
+DROP ROLE regress_owner;
+DROP ROLE regress_other;
+DROP ROLE regress_member;
+DROP ROLE regress_stats;
