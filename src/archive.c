@@ -254,7 +254,7 @@ restore_refs(DedupJob *job)
 }
 
 /* ROW(c.a, c.b) = ROW(x.a, x.b) over the columns of a key archive */
-static char *
+char *
 key_archive_match(Oid archive, const char *c, const char *x)
 {
 	Relation	arel = relation_open(archive, AccessShareLock);

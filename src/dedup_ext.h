@@ -153,6 +153,7 @@ extern char *json_field_text(const char *json, const char *name);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 
 /* archive.c */
+extern char *key_archive_match(Oid archive, const char *c, const char *x);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);
 

@@ -108,6 +108,46 @@ check_unique(ReturnSetInfo *rsinfo, DedupJob *job)
 			  : psprintf("%s is missing or not a valid unique index", job->unique_index));
 }
 
+/* checks of a backfill job: what it linked is still linked, its constraints hold */
+static void
+check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
+{
+	char	   *linked = json_field_text(job->undo, "linked");
+	char	   *constraint = json_field_text(job->undo, "constraint");
+	const char *fk = quote_identifier(json_field_text(job->undo, "fk_column"));
+	char	   *child = psprintf("%s.%s",
+								 quote_identifier(get_namespace_name(get_rel_namespace(job->relid))),
+								 quote_identifier(get_rel_name(job->relid)));
+	int64		reported = strtoll(json_field_text(job->undo, "orphan_rows"), NULL, 10) +
+		strtoll(json_field_text(job->undo, "ambiguous_rows"), NULL, 10);
+	int64		n;
+
+	if (linked && OidIsValid(dedup_relid_by_name(linked)))
+	{
+		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s l WHERE NOT EXISTS"
+							  " (SELECT FROM ONLY %s c WHERE %s AND c.%s IS NOT NULL)",
+							  linked, child, key_archive_match(dedup_relid_by_name(linked), "c", "l"), fk));
+		add_check(rsinfo, "linked_rows_linked", n == 0,
+				  psprintf("%lld rows the job linked are gone or NULL again", (long long) n));
+	}
+	n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_orphan o"
+						  " WHERE o.job_id OPERATOR(pg_catalog.=) %lld",
+						  dedup_ext_schema(), (long long) job->job_id));
+	add_check(rsinfo, "orphans_listed", n == reported,
+			  psprintf("%lld of %lld orphan and ambiguous rows listed in dedup_orphans",
+					   (long long) n, (long long) reported));
+	if (constraint)
+	{
+		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint c"
+							  " WHERE c.conrelid OPERATOR(pg_catalog.=) %u"
+							  " AND c.conname OPERATOR(pg_catalog.=) %s AND c.convalidated",
+							  job->relid, sql_literal(constraint)));
+		add_check(rsinfo, "foreign_key", n == 1,
+				  psprintf("constraint %s is %s", quote_identifier(constraint),
+						   n == 1 ? "valid" : "missing or not validated"));
+	}
+}
+
 Datum
 dedup_verify(PG_FUNCTION_ARGS)
 {
@@ -128,7 +168,7 @@ dedup_verify(PG_FUNCTION_ARGS)
 			  job->rolled_back_by ?
 			  psprintf("rolled back by job %lld", (long long) job->rolled_back_by) :
 			  psprintf("state is %s", job->state));
-	if (strcmp(job->kind, "dedup") != 0 || job->rolled_back_by != 0 ||
+	if (strcmp(job->kind, "rollback") == 0 || job->rolled_back_by != 0 ||
 		strcmp(job->state, "done") != 0)
 	{
 		SPI_finish();
@@ -137,6 +177,13 @@ dedup_verify(PG_FUNCTION_ARGS)
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->relid)))
 	{
 		add_check(rsinfo, "table_exists", false, "the table of the job no longer exists");
+		SPI_finish();
+		return (Datum) 0;
+	}
+
+	if (strcmp(job->kind, "backfill") == 0)
+	{
+		check_backfill(rsinfo, job);
 		SPI_finish();
 		return (Datum) 0;
 	}
