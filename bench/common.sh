@@ -32,7 +32,7 @@ measure() {
     q -c "CHECKPOINT" >/dev/null
     lsn0=$(q -c "SELECT pg_current_wal_lsn()")
     t0=$(date +%s.%N)
-    q -c "$sql" >/dev/null
+    q <<<"$sql" >/dev/null
     t1=$(date +%s.%N)
     lsn1=$(q -c "SELECT pg_current_wal_lsn()")
     wal=$(q -c "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")
