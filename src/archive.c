@@ -196,7 +196,8 @@ restore_refs(DedupJob *job)
 	refs = SPI_tuptable;
 	nrefs = SPI_processed;
 
-	for (uint64 i = 0; i < nrefs; i++)
+	/* newest first: a row re-pointed for one key may be removed for the next */
+	for (uint64 i = nrefs; i-- > 0;)
 	{
 		HeapTuple	tup = refs->vals[i];
 		char	   *child = SPI_getvalue(tup, refs->tupdesc, 1);
@@ -223,11 +224,18 @@ restore_refs(DedupJob *job)
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 4, &isnull)),
 						  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
 
-		restorable = restorable_columns(archiveid, childid);
-		restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
-											" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
-											child, restorable, restorable, archive),
-								   SPI_OK_INSERT);
+		/* only when there is something to put back: it needs INSERT on the table */
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s a"
+								" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'", archive),
+					   SPI_OK_SELECT);
+		if (spi_get_int64(0, 1) > 0)
+		{
+			restorable = restorable_columns(archiveid, childid);
+			restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
+												" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
+												child, restorable, restorable, archive),
+									   SPI_OK_INSERT);
+		}
 
 		match = npk > 0 ?
 			psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
@@ -246,7 +254,7 @@ restore_refs(DedupJob *job)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot roll back job %lld: %lld of %lld re-pointed rows of %s were found",
 							(long long) job->job_id, (long long) moved, (long long) expected, child),
-					 errdetail("Rows of a table without a primary key are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+					 errdetail("Rows are found by their primary key or, without one (or when it contains the re-pointed columns), by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
 		restored += moved;
 		spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	}

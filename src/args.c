@@ -20,6 +20,7 @@
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "nodes/nodeFuncs.h"
@@ -499,6 +500,41 @@ dedup_target_set_rename(DedupTarget *t)
 				 errdetail("The renamed value is suffixed with the primary key, and %s has none.",
 						   t->qualname),
 				 errhint("Add a primary key, or use action => 'delete'.")));
+}
+
+/*
+ * Deleting rows of a table (or updating column att of it) would make the
+ * foreign keys that cascade, or set NULL or a default, change rows of other
+ * tables that no archive keeps.  Refuse; merge re-points those references.
+ * what: the verb for the message ("delete", "rename", ...).
+ */
+void
+refuse_cascading_references(Oid relid, const char *qualname, const char *what,
+							bool on_delete, AttrNumber att)
+{
+	Oid			types[3] = {OIDOID, BOOLOID, INT2OID};
+	Datum		values[3] = {ObjectIdGetDatum(relid), BoolGetDatum(on_delete), Int16GetDatum(att)};
+
+	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
+							  " FROM pg_catalog.pg_constraint c"
+							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
+							  " AND (CASE WHEN $2 THEN c.confdeltype ELSE c.confupdtype END)"
+							  "     OPERATOR(pg_catalog.=) ANY ('{c,n,d}'::pg_catalog.\"char\"[])"
+							  " AND ($3 OPERATOR(pg_catalog.=) 0 OR $3 OPERATOR(pg_catalog.=) ANY (c.confkey))"
+							  " ORDER BY 1 LIMIT 1",
+							  3, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read foreign keys");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot %s duplicate rows of %s: foreign key %s on %s would change rows there that no archive keeps",
+						what, qualname,
+						quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
+				 errdetail("The foreign key cascades, or sets NULL or a default, on %s.",
+						   on_delete ? "delete" : "update"),
+				 on_delete ? errhint("Use action => 'merge' to re-point the references to the surviving rows.") : 0));
 }
 
 DedupAction

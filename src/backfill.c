@@ -71,7 +71,9 @@ typedef struct BackfillResult
 	int64		ambiguous_rows;
 	int64		parents_created;
 	int64		rows_deleted;
+	int64		orphans_with_key;	/* orphans a created parent would link */
 	char	   *constraint_name;
+	bool		constraint_added;
 	bool		not_null_added;
 	char	   *deleted_archive;
 	char	   *linked_archive;
@@ -329,15 +331,17 @@ classify(Backfill *b, BackfillResult *res)
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_n OPERATOR(pg_catalog.=) 1),"
 							" pg_catalog.count(*) FILTER (WHERE m.dedup_n IS NULL),"
 							" pg_catalog.count(*) FILTER (WHERE m.dedup_n OPERATOR(pg_catalog.>) 1),"
-							" pg_catalog.count(DISTINCT ROW(%s)) FILTER (WHERE m.dedup_n IS NULL AND %s)"
+							" pg_catalog.count(DISTINCT ROW(%s)) FILTER (WHERE m.dedup_n IS NULL AND %s),"
+							" pg_catalog.count(*) FILTER (WHERE m.dedup_n IS NULL AND %s)"
 							" FROM ONLY %s c LEFT JOIN (%s) m ON %s WHERE c.%s IS NULL",
-							sql_key_list(b->child, "c"), keys_not_null(b),
+							sql_key_list(b->child, "c"), keys_not_null(b), keys_not_null(b),
 							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk),
 				   SPI_OK_SELECT);
 	res->rows_updated = spi_get_int64(0, 1);
 	res->orphan_rows = spi_get_int64(0, 2);
 	res->ambiguous_rows = spi_get_int64(0, 3);
 	res->parents_created = spi_get_int64(0, 4);
+	res->orphans_with_key = spi_get_int64(0, 5);
 }
 
 /*
@@ -469,10 +473,23 @@ add_constraints(Backfill *b, BackfillResult *res)
 
 	spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
 
-	res->constraint_name = ChooseConstraintName(b->child->relname, b->fkname, "fkey", nsp, NIL);
-	spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s) NOT VALID",
-							b->child->qualname, quote_identifier(res->constraint_name), b->fk,
-							b->parent, b->pcol), SPI_OK_UTILITY);
+	/* a re-run finds the foreign key of an earlier run and keeps it */
+	spi_exec_count(psprintf("SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"
+							" WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+							" AND c.conrelid OPERATOR(pg_catalog.=) %u AND c.confrelid OPERATOR(pg_catalog.=) %u"
+							" AND c.conkey OPERATOR(pg_catalog.=) '{%d}' AND c.confkey OPERATOR(pg_catalog.=) '{%d}'"
+							" ORDER BY 1 LIMIT 1",
+							b->child->relid, b->parentid, b->fkatt, b->pcolatt), SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		res->constraint_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	else
+	{
+		res->constraint_name = ChooseConstraintName(b->child->relname, b->fkname, "fkey", nsp, NIL);
+		res->constraint_added = true;
+		spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s) NOT VALID",
+								b->child->qualname, quote_identifier(res->constraint_name), b->fk,
+								b->parent, b->pcol), SPI_OK_UTILITY);
+	}
 	spi_exec_count(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
 							b->child->qualname, quote_identifier(res->constraint_name)), SPI_OK_UTILITY);
 
@@ -497,7 +514,7 @@ undo_json(Backfill *b, BackfillResult *res)
 	StringInfoData buf;
 	const char *names[] = {"deleted", "linked", "created", "constraint", "fk_column", "parent_column"};
 	const char *values[] = {res->deleted_archive, res->linked_archive, res->created_archive,
-	res->constraint_name, b->fkname, b->pcolname};
+	res->constraint_added ? res->constraint_name : NULL, b->fkname, b->pcolname};
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"not_null\": %s", res->not_null_added ? "true" : "false");
@@ -589,7 +606,9 @@ backfill_fk(PG_FUNCTION_ARGS)
 	classify(b, &res);
 	if (PG_GETARG_BOOL(9))
 	{
-		if (b->on_orphan != ON_ORPHAN_CREATE_PARENT)
+		if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
+			res.rows_updated += res.orphans_with_key;
+		else
 			res.parents_created = 0;
 		if (b->on_orphan == ON_ORPHAN_DELETE)
 			res.rows_deleted = res.orphan_rows;

@@ -12,6 +12,7 @@
  */
 #include "dedup_ext.h"
 
+#include "access/xact.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
@@ -138,43 +139,6 @@ run_delete(DedupTarget *t, DedupResult *res)
 	res->groups = spi_get_int64(0, 2);
 }
 
-/*
- * A delete (or a rename of a referenced column) would make the foreign keys
- * that cascade, or set NULL or a default, change rows of other tables that
- * no archive keeps.  Refuse; merge re-points those references instead.
- */
-static void
-refuse_cascading_references(DedupTarget *t, DedupAction action)
-{
-	bool		on_delete = (action == DEDUP_ACTION_DELETE);
-	Oid			types[3] = {OIDOID, BOOLOID, INT2OID};
-	Datum		values[3];
-
-	values[0] = ObjectIdGetDatum(t->relid);
-	values[1] = BoolGetDatum(on_delete);
-	values[2] = Int16GetDatum(on_delete ? 0 : get_attnum(t->relid, t->keys[t->rename_key].name));
-	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
-							  " FROM pg_catalog.pg_constraint c"
-							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
-							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
-							  " AND (CASE WHEN $2 THEN c.confdeltype ELSE c.confupdtype END)"
-							  "     OPERATOR(pg_catalog.=) ANY ('{c,n,d}'::pg_catalog.\"char\"[])"
-							  " AND ($3 OPERATOR(pg_catalog.=) 0 OR $3 OPERATOR(pg_catalog.=) ANY (c.confkey))"
-							  " ORDER BY 1 LIMIT 1",
-							  3, types, values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "dedup_ext: could not read foreign keys");
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("cannot %s duplicate rows of %s: foreign key %s on %s would change rows there that no archive keeps",
-						dedup_action_name(action), t->qualname,
-						quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
-						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
-				 errdetail("The foreign key cascades, or sets NULL or a default, on %s.",
-						   on_delete ? "delete" : "update"),
-				 on_delete ? errhint("Use action => 'merge' to re-point the references to the surviving rows.") : 0));
-}
-
 /* Rename the losers' key column, archiving their original versions. */
 static void
 run_rename(DedupTarget *t, DedupResult *res)
@@ -220,12 +184,46 @@ run_rename(DedupTarget *t, DedupResult *res)
 				 errhint("Use action => 'delete' or 'merge' for these rows.")));
 }
 
+/*
+ * A merge's counts depend on the collisions in every referencing table, so a
+ * dry run does the merge in a subtransaction and rolls it back.
+ */
 static void
-merge(DedupTarget *t, DedupResult *res)
+merge(DedupTarget *t, DedupResult *res, bool add_unique)
 {
 	MergeResult mres = {0};
 
-	run_merge(t, res->job_id, res->archive_table, &mres);
+	if (res->job_id == 0)
+	{
+		MemoryContext oldcxt = CurrentMemoryContext;
+		ResourceOwner oldowner = CurrentResourceOwner;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(oldcxt);
+		PG_TRY();
+		{
+			run_merge(t, 0, NULL, false, &mres);
+		}
+		PG_CATCH();
+		{
+			/* leave the subtransaction before the error goes up to the caller's */
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(oldcxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(oldcxt);
+			CurrentResourceOwner = oldowner;
+			ReThrowError(edata);
+		}
+		PG_END_TRY();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	else
+		run_merge(t, res->job_id, res->archive_table, add_unique, &mres);
 	res->groups = mres.groups;
 	res->rows_deleted = mres.rows_deleted;
 	res->refs_repointed = mres.refs_repointed;
@@ -306,12 +304,15 @@ dedup_table(PG_FUNCTION_ARGS)
 	res.strategy = "delete";
 	SPI_connect();
 	if (action != DEDUP_ACTION_MERGE)
-		refuse_cascading_references(t, action);
+		refuse_cascading_references(t->relid, t->qualname, dedup_action_name(action),
+									action == DEDUP_ACTION_DELETE,
+									action == DEDUP_ACTION_DELETE ? 0 :
+									get_attnum(t->relid, t->keys[t->rename_key].name));
 	if (dry_run)
 	{
 		res.state = "dry_run";
 		if (action == DEDUP_ACTION_MERGE)
-			merge(t, &res);
+			merge(t, &res, false);
 		else
 			count_losers(t, &res, action);
 	}
@@ -325,7 +326,7 @@ dedup_table(PG_FUNCTION_ARGS)
 		if (action == DEDUP_ACTION_RENAME)
 			run_rename(t, &res);
 		else if (action == DEDUP_ACTION_MERGE)
-			merge(t, &res);
+			merge(t, &res, add_unique);
 		else
 			run_delete(t, &res);
 		if (add_unique)

@@ -82,6 +82,8 @@ extern const char *dedup_action_name(DedupAction action);
 extern DedupStrategy dedup_parse_strategy(const char *strategy);
 extern void dedup_check_owner(Oid relid);
 extern Oid	dedup_relid_by_name(const char *qualified);
+extern void refuse_cascading_references(Oid relid, const char *qualname, const char *what,
+										bool on_delete, AttrNumber att);
 extern char *sql_operator(Oid opno);
 
 /* sqlgen.c */
@@ -112,7 +114,8 @@ typedef struct MergeResult
 	char	   *ref_archives;	/* jsonb: the archives of re-pointed tables */
 } MergeResult;
 
-extern void run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res);
+extern void run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
+					  MergeResult *res);
 
 /* jobs.c */
 typedef struct DedupJob

@@ -46,7 +46,6 @@ typedef struct RefKey
 	char	  **eq;				/* conpfeqop, as OPERATOR(...) */
 	List	   *pknames;		/* the child's primary key (unquoted), or NIL */
 	bool		deferrable;
-	bool		deferred;		/* INITIALLY DEFERRED */
 	char	   *archive;
 } RefKey;
 
@@ -84,6 +83,17 @@ check_child_privileges(RefKey *ref)
 					 errmsg("permission denied for table %s", ref->child),
 					 errdetail("Merging re-points rows of %s (foreign key %s), which needs SELECT, UPDATE and DELETE on it.",
 							   ref->child, quote_identifier(ref->conname))));
+}
+
+static bool
+pk_has_name(List *names, const char *name)
+{
+	ListCell   *lc;
+
+	foreach(lc, names)
+		if (strcmp(lfirst(lc), name) == 0)
+			return true;
+	return false;
 }
 
 static List *
@@ -124,7 +134,7 @@ merge_plan(DedupTarget *t)
 				 errhint("Add a primary key, or use action => 'delete'.")));
 
 	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid, c.conkey, c.confkey, c.conpfeqop,"
-							  " c.condeferrable, c.condeferred"
+							  " c.condeferrable"
 							  " FROM pg_catalog.pg_constraint c"
 							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
 							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
@@ -150,7 +160,6 @@ merge_plan(DedupTarget *t)
 		ref->conname = SPI_getvalue(tup, desc, 1);
 		ref->childid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		ref->deferrable = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-		ref->deferred = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
 						  INT2OID, 2, true, TYPALIGN_SHORT, &conkey, NULL, &n);
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 4, &isnull)),
@@ -186,6 +195,10 @@ merge_plan(DedupTarget *t)
 		child = relation_open(ref->childid, NoLock);
 		ref->pknames = primary_key_names(child);
 		relation_close(child, NoLock);
+		/* a primary key that contains the re-pointed columns changes with them */
+		for (int i = 0; i < n && ref->pknames; i++)
+			if (pk_has_name(ref->pknames, ref->colnames[i]))
+				ref->pknames = NIL;
 		plan->refs = lappend(plan->refs, ref);
 	}
 	return plan;
@@ -281,6 +294,8 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 			appendStringInfo(&exprs, "%s%s", k > 0 ? ", " : "", expr);
 			appendStringInfo(&notnull, " AND %s IS NOT NULL", expr);
 		}
+		if (overlaps && index->indisunique)
+			refuse_cascading_references(ref->childid, ref->child, "remove colliding", true, 0);
 		if (!index->indisunique || !overlaps ||
 			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) ||
 			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL))
@@ -389,11 +404,13 @@ ref_archives_json(MergePlan *plan)
 }
 
 /*
- * Run a merge.  archive: the table's archive (NULL: none).  job_id 0 is a
- * dry run, which only counts.
+ * Run a merge.  archive: the table's archive (NULL: none).  add_unique: a
+ * unique index follows, which cannot be built while deferred checks on the
+ * table are pending.
  */
 void
-run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
+run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
+		  MergeResult *res)
 {
 	MergePlan  *plan = merge_plan(t);
 	ListCell   *lc;
@@ -405,20 +422,6 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
 							" pg_catalog.count(*) FROM %s m", plan->map),
 				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
-	if (job_id == 0)
-	{
-		res->rows_deleted = spi_get_int64(0, 2);
-		foreach(lc, plan->refs)
-		{
-			RefKey	   *ref = lfirst(lc);
-
-			spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c JOIN %s m ON %s",
-									ref->child, plan->map, ref_join(ref)), SPI_OK_SELECT);
-			res->refs_repointed += spi_get_int64(0, 1);
-		}
-		spi_exec_count(psprintf("DROP TABLE %s", plan->map), SPI_OK_UTILITY);
-		return;
-	}
 
 	foreach(lc, plan->refs)
 	{
@@ -452,24 +455,21 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
 	res->ref_archives = archive && plan->refs ? ref_archives_json(plan) : NULL;
 
 	/*
-	 * Deferrable foreign keys queued their checks to the end of the
-	 * transaction; run them now, so the merge is known to be consistent when
-	 * it returns and the table has no pending trigger events (which would
-	 * keep add_unique from building its index).  Then put back the
-	 * constraint's declared mode.
+	 * Deferrable foreign keys that were deferred queued their checks to the
+	 * end of the transaction, and CREATE INDEX refuses a table with pending
+	 * trigger events.  Only when add_unique needs it, those constraints are
+	 * made IMMEDIATE, which runs the checks now; they stay IMMEDIATE for the
+	 * rest of the caller's transaction (its earlier mode is not known here).
 	 */
 	foreach(lc, plan->refs)
 	{
 		RefKey	   *ref = lfirst(lc);
-		char	   *name;
 
-		if (!ref->deferrable)
-			continue;
-		name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
-										  ref->conname);
-		spi_exec_count(psprintf("SET CONSTRAINTS %s IMMEDIATE", name), SPI_OK_UTILITY);
-		if (ref->deferred)
-			spi_exec_count(psprintf("SET CONSTRAINTS %s DEFERRED", name), SPI_OK_UTILITY);
+		if (add_unique && ref->deferrable)
+			spi_exec_count(psprintf("SET CONSTRAINTS %s IMMEDIATE",
+									quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
+															   ref->conname)),
+						   SPI_OK_UTILITY);
 	}
 	spi_exec_count(psprintf("DROP TABLE %s", plan->map), SPI_OK_UTILITY);
 }
