@@ -10,6 +10,7 @@ OBJS = \
 	src/archive.o \
 	src/jobs.o \
 	src/merge.o \
+	src/rewrite.o \
 	src/spi.o \
 	src/unique.o \
 	src/verify.o

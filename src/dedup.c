@@ -231,6 +231,31 @@ merge(DedupTarget *t, DedupResult *res, bool add_unique)
 	res->ref_archives = mres.ref_archives;
 }
 
+/*
+ * 'auto' rewrites when a delete would remove at least half of the rows (by
+ * the planner's estimate of the key's groups) and the table can be
+ * rewritten; otherwise it deletes in place.
+ */
+static const char *
+choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool dry_run)
+{
+	const char *obstacle;
+
+	if (action != DEDUP_ACTION_DELETE || strategy == DEDUP_STRATEGY_DELETE)
+		return "delete";
+	obstacle = rewrite_obstacle(t);
+	if (strategy == DEDUP_STRATEGY_REWRITE)
+	{
+		if (obstacle)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot rewrite %s: %s", t->qualname, obstacle),
+					 errhint("Use strategy => 'delete'.")));
+		return "rewrite";
+	}
+	return (obstacle == NULL && estimated_loser_share(t, !dry_run) >= 0.5) ? "rewrite" : "delete";
+}
+
 static void
 return_result(FunctionCallInfo fcinfo, DedupResult *res)
 {
@@ -263,6 +288,7 @@ dedup_table(PG_FUNCTION_ARGS)
 	};
 	DedupTarget *t;
 	DedupAction action;
+	DedupStrategy strategy;
 	const char *keep;
 	bool		dry_run;
 	bool		add_unique;
@@ -273,7 +299,13 @@ dedup_table(PG_FUNCTION_ARGS)
 			dedup_require_arg(fcinfo, i, argnames[i]);
 	keep = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	action = dedup_parse_action(text_to_cstring(PG_GETARG_TEXT_PP(3)));
-	(void) dedup_parse_strategy(text_to_cstring(PG_GETARG_TEXT_PP(11)));
+	strategy = dedup_parse_strategy(text_to_cstring(PG_GETARG_TEXT_PP(11)));
+	if (strategy == DEDUP_STRATEGY_REWRITE && action != DEDUP_ACTION_DELETE)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("strategy \"rewrite\" works only with action \"delete\""),
+				 errhint("Use strategy => 'auto' or 'delete' with action => '%s'.",
+						 dedup_action_name(action))));
 	if (!PG_ARGISNULL(10) && PG_GETARG_INT32(10) <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -300,9 +332,8 @@ dedup_table(PG_FUNCTION_ARGS)
 				 errdetail("An index predicate may use only immutable functions and no subqueries."),
 				 errhint("Use add_unique => false, or an immutable filter.")));
 
-	/* 'rewrite' arrives with the performance work; until then every job deletes in place */
-	res.strategy = "delete";
 	SPI_connect();
+	res.strategy = choose_strategy(t, action, strategy, dry_run);
 	if (action != DEDUP_ACTION_MERGE)
 		refuse_cascading_references(t->relid, t->qualname, dedup_action_name(action),
 									action == DEDUP_ACTION_DELETE,
@@ -323,7 +354,9 @@ dedup_table(PG_FUNCTION_ARGS)
 											text_to_cstring(PG_GETARG_TEXT_PP(11))), 0);
 		if (PG_GETARG_BOOL(6))
 			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid, NIL);
-		if (action == DEDUP_ACTION_RENAME)
+		if (strcmp(res.strategy, "rewrite") == 0)
+			run_rewrite(t, res.job_id, res.archive_table, &res.groups, &res.rows_deleted);
+		else if (action == DEDUP_ACTION_RENAME)
 			run_rename(t, &res);
 		else if (action == DEDUP_ACTION_MERGE)
 			merge(t, &res, add_unique);

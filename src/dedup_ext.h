@@ -104,6 +104,12 @@ extern int64 spi_exec_count(const char *sql, int expected);
 extern int64 spi_get_int64(int row, int col);
 extern void spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql);
 
+/* rewrite.c */
+extern const char *rewrite_obstacle(DedupTarget *t);
+extern double estimated_loser_share(DedupTarget *t, bool may_analyze);
+extern void run_rewrite(DedupTarget *t, int64 job_id, const char *archive,
+						int64 *groups, int64 *deleted);
+
 /* merge.c */
 typedef struct MergeResult
 {
