@@ -21,7 +21,7 @@ PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 
-REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting merge backfill
+REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting merge backfill rewrite
 REGRESS_OPTS = --inputdir=.
 TAP_TESTS = 1
 
