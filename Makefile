@@ -28,3 +28,6 @@ TAP_TESTS = 1
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every object depends on the shared headers (PGXS tracks no header dependencies)
+$(OBJS): src/dedup_ext.h src/compat.h

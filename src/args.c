@@ -429,6 +429,7 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 	{
 		append_tiebreak(&buf, t, keep[0] == 'l');
 		t->order_r = buf.data;
+		t->keep_extreme = keep[0];
 		return;
 	}
 

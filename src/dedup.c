@@ -96,9 +96,8 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 {
 	int64		losers;
 
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE s.dedup_rn OPERATOR(pg_catalog.=) 2),"
-							" pg_catalog.count(*) FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
-							sql_ranked(t, NULL)),
+	spi_exec_count(psprintf("WITH %s SELECT %s, (SELECT pg_catalog.count(*) FROM dedup_l)",
+							sql_losers(t), sql_loser_groups(t)),
 				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
 	losers = spi_get_int64(0, 2);
@@ -115,9 +114,7 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 static void
 run_delete(DedupTarget *t, DedupResult *res)
 {
-	const char *losers = psprintf("dedup_l AS (SELECT s.dedup_ctid, s.dedup_rn FROM (%s) s"
-								  " WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1)",
-								  sql_ranked(t, NULL));
+	const char *losers = sql_losers(t);
 	const char *del = psprintf("dedup_d AS (DELETE FROM ONLY %s r USING dedup_l l"
 							   " WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid RETURNING r.*)",
 							   t->qualname);
@@ -126,14 +123,12 @@ run_delete(DedupTarget *t, DedupResult *res)
 	if (res->archive_table)
 		sql = psprintf("WITH %s, %s, dedup_a AS (INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL"
 					   " FROM dedup_d d RETURNING 1)"
-					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_a),"
-					   " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_rn OPERATOR(pg_catalog.=) 2)",
-					   losers, del, res->archive_table, (long long) res->job_id);
+					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_a), %s",
+					   losers, del, res->archive_table, (long long) res->job_id, sql_loser_groups(t));
 	else
 		sql = psprintf("WITH %s, %s"
-					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_d),"
-					   " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_rn OPERATOR(pg_catalog.=) 2)",
-					   losers, del);
+					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_d), %s",
+					   losers, del, sql_loser_groups(t));
 	spi_exec_count(sql, SPI_OK_SELECT);
 	res->rows_deleted = spi_get_int64(0, 1);
 	res->groups = spi_get_int64(0, 2);

@@ -67,6 +67,7 @@ typedef struct DedupTarget
 	bool		filter_immutable;	/* usable as an index predicate */
 	bool		nulls_distinct;
 	char	   *order_r;		/* keep order + tie-breaker, alias r */
+	char		keep_extreme;	/* keep 'first' ('f') or 'last' ('l'); 0: an ORDER BY list */
 	int			rename_key;		/* index into keys of the renamed column, or -1 */
 } DedupTarget;
 
@@ -95,6 +96,8 @@ extern char *sql_any_key_null(DedupTarget *t, const char *alias);
 extern char *sql_keys_match(DedupTarget *t, const char *a, const char *b);
 extern char *sql_pk_match(DedupTarget *t, const char *a, const char *b);
 extern char *sql_ranked(DedupTarget *t, const char *extra_cols);
+extern char *sql_losers(DedupTarget *t);
+extern char *sql_loser_groups(DedupTarget *t);
 extern char *sql_rename_cols(DedupTarget *t);
 extern char *sql_rename_ctes(DedupTarget *t, const char *source);
 extern char *sql_literal(const char *s);

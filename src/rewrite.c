@@ -146,9 +146,7 @@ run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, in
 
 	/* one pass picks the losers; they go to the archive, all others to the new heap */
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "WITH dedup_l AS (SELECT s.dedup_ctid, s.dedup_rn FROM (%s) s"
-					 " WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), ",
-					 sql_ranked(t, NULL));
+	appendStringInfo(&sql, "WITH %s, ", sql_losers(t));
 	if (archive)
 		appendStringInfo(&sql, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'delete', NULL, NULL"
 						 " FROM ONLY %s r JOIN dedup_l l ON r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid"
@@ -157,10 +155,9 @@ run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, in
 	appendStringInfo(&sql, "dedup_k AS (INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s"
 					 " FROM ONLY %s r WHERE NOT EXISTS (SELECT FROM dedup_l l"
 					 " WHERE l.dedup_ctid OPERATOR(pg_catalog.=) r.ctid) RETURNING 1)"
-					 " SELECT (SELECT pg_catalog.count(*) FROM dedup_l),"
-					 " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_rn OPERATOR(pg_catalog.=) 2),"
+					 " SELECT (SELECT pg_catalog.count(*) FROM dedup_l), %s,"
 					 " (SELECT pg_catalog.count(*) FROM dedup_k)%s",
-					 newname, cols.data, rcols.data, t->qualname,
+					 newname, cols.data, rcols.data, t->qualname, sql_loser_groups(t),
 					 archive ? ", (SELECT pg_catalog.count(*) FROM dedup_a)" : "");
 	spi_exec_count(sql.data, SPI_OK_SELECT);
 	*deleted = spi_get_int64(0, 1);

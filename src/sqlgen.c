@@ -9,6 +9,7 @@
  */
 #include "dedup_ext.h"
 
+#include "catalog/pg_type.h"
 #include "utils/builtins.h"
 
 char *
@@ -143,6 +144,69 @@ sql_ranked(DedupTarget *t, const char *extra_cols)
 					" WINDOW dedup_w AS (PARTITION BY %s ORDER BY %s)",
 					extra_cols ? extra_cols : "", t->qualname, sql_rows_where(t, true),
 					sql_key_list(t, "r"), t->order_r);
+}
+
+/*
+ * The column that decides 'first'/'last' when min()/max() can pick the
+ * survivor of a group: a one-column primary key of a type with those
+ * aggregates, or the ctid.  NULL when the window pass is needed.
+ */
+static const char *
+extreme_column(DedupTarget *t)
+{
+	if (t->keep_extreme == 0 || !t->nulls_distinct)
+		return NULL;
+	if (t->npk == 0)
+		return "r.ctid";
+	if (t->npk == 1)
+		switch (t->pk[0].type)
+		{
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case NUMERICOID:
+			case TEXTOID:
+			case DATEOID:
+			case TIMESTAMPOID:
+			case TIMESTAMPTZOID:
+				return psprintf("r.%s", t->pk[0].quoted);
+		}
+	return NULL;
+}
+
+/*
+ * CTEs for WITH that give the losers as dedup_l(dedup_ctid).  Keeping the
+ * first or last row by primary key needs no ordering inside a group: one
+ * aggregate over the key (which the planner may hash: with few groups it is
+ * as cheap as a GROUP BY gets) finds each group's survivor, and one join
+ * finds the other rows.  Any other keep numbers the rows of each group in a
+ * window (a sort over the key).
+ */
+char *
+sql_losers(DedupTarget *t)
+{
+	const char *col = extreme_column(t);
+
+	if (col == NULL)
+		return psprintf("dedup_l AS (SELECT s.dedup_ctid, s.dedup_rn FROM (%s) s"
+						" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1)", sql_ranked(t, NULL));
+	return psprintf("dedup_g AS (SELECT %s, pg_catalog.%s(%s) AS dedup_keep"
+					" FROM ONLY %s r WHERE %s GROUP BY %s"
+					" HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1),"
+					" dedup_l AS (SELECT r.ctid AS dedup_ctid FROM ONLY %s r JOIN dedup_g g ON %s"
+					" WHERE %s AND %s OPERATOR(pg_catalog.<>) g.dedup_keep)",
+					sql_key_list(t, "r"), t->keep_extreme == 'l' ? "max" : "min", col,
+					t->qualname, sql_rows_where(t, true), sql_key_list(t, "r"),
+					t->qualname, sql_keys_match(t, "r", "g"), sql_rows_where(t, true), col);
+}
+
+/* with sql_losers: the number of duplicate groups */
+char *
+sql_loser_groups(DedupTarget *t)
+{
+	if (extreme_column(t) == NULL)
+		return pstrdup("(SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_rn OPERATOR(pg_catalog.=) 2)");
+	return pstrdup("(SELECT pg_catalog.count(*) FROM dedup_g)");
 }
 
 /* the extra columns sql_ranked needs for sql_rename_ctes */
