@@ -12,7 +12,8 @@
 #     ADD UNIQUE, VACUUM FULL;
 #   - the best single hand-written statement: DELETE ... row_number() > 1,
 #     then CREATE UNIQUE INDEX;
-#   - dedup_table(..., add_unique => true) with its archive.
+#   - dedup_table(..., add_unique => true) with its archive, strategy delete
+#     and rewrite, and rewrite without archive; and what 'auto' would choose.
 # Reports wall time, WAL bytes, and the final table + index size.  Not a test.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -50,6 +51,7 @@ run_set() {
     echo
     echo "== $name: $ROWS rows, key ($key)"
     fresh "$src" t
+    q -c "SELECT strategy FROM dedup_table('t', '$keyarr', dry_run => true)" | sed 's/^/    auto chooses: /'
     measure "floor: GROUP BY key" "SELECT count(*) FROM (SELECT 1 FROM t GROUP BY $key) g"
 
     measure "runbook: backup + DELETE row_number + ADD UNIQUE + VACUUM FULL" "
@@ -65,9 +67,15 @@ DELETE FROM t WHERE id IN (SELECT id FROM (SELECT id, row_number() OVER (PARTITI
 CREATE UNIQUE INDEX t_key ON t ($key);"
     echo "    size after: $(size t)"
 
+    for strategy in delete rewrite; do
+        fresh "$src" t
+        measure "dedup_table(add_unique, strategy => $strategy)" \
+            "SELECT * FROM dedup_table('t', '$keyarr', add_unique => true, strategy => '$strategy')"
+        echo "    size after: $(size t)"
+    done
     fresh "$src" t
-    measure "dedup_table(add_unique => true)" \
-        "SELECT * FROM dedup_table('t', '$keyarr', add_unique => true)"
+    measure "dedup_table(add_unique, rewrite, archive => false)" \
+        "SELECT * FROM dedup_table('t', '$keyarr', add_unique => true, strategy => 'rewrite', archive => false)"
     echo "    size after: $(size t)"
     report "runbook: backup + DELETE row_number + ADD UNIQUE + VACUUM FULL"
 }
