@@ -96,6 +96,8 @@ extern char *sql_any_key_null(DedupTarget *t, const char *alias);
 extern char *sql_keys_match(DedupTarget *t, const char *a, const char *b);
 extern char *sql_pk_match(DedupTarget *t, const char *a, const char *b);
 extern char *sql_ranked(DedupTarget *t, const char *extra_cols);
+extern const char *sql_keep_column(DedupTarget *t);
+extern char *sql_group_keep(DedupTarget *t);
 extern char *sql_losers(DedupTarget *t);
 extern char *sql_loser_groups(DedupTarget *t);
 extern char *sql_rename_cols(DedupTarget *t);

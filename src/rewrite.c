@@ -28,6 +28,7 @@
 #include "commands/cluster.h"
 #include "commands/tablecmds.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -105,6 +106,71 @@ estimated_loser_share(DedupTarget *t, bool may_analyze)
 }
 
 /*
+ * keep 'first'/'last': the duplicate groups with their survivors go to a
+ * small temporary table (one aggregate), then two scans of the table, each
+ * hash-joined with it, write the losers to the archive and everything else
+ * to the new heap.  Nothing of size "all rows" is held anywhere but in the
+ * two heaps written.
+ */
+static void
+fill_by_groups(DedupTarget *t, int64 job_id, const char *archive, const char *newname,
+			   const char *cols, const char *rcols, int64 *groups, int64 *deleted)
+{
+	static int	counter = 0;
+	char	   *g = psprintf("pg_temp.dedup_keep_%d_%d", MyProcPid, ++counter);
+	const char *col = sql_keep_column(t);
+
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS %s", g, sql_group_keep(t)),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", g), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*),"
+							" COALESCE(pg_catalog.sum(g.dedup_n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
+							" FROM %s g", g), SPI_OK_SELECT);
+	*groups = spi_get_int64(0, 1);
+	*deleted = spi_get_int64(0, 2);
+	if (archive)
+		spi_exec_count(psprintf("INSERT INTO %s SELECT r.*, %lld, 'delete', NULL, NULL"
+								" FROM ONLY %s r JOIN %s g ON %s"
+								" WHERE %s AND %s OPERATOR(pg_catalog.<>) g.dedup_keep",
+								archive, (long long) job_id, t->qualname, g,
+								sql_keys_match(t, "r", "g"), sql_rows_where(t, true), col),
+					   SPI_OK_INSERT);
+	spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s"
+							" FROM ONLY %s r LEFT JOIN %s g ON %s AND %s"
+							" WHERE g.dedup_keep IS NULL OR %s OPERATOR(pg_catalog.=) g.dedup_keep",
+							newname, cols, rcols, t->qualname, g,
+							sql_keys_match(t, "r", "g"), sql_rows_where(t, true), col),
+				   SPI_OK_INSERT);
+	spi_exec_count(psprintf("DROP TABLE %s", g), SPI_OK_UTILITY);
+}
+
+/* any other keep: the window pass numbers the rows; one statement does the rest */
+static void
+fill_by_window(DedupTarget *t, int64 job_id, const char *archive, const char *newname,
+			   const char *cols, const char *rcols, int64 *groups, int64 *deleted)
+{
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "WITH %s, ", sql_losers(t));
+	if (archive)
+		appendStringInfo(&sql, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'delete', NULL, NULL"
+						 " FROM ONLY %s r JOIN dedup_l l ON r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid"
+						 " RETURNING 1), ",
+						 archive, (long long) job_id, t->qualname);
+	appendStringInfo(&sql, "dedup_k AS (INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s"
+					 " FROM ONLY %s r WHERE NOT EXISTS (SELECT FROM dedup_l l"
+					 " WHERE l.dedup_ctid OPERATOR(pg_catalog.=) r.ctid) RETURNING 1)"
+					 " SELECT (SELECT pg_catalog.count(*) FROM dedup_l), %s,"
+					 " (SELECT pg_catalog.count(*) FROM dedup_k)%s",
+					 newname, cols, rcols, t->qualname, sql_loser_groups(t),
+					 archive ? ", (SELECT pg_catalog.count(*) FROM dedup_a)" : "");
+	spi_exec_count(sql.data, SPI_OK_SELECT);
+	*deleted = spi_get_int64(0, 1);
+	*groups = spi_get_int64(0, 2);
+}
+
+/*
  * Rewrite the table without the losers.  archive: where the losers go (NULL:
  * nowhere).  Takes an ACCESS EXCLUSIVE lock, as VACUUM FULL does.
  */
@@ -117,7 +183,6 @@ run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, in
 	char		relpersistence;
 	StringInfoData cols;
 	StringInfoData rcols;
-	StringInfoData sql;
 	char	   *newname;
 
 	LockRelationOid(t->relid, AccessExclusiveLock);
@@ -144,24 +209,10 @@ run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, in
 	newname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(newheap)),
 										 get_rel_name(newheap));
 
-	/* one pass picks the losers; they go to the archive, all others to the new heap */
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "WITH %s, ", sql_losers(t));
-	if (archive)
-		appendStringInfo(&sql, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'delete', NULL, NULL"
-						 " FROM ONLY %s r JOIN dedup_l l ON r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid"
-						 " RETURNING 1), ",
-						 archive, (long long) job_id, t->qualname);
-	appendStringInfo(&sql, "dedup_k AS (INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s"
-					 " FROM ONLY %s r WHERE NOT EXISTS (SELECT FROM dedup_l l"
-					 " WHERE l.dedup_ctid OPERATOR(pg_catalog.=) r.ctid) RETURNING 1)"
-					 " SELECT (SELECT pg_catalog.count(*) FROM dedup_l), %s,"
-					 " (SELECT pg_catalog.count(*) FROM dedup_k)%s",
-					 newname, cols.data, rcols.data, t->qualname, sql_loser_groups(t),
-					 archive ? ", (SELECT pg_catalog.count(*) FROM dedup_a)" : "");
-	spi_exec_count(sql.data, SPI_OK_SELECT);
-	*deleted = spi_get_int64(0, 1);
-	*groups = spi_get_int64(0, 2);
+	if (sql_keep_column(t))
+		fill_by_groups(t, job_id, archive, newname, cols.data, rcols.data, groups, deleted);
+	else
+		fill_by_window(t, job_id, archive, newname, cols.data, rcols.data, groups, deleted);
 
 	/*
 	 * Every tuple of the new heap was written by this transaction, so, as

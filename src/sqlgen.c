@@ -151,8 +151,8 @@ sql_ranked(DedupTarget *t, const char *extra_cols)
  * survivor of a group: a one-column primary key of a type with those
  * aggregates, or the ctid.  NULL when the window pass is needed.
  */
-static const char *
-extreme_column(DedupTarget *t)
+const char *
+sql_keep_column(DedupTarget *t)
 {
 	if (t->keep_extreme == 0 || !t->nulls_distinct)
 		return NULL;
@@ -185,26 +185,38 @@ extreme_column(DedupTarget *t)
 char *
 sql_losers(DedupTarget *t)
 {
-	const char *col = extreme_column(t);
+	const char *col = sql_keep_column(t);
 
 	if (col == NULL)
 		return psprintf("dedup_l AS (SELECT s.dedup_ctid, s.dedup_rn FROM (%s) s"
 						" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1)", sql_ranked(t, NULL));
-	return psprintf("dedup_g AS (SELECT %s, pg_catalog.%s(%s) AS dedup_keep"
-					" FROM ONLY %s r WHERE %s GROUP BY %s"
-					" HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1),"
+	return psprintf("dedup_g AS (%s),"
 					" dedup_l AS (SELECT r.ctid AS dedup_ctid FROM ONLY %s r JOIN dedup_g g ON %s"
 					" WHERE %s AND %s OPERATOR(pg_catalog.<>) g.dedup_keep)",
-					sql_key_list(t, "r"), t->keep_extreme == 'l' ? "max" : "min", col,
-					t->qualname, sql_rows_where(t, true), sql_key_list(t, "r"),
-					t->qualname, sql_keys_match(t, "r", "g"), sql_rows_where(t, true), col);
+					sql_group_keep(t), t->qualname, sql_keys_match(t, "r", "g"),
+					sql_rows_where(t, true), col);
+}
+
+/*
+ * With sql_keep_column: one row per duplicate group with its key columns,
+ * its survivor's keep column (dedup_keep) and its size (dedup_n).
+ */
+char *
+sql_group_keep(DedupTarget *t)
+{
+	return psprintf("SELECT %s, pg_catalog.%s(%s) AS dedup_keep, pg_catalog.count(*) AS dedup_n"
+					" FROM ONLY %s r WHERE %s GROUP BY %s"
+					" HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1",
+					sql_key_list(t, "r"), t->keep_extreme == 'l' ? "max" : "min",
+					sql_keep_column(t), t->qualname, sql_rows_where(t, true),
+					sql_key_list(t, "r"));
 }
 
 /* with sql_losers: the number of duplicate groups */
 char *
 sql_loser_groups(DedupTarget *t)
 {
-	if (extreme_column(t) == NULL)
+	if (sql_keep_column(t) == NULL)
 		return pstrdup("(SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_rn OPERATOR(pg_catalog.=) 2)");
 	return pstrdup("(SELECT pg_catalog.count(*) FROM dedup_g)");
 }
