@@ -236,7 +236,10 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 {
 	const char *obstacle;
 
-	if (action != DEDUP_ACTION_DELETE || strategy == DEDUP_STRATEGY_DELETE)
+	if (action != DEDUP_ACTION_DELETE)
+		return "delete";
+	t->few_groups = estimated_loser_share(t, !dry_run) >= 0.5;
+	if (strategy == DEDUP_STRATEGY_DELETE)
 		return "delete";
 	obstacle = rewrite_obstacle(t);
 	if (strategy == DEDUP_STRATEGY_REWRITE)
@@ -248,7 +251,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 					 errhint("Use strategy => 'delete'.")));
 		return "rewrite";
 	}
-	return (obstacle == NULL && estimated_loser_share(t, !dry_run) >= 0.5) ? "rewrite" : "delete";
+	return (obstacle == NULL && t->few_groups) ? "rewrite" : "delete";
 }
 
 static void

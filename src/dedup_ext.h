@@ -68,6 +68,7 @@ typedef struct DedupTarget
 	bool		nulls_distinct;
 	char	   *order_r;		/* keep order + tie-breaker, alias r */
 	char		keep_extreme;	/* keep 'first' ('f') or 'last' ('l'); 0: an ORDER BY list */
+	bool		few_groups;		/* most rows are duplicates (planner's estimate) */
 	int			rename_key;		/* index into keys of the renamed column, or -1 */
 } DedupTarget;
 

@@ -149,12 +149,14 @@ sql_ranked(DedupTarget *t, const char *extra_cols)
 /*
  * The column that decides 'first'/'last' when min()/max() can pick the
  * survivor of a group: a one-column primary key of a type with those
- * aggregates, or the ctid.  NULL when the window pass is needed.
+ * aggregates, or the ctid.  NULL when the window pass is needed, or better:
+ * with many groups (few duplicates) one sort beats an aggregate that spills
+ * followed by a join.
  */
 const char *
 sql_keep_column(DedupTarget *t)
 {
-	if (t->keep_extreme == 0 || !t->nulls_distinct)
+	if (t->keep_extreme == 0 || !t->nulls_distinct || !t->few_groups)
 		return NULL;
 	if (t->npk == 0)
 		return "r.ctid";
