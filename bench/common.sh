@@ -36,9 +36,9 @@ measure() {
     t1=$(date +%s.%N)
     lsn1=$(q -c "SELECT pg_current_wal_lsn()")
     wal=$(q -c "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")
-    secs=$(echo "$t1 - $t0" | bc -l)
+    secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
     RESULTS+=("$label|$secs|$wal")
-    printf '%-48s %8.2f s %10.1f MB WAL\n' "$label" "$secs" "$(echo "$wal / 1048576" | bc -l)"
+    printf '%-48s %8.2f s %10.1f MB WAL\n' "$label" "$secs" "$(awk -v w="$wal" 'BEGIN { print w / 1048576 }')"
 }
 
 # report BASELINE_LABEL: the table of RESULTS with ratios to the baseline
@@ -53,8 +53,7 @@ report() {
     echo "|---|---|---|---|---|"
     for line in "${RESULTS[@]}"; do
         IFS='|' read -r label secs wal <<<"$line"
-        printf '| %s | %.2f | %.0f | %.2fx | %.2fx |\n' "$label" "$secs" \
-            "$(echo "$wal / 1048576" | bc -l)" "$(echo "$secs / $bsecs" | bc -l)" \
-            "$(echo "($wal + 1) / ($bwal + 1)" | bc -l)"
+        awk -v l="$label" -v s="$secs" -v w="$wal" -v bs="$bsecs" -v bw="$bwal" \
+            'BEGIN { printf "| %s | %.2f | %.0f | %.2fx | %.2fx |\n", l, s, w / 1048576, s / bs, (w + 1) / (bw + 1) }'
     done
 }
