@@ -33,6 +33,7 @@ PG_FUNCTION_INFO_V1(dedup_rollback);
 #define ARCHIVE_OWN_COLUMNS \
 	"dedup_job_id pg_catalog.int8 NOT NULL, dedup_action pg_catalog.text NOT NULL," \
 	" dedup_new_value pg_catalog.text, dedup_survivor pg_catalog.jsonb"
+#define ARCHIVE_OWN_NCOLUMNS 4
 
 /* "name type [COLLATE c]" of a column, for an archive's CREATE TABLE */
 static char *
@@ -113,8 +114,9 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 
 /*
  * "a, b, c": the archive's copy of the table's columns that can be written
- * back, i.e. without the dedup_* columns and without the table's generated
- * columns, which recompute themselves.
+ * back: all but the archive's own last ARCHIVE_OWN_NCOLUMNS columns (found by
+ * position, since the table may have columns named dedup_* too), and without
+ * the table's generated columns, which recompute themselves.
  */
 static char *
 restorable_columns(Oid archive, Oid relid)
@@ -124,13 +126,13 @@ restorable_columns(Oid archive, Oid relid)
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	for (int i = 0; i < desc->natts; i++)
+	for (int i = 0; i < desc->natts - ARCHIVE_OWN_NCOLUMNS; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		const char *name = NameStr(att->attname);
 		AttrNumber	attnum;
 
-		if (att->attisdropped || strncmp(name, "dedup_", 6) == 0)
+		if (att->attisdropped)
 			continue;
 		attnum = get_attnum(relid, name);
 		if (attnum != InvalidAttrNumber && get_attgenerated(relid, attnum))

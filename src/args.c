@@ -507,7 +507,7 @@ dedup_target_set_rename(DedupTarget *t)
  * Deleting rows of a table (or updating column att of it) would make the
  * foreign keys that cascade, or set NULL or a default, change rows of other
  * tables that no archive keeps.  Refuse; merge re-points those references.
- * what: the verb for the message ("delete", "rename", ...).
+ * what: the verb for the message ("delete duplicate", "delete orphan", ...).
  */
 void
 refuse_cascading_references(Oid relid, const char *qualname, const char *what,
@@ -529,7 +529,7 @@ refuse_cascading_references(Oid relid, const char *qualname, const char *what,
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("cannot %s duplicate rows of %s: foreign key %s on %s would change rows there that no archive keeps",
+				 errmsg("cannot %s rows of %s: foreign key %s on %s would change rows there that no archive keeps",
 						what, qualname,
 						quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
 						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),

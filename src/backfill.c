@@ -630,6 +630,7 @@ backfill_fk(PG_FUNCTION_ARGS)
 
 	if (b->on_orphan == ON_ORPHAN_DELETE)
 	{
+		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0);
 		if (archive)
 			res.deleted_archive = archive_create(b->child->relid, res.job_id, NULL, InvalidOid, NIL);
 		delete_orphans(b, &res);

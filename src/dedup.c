@@ -314,7 +314,9 @@ dedup_table(PG_FUNCTION_ARGS)
 	t = dedup_target_open(PG_GETARG_OID(0), PG_GETARG_ARRAYTYPE_P(1),
 						  PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4),
 						  PG_GETARG_BOOL(5), true,
-						  dry_run ? AccessShareLock : ShareRowExclusiveLock);
+						  dry_run ? AccessShareLock :
+						  strategy == DEDUP_STRATEGY_REWRITE ? AccessExclusiveLock :
+						  ShareRowExclusiveLock);
 	dedup_target_set_keep(t, keep);
 	if (action == DEDUP_ACTION_RENAME)
 		dedup_target_set_rename(t);
@@ -333,7 +335,8 @@ dedup_table(PG_FUNCTION_ARGS)
 	SPI_connect();
 	res.strategy = choose_strategy(t, action, strategy, dry_run);
 	if (action != DEDUP_ACTION_MERGE)
-		refuse_cascading_references(t->relid, t->qualname, dedup_action_name(action),
+		refuse_cascading_references(t->relid, t->qualname,
+									psprintf("%s duplicate", dedup_action_name(action)),
 									action == DEDUP_ACTION_DELETE,
 									action == DEDUP_ACTION_DELETE ? 0 :
 									get_attnum(t->relid, t->keys[t->rename_key].name));

@@ -138,7 +138,6 @@ merge_plan(DedupTarget *t)
 							  " FROM pg_catalog.pg_constraint c"
 							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
 							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
-							  " AND c.conparentid OPERATOR(pg_catalog.=) 0"
 							  " ORDER BY c.conrelid, c.conname",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "dedup_ext: could not read foreign keys");
@@ -346,14 +345,14 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	 * The new ctid goes into dedup_new_value, so that rows of a table
 	 * without a primary key can be found again by a rollback.
 	 */
-	return spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, c AS dedup_orow, m.*"
+	return spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, ROW(c.*)::%s AS dedup_orow, m.*"
 								   " FROM ONLY %s c JOIN %s m ON %s),"
 								   " dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
 								   " WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
 								   " RETURNING c.ctid AS dedup_nctid, o.dedup_orow)"
 								   " INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
 								   " u.dedup_nctid::pg_catalog.text, NULL FROM dedup_u u",
-								   ref->child, plan->map, ref_join(ref),
+								   ref->child, ref->child, plan->map, ref_join(ref),
 								   ref->child, set.data, ref->archive, (long long) job_id),
 						  SPI_OK_INSERT);
 }
@@ -440,8 +439,8 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
 		appendStringInfo(&pkmatch, "%sr.%s %s m.dedup_p%d", i > 0 ? " AND " : "",
 						 t->pk[i].quoted, t->pk[i].eq_sql, i);
 	del = psprintf("WITH dedup_d AS (DELETE FROM ONLY %s r USING %s m WHERE %s"
-				   " RETURNING r AS dedup_orow, m.dedup_survivor)",
-				   t->qualname, plan->map, pkmatch.data);
+				   " RETURNING ROW(r.*)::%s AS dedup_orow, m.dedup_survivor)",
+				   t->qualname, plan->map, pkmatch.data, t->qualname);
 	if (archive)
 		res->rows_deleted = spi_exec_count(psprintf("%s INSERT INTO %s SELECT (d.dedup_orow).*, %lld,"
 													" 'delete', NULL, d.dedup_survivor FROM dedup_d d",

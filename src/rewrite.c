@@ -33,6 +33,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 
 /* Why the table cannot be rewritten, or NULL when it can. */
@@ -45,21 +46,36 @@ rewrite_obstacle(DedupTarget *t)
 	Oid			types[1] = {OIDOID};
 	Datum		values[1] = {ObjectIdGetDatum(t->relid)};
 
+	bool		rules = rel->rd_rel->relhasrules;
+
 	table_close(rel, NoLock);
 	if (generated)
 		return "it has generated columns";
+	if (rules)
+		return "it has rules, which a rewrite would bypass";
+	if (check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED)
+		return "row-level security hides some of its rows from you";
+	if (t->filter_r && !t->filter_immutable)
+		return "its filter is not immutable, so the passes of a rewrite could disagree";
 	if (SPI_execute_with_args("SELECT EXISTS (SELECT FROM pg_catalog.pg_constraint c"
 							  "  WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
 							  "  AND c.confrelid OPERATOR(pg_catalog.=) $1),"
 							  " EXISTS (SELECT FROM pg_catalog.pg_trigger g"
 							  "  WHERE g.tgrelid OPERATOR(pg_catalog.=) $1 AND NOT g.tgisinternal"
-							  "  AND (g.tgtype::pg_catalog.int4 OPERATOR(pg_catalog.&) 8) OPERATOR(pg_catalog.<>) 0)",
+							  "  AND (g.tgtype::pg_catalog.int4 OPERATOR(pg_catalog.&) 8) OPERATOR(pg_catalog.<>) 0),"
+							  " EXISTS (SELECT FROM pg_catalog.pg_publication_tables p, pg_catalog.pg_class c"
+							  "  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+							  "  WHERE c.oid OPERATOR(pg_catalog.=) $1"
+							  "  AND p.schemaname OPERATOR(pg_catalog.=) n.nspname"
+							  "  AND p.tablename OPERATOR(pg_catalog.=) c.relname)",
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "dedup_ext: could not read the table's references");
 	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0)
 		return "other tables reference it through foreign keys, whose checks a rewrite would bypass";
 	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), "t") == 0)
 		return "it has DELETE triggers, which a rewrite would not fire";
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "t") == 0)
+		return "it is published for logical replication, which does not decode a rewrite";
 	return NULL;
 }
 
@@ -213,6 +229,11 @@ run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, in
 		fill_by_groups(t, job_id, archive, newname, cols.data, rcols.data, groups, deleted);
 	else
 		fill_by_window(t, job_id, archive, newname, cols.data, rcols.data, groups, deleted);
+
+	/* the filter, keep and triggers ran since the first check */
+	rel = table_open(t->relid, NoLock);
+	CheckTableNotInUse(rel, "dedup_table");
+	table_close(rel, NoLock);
 
 	/*
 	 * Every tuple of the new heap was written by this transaction, so, as
