@@ -520,6 +520,23 @@ RESET ROLE;
 SELECT md5(string_agg(t::text, ',' ORDER BY id)) = :'tags_orig' AS tags_unchanged FROM bf_t.image_tags t;
 
 --
+-- on_orphan => 'delete' where the orphans are referenced with ON DELETE
+-- CASCADE: the cascade would remove rows no archive keeps, so it is refused
+-- (2BP01) and nothing changes
+--
+CREATE TABLE bf_t.cparent (id int PRIMARY KEY, code text);
+INSERT INTO bf_t.cparent VALUES (1, 'a');
+CREATE TABLE bf_t.cchild (id int PRIMARY KEY, code text, parent_id int);
+INSERT INTO bf_t.cchild VALUES (1, 'a', NULL), (2, 'zz', NULL);
+CREATE TABLE bf_t.cgrand (id int PRIMARY KEY, child_id int REFERENCES bf_t.cchild ON DELETE CASCADE);
+INSERT INTO bf_t.cgrand VALUES (1, 2), (2, 2);
+\set VERBOSITY sqlstate
+SELECT state FROM backfill_fk('bf_t.cchild', 'parent_id', 'bf_t.cparent', '{code}', on_orphan => 'delete');
+\set VERBOSITY default
+SELECT (SELECT count(*) FROM bf_t.cchild) AS children, (SELECT count(*) FROM bf_t.cgrand) AS grandchildren,
+       (SELECT count(parent_id) FROM bf_t.cchild) AS linked;
+
+--
 -- cleanup
 --
 RESET search_path;

@@ -465,6 +465,23 @@ SELECT md5(string_agg(t::text, ',' ORDER BY id)) = :'pairing_before' AS pairing_
 SELECT * FROM merge_t.pairing ORDER BY id;
 
 --
+-- a referencing row that a merge would remove as a collision is itself
+-- referenced with ON DELETE CASCADE: refused (2BP01), nothing changes
+--
+CREATE TABLE merge_t.shade (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.shade VALUES (1, 'teal'), (2, 'teal');
+CREATE TABLE merge_t.product (id int PRIMARY KEY, item int, shade_id int REFERENCES merge_t.shade,
+                              UNIQUE (item, shade_id));
+INSERT INTO merge_t.product VALUES (1, 10, 1), (2, 10, 2);
+CREATE TABLE merge_t.stock (id int PRIMARY KEY, product_id int REFERENCES merge_t.product ON DELETE CASCADE, qty int);
+INSERT INTO merge_t.stock VALUES (1, 2, 20);
+\set VERBOSITY sqlstate
+SELECT state FROM dedup_table('merge_t.shade', '{name}', action => 'merge');
+\set VERBOSITY default
+SELECT (SELECT count(*) FROM merge_t.shade) AS shades, (SELECT count(*) FROM merge_t.product) AS products,
+       (SELECT count(*) FROM merge_t.stock) AS stock;
+
+--
 -- cleanup
 --
 RESET search_path;
