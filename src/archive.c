@@ -189,7 +189,7 @@ restore_refs(DedupJob *job)
 	uint64		nrefs;
 	int64		restored = 0;
 
-	if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'table', e OPERATOR(pg_catalog.->>) 'archive',"
+	if (SPI_execute_with_args("SELECT (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid, e OPERATOR(pg_catalog.->>) 'archive',"
 							  " ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e OPERATOR(pg_catalog.->) 'columns')),"
 							  " ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e OPERATOR(pg_catalog.->) 'pk'))"
 							  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e",
@@ -202,25 +202,28 @@ restore_refs(DedupJob *job)
 	for (uint64 i = nrefs; i-- > 0;)
 	{
 		HeapTuple	tup = refs->vals[i];
-		char	   *child = SPI_getvalue(tup, refs->tupdesc, 1);
-		char	   *archive = SPI_getvalue(tup, refs->tupdesc, 2);
 		bool		isnull;
+		Oid			childid = DatumGetObjectId(SPI_getbinval(tup, refs->tupdesc, 1, &isnull));
+		char	   *archive = SPI_getvalue(tup, refs->tupdesc, 2);
+		char	   *child;
 		Datum	   *cols,
 				   *pk;
 		int			ncols,
 					npk;
-		Oid			childid = dedup_relid_by_name(child);
 		Oid			archiveid = dedup_relid_by_name(archive);
 		char	   *restorable;
 		char	   *match;
 		int64		moved,
 					expected;
 
-		if (!OidIsValid(childid) || !OidIsValid(archiveid))
+		/* by OID: a table renamed since the job is still the right one */
+		if (get_rel_name(childid) == NULL || !OidIsValid(archiveid))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot roll back job %lld: %s or its archive %s no longer exists",
-							(long long) job->job_id, child, archive)));
+					 errmsg("cannot roll back job %lld: a re-pointed table or its archive %s no longer exists",
+							(long long) job->job_id, archive)));
+		child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
+										   get_rel_name(childid));
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 3, &isnull)),
 						  TEXTOID, -1, false, TYPALIGN_INT, &cols, NULL, &ncols);
 		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 4, &isnull)),
@@ -302,17 +305,21 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	char	   *created = json_field_text(job->undo, "created");
 	char	   *constraint = json_field_text(job->undo, "constraint");
 	char	   *fk = pstrdup(quote_identifier(json_field_text(job->undo, "fk_column")));
-	char	   *parent = job_param(job, "parent");
+	Oid			parentid = (Oid) strtoul(json_field_text(job->undo, "parent_oid"), NULL, 10);
+	char	   *parent;
 	Oid			linkedid = dedup_relid_by_name(linked);
 	int64		restored = 0;
 	int64		expected;
 	int64		nulled;
 
 	if (!OidIsValid(linkedid) || (deleted && !OidIsValid(dedup_relid_by_name(deleted))) ||
-		(created && !OidIsValid(dedup_relid_by_name(created))))
+		(created && !OidIsValid(dedup_relid_by_name(created))) || get_rel_name(parentid) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("an archive table of job %lld no longer exists", (long long) job->job_id)));
+				 errmsg("the parent table or an archive table of job %lld no longer exists",
+						(long long) job->job_id)));
+	parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(parentid)),
+										get_rel_name(parentid));
 	if (constraint)
 		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", t->qualname,
 								quote_identifier(constraint)), SPI_OK_UTILITY);

@@ -517,7 +517,8 @@ undo_json(Backfill *b, BackfillResult *res)
 	res->constraint_added ? res->constraint_name : NULL, b->fkname, b->pcolname};
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"not_null\": %s", res->not_null_added ? "true" : "false");
+	appendStringInfo(&buf, "{\"parent_oid\": %u, \"not_null\": %s", b->parentid,
+					 res->not_null_added ? "true" : "false");
 	for (int i = 0; i < lengthof(names); i++)
 	{
 		appendStringInfo(&buf, ", \"%s\": ", names[i]);

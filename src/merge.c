@@ -388,7 +388,8 @@ ref_archives_json(MergePlan *plan)
 
 		for (int i = 0; i < ref->ncols; i++)
 			cols = lappend(cols, ref->colnames[i]);
-		appendStringInfoString(&buf, foreach_current_index(lc) > 0 ? ", {\"table\": " : "{\"table\": ");
+		appendStringInfo(&buf, "%s{\"oid\": %u, \"table\": ", foreach_current_index(lc) > 0 ? ", " : "",
+						 ref->childid);
 		escape_json(&buf, ref->child);
 		appendStringInfoString(&buf, ", \"archive\": ");
 		escape_json(&buf, ref->archive);
