@@ -15,6 +15,7 @@
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -108,30 +109,36 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 }
 
 /*
- * Delete the losers, archiving them in the same statement.  Every duplicate
- * group has exactly one row numbered 2, which counts the groups.
+ * Delete the losers, archiving them in the same statement.  The losers' ctids
+ * are written to a temporary table first and analyzed: knowing how few they
+ * usually are, the planner hashes them rather than every ctid of the table.
  */
 static void
 run_delete(DedupTarget *t, DedupResult *res)
 {
-	const char *losers = sql_losers(t);
-	const char *del = psprintf("dedup_d AS (DELETE FROM ONLY %s r USING dedup_l l"
-							   " WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid RETURNING r.*)",
-							   t->qualname);
-	char	   *sql;
+	static int	counter = 0;
+	char	   *losers = psprintf("pg_temp.dedup_losers_%d_%d", MyProcPid, ++counter);
+	const char *del;
 
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS WITH %s"
+							" SELECT l.dedup_ctid, %s AS dedup_groups FROM dedup_l l",
+							losers, sql_losers(t), sql_loser_groups(t)),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", losers), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("SELECT l.dedup_groups FROM %s l LIMIT 1", losers), SPI_OK_SELECT);
+	res->groups = spi_get_int64(0, 1);
+
+	del = psprintf("DELETE FROM ONLY %s r USING %s l"
+				   " WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
+				   t->qualname, losers);
 	if (res->archive_table)
-		sql = psprintf("WITH %s, %s, dedup_a AS (INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL"
-					   " FROM dedup_d d RETURNING 1)"
-					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_a), %s",
-					   losers, del, res->archive_table, (long long) res->job_id, sql_loser_groups(t));
+		res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
+													" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
+													del, res->archive_table, (long long) res->job_id),
+										   SPI_OK_INSERT);
 	else
-		sql = psprintf("WITH %s, %s"
-					   " SELECT (SELECT pg_catalog.count(*) FROM dedup_d), %s",
-					   losers, del, sql_loser_groups(t));
-	spi_exec_count(sql, SPI_OK_SELECT);
-	res->rows_deleted = spi_get_int64(0, 1);
-	res->groups = spi_get_int64(0, 2);
+		res->rows_deleted = spi_exec_count(del, SPI_OK_DELETE);
+	spi_exec_count(psprintf("DROP TABLE %s", losers), SPI_OK_UTILITY);
 }
 
 /* Rename the losers' key column, archiving their original versions. */
