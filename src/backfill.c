@@ -352,7 +352,7 @@ classify(Backfill *b, BackfillResult *res)
 static void
 report_orphans(Backfill *b, int64 job_id)
 {
-	char	   *tmp = psprintf("pg_temp.dedup_orphans_%d_%lld", MyProcPid, (long long) job_id);
+	char	   *tmp = spi_temp_table_name("orphans");
 
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
 							" SELECT %s AS row_id, %s AS key_values,"

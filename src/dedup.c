@@ -15,7 +15,6 @@
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "funcapi.h"
-#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -116,8 +115,7 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 static void
 run_delete(DedupTarget *t, DedupResult *res)
 {
-	static int	counter = 0;
-	char	   *losers = psprintf("pg_temp.dedup_losers_%d_%d", MyProcPid, ++counter);
+	char	   *losers = spi_temp_table_name("losers");
 	const char *del;
 
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS WITH %s"

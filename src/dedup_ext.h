@@ -106,6 +106,7 @@ extern char *sql_rename_ctes(DedupTarget *t, const char *source);
 extern char *sql_literal(const char *s);
 
 /* spi.c */
+extern char *spi_temp_table_name(const char *what);
 extern int64 spi_exec_count(const char *sql, int expected);
 extern int64 spi_get_int64(int row, int col);
 extern void spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql);

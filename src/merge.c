@@ -224,7 +224,6 @@ ref_join(RefKey *ref)
 static void
 create_map(DedupTarget *t, MergePlan *plan)
 {
-	static int	counter = 0;
 	StringInfoData extra;
 	ListCell   *lc;
 	const char *row_id = sql_row_id(t, "r");
@@ -241,7 +240,7 @@ create_map(DedupTarget *t, MergePlan *plan)
 		appendStringInfo(&extra, ", r.%s AS dedup_o%d, pg_catalog.first_value(r.%s) OVER dedup_w AS dedup_n%d",
 						 col, j, col, j);
 	}
-	plan->map = psprintf("pg_temp.dedup_merge_map_%d_%d", MyProcPid, ++counter);
+	plan->map = spi_temp_table_name("merge_map");
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT s.* FROM (%s) s"
 							" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
 							plan->map, sql_ranked(t, extra.data)),

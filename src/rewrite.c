@@ -28,7 +28,6 @@
 #include "commands/cluster.h"
 #include "commands/tablecmds.h"
 #include "executor/spi.h"
-#include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -132,8 +131,7 @@ static void
 fill_by_groups(DedupTarget *t, int64 job_id, const char *archive, const char *newname,
 			   const char *cols, const char *rcols, int64 *groups, int64 *deleted)
 {
-	static int	counter = 0;
-	char	   *g = psprintf("pg_temp.dedup_keep_%d_%d", MyProcPid, ++counter);
+	char	   *g = spi_temp_table_name("keep");
 	const char *col = sql_keep_column(t);
 
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS %s", g, sql_group_keep(t)),

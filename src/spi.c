@@ -10,7 +10,20 @@
 
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/tuplestore.h"
+
+/*
+ * A fresh name for a temporary table in this session ("pg_temp.dedup_<what>_<pid>_<n>"):
+ * several jobs may run in one transaction, each with its own.
+ */
+char *
+spi_temp_table_name(const char *what)
+{
+	static int	counter = 0;
+
+	return psprintf("pg_temp.dedup_%s_%d_%d", what, MyProcPid, ++counter);
+}
 
 /* Execute one statement; expected is the SPI_OK_* code; returns rows processed. */
 int64
