@@ -269,6 +269,30 @@ CREATE UNLOGGED TABLE ref.unl (id int PRIMARY KEY, a int);
 INSERT INTO ref.unl SELECT g, g % 2 FROM generate_series(1, 6) g;
 SELECT state, rows_deleted FROM dedup_table('ref.unl', '{a}');
 
+--
+-- more refusals, each with nothing changed: background jobs are not in this
+-- version (0A000); a unique index predicate must be immutable (42P17); a
+-- rollback job cannot be rolled back (0A000); merge cannot re-point rows of a
+-- partitioned referencing table (0A000)
+--
+CREATE TABLE ref.mparent (id int PRIMARY KEY, name text);
+INSERT INTO ref.mparent VALUES (1, 'x'), (2, 'x');
+CREATE TABLE ref.mref (id int, pid int REFERENCES ref.mparent) PARTITION BY RANGE (id);
+CREATE TABLE ref.mref_1 PARTITION OF ref.mref FOR VALUES FROM (0) TO (100);
+INSERT INTO ref.mref VALUES (1, 2);
+CREATE TABLE ref.rb (id int PRIMARY KEY, a int);
+INSERT INTO ref.rb SELECT g, g % 2 FROM generate_series(1, 4) g;
+SELECT job_id AS jid_rb FROM dedup_table('ref.rb', '{a}') \gset
+SELECT dedup_rollback(:jid_rb) AS restored;
+SELECT job_id AS jid_rbjob FROM dedup_jobs WHERE target_job = :jid_rb \gset
+UPDATE ref.baseline SET s = ref.snapshot();
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', background => true)$$);
+SELECT * FROM ref.refuse($$SELECT * FROM backfill_fk('ref.t', 'a', 'ref.t', '{b}', parent_column => 'id', background => true)$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', filter => 'random() < 2', add_unique => true)$$);
+SELECT code, regexp_replace(message, '[0-9]+', 'N') AS message, unchanged
+  FROM ref.refuse(format('SELECT dedup_rollback(%s)', :jid_rbjob));
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.mparent', '{name}', action => 'merge')$$);
+
 RESET search_path;
 DROP OWNED BY regress_ref_user;
 DROP ROLE regress_ref_user;
