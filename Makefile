@@ -6,17 +6,22 @@ OBJS = \
 	src/sqlgen.o \
 	src/audit.o \
 	src/backfill.o \
+	src/batch.o \
+	src/control.o \
 	src/dedup.o \
 	src/archive.o \
 	src/jobs.o \
+	src/launcher.o \
 	src/merge.o \
+	src/progress.o \
 	src/rewrite.o \
 	src/spi.o \
 	src/unique.o \
-	src/verify.o
+	src/verify.o \
+	src/worker.o
 
 EXTENSION = dedup_ext
-DATA = dedup_ext--1.0.sql
+DATA = dedup_ext--1.0.sql dedup_ext--1.0--1.1.sql
 PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
 
 PG_CPPFLAGS = -I$(srcdir)/src

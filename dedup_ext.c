@@ -1,6 +1,6 @@
 /*
  * dedup_ext.c
- *		Module entry: settings.
+ *		Module entry: settings, shared memory, the launcher.
  *
  * dedup_ext turns the hand-run runbooks for duplicate rows into SQL calls:
  * audit, preview, dedup by delete or rename with an archive, rollback, and a
@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include <limits.h>
@@ -45,4 +46,9 @@ _PG_init(void)
 							NULL, &dedup_max_workers, 2, 0, 64,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dedup_ext");
+
+	progress_init();
+	/* preloaded: resume background jobs after every server start */
+	if (process_shared_preload_libraries_in_progress)
+		launcher_register();
 }

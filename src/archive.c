@@ -63,10 +63,7 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 	Relation	rel = relation_open(relid, NoLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	const char *relname = RelationGetRelationName(rel);
-	char	   *suffix = psprintf("_%lld%s%s", (long long) job_id, tag ? "_" : "", tag ? tag : "");
-	int			len = pg_mbcliplen(relname, strlen(relname), NAMEDATALEN - 1 - strlen(suffix));
-	char	   *qname = quote_qualified_identifier("dedup_archive",
-												   psprintf("%.*s%s", len, relname, suffix));
+	char	   *qname = archive_name(relname, job_id, tag);
 	Oid			relowner = rel->rd_rel->relowner;
 	char	   *owner = pstrdup(quote_identifier(GetUserNameFromId(relowner, false)));
 	char	   *source = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
@@ -110,6 +107,16 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 								   quote_identifier(GetUserNameFromId(writer, false))),
 						  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	return qname;
+}
+
+/* dedup_archive.<table>_<job>[_<tag>], the table's name clipped to fit */
+char *
+archive_name(const char *relname, int64 job_id, const char *tag)
+{
+	char	   *suffix = psprintf("_%lld%s%s", (long long) job_id, tag ? "_" : "", tag ? tag : "");
+	int			len = pg_mbcliplen(relname, strlen(relname), NAMEDATALEN - 1 - strlen(suffix));
+
+	return quote_qualified_identifier("dedup_archive", psprintf("%.*s%s", len, relname, suffix));
 }
 
 /*

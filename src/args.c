@@ -34,6 +34,7 @@
 #include "rewrite/rewriteManip.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
@@ -311,6 +312,25 @@ analyze_arg(DedupTarget *t, Relation rel, const char *argname,
 				 errmsg("aggregate functions are not allowed in %s", argname)));
 }
 
+/*
+ * Deparse with only pg_catalog in the search path, so that every other
+ * function, operator and type in the text is schema-qualified: the text
+ * means the same under any search_path, including the restricted one of a
+ * background worker, which parses it again.
+ */
+static char *
+deparse_qualified(Node *expr, const char *alias, Oid relid, bool prefix)
+{
+	int			nest = NewGUCNestLevel();
+	char	   *text;
+
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	text = deparse_expression(expr, deparse_context_for(alias, relid), prefix, false);
+	AtEOXact_GUC(true, nest);
+	return text;
+}
+
 static void
 open_filter(DedupTarget *t, Relation rel, const char *filter)
 {
@@ -331,9 +351,8 @@ open_filter(DedupTarget *t, Relation rel, const char *filter)
 	assign_expr_collations(NULL, expr);
 
 	t->filter_text = pstrdup(filter);
-	t->filter_r = deparse_expression(expr, deparse_context_for("r", t->relid), true, false);
-	t->filter_bare = deparse_expression(expr, deparse_context_for(t->relname, t->relid),
-										false, false);
+	t->filter_r = deparse_qualified(expr, "r", t->relid, true);
+	t->filter_bare = deparse_qualified(expr, t->relname, t->relid, false);
 	t->filter_immutable = !contain_mutable_functions(expr) && !checkExprHasSubLink(expr);
 }
 
@@ -422,7 +441,7 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 	ParsedArg	p = {0};
 	ListCell   *ls,
 			   *le;
-	List	   *dpcontext;
+	StringInfoData bare;
 
 	initStringInfo(&buf);
 	if (strcmp(keep, "first") == 0 || strcmp(keep, "last") == 0)
@@ -430,6 +449,7 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 		append_tiebreak(&buf, t, keep[0] == 'l');
 		t->order_r = buf.data;
 		t->keep_extreme = keep[0];
+		t->keep_sql = pstrdup(keep);
 		return;
 	}
 
@@ -437,14 +457,19 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 	analyze_arg(t, rel, "keep", keep, &p);
 	relation_close(rel, NoLock);
 
-	dpcontext = deparse_context_for("r", t->relid);
+	initStringInfo(&bare);
 	forboth(ls, p.sortby, le, p.exprs)
 	{
 		SortBy	   *sb = lfirst_node(SortBy, ls);
 		Node	   *e = lfirst(le);
 		Oid			type = exprType(e);
+		int			from;
 
-		appendStringInfoString(&buf, deparse_expression(e, dpcontext, true, false));
+		if (bare.len > 0)
+			appendStringInfoString(&bare, ", ");
+		appendStringInfoString(&bare, deparse_qualified(e, t->relname, t->relid, false));
+		appendStringInfoString(&buf, deparse_qualified(e, "r", t->relid, true));
+		from = buf.len;
 		if (sb->sortby_dir == SORTBY_USING)
 		{
 			Oid			opno = compatible_oper_opid(sb->useOp, type, type, false);
@@ -471,10 +496,13 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 			appendStringInfoString(&buf, " NULLS FIRST");
 		else if (sb->sortby_nulls == SORTBY_NULLS_LAST)
 			appendStringInfoString(&buf, " NULLS LAST");
+		/* the same direction for the bare list */
+		appendStringInfoString(&bare, buf.data + from);
 		appendStringInfoString(&buf, ", ");
 	}
 	append_tiebreak(&buf, t, false);
 	t->order_r = buf.data;
+	t->keep_sql = bare.data;
 }
 
 /*

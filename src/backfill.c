@@ -664,3 +664,15 @@ backfill_fk(PG_FUNCTION_ARGS)
 	SPI_finish();
 	return (Datum) 0;
 }
+
+void
+bg_backfill_load(BgJob *job, DedupJob *row)
+{
+	elog(ERROR, "TODO");
+}
+
+void
+bg_backfill(BgJob *job)
+{
+	elog(ERROR, "TODO");
+}

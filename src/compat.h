@@ -40,4 +40,17 @@
 #define InitMaterializedSRF(fcinfo, flags) SetSingleFuncCall((fcinfo), (flags))
 #endif
 
+/*
+ * Shared memory is requested from shmem_request_hook from 15 on; 14 takes
+ * the request in _PG_init itself.
+ */
+#if PG_VERSION_NUM >= 150000
+#define DEDUP_HAVE_SHMEM_REQUEST_HOOK 1
+#endif
+
+/* parse_analyze() was split by parameter style in 15. */
+#if PG_VERSION_NUM < 150000
+#define parse_analyze_fixedparams(raw, sql, types, n, env) parse_analyze((raw), (sql), (types), (n), (env))
+#endif
+
 #endif							/* DEDUP_COMPAT_H */

@@ -15,6 +15,8 @@
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -86,6 +88,15 @@ params_json(FunctionCallInfo fcinfo, DedupTarget *t, const char *keep,
 	json_field(&buf, "strategy", strategy);
 	json_field(&buf, "rename_column",
 			   t->rename_key >= 0 ? t->keys[t->rename_key].name : NULL);
+	if (PG_GETARG_BOOL(9))
+	{
+		/* what the worker parses again, and the settings of the session */
+		json_field(&buf, "filter_sql", t->filter_bare);
+		json_field(&buf, "keep_sql", t->keep_sql);
+		json_raw(&buf, "batch_rows", psprintf("%d", PG_ARGISNULL(10) ? dedup_batch_size : PG_GETARG_INT32(10)));
+		json_raw(&buf, "batch_delay", psprintf("%d", dedup_batch_delay));
+		json_raw(&buf, "lock_timeout", psprintf("%d", dedup_lock_timeout));
+	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
@@ -168,18 +179,29 @@ run_rename(DedupTarget *t, DedupResult *res)
 	res->groups = spi_get_int64(0, 2);
 
 	/* the statement's changes go with the transaction this error aborts */
-	if (spi_get_int64(0, 3) > 0)
+	rename_refusals(t, spi_get_int64(0, 3),
+					SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4));
+}
+
+/*
+ * A rename cannot give a key to rows whose value is NULL, nor the same new
+ * value to two rows: null_keys is the number of the former, taken one value
+ * two rows would get (or NULL).
+ */
+void
+rename_refusals(DedupTarget *t, int64 null_keys, const char *taken)
+{
+	if (null_keys > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("cannot rename %lld duplicate rows of %s whose %s is NULL",
-						(long long) spi_get_int64(0, 3), t->qualname, t->keys[t->rename_key].quoted),
+						(long long) null_keys, t->qualname, t->keys[t->rename_key].quoted),
 				 errhint("Use nulls_distinct => true, which leaves rows with NULL keys alone, or action => 'delete'.")));
-	if (SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4) != NULL)
+	if (taken != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("rename would give two rows of %s the value %s",
-						t->qualname, quote_literal_cstr(SPI_getvalue(SPI_tuptable->vals[0],
-																	 SPI_tuptable->tupdesc, 4))),
+						t->qualname, quote_literal_cstr(taken)),
 				 errdetail("value || '-' || primary key is the same string for two different rows."),
 				 errhint("Use action => 'delete' or 'merge' for these rows.")));
 }
@@ -232,6 +254,46 @@ merge(DedupTarget *t, DedupResult *res, bool add_unique)
 }
 
 /*
+ * CREATE INDEX needs CREATE on the table's schema as well as ownership of
+ * the table: say so before anything changes, not after the job's work.
+ */
+static void
+refuse_index_without_create(DedupTarget *t)
+{
+	Oid			nsp = get_rel_namespace(t->relid);
+
+	if (pg_namespace_aclcheck(nsp, GetUserId(), ACL_CREATE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("add_unique needs CREATE privilege on schema %s",
+						quote_identifier(get_namespace_name(nsp))),
+				 errdetail("The unique index goes into the schema of %s.", t->qualname),
+				 errhint("GRANT CREATE ON SCHEMA %s to the role, or use add_unique => false.",
+						 quote_identifier(get_namespace_name(nsp)))));
+}
+
+/*
+ * A background job deletes or renames in batches; a rewrite swaps the whole
+ * heap under an ACCESS EXCLUSIVE lock, which is what running in the
+ * background is meant to avoid.
+ */
+static void
+refuse_in_background(DedupAction action, DedupStrategy strategy)
+{
+	if (strategy == DEDUP_STRATEGY_REWRITE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("strategy \"rewrite\" cannot run in the background"),
+				 errdetail("A rewrite holds an ACCESS EXCLUSIVE lock on the table until it ends."),
+				 errhint("Use strategy => 'auto' or 'delete' (the background job deletes in batches), or run the rewrite in the foreground.")));
+	if (action == DEDUP_ACTION_MERGE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("action \"merge\" cannot run in the background in this version of dedup_ext"),
+				 errhint("Run the merge in the foreground, inside your transaction.")));
+}
+
+/*
  * 'auto' rewrites when a delete would remove at least half of the rows (by
  * the planner's estimate of the key's groups) and the table can be
  * rewritten; otherwise it deletes in place.
@@ -275,6 +337,9 @@ return_result(FunctionCallInfo fcinfo, DedupResult *res)
 	values[4] = Int64GetDatum(res->rows_deleted);
 	values[5] = Int64GetDatum(res->rows_renamed);
 	values[6] = Int64GetDatum(res->refs_repointed);
+	/* a queued job has not counted anything yet */
+	for (int i = 3; i <= 6; i++)
+		nulls[i] = (strcmp(res->state, "queued") == 0);
 	nulls[7] = (res->archive_table == NULL);
 	values[7] = nulls[7] ? (Datum) 0 : ObjectIdGetDatum(dedup_relid_by_name(res->archive_table));
 	nulls[8] = (res->unique_index == NULL);
@@ -295,6 +360,7 @@ dedup_table(PG_FUNCTION_ARGS)
 	const char *keep;
 	bool		dry_run;
 	bool		add_unique;
+	bool		background;
 	DedupResult res = {0};
 
 	for (int i = 0; i < lengthof(argnames); i++)
@@ -315,21 +381,22 @@ dedup_table(PG_FUNCTION_ARGS)
 				 errmsg("argument \"batch_size\" must be greater than zero")));
 	add_unique = PG_GETARG_BOOL(7);
 	dry_run = PG_GETARG_BOOL(8);
+	/* a dry run changes nothing: it answers at once, in the foreground */
+	background = PG_GETARG_BOOL(9) && !dry_run;
 
 	t = dedup_target_open(PG_GETARG_OID(0), PG_GETARG_ARRAYTYPE_P(1),
 						  PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4),
 						  PG_GETARG_BOOL(5), true,
-						  dry_run ? AccessShareLock :
+						  dry_run || background ? AccessShareLock :
 						  strategy == DEDUP_STRATEGY_REWRITE ? AccessExclusiveLock :
 						  ShareRowExclusiveLock);
 	dedup_target_set_keep(t, keep);
 	if (action == DEDUP_ACTION_RENAME)
 		dedup_target_set_rename(t);
-	if (PG_GETARG_BOOL(9))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("background => true is not available in this version of dedup_ext"),
-				 errhint("Run the job in the foreground, inside your transaction.")));
+	if (background)
+		refuse_in_background(action, strategy);
+	if (add_unique)
+		refuse_index_without_create(t);
 	if (add_unique && t->filter_bare && !t->filter_immutable)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
@@ -338,7 +405,7 @@ dedup_table(PG_FUNCTION_ARGS)
 				 errhint("Use add_unique => false, or an immutable filter.")));
 
 	SPI_connect();
-	res.strategy = choose_strategy(t, action, strategy, dry_run);
+	res.strategy = background ? "delete" : choose_strategy(t, action, strategy, dry_run);
 	if (action != DEDUP_ACTION_MERGE)
 		refuse_cascading_references(t->relid, t->qualname,
 									psprintf("%s duplicate", dedup_action_name(action)),
@@ -352,6 +419,18 @@ dedup_table(PG_FUNCTION_ARGS)
 			merge(t, &res, false);
 		else
 			count_losers(t, &res, action);
+	}
+	else if (background)
+	{
+		res.state = "queued";
+		res.job_id = job_submit("dedup", t->relid, t->relname,
+								params_json(fcinfo, t, keep, action,
+											text_to_cstring(PG_GETARG_TEXT_PP(11))));
+		if (PG_GETARG_BOOL(6))
+		{
+			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid, NIL);
+			job_set_archive(res.job_id, res.archive_table);
+		}
 	}
 	else
 	{

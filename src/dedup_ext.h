@@ -19,6 +19,7 @@
 #include "lib/stringinfo.h"
 #include "storage/lockdefs.h"
 #include "utils/array.h"
+#include "utils/timestamp.h"
 
 /* GUCs (dedup_ext.c) */
 extern int	dedup_batch_size;
@@ -67,6 +68,7 @@ typedef struct DedupTarget
 	bool		filter_immutable;	/* usable as an index predicate */
 	bool		nulls_distinct;
 	char	   *order_r;		/* keep order + tie-breaker, alias r */
+	char	   *keep_sql;		/* 'first', 'last', or the list deparsed, qualified */
 	char		keep_extreme;	/* keep 'first' ('f') or 'last' ('l'); 0: an ORDER BY list */
 	bool		few_groups;		/* most rows are duplicates (planner's estimate) */
 	int			rename_key;		/* index into keys of the renamed column, or -1 */
@@ -147,6 +149,21 @@ typedef struct DedupJob
 	int64		rolled_back_by; /* 0: not rolled back */
 	char	   *ref_archives;	/* jsonb text, merge only */
 	char	   *undo;			/* jsonb text, backfill only */
+	/* background jobs */
+	bool		background;
+	char	   *phase;			/* where the worker is (or resumes) */
+	int64		checkpoint;		/* last work-table row a committed batch did */
+	int			passes;			/* scans of the table so far */
+	char	   *work_table;		/* qualified, or NULL */
+	char	   *control;		/* 'pause', 'cancel' or NULL */
+	int64		rows_total;
+	int64		rows_done;
+	int64		rows_changed;
+	int64		batches_done;
+	int64		groups;
+	int64		retries;
+	char	   *started_at;		/* timestamptz as text, or NULL */
+	bool		created_here;	/* inserted by the current transaction */
 } DedupJob;
 
 extern char *dedup_ext_schema(void);
@@ -167,14 +184,90 @@ extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *va
 extern char *job_param(DedupJob *job, const char *name);
 extern char *json_field_text(const char *json, const char *name);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
+extern int64 job_submit(const char *kind, Oid relid, const char *relname, const char *params_json);
+extern void job_drop_work_table(DedupJob *job);
+extern void job_set_archive(int64 job_id, const char *archive_table);
+
+/* worker.c, batch.c: a background job as its worker runs it */
+typedef struct BgJob
+{
+	int64		job_id;
+	MemoryContext cxt;			/* lives as long as the run */
+	Oid			submitter;
+	char	   *kind;
+	Oid			relid;
+	int			batch_size;
+	int			batch_delay;
+	int			lock_timeout;
+	int64		retries;		/* retried steps not yet recorded */
+	/* as of the last commit */
+	char	   *control;
+	char	   *phase;
+	int64		checkpoint;
+	int			passes;
+	int64		rows_total;
+	int64		rows_done;
+	int64		rows_changed;
+	int64		batches_done;
+	/* dedup */
+	DedupTarget *t;
+	DedupAction action;
+	bool		add_unique;
+	const char *strategy;
+	char	   *archive_table;
+	char	   *work;			/* the work table, qualified */
+	int64		pass_rows;		/* work rows of the current pass */
+	char	   *index_name;		/* add_unique: unqualified */
+	char	   *nspname;		/* the table's schema */
+	bool		is_constraint;
+	/* backfill */
+	struct Backfill *backfill;
+} BgJob;
+
+extern bool bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg);
+extern void bg_toplevel(BgJob *job, const char *sql);
+extern void bg_sleep(int ms);
+extern void bg_record(BgJob *job, const char *assignments);
+extern bool bg_control_requested(BgJob *job);
+extern void bg_dedup(BgJob *job);
+extern void bg_backfill(BgJob *job);
+extern void bg_backfill_load(BgJob *job, DedupJob *row);
+
+/* launcher.c */
+extern bool launch_worker(Oid dbid, bool resume);
+extern void launch_at_commit(void);
+extern void launcher_register(void);
+
+/* control.c */
+extern bool job_lock_try(int64 job_id);
+extern void job_unlock(int64 job_id);
+extern int	worker_slot_take(void);
+extern void worker_slot_release(int slot);
+extern char *job_effective_state(int64 job_id);
+
+/* progress.c */
+extern void progress_init(void);
+extern void progress_begin(int64 job_id, const char *kind, Oid relid, Oid userid, bool foreground);
+extern void progress_phase(const char *phase);
+extern void progress_counts(int64 rows_total, int64 rows_done, int64 rows_changed,
+							int64 batches_done);
+extern void progress_started_at(TimestampTz started_at);
+extern void progress_end(void);
 
 /* archive.c */
+extern char *archive_name(const char *relname, int64 job_id, const char *tag);
 extern char *key_archive_match(Oid archive, const char *c, const char *x);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);
 
 /* unique.c */
+extern char *unique_index_name(DedupTarget *t, bool *is_constraint);
+extern char *unique_index_sql(DedupTarget *t, const char *name, bool concurrently);
+extern char *unique_constraint_sql(DedupTarget *t, const char *name);
 extern char *unique_create(DedupTarget *t, bool *is_constraint);
+
+/* dedup.c */
+extern void rename_refusals(DedupTarget *t, int64 null_keys, const char *taken);
 
 /* the SQL-callable functions */
 extern Datum backfill_fk(PG_FUNCTION_ARGS);

@@ -113,7 +113,58 @@ job_create(const char *kind, Oid relid, const char *relname,
 							   "  pg_catalog.clock_timestamp(), $6) RETURNING job_id",
 							   dedup_ext_schema()),
 					  6, types, values, nulls, SPI_OK_INSERT_RETURNING);
+	progress_begin(spi_get_int64(0, 1), kind, relid, GetUserId(), true);
+	progress_phase("running");
 	return spi_get_int64(0, 1);
+}
+
+/*
+ * Queue a background job: its row commits with the caller's transaction,
+ * and a worker starts when it does.
+ */
+int64
+job_submit(const char *kind, Oid relid, const char *relname, const char *params_json)
+{
+	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
+	Datum		values[5];
+
+	values[0] = CStringGetTextDatum(kind);
+	values[1] = ObjectIdGetDatum(relid);
+	values[2] = CStringGetTextDatum(relname);
+	values[3] = CStringGetTextDatum(params_json);
+	values[4] = ObjectIdGetDatum(GetUserId());
+	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job"
+							   " (kind, relation, relation_name, params, state, submitted_by, background)"
+							   " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true) RETURNING job_id",
+							   dedup_ext_schema()),
+					  5, types, values, NULL, SPI_OK_INSERT_RETURNING);
+	launch_at_commit();
+	return spi_get_int64(0, 1);
+}
+
+/* a background job's archive exists from its submission on */
+void
+job_set_archive(int64 job_id, const char *archive_table)
+{
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(job_id), CStringGetTextDatum(archive_table)};
+
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET archive_table = $2"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1", dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/* a background job that ends drops its work table */
+void
+job_drop_work_table(DedupJob *job)
+{
+	if (job->work_table == NULL)
+		return;
+	spi_exec_as_owner(psprintf("DROP TABLE IF EXISTS %s", job->work_table),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET work_table = NULL WHERE job_id OPERATOR(pg_catalog.=) %lld",
+							   dedup_ext_schema(), (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
 }
 
 void
@@ -219,7 +270,9 @@ job_fetch(int64 job_id, bool for_update, bool control)
 	spi_exec_as_owner(psprintf("SELECT job_id, kind, relation, state, submitted_by, params::pg_catalog.text,"
 							   " rows_deleted, rows_renamed, archive_table, unique_index,"
 							   " unique_is_constraint, rolled_back_by, ref_archives::pg_catalog.text,"
-							   " undo::pg_catalog.text"
+							   " undo::pg_catalog.text, background, phase, checkpoint, passes::pg_catalog.int8, work_table,"
+							   " control, rows_total, rows_done, rows_changed, batches_done,"
+							   " duplicate_groups, started_at, xmin::pg_catalog.text, retries"
 							   " FROM %s.dedup_job WHERE job_id OPERATOR(pg_catalog.=) $1%s",
 							   dedup_ext_schema(), for_update ? " FOR UPDATE" : ""),
 					  1, types, values, NULL, SPI_OK_SELECT);
@@ -242,6 +295,21 @@ job_fetch(int64 job_id, bool for_update, bool control)
 		job->rolled_back_by = spi_get_int64(0, 12);
 		job->ref_archives = get_text(13);
 		job->undo = get_text(14);
+		s = get_text(15);
+		job->background = s && s[0] == 't';
+		job->phase = get_text(16);
+		job->checkpoint = spi_get_int64(0, 17);
+		job->passes = (int) spi_get_int64(0, 18);
+		job->work_table = get_text(19);
+		job->control = get_text(20);
+		job->rows_total = spi_get_int64(0, 21);
+		job->rows_done = spi_get_int64(0, 22);
+		job->rows_changed = spi_get_int64(0, 23);
+		job->batches_done = spi_get_int64(0, 24);
+		job->groups = spi_get_int64(0, 25);
+		job->started_at = get_text(26);
+		job->created_here = TransactionIdIsCurrentTransactionId((TransactionId) strtoul(get_text(27), NULL, 10));
+		job->retries = spi_get_int64(0, 28);
 	}
 	own = job->job_id != 0 && (job->submitted_by == GetUserId() || superuser());
 	if (job->job_id == 0 ||

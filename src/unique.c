@@ -16,22 +16,29 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 
+/*
+ * The name of the index: like PostgreSQL's own, table_col1_col2_key for a
+ * constraint (no filter), table_col1_col2_idx for a partial index.
+ */
 char *
-unique_create(DedupTarget *t, bool *is_constraint)
+unique_index_name(DedupTarget *t, bool *is_constraint)
 {
-	Oid			nsp = get_rel_namespace(t->relid);
 	StringInfoData colnames;
-	char	   *name;
-	const char *nulls_clause = "";
 
-	/* a name like PostgreSQL's own: table_col1_col2_key */
 	initStringInfo(&colnames);
 	for (int i = 0; i < t->nkeys; i++)
 		appendStringInfo(&colnames, "%s%s", i > 0 ? "_" : "", t->keys[i].name);
-
 	*is_constraint = (t->filter_bare == NULL);
-	name = ChooseRelationName(t->relname, colnames.data,
-							  *is_constraint ? "key" : "idx", nsp, *is_constraint);
+	return ChooseRelationName(t->relname, colnames.data, *is_constraint ? "key" : "idx",
+							  get_rel_namespace(t->relid), *is_constraint);
+}
+
+/* CREATE UNIQUE INDEX [CONCURRENTLY] name ON table (key) [NULLS NOT DISTINCT] [WHERE filter] */
+char *
+unique_index_sql(DedupTarget *t, const char *name, bool concurrently)
+{
+	const char *nulls_clause = "";
+
 	if (!t->nulls_distinct)
 	{
 #ifdef DEDUP_HAVE_NULLS_NOT_DISTINCT
@@ -42,17 +49,27 @@ unique_create(DedupTarget *t, bool *is_constraint)
 				 errmsg("add_unique with nulls_distinct => false needs PostgreSQL 15 or later")));
 #endif
 	}
+	return psprintf("CREATE UNIQUE INDEX%s %s ON %s (%s)%s%s%s",
+					concurrently ? " CONCURRENTLY" : "", quote_identifier(name), t->qualname,
+					sql_key_list(t, NULL), nulls_clause,
+					t->filter_bare ? " WHERE " : "", t->filter_bare ? t->filter_bare : "");
+}
 
-	spi_exec_count(psprintf("CREATE UNIQUE INDEX %s ON %s (%s)%s%s%s",
-							quote_identifier(name), t->qualname,
-							sql_key_list(t, NULL),
-							nulls_clause,
-							t->filter_bare ? " WHERE " : "",
-							t->filter_bare ? t->filter_bare : ""),
-				   SPI_OK_UTILITY);
+/* attach the index as the table's UNIQUE constraint (a catalog change only) */
+char *
+unique_constraint_sql(DedupTarget *t, const char *name)
+{
+	return psprintf("ALTER TABLE %s ADD CONSTRAINT %s UNIQUE USING INDEX %s",
+					t->qualname, quote_identifier(name), quote_identifier(name));
+}
+
+char *
+unique_create(DedupTarget *t, bool *is_constraint)
+{
+	char	   *name = unique_index_name(t, is_constraint);
+
+	spi_exec_count(unique_index_sql(t, name, false), SPI_OK_UTILITY);
 	if (*is_constraint)
-		spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s UNIQUE USING INDEX %s",
-								t->qualname, quote_identifier(name), quote_identifier(name)),
-					   SPI_OK_UTILITY);
-	return quote_qualified_identifier(get_namespace_name(nsp), name);
+		spi_exec_count(unique_constraint_sql(t, name), SPI_OK_UTILITY);
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(t->relid)), name);
 }

@@ -1,0 +1,550 @@
+/*
+ * batch.c
+ *		dedup_table in the background: the job in committed batches, while
+ *		other sessions keep writing the table.
+ *
+ * A job goes through these phases, each change of phase committed with the
+ * work that led to it, so a worker that stops anywhere resumes exactly where
+ * the last commit left it:
+ *
+ *   scanning   one read-only pass over the table (ACCESS SHARE: writers go on)
+ *              lists every loser with its group's survivor, by primary key
+ *              (or ctid), in a work table numbered 1..n;
+ *   deleting / renaming
+ *              batches of batch_size work rows, each one transaction that
+ *              locks the batch's survivors (FOR SHARE) and losers (FOR
+ *              UPDATE), removes or renames the losers that still have their
+ *              survivor's key, archives them, and records the checkpoint and
+ *              the counters in the job's row in the same commit;
+ *   scanning   again: rows written during the pass may have made new
+ *              duplicates, and losers whose survivor changed were skipped;
+ *              passes repeat until one finds no duplicate;
+ *   building unique index
+ *              (add_unique) CREATE UNIQUE INDEX CONCURRENTLY, which never
+ *              blocks writers; if a writer made a duplicate in the meantime
+ *              it fails, the invalid index is dropped, and another pass runs.
+ *
+ * A batch never holds a lock on the table stronger than ROW EXCLUSIVE, and
+ * only the rows of one batch are locked, for the duration of the batch.
+ */
+#include "dedup_ext.h"
+
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+
+/* a pass that keeps finding duplicates this many times gives up */
+#define MAX_PASSES 25
+
+static const char *
+batch_phase(BgJob *job)
+{
+	return job->action == DEDUP_ACTION_RENAME ? "renaming" : "deleting";
+}
+
+/*
+ * Record progress in the job's row (as the extension owner), in the current
+ * transaction, and read back the counters and any control request.
+ */
+void
+bg_record(BgJob *job, const char *assignments)
+{
+	MemoryContext oldcxt;
+	char	   *control;
+	char	   *phase;
+
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET %s%sretries = retries OPERATOR(pg_catalog.+) %lld,"
+							   " updated_at = pg_catalog.clock_timestamp()"
+							   " WHERE job_id OPERATOR(pg_catalog.=) %lld"
+							   " RETURNING control, phase, rows_total, rows_done, rows_changed,"
+							   " batches_done, checkpoint, passes::pg_catalog.int8",
+							   dedup_ext_schema(), assignments, assignments[0] ? ", " : "",
+							   (long long) job->retries, (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE_RETURNING);
+	job->retries = 0;
+	control = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	oldcxt = MemoryContextSwitchTo(job->cxt);
+	job->control = control ? pstrdup(control) : NULL;
+	phase = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	job->phase = phase ? pstrdup(phase) : NULL;
+	MemoryContextSwitchTo(oldcxt);
+	job->rows_total = spi_get_int64(0, 3);
+	job->rows_done = spi_get_int64(0, 4);
+	job->rows_changed = spi_get_int64(0, 5);
+	job->batches_done = spi_get_int64(0, 6);
+	job->checkpoint = spi_get_int64(0, 7);
+	job->passes = (int) spi_get_int64(0, 8);
+}
+
+/* after a commit: what other sessions see in dedup_progress */
+static void
+publish(BgJob *job)
+{
+	progress_phase(job->phase);
+	progress_counts(job->rows_total, job->rows_done, job->rows_changed, job->batches_done);
+}
+
+static void
+read_control(BgJob *job, void *arg)
+{
+	bg_record(job, "");
+}
+
+/* between retries of a step: has the job been asked to pause or cancel? */
+bool
+bg_control_requested(BgJob *job)
+{
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	read_control(job, NULL);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(job->cxt);
+	return job->control != NULL;
+}
+
+/* w.dedup_p0 = r.id AND ... : the work row's loser (or survivor) is row a */
+static char *
+id_match(BgJob *job, const char *a, bool survivor)
+{
+	DedupTarget *t = job->t;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (t->npk == 0)
+		appendStringInfo(&buf, "%s.%s OPERATOR(pg_catalog.=) w.%s", a,
+						 strcmp(a, "s") == 0 ? "dedup_sctid" : "ctid",
+						 survivor ? "dedup_qctid" : "dedup_ctid");
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, "%s%s.%s %s w.dedup_%c%d", i > 0 ? " AND " : "", a,
+						 t->pk[i].quoted, t->pk[i].eq_sql, survivor ? 'q' : 'p', i);
+	return buf.data;
+}
+
+/* x.pk1, x.pk2 (or x.ctid): the order rows are locked in */
+static char *
+pk_list(DedupTarget *t, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (t->npk == 0)
+		appendStringInfo(&buf, "%s.ctid", alias);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, "%s%s.%s", i > 0 ? ", " : "", alias, t->pk[i].quoted);
+	return buf.data;
+}
+
+static char *
+work_range(BgJob *job, int64 from, int64 to)
+{
+	return psprintf("w.dedup_seq OPERATOR(pg_catalog.>) %lld AND w.dedup_seq OPERATOR(pg_catalog.<=) %lld",
+					(long long) from, (long long) to);
+}
+
+/* the columns of a work row, from the ranked pass (sql_ranked) */
+static char *
+work_columns(DedupTarget *t)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, ", pg_catalog.first_value(r.ctid) OVER dedup_w AS dedup_qctid");
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, ", r.%s AS dedup_p%d, pg_catalog.first_value(r.%s) OVER dedup_w AS dedup_q%d",
+						 t->pk[i].quoted, i, t->pk[i].quoted, i);
+	if (t->rename_key >= 0)
+		appendStringInfoString(&buf, sql_rename_cols(t));
+	return buf.data;
+}
+
+static char *
+work_select_list(DedupTarget *t, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%s.dedup_ctid, %s.dedup_qctid", alias, alias);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, ", %s.dedup_p%d, %s.dedup_q%d", alias, i, alias, i);
+	return buf.data;
+}
+
+/*
+ * The first step: check the table again as the submitter, create the work
+ * table (owned by the submitter, in dedup_archive), and start the first pass.
+ */
+static void
+prepare_step(BgJob *job, void *arg)
+{
+	DedupTarget *t = job->t;
+	MemoryContext oldcxt;
+	char	   *work;
+
+	dedup_check_owner(t->relid);
+	work = archive_name(t->relname, job->job_id, "work");
+	spi_exec_as_owner(psprintf("CREATE TABLE %s AS SELECT 0::pg_catalog.int8 AS dedup_seq, %s%s FROM (%s) s WITH NO DATA",
+							   work, work_select_list(t, "s"),
+							   t->rename_key >= 0 ? ", NULL::pg_catalog.text AS dedup_cand" : "",
+							   sql_ranked(t, work_columns(t))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("ALTER TABLE %s ADD PRIMARY KEY (dedup_seq)", work),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("COMMENT ON TABLE %s IS %s", work,
+							   sql_literal(psprintf("dedup_ext: work list of background job %lld, dropped when it ends",
+													(long long) job->job_id))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("ALTER TABLE %s OWNER TO %s", work,
+							   quote_identifier(GetUserNameFromId(job->submitter, false))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	bg_record(job, psprintf("phase = 'scanning', work_table = %s", sql_literal(work)));
+	oldcxt = MemoryContextSwitchTo(job->cxt);
+	job->work = pstrdup(work);
+	MemoryContextSwitchTo(oldcxt);
+}
+
+/* One pass: list the losers and their survivors in the work table. */
+static void
+scan_step(BgJob *job, void *arg)
+{
+	DedupTarget *t = job->t;
+	int64		n;
+	int64		groups;
+	const char *next;
+
+	dedup_check_owner(t->relid);
+	spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
+	if (t->rename_key < 0)
+		n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s"
+									" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
+									job->work, work_select_list(t, "s"), sql_ranked(t, work_columns(t))),
+						   SPI_OK_INSERT);
+	else
+	{
+		n = spi_exec_count(psprintf("WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
+									" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s"
+									" INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s, f.dedup_cand"
+									" FROM dedup_l l JOIN dedup_f f ON f.dedup_ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
+									sql_ranked(t, work_columns(t)), sql_rename_ctes(t, "dedup_l"),
+									job->work, work_select_list(t, "l")),
+						   SPI_OK_INSERT);
+		spi_exec_count(psprintf("SELECT (SELECT pg_catalog.count(*) FROM %s w WHERE w.dedup_cand IS NULL),"
+								" (SELECT w.dedup_cand FROM %s w GROUP BY w.dedup_cand"
+								"  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1)",
+								job->work, job->work),
+					   SPI_OK_SELECT);
+		rename_refusals(t, spi_get_int64(0, 1),
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	}
+	spi_exec_count(psprintf("ANALYZE %s", job->work), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(DISTINCT w.dedup_qctid) FROM %s w", job->work),
+				   SPI_OK_SELECT);
+	groups = spi_get_int64(0, 1);
+
+	if (n > 0 && job->passes + 1 >= MAX_PASSES)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("duplicates in %s keep coming back after %d passes", t->qualname, job->passes + 1),
+				 errdetail("Writers add duplicates as fast as the job removes them; the batches done so far stay done."),
+				 errhint("Stop the writer that makes them, or run with add_unique => true, then run the job again.")));
+	if (n > 0)
+		next = batch_phase(job);
+	else
+		next = job->add_unique ? "building unique index" : "finishing";
+	job->pass_rows = n;
+	bg_record(job, psprintf("phase = '%s', checkpoint = 0, passes = passes OPERATOR(pg_catalog.+) 1,"
+							" rows_total = rows_done OPERATOR(pg_catalog.+) %lld,"
+							" duplicate_groups = COALESCE(duplicate_groups, 0) OPERATOR(pg_catalog.+) %lld",
+							next, (long long) n, (long long) groups));
+}
+
+/*
+ * Lock the batch's survivors (FOR SHARE: nobody may delete them or change
+ * their key while their group's losers go) and losers (FOR UPDATE), each in
+ * primary-key order so that two batches cannot deadlock.  The statements
+ * that follow take a new snapshot, in which these rows are stable.
+ */
+static void
+lock_batch(BgJob *job, const char *range)
+{
+	DedupTarget *t = job->t;
+
+	for (int survivor = 1; survivor >= 0; survivor--)
+	{
+		const char *rows;
+
+		if (t->npk == 0)
+			rows = psprintf("x.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT w.%s FROM %s w WHERE %s))",
+							survivor ? "dedup_qctid" : "dedup_ctid", job->work, range);
+		else
+			rows = psprintf("EXISTS (SELECT FROM %s w WHERE %s AND %s)", job->work, range,
+							id_match(job, "x", survivor));
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s"
+								" ORDER BY %s FOR %s OF x) l",
+								t->qualname, rows,
+								pk_list(t, "x"),
+								survivor ? "SHARE" : "UPDATE"),
+					   SPI_OK_SELECT);
+	}
+}
+
+/* One batch: remove (or rename) the losers that still belong to their survivor. */
+static void
+batch_step(BgJob *job, void *arg)
+{
+	DedupTarget *t = job->t;
+	int64		from = job->checkpoint;
+	int64		to = Min(from + job->batch_size, job->pass_rows);
+	char	   *range = work_range(job, from, to);
+	char	   *using;
+	char	   *where;
+	int64		changed;
+
+	dedup_check_owner(t->relid);
+	lock_batch(job, range);
+
+	/* the loser r, its work row w, and its survivor s, still alike */
+	using = psprintf("%s w, (SELECT r.ctid AS dedup_sctid, r.* FROM ONLY %s r WHERE %s) s",
+					 job->work, t->qualname, sql_rows_where(t, true));
+	where = psprintf("%s AND %s AND %s AND %s AND %s AND r.ctid OPERATOR(pg_catalog.<>) s.dedup_sctid",
+					 range, id_match(job, "r", false), id_match(job, "s", true),
+					 sql_keys_match(t, "r", "s"), sql_rows_where(t, true));
+	if (job->action == DEDUP_ACTION_RENAME)
+	{
+		StringInfoData sql;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "WITH dedup_x AS (SELECT r.ctid AS dedup_rctid, w.dedup_cand"
+						 " FROM ONLY %s r, %s WHERE %s)", t->qualname, using, where);
+		if (job->archive_table)
+			appendStringInfo(&sql, ", dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', x.dedup_cand, NULL"
+							 " FROM ONLY %s r JOIN dedup_x x ON r.ctid OPERATOR(pg_catalog.=) x.dedup_rctid"
+							 " RETURNING 1)",
+							 job->archive_table, (long long) job->job_id, t->qualname);
+		appendStringInfo(&sql, ", dedup_u AS (UPDATE ONLY %s r SET %s = x.dedup_cand FROM dedup_x x"
+						 " WHERE r.ctid OPERATOR(pg_catalog.=) x.dedup_rctid RETURNING 1)"
+						 " SELECT pg_catalog.count(*) FROM dedup_u",
+						 t->qualname, t->keys[t->rename_key].quoted);
+		spi_exec_count(sql.data, SPI_OK_SELECT);
+		changed = spi_get_int64(0, 1);
+	}
+	else
+	{
+		char	   *del = psprintf("DELETE FROM ONLY %s r USING %s WHERE %s", t->qualname, using, where);
+
+		if (job->archive_table)
+			changed = spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
+											  " SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
+											  del, job->archive_table, (long long) job->job_id),
+									 SPI_OK_INSERT);
+		else
+		{
+			spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING 1) SELECT pg_catalog.count(*) FROM dedup_d", del),
+						   SPI_OK_SELECT);
+			changed = spi_get_int64(0, 1);
+		}
+	}
+	bg_record(job, psprintf("checkpoint = %lld, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
+							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld,"
+							" %s = %s OPERATOR(pg_catalog.+) %lld,"
+							" batches_done = batches_done OPERATOR(pg_catalog.+) 1%s",
+							(long long) to, (long long) (to - from), (long long) changed,
+							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
+							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
+							(long long) changed,
+							to >= job->pass_rows ? ", phase = 'scanning'" : ""));
+}
+
+/* Is there an index of this name in the table's schema, and is it valid? */
+static void
+index_state(BgJob *job, void *arg)
+{
+	int		   *state = (int *) arg;	/* 0: none, 1: invalid, 2: valid */
+	Oid			idx = get_relname_relid(job->index_name, get_rel_namespace(job->t->relid));
+
+	*state = 0;
+	if (OidIsValid(idx))
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
+
+		if (HeapTupleIsValid(tup))
+		{
+			*state = ((Form_pg_index) GETSTRUCT(tup))->indisvalid ? 2 : 1;
+			ReleaseSysCache(tup);
+		}
+	}
+}
+
+static void
+name_index_step(BgJob *job, void *arg)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+	job->index_name = unique_index_name(job->t, &job->is_constraint);
+	MemoryContextSwitchTo(oldcxt);
+	bg_record(job, psprintf("unique_index = %s, unique_is_constraint = %s",
+							sql_literal(quote_qualified_identifier(get_namespace_name(get_rel_namespace(job->t->relid)),
+																   job->index_name)),
+							job->is_constraint ? "true" : "false"));
+}
+
+/* the index is valid: attach it as a constraint where it can be one */
+static void
+unique_done_step(BgJob *job, void *arg)
+{
+	if (job->is_constraint)
+		spi_exec_count(unique_constraint_sql(job->t, job->index_name), SPI_OK_UTILITY);
+	bg_record(job, "phase = 'finishing'");
+}
+
+static void
+rescan_step(BgJob *job, void *arg)
+{
+	bg_record(job, "phase = 'scanning', unique_index = NULL, unique_is_constraint = false");
+}
+
+static char *
+drop_index_sql(BgJob *job)
+{
+	/* between transactions: no catalog lookups here */
+	return psprintf("DROP INDEX CONCURRENTLY IF EXISTS %s",
+					quote_qualified_identifier(job->nspname, job->index_name));
+}
+
+/*
+ * add_unique: CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING
+ * INDEX (a catalog change, under lock_timeout).  A duplicate written since the
+ * last pass makes the build fail: its invalid index is dropped and the job
+ * scans again.
+ */
+static void
+build_unique(BgJob *job)
+{
+	int			state = 0;
+
+	if (job->index_name == NULL)
+		bg_xact(job, name_index_step, NULL);
+	else
+		bg_xact(job, index_state, &state);
+	if (state == 1)
+		bg_toplevel(job, drop_index_sql(job));
+	if (state != 2)
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+
+		PG_TRY();
+		{
+			bg_toplevel(job, unique_index_sql(job->t, job->index_name, true));
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
+				PG_RE_THROW();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(job->cxt);
+			bg_toplevel(job, drop_index_sql(job));
+			job->index_name = NULL;
+			bg_xact(job, rescan_step, NULL);
+			return;
+		}
+		PG_END_TRY();
+	}
+	bg_xact(job, unique_done_step, NULL);
+}
+
+static void
+drop_work(BgJob *job)
+{
+	if (job->work)
+		spi_exec_as_owner(psprintf("DROP TABLE IF EXISTS %s", job->work), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+}
+
+static void
+finish_step(BgJob *job, void *arg)
+{
+	drop_work(job);
+	bg_record(job, psprintf("state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"
+							" work_table = NULL, strategy = '%s',"
+							" finished_at = pg_catalog.clock_timestamp()",
+							job->strategy));
+}
+
+/* a pause or cancel request, seen after a batch */
+static void
+obey_step(BgJob *job, void *arg)
+{
+	if (strcmp(job->control, "cancel") == 0)
+	{
+		drop_work(job);
+		bg_record(job, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
+				  " work_table = NULL, finished_at = pg_catalog.clock_timestamp()");
+	}
+	else
+		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
+}
+
+/* true when the job stopped on request */
+static bool
+obeyed(BgJob *job)
+{
+	if (job->control == NULL)
+		return false;
+	bg_xact(job, obey_step, NULL);
+	return true;
+}
+
+static void
+pass_rows_step(BgJob *job, void *arg)
+{
+	spi_exec_count(psprintf("SELECT pg_catalog.max(w.dedup_seq) FROM %s w", job->work), SPI_OK_SELECT);
+	job->pass_rows = spi_get_int64(0, 1);
+}
+
+/* the phases of a background dedup, from wherever the job stands */
+void
+bg_dedup(BgJob *job)
+{
+	if (job->work && strcmp(job->phase, batch_phase(job)) == 0)
+		bg_xact(job, pass_rows_step, NULL);
+	for (;;)
+	{
+		publish(job);
+		if (obeyed(job))
+			return;
+		if (job->work == NULL)
+			bg_xact(job, prepare_step, NULL);
+		else if (strcmp(job->phase, "scanning") == 0)
+			bg_xact(job, scan_step, NULL);
+		else if (strcmp(job->phase, batch_phase(job)) == 0)
+		{
+			if (!bg_xact(job, batch_step, NULL))
+				continue;
+			bg_sleep(job->batch_delay);
+		}
+		else if (strcmp(job->phase, "building unique index") == 0)
+			build_unique(job);
+		else if (strcmp(job->phase, "finishing") == 0)
+		{
+			bg_xact(job, finish_step, NULL);
+			return;
+		}
+		else
+			elog(ERROR, "dedup_ext: job %lld is in unknown phase \"%s\"",
+				 (long long) job->job_id, job->phase);
+	}
+}

@@ -1,0 +1,311 @@
+/*
+ * control.c
+ *		dedup_wait, dedup_pause, dedup_resume, dedup_cancel, and the locks
+ *		that tell a running background job from one whose worker is gone.
+ *
+ * A worker holds a session-level advisory lock on its job while it runs it
+ * (objsubid JOB_LOCK_SUBID, which no SQL-level advisory lock uses).  A job
+ * whose row says 'running' but whose lock nobody holds lost its worker: the
+ * server stopped or the worker died.  dedup_jobs shows it as 'interrupted'.
+ *
+ * Control is asynchronous: pausing or cancelling a running job leaves a
+ * request in its row, which the worker reads after every batch; a job that
+ * no worker runs (queued, paused, interrupted) changes state at once.
+ */
+#include "dedup_ext.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "storage/lock.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+PG_FUNCTION_INFO_V1(dedup_wait);
+PG_FUNCTION_INFO_V1(dedup_pause);
+PG_FUNCTION_INFO_V1(dedup_resume);
+PG_FUNCTION_INFO_V1(dedup_cancel);
+
+#define JOB_LOCK_SUBID	25700
+#define SLOT_LOCK_SUBID 25701
+
+static void
+job_locktag(LOCKTAG *tag, int64 job_id)
+{
+	SET_LOCKTAG_ADVISORY(*tag, MyDatabaseId, (uint32) (job_id >> 32), (uint32) job_id,
+						 JOB_LOCK_SUBID);
+}
+
+/* the worker's claim on a job; false if another process has it */
+bool
+job_lock_try(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	job_locktag(&tag, job_id);
+	return LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+void
+job_unlock(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	job_locktag(&tag, job_id);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* one of the dedup_ext.max_workers worker slots of this database, or -1 */
+int
+worker_slot_take(void)
+{
+	for (int i = 0; i < dedup_max_workers; i++)
+	{
+		LOCKTAG		tag;
+
+		SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, (uint32) i, SLOT_LOCK_SUBID);
+		if (LockAcquire(&tag, ExclusiveLock, true, true) != LOCKACQUIRE_NOT_AVAIL)
+			return i;
+	}
+	return -1;
+}
+
+void
+worker_slot_release(int slot)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0, (uint32) slot, SLOT_LOCK_SUBID);
+	LockRelease(&tag, ExclusiveLock, true);
+}
+
+/* the job's state as dedup_jobs shows it ('interrupted' for a lost worker) */
+char *
+job_effective_state(int64 job_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(job_id)};
+	char	   *schema = dedup_ext_schema();
+
+	spi_exec_as_owner(psprintf("SELECT CASE WHEN j.state OPERATOR(pg_catalog.=) 'running' AND j.background"
+							   " AND NOT %s.dedup_job_alive(j.job_id) THEN 'interrupted' ELSE j.state END"
+							   " FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) $1",
+							   schema, schema),
+					  1, types, values, NULL, SPI_OK_SELECT);
+	return SPI_processed == 1 ?
+		SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+}
+
+static void
+set_state(int64 job_id, const char *assignments)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(job_id)};
+
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET %s, updated_at = pg_catalog.clock_timestamp()"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1",
+							   dedup_ext_schema(), assignments),
+					  1, types, values, NULL, SPI_OK_UPDATE);
+}
+
+static int64
+job_id_arg(FunctionCallInfo fcinfo)
+{
+	dedup_require_arg(fcinfo, 0, "job_id");
+	return PG_GETARG_INT64(0);
+}
+
+/*
+ * Lock the job's row and return its state as dedup_jobs shows it.  Only the
+ * submitter (or a superuser) controls a job.
+ */
+static char *
+control_begin(int64 job_id)
+{
+	job_fetch(job_id, true, true);
+	return job_effective_state(job_id);
+}
+
+static bool
+state_is(const char *state, const char *one, const char *two, const char *three)
+{
+	return strcmp(state, one) == 0 || (two && strcmp(state, two) == 0) ||
+		(three && strcmp(state, three) == 0);
+}
+
+Datum
+dedup_pause(PG_FUNCTION_ARGS)
+{
+	int64		job_id = job_id_arg(fcinfo);
+	char	   *state;
+	bool		result = true;
+
+	SPI_connect();
+	state = control_begin(job_id);
+	if (state_is(state, "queued", "interrupted", NULL))
+		set_state(job_id, "state = 'paused', control = NULL");
+	else if (strcmp(state, "running") == 0)
+		set_state(job_id, "control = 'pause'");
+	else
+		result = false;
+	SPI_finish();
+	PG_RETURN_BOOL(result);
+}
+
+/*
+ * Resume a paused or interrupted job, or make sure a queued one has a
+ * worker (after a restart without preloading, nothing else starts one).
+ */
+Datum
+dedup_resume(PG_FUNCTION_ARGS)
+{
+	int64		job_id = job_id_arg(fcinfo);
+	char	   *state;
+	bool		result = true;
+
+	SPI_connect();
+	state = control_begin(job_id);
+	if (state_is(state, "paused", "interrupted", "queued"))
+	{
+		set_state(job_id, "state = 'queued', control = NULL, worker_pid = NULL");
+		launch_at_commit();
+	}
+	else if (strcmp(state, "running") == 0)
+	{
+		/* a pause requested but not yet carried out is withdrawn */
+		set_state(job_id, "control = NULL");
+		result = false;
+	}
+	else
+		result = false;
+	SPI_finish();
+	PG_RETURN_BOOL(result);
+}
+
+/*
+ * Cancel a job.  A running one stops after its current batch; the batches it
+ * committed stay done (and archived, so dedup_rollback can undo them).
+ */
+Datum
+dedup_cancel(PG_FUNCTION_ARGS)
+{
+	int64		job_id = job_id_arg(fcinfo);
+	char	   *state;
+	bool		result = true;
+
+	SPI_connect();
+	state = control_begin(job_id);
+	if (state_is(state, "queued", "paused", "interrupted"))
+	{
+		DedupJob   *job = job_fetch(job_id, false, true);
+
+		job_drop_work_table(job);
+		set_state(job_id, "state = 'cancelled', control = NULL, worker_pid = NULL,"
+				  " finished_at = pg_catalog.clock_timestamp()");
+	}
+	else if (strcmp(state, "running") == 0)
+		set_state(job_id, "control = 'cancel'");
+	else
+		result = false;
+	SPI_finish();
+	PG_RETURN_BOOL(result);
+}
+
+/*
+ * A job with add_unique ends with CREATE INDEX CONCURRENTLY, which waits for
+ * every transaction whose snapshot is older than its own.  The session in
+ * dedup_wait holds its statement's snapshot for as long as it waits, so the
+ * job would wait for the waiter.  The waiter therefore flags itself the way
+ * a CREATE INDEX CONCURRENTLY of a plain index does (PROC_IN_SAFE_IC), which
+ * other index builds do not wait for.  That is safe here: the flag changes
+ * nothing else (vacuum still keeps what the snapshot sees), dedup_wait reads
+ * only dedup_job, and no plan of the waiting statement can use an index that
+ * did not exist when it was planned.
+ */
+static void
+set_waiting_flag(bool on)
+{
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	if (on)
+		MyProc->statusFlags |= PROC_IN_SAFE_IC;
+	else
+		MyProc->statusFlags &= ~PROC_IN_SAFE_IC;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
+}
+
+/*
+ * Wait until the job needs nobody: done, failed or cancelled, or paused or
+ * interrupted (which wait for dedup_resume).  With a timeout, return the
+ * state at that time.
+ */
+Datum
+dedup_wait(PG_FUNCTION_ARGS)
+{
+	int64		job_id = job_id_arg(fcinfo);
+	TimestampTz deadline = 0;
+	char	   *state;
+	MemoryContext fn_cxt = CurrentMemoryContext;
+	MemoryContext loop_cxt;
+	MemoryContext oldcxt;
+	text	   *result;
+
+	if (!PG_ARGISNULL(1))
+	{
+		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
+
+		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														   TimestampTzGetDatum(GetCurrentTimestamp()),
+														   PointerGetDatum(timeout)));
+	}
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("dedup_wait cannot run in a %s transaction",
+						IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
+				 errdetail("Its snapshot would never show the job's progress."),
+				 errhint("Call it in a READ COMMITTED transaction.")));
+
+	SPI_connect();
+	if (job_fetch(job_id, false, false)->created_here)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job %lld was submitted in this transaction", (long long) job_id),
+				 errdetail("A background job starts only after the transaction that submitted it commits."),
+				 errhint("COMMIT, then call dedup_wait.")));
+	loop_cxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_wait", ALLOCSET_SMALL_SIZES);
+	/* cleared below, or by the end of the transaction if an error ends the wait */
+	set_waiting_flag(true);
+	for (;;)
+	{
+		bool		final;
+
+		oldcxt = MemoryContextSwitchTo(loop_cxt);
+		state = job_effective_state(job_id);
+		final = state_is(state, "done", "failed", "cancelled") ||
+			state_is(state, "paused", "interrupted", NULL) ||
+			(deadline != 0 && GetCurrentTimestamp() >= deadline);
+		MemoryContextSwitchTo(oldcxt);
+		if (final)
+			break;
+		SPI_freetuptable(SPI_tuptable);
+		MemoryContextReset(loop_cxt);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	set_waiting_flag(false);
+	oldcxt = MemoryContextSwitchTo(fn_cxt);
+	result = cstring_to_text(state);	/* outlives SPI_finish */
+	MemoryContextSwitchTo(oldcxt);
+	SPI_finish();
+	PG_RETURN_TEXT_P(result);
+}

@@ -1,0 +1,479 @@
+/*
+ * worker.c
+ *		The background worker: takes queued jobs of its database and runs
+ *		them, each step in its own transaction, as the submitting role.
+ *
+ * The worker connects as the bootstrap superuser (a job's submitter may be a
+ * role without LOGIN) and runs every transaction of a job with the
+ * submitter's user id and SECURITY_LOCAL_USERID_CHANGE, so that nothing the
+ * job runs (triggers, filter functions) can SET ROLE back; only the job's own
+ * bookkeeping switches to the extension owner, as it does in the foreground.
+ * search_path is pg_catalog, pg_temp: the job's filter and keep were stored
+ * schema-qualified at submit time.
+ *
+ * A step that fails on a lock timeout, a deadlock or a serialization failure
+ * is retried after a pause; any other error fails the job, with its SQLSTATE,
+ * message, detail and hint in dedup_jobs.error.
+ */
+#include "dedup_ext.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/wait_event.h"
+
+PGDLLEXPORT void dedup_worker_main(Datum arg);
+
+/* sleep ms, waking for shutdown */
+void
+bg_sleep(int ms)
+{
+	if (ms <= 0)
+		return;
+	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+static bool
+retryable(int sqlerrcode)
+{
+	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
+		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
+		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
+}
+
+/*
+ * Run step in one transaction, as the job's submitter, with the job's
+ * lock_timeout.  A retryable failure rolls the step back and runs it again
+ * after a pause, until it commits, or until a pause or cancel request makes
+ * the caller stop (returns false).  Other errors propagate.
+ */
+bool
+bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
+{
+	for (;;)
+	{
+		ErrorData  *edata;
+		Oid			saved_user;
+		int			saved_sec;
+
+		StartTransactionCommand();
+		GetUserIdAndSecContext(&saved_user, &saved_sec);
+		PG_TRY();
+		{
+			SetUserIdAndSecContext(job->submitter, SECURITY_LOCAL_USERID_CHANGE);
+			(void) set_config_option("lock_timeout", psprintf("%d", job->lock_timeout),
+									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+			PushActiveSnapshot(GetTransactionSnapshot());
+			SPI_connect();
+			step(job, arg);
+			SPI_finish();
+			PopActiveSnapshot();
+			SetUserIdAndSecContext(saved_user, saved_sec);
+			CommitTransactionCommand();
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(job->cxt);
+			edata = CopyErrorData();
+			if (!retryable(edata->sqlerrcode))
+				PG_RE_THROW();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			job->retries++;
+			elog(DEBUG1, "dedup_ext job %lld: retrying a batch after: %s",
+				 (long long) job->job_id, edata->message);
+			FreeErrorData(edata);
+			if (bg_control_requested(job))
+				return false;
+			bg_sleep(Max(job->lock_timeout, 100));
+			continue;
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(job->cxt);
+		return true;
+	}
+}
+
+/*
+ * Run one utility statement that must be at top level (CREATE INDEX
+ * CONCURRENTLY, DROP INDEX CONCURRENTLY): it commits and starts
+ * transactions of its own, which SPI cannot allow.
+ */
+void
+bg_toplevel(BgJob *job, const char *sql)
+{
+	List	   *raw;
+	RawStmt    *rs;
+	PlannedStmt *pstmt;
+	Oid			saved_user;
+	int			saved_sec;
+
+	StartTransactionCommand();
+	GetUserIdAndSecContext(&saved_user, &saved_sec);
+	SetUserIdAndSecContext(job->submitter, SECURITY_LOCAL_USERID_CHANGE);
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	/*
+	 * The statement commits the transaction it starts in, so its parse tree
+	 * and whatever it allocates must not live in that transaction's memory
+	 * (exec_simple_query keeps them in MessageContext for the same reason).
+	 */
+	MemoryContextSwitchTo(job->cxt);
+	raw = pg_parse_query(sql);
+	if (list_length(raw) != 1)
+		elog(ERROR, "dedup_ext: expected one statement: %s", sql);
+	rs = linitial_node(RawStmt, raw);
+	pstmt = makeNode(PlannedStmt);
+	pstmt->commandType = CMD_UTILITY;
+	pstmt->canSetTag = true;
+	pstmt->utilityStmt = rs->stmt;
+	pstmt->stmt_location = rs->stmt_location;
+	pstmt->stmt_len = rs->stmt_len;
+	ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL, None_Receiver, NULL);
+	/* CONCURRENTLY pops the snapshot it was given; anything else leaves it */
+	if (ActiveSnapshotSet())
+		PopActiveSnapshot();
+	SetUserIdAndSecContext(saved_user, saved_sec);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(job->cxt);
+}
+
+/* run a step as the bootstrap superuser (bookkeeping that needs no retry) */
+static void
+plain_xact(void (*step) (void *arg), void *arg)
+{
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	step(arg);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * Is dedup_ext installed in this database, at a version with background
+ * jobs (1.0 has none)?  A resuming worker is started for every database.
+ */
+static void
+check_installed(void *arg)
+{
+	*(bool *) arg = SPI_execute("SELECT FROM pg_catalog.pg_extension"
+								" WHERE extname OPERATOR(pg_catalog.=) 'dedup_ext'"
+								" AND extversion OPERATOR(pg_catalog.<>) '1.0'", true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1;
+}
+
+/* jobs whose worker the previous server run lost go back to the queue */
+static void
+requeue_lost(void *arg)
+{
+	char	   *schema = dedup_ext_schema();
+
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'queued', worker_pid = NULL"
+							   " WHERE state OPERATOR(pg_catalog.=) 'running' AND background"
+							   " AND NOT %s.dedup_job_alive(job_id)", schema, schema),
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("dedup_ext: resuming %llu interrupted background jobs",
+						(unsigned long long) SPI_processed)));
+}
+
+/*
+ * Take the oldest queued job nobody else runs: its row locked SKIP LOCKED,
+ * its advisory lock taken for the life of the run, its state 'running'.
+ */
+static void
+claim_job(void *arg)
+{
+	int64	   *job_id = (int64 *) arg;
+	char	   *schema = dedup_ext_schema();
+	uint64		n;
+	int64	   *ids;
+
+	*job_id = 0;
+	spi_exec_as_owner(psprintf("SELECT job_id FROM %s.dedup_job WHERE state OPERATOR(pg_catalog.=) 'queued'"
+							   " ORDER BY job_id FOR UPDATE SKIP LOCKED", schema),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	n = SPI_processed;
+	ids = palloc(sizeof(int64) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+		ids[i] = spi_get_int64(i, 1);
+	for (uint64 i = 0; i < n && *job_id == 0; i++)
+		if (job_lock_try(ids[i]))
+		{
+			Oid			types[2] = {INT8OID, INT4OID};
+			Datum		values[2] = {Int64GetDatum(ids[i]), Int32GetDatum(MyProcPid)};
+
+			spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'running', worker_pid = $2,"
+									   " started_at = COALESCE(started_at, pg_catalog.clock_timestamp()),"
+									   " updated_at = pg_catalog.clock_timestamp()"
+									   " WHERE job_id OPERATOR(pg_catalog.=) $1", schema),
+							  2, types, values, NULL, SPI_OK_UPDATE);
+			*job_id = ids[i];
+		}
+}
+
+static void
+any_queued(void *arg)
+{
+	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job WHERE state OPERATOR(pg_catalog.=) 'queued' LIMIT 1",
+							   dedup_ext_schema()),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	*(bool *) arg = SPI_processed > 0;
+}
+
+/* "SQLSTATE: message", then detail and hint, as a client would see them */
+static char *
+error_text(ErrorData *edata)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%s: %s", unpack_sql_state(edata->sqlerrcode), edata->message);
+	if (edata->detail)
+		appendStringInfo(&buf, "\nDETAIL: %s", edata->detail);
+	if (edata->hint)
+		appendStringInfo(&buf, "\nHINT: %s", edata->hint);
+	if (edata->context)
+		appendStringInfo(&buf, "\nCONTEXT: %s", edata->context);
+	return buf.data;
+}
+
+typedef struct FailArg
+{
+	int64		job_id;
+	const char *error;
+} FailArg;
+
+static void
+fail_job(void *arg)
+{
+	FailArg    *f = (FailArg *) arg;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(f->job_id), CStringGetTextDatum(f->error)};
+
+	job_drop_work_table(job_fetch(f->job_id, true, false));
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'failed', error = $2, control = NULL,"
+							   " worker_pid = NULL, finished_at = pg_catalog.clock_timestamp(),"
+							   " updated_at = pg_catalog.clock_timestamp()"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1", dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_UPDATE);
+}
+
+/* who submitted the job, and what it is (as the superuser the worker is) */
+static void
+identify_job(void *arg)
+{
+	BgJob	   *job = (BgJob *) arg;
+	DedupJob   *row = job_fetch(job->job_id, false, false);
+
+	job->submitter = row->submitted_by;
+	job->relid = row->relid;
+	job->kind = MemoryContextStrdup(job->cxt, row->kind);
+}
+
+static int
+param_int(DedupJob *row, const char *name, int dflt)
+{
+	char	   *v = job_param(row, name);
+
+	return v ? pg_strtoint32(v) : dflt;
+}
+
+static char *
+copy_or_null(BgJob *job, const char *s)
+{
+	return s ? MemoryContextStrdup(job->cxt, s) : NULL;
+}
+
+/*
+ * Load the job as its submitter: the table is opened and validated again,
+ * ownership included, exactly as at submit time.
+ */
+static void
+load_job(BgJob *job, void *arg)
+{
+	DedupJob   *row = job_fetch(job->job_id, false, true);
+	MemoryContext oldcxt;
+	char	   *filter;
+	char	   *keep;
+	char	   *action;
+	ArrayType  *key;
+	bool		nulls_distinct;
+	char	   *started;
+
+	job->batch_size = param_int(row, "batch_rows", dedup_batch_size);
+	job->batch_delay = param_int(row, "batch_delay", dedup_batch_delay);
+	job->lock_timeout = param_int(row, "lock_timeout", dedup_lock_timeout);
+	job->phase = copy_or_null(job, row->phase);
+	job->checkpoint = row->checkpoint;
+	job->passes = row->passes;
+	job->rows_total = row->rows_total;
+	job->rows_done = row->rows_done;
+	job->rows_changed = row->rows_changed;
+	job->batches_done = row->batches_done;
+	job->work = copy_or_null(job, row->work_table);
+	job->archive_table = copy_or_null(job, row->archive_table);
+	started = row->started_at;
+	if (started)
+		progress_started_at(DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(started),
+																	ObjectIdGetDatum(InvalidOid),
+																	Int32GetDatum(-1))));
+	if (strcmp(job->kind, "dedup") != 0)
+	{
+		bg_backfill_load(job, row);
+		return;
+	}
+
+	/* read the parameters first: SPI leaves its own memory context current */
+	filter = job_param(row, "filter_sql");
+	keep = job_param(row, "keep_sql");
+	key = job_param_array(row, "key");
+	nulls_distinct = strcmp(job_param(row, "nulls_distinct"), "true") == 0;
+	action = job_param(row, "action");
+	job->add_unique = strcmp(job_param(row, "add_unique"), "true") == 0;
+
+	oldcxt = MemoryContextSwitchTo(job->cxt);
+	job->t = dedup_target_open(job->relid, key, filter ? cstring_to_text(filter) : NULL,
+							   nulls_distinct, true, AccessShareLock);
+	dedup_target_set_keep(job->t, keep);
+	job->nspname = get_namespace_name(get_rel_namespace(job->relid));
+	job->action = dedup_parse_action(action);
+	if (job->action == DEDUP_ACTION_RENAME)
+		dedup_target_set_rename(job->t);
+	job->strategy = "delete";
+	if (row->unique_index)
+	{
+		Oid			idx = dedup_relid_by_name(row->unique_index);
+
+		job->index_name = OidIsValid(idx) ? get_rel_name(idx) : NULL;
+		job->is_constraint = row->unique_is_constraint;
+	}
+	MemoryContextSwitchTo(oldcxt);
+	refuse_cascading_references(job->t->relid, job->t->qualname,
+								psprintf("%s duplicate", dedup_action_name(job->action)),
+								job->action == DEDUP_ACTION_DELETE,
+								job->action == DEDUP_ACTION_DELETE ? 0 :
+								get_attnum(job->t->relid, job->t->keys[job->t->rename_key].name));
+}
+
+/* Run a claimed job: its kind's phases, from where it stands. */
+static void
+bg_run(int64 job_id, MemoryContext cxt)
+{
+	BgJob	   *job = palloc0(sizeof(BgJob));
+
+	job->job_id = job_id;
+	job->cxt = cxt;
+	plain_xact(identify_job, job);
+	progress_begin(job_id, job->kind, job->relid, job->submitter, false);
+	bg_xact(job, load_job, NULL);
+	if (strcmp(job->kind, "dedup") == 0)
+		bg_dedup(job);
+	else
+		bg_backfill(job);
+}
+
+/* Run one claimed job to its end (done, failed, cancelled) or to a pause. */
+static void
+run_job(int64 job_id, MemoryContext cxt)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+
+	PG_TRY();
+	{
+		bg_run(job_id, cxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		FailArg		f;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		RESUME_INTERRUPTS();
+		f.job_id = job_id;
+		f.error = error_text(edata);
+		plain_xact(fail_job, &f);
+	}
+	PG_END_TRY();
+	progress_end();
+	job_unlock(job_id);
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(cxt);
+}
+
+/*
+ * Main of a dynamic worker: arg is the database; bgw_extra[0] is 'r' for a
+ * worker the launcher started after a server start.  The worker takes one of
+ * the database's dedup_ext.max_workers slots (or leaves: the workers that have
+ * them take the queued jobs), runs queued jobs until none is left, gives its
+ * slot back, and looks once more, so that a job queued while it was leaving
+ * is not left without a worker.
+ */
+void
+dedup_worker_main(Datum arg)
+{
+	Oid			dbid = DatumGetObjectId(arg);
+	bool		resume = MyBgworkerEntry->bgw_extra[0] == 'r';
+	MemoryContext cxt;
+	bool		installed = false;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	pgstat_report_appname("dedup_ext worker");
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_SESSION);
+	cxt = AllocSetContextCreate(TopMemoryContext, "dedup_ext job", ALLOCSET_DEFAULT_SIZES);
+
+	plain_xact(check_installed, &installed);
+	if (!installed)
+		proc_exit(0);
+	if (resume)
+		plain_xact(requeue_lost, NULL);
+
+	for (;;)
+	{
+		int			slot = worker_slot_take();
+		bool		more = false;
+
+		if (slot < 0)
+			break;
+		for (;;)
+		{
+			int64		job_id = 0;
+
+			plain_xact(claim_job, &job_id);
+			if (job_id == 0)
+				break;
+			run_job(job_id, cxt);
+		}
+		worker_slot_release(slot);
+		plain_xact(any_queued, &more);
+		if (!more)
+			break;
+	}
+	proc_exit(0);
+}
