@@ -28,6 +28,7 @@
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "parser/parse_oper.h"
+#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -59,6 +60,7 @@ typedef struct Backfill
 	char	   *pcolname;
 	AttrNumber	pcolatt;
 	char	  **pkey;			/* parent_key, quoted */
+	char	  **pkeyname;		/* the same, unquoted */
 	char	  **eq;				/* child_key[i] = parent_key[i] */
 	OnOrphan	on_orphan;
 } Backfill;
@@ -75,6 +77,7 @@ typedef struct BackfillResult
 	char	   *constraint_name;
 	bool		constraint_added;
 	bool		not_null_added;
+	char	   *check_name;		/* the CHECK that stands in for NOT NULL until it is set */
 	char	   *deleted_archive;
 	char	   *linked_archive;
 	char	   *created_archive;
@@ -196,6 +199,8 @@ open_backfill(FunctionCallInfo fcinfo)
 	int			nparent;
 	bool		writes_parent;
 	AclResult	acl;
+	/* a dry run changes nothing, a background job locks batch by batch */
+	bool		weak_locks = PG_GETARG_BOOL(9) || PG_GETARG_BOOL(10);
 
 	b->on_orphan = parse_on_orphan(text_to_cstring(PG_GETARG_TEXT_PP(6)));
 	if (!PG_ARGISNULL(11) && PG_GETARG_INT32(11) <= 0)
@@ -208,7 +213,7 @@ open_backfill(FunctionCallInfo fcinfo)
 
 	/* the child as a dedup target: owner check, lock, key columns */
 	b->child = dedup_target_open(childid, child_key, NULL, true, true,
-								 PG_GETARG_BOOL(9) ? AccessShareLock : ShareRowExclusiveLock);
+								 weak_locks ? AccessShareLock : ShareRowExclusiveLock);
 
 	acl = pg_class_aclcheck(b->parentid, GetUserId(), ACL_SELECT);
 	if (acl != ACLCHECK_OK)
@@ -223,7 +228,7 @@ open_backfill(FunctionCallInfo fcinfo)
 				 errmsg("permission denied for table %s", get_rel_name(b->parentid)),
 				 errdetail("on_orphan => 'create_parent' inserts into the parent.")));
 	if (b->parentid != childid)
-		LockRelationOid(b->parentid, PG_GETARG_BOOL(9) ? AccessShareLock :
+		LockRelationOid(b->parentid, weak_locks ? AccessShareLock :
 						(writes_parent || PG_GETARG_BOOL(7)) ? ShareRowExclusiveLock : AccessShareLock);
 	b->parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(b->parentid)),
 										   get_rel_name(b->parentid));
@@ -240,6 +245,7 @@ open_backfill(FunctionCallInfo fcinfo)
 				 errdetail("child_key has %d, parent_key has %d.", b->child->nkeys, nparent)));
 	b->pkey = palloc(sizeof(char *) * b->child->nkeys);
 	b->eq = palloc(sizeof(char *) * b->child->nkeys);
+	b->pkeyname = palloc(sizeof(char *) * b->child->nkeys);
 	for (int i = 0; i < b->child->nkeys; i++)
 	{
 		const char *name = pkeynames ? pkeynames[i] : b->child->keys[i].name;
@@ -257,6 +263,7 @@ open_backfill(FunctionCallInfo fcinfo)
 		b->eq[i] = sql_operator(oprid(op));
 		ReleaseSysCache(op);
 		b->pkey[i] = pstrdup(quote_identifier(name));
+		b->pkeyname[i] = pstrdup(name);
 	}
 
 	b->pcolname = PG_ARGISNULL(5) ? parent_pk_column(b->parentid) : text_to_cstring(PG_GETARG_TEXT_PP(5));
@@ -413,29 +420,51 @@ create_parents(Backfill *b, BackfillResult *res)
 		res->parents_created = spi_exec_count(ins, SPI_OK_INSERT_RETURNING);
 }
 
-/* The one pass that links: a hash join with the parent's unambiguous keys. */
-static void
-link_rows(Backfill *b, BackfillResult *res)
+/*
+ * The one pass that links: a hash join with the parent's unambiguous keys.
+ * range: NULL for the whole table, or a condition on c (a background
+ * batch's blocks).  Returns the rows linked.
+ */
+static int64
+link_rows(Backfill *b, BackfillResult *res, const char *range)
 {
 	char	   *upd = psprintf("UPDATE ONLY %s c SET %s = m.dedup_ref FROM (%s) m"
-							   " WHERE c.%s IS NULL AND %s AND m.dedup_n OPERATOR(pg_catalog.=) 1",
-							   b->child->qualname, b->fk, parent_keys(b), b->fk, key_join(b, "m"));
+							   " WHERE c.%s IS NULL AND %s AND m.dedup_n OPERATOR(pg_catalog.=) 1%s%s",
+							   b->child->qualname, b->fk, parent_keys(b), b->fk, key_join(b, "m"),
+							   range ? " AND " : "", range ? range : "");
 	StringInfoData ids;
 
 	if (!res->linked_archive)
-	{
-		res->rows_updated = spi_exec_count(upd, SPI_OK_UPDATE);
-		return;
-	}
+		return spi_exec_count(upd, SPI_OK_UPDATE);
 	initStringInfo(&ids);
 	if (b->child->npk == 0)
 		appendStringInfoString(&ids, "c.ctid");
 	for (int i = 0; i < b->child->npk; i++)
 		appendStringInfo(&ids, "%sc.%s", i > 0 ? ", " : "", b->child->pk[i].quoted);
-	res->rows_updated = spi_exec_count(psprintf("WITH dedup_u AS (%s RETURNING %s)"
-												" INSERT INTO %s SELECT * FROM dedup_u",
-												upd, ids.data, res->linked_archive),
-									   SPI_OK_INSERT);
+	return spi_exec_count(psprintf("WITH dedup_u AS (%s RETURNING %s)"
+								   " INSERT INTO %s SELECT * FROM dedup_u",
+								   upd, ids.data, res->linked_archive),
+						  SPI_OK_INSERT);
+}
+
+/*
+ * The archives a backfill writes to: deleted orphans, created parents (their
+ * key only), linked rows (their primary key or ctid only).
+ */
+static void
+create_archives(Backfill *b, BackfillResult *res)
+{
+	List	   *ids = NIL;
+
+	if (b->on_orphan == ON_ORPHAN_DELETE)
+		res->deleted_archive = archive_create(b->child->relid, res->job_id, NULL, InvalidOid, NIL);
+	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
+		res->created_archive = archive_create(b->parentid, res->job_id, "created", GetUserId(),
+											  list_make1(b->pcolname));
+	for (int i = 0; i < b->child->npk; i++)
+		ids = lappend(ids, b->child->pk[i].name);
+	res->linked_archive = archive_create(b->child->relid, res->job_id, "linked", InvalidOid,
+										 ids ? ids : list_make1("ctid"));
 }
 
 static bool
@@ -451,60 +480,82 @@ column_not_null(Oid relid, AttrNumber att)
 	return result;
 }
 
-/* FOREIGN KEY NOT VALID + VALIDATE, then NOT NULL through a validated CHECK */
-static void
-add_constraints(Backfill *b, BackfillResult *res)
+/*
+ * FOREIGN KEY NOT VALID + VALIDATE, then NOT NULL through a validated CHECK,
+ * one stage at a time: a background job commits after each, so the short
+ * strong locks (ADD ... NOT VALID, SET NOT NULL) are never held while a
+ * VALIDATE scans.  Returns the next stage, or -1 when all is done.
+ */
+static int
+constraint_stage(Backfill *b, BackfillResult *res, int stage)
 {
 	Oid			nsp = get_rel_namespace(b->child->relid);
 	int64		nulls;
-	const char *check;
 
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NULL",
-							b->child->qualname, b->fk), SPI_OK_SELECT);
-	nulls = spi_get_int64(0, 1);
-	if (nulls > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NOT_NULL_VIOLATION),
-				 errmsg("cannot add the constraints: %lld rows of %s still have %s NULL",
-						(long long) nulls, b->child->qualname, b->fk),
-				 errdetail("%lld rows match no parent (orphans) and %lld match more than one (ambiguous); ambiguous rows are never guessed.",
-						   (long long) (nulls - res->ambiguous_rows), (long long) res->ambiguous_rows),
-				 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
-
-	spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
-
-	/* a re-run finds the foreign key of an earlier run and keeps it */
-	spi_exec_count(psprintf("SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"
-							" WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
-							" AND c.conrelid OPERATOR(pg_catalog.=) %u AND c.confrelid OPERATOR(pg_catalog.=) %u"
-							" AND c.conkey OPERATOR(pg_catalog.=) '{%d}' AND c.confkey OPERATOR(pg_catalog.=) '{%d}'"
-							" ORDER BY 1 LIMIT 1",
-							b->child->relid, b->parentid, b->fkatt, b->pcolatt), SPI_OK_SELECT);
-	if (SPI_processed > 0)
-		res->constraint_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	else
+	switch (stage)
 	{
-		res->constraint_name = ChooseConstraintName(b->child->relname, b->fkname, "fkey", nsp, NIL);
-		res->constraint_added = true;
-		spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s) NOT VALID",
-								b->child->qualname, quote_identifier(res->constraint_name), b->fk,
-								b->parent, b->pcol), SPI_OK_UTILITY);
-	}
-	spi_exec_count(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
-							b->child->qualname, quote_identifier(res->constraint_name)), SPI_OK_UTILITY);
+		case 0:
+			spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NULL",
+									b->child->qualname, b->fk), SPI_OK_SELECT);
+			nulls = spi_get_int64(0, 1);
+			if (nulls > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_NOT_NULL_VIOLATION),
+						 errmsg("cannot add the constraints: %lld rows of %s still have %s NULL",
+								(long long) nulls, b->child->qualname, b->fk),
+						 errdetail("%lld rows match no parent (orphans) and %lld match more than one (ambiguous); ambiguous rows are never guessed.",
+								   (long long) (nulls - res->ambiguous_rows), (long long) res->ambiguous_rows),
+						 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
 
-	if (column_not_null(b->child->relid, b->fkatt))
-		return;
-	check = quote_identifier(ChooseConstraintName(b->child->relname, b->fkname, "not_null", nsp, NIL));
-	spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID",
-							b->child->qualname, check, b->fk), SPI_OK_UTILITY);
-	spi_exec_count(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s", b->child->qualname, check),
-				   SPI_OK_UTILITY);
-	spi_exec_count(psprintf("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL", b->child->qualname, b->fk),
-				   SPI_OK_UTILITY);
-	spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT %s", b->child->qualname, check),
-				   SPI_OK_UTILITY);
-	res->not_null_added = true;
+			spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
+
+			/* a re-run finds the foreign key of an earlier run and keeps it */
+			spi_exec_count(psprintf("SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"
+									" WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+									" AND c.conrelid OPERATOR(pg_catalog.=) %u AND c.confrelid OPERATOR(pg_catalog.=) %u"
+									" AND c.conkey OPERATOR(pg_catalog.=) '{%d}' AND c.confkey OPERATOR(pg_catalog.=) '{%d}'"
+									" ORDER BY 1 LIMIT 1",
+									b->child->relid, b->parentid, b->fkatt, b->pcolatt), SPI_OK_SELECT);
+			if (SPI_processed > 0)
+				res->constraint_name = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+			else
+			{
+				res->constraint_name = ChooseConstraintName(b->child->relname, b->fkname, "fkey", nsp, NIL);
+				res->constraint_added = true;
+				spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s FOREIGN KEY (%s) REFERENCES %s (%s) NOT VALID",
+										b->child->qualname, quote_identifier(res->constraint_name), b->fk,
+										b->parent, b->pcol), SPI_OK_UTILITY);
+			}
+			return 1;
+		case 1:
+			spi_exec_count(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s",
+									b->child->qualname, quote_identifier(res->constraint_name)), SPI_OK_UTILITY);
+			return column_not_null(b->child->relid, b->fkatt) ? -1 : 2;
+		case 2:
+			res->check_name = ChooseConstraintName(b->child->relname, b->fkname, "not_null", nsp, NIL);
+			spi_exec_count(psprintf("ALTER TABLE %s ADD CONSTRAINT %s CHECK (%s IS NOT NULL) NOT VALID",
+									b->child->qualname, quote_identifier(res->check_name), b->fk),
+						   SPI_OK_UTILITY);
+			return 3;
+		case 3:
+			spi_exec_count(psprintf("ALTER TABLE %s VALIDATE CONSTRAINT %s", b->child->qualname,
+									quote_identifier(res->check_name)), SPI_OK_UTILITY);
+			return 4;
+		default:
+			spi_exec_count(psprintf("ALTER TABLE %s ALTER COLUMN %s SET NOT NULL", b->child->qualname, b->fk),
+						   SPI_OK_UTILITY);
+			spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT %s", b->child->qualname,
+									quote_identifier(res->check_name)), SPI_OK_UTILITY);
+			res->not_null_added = true;
+			return -1;
+	}
+}
+
+static void
+add_constraints(Backfill *b, BackfillResult *res)
+{
+	for (int stage = 0; stage >= 0;)
+		stage = constraint_stage(b, res, stage);
 }
 
 /* what dedup_rollback needs to undo the job */
@@ -512,9 +563,11 @@ static char *
 undo_json(Backfill *b, BackfillResult *res)
 {
 	StringInfoData buf;
-	const char *names[] = {"deleted", "linked", "created", "constraint", "fk_column", "parent_column"};
+	const char *names[] = {"deleted", "linked", "created", "constraint", "fk_column", "parent_column",
+	"check", "fk_name"};
 	const char *values[] = {res->deleted_archive, res->linked_archive, res->created_archive,
-	res->constraint_added ? res->constraint_name : NULL, b->fkname, b->pcolname};
+		res->constraint_added ? res->constraint_name : NULL, b->fkname, b->pcolname, res->check_name,
+	res->constraint_name};
 
 	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"parent_oid\": %u, \"not_null\": %s", b->parentid,
@@ -554,9 +607,19 @@ params_json(FunctionCallInfo fcinfo, Backfill *b)
 	escape_json(&buf, b->pcolname);
 	appendStringInfoString(&buf, ", \"on_orphan\": ");
 	escape_json(&buf, text_to_cstring(PG_GETARG_TEXT_PP(6)));
-	appendStringInfo(&buf, ", \"add_constraint\": %s, \"archive\": %s, \"background\": %s}",
+	appendStringInfo(&buf, ", \"add_constraint\": %s, \"archive\": %s, \"background\": %s",
 					 PG_GETARG_BOOL(7) ? "true" : "false", PG_GETARG_BOOL(8) ? "true" : "false",
 					 PG_GETARG_BOOL(10) ? "true" : "false");
+	/* what a background worker needs to open the same backfill again */
+	appendStringInfo(&buf, ", \"parent_oid\": %u, \"parent_key\": [", b->parentid);
+	for (int i = 0; i < b->child->nkeys; i++)
+	{
+		appendStringInfoString(&buf, i > 0 ? ", " : "");
+		escape_json(&buf, b->pkeyname[i]);
+	}
+	appendStringInfo(&buf, "], \"batch_rows\": %d, \"batch_delay\": %d, \"lock_timeout\": %d}",
+					 PG_ARGISNULL(11) ? dedup_batch_size : PG_GETARG_INT32(11),
+					 dedup_batch_delay, dedup_lock_timeout);
 	return buf.data;
 }
 
@@ -576,9 +639,31 @@ return_result(FunctionCallInfo fcinfo, BackfillResult *res, const char *state)
 	values[4] = Int64GetDatum(res->ambiguous_rows);
 	values[5] = Int64GetDatum(res->parents_created);
 	values[6] = Int64GetDatum(res->rows_deleted);
+	/* a queued job has not counted anything yet */
+	for (int i = 2; i <= 6; i++)
+		nulls[i] = (strcmp(state, "queued") == 0);
 	nulls[7] = (res->constraint_name == NULL);
 	values[7] = nulls[7] ? (Datum) 0 : CStringGetTextDatum(res->constraint_name);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
+ * background => true: validated like a foreground call, queued, archives
+ * created (they commit with the submission, and the undo record names them,
+ * so even a cancelled job rolls back); a worker does the rest.
+ */
+static void
+submit_background(FunctionCallInfo fcinfo, Backfill *b, bool archive)
+{
+	BackfillResult res = {0};
+
+	if (b->on_orphan == ON_ORPHAN_DELETE)
+		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0);
+	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b));
+	if (archive)
+		create_archives(b, &res);
+	job_set_undo(res.job_id, undo_json(b, &res));
+	return_result(fcinfo, &res, "queued");
 }
 
 Datum
@@ -596,14 +681,15 @@ backfill_fk(PG_FUNCTION_ARGS)
 		if (argnames[i])
 			dedup_require_arg(fcinfo, i, argnames[i]);
 	b = open_backfill(fcinfo);
-	if (PG_GETARG_BOOL(10))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("background => true is not available in this version of dedup_ext"),
-				 errhint("Run the backfill in the foreground, inside your transaction.")));
 	archive = PG_GETARG_BOOL(8);
 
 	SPI_connect();
+	if (PG_GETARG_BOOL(10) && !PG_GETARG_BOOL(9))
+	{
+		submit_background(fcinfo, b, archive);
+		SPI_finish();
+		return (Datum) 0;
+	}
 	classify(b, &res);
 	if (PG_GETARG_BOOL(9))
 	{
@@ -630,30 +716,15 @@ backfill_fk(PG_FUNCTION_ARGS)
 		report_orphans(b, res.job_id);
 
 	if (b->on_orphan == ON_ORPHAN_DELETE)
-	{
 		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0);
-		if (archive)
-			res.deleted_archive = archive_create(b->child->relid, res.job_id, NULL, InvalidOid, NIL);
+	if (archive)
+		create_archives(b, &res);
+	if (b->on_orphan == ON_ORPHAN_DELETE)
 		delete_orphans(b, &res);
-	}
 	res.parents_created = 0;
 	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
-	{
-		if (archive)
-			res.created_archive = archive_create(b->parentid, res.job_id, "created", GetUserId(),
-												 list_make1(b->pcolname));
 		create_parents(b, &res);
-	}
-	if (archive)
-	{
-		List	   *ids = NIL;
-
-		for (int i = 0; i < b->child->npk; i++)
-			ids = lappend(ids, b->child->pk[i].name);
-		res.linked_archive = archive_create(b->child->relid, res.job_id, "linked", InvalidOid,
-											ids ? ids : list_make1("ctid"));
-	}
-	link_rows(b, &res);
+	res.rows_updated = link_rows(b, &res, NULL);
 	if (PG_GETARG_BOOL(7))
 		add_constraints(b, &res);
 
@@ -665,14 +736,268 @@ backfill_fk(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * Background backfill.  Phases, each change committed with its work:
+ *   preparing    orphans: 'error' fails here, before any change; 'delete' and
+ *                'create_parent' act on the orphans (row locks only);
+ *   linking      batches of heap blocks (about batch_size rows each), each
+ *                one transaction that links its rows and records the next
+ *                block as checkpoint;
+ *   sweeping     one more UPDATE over the rows still NULL, for rows written
+ *                behind the batches;
+ *   reporting    orphans and ambiguous rows into dedup_orphans;
+ *   constraints  (add_constraint) one stage per transaction;
+ *   finishing.
+ */
+typedef struct BgBackfill
+{
+	Backfill   *b;
+	BackfillResult res;
+	bool		add_constraint;
+	BlockNumber blocks_per_batch;
+} BgBackfill;
+
+static char *
+undo_text(DedupJob *row, const char *name)
+{
+	return row->undo ? json_field_text(row->undo, name) : NULL;
+}
+
+/* Open the backfill again from the job's parameters, exactly as submitted. */
 void
 bg_backfill_load(BgJob *job, DedupJob *row)
 {
-	elog(ERROR, "TODO");
+	LOCAL_FCINFO(args, 12);
+	BgBackfill *bb;
+	char	   *fk = job_param(row, "fk_column");
+	char	   *pcol = job_param(row, "parent_column");
+	char	   *on_orphan = job_param(row, "on_orphan");
+	Oid			parentid = (Oid) strtoul(job_param(row, "parent_oid"), NULL, 10);
+	ArrayType  *key = job_param_array(row, "key");
+	ArrayType  *pkey = job_param_array(row, "parent_key");
+	bool		add_constraint = strcmp(job_param(row, "add_constraint"), "true") == 0;
+	bool		archive = strcmp(job_param(row, "archive"), "true") == 0;
+	char	   *deleted = undo_text(row, "deleted");
+	char	   *linked = undo_text(row, "linked");
+	char	   *created = undo_text(row, "created");
+	char	   *added = undo_text(row, "constraint");
+	char	   *fkname = undo_text(row, "fk_name");
+	char	   *check = undo_text(row, "check");
+	char	   *not_null = undo_text(row, "not_null");
+	char	   *orphans = undo_text(row, "orphan_rows");
+	char	   *ambiguous = undo_text(row, "ambiguous_rows");
+	char	   *parents = undo_text(row, "parents_created");
+	double		tuples_per_page;
+	Relation	rel;
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+	InitFunctionCallInfoData(*args, NULL, 12, InvalidOid, NULL, NULL);
+	args->args[0].value = ObjectIdGetDatum(job->relid);
+	args->args[1].value = CStringGetTextDatum(fk);
+	args->args[2].value = ObjectIdGetDatum(parentid);
+	args->args[3].value = PointerGetDatum(key);
+	args->args[4].value = PointerGetDatum(pkey);
+	args->args[5].value = CStringGetTextDatum(pcol);
+	args->args[6].value = CStringGetTextDatum(on_orphan);
+	args->args[7].value = BoolGetDatum(add_constraint);
+	args->args[8].value = BoolGetDatum(archive);
+	args->args[9].value = BoolGetDatum(false);
+	args->args[10].value = BoolGetDatum(true);
+	args->args[11].isnull = true;
+
+	bb = palloc0(sizeof(BgBackfill));
+	bb->b = open_backfill(args);
+	bb->add_constraint = add_constraint;
+	bb->res.job_id = job->job_id;
+	bb->res.deleted_archive = deleted ? pstrdup(deleted) : NULL;
+	bb->res.linked_archive = linked ? pstrdup(linked) : NULL;
+	bb->res.created_archive = created ? pstrdup(created) : NULL;
+	bb->res.constraint_added = added != NULL;
+	bb->res.constraint_name = fkname ? pstrdup(fkname) : NULL;
+	bb->res.check_name = check ? pstrdup(check) : NULL;
+	bb->res.not_null_added = not_null && strcmp(not_null, "true") == 0;
+	bb->res.orphan_rows = orphans ? strtoll(orphans, NULL, 10) : 0;
+	bb->res.ambiguous_rows = ambiguous ? strtoll(ambiguous, NULL, 10) : 0;
+	bb->res.parents_created = parents ? strtoll(parents, NULL, 10) : 0;
+	bb->res.rows_deleted = row->rows_deleted;
+	/* a batch is a range of blocks holding about batch_size rows */
+	rel = relation_open(job->relid, AccessShareLock);
+	tuples_per_page = rel->rd_rel->relpages > 0 && rel->rd_rel->reltuples > 0 ?
+		rel->rd_rel->reltuples / rel->rd_rel->relpages : 100;
+	relation_close(rel, AccessShareLock);
+	bb->blocks_per_batch = (BlockNumber) Max(1, job->batch_size / Max(tuples_per_page, 1));
+	job->backfill = bb;
+	MemoryContextSwitchTo(oldcxt);
+}
+
+static void
+save_undo(BgJob *job, BgBackfill *bb)
+{
+	job_set_undo(job->job_id, undo_json(bb->b, &bb->res));
+}
+
+static void
+prepare_backfill(BgJob *job, void *arg)
+{
+	BgBackfill *bb = job->backfill;
+	Backfill   *b = bb->b;
+	BackfillResult *res = &bb->res;
+
+	dedup_check_owner(b->child->relid);
+	classify(b, res);
+	if (b->on_orphan == ON_ORPHAN_ERROR && res->orphan_rows > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("%lld rows of %s match no row of %s", (long long) res->orphan_rows,
+						b->child->qualname, b->parent),
+				 errdetail("on_orphan => 'error' was given; nothing was changed."),
+				 errhint("Run it with on_orphan => 'report' (or dry_run => true) to list them.")));
+	bg_record(job, psprintf("rows_total = %lld", (long long) res->rows_updated));
+	res->parents_created = 0;
+	if (b->on_orphan == ON_ORPHAN_DELETE)
+		delete_orphans(b, res);
+	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
+		create_parents(b, res);
+	save_undo(job, bb);
+	bg_record(job, psprintf("phase = 'linking', checkpoint = 0,"
+							" rows_deleted = %lld, rows_changed = %lld",
+							(long long) res->rows_deleted,
+							(long long) (res->rows_deleted + res->parents_created)));
+}
+
+static void
+link_batch(BgJob *job, void *arg)
+{
+	BgBackfill *bb = job->backfill;
+	Backfill   *b = bb->b;
+	int64		from = job->checkpoint;
+	int64		to = from + bb->blocks_per_batch;
+	Relation	rel;
+	BlockNumber nblocks;
+	int64		linked;
+
+	dedup_check_owner(b->child->relid);
+	rel = relation_open(b->child->relid, AccessShareLock);
+	nblocks = RelationGetNumberOfBlocks(rel);
+	relation_close(rel, AccessShareLock);
+	linked = link_rows(b, &bb->res,
+					   psprintf("c.ctid OPERATOR(pg_catalog.>=) '(%lld,0)'::pg_catalog.tid"
+								" AND c.ctid OPERATOR(pg_catalog.<) '(%lld,0)'::pg_catalog.tid",
+								(long long) from, (long long) to));
+	bg_record(job, psprintf("checkpoint = %lld, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
+							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld,"
+							" batches_done = batches_done OPERATOR(pg_catalog.+) 1%s",
+							(long long) to, (long long) linked, (long long) linked,
+							to >= nblocks ? ", phase = 'sweeping'" : ""));
+}
+
+static void
+sweep_backfill(BgJob *job, void *arg)
+{
+	BgBackfill *bb = job->backfill;
+	int64		linked;
+
+	dedup_check_owner(bb->b->child->relid);
+	linked = link_rows(bb->b, &bb->res, NULL);
+	bg_record(job, psprintf("phase = 'reporting', rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
+							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld",
+							(long long) linked, (long long) linked));
+}
+
+static void
+report_backfill(BgJob *job, void *arg)
+{
+	BgBackfill *bb = job->backfill;
+	BackfillResult counts = {0};
+
+	classify(bb->b, &counts);
+	bb->res.orphan_rows = counts.orphan_rows;
+	bb->res.ambiguous_rows = counts.ambiguous_rows;
+	spi_exec_as_owner(psprintf("DELETE FROM %s.dedup_orphan WHERE job_id OPERATOR(pg_catalog.=) %lld",
+							   dedup_ext_schema(), (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_DELETE);
+	if (counts.orphan_rows + counts.ambiguous_rows > 0)
+		report_orphans(bb->b, job->job_id);
+	save_undo(job, bb);
+	bg_record(job, psprintf("phase = '%s', checkpoint = 0",
+							bb->add_constraint ? "constraints" : "finishing"));
+}
+
+static void
+constraint_step(BgJob *job, void *arg)
+{
+	BgBackfill *bb = job->backfill;
+	int			next = constraint_stage(bb->b, &bb->res, (int) job->checkpoint);
+
+	/* the names chosen now are needed by later stages, in later transactions */
+	if (bb->res.constraint_name)
+		bb->res.constraint_name = MemoryContextStrdup(job->cxt, bb->res.constraint_name);
+	if (bb->res.check_name)
+		bb->res.check_name = MemoryContextStrdup(job->cxt, bb->res.check_name);
+	save_undo(job, bb);
+	bg_record(job, next < 0 ? "phase = 'finishing'" : psprintf("checkpoint = %d", next));
+}
+
+static void
+finish_backfill(BgJob *job, void *arg)
+{
+	job_drop_work_table(job_fetch(job->job_id, false, false));
+	bg_record(job, "state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"
+			  " finished_at = pg_catalog.clock_timestamp()");
+}
+
+static void
+obey_backfill(BgJob *job, void *arg)
+{
+	if (strcmp(job->control, "cancel") == 0)
+		bg_record(job, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
+				  " finished_at = pg_catalog.clock_timestamp()");
+	else
+		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
+}
+
+static void
+read_backfill_control(BgJob *job, void *arg)
+{
+	bg_record(job, "");
 }
 
 void
 bg_backfill(BgJob *job)
 {
-	elog(ERROR, "TODO");
+	if (job->phase == NULL)
+		bg_xact(job, read_backfill_control, NULL);
+	for (;;)
+	{
+		const char *phase = job->phase ? job->phase : "preparing";
+
+		progress_phase(phase);
+		progress_counts(job->rows_total, job->rows_done, job->rows_changed, job->batches_done);
+		if (job->control)
+		{
+			bg_xact(job, obey_backfill, NULL);
+			return;
+		}
+		if (strcmp(phase, "preparing") == 0)
+			bg_xact(job, prepare_backfill, NULL);
+		else if (strcmp(phase, "linking") == 0)
+		{
+			if (bg_xact(job, link_batch, NULL))
+				bg_sleep(job->batch_delay);
+		}
+		else if (strcmp(phase, "sweeping") == 0)
+			bg_xact(job, sweep_backfill, NULL);
+		else if (strcmp(phase, "reporting") == 0)
+			bg_xact(job, report_backfill, NULL);
+		else if (strcmp(phase, "constraints") == 0)
+			bg_xact(job, constraint_step, NULL);
+		else if (strcmp(phase, "finishing") == 0)
+		{
+			bg_xact(job, finish_backfill, NULL);
+			return;
+		}
+		else
+			elog(ERROR, "dedup_ext: job %lld is in unknown phase \"%s\"",
+				 (long long) job->job_id, phase);
+	}
 }

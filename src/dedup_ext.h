@@ -220,8 +220,8 @@ typedef struct BgJob
 	char	   *index_name;		/* add_unique: unqualified */
 	char	   *nspname;		/* the table's schema */
 	bool		is_constraint;
-	/* backfill */
-	struct Backfill *backfill;
+	/* backfill (backfill.c's own state) */
+	struct BgBackfill *backfill;
 } BgJob;
 
 extern bool bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg);

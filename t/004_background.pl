@@ -1,0 +1,322 @@
+# Background jobs (dedup_table(..., background => true)) survive what can
+# happen to a server while they run, and end in the same table a foreground
+# dedup makes:
+#   1. preloaded: an immediate stop mid-job; the launcher resumes the job at
+#      the next start by itself;
+#   2. preloaded: the job's worker is killed with SIGKILL; after the
+#      postmaster's crash-restart the job resumes and finishes;
+#   3. dedup_ext.max_workers = 1: of three jobs one runs, the others wait
+#      queued, and all three finish;
+#   4. not preloaded: after an immediate stop the job stays 'interrupted'
+#      until dedup_resume, then finishes (with add_unique, built
+#      CONCURRENTLY); merge and rewrite are refused in the background (0A000);
+#   5. a job that hits an error (a trigger's custom SQLSTATE and HINT, a key
+#      column dropped under it) fails with that error in dedup_jobs.error and
+#      leaves every key with a row.
+# A resumed job's survivors are exactly those of a foreground dedup of the
+# same rows, its archive holds every removed row, and dedup_verify agrees.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(usleep);
+
+my $N = 200_000;
+
+# $N rows, keys spread by a hash so that groups have various sizes; about
+# half of the rows are duplicates
+sub create_table
+{
+	my ($node, $name, $n) = @_;
+	$node->safe_psql('postgres', qq{
+		CREATE TABLE $name (id int PRIMARY KEY, k int NOT NULL, payload text);
+		INSERT INTO $name
+		SELECT g, (hashint4(g)::bigint + 2147483648) % ($n * 3 / 5), 'row ' || g
+		  FROM generate_series(1, $n) g;
+		ANALYZE $name;
+	});
+	return $node->safe_psql('postgres',
+		qq{SELECT duplicate_rows FROM dedup_audit('$name', '{k}')});
+}
+
+sub rows_md5
+{
+	my ($node, $name) = @_;
+	return $node->safe_psql('postgres',
+		qq{SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM $name t});
+}
+
+# submit a slow background job (the session's batch_delay is captured)
+sub submit
+{
+	my ($node, $table, $delay, $extra) = @_;
+	$extra = defined $extra ? ", $extra" : '';
+	return $node->safe_psql('postgres', qq{
+		SET dedup_ext.batch_delay = $delay;
+		SELECT job_id FROM dedup_table('$table', '{k}', background => true,
+		                               batch_size => 2000$extra);
+	});
+}
+
+sub job_field
+{
+	my ($node, $job, $expr) = @_;
+	return $node->safe_psql('postgres',
+		qq{SELECT $expr FROM dedup_jobs WHERE job_id = $job});
+}
+
+# the end state of a finished delete job on a table made by create_table
+sub check_done
+{
+	my ($node, $table, $job, $dups, $expected_md5, $what) = @_;
+	is(job_field($node, $job, 'state'), 'done', "$what: job done");
+	is($node->safe_psql('postgres',
+			qq{SELECT duplicate_rows FROM dedup_audit('$table', '{k}')}),
+		'0', "$what: no duplicates left");
+	is(rows_md5($node, $table), $expected_md5,
+		"$what: the same survivors as a foreground dedup");
+	is(job_field($node, $job, 'rows_deleted'), $dups,
+		"$what: rows_deleted = the duplicates the audit counted");
+	my $archive = job_field($node, $job, 'archive_table');
+	is($node->safe_psql('postgres',
+			qq{SELECT (SELECT count(*) FROM $archive) + (SELECT count(*) FROM $table)}),
+		$N, "$what: archive + table = the original rows");
+	is($node->safe_psql('postgres',
+			qq{SELECT count(*) FROM $archive a JOIN $table t USING (id)}),
+		'0', "$what: no archived row is still in the table");
+	is($node->safe_psql('postgres',
+			qq{SELECT string_agg(check_name || ': ' || detail, '; ')
+			     FROM dedup_verify($job) WHERE NOT ok}),
+		'', "$what: dedup_verify all ok");
+	is($node->safe_psql('postgres',
+			qq{SELECT count(*) FROM pg_tables
+			    WHERE schemaname = 'dedup_archive' AND tablename LIKE '%\\_work'}),
+		'0', "$what: work table dropped");
+}
+
+###########################################################################
+# preloaded node
+###########################################################################
+my $node = PostgreSQL::Test::Cluster->new('bg_preload');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'dedup_ext'
+max_worker_processes = 16
+restart_after_crash = on
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION dedup_ext');
+
+# the expected survivors: the same rows deduped in the foreground
+my $dups = create_table($node, 'expected', $N);
+ok($dups > $N * 0.4 && $dups < $N * 0.6, "about half of the rows are duplicates: $dups");
+is($node->safe_psql('postgres',
+		q{SELECT state || ' ' || rows_deleted FROM dedup_table('expected', '{k}')}),
+	"done $dups", 'foreground dedup of the clone');
+my $expected_md5 = rows_md5($node, 'expected');
+
+# 1. immediate stop mid-job; the launcher resumes it at the next start
+is(create_table($node, 'big1', $N), $dups, 'big1: same duplicates as the clone');
+my $job = submit($node, 'big1', 100);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 2 FROM dedup_jobs WHERE job_id = $job}),
+	'job 1 is batching');
+is(job_field($node, $job, 'background::text || phase'), 'truedeleting',
+	'a background job in phase deleting');
+my $progress = $node->safe_psql('postgres',
+	qq{SELECT state || ' ' || phase || ' ' || (percent > 0 AND percent < 100)
+	     FROM dedup_progress WHERE job_id = $job});
+is($progress, 'running deleting true', 'dedup_progress shows it mid-way');
+$node->stop('immediate');
+my $log_offset = -s $node->logfile;
+$node->start;
+ok($node->poll_query_until('postgres',
+		qq{SELECT state FROM dedup_jobs WHERE job_id = $job}, 'done'),
+	'after an immediate stop and a start the job finishes by itself');
+ok($node->log_contains(qr/dedup_ext: resuming 1 interrupted background jobs/, $log_offset),
+	'the launcher resumed it');
+cmp_ok(job_field($node, $job, 'batches_done'), '>=', 2, 'it kept the batches done before the stop');
+check_done($node, 'big1', $job, $dups, $expected_md5, 'resumed after stop');
+
+# 2. the worker killed with SIGKILL: crash-restart, then the job resumes
+is(create_table($node, 'big2', $N), $dups, 'big2: same duplicates as the clone');
+$job = submit($node, 'big2', 100);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 2 AND worker_pid IS NOT NULL FROM dedup_jobs WHERE job_id = $job}),
+	'job 2 is batching');
+my $pid = job_field($node, $job, 'worker_pid');
+is($node->safe_psql('postgres',
+		qq{SELECT backend_type FROM pg_stat_activity WHERE pid = $pid}),
+	'dedup_ext worker', 'worker_pid is the dedup_ext worker');
+$log_offset = -s $node->logfile;
+ok(kill('KILL', $pid), "worker $pid killed");
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+ok($node->poll_query_until('postgres',
+		qq{SELECT state FROM dedup_jobs WHERE job_id = $job}, 'done'),
+	'after the crash-restart the job finishes');
+ok($node->log_contains(qr/dedup_ext: resuming 1 interrupted background jobs/, $log_offset),
+	'the launcher resumed it after the crash-restart');
+check_done($node, 'big2', $job, $dups, $expected_md5, 'resumed after SIGKILL');
+
+# 3. dedup_ext.max_workers = 1: one job runs at a time, the others wait
+$node->safe_psql('postgres', q{ALTER SYSTEM SET dedup_ext.max_workers = 1});
+$node->reload;
+ok($node->poll_query_until('postgres', 'SHOW dedup_ext.max_workers', '1'),
+	'max_workers = 1 after reload');
+create_table($node, "small$_", 20_000) for 1 .. 3;
+my @jobs = map { submit($node, "small$_", 200) } 1 .. 3;
+my $ids = join(',', @jobs);
+my ($max_running, $seen_one_running_two_queued, $all_done) = (0, 0, 0);
+my $deadline = time() + 120;
+while (time() < $deadline)
+{
+	my $states = $node->safe_psql('postgres',
+		qq{SELECT string_agg(state, ',' ORDER BY job_id) FROM dedup_jobs WHERE job_id IN ($ids)});
+	my $running = () = $states =~ /running/g;
+	$max_running = $running if $running > $max_running;
+	$seen_one_running_two_queued = 1 if $states eq 'running,queued,queued';
+	if ($states eq 'done,done,done')
+	{
+		$all_done = 1;
+		last;
+	}
+	usleep(50_000);
+}
+ok($all_done, 'all three jobs done');
+is($max_running, 1, 'never more than one job running at once');
+ok($seen_one_running_two_queued, 'while the first ran, the other two were queued');
+is($node->safe_psql('postgres', qq{
+		SELECT bool_and(d.duplicate_rows = 0)
+		  FROM unnest('{small1,small2,small3}'::regclass[]) r,
+		       LATERAL dedup_audit(r, '{k}') d}),
+	't', 'no duplicates left in the three tables');
+is($node->safe_psql('postgres', qq{
+		SELECT bool_and(a.started_at >= b.finished_at)
+		  FROM dedup_jobs a JOIN dedup_jobs b ON b.job_id = a.job_id - 1
+		 WHERE a.job_id IN ($ids) AND b.job_id IN ($ids)}),
+	't', 'each job started after the previous one finished');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET dedup_ext.max_workers});
+$node->reload;
+
+# 5a. a BEFORE DELETE trigger raises a custom SQLSTATE with a HINT, armed
+# once the job has committed a few batches
+my $fail_dups = create_table($node, 'trapped', 40_000);
+my $fail_keys = $node->safe_psql('postgres', 'SELECT count(DISTINCT k) FROM trapped');
+$node->safe_psql('postgres', q{
+	CREATE TABLE trap (armed boolean NOT NULL);
+	INSERT INTO trap VALUES (false);
+	CREATE FUNCTION trap_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF (SELECT armed FROM trap) THEN
+			RAISE EXCEPTION 'row % may not go', OLD.id
+				USING ERRCODE = 'DX123', HINT = 'Ask the data owner first.';
+		END IF;
+		RETURN OLD;
+	END $$;
+	CREATE TRIGGER trap BEFORE DELETE ON trapped FOR EACH ROW EXECUTE FUNCTION trap_delete();
+});
+$job = submit($node, 'trapped', 200);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 2 FROM dedup_jobs WHERE job_id = $job}),
+	'trapped job is batching');
+$node->safe_psql('postgres', 'UPDATE trap SET armed = true');
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'failed',
+	'the job fails when the trigger raises');
+my $error = job_field($node, $job, 'error');
+like($error, qr/^DX123: row \d+ may not go/, 'error has the SQLSTATE and the message');
+like($error, qr/HINT: +Ask the data owner first\./, 'error has the hint');
+my $deleted = job_field($node, $job, 'rows_deleted');
+ok($deleted >= 4000 && $deleted < $fail_dups, "the batches before the error stay done: $deleted");
+is($node->safe_psql('postgres', 'SELECT count(DISTINCT k) FROM trapped'),
+	$fail_keys, 'every key still has a row');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM trapped') + $deleted,
+	40_000, 'table + rows_deleted = original rows');
+is(job_field($node, $job, 'worker_pid IS NULL AND finished_at IS NOT NULL'), 't',
+	'failed job finished, no worker');
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM dedup_progress WHERE job_id = $job}),
+	'0', 'a failed job is not in dedup_progress');
+is($node->safe_psql('postgres', qq{SELECT dedup_rollback($job)}), $deleted,
+	'dedup_rollback of the failed job restores its rows');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM trapped'), '40000',
+	'all rows back');
+
+# 5b. the key column dropped while the job waits between batches
+create_table($node, 'dropcol', 20_000);
+$job = submit($node, 'dropcol', 300);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job}),
+	'dropcol job is batching');
+$node->safe_psql('postgres', 'ALTER TABLE dropcol DROP COLUMN k');
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'failed',
+	'the job fails when its key column is gone');
+like(job_field($node, $job, 'error'), qr/^42703: .*\bk\b/,
+	'error: undefined_column, naming the column');
+is($node->safe_psql('postgres',
+		qq{SELECT count(*) FROM pg_tables
+		    WHERE schemaname = 'dedup_archive' AND tablename LIKE '%\\_work'}),
+	'0', 'the failed job dropped its work table');
+
+$node->stop;
+
+###########################################################################
+# 4. not preloaded: an interrupted job waits for dedup_resume
+###########################################################################
+my $plain = PostgreSQL::Test::Cluster->new('bg_plain');
+$plain->init;
+$plain->start;
+$plain->safe_psql('postgres', 'CREATE EXTENSION dedup_ext');
+my $pdups = create_table($plain, 'expected', 50_000);
+$plain->safe_psql('postgres', q{SELECT dedup_table('expected', '{k}')});
+my $pmd5 = rows_md5($plain, 'expected');
+create_table($plain, 'big', 50_000);
+
+my ($ret, $stdout, $stderr) = $plain->psql('postgres', qq{\\set VERBOSITY verbose
+SELECT * FROM dedup_table('big', '{k}', action => 'merge', background => true)});
+like($stderr, qr/ERROR:  0A000: action "merge" cannot run in the background/,
+	'merge refused in the background');
+($ret, $stdout, $stderr) = $plain->psql('postgres', qq{\\set VERBOSITY verbose
+SELECT * FROM dedup_table('big', '{k}', strategy => 'rewrite', background => true)});
+like($stderr, qr/ERROR:  0A000: strategy "rewrite" cannot run in the background/,
+	'rewrite refused in the background');
+is($plain->safe_psql('postgres', q{SELECT count(*) FROM dedup_jobs WHERE relation = 'big'::regclass}),
+	'0', 'refusals leave no job');
+
+is($plain->safe_psql('postgres', q{SHOW dedup_ext.max_workers}), '2', 'max_workers default');
+$job = submit($plain, 'big', 100, 'add_unique => true');
+ok($plain->poll_query_until('postgres',
+		qq{SELECT batches_done >= 2 FROM dedup_jobs WHERE job_id = $job}),
+	'not preloaded: job is batching');
+$plain->stop('immediate');
+$plain->start;
+is($plain->safe_psql('postgres', qq{SELECT state FROM dedup_jobs WHERE job_id = $job}),
+	'interrupted', 'after the restart the job is interrupted');
+sleep 3;
+is($plain->safe_psql('postgres', qq{SELECT state FROM dedup_jobs WHERE job_id = $job}),
+	'interrupted', 'and stays interrupted without preloading');
+is($plain->safe_psql('postgres', qq{SELECT state || ' ' || phase FROM dedup_progress WHERE job_id = $job}),
+	'interrupted deleting', 'dedup_progress shows it interrupted');
+is($plain->safe_psql('postgres', qq{SELECT dedup_wait($job, '1s')}), 'interrupted',
+	'dedup_wait returns at once for an interrupted job');
+is($plain->safe_psql('postgres', qq{SELECT dedup_resume($job)}), 't', 'dedup_resume');
+is($plain->safe_psql('postgres', qq{SELECT dedup_wait($job, '120s')}), 'done',
+	'the resumed job is done');
+is($plain->safe_psql('postgres', q{SELECT duplicate_rows FROM dedup_audit('big', '{k}')}),
+	'0', 'not preloaded: no duplicates left');
+is(rows_md5($plain, 'big'), $pmd5, 'not preloaded: survivors as in the foreground');
+is(job_field($plain, $job, 'rows_deleted'), $pdups, 'not preloaded: rows_deleted');
+my $parchive = job_field($plain, $job, 'archive_table');
+is($plain->safe_psql('postgres',
+		qq{SELECT (SELECT count(*) FROM $parchive) + (SELECT count(*) FROM big)}),
+	'50000', 'not preloaded: archive + table = the original rows');
+is($plain->safe_psql('postgres',
+		qq{SELECT i.indisvalid AND i.indisunique
+		     FROM pg_index i WHERE i.indexrelid = (SELECT unique_index FROM dedup_jobs WHERE job_id = $job)}),
+	't', 'the unique index is valid');
+is($plain->safe_psql('postgres',
+		qq{SELECT bool_and(ok) FROM dedup_verify($job)}), 't', 'not preloaded: verified');
+is($plain->safe_psql('postgres', qq{SELECT dedup_resume($job)}), 'f',
+	'dedup_resume of a done job: false');
+
+$plain->stop;
+done_testing();
