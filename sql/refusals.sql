@@ -270,8 +270,8 @@ INSERT INTO ref.unl SELECT g, g % 2 FROM generate_series(1, 6) g;
 SELECT state, rows_deleted FROM dedup_table('ref.unl', '{a}');
 
 --
--- more refusals, each with nothing changed: background jobs are not in this
--- version (0A000); a unique index predicate must be immutable (42P17); a
+-- more refusals, each with nothing changed: a background job cannot rewrite
+-- or merge (0A000); a unique index predicate must be immutable (42P17); a
 -- rollback job cannot be rolled back (0A000); merge cannot re-point rows of a
 -- partitioned referencing table (0A000)
 --
@@ -286,8 +286,8 @@ SELECT job_id AS jid_rb FROM dedup_table('ref.rb', '{a}') \gset
 SELECT dedup_rollback(:jid_rb) AS restored;
 SELECT job_id AS jid_rbjob FROM dedup_jobs WHERE target_job = :jid_rb \gset
 UPDATE ref.baseline SET s = ref.snapshot();
-SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', background => true)$$);
-SELECT * FROM ref.refuse($$SELECT * FROM backfill_fk('ref.t', 'a', 'ref.t', '{b}', parent_column => 'id', background => true)$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', background => true, strategy => 'rewrite')$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.mparent', '{name}', action => 'merge', background => true)$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', filter => 'random() < 2', add_unique => true)$$);
 SELECT code, regexp_replace(message, '[0-9]+', 'N') AS message, unchanged
   FROM ref.refuse(format('SELECT dedup_rollback(%s)', :jid_rbjob));
