@@ -130,4 +130,25 @@ SELECT job_id, kind, relation, state, rows_done, rows_changed
   FROM dedup_jobs ORDER BY job_id;
 
 \echo
+\echo '######## 11. the same dedup in the background: committed batches while the table stays writable'
+\echo '#########    (batch_delay slows it down so that its progress can be watched)'
+SET dedup_ext.batch_delay = 300;
+SELECT job_id AS bgjob, state
+  FROM dedup_table('property_photos', ARRAY['property_pk', 'photo_id'],
+                   background => true, batch_size => 20000, add_unique => true) \gset
+SELECT :'bgjob' AS background_job, :'state' AS state;
+SELECT pg_sleep(1.5);
+SELECT job_id, phase, state, rows_total, rows_done, batches_done, percent, rows_per_second, eta
+  FROM dedup_progress;
+-- the application keeps writing meanwhile
+INSERT INTO property_photos (property_pk, photo_id, url) VALUES (1, 2, 'written during the job');
+SELECT pg_sleep(1.5);
+SELECT job_id, phase, state, rows_total, rows_done, batches_done, percent, rows_per_second, eta
+  FROM dedup_progress;
+SELECT dedup_wait(:bgjob) AS final_state;
+SELECT job_id, state, passes, batches_done, rows_deleted, unique_index, retries
+  FROM dedup_jobs WHERE job_id = :bgjob;
+SELECT * FROM dedup_audit('property_photos', ARRAY['property_pk', 'photo_id']);
+
+\echo
 \echo '######## Demo finished.'
