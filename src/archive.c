@@ -15,6 +15,7 @@
 #include "access/relation.h"
 #include "access/sysattr.h"
 #include "catalog/namespace.h"
+#include "catalog/dependency.h"
 #include "catalog/pg_class.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
@@ -157,7 +158,8 @@ drop_unique(DedupJob *job, const char *qualname)
 
 	if (!OidIsValid(idx))
 		return;					/* dropped by hand meanwhile: nothing to undo */
-	if (job->unique_is_constraint)
+	/* a background job may have stopped before the index became a constraint */
+	if (job->unique_is_constraint && OidIsValid(get_index_constraint(idx)))
 		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT %s", qualname,
 								quote_identifier(get_rel_name(idx))), SPI_OK_UTILITY);
 	else
@@ -399,11 +401,15 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld was already rolled back by job %lld",
 						(long long) job_id, (long long) job->rolled_back_by)));
-	if (strcmp(job->state, "done") != 0)
+	/* a background job that stopped half-way has committed, archived batches */
+	if (strcmp(job->state, "done") != 0 &&
+		!(job->background && (strcmp(job->state, "cancelled") == 0 || strcmp(job->state, "failed") == 0)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld is %s; only a finished job can be rolled back",
-						(long long) job_id, job->state)));
+						(long long) job_id, job_effective_state(job_id)),
+				 strcmp(job->state, "done") != 0 && job->background ?
+				 errhint("Cancel it first with dedup_cancel(%lld).", (long long) job_id) : 0));
 	if (job->archive_table == NULL &&
 		(job->undo == NULL || json_field_text(job->undo, "linked") == NULL))
 		ereport(ERROR,
