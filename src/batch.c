@@ -20,9 +20,10 @@
  *              duplicates, and losers whose survivor changed were skipped;
  *              passes repeat until one finds no duplicate;
  *   building unique index
- *              (add_unique) CREATE UNIQUE INDEX CONCURRENTLY, which never
- *              blocks writers; if a writer made a duplicate in the meantime
- *              it fails, the invalid index is dropped, and another pass runs.
+ *              (add_unique, instead of the last scan) CREATE UNIQUE INDEX
+ *              CONCURRENTLY, which never blocks writers; if a writer made a
+ *              duplicate in the meantime it fails, the invalid index is
+ *              dropped, and another pass runs.
  *
  * A batch never holds a lock on the table stronger than ROW EXCLUSIVE, and
  * only the rows of one batch are locked, for the duration of the batch.
@@ -269,6 +270,18 @@ scan_step(BgJob *job, void *arg)
 }
 
 /*
+ * After the last batch of a pass: scan again, or, with add_unique, build the
+ * index at once.  The index build is the check: it fails if a duplicate was
+ * written meanwhile (and then a pass follows), so a second full scan would
+ * only repeat the work of the build.
+ */
+static const char *
+after_batches(BgJob *job)
+{
+	return job->add_unique ? "building unique index" : "scanning";
+}
+
+/*
  * Lock the batch's survivors (FOR SHARE: nobody may delete them or change
  * their key while their group's losers go) and losers (FOR UPDATE), each in
  * primary-key order so that two batches cannot deadlock.  The statements
@@ -362,7 +375,7 @@ batch_step(BgJob *job, void *arg)
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
 							(long long) changed,
-							to >= job->pass_rows ? ", phase = 'scanning'" : ""));
+							to >= job->pass_rows ? psprintf(", phase = '%s'", after_batches(job)) : ""));
 }
 
 /* Is there an index of this name in the table's schema, and is it valid? */

@@ -446,6 +446,9 @@ dedup_worker_main(Datum arg)
 	pgstat_report_appname("dedup_ext worker");
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_SESSION);
+	/* a background job takes one CPU at most: the application keeps the rest */
+	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);
 	cxt = AllocSetContextCreate(TopMemoryContext, "dedup_ext job", ALLOCSET_DEFAULT_SIZES);
 
 	plain_xact(check_installed, &installed);

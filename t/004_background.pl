@@ -208,7 +208,7 @@ $node->safe_psql('postgres', q{
 	INSERT INTO trap VALUES (false);
 	CREATE FUNCTION trap_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN
-		IF (SELECT armed FROM trap) THEN
+		IF (SELECT armed FROM public.trap) THEN
 			RAISE EXCEPTION 'row % may not go', OLD.id
 				USING ERRCODE = 'DX123', HINT = 'Ask the data owner first.';
 		END IF;
@@ -282,7 +282,8 @@ like($stderr, qr/ERROR:  0A000: strategy "rewrite" cannot run in the background/
 is($plain->safe_psql('postgres', q{SELECT count(*) FROM dedup_jobs WHERE relation = 'big'::regclass}),
 	'0', 'refusals leave no job');
 
-is($plain->safe_psql('postgres', q{SHOW dedup_ext.max_workers}), '2', 'max_workers default');
+is($plain->safe_psql('postgres', q{LOAD 'dedup_ext'; SHOW dedup_ext.max_workers}), '2',
+	'max_workers default');
 $job = submit($plain, 'big', 100, 'add_unique => true');
 ok($plain->poll_query_until('postgres',
 		qq{SELECT batches_done >= 2 FROM dedup_jobs WHERE job_id = $job}),

@@ -1,0 +1,193 @@
+# Background jobs submitted by real clients:
+#   a. pg_cron (Debian's postgresql-15-cron, preloaded with dedup_ext, its
+#      jobs run in background workers) schedules
+#      dedup_table(..., background => true); the submission commits, the
+#      dedup_ext worker it starts runs the job to 'done' and no duplicate
+#      is left.  pg_cron's shortest schedule is one minute, so the test waits
+#      for up to three.
+#   b. Alembic (Debian's python3-alembic + python3-psycopg2, as in
+#      t/003_alembic.pl; dedup_ext not preloaded): a migration submits a
+#      background dedup and then does another step.  If that step fails the
+#      migration rolls back and the job never exists nor runs; if it commits,
+#      the job starts only after the commit and reaches 'done'.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+###########################################################################
+# a. pg_cron
+###########################################################################
+my $node = PostgreSQL::Test::Cluster->new('bg_cron');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pg_cron, dedup_ext'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 16
+});
+$node->start;
+
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION pg_cron;
+	CREATE EXTENSION dedup_ext;
+	CREATE TABLE t (id bigserial PRIMARY KEY, k int, v text);
+	INSERT INTO t (k, v) SELECT g % 1000, 'v' || g FROM generate_series(1, 20000) g;
+});
+my $before = $node->safe_psql('postgres',
+	q{SELECT duplicate_rows FROM dedup_audit('t', '{k}')});
+is($before, '19000', 'duplicates before');
+
+$node->safe_psql('postgres', q{
+	SELECT cron.schedule('bg-dedup', '* * * * *',
+	  $$SELECT * FROM dedup_table('t', '{k}', background => true, batch_size => 5000)$$);
+});
+
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) >= 1 FROM dedup_jobs WHERE kind = 'dedup' AND state = 'done'}),
+	'the background dedup scheduled by pg_cron ran to done');
+$node->safe_psql('postgres', q{SELECT cron.unschedule('bg-dedup')});
+
+my $job = $node->safe_psql('postgres',
+	q{SELECT min(job_id) FROM dedup_jobs WHERE kind = 'dedup'});
+is($node->safe_psql('postgres',
+		qq{SELECT background || ' ' || state || ' ' || rows_deleted || ' ' || batches_done
+		     FROM dedup_jobs WHERE job_id = $job}),
+	"true done $before 4", 'a background job, done in 4 batches');
+is($node->safe_psql('postgres', qq{SELECT submitted_by FROM dedup_jobs WHERE job_id = $job}),
+	$node->safe_psql('postgres', 'SELECT current_user'), 'submitted as the cron job\'s role');
+is($node->safe_psql('postgres', q{SELECT duplicate_rows FROM dedup_audit('t', '{k}')}),
+	'0', 'no duplicates left');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM t}), '1000', 'one row per key');
+is($node->safe_psql('postgres', qq{SELECT bool_and(ok) FROM dedup_verify($job)}), 't',
+	'verified');
+like($node->safe_psql('postgres',
+		q{SELECT status FROM cron.job_run_details ORDER BY runid LIMIT 1}),
+	qr/succeeded/, 'pg_cron reports success');
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) FROM dedup_jobs WHERE state <> 'done'}, '0'),
+	'no job left unfinished');
+
+$node->stop;
+
+###########################################################################
+# b. Alembic
+###########################################################################
+my $python = '/usr/bin/python3';
+SKIP:
+{
+	skip 'Debian python3 with alembic and psycopg2 is not installed', 1
+	  unless system($python, '-c', 'import alembic, psycopg2') == 0;
+
+	my $anode = PostgreSQL::Test::Cluster->new('bg_alembic');
+	$anode->init;
+	$anode->start;
+	$anode->safe_psql('postgres', q{
+		CREATE EXTENSION dedup_ext;
+		CREATE TABLE payments (id int PRIMARY KEY, transaction_id text NOT NULL, amount int);
+		INSERT INTO payments SELECT g, 'TX' || (g % 40), g FROM generate_series(1, 100) g;
+	});
+	my $payments_md5 = q{SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments p};
+	my $before_md5 = $anode->safe_psql('postgres', $payments_md5);
+
+	my $dir = PostgreSQL::Test::Utils::tempdir;
+	system("cd '$dir' && $python -m alembic init migrations >/dev/null") == 0
+	  or die 'alembic init failed';
+	my $url = sprintf('postgresql+psycopg2:///postgres?host=%s&port=%d&user=%s',
+		$anode->host, $anode->port, scalar getpwuid($<));
+	my $ini = slurp_file("$dir/alembic.ini");
+	$ini =~ s/^sqlalchemy\.url = .*$/sqlalchemy.url = $url/m;
+	$ini =~ s/^script_location = .*$/script_location = $dir\/migrations/m;
+	open(my $fh, '>', "$dir/alembic.ini") or die;
+	print $fh $ini;
+	close $fh;
+
+	my $write_migration = sub {
+		my ($later_step) = @_;
+		open(my $m, '>', "$dir/migrations/versions/0005_bg_dedup_payments.py") or die;
+		print $m <<"PY";
+"""dedupe payments.transaction_id in the background and make it unique"""
+from alembic import op
+
+revision = "0005"
+down_revision = None
+
+
+def upgrade():
+    op.execute(
+        "SELECT * FROM dedup_table('payments', ARRAY['transaction_id'], "
+        "keep => 'first', action => 'rename', add_unique => true, "
+        "background => true, batch_size => 10)"
+    )
+    op.execute("SELECT pg_sleep(1)")
+    $later_step
+
+
+def downgrade():
+    pass
+PY
+		close $m;
+	};
+
+	my $alembic = sub {
+		my @cmd = ($python, '-m', 'alembic', '-c', "$dir/alembic.ini", @_);
+		my ($out, $err) = ('', '');
+		my $ok = IPC::Run::run(\@cmd, '>', \$out, '2>', \$err);
+		return ($ok, $out . $err);
+	};
+
+	# variant 1: the step after the submission fails
+	$write_migration->(q{op.execute("SELECT 1 / 0")});
+	my ($ok, $log) = $alembic->('upgrade', 'head');
+	ok(!$ok, 'a migration that fails after the background submission fails');
+	like($log, qr/division by zero/, 'with the later step\'s error');
+	is($anode->safe_psql('postgres', q{SELECT count(*) FROM dedup_jobs}), '0',
+		'no job row');
+	sleep 3;
+	is($anode->safe_psql('postgres', q{SELECT count(*) FROM dedup_jobs}), '0',
+		'still no job row a few seconds later');
+	is($anode->safe_psql('postgres', $payments_md5), $before_md5,
+		'payments unchanged');
+	is($anode->safe_psql('postgres',
+			q{SELECT duplicate_rows FROM dedup_audit('payments', '{transaction_id}')}),
+		'60', 'the duplicates are still there');
+	is($anode->safe_psql('postgres',
+			q{SELECT count(*) FROM pg_tables WHERE schemaname = 'dedup_archive'}),
+		'0', 'no archive, no work table');
+	is($anode->safe_psql('postgres',
+			q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+		'0', 'no dedup_ext worker');
+
+	# variant 2: the migration commits; the job starts after the commit
+	$write_migration->(
+		q{op.execute("CREATE TABLE migration_marker AS SELECT clock_timestamp() AS last_step_at")});
+	($ok, $log) = $alembic->('upgrade', 'head');
+	ok($ok, 'the migration commits') or diag($log);
+	my $job = $anode->safe_psql('postgres',
+		q{SELECT job_id FROM dedup_jobs WHERE kind = 'dedup' AND background});
+	ok($job =~ /^\d+$/, "one background job: $job");
+	is($anode->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'done',
+		'dedup_wait from another session: done');
+	is($anode->safe_psql('postgres', qq{
+			SELECT j.started_at > m.last_step_at
+			  FROM dedup_jobs j, migration_marker m WHERE j.job_id = $job}),
+		't', 'the job started after the migration\'s last step');
+	is($anode->safe_psql('postgres',
+			qq{SELECT rows_renamed || ' ' || (batches_done >= 6) FROM dedup_jobs WHERE job_id = $job}),
+		'60 true', 'the job renamed the 60 duplicates in batches');
+	is($anode->safe_psql('postgres',
+			q{SELECT count(DISTINCT transaction_id) FROM payments}), '100',
+		'transaction_id unique');
+	is($anode->safe_psql('postgres',
+			q{SELECT count(*) FROM pg_constraint WHERE conrelid = 'payments'::regclass AND contype = 'u'}),
+		'1', 'unique constraint added');
+	is($anode->safe_psql('postgres', qq{SELECT bool_and(ok) FROM dedup_verify($job)}), 't',
+		'verified');
+	is($anode->safe_psql('postgres', q{SELECT version_num FROM alembic_version}), '0005',
+		'alembic recorded the revision');
+
+	$anode->stop;
+}
+
+done_testing();
