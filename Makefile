@@ -26,8 +26,9 @@ PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 
-REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting merge backfill rewrite
+REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting merge backfill rewrite background
 REGRESS_OPTS = --inputdir=.
+ISOLATION = background_writers background_control
 TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config

@@ -1,0 +1,458 @@
+--
+-- background: dedup_table(..., background => true) queues a job that a
+-- background worker runs after the submitting transaction commits, in
+-- committed batches, as the submitting role.  Everything here is
+-- deterministic: dedup_wait waits for the end of a job; a job submitted and
+-- paused in the same transaction never starts until dedup_resume; a job that
+-- must stop in the middle is stopped by a trigger of its own table that asks
+-- for it during the first batch.  No job id, pid, oid or timestamp is shown.
+--
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS dedup_ext;
+DROP ROLE IF EXISTS regress_bg_owner;
+DROP ROLE IF EXISTS regress_bg_other;
+DROP ROLE IF EXISTS regress_bg_stats;
+RESET client_min_messages;
+\set VERBOSITY terse
+-- a job that never ends fails the test instead of hanging it
+SET statement_timeout = '60s';
+CREATE ROLE regress_bg_owner;
+CREATE ROLE regress_bg_other;
+CREATE ROLE regress_bg_stats IN ROLE pg_read_all_stats;
+
+-- a helper owned by the superuser: run q, show SQLSTATE and message instead of
+-- failing; numbers in messages (job ids, archive names) are shown as N
+CREATE SCHEMA bg_util;
+GRANT USAGE ON SCHEMA bg_util TO PUBLIC;
+CREATE FUNCTION bg_util.try(q text, OUT code text, OUT message text)
+LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE q;
+  code := 'OK';
+EXCEPTION WHEN OTHERS THEN
+  code := SQLSTATE;
+  message := regexp_replace(SQLERRM, '[0-9]+', 'N', 'g');
+END $$;
+
+CREATE SCHEMA bg;
+SET search_path = bg, public;
+
+-- 30 rows, 6 emails of 5 rows each: 6 groups, 24 rows to remove
+CREATE TABLE bg.acct (id int PRIMARY KEY, email text NOT NULL, deleted boolean NOT NULL DEFAULT false);
+INSERT INTO bg.acct SELECT g, 'u' || g % 6 || '@example.com', g % 7 = 0 FROM generate_series(1, 30) g;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) AS acct_md5 FROM bg.acct a \gset
+SELECT total_rows, duplicate_groups, duplicate_rows FROM dedup_audit('acct', '{email}');
+SELECT count(*) AS jobs_before FROM dedup_jobs \gset
+SELECT count(*) AS archives_before FROM pg_class WHERE relnamespace = 'dedup_archive'::regnamespace \gset
+
+--
+-- a submission returns one row at once: queued, strategy delete, no counts
+-- yet, the archive table already named.  Rolled back, it leaves no job row and
+-- no archive, and never runs.  dedup_wait is refused in the submitting
+-- transaction (the job cannot start before it commits).
+--
+BEGIN;
+SELECT job_id AS jid_rb, archive_table AS arch_rb
+  FROM dedup_table('acct', '{email}', background => true, batch_size => 4) \gset
+SELECT :jid_rb IS NOT NULL AS has_job_id, state, kind, background, phase, rows_done, batches_done,
+       archive_table = :'arch_rb'::regclass AS same_archive
+  FROM dedup_jobs WHERE job_id = :jid_rb;
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s)', :jid_rb));
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s, %L)', :jid_rb, '1s'));
+ROLLBACK;
+SELECT count(*) AS job_rows FROM dedup_jobs WHERE job_id = :jid_rb;
+SELECT to_regclass(:'arch_rb') AS archive;
+SELECT count(*) - :jobs_before AS new_jobs FROM dedup_jobs;
+SELECT count(*) - :archives_before AS new_archives
+  FROM pg_class WHERE relnamespace = 'dedup_archive'::regnamespace;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s)', :jid_rb));
+
+--
+-- committed: the worker runs the job in batches of 4; dedup_wait returns
+-- 'done'; the counts are in dedup_jobs; no duplicate is left; dedup_verify is
+-- all ok; the archive holds the removed rows; dedup_rollback restores exactly
+--
+CREATE TEMP TABLE r_sub AS
+SELECT * FROM dedup_table('acct', '{email}', background => true, batch_size => 4);
+SELECT job_id AS jid, archive_table AS arch FROM r_sub \gset
+SELECT job_id IS NOT NULL AS has_job_id, state, strategy, duplicate_groups, rows_deleted,
+       rows_renamed, refs_repointed, archive_table IS NOT NULL AS has_archive, unique_index
+  FROM r_sub;
+SELECT dedup_wait(:jid);
+SELECT kind, relation, state, submitted_by, background, strategy, duplicate_groups, rows_deleted,
+       rows_renamed, rows_changed, rows_done, rows_total, batches_done, passes, phase,
+       worker_pid, error, archive_table = :'arch'::regclass AS same_archive, unique_index,
+       started_at >= submitted_at AND finished_at >= started_at AS times_in_order
+  FROM dedup_jobs WHERE job_id = :jid;
+SELECT id, email FROM bg.acct ORDER BY id;
+SELECT total_rows, duplicate_groups, duplicate_rows FROM dedup_audit('acct', '{email}');
+SELECT check_name, ok FROM dedup_verify(:jid) ORDER BY check_name;
+SELECT count(*) AS archived, count(DISTINCT dedup_job_id) AS jobs FROM :arch;
+-- a finished job is not in dedup_progress; its work table is gone
+SELECT count(*) AS in_progress FROM dedup_progress WHERE job_id = :jid;
+SELECT count(*) AS work_tables FROM pg_class
+ WHERE relnamespace = 'dedup_archive'::regnamespace AND relkind = 'r' AND relname LIKE '%\_work';
+-- control functions on a finished job return false and change nothing
+SELECT dedup_pause(:jid) AS pause, dedup_resume(:jid) AS resume, dedup_cancel(:jid) AS cancel;
+SELECT state FROM dedup_jobs WHERE job_id = :jid;
+SELECT dedup_rollback(:jid) AS restored;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS exact FROM bg.acct a;
+SELECT kind, state FROM dedup_jobs WHERE target_job = :jid;
+
+--
+-- the settings are captured at submit time: dedup_ext.batch_size when
+-- batch_size is NULL (5 rows: 24 losers in 5 batches), lock_timeout and
+-- batch_delay; changing them before COMMIT changes nothing
+--
+BEGIN;
+SET LOCAL dedup_ext.batch_size = 5;
+SET LOCAL dedup_ext.lock_timeout = 250;
+SET LOCAL dedup_ext.batch_delay = 1;
+SELECT job_id AS jid_guc FROM dedup_table('acct', '{email}', background => true) \gset
+SET LOCAL dedup_ext.batch_size = 1;
+SET LOCAL dedup_ext.lock_timeout = 2;
+SET LOCAL dedup_ext.batch_delay = 3;
+COMMIT;
+SELECT dedup_wait(:jid_guc);
+SELECT state, rows_deleted, batches_done, params->>'batch_size' AS batch_size_arg,
+       params->>'lock_timeout' AS lock_timeout, params->>'batch_delay' AS batch_delay
+  FROM dedup_jobs WHERE job_id = :jid_guc;
+SELECT dedup_rollback(:jid_guc) AS restored;
+
+--
+-- paused before COMMIT: the job never starts.  dedup_wait returns 'paused'
+-- at once (with or without a timeout); it shows in dedup_progress; it cannot
+-- be rolled back or verified as done.  Resumed, it runs to the end.
+--
+BEGIN;
+SELECT job_id AS jid_p FROM dedup_table('acct', '{email}', background => true, batch_size => 4) \gset
+SELECT dedup_pause(:jid_p) AS paused;
+SELECT state FROM dedup_jobs WHERE job_id = :jid_p;
+COMMIT;
+SELECT dedup_wait(:jid_p);
+SELECT dedup_wait(:jid_p, '10 ms');
+SELECT state, phase, rows_done, batches_done, worker_pid FROM dedup_jobs WHERE job_id = :jid_p;
+SELECT kind, relation, phase, state, rows_done, batches_done FROM dedup_progress WHERE job_id = :jid_p;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
+-- pausing a paused job: false; rolling back an unfinished job: refused
+SELECT dedup_pause(:jid_p) AS pause_again;
+SELECT * FROM bg_util.try(format('SELECT dedup_rollback(%s)', :jid_p));
+SELECT check_name, ok, detail FROM dedup_verify(:jid_p);
+SELECT dedup_resume(:jid_p) AS resumed;
+SELECT dedup_wait(:jid_p);
+SELECT state, rows_deleted, batches_done FROM dedup_jobs WHERE job_id = :jid_p;
+SELECT total_rows, duplicate_rows FROM dedup_audit('acct', '{email}');
+SELECT count(*) AS in_progress FROM dedup_progress WHERE job_id = :jid_p;
+SELECT dedup_rollback(:jid_p) AS restored;
+
+--
+-- cancelled before it ran: a paused job, and a queued one in its submitting
+-- transaction, are cancelled at once; the table is unchanged, the archive
+-- empty, no work table is left; control functions then return false
+--
+BEGIN;
+SELECT job_id AS jid_c FROM dedup_table('acct', '{email}', background => true, batch_size => 4) \gset
+SELECT dedup_pause(:jid_c) AS paused;
+COMMIT;
+SELECT dedup_cancel(:jid_c) AS cancelled;
+SELECT state FROM dedup_jobs WHERE job_id = :jid_c;
+SELECT dedup_wait(:jid_c);
+SELECT dedup_pause(:jid_c) AS pause, dedup_resume(:jid_c) AS resume, dedup_cancel(:jid_c) AS cancel;
+SELECT state, rows_deleted, archive_table IS NOT NULL AS has_archive FROM dedup_jobs WHERE job_id = :jid_c;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
+BEGIN;
+SELECT job_id AS jid_c2, archive_table AS arch_c2
+  FROM dedup_table('acct', '{email}', background => true, batch_size => 4) \gset
+SELECT dedup_cancel(:jid_c2) AS cancelled;
+COMMIT;
+SELECT dedup_wait(:jid_c2);
+SELECT state, rows_deleted FROM dedup_jobs WHERE job_id = :jid_c2;
+SELECT count(*) AS archived FROM :arch_c2;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
+-- a cancelled job is finished: rolling it back restores nothing, drops its archive
+SELECT dedup_rollback(:jid_c2) AS restored;
+SELECT to_regclass(:'arch_c2') AS archive_left;
+SELECT count(*) AS work_tables FROM pg_class
+ WHERE relnamespace = 'dedup_archive'::regnamespace AND relkind = 'r' AND relname LIKE '%\_work';
+
+--
+-- a running job stops after its current batch.  A trigger on the table asks
+-- for it (dedup_pause or dedup_cancel of the job, called in the worker, as
+-- the submitter) while the first batch of 4 deletes: the batch commits, then
+-- the job stops.  Paused: 4 rows deleted and archived, resumed to the end.
+-- Cancelled: the committed batch stays done and archived, and
+-- dedup_rollback undoes it exactly.
+--
+CREATE TABLE bg.stop_request (job_id bigint, what text);
+CREATE FUNCTION bg.stop_trigger() RETURNS trigger LANGUAGE plpgsql
+  SET search_path = public, pg_temp AS $$
+BEGIN
+  PERFORM CASE s.what WHEN 'pause' THEN dedup_pause(s.job_id) ELSE dedup_cancel(s.job_id) END
+     FROM bg.stop_request s;
+  RETURN OLD;
+END $$;
+CREATE TRIGGER acct_stop BEFORE DELETE ON bg.acct FOR EACH ROW EXECUTE FUNCTION bg.stop_trigger();
+
+BEGIN;
+SELECT job_id AS jid_s, archive_table AS arch_s
+  FROM dedup_table('acct', '{email}', background => true, batch_size => 4) \gset
+INSERT INTO bg.stop_request VALUES (:jid_s, 'pause');
+COMMIT;
+SELECT dedup_wait(:jid_s);
+SELECT state, phase, rows_total, rows_done, rows_deleted, batches_done, passes
+  FROM dedup_jobs WHERE job_id = :jid_s;
+SELECT phase, state, rows_total, rows_done, batches_done, percent
+  FROM dedup_progress WHERE job_id = :jid_s;
+SELECT (SELECT count(*) FROM bg.acct) AS table_rows, (SELECT count(*) FROM :arch_s) AS archived;
+DELETE FROM bg.stop_request;
+SELECT dedup_resume(:jid_s) AS resumed;
+SELECT dedup_wait(:jid_s);
+SELECT state, phase, rows_total, rows_done, rows_deleted, batches_done, passes
+  FROM dedup_jobs WHERE job_id = :jid_s;
+SELECT check_name, ok FROM dedup_verify(:jid_s) ORDER BY check_name;
+SELECT dedup_rollback(:jid_s) AS restored;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS exact FROM bg.acct a;
+
+BEGIN;
+SELECT job_id AS jid_x, archive_table AS arch_x
+  FROM dedup_table('acct', '{email}', background => true, batch_size => 4) \gset
+INSERT INTO bg.stop_request VALUES (:jid_x, 'cancel');
+COMMIT;
+SELECT dedup_wait(:jid_x);
+SELECT state, rows_deleted, batches_done, worker_pid FROM dedup_jobs WHERE job_id = :jid_x;
+SELECT (SELECT count(*) FROM bg.acct) AS table_rows, (SELECT count(*) FROM :arch_x) AS archived;
+SELECT total_rows, duplicate_rows FROM dedup_audit('acct', '{email}');
+SELECT count(*) AS work_tables FROM pg_class
+ WHERE relnamespace = 'dedup_archive'::regnamespace AND relkind = 'r' AND relname LIKE '%\_work';
+SELECT dedup_cancel(:jid_x) AS cancel_again;
+DELETE FROM bg.stop_request;
+SELECT dedup_rollback(:jid_x) AS restored;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS exact FROM bg.acct a;
+SELECT to_regclass(:'arch_x') AS archive_left;
+DROP TRIGGER acct_stop ON bg.acct;
+
+--
+-- rename in the background: the survivor keeps its key, the others get
+-- key || '-' || id; dedup_rollback sets them back
+--
+CREATE TABLE bg.tags (id int PRIMARY KEY, tag text NOT NULL);
+INSERT INTO bg.tags SELECT g, 't' || g % 3 FROM generate_series(1, 9) g;
+INSERT INTO bg.tags VALUES (10, 't1-4');   -- taken: the suffix of row 4 is extended
+SELECT job_id AS jid_rn FROM dedup_table('tags', '{tag}', action => 'rename', background => true,
+                                         batch_size => 2) \gset
+SELECT dedup_wait(:jid_rn);
+SELECT state, rows_renamed, rows_deleted, duplicate_groups FROM dedup_jobs WHERE job_id = :jid_rn;
+SELECT id, tag FROM bg.tags ORDER BY id;
+SELECT check_name, ok FROM dedup_verify(:jid_rn) ORDER BY check_name;
+SELECT dedup_rollback(:jid_rn) AS restored;
+SELECT id, tag FROM bg.tags ORDER BY id;
+
+--
+-- add_unique in the background: a valid unique index built concurrently,
+-- attached as a table constraint, so ON CONFLICT (email) works; rollback
+-- drops it and restores the rows
+--
+SELECT job_id AS jid_u FROM dedup_table('acct', '{email}', add_unique => true, background => true,
+                                        batch_size => 10) \gset
+SELECT dedup_wait(:jid_u);
+SELECT state, rows_deleted, unique_index FROM dedup_jobs WHERE job_id = :jid_u;
+SELECT c.relname, i.indisunique, i.indisvalid, pg_get_indexdef(i.indexrelid) AS def
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'bg.acct'::regclass ORDER BY c.relname;
+SELECT conname, contype FROM pg_constraint WHERE conrelid = 'bg.acct'::regclass ORDER BY conname;
+SELECT check_name, ok FROM dedup_verify(:jid_u) ORDER BY check_name;
+INSERT INTO bg.acct VALUES (100, 'u1@example.com') ON CONFLICT (email) DO UPDATE SET deleted = true
+RETURNING id, email, deleted;
+UPDATE bg.acct SET deleted = false WHERE id = 1;
+SELECT dedup_rollback(:jid_u) AS restored;
+SELECT conname, contype FROM pg_constraint WHERE conrelid = 'bg.acct'::regclass ORDER BY conname;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS exact FROM bg.acct a;
+
+--
+-- filter + add_unique: only rows where NOT deleted take part; the unique
+-- index is partial (no constraint can be); deleted rows stay
+--
+SELECT job_id AS jid_f FROM dedup_table('acct', '{email}', filter => 'NOT deleted', add_unique => true,
+                                        background => true, batch_size => 3) \gset
+SELECT dedup_wait(:jid_f);
+SELECT state, rows_deleted, duplicate_groups, unique_index FROM dedup_jobs WHERE job_id = :jid_f;
+SELECT id, email, deleted FROM bg.acct ORDER BY id;
+SELECT c.relname, i.indisunique, i.indisvalid, pg_get_indexdef(i.indexrelid) AS def
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'bg.acct'::regclass ORDER BY c.relname;
+SELECT conname, contype FROM pg_constraint WHERE conrelid = 'bg.acct'::regclass ORDER BY conname;
+SELECT check_name, ok FROM dedup_verify(:jid_f) ORDER BY check_name;
+SELECT dedup_rollback(:jid_f) AS restored;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS exact FROM bg.acct a;
+
+--
+-- nulls_distinct => false with add_unique: NULLs are one group, the index
+-- is UNIQUE NULLS NOT DISTINCT
+--
+CREATE TABLE bg.nul (id int PRIMARY KEY, code text);
+INSERT INTO bg.nul VALUES (1, NULL), (2, NULL), (3, 'x'), (4, 'x'), (5, 'y');
+SELECT job_id AS jid_n FROM dedup_table('nul', '{code}', nulls_distinct => false, add_unique => true,
+                                        background => true) \gset
+SELECT dedup_wait(:jid_n);
+SELECT state, rows_deleted FROM dedup_jobs WHERE job_id = :jid_n;
+SELECT id, code FROM bg.nul ORDER BY id;
+SELECT pg_get_indexdef(i.indexrelid) AS def
+  FROM pg_index i WHERE i.indrelid = 'bg.nul'::regclass AND NOT i.indisprimary;
+SELECT dedup_rollback(:jid_n) AS restored;
+
+--
+-- archive => false: no archive table; the job cannot be rolled back
+--
+CREATE TABLE bg.noarch (id int PRIMARY KEY, k int);
+INSERT INTO bg.noarch SELECT g, g % 2 FROM generate_series(1, 6) g;
+SELECT job_id AS jid_na, archive_table IS NULL AS no_archive
+  FROM dedup_table('noarch', '{k}', archive => false, background => true) \gset
+SELECT :'no_archive' AS no_archive, dedup_wait(:jid_na);
+SELECT state, rows_deleted, archive_table FROM dedup_jobs WHERE job_id = :jid_na;
+SELECT id, k FROM bg.noarch ORDER BY id;
+SELECT * FROM bg_util.try(format('SELECT dedup_rollback(%s)', :jid_na));
+
+--
+-- dry_run => true with background => true: the dry run answers at once, in
+-- the foreground; no job, nothing changed
+--
+SELECT count(*) AS jobs_now FROM dedup_jobs \gset
+SELECT job_id, state, duplicate_groups, rows_deleted, archive_table
+  FROM dedup_table('acct', '{email}', dry_run => true, background => true);
+SELECT count(*) - :jobs_now AS new_jobs FROM dedup_jobs;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
+
+--
+-- refusals, each changing nothing: merge and strategy 'rewrite' cannot run in
+-- the background (0A000); batch_size must be positive (22023); a NULL job_id
+-- is named (22023); an unknown job does not exist (42704); dedup_wait in a
+-- REPEATABLE READ or SERIALIZABLE transaction (0A000)
+--
+CREATE TABLE bg.par (id int PRIMARY KEY, name text);
+INSERT INTO bg.par VALUES (1, 'x'), (2, 'x');
+CREATE TABLE bg.chi (id int PRIMARY KEY, pid int REFERENCES bg.par);
+INSERT INTO bg.chi VALUES (1, 2);
+SELECT count(*) AS jobs_now FROM dedup_jobs \gset
+SELECT count(*) AS archives_now FROM pg_class WHERE relnamespace = 'dedup_archive'::regnamespace \gset
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.par', '{name}', action => 'merge', background => true)$$);
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.acct', '{email}', strategy => 'rewrite', background => true)$$);
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.acct', '{email}', background => true, batch_size => 0)$$);
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.acct', '{email}', background => true, batch_size => -1)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_wait(NULL)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_pause(NULL)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_resume(NULL)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_cancel(NULL)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_wait(-1)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_pause(-1)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_resume(-1)$$);
+SELECT * FROM bg_util.try($$SELECT dedup_cancel(-1)$$);
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s)', :jid));
+COMMIT;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s, %L)', :jid, '1s'));
+COMMIT;
+SELECT count(*) - :jobs_now AS new_jobs FROM dedup_jobs;
+SELECT count(*) - :archives_now AS new_archives
+  FROM pg_class WHERE relnamespace = 'dedup_archive'::regnamespace;
+SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
+SELECT id, name FROM bg.par ORDER BY id;
+
+--
+-- privileges: a non-superuser owner submits (paused before COMMIT).  Another
+-- role neither sees nor controls the job (42704 as for any job it cannot
+-- see) and cannot submit for a table it does not own (42501).
+-- pg_read_all_stats sees the job and may wait for it, but controls nothing
+-- (42501).  A superuser may resume it; the job still runs as its submitter
+-- (its filter, evaluated by the worker, tests current_user).
+--
+RESET search_path;
+CREATE SCHEMA bgp AUTHORIZATION regress_bg_owner;
+GRANT USAGE ON SCHEMA bgp TO regress_bg_other, regress_bg_stats;
+SET ROLE regress_bg_owner;
+CREATE TABLE bgp.m (id int PRIMARY KEY, k text NOT NULL);
+INSERT INTO bgp.m SELECT g, 'k' || g % 3 FROM generate_series(1, 9) g;
+GRANT SELECT, INSERT, UPDATE, DELETE ON bgp.m TO regress_bg_other;
+BEGIN;
+SELECT job_id AS jid_o FROM dedup_table('bgp.m', '{k}', filter => 'current_user = ''regress_bg_owner''',
+                                        background => true) \gset
+SELECT dedup_pause(:jid_o) AS paused;
+COMMIT;
+SELECT state, submitted_by FROM dedup_jobs WHERE job_id = :jid_o;
+
+SET ROLE regress_bg_other;
+SELECT count(*) AS visible FROM dedup_jobs WHERE job_id = :jid_o;
+SELECT count(*) AS in_progress FROM dedup_progress WHERE job_id = :jid_o;
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s)', :jid_o));
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s, %L)', :jid_o, '1s'));
+SELECT * FROM bg_util.try(format('SELECT dedup_pause(%s)', :jid_o));
+SELECT * FROM bg_util.try(format('SELECT dedup_resume(%s)', :jid_o));
+SELECT * FROM bg_util.try(format('SELECT dedup_cancel(%s)', :jid_o));
+SELECT * FROM bg_util.try(format('SELECT dedup_rollback(%s)', :jid_o));
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bgp.m', '{k}', background => true)$$);
+
+SET ROLE regress_bg_stats;
+SELECT state, submitted_by FROM dedup_jobs WHERE job_id = :jid_o;
+SELECT state FROM dedup_progress WHERE job_id = :jid_o;
+SELECT dedup_wait(:jid_o);
+SELECT * FROM bg_util.try(format('SELECT dedup_pause(%s)', :jid_o));
+SELECT * FROM bg_util.try(format('SELECT dedup_resume(%s)', :jid_o));
+SELECT * FROM bg_util.try(format('SELECT dedup_cancel(%s)', :jid_o));
+SELECT * FROM bg_util.try(format('SELECT dedup_rollback(%s)', :jid_o));
+
+-- nothing changed by the refused calls
+RESET ROLE;
+SELECT state FROM dedup_jobs WHERE job_id = :jid_o;
+SELECT count(*) AS m_rows FROM bgp.m;
+
+-- a superuser resumes it; the worker runs it as regress_bg_owner
+SELECT dedup_resume(:jid_o) AS resumed;
+SELECT dedup_wait(:jid_o);
+SELECT state, submitted_by, rows_deleted FROM dedup_jobs WHERE job_id = :jid_o;
+SELECT id, k FROM bgp.m ORDER BY id;
+SELECT pg_get_userbyid(c.relowner) AS archive_owner
+  FROM dedup_jobs j JOIN pg_class c ON c.oid = j.archive_table WHERE j.job_id = :jid_o;
+SET ROLE regress_bg_owner;
+SELECT dedup_rollback(:jid_o) AS restored;
+
+-- the submitter no longer owns the table when the job starts: the job fails
+-- (42501, in dedup_jobs.error) and changes nothing
+BEGIN;
+SELECT job_id AS jid_lost FROM dedup_table('bgp.m', '{k}', background => true) \gset
+SELECT dedup_pause(:jid_lost) AS paused;
+COMMIT;
+RESET ROLE;
+ALTER TABLE bgp.m OWNER TO regress_bg_other;
+SET ROLE regress_bg_owner;
+SELECT dedup_resume(:jid_lost) AS resumed;
+SELECT dedup_wait(:jid_lost);
+SELECT state, rows_deleted, split_part(error, E'\n', 1) AS error FROM dedup_jobs WHERE job_id = :jid_lost;
+RESET ROLE;
+SELECT count(*) AS m_rows FROM bgp.m;
+
+-- archives of the jobs not rolled back
+DO $$
+DECLARE r record;
+BEGIN
+  FOR r IN SELECT archive_table FROM dedup_jobs
+            WHERE archive_table IS NOT NULL AND (relation::text LIKE 'bg.%' OR relation::text LIKE 'bgp.%')
+  LOOP
+    EXECUTE format('DROP TABLE %s', r.archive_table);
+  END LOOP;
+END $$;
+
+-- no job is left waiting for a worker
+SELECT state, count(*) FROM dedup_jobs
+ WHERE relation::text LIKE 'bg%.%' GROUP BY state ORDER BY state;
+
+SET client_min_messages = warning;
+DROP SCHEMA bg CASCADE;
+DROP SCHEMA bgp CASCADE;
+DROP SCHEMA bg_util CASCADE;
+DROP OWNED BY regress_bg_owner, regress_bg_other, regress_bg_stats;
+DROP ROLE regress_bg_owner;
+DROP ROLE regress_bg_other;
+DROP ROLE regress_bg_stats;
+RESET client_min_messages;
+RESET statement_timeout;
