@@ -242,6 +242,33 @@ set_waiting_flag(bool on)
 }
 
 /*
+ * The flag cannot cover the moment between the start of the waiting
+ * statement and the call: an index build that listed this transaction then
+ * waits for it to end, while it waits for the job.  Detect that and end the
+ * wait with an error, which ends the transaction and lets the build go on.
+ */
+static void
+refuse_waiting_for_each_other(int64 job_id)
+{
+	char	   *vxid = psprintf("%d/%u", MyProc->backendId, MyProc->lxid);
+	Oid			types[2] = {TEXTOID, INT8OID};
+	Datum		values[2] = {CStringGetTextDatum(vxid), Int64GetDatum(job_id)};
+
+	spi_exec_as_owner(psprintf("SELECT FROM pg_catalog.pg_locks l JOIN %s.dedup_job j"
+							   " ON j.worker_pid OPERATOR(pg_catalog.=) l.pid"
+							   " WHERE l.locktype OPERATOR(pg_catalog.=) 'virtualxid' AND NOT l.granted"
+							   " AND l.virtualxid OPERATOR(pg_catalog.=) $1"
+							   " AND j.job_id OPERATOR(pg_catalog.=) $2", dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
+				 errmsg("job %lld is waiting for this transaction to end", (long long) job_id),
+				 errdetail("Its CREATE INDEX CONCURRENTLY waits for transactions that were open when it started, this one included."),
+				 errhint("Call dedup_wait again: the job goes on once this transaction has ended.")));
+}
+
+/*
  * Wait until the job needs nobody: done, failed or cancelled, or paused or
  * interrupted (which wait for dedup_resume).  With a timeout, return the
  * state at that time.
@@ -273,6 +300,8 @@ dedup_wait(PG_FUNCTION_ARGS)
 				 errdetail("Its snapshot would never show the job's progress."),
 				 errhint("Call it in a READ COMMITTED transaction.")));
 
+	/* as early as possible; cleared below, or by the end of the transaction */
+	set_waiting_flag(true);
 	SPI_connect();
 	if (job_fetch(job_id, false, false)->created_here)
 		ereport(ERROR,
@@ -281,14 +310,13 @@ dedup_wait(PG_FUNCTION_ARGS)
 				 errdetail("A background job starts only after the transaction that submitted it commits."),
 				 errhint("COMMIT, then call dedup_wait.")));
 	loop_cxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_wait", ALLOCSET_SMALL_SIZES);
-	/* cleared below, or by the end of the transaction if an error ends the wait */
-	set_waiting_flag(true);
 	for (;;)
 	{
 		bool		final;
 
 		oldcxt = MemoryContextSwitchTo(loop_cxt);
 		state = job_effective_state(job_id);
+		refuse_waiting_for_each_other(job_id);
 		final = state_is(state, "done", "failed", "cancelled") ||
 			state_is(state, "paused", "interrupted", NULL) ||
 			(deadline != 0 && GetCurrentTimestamp() >= deadline);
