@@ -207,7 +207,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 		DedupJob   *job = job_fetch(job_id, false, true);
 
 		job_drop_work_table(job);
-		set_state(job_id, "state = 'cancelled', control = NULL, worker_pid = NULL,"
+		set_state(job_id, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 				  " finished_at = pg_catalog.clock_timestamp()");
 	}
 	else if (strcmp(state, "running") == 0)
