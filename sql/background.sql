@@ -431,6 +431,21 @@ SELECT state, rows_deleted, split_part(error, E'\n', 1) AS error FROM dedup_jobs
 RESET ROLE;
 SELECT count(*) AS m_rows FROM bgp.m;
 
+-- add_unique needs CREATE on the table's schema for its index: refused at
+-- submit time (42501), in the foreground and in the background, nothing changed
+CREATE SCHEMA bgn;
+GRANT USAGE ON SCHEMA bgn TO regress_bg_owner;
+CREATE TABLE bgn.u (id int PRIMARY KEY, k int);
+INSERT INTO bgn.u SELECT g, g % 3 FROM generate_series(1, 9) g;
+ALTER TABLE bgn.u OWNER TO regress_bg_owner;
+SET ROLE regress_bg_owner;
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bgn.u', '{k}', add_unique => true)$$);
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bgn.u', '{k}', add_unique => true, background => true)$$);
+SELECT count(*) AS u_jobs FROM dedup_jobs WHERE relation_name = 'u';
+RESET ROLE;
+SELECT count(*) AS u_rows FROM bgn.u;
+DROP SCHEMA bgn CASCADE;
+
 -- archives of the jobs not rolled back
 DO $$
 DECLARE r record;

@@ -938,46 +938,16 @@ constraint_step(BgJob *job, void *arg)
 	bg_record(job, next < 0 ? "phase = 'finishing'" : psprintf("checkpoint = %d", next));
 }
 
-static void
-finish_backfill(BgJob *job, void *arg)
-{
-	job_drop_work_table(job_fetch(job->job_id, false, false));
-	bg_record(job, "state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"
-			  " finished_at = pg_catalog.clock_timestamp()");
-}
-
-static void
-obey_backfill(BgJob *job, void *arg)
-{
-	if (strcmp(job->control, "cancel") == 0)
-		bg_record(job, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
-				  " finished_at = pg_catalog.clock_timestamp()");
-	else
-		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
-}
-
-static void
-read_backfill_control(BgJob *job, void *arg)
-{
-	bg_record(job, "");
-}
-
 void
 bg_backfill(BgJob *job)
 {
-	if (job->phase == NULL)
-		bg_xact(job, read_backfill_control, NULL);
 	for (;;)
 	{
 		const char *phase = job->phase ? job->phase : "preparing";
 
-		progress_phase(phase);
-		progress_counts(job->rows_total, job->rows_done, job->rows_changed, job->batches_done);
-		if (job->control)
-		{
-			bg_xact(job, obey_backfill, NULL);
+		bg_publish(job);
+		if (bg_obeyed(job))
 			return;
-		}
 		if (strcmp(phase, "preparing") == 0)
 			bg_xact(job, prepare_backfill, NULL);
 		else if (strcmp(phase, "linking") == 0)
@@ -993,7 +963,7 @@ bg_backfill(BgJob *job)
 			bg_xact(job, constraint_step, NULL);
 		else if (strcmp(phase, "finishing") == 0)
 		{
-			bg_xact(job, finish_backfill, NULL);
+			bg_finish(job);
 			return;
 		}
 		else

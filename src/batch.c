@@ -51,69 +51,6 @@ batch_phase(BgJob *job)
 	return job->action == DEDUP_ACTION_RENAME ? "renaming" : "deleting";
 }
 
-/*
- * Record progress in the job's row (as the extension owner), in the current
- * transaction, and read back the counters and any control request.
- */
-void
-bg_record(BgJob *job, const char *assignments)
-{
-	MemoryContext oldcxt;
-	char	   *control;
-	char	   *phase;
-
-	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET %s%sretries = retries OPERATOR(pg_catalog.+) %lld,"
-							   " updated_at = pg_catalog.clock_timestamp()"
-							   " WHERE job_id OPERATOR(pg_catalog.=) %lld"
-							   " RETURNING control, phase, rows_total, rows_done, rows_changed,"
-							   " batches_done, checkpoint, passes::pg_catalog.int8",
-							   dedup_ext_schema(), assignments, assignments[0] ? ", " : "",
-							   (long long) job->retries, (long long) job->job_id),
-					  0, NULL, NULL, NULL, SPI_OK_UPDATE_RETURNING);
-	job->retries = 0;
-	control = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	oldcxt = MemoryContextSwitchTo(job->cxt);
-	job->control = control ? pstrdup(control) : NULL;
-	phase = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-	job->phase = phase ? pstrdup(phase) : NULL;
-	MemoryContextSwitchTo(oldcxt);
-	job->rows_total = spi_get_int64(0, 3);
-	job->rows_done = spi_get_int64(0, 4);
-	job->rows_changed = spi_get_int64(0, 5);
-	job->batches_done = spi_get_int64(0, 6);
-	job->checkpoint = spi_get_int64(0, 7);
-	job->passes = (int) spi_get_int64(0, 8);
-}
-
-/* after a commit: what other sessions see in dedup_progress */
-static void
-publish(BgJob *job)
-{
-	progress_phase(job->phase);
-	progress_counts(job->rows_total, job->rows_done, job->rows_changed, job->batches_done);
-}
-
-static void
-read_control(BgJob *job, void *arg)
-{
-	bg_record(job, "");
-}
-
-/* between retries of a step: has the job been asked to pause or cancel? */
-bool
-bg_control_requested(BgJob *job)
-{
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	read_control(job, NULL);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(job->cxt);
-	return job->control != NULL;
-}
-
 /* w.dedup_p0 = r.id AND ... : the work row's loser (or survivor) is row a */
 static char *
 id_match(BgJob *job, const char *a, bool survivor)
@@ -481,47 +418,6 @@ build_unique(BgJob *job)
 }
 
 static void
-drop_work(BgJob *job)
-{
-	if (job->work)
-		spi_exec_as_owner(psprintf("DROP TABLE IF EXISTS %s", job->work), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
-}
-
-static void
-finish_step(BgJob *job, void *arg)
-{
-	drop_work(job);
-	bg_record(job, psprintf("state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"
-							" work_table = NULL, strategy = '%s',"
-							" finished_at = pg_catalog.clock_timestamp()",
-							job->strategy));
-}
-
-/* a pause or cancel request, seen after a batch */
-static void
-obey_step(BgJob *job, void *arg)
-{
-	if (strcmp(job->control, "cancel") == 0)
-	{
-		drop_work(job);
-		bg_record(job, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
-				  " work_table = NULL, finished_at = pg_catalog.clock_timestamp()");
-	}
-	else
-		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
-}
-
-/* true when the job stopped on request */
-static bool
-obeyed(BgJob *job)
-{
-	if (job->control == NULL)
-		return false;
-	bg_xact(job, obey_step, NULL);
-	return true;
-}
-
-static void
 pass_rows_step(BgJob *job, void *arg)
 {
 	spi_exec_count(psprintf("SELECT pg_catalog.max(w.dedup_seq) FROM %s w", job->work), SPI_OK_SELECT);
@@ -536,8 +432,8 @@ bg_dedup(BgJob *job)
 		bg_xact(job, pass_rows_step, NULL);
 	for (;;)
 	{
-		publish(job);
-		if (obeyed(job))
+		bg_publish(job);
+		if (bg_obeyed(job))
 			return;
 		if (job->work == NULL)
 			bg_xact(job, prepare_step, NULL);
@@ -553,7 +449,7 @@ bg_dedup(BgJob *job)
 			build_unique(job);
 		else if (strcmp(job->phase, "finishing") == 0)
 		{
-			bg_xact(job, finish_step, NULL);
+			bg_finish(job);
 			return;
 		}
 		else

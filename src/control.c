@@ -92,12 +92,9 @@ job_effective_state(int64 job_id)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(job_id)};
-	char	   *schema = dedup_ext_schema();
 
-	spi_exec_as_owner(psprintf("SELECT CASE WHEN j.state OPERATOR(pg_catalog.=) 'running' AND j.background"
-							   " AND NOT %s.dedup_job_alive(j.job_id) THEN 'interrupted' ELSE j.state END"
-							   " FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) $1",
-							   schema, schema),
+	spi_exec_as_owner(psprintf("SELECT j.state FROM %s.dedup_jobs j WHERE j.job_id OPERATOR(pg_catalog.=) $1",
+							   dedup_ext_schema()),
 					  1, types, values, NULL, SPI_OK_SELECT);
 	return SPI_processed == 1 ?
 		SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
@@ -204,9 +201,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	state = control_begin(job_id);
 	if (state_is(state, "queued", "paused", "interrupted"))
 	{
-		DedupJob   *job = job_fetch(job_id, false, true);
-
-		job_drop_work_table(job);
+		job_drop_work_table(job_id, job_fetch(job_id, false, true)->work_table);
 		set_state(job_id, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 				  " finished_at = pg_catalog.clock_timestamp()");
 	}
@@ -273,35 +268,15 @@ refuse_waiting_for_each_other(int64 job_id)
  * interrupted (which wait for dedup_resume).  With a timeout, return the
  * state at that time.
  */
-Datum
-dedup_wait(PG_FUNCTION_ARGS)
+static text *
+wait_until_final(int64 job_id, TimestampTz deadline)
 {
-	int64		job_id = job_id_arg(fcinfo);
-	TimestampTz deadline = 0;
-	char	   *state;
 	MemoryContext fn_cxt = CurrentMemoryContext;
 	MemoryContext loop_cxt;
 	MemoryContext oldcxt;
+	char	   *state;
 	text	   *result;
 
-	if (!PG_ARGISNULL(1))
-	{
-		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
-
-		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														   TimestampTzGetDatum(GetCurrentTimestamp()),
-														   PointerGetDatum(timeout)));
-	}
-	if (IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("dedup_wait cannot run in a %s transaction",
-						IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
-				 errdetail("Its snapshot would never show the job's progress."),
-				 errhint("Call it in a READ COMMITTED transaction.")));
-
-	/* as early as possible; cleared below, or by the end of the transaction */
-	set_waiting_flag(true);
 	SPI_connect();
 	if (job_fetch(job_id, false, false)->created_here)
 		ereport(ERROR,
@@ -330,10 +305,49 @@ dedup_wait(PG_FUNCTION_ARGS)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
-	set_waiting_flag(false);
 	oldcxt = MemoryContextSwitchTo(fn_cxt);
 	result = cstring_to_text(state);	/* outlives SPI_finish */
 	MemoryContextSwitchTo(oldcxt);
 	SPI_finish();
+	return result;
+}
+
+Datum
+dedup_wait(PG_FUNCTION_ARGS)
+{
+	int64		job_id = job_id_arg(fcinfo);
+	TimestampTz deadline = 0;
+	text	   *volatile result = NULL;
+
+	if (!PG_ARGISNULL(1))
+	{
+		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
+
+		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+														   TimestampTzGetDatum(GetCurrentTimestamp()),
+														   PointerGetDatum(timeout)));
+	}
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("dedup_wait cannot run in a %s transaction",
+						IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
+				 errdetail("Its snapshot would never show the job's progress."),
+				 errhint("Call it in a READ COMMITTED transaction.")));
+
+	/*
+	 * As early as possible, and only while waiting: an error caught by the
+	 * caller (a subtransaction) must not leave the flag on the transaction.
+	 */
+	set_waiting_flag(true);
+	PG_TRY();
+	{
+		result = wait_until_final(job_id, deadline);
+	}
+	PG_FINALLY();
+	{
+		set_waiting_flag(false);
+	}
+	PG_END_TRY();
 	PG_RETURN_TEXT_P(result);
 }

@@ -254,6 +254,23 @@ merge(DedupTarget *t, DedupResult *res, bool add_unique)
 }
 
 /*
+ * Deleting losers, or renaming their key, must not cascade through foreign
+ * keys into other tables (merge re-points them instead).  Checked at submit
+ * time and again by a background worker.
+ */
+void
+dedup_refuse_cascades(DedupTarget *t, DedupAction action)
+{
+	if (action == DEDUP_ACTION_MERGE)
+		return;
+	refuse_cascading_references(t->relid, t->qualname,
+								psprintf("%s duplicate", dedup_action_name(action)),
+								action == DEDUP_ACTION_DELETE,
+								action == DEDUP_ACTION_DELETE ? 0 :
+								get_attnum(t->relid, t->keys[t->rename_key].name));
+}
+
+/*
  * CREATE INDEX needs CREATE on the table's schema as well as ownership of
  * the table: say so before anything changes, not after the job's work.
  */
@@ -406,12 +423,7 @@ dedup_table(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	res.strategy = background ? "delete" : choose_strategy(t, action, strategy, dry_run);
-	if (action != DEDUP_ACTION_MERGE)
-		refuse_cascading_references(t->relid, t->qualname,
-									psprintf("%s duplicate", dedup_action_name(action)),
-									action == DEDUP_ACTION_DELETE,
-									action == DEDUP_ACTION_DELETE ? 0 :
-									get_attnum(t->relid, t->keys[t->rename_key].name));
+	dedup_refuse_cascades(t, action);
 	if (dry_run)
 	{
 		res.state = "dry_run";

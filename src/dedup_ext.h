@@ -185,7 +185,7 @@ extern char *job_param(DedupJob *job, const char *name);
 extern char *json_field_text(const char *json, const char *name);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 extern int64 job_submit(const char *kind, Oid relid, const char *relname, const char *params_json);
-extern void job_drop_work_table(DedupJob *job);
+extern void job_drop_work_table(int64 job_id, const char *work_table);
 extern void job_set_archive(int64 job_id, const char *archive_table);
 
 /* worker.c, batch.c: a background job as its worker runs it */
@@ -228,13 +228,16 @@ extern bool bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
 extern void bg_toplevel(BgJob *job, const char *sql);
 extern void bg_sleep(int ms);
 extern void bg_record(BgJob *job, const char *assignments);
+extern void bg_publish(BgJob *job);
 extern bool bg_control_requested(BgJob *job);
+extern bool bg_obeyed(BgJob *job);
+extern void bg_finish(BgJob *job);
 extern void bg_dedup(BgJob *job);
 extern void bg_backfill(BgJob *job);
 extern void bg_backfill_load(BgJob *job, DedupJob *row);
 
 /* launcher.c */
-extern bool launch_worker(Oid dbid, bool resume);
+extern void launch_worker(Oid dbid, bool resume);
 extern void launch_at_commit(void);
 extern void launcher_register(void);
 
@@ -268,6 +271,7 @@ extern char *unique_create(DedupTarget *t, bool *is_constraint);
 
 /* dedup.c */
 extern void rename_refusals(DedupTarget *t, int64 null_keys, const char *taken);
+extern void dedup_refuse_cascades(DedupTarget *t, DedupAction action);
 
 /* the SQL-callable functions */
 extern Datum backfill_fk(PG_FUNCTION_ARGS);

@@ -154,16 +154,16 @@ job_set_archive(int64 job_id, const char *archive_table)
 					  2, types, values, NULL, SPI_OK_UPDATE);
 }
 
-/* a background job that ends drops its work table */
+/* a background job that ends drops its work table (work_table may be NULL) */
 void
-job_drop_work_table(DedupJob *job)
+job_drop_work_table(int64 job_id, const char *work_table)
 {
-	if (job->work_table == NULL)
+	if (work_table == NULL)
 		return;
-	spi_exec_as_owner(psprintf("DROP TABLE IF EXISTS %s", job->work_table),
+	spi_exec_as_owner(psprintf("DROP TABLE IF EXISTS %s", work_table),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET work_table = NULL WHERE job_id OPERATOR(pg_catalog.=) %lld",
-							   dedup_ext_schema(), (long long) job->job_id),
+							   dedup_ext_schema(), (long long) job_id),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
 }
 

@@ -38,10 +38,10 @@ static bool callback_registered = false;
 
 /*
  * Start a worker for a database.  resume: it re-queues the jobs of the
- * database that lost their worker first.  Returns false (with a warning) when
- * no background worker slot is free; the job stays queued.
+ * database that lost their worker first.  When no background worker slot is
+ * free it warns; the job stays queued.
  */
-bool
+void
 launch_worker(Oid dbid, bool resume)
 {
 	BackgroundWorker worker = {0};
@@ -58,15 +58,11 @@ launch_worker(Oid dbid, bool resume)
 	worker.bgw_extra[0] = resume ? 'r' : 'n';
 	worker.bgw_notify_pid = 0;
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
-	{
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not start a dedup_ext background worker"),
 				 errdetail("All max_worker_processes background worker slots are in use."),
 				 errhint("The job stays queued; dedup_resume(job_id) starts a worker for it later.")));
-		return false;
-	}
-	return true;
 }
 
 static void

@@ -167,6 +167,104 @@ plain_xact(void (*step) (void *arg), void *arg)
 }
 
 /*
+ * Record progress in the job's row (as the extension owner), in the current
+ * transaction, and read back the counters and any control request.
+ */
+void
+bg_record(BgJob *job, const char *assignments)
+{
+	MemoryContext oldcxt;
+	char	   *control;
+	char	   *phase;
+
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET %s%sretries = retries OPERATOR(pg_catalog.+) %lld,"
+							   " updated_at = pg_catalog.clock_timestamp()"
+							   " WHERE job_id OPERATOR(pg_catalog.=) %lld"
+							   " RETURNING control, phase, rows_total, rows_done, rows_changed,"
+							   " batches_done, checkpoint, passes::pg_catalog.int8",
+							   dedup_ext_schema(), assignments, assignments[0] ? ", " : "",
+							   (long long) job->retries, (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE_RETURNING);
+	job->retries = 0;
+	control = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	phase = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	oldcxt = MemoryContextSwitchTo(job->cxt);
+	job->control = control ? pstrdup(control) : NULL;
+	job->phase = phase ? pstrdup(phase) : NULL;
+	MemoryContextSwitchTo(oldcxt);
+	job->rows_total = spi_get_int64(0, 3);
+	job->rows_done = spi_get_int64(0, 4);
+	job->rows_changed = spi_get_int64(0, 5);
+	job->batches_done = spi_get_int64(0, 6);
+	job->checkpoint = spi_get_int64(0, 7);
+	job->passes = (int) spi_get_int64(0, 8);
+}
+
+/* after a commit: what other sessions see in dedup_progress */
+void
+bg_publish(BgJob *job)
+{
+	progress_phase(job->phase);
+	progress_counts(job->rows_total, job->rows_done, job->rows_changed, job->batches_done);
+}
+
+static void
+read_control(void *arg)
+{
+	bg_record((BgJob *) arg, "");
+}
+
+/* between retries of a step: has the job been asked to pause or cancel? */
+bool
+bg_control_requested(BgJob *job)
+{
+	plain_xact(read_control, job);
+	MemoryContextSwitchTo(job->cxt);
+	return job->control != NULL;
+}
+
+/* a pause or cancel request: a cancelled job drops its work table */
+static void
+obey_step(BgJob *job, void *arg)
+{
+	if (strcmp(job->control, "cancel") == 0)
+	{
+		job_drop_work_table(job->job_id, job->work);
+		bg_record(job, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
+				  " finished_at = pg_catalog.clock_timestamp()");
+	}
+	else
+		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
+}
+
+/* true when the job stopped on request (seen after its last commit) */
+bool
+bg_obeyed(BgJob *job)
+{
+	if (job->control == NULL)
+		return false;
+	bg_xact(job, obey_step, NULL);
+	return true;
+}
+
+static void
+finish_step(BgJob *job, void *arg)
+{
+	job_drop_work_table(job->job_id, job->work);
+	bg_record(job, psprintf("state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"
+							" finished_at = pg_catalog.clock_timestamp()%s%s%s",
+							job->strategy ? ", strategy = '" : "",
+							job->strategy ? job->strategy : "",
+							job->strategy ? "'" : ""));
+}
+
+void
+bg_finish(BgJob *job)
+{
+	bg_xact(job, finish_step, NULL);
+}
+
+/*
  * Is dedup_ext installed in this database, at a version with background
  * jobs (1.0 has none)?  A resuming worker is started for every database.
  */
@@ -269,7 +367,7 @@ fail_job(void *arg)
 	Oid			types[2] = {INT8OID, TEXTOID};
 	Datum		values[2] = {Int64GetDatum(f->job_id), CStringGetTextDatum(f->error)};
 
-	job_drop_work_table(job_fetch(f->job_id, true, false));
+	job_drop_work_table(f->job_id, job_fetch(f->job_id, true, false)->work_table);
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'failed', error = $2, control = NULL,"
 							   " worker_pid = NULL, finished_at = pg_catalog.clock_timestamp(),"
 							   " updated_at = pg_catalog.clock_timestamp()"
@@ -323,6 +421,7 @@ load_job(BgJob *job, void *arg)
 	job->batch_delay = param_int(row, "batch_delay", dedup_batch_delay);
 	job->lock_timeout = param_int(row, "lock_timeout", dedup_lock_timeout);
 	job->phase = copy_or_null(job, row->phase);
+	job->control = copy_or_null(job, row->control);
 	job->checkpoint = row->checkpoint;
 	job->passes = row->passes;
 	job->rows_total = row->rows_total;
@@ -367,11 +466,7 @@ load_job(BgJob *job, void *arg)
 		job->is_constraint = row->unique_is_constraint;
 	}
 	MemoryContextSwitchTo(oldcxt);
-	refuse_cascading_references(job->t->relid, job->t->qualname,
-								psprintf("%s duplicate", dedup_action_name(job->action)),
-								job->action == DEDUP_ACTION_DELETE,
-								job->action == DEDUP_ACTION_DELETE ? 0 :
-								get_attnum(job->t->relid, job->t->keys[job->t->rename_key].name));
+	dedup_refuse_cascades(job->t, job->action);
 }
 
 /* Run a claimed job: its kind's phases, from where it stands. */
