@@ -28,7 +28,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 
 REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting merge backfill rewrite background
 REGRESS_OPTS = --inputdir=.
-ISOLATION = background_writers background_control
+ISOLATION = background_writers background_control background_merge
 TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config

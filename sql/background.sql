@@ -249,6 +249,42 @@ SELECT dedup_rollback(:jid_rn) AS restored;
 SELECT id, tag FROM bg.tags ORDER BY id;
 
 --
+-- merge in the background, in batches of 2: each batch re-points the rows
+-- of every referencing table from its losers to their survivors, removing
+-- the rows that would collide under a unique index (kw_tag's 'a' labels),
+-- then removes the losers.  The referencing tables' archives are listed in
+-- ref_archives; dedup_verify is ok; dedup_rollback restores every table
+--
+CREATE TABLE bg.kw (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO bg.kw SELECT g, 'k' || g % 3 FROM generate_series(1, 9) g;
+CREATE TABLE bg.kw_tag (id int PRIMARY KEY, kw_id int NOT NULL REFERENCES bg.kw,
+                        label text NOT NULL, UNIQUE (kw_id, label));
+INSERT INTO bg.kw_tag SELECT g, g, 'a' FROM generate_series(1, 9) g;
+INSERT INTO bg.kw_tag SELECT 10 + g, g, 'b' || g FROM generate_series(1, 9) g;
+CREATE TABLE bg.kw_note (id int PRIMARY KEY, kw_id int REFERENCES bg.kw);
+INSERT INTO bg.kw_note SELECT g, g FROM generate_series(4, 9) g;
+CREATE TEMP TABLE kw_before AS
+  SELECT (SELECT md5(string_agg(k::text, ',' ORDER BY id)) FROM bg.kw k) AS kw,
+         (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM bg.kw_tag t) AS tag,
+         (SELECT md5(string_agg(n::text, ',' ORDER BY id)) FROM bg.kw_note n) AS note;
+SELECT job_id AS jid_m, state FROM dedup_table('kw', '{name}', action => 'merge', background => true,
+                                               batch_size => 2) \gset
+SELECT :'state' AS submitted, dedup_wait(:jid_m);
+SELECT state, rows_deleted, refs_repointed, refs_removed, batches_done, error
+  FROM dedup_jobs WHERE job_id = :jid_m;
+SELECT e->>'table' AS ref_table, regexp_replace(e->>'archive', '[0-9]+', 'N') AS ref_archive
+  FROM dedup_jobs j, jsonb_array_elements(j.ref_archives) e WHERE j.job_id = :jid_m ORDER BY 1;
+SELECT id, name FROM bg.kw ORDER BY id;
+SELECT id, kw_id, label FROM bg.kw_tag ORDER BY id;
+SELECT id, kw_id FROM bg.kw_note ORDER BY id;
+SELECT check_name, ok FROM dedup_verify(:jid_m) ORDER BY check_name;
+SELECT dedup_rollback(:jid_m) AS restored;
+SELECT (SELECT md5(string_agg(k::text, ',' ORDER BY id)) FROM bg.kw k) = b.kw AS kw_exact,
+       (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM bg.kw_tag t) = b.tag AS tag_exact,
+       (SELECT md5(string_agg(n::text, ',' ORDER BY id)) FROM bg.kw_note n) = b.note AS note_exact
+  FROM kw_before b;
+
+--
 -- add_unique in the background: a valid unique index built concurrently,
 -- attached as a table constraint, so ON CONFLICT (email) works; rollback
 -- drops it and restores the rows
@@ -324,18 +360,18 @@ SELECT count(*) - :jobs_now AS new_jobs FROM dedup_jobs;
 SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
 
 --
--- refusals, each changing nothing: merge and strategy 'rewrite' cannot run in
--- the background (0A000); batch_size must be positive (22023); a NULL job_id
+-- refusals, each changing nothing: merge needs a primary key, refused at
+-- submit time (22023); strategy 'rewrite' cannot run in the background
+-- (0A000); batch_size must be positive (22023); a NULL job_id
 -- is named (22023); an unknown job does not exist (42704); dedup_wait in a
 -- REPEATABLE READ or SERIALIZABLE transaction (0A000)
 --
-CREATE TABLE bg.par (id int PRIMARY KEY, name text);
-INSERT INTO bg.par VALUES (1, 'x'), (2, 'x');
-CREATE TABLE bg.chi (id int PRIMARY KEY, pid int REFERENCES bg.par);
-INSERT INTO bg.chi VALUES (1, 2);
+CREATE TABLE bg.nopk (id int UNIQUE, name text);
+CREATE TABLE bg.nopk_ref (id int PRIMARY KEY, pid int REFERENCES bg.nopk (id));
+INSERT INTO bg.nopk VALUES (1, 'x'), (2, 'x');
 SELECT count(*) AS jobs_now FROM dedup_jobs \gset
 SELECT count(*) AS archives_now FROM pg_class WHERE relnamespace = 'dedup_archive'::regnamespace \gset
-SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.par', '{name}', action => 'merge', background => true)$$);
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.nopk', '{name}', action => 'merge', background => true)$$);
 SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.acct', '{email}', strategy => 'rewrite', background => true)$$);
 SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.acct', '{email}', background => true, batch_size => 0)$$);
 SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.acct', '{email}', background => true, batch_size => -1)$$);
@@ -357,7 +393,7 @@ SELECT count(*) - :jobs_now AS new_jobs FROM dedup_jobs;
 SELECT count(*) - :archives_now AS new_archives
   FROM pg_class WHERE relnamespace = 'dedup_archive'::regnamespace;
 SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
-SELECT id, name FROM bg.par ORDER BY id;
+SELECT id, name FROM bg.nopk ORDER BY id;
 
 --
 -- privileges: a non-superuser owner submits (paused before COMMIT).  Another

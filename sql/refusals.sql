@@ -271,9 +271,10 @@ SELECT state, rows_deleted FROM dedup_table('ref.unl', '{a}');
 
 --
 -- more refusals, each with nothing changed: a background job cannot rewrite
--- or merge (0A000); a unique index predicate must be immutable (42P17); a
--- rollback job cannot be rolled back (0A000); merge cannot re-point rows of a
--- partitioned referencing table (0A000)
+-- (0A000); merge cannot re-point rows of a partitioned referencing table
+-- (0A000), refused at submit time for a background job too; a unique index
+-- predicate must be immutable (42P17); a rollback job cannot be rolled back
+-- (0A000)
 --
 CREATE TABLE ref.mparent (id int PRIMARY KEY, name text);
 INSERT INTO ref.mparent VALUES (1, 'x'), (2, 'x');

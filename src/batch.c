@@ -10,12 +10,13 @@
  *   scanning   one read-only pass over the table (ACCESS SHARE: writers go on)
  *              lists every loser with its group's survivor, by primary key
  *              (or ctid), in a work table numbered 1..n;
- *   deleting / renaming
+ *   deleting / renaming / merging
  *              batches of batch_size work rows, each one transaction that
  *              locks the batch's survivors (FOR SHARE) and losers (FOR
  *              UPDATE), removes or renames the losers that still have their
- *              survivor's key, archives them, and records the checkpoint and
- *              the counters in the job's row in the same commit;
+ *              survivor's key (a merge first re-points the rows that
+ *              reference them), archives them, and records the checkpoint
+ *              and the counters in the job's row in the same commit;
  *   scanning   again: rows written during the pass may have made new
  *              duplicates, and losers whose survivor changed were skipped;
  *              passes repeat until one finds no duplicate;
@@ -48,7 +49,15 @@
 static const char *
 batch_phase(BgJob *job)
 {
-	return job->action == DEDUP_ACTION_RENAME ? "renaming" : "deleting";
+	switch (job->action)
+	{
+		case DEDUP_ACTION_RENAME:
+			return "renaming";
+		case DEDUP_ACTION_MERGE:
+			return "merging";
+		default:
+			return "deleting";
+	}
 }
 
 /* w.dedup_p0 = r.id AND ... : the work row's loser (or survivor) is row a */
@@ -248,7 +257,47 @@ lock_batch(BgJob *job, const char *range)
 	}
 }
 
-/* One batch: remove (or rename) the losers that still belong to their survivor. */
+/*
+ * A merge's batch: the losers still alike their survivor make the map; the
+ * rows that reference them are re-pointed (a referencing table's archive is
+ * created by the first batch that touches it, and listed in the job's
+ * ref_archives in the same commit), then the losers are removed.  No other
+ * session can add a reference to a loser meanwhile: that needs a KEY SHARE
+ * lock on it, which the batch's FOR UPDATE excludes.  Returns the losers
+ * removed; *counts gets the job row's assignments for the references.
+ */
+static int64
+merge_batch(BgJob *job, const char *using, const char *where, char **counts)
+{
+	DedupTarget *t = job->t;
+	MergePlan  *plan = merge_plan(t, false);
+	MergeResult res = {0};
+	char	   *map = psprintf("(SELECT %s FROM ONLY %s r, %s WHERE %s)",
+							   merge_map_columns(plan, "r", "s"), t->qualname, using, where);
+	char	   *archives = NULL;
+	int64		deleted;
+
+	if (job->archive_table)
+	{
+		spi_exec_as_owner(psprintf("SELECT COALESCE(ref_archives, '[]')::pg_catalog.text FROM %s.dedup_job"
+								   " WHERE job_id OPERATOR(pg_catalog.=) %lld",
+								   dedup_ext_schema(), (long long) job->job_id),
+						  0, NULL, NULL, NULL, SPI_OK_SELECT);
+		archives = merge_archives(plan, job->job_id,
+								  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+	}
+	merge_refs(plan, map, job->job_id, &res);
+	deleted = merge_delete_losers(t, map, job->job_id, job->archive_table);
+	*counts = psprintf(", refs_repointed = refs_repointed OPERATOR(pg_catalog.+) %lld,"
+					   " refs_removed = refs_removed OPERATOR(pg_catalog.+) %lld%s%s%s",
+					   (long long) res.refs_repointed, (long long) res.refs_removed,
+					   archives ? ", ref_archives = " : "",
+					   archives ? sql_literal(archives) : "",
+					   archives ? "::pg_catalog.jsonb" : "");
+	return deleted;
+}
+
+/* One batch: remove (or rename, or merge) the losers that still belong to their survivor. */
 static void
 batch_step(BgJob *job, void *arg)
 {
@@ -258,6 +307,7 @@ batch_step(BgJob *job, void *arg)
 	char	   *range = work_range(job, from, to);
 	char	   *using;
 	char	   *where;
+	char	   *counts = "";
 	int64		changed;
 
 	dedup_check_owner(t->relid);
@@ -288,6 +338,8 @@ batch_step(BgJob *job, void *arg)
 		spi_exec_count(sql.data, SPI_OK_SELECT);
 		changed = spi_get_int64(0, 1);
 	}
+	else if (job->action == DEDUP_ACTION_MERGE)
+		changed = merge_batch(job, using, where, &counts);
 	else
 	{
 		char	   *del = psprintf("DELETE FROM ONLY %s r USING %s WHERE %s", t->qualname, using, where);
@@ -307,11 +359,11 @@ batch_step(BgJob *job, void *arg)
 	bg_record(job, psprintf("checkpoint = %lld, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
 							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld,"
 							" %s = %s OPERATOR(pg_catalog.+) %lld,"
-							" batches_done = batches_done OPERATOR(pg_catalog.+) 1%s",
+							" batches_done = batches_done OPERATOR(pg_catalog.+) 1%s%s",
 							(long long) to, (long long) (to - from), (long long) changed,
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
-							(long long) changed,
+							(long long) changed, counts,
 							to >= job->pass_rows ? psprintf(", phase = '%s'", after_batches(job)) : ""));
 }
 

@@ -290,12 +290,12 @@ refuse_index_without_create(DedupTarget *t)
 }
 
 /*
- * A background job deletes or renames in batches; a rewrite swaps the whole
- * heap under an ACCESS EXCLUSIVE lock, which is what running in the
- * background is meant to avoid.
+ * A background job deletes, renames or merges in batches; a rewrite swaps
+ * the whole heap under an ACCESS EXCLUSIVE lock, which is what running in
+ * the background is meant to avoid.
  */
 static void
-refuse_in_background(DedupAction action, DedupStrategy strategy)
+refuse_in_background(DedupStrategy strategy)
 {
 	if (strategy == DEDUP_STRATEGY_REWRITE)
 		ereport(ERROR,
@@ -303,11 +303,6 @@ refuse_in_background(DedupAction action, DedupStrategy strategy)
 				 errmsg("strategy \"rewrite\" cannot run in the background"),
 				 errdetail("A rewrite holds an ACCESS EXCLUSIVE lock on the table until it ends."),
 				 errhint("Use strategy => 'auto' or 'delete' (the background job deletes in batches), or run the rewrite in the foreground.")));
-	if (action == DEDUP_ACTION_MERGE)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("action \"merge\" cannot run in the background in this version of dedup_ext"),
-				 errhint("Run the merge in the foreground, inside your transaction.")));
 }
 
 /*
@@ -411,7 +406,7 @@ dedup_table(PG_FUNCTION_ARGS)
 	if (action == DEDUP_ACTION_RENAME)
 		dedup_target_set_rename(t);
 	if (background)
-		refuse_in_background(action, strategy);
+		refuse_in_background(strategy);
 	if (add_unique)
 		refuse_index_without_create(t);
 	if (add_unique && t->filter_bare && !t->filter_immutable)
@@ -434,6 +429,9 @@ dedup_table(PG_FUNCTION_ARGS)
 	}
 	else if (background)
 	{
+		/* a merge's refusals (privileges on referencing tables...) now, not in its first batch */
+		if (action == DEDUP_ACTION_MERGE)
+			(void) merge_plan(t, false);
 		res.state = "queued";
 		res.job_id = job_submit("dedup", t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,

@@ -129,8 +129,16 @@ typedef struct MergeResult
 	char	   *ref_archives;	/* jsonb: the archives of re-pointed tables */
 } MergeResult;
 
+typedef struct MergePlan MergePlan;
+
 extern void run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
 					  MergeResult *res);
+extern MergePlan *merge_plan(DedupTarget *t, bool lock_children);
+extern char *merge_archives(MergePlan *plan, int64 job_id, const char *known);
+extern char *merge_map_columns(MergePlan *plan, const char *loser, const char *survivor);
+extern void merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res);
+extern int64 merge_delete_losers(DedupTarget *t, const char *map, int64 job_id,
+								 const char *archive);
 
 /* jobs.c */
 typedef struct DedupJob

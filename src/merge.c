@@ -46,15 +46,32 @@ typedef struct RefKey
 	char	  **eq;				/* conpfeqop, as OPERATOR(...) */
 	List	   *pknames;		/* the child's primary key (unquoted), or NIL */
 	bool		deferrable;
+	List	   *collisions;		/* Collision * */
 	char	   *archive;
 } RefKey;
 
-typedef struct MergePlan
+/*
+ * A unique index of the referencing table that contains re-pointed columns:
+ * its key as dedup_k0, dedup_k1, ... for a row that moves (the re-pointed
+ * columns taking their new values from the map m) and for one that stays.
+ */
+typedef struct Collision
 {
+	char	   *moved;
+	char	   *stays;
+	char	   *keys;			/* x.dedup_k0, ... */
+	char	   *notnull;		/* what makes a key take part in uniqueness */
+} Collision;
+
+struct MergePlan
+{
+	DedupTarget *t;
 	List	   *refs;			/* RefKey * */
 	List	   *refcols;		/* referenced columns of the table (unquoted) */
-	char	   *map;			/* the temporary map of losers */
-} MergePlan;
+	char	   *map;			/* the map of losers: a table, or a subquery */
+};
+
+static void find_collisions(RefKey *ref);
 
 static int
 refcol_index(MergePlan *plan, const char *name)
@@ -114,11 +131,13 @@ primary_key_names(Relation rel)
 }
 
 /*
- * Find, check and lock every foreign key referencing the table.  Runs before
- * anything changes, so that a refusal changes nothing.
+ * Find and check every foreign key referencing the table, and with
+ * lock_children lock the referencing tables against writes (a background
+ * batch relies on its row locks instead).  Runs before anything changes, so
+ * that a refusal changes nothing.
  */
-static MergePlan *
-merge_plan(DedupTarget *t)
+MergePlan *
+merge_plan(DedupTarget *t, bool lock_children)
 {
 	MergePlan  *plan = palloc0(sizeof(MergePlan));
 	Oid			argtypes[1] = {OIDOID};
@@ -143,6 +162,7 @@ merge_plan(DedupTarget *t)
 		elog(ERROR, "dedup_ext: could not read foreign keys");
 	tuptable = SPI_tuptable;
 	nfks = SPI_processed;
+	plan->t = t;
 
 	for (uint64 f = 0; f < nfks; f++)
 	{
@@ -174,7 +194,7 @@ merge_plan(DedupTarget *t)
 		ref->child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
 												get_rel_name(ref->childid));
 		check_child_privileges(ref);
-		if (ref->childid != t->relid)
+		if (lock_children && ref->childid != t->relid)
 			LockRelationOid(ref->childid, ShareRowExclusiveLock);
 
 		ref->ncols = n;
@@ -198,6 +218,7 @@ merge_plan(DedupTarget *t)
 		for (int i = 0; i < n && ref->pknames; i++)
 			if (pk_has_name(ref->pknames, ref->colnames[i]))
 				ref->pknames = NIL;
+		find_collisions(ref);
 		plan->refs = lappend(plan->refs, ref);
 	}
 	return plan;
@@ -221,9 +242,11 @@ ref_join(RefKey *ref)
  * referenced columns of loser (dedup_o<j>) and survivor (dedup_n<j>), and
  * the survivor's row_id.
  */
-static void
+static char *
 create_map(DedupTarget *t, MergePlan *plan)
 {
+	char	   *map;
+
 	StringInfoData extra;
 	ListCell   *lc;
 	const char *row_id = sql_row_id(t, "r");
@@ -240,77 +263,129 @@ create_map(DedupTarget *t, MergePlan *plan)
 		appendStringInfo(&extra, ", r.%s AS dedup_o%d, pg_catalog.first_value(r.%s) OVER dedup_w AS dedup_n%d",
 						 col, j, col, j);
 	}
-	plan->map = spi_temp_table_name("merge_map");
+	map = spi_temp_table_name("merge_map");
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT s.* FROM (%s) s"
 							" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
-							plan->map, sql_ranked(t, extra.data)),
+							map, sql_ranked(t, extra.data)),
 				   SPI_OK_UTILITY);
-	spi_exec_count(psprintf("ANALYZE %s", plan->map), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", map), SPI_OK_UTILITY);
+	return map;
+}
+
+/*
+ * The unique indexes of the referencing table that a re-point could violate:
+ * those whose key contains re-pointed columns.  An index on expressions or
+ * with a predicate is left to its own check.  A colliding row is removed,
+ * which must not cascade any further.
+ */
+static void
+find_collisions(RefKey *ref)
+{
+	Relation	child = relation_open(ref->childid, NoLock);
+	List	   *indexes = RelationGetIndexList(child);
+	ListCell   *lc;
+
+	foreach(lc, indexes)
+	{
+		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
+		Form_pg_index index = idx->rd_index;
+		bool		plain = heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) &&
+			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL);
+		bool		nulls_not_distinct = false;
+		bool		overlaps = false;
+		StringInfoData moved,
+					stays,
+					keys,
+					notnull;
+		Collision  *c;
+
+#ifdef DEDUP_HAVE_NULLS_NOT_DISTINCT
+		nulls_not_distinct = index->indnullsnotdistinct;
+#endif
+		initStringInfo(&moved);
+		initStringInfo(&stays);
+		initStringInfo(&keys);
+		initStringInfo(&notnull);
+		appendStringInfoString(&notnull, "true");
+		for (int k = 0; k < index->indnkeyatts && index->indisunique; k++)
+		{
+			AttrNumber	att = index->indkey.values[k];
+			char	   *col = pstrdup(quote_identifier(get_attname(ref->childid, att, false)));
+			char	   *expr = psprintf("c.%s", col);
+
+			for (int i = 0; i < ref->ncols; i++)
+				if (ref->attnums[i] == att)
+				{
+					expr = psprintf("COALESCE(m.dedup_n%d, c.%s)", ref->mapcol[i], col);
+					overlaps = true;
+				}
+			appendStringInfo(&moved, ", %s AS dedup_k%d", expr, k);
+			appendStringInfo(&stays, ", c.%s AS dedup_k%d", col, k);
+			appendStringInfo(&keys, "%sx.dedup_k%d", k > 0 ? ", " : "", k);
+			if (!nulls_not_distinct)
+				appendStringInfo(&notnull, " AND x.dedup_k%d IS NOT NULL", k);
+		}
+		index_close(idx, AccessShareLock);
+		if (!index->indisunique || !overlaps)
+			continue;
+		refuse_cascading_references(ref->childid, ref->child, "remove colliding", true, 0);
+		if (!plain)
+			continue;
+		c = palloc(sizeof(Collision));
+		c->moved = moved.data;
+		c->stays = stays.data;
+		c->keys = keys.data;
+		c->notnull = notnull.data;
+		ref->collisions = lappend(ref->collisions, c);
+	}
+	relation_close(child, NoLock);
+}
+
+/* c.fk1 = m.dedup_n0 AND ... : row c already references a survivor of the map */
+static char *
+ref_join_survivor(RefKey *ref)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < ref->ncols; i++)
+		appendStringInfo(&buf, "%sc.%s %s m.dedup_n%d", i > 0 ? " AND " : "",
+						 ref->cols[i], ref->eq[i], ref->mapcol[i]);
+	return buf.data;
 }
 
 /*
  * Remove the rows of the referencing table that would collide under one of
  * its unique indexes once re-pointed.  Within a would-be duplicate set the
  * row that is not moved (it can only be one: the index holds today) stays,
- * else the first by ctid.
+ * else the first by ctid.  Only two kinds of rows can be in such a set: the
+ * rows to move, and rows that already reference a survivor; so the sort is
+ * over those, not over the whole referencing table.
  */
 static int64
 remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 {
-	Relation	child = relation_open(ref->childid, NoLock);
-	List	   *indexes = RelationGetIndexList(child);
 	ListCell   *lc;
 	int64		removed = 0;
 
-	foreach(lc, indexes)
+	foreach(lc, ref->collisions)
 	{
-		Relation	idx = index_open(lfirst_oid(lc), AccessShareLock);
-		Form_pg_index index = idx->rd_index;
-		StringInfoData exprs;
-		StringInfoData notnull;
-		bool		overlaps = false;
-		bool		nulls_not_distinct = false;
+		Collision  *coll = lfirst(lc);
 		char	   *del;
 
-#ifdef DEDUP_HAVE_NULLS_NOT_DISTINCT
-		nulls_not_distinct = index->indnullsnotdistinct;
-#endif
-		initStringInfo(&exprs);
-		initStringInfo(&notnull);
-		appendStringInfoString(&notnull, "true");
-		for (int k = 0; k < index->indnkeyatts && index->indisunique; k++)
-		{
-			AttrNumber	att = index->indkey.values[k];
-			char	   *expr = NULL;
-
-			for (int i = 0; i < ref->ncols; i++)
-				if (ref->attnums[i] == att)
-					expr = psprintf("COALESCE(m.dedup_n%d, c.%s)", ref->mapcol[i], ref->cols[i]);
-			overlaps |= (expr != NULL);
-			if (expr == NULL)
-				expr = psprintf("c.%s", quote_identifier(get_attname(ref->childid, att, false)));
-			appendStringInfo(&exprs, "%s%s", k > 0 ? ", " : "", expr);
-			appendStringInfo(&notnull, " AND %s IS NOT NULL", expr);
-		}
-		if (overlaps && index->indisunique)
-			refuse_cascading_references(ref->childid, ref->child, "remove colliding", true, 0);
-		if (!index->indisunique || !overlaps ||
-			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) ||
-			!heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL))
-		{
-			index_close(idx, AccessShareLock);
-			continue;
-		}
-		index_close(idx, AccessShareLock);
-
-		del = psprintf("WITH dedup_x AS (SELECT c.ctid AS dedup_cctid, pg_catalog.row_number() OVER"
-					   " (PARTITION BY %s ORDER BY (m.dedup_rn IS NOT NULL), c.ctid) AS dedup_rn"
-					   " FROM ONLY %s c LEFT JOIN %s m ON %s WHERE %s),"
+		del = psprintf("WITH dedup_c AS (SELECT c.ctid AS dedup_cctid, true AS dedup_moved%s"
+					   " FROM ONLY %s c JOIN %s m ON %s"
+					   " UNION ALL SELECT c.ctid, false%s FROM ONLY %s c"
+					   " WHERE EXISTS (SELECT FROM %s m WHERE %s)),"
+					   " dedup_x AS (SELECT x.dedup_cctid, pg_catalog.row_number() OVER"
+					   " (PARTITION BY %s ORDER BY x.dedup_moved, x.dedup_cctid) AS dedup_rn"
+					   " FROM dedup_c x WHERE %s),"
 					   " dedup_d AS (DELETE FROM ONLY %s c USING dedup_x x"
 					   " WHERE c.ctid OPERATOR(pg_catalog.=) x.dedup_cctid"
 					   " AND x.dedup_rn OPERATOR(pg_catalog.>) 1 RETURNING c.*)",
-					   exprs.data, ref->child, plan->map, ref_join(ref),
-					   nulls_not_distinct ? "true" : notnull.data, ref->child);
+					   coll->moved, ref->child, plan->map, ref_join(ref),
+					   coll->stays, ref->child, plan->map, ref_join_survivor(ref),
+					   coll->keys, coll->notnull, ref->child);
 		if (ref->archive)
 			removed += spi_exec_count(psprintf("%s INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
 											   del, ref->archive, (long long) job_id),
@@ -321,7 +396,6 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 			removed += spi_get_int64(0, 1);
 		}
 	}
-	relation_close(child, NoLock);
 	return removed;
 }
 
@@ -371,35 +445,149 @@ json_string_list(StringInfo buf, List *names)
 	appendStringInfoChar(buf, ']');
 }
 
-/* what a rollback needs to know of each re-pointed table */
+/* what a rollback needs to know of one re-pointed table */
 static char *
-ref_archives_json(MergePlan *plan)
+ref_archive_json(RefKey *ref)
 {
 	StringInfoData buf;
+	List	   *cols = NIL;
+
+	for (int i = 0; i < ref->ncols; i++)
+		cols = lappend(cols, ref->colnames[i]);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"oid\": %u, \"table\": ", ref->childid);
+	escape_json(&buf, ref->child);
+	appendStringInfoString(&buf, ", \"archive\": ");
+	escape_json(&buf, ref->archive);
+	appendStringInfoString(&buf, ", \"columns\": ");
+	json_string_list(&buf, cols);
+	appendStringInfoString(&buf, ", \"pk\": ");
+	json_string_list(&buf, ref->pknames);
+	appendStringInfoChar(&buf, '}');
+	return buf.data;
+}
+
+/*
+ * Give every referencing table of the plan its archive: the one listed in
+ * known (a jsonb array of ref_archive_json entries: the archives of the
+ * job's earlier batches), or a new one, <table>_<job>_ref<n>.  Returns the
+ * jsonb array of them all, known ones first (a foreign key dropped since
+ * keeps its entry: its archive still holds rows to roll back).
+ */
+char *
+merge_archives(MergePlan *plan, int64 job_id, const char *known)
+{
+	Oid			types[3] = {TEXTOID, OIDOID, TEXTOID};
+	StringInfoData all;
+	int64		n;
 	ListCell   *lc;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, '[');
+	spi_exec_count(psprintf("SELECT pg_catalog.jsonb_array_length(%s::pg_catalog.jsonb)",
+							sql_literal(known)), SPI_OK_SELECT);
+	n = spi_get_int64(0, 1);
+	initStringInfo(&all);
+	appendStringInfoString(&all, known);
 	foreach(lc, plan->refs)
 	{
 		RefKey	   *ref = lfirst(lc);
 		List	   *cols = NIL;
+		StringInfoData colsjson;
+		Datum		values[3];
 
 		for (int i = 0; i < ref->ncols; i++)
 			cols = lappend(cols, ref->colnames[i]);
-		appendStringInfo(&buf, "%s{\"oid\": %u, \"table\": ", foreach_current_index(lc) > 0 ? ", " : "",
-						 ref->childid);
-		escape_json(&buf, ref->child);
-		appendStringInfoString(&buf, ", \"archive\": ");
-		escape_json(&buf, ref->archive);
-		appendStringInfoString(&buf, ", \"columns\": ");
-		json_string_list(&buf, cols);
-		appendStringInfoString(&buf, ", \"pk\": ");
-		json_string_list(&buf, ref->pknames);
-		appendStringInfoChar(&buf, '}');
+		initStringInfo(&colsjson);
+		json_string_list(&colsjson, cols);
+		values[0] = CStringGetTextDatum(known);
+		values[1] = ObjectIdGetDatum(ref->childid);
+		values[2] = CStringGetTextDatum(colsjson.data);
+		if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'archive'"
+								  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e"
+								  " WHERE (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid OPERATOR(pg_catalog.=) $2"
+								  " AND e OPERATOR(pg_catalog.->) 'columns' OPERATOR(pg_catalog.=) $3::pg_catalog.jsonb",
+								  3, types, values, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job_id);
+		if (SPI_processed > 0)
+		{
+			ref->archive = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+			continue;
+		}
+		ref->archive = archive_create(ref->childid, job_id, psprintf("ref%lld", (long long) ++n),
+									  GetUserId(), NIL);
+		/* all is "[...]": the new entry goes before its closing bracket */
+		all.len--;
+		appendStringInfo(&all, "%s%s]", all.len > 1 ? ", " : "", ref_archive_json(ref));
 	}
-	appendStringInfoChar(&buf, ']');
+	return all.data;
+}
+
+/*
+ * The columns of a map row for loser r whose survivor is s: the loser's
+ * primary key (dedup_p<i>), the referenced columns of both (dedup_o<j>,
+ * dedup_n<j>) and the survivor's row_id (dedup_survivor).
+ */
+char *
+merge_map_columns(MergePlan *plan, const char *loser, const char *survivor)
+{
+	DedupTarget *t = plan->t;
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "%s AS dedup_survivor", sql_row_id(t, survivor));
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, ", %s.%s AS dedup_p%d", loser, t->pk[i].quoted, i);
+	foreach(lc, plan->refcols)
+	{
+		const char *col = quote_identifier(lfirst(lc));
+		int			j = foreach_current_index(lc);
+
+		appendStringInfo(&buf, ", %s.%s AS dedup_o%d, %s.%s AS dedup_n%d",
+						 loser, col, j, survivor, col, j);
+	}
 	return buf.data;
+}
+
+/*
+ * Re-point the rows of every referencing table from the losers of map to
+ * their survivors, removing the rows that would collide first.
+ */
+void
+merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
+{
+	ListCell   *lc;
+
+	plan->map = pstrdup(map);
+	foreach(lc, plan->refs)
+	{
+		RefKey	   *ref = lfirst(lc);
+
+		res->refs_removed += remove_collisions(ref, plan, job_id);
+		res->refs_repointed += repoint(ref, plan, job_id);
+	}
+}
+
+/* Remove the losers of map from the table, archiving them with their survivor. */
+int64
+merge_delete_losers(DedupTarget *t, const char *map, int64 job_id, const char *archive)
+{
+	StringInfoData pkmatch;
+	const char *del;
+
+	initStringInfo(&pkmatch);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&pkmatch, "%sr.%s %s m.dedup_p%d", i > 0 ? " AND " : "",
+						 t->pk[i].quoted, t->pk[i].eq_sql, i);
+	del = psprintf("WITH dedup_d AS (DELETE FROM ONLY %s r USING %s m WHERE %s"
+				   " RETURNING ROW(r.*)::%s AS dedup_orow, m.dedup_survivor)",
+				   t->qualname, map, pkmatch.data, t->qualname);
+	if (archive)
+		return spi_exec_count(psprintf("%s INSERT INTO %s SELECT (d.dedup_orow).*, %lld,"
+									   " 'delete', NULL, d.dedup_survivor FROM dedup_d d",
+									   del, archive, (long long) job_id),
+							  SPI_OK_INSERT);
+	spi_exec_count(psprintf("%s SELECT pg_catalog.count(*) FROM dedup_d", del), SPI_OK_SELECT);
+	return spi_get_int64(0, 1);
 }
 
 /*
@@ -411,47 +599,19 @@ void
 run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
 		  MergeResult *res)
 {
-	MergePlan  *plan = merge_plan(t);
+	MergePlan  *plan = merge_plan(t, true);
+	char	   *map;
 	ListCell   *lc;
-	StringInfoData pkmatch;
-	const char *del;
 
-	create_map(t, plan);
+	map = create_map(t, plan);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_rn OPERATOR(pg_catalog.=) 2),"
-							" pg_catalog.count(*) FROM %s m", plan->map),
+							" pg_catalog.count(*) FROM %s m", map),
 				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
-
-	foreach(lc, plan->refs)
-	{
-		RefKey	   *ref = lfirst(lc);
-
-		if (archive)
-			ref->archive = archive_create(ref->childid, job_id,
-										  psprintf("ref%d", foreach_current_index(lc) + 1),
-										  GetUserId(), NIL);
-		res->refs_removed += remove_collisions(ref, plan, job_id);
-		res->refs_repointed += repoint(ref, plan, job_id);
-	}
-
-	initStringInfo(&pkmatch);
-	for (int i = 0; i < t->npk; i++)
-		appendStringInfo(&pkmatch, "%sr.%s %s m.dedup_p%d", i > 0 ? " AND " : "",
-						 t->pk[i].quoted, t->pk[i].eq_sql, i);
-	del = psprintf("WITH dedup_d AS (DELETE FROM ONLY %s r USING %s m WHERE %s"
-				   " RETURNING ROW(r.*)::%s AS dedup_orow, m.dedup_survivor)",
-				   t->qualname, plan->map, pkmatch.data, t->qualname);
 	if (archive)
-		res->rows_deleted = spi_exec_count(psprintf("%s INSERT INTO %s SELECT (d.dedup_orow).*, %lld,"
-													" 'delete', NULL, d.dedup_survivor FROM dedup_d d",
-													del, archive, (long long) job_id),
-										   SPI_OK_INSERT);
-	else
-	{
-		spi_exec_count(psprintf("%s SELECT pg_catalog.count(*) FROM dedup_d", del), SPI_OK_SELECT);
-		res->rows_deleted = spi_get_int64(0, 1);
-	}
-	res->ref_archives = archive && plan->refs ? ref_archives_json(plan) : NULL;
+		res->ref_archives = plan->refs ? merge_archives(plan, job_id, "[]") : NULL;
+	merge_refs(plan, map, job_id, res);
+	res->rows_deleted = merge_delete_losers(t, map, job_id, archive);
 
 	/*
 	 * Deferrable foreign keys that were deferred queued their checks to the
@@ -470,5 +630,5 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
 															   ref->conname)),
 						   SPI_OK_UTILITY);
 	}
-	spi_exec_count(psprintf("DROP TABLE %s", plan->map), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("DROP TABLE %s", map), SPI_OK_UTILITY);
 }

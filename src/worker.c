@@ -48,9 +48,20 @@ bg_sleep(int ms)
 	CHECK_FOR_INTERRUPTS();
 }
 
+/*
+ * Lock timeouts, deadlocks and serialization failures are retried until the
+ * step commits.  A merge's batch also retries a unique violation a few
+ * times: a writer may add a referencing row that collides with a re-pointed
+ * one after the batch removed the collisions, and the retry removes it too;
+ * a violation that stays is a real one.
+ */
+#define UNIQUE_RETRIES 3
+
 static bool
-retryable(int sqlerrcode)
+retryable(BgJob *job, int sqlerrcode, int *unique_violations)
 {
+	if (sqlerrcode == ERRCODE_UNIQUE_VIOLATION && job->action == DEDUP_ACTION_MERGE)
+		return ++(*unique_violations) <= UNIQUE_RETRIES;
 	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
 		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
 		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
@@ -65,6 +76,8 @@ retryable(int sqlerrcode)
 bool
 bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
 {
+	int			unique_violations = 0;
+
 	for (;;)
 	{
 		ErrorData  *edata;
@@ -90,7 +103,7 @@ bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
 		{
 			MemoryContextSwitchTo(job->cxt);
 			edata = CopyErrorData();
-			if (!retryable(edata->sqlerrcode))
+			if (!retryable(job, edata->sqlerrcode, &unique_violations))
 				PG_RE_THROW();
 			FlushErrorState();
 			AbortCurrentTransaction();

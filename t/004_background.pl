@@ -9,7 +9,8 @@
 #      queued, and all three finish;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
 #      until dedup_resume, then finishes (with add_unique, built
-#      CONCURRENTLY); merge and rewrite are refused in the background (0A000);
+#      CONCURRENTLY); so does a merge, whose referencing table ends as a
+#      foreground merge leaves it; rewrite is refused in the background (0A000);
 #   5. a job that hits an error (a trigger's custom SQLSTATE and HINT, a key
 #      column dropped under it) fails with that error in dedup_jobs.error and
 #      leaves every key with a row.
@@ -272,10 +273,6 @@ my $pmd5 = rows_md5($plain, 'expected');
 create_table($plain, 'big', 50_000);
 
 my ($ret, $stdout, $stderr) = $plain->psql('postgres', qq{\\set VERBOSITY verbose
-SELECT * FROM dedup_table('big', '{k}', action => 'merge', background => true)});
-like($stderr, qr/ERROR:  0A000: action "merge" cannot run in the background/,
-	'merge refused in the background');
-($ret, $stdout, $stderr) = $plain->psql('postgres', qq{\\set VERBOSITY verbose
 SELECT * FROM dedup_table('big', '{k}', strategy => 'rewrite', background => true)});
 like($stderr, qr/ERROR:  0A000: strategy "rewrite" cannot run in the background/,
 	'rewrite refused in the background');
@@ -318,6 +315,56 @@ is($plain->safe_psql('postgres',
 		qq{SELECT bool_and(ok) FROM dedup_verify($job)}), 't', 'not preloaded: verified');
 is($plain->safe_psql('postgres', qq{SELECT dedup_resume($job)}), 'f',
 	'dedup_resume of a done job: false');
+
+# a merge interrupted mid-way: each parent has a tag 'x' (a loser's collides
+# with its survivor's and is removed) and a tag of its own (re-pointed)
+sub create_tags
+{
+	my ($node, $parent) = @_;
+	$node->safe_psql('postgres', qq{
+		CREATE TABLE ${parent}_tag (id int PRIMARY KEY, pid int NOT NULL REFERENCES $parent,
+		                            label text NOT NULL, UNIQUE (pid, label));
+		INSERT INTO ${parent}_tag SELECT id, id, 'x' FROM $parent;
+		INSERT INTO ${parent}_tag SELECT 100000 + id, id, 'own ' || id FROM $parent;
+		ANALYZE ${parent}_tag;
+	});
+}
+create_table($plain, 'mexpected', 50_000);
+create_tags($plain, 'mexpected');
+my $mfg = $plain->safe_psql('postgres',
+	q{SELECT rows_deleted || ' ' || refs_repointed FROM dedup_table('mexpected', '{k}', action => 'merge')});
+create_table($plain, 'mbig', 50_000);
+create_tags($plain, 'mbig');
+my $tags_before = rows_md5($plain, 'mbig_tag');
+my $mbig_before = rows_md5($plain, 'mbig');
+$job = submit($plain, 'mbig', 100, q{action => 'merge'});
+ok($plain->poll_query_until('postgres',
+		qq{SELECT batches_done >= 2 FROM dedup_jobs WHERE job_id = $job}),
+	'merge: job is batching');
+is(job_field($plain, $job, 'phase'), 'merging', 'a background merge in phase merging');
+$plain->stop('immediate');
+$plain->start;
+is($plain->safe_psql('postgres', qq{SELECT state FROM dedup_jobs WHERE job_id = $job}),
+	'interrupted', 'merge: interrupted after the restart');
+is($plain->safe_psql('postgres', qq{SELECT dedup_resume($job)}), 't', 'merge: dedup_resume');
+is($plain->safe_psql('postgres', qq{SELECT dedup_wait($job, '120s')}), 'done', 'merge: done');
+is(job_field($plain, $job, q{rows_deleted || ' ' || refs_repointed}), $mfg,
+	'merge: rows_deleted and refs_repointed as in the foreground');
+is(rows_md5($plain, 'mbig'), rows_md5($plain, 'mexpected'),
+	'merge: survivors as in the foreground');
+is($plain->safe_psql('postgres', q{SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM mbig_tag t}),
+	$plain->safe_psql('postgres', q{SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM mexpected_tag t}),
+	'merge: the referencing table as after a foreground merge');
+is($plain->safe_psql('postgres',
+		qq{SELECT (SELECT count(*) FROM mbig_tag)
+		        + (SELECT count(*) FROM dedup_archive.mbig_tag_${job}_ref1 WHERE dedup_action = 'delete')}),
+	'100000', 'merge: tags left + tags archived = the original tags');
+is($plain->safe_psql('postgres',
+		qq{SELECT string_agg(check_name, ', ') FROM dedup_verify($job) WHERE NOT ok}),
+	'', 'merge: dedup_verify all ok');
+ok($plain->safe_psql('postgres', qq{SELECT dedup_rollback($job)}) > 0, 'merge: rolled back');
+is(rows_md5($plain, 'mbig') . ' ' . rows_md5($plain, 'mbig_tag'), "$mbig_before $tags_before",
+	'merge: the rollback restores both tables exactly');
 
 $plain->stop;
 done_testing();
