@@ -98,12 +98,18 @@ sleep 5
 JOB=$(q -c "SELECT job_id FROM dedup_table('payments', '{transaction_id}', background => true,
                                            batch_size => 10000, add_unique => true)")
 LSN0=$(q -c "SELECT pg_current_wal_lsn()")
+# the job's phases over time (one look a second), for the latency per phase
+: >"$WORK/phases"
+i=0
 while :; do
     STATE=$(q -c "SELECT state FROM dedup_jobs WHERE job_id = $JOB")
     case $STATE in done|failed|cancelled|paused|interrupted) break ;; esac
-    q -c "SELECT format('  %s  %s%%  %s rows/s  batches %s  eta %s', phase, percent, rows_per_second, batches_done, eta)
-            FROM dedup_progress WHERE job_id = $JOB" || true
-    sleep 5
+    q -c "SELECT extract(epoch FROM pg_catalog.clock_timestamp()) || '|' || phase
+            FROM dedup_progress WHERE job_id = $JOB" >>"$WORK/phases" || true
+    [ $((i % 5)) -eq 0 ] && { q -c "SELECT format('  %s  %s%%  %s rows/s  batches %s  eta %s', phase, percent, rows_per_second, batches_done, eta)
+            FROM dedup_progress WHERE job_id = $JOB" || true; }
+    i=$((i + 1))
+    sleep 1
 done
 touch "$WORK/stop"
 wait "$PGB"
@@ -131,6 +137,20 @@ echo "|---|---|---|---|---|"
 for line in "$ALONE" "$LOADED"; do
     IFS='|' read -r l n p50 p99 mx <<<"$line"
     echo "| $l | $n | $p50 | $p99 | $mx |"
+done
+# p99 per phase: each look at the job stands for the second before the next
+echo
+echo "| phase (seen for) | transactions | p50 ms | p99 ms | max ms |"
+echo "|---|---|---|---|---|"
+awk -F'|' '{ print $1, $2 }' "$WORK/phases" | awk '
+    NR > 1 { print prev_t, $1, prev_p } { prev_t = $1; $1 = ""; prev_p = substr($0, 2) }' |
+while read -r from to phase; do
+    printf '%s|%s|%s\n' "$phase" "$from" "$to"
+done | awk -F'|' '{ if (!($1 in first)) { first[$1] = $2; order[++n] = $1 } last[$1] = $3 }
+    END { for (i = 1; i <= n; i++) print order[i] "|" first[order[i]] "|" last[order[i]] }' |
+while IFS='|' read -r phase from to; do
+    IFS='|' read -r _ n p50 p99 mx <<<"$(stats loaded_ "$from" "$to")"
+    printf '| %s (%.0f s) | %s | %s | %s | %s |\n' "$phase" "$(awk -v a="$from" -v b="$to" 'BEGIN { print b - a }')" "$n" "$p50" "$p99" "$mx"
 done
 IFS='|' read -r _ _ _ p99a _ <<<"$ALONE"
 IFS='|' read -r _ _ _ p99b mxb <<<"$LOADED"

@@ -482,6 +482,26 @@ SELECT (SELECT count(*) FROM merge_t.shade) AS shades, (SELECT count(*) FROM mer
        (SELECT count(*) FROM merge_t.stock) AS stock;
 
 --
+-- a unique index of the referencing table that covers only part of a
+-- two-column foreign key: a re-pointed row collides with a row that
+-- references another parent (and is removed, archived), not only with the
+-- rows of its survivor
+--
+CREATE TABLE merge_t.tenant_item (id int PRIMARY KEY, tenant int, code text, name text,
+                                  UNIQUE (tenant, code));
+INSERT INTO merge_t.tenant_item VALUES (1, 1, 'A', 'x'), (2, 1, 'B', 'x'), (3, 2, 'A', 'y');
+CREATE TABLE merge_t.tenant_ref (id int PRIMARY KEY, tenant int, code text, label text,
+                                 FOREIGN KEY (tenant, code) REFERENCES merge_t.tenant_item (tenant, code),
+                                 UNIQUE (code, label));
+INSERT INTO merge_t.tenant_ref VALUES (10, 1, 'B', 'l'), (11, 2, 'A', 'l'), (12, 1, 'B', 'm');
+SELECT job_id AS jtenant, rows_deleted, refs_repointed
+  FROM dedup_table('merge_t.tenant_item', '{name}', action => 'merge') \gset
+SELECT :rows_deleted AS rows_deleted, :refs_repointed AS refs_repointed;
+SELECT id, tenant, code, label FROM merge_t.tenant_ref ORDER BY id;
+SELECT dedup_rollback(:jtenant) AS restored;
+SELECT id, tenant, code, label FROM merge_t.tenant_ref ORDER BY id;
+
+--
 -- cleanup
 --
 RESET search_path;

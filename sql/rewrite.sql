@@ -138,6 +138,49 @@ SELECT dedup_rollback(:jodd) AS restored;
 SELECT md5(string_agg(o::text, ',' ORDER BY id)) = :'odd_md5' AS odd_exact FROM rw.odd o;
 SELECT md5(string_agg(o::text, ',' ORDER BY id)) = :'ref_md5' AS ref_exact FROM rw.odd_ref o;
 
+--
+-- the table's old storage becomes the archive (keep 'first', no filter):
+-- no second copy of the removed rows.  It keeps TOASTed values, rows with a
+-- NULL key stay in the table, a dropped column is no obstacle; its TOAST
+-- table belongs to the archive and is named after it; dedup_verify is ok;
+-- the rollback is exact; VACUUM FULL of the table works afterwards.  A
+-- column added with a default after rows were written (its value lives in
+-- the table's catalog entry) makes the archive a copy instead.
+--
+CREATE TABLE rw.stored (id bigint PRIMARY KEY, k int, big text, gone int);
+ALTER TABLE rw.stored DROP COLUMN gone;
+INSERT INTO rw.stored
+SELECT g, CASE WHEN g % 50 = 0 THEN NULL ELSE g % 7 END,
+       CASE WHEN g % 3 = 0 THEN repeat(md5(g::text), 200) END
+  FROM generate_series(1, 2000) g;
+ANALYZE rw.stored;
+SELECT md5(string_agg(s::text, ',' ORDER BY id)) AS stored_md5 FROM rw.stored s \gset
+SELECT job_id AS jst, strategy, duplicate_groups, rows_deleted
+  FROM dedup_table('rw.stored', '{k}', strategy => 'rewrite', add_unique => true) \gset
+SELECT :'strategy' AS strategy, :duplicate_groups AS groups, :rows_deleted AS deleted;
+SELECT regexp_replace(obj_description(archive_table, 'pg_class'), '[0-9]+', 'N') AS archive_comment
+  FROM dedup_jobs WHERE job_id = :jst;
+SELECT archive_table AS st_archive FROM dedup_jobs WHERE job_id = :jst \gset
+SELECT count(*) AS archived, count(DISTINCT md5(big)) AS toasted_values,
+       bool_and(dedup_action = 'delete' AND dedup_job_id = :jst) AS all_delete
+  FROM :st_archive;
+SELECT count(*) AS kept, count(*) FILTER (WHERE k IS NULL) AS null_keys FROM rw.stored;
+SELECT t.relname = 'pg_toast_' || c.oid AS toast_named_after_archive, d.refobjid = c.oid AS toast_owned_by_archive
+  FROM pg_class c JOIN pg_class t ON t.oid = c.reltoastrelid
+  JOIN pg_depend d ON d.objid = t.oid AND d.classid = 'pg_class'::regclass AND d.deptype = 'i'
+ WHERE c.oid = :'st_archive'::regclass;
+SELECT check_name, ok FROM dedup_verify(:jst) ORDER BY check_name;
+SELECT dedup_rollback(:jst) AS restored;
+SELECT md5(string_agg(s::text, ',' ORDER BY id)) = :'stored_md5' AS exact FROM rw.stored s;
+VACUUM FULL rw.stored;
+SELECT count(*) AS after_vacuum_full FROM rw.stored;
+ALTER TABLE rw.stored ADD COLUMN added int DEFAULT 7;
+SELECT job_id AS jst2 FROM dedup_table('rw.stored', '{k}', strategy => 'rewrite') \gset
+SELECT regexp_replace(obj_description(archive_table, 'pg_class'), '[0-9]+', 'N') AS archive_comment
+  FROM dedup_jobs WHERE job_id = :jst2;
+SELECT archive_table AS st_archive2 FROM dedup_jobs WHERE job_id = :jst2 \gset
+SELECT count(*) AS archived, bool_and(added = 7) AS defaults_kept FROM :st_archive2;
+
 SET client_min_messages = warning;
 DROP SCHEMA rw CASCADE;
 RESET client_min_messages;

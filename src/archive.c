@@ -110,14 +110,58 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 	return qname;
 }
 
-/* dedup_archive.<table>_<job>[_<tag>], the table's name clipped to fit */
-char *
-archive_name(const char *relname, int64 job_id, const char *tag)
+/* <table>_<job>[_<tag>], the table's name clipped to fit, unquoted */
+static char *
+archive_relname(const char *relname, int64 job_id, const char *tag)
 {
 	char	   *suffix = psprintf("_%lld%s%s", (long long) job_id, tag ? "_" : "", tag ? tag : "");
 	int			len = pg_mbcliplen(relname, strlen(relname), NAMEDATALEN - 1 - strlen(suffix));
 
-	return quote_qualified_identifier("dedup_archive", psprintf("%.*s%s", len, relname, suffix));
+	return psprintf("%.*s%s", len, relname, suffix);
+}
+
+/* dedup_archive.<table>_<job>[_<tag>], quoted */
+char *
+archive_name(const char *relname, int64 job_id, const char *tag)
+{
+	return quote_qualified_identifier("dedup_archive", archive_relname(relname, job_id, tag));
+}
+
+/*
+ * Make heap, a relation with the table's row layout that holds the rows a
+ * job removed (a rewrite's old storage), the table's archive for the job:
+ * moved to dedup_archive, renamed as archive_create() would name it, and
+ * given the dedup_* columns.  Their values are the same for every row, so
+ * they are added with constant defaults, which changes only the catalog:
+ * no row is read or written.
+ */
+char *
+archive_adopt(Oid heap, Oid relid, int64 job_id)
+{
+	const char *relname = get_rel_name(relid);
+	char	   *qname = archive_name(relname, job_id, NULL);
+
+	spi_exec_as_owner(psprintf("ALTER TABLE %s SET SCHEMA dedup_archive",
+							   quote_qualified_identifier(get_namespace_name(get_rel_namespace(heap)),
+														  get_rel_name(heap))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("ALTER TABLE %s RENAME TO %s",
+							   quote_qualified_identifier("dedup_archive", get_rel_name(heap)),
+							   quote_identifier(archive_relname(relname, job_id, NULL))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("ALTER TABLE %s ADD COLUMN dedup_job_id pg_catalog.int8 DEFAULT %lld,"
+							   " ADD COLUMN dedup_action pg_catalog.text DEFAULT 'delete',"
+							   " ADD COLUMN dedup_new_value pg_catalog.text,"
+							   " ADD COLUMN dedup_survivor pg_catalog.jsonb",
+							   qname, (long long) job_id),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("COMMENT ON TABLE %s IS %s", qname,
+							   sql_literal(psprintf("dedup_ext: rows removed from %s by job %lld (its storage before the rewrite)",
+													quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+																			   relname),
+													(long long) job_id))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	return qname;
 }
 
 /*
@@ -184,6 +228,69 @@ name_list(Datum *names, int n, const char *fmt, const char *sep)
 	return buf.data;
 }
 
+/* Put back the rows of a referencing table that a merge removed as collisions. */
+static int64
+restore_removed_refs(const char *archive, Oid archiveid, const char *child, Oid childid)
+{
+	char	   *restorable;
+
+	/* only when there is something to put back: it needs INSERT on the table */
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s a"
+							" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'", archive),
+				   SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) == 0)
+		return 0;
+	restorable = restorable_columns(archiveid, childid);
+	return spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
+								   " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
+								   child, restorable, restorable, archive),
+						  SPI_OK_INSERT);
+}
+
+/*
+ * Set the re-pointed columns of a referencing table back.  A row that two
+ * passes of a background merge re-pointed (its survivor lost in the second)
+ * has two entries: the oldest one (first written, first in the archive's
+ * append-only heap) holds its value before the job.
+ */
+static int64
+restore_repointed(DedupJob *job, const char *archive, const char *child,
+				  Datum *cols, int ncols, Datum *pk, int npk)
+{
+	char	   *source;
+	char	   *match;
+	int64		moved,
+				expected;
+
+	if (npk > 0)
+	{
+		source = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
+						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' ORDER BY %s, a.ctid)",
+						  name_list(pk, npk, "a.%s%.0s", ", "), archive,
+						  name_list(pk, npk, "a.%s%.0s", ", "));
+		match = psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
+						 name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "a.%s%.0s", ", "));
+	}
+	else
+	{
+		source = psprintf("(SELECT a.* FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint')",
+						  archive);
+		match = pstrdup("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid");
+	}
+	moved = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
+									child, name_list(cols, ncols, "%s = a.%s", ", "), source, match),
+						   SPI_OK_UPDATE);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s a", source), SPI_OK_SELECT);
+	expected = spi_get_int64(0, 1);
+	if (moved != expected)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: %lld of %lld re-pointed rows of %s were found",
+						(long long) job->job_id, (long long) moved, (long long) expected, child),
+				 errdetail("Rows are found by their primary key or, without one (or when it contains the re-pointed columns), by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+	return moved;
+}
+
 /*
  * Undo what a merge did to the referencing tables: put back the rows removed
  * as collisions and set re-pointed foreign keys back.  Runs after the
@@ -207,71 +314,46 @@ restore_refs(DedupJob *job)
 	refs = SPI_tuptable;
 	nrefs = SPI_processed;
 
-	/* newest first: a row re-pointed for one key may be removed for the next */
-	for (uint64 i = nrefs; i-- > 0;)
-	{
-		HeapTuple	tup = refs->vals[i];
-		bool		isnull;
-		Oid			childid = DatumGetObjectId(SPI_getbinval(tup, refs->tupdesc, 1, &isnull));
-		char	   *archive = SPI_getvalue(tup, refs->tupdesc, 2);
-		char	   *child;
-		Datum	   *cols,
-				   *pk;
-		int			ncols,
-					npk;
-		Oid			archiveid = dedup_relid_by_name(archive);
-		char	   *restorable;
-		char	   *match;
-		int64		moved,
-					expected;
-
-		/* by OID: a table renamed since the job is still the right one */
-		if (get_rel_name(childid) == NULL || !OidIsValid(archiveid))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot roll back job %lld: a re-pointed table or its archive %s no longer exists",
-							(long long) job->job_id, archive)));
-		child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
-										   get_rel_name(childid));
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 3, &isnull)),
-						  TEXTOID, -1, false, TYPALIGN_INT, &cols, NULL, &ncols);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 4, &isnull)),
-						  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
-
-		/* only when there is something to put back: it needs INSERT on the table */
-		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s a"
-								" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'", archive),
-					   SPI_OK_SELECT);
-		if (spi_get_int64(0, 1) > 0)
+	/*
+	 * First every removed row goes back, from every archive, then the
+	 * re-points are undone, newest archive first: a row re-pointed for one
+	 * foreign key may have been removed for another one, before or after
+	 * (the batches of a background merge interleave the foreign keys).
+	 */
+	for (int step = 0; step < 2; step++)
+		for (uint64 i = nrefs; i-- > 0;)
 		{
-			restorable = restorable_columns(archiveid, childid);
-			restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
-												" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
-												child, restorable, restorable, archive),
-									   SPI_OK_INSERT);
-		}
+			HeapTuple	tup = refs->vals[i];
+			bool		isnull;
+			Oid			childid = DatumGetObjectId(SPI_getbinval(tup, refs->tupdesc, 1, &isnull));
+			char	   *archive = SPI_getvalue(tup, refs->tupdesc, 2);
+			char	   *child;
+			Datum	   *cols,
+					   *pk;
+			int			ncols,
+						npk;
+			Oid			archiveid = dedup_relid_by_name(archive);
 
-		match = npk > 0 ?
-			psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
-					 name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "a.%s%.0s", ", ")) :
-			pstrdup("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid");
-		moved = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s a"
-										" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND %s",
-										child, name_list(cols, ncols, "%s = a.%s", ", "), archive, match),
-							   SPI_OK_UPDATE);
-		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s a"
-								" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint'", archive),
-					   SPI_OK_SELECT);
-		expected = spi_get_int64(0, 1);
-		if (moved != expected)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot roll back job %lld: %lld of %lld re-pointed rows of %s were found",
-							(long long) job->job_id, (long long) moved, (long long) expected, child),
-					 errdetail("Rows are found by their primary key or, without one (or when it contains the re-pointed columns), by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
-		restored += moved;
-		spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
-	}
+			/* by OID: a table renamed since the job is still the right one */
+			if (get_rel_name(childid) == NULL || !OidIsValid(archiveid))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("cannot roll back job %lld: a re-pointed table or its archive %s no longer exists",
+								(long long) job->job_id, archive)));
+			child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
+											   get_rel_name(childid));
+			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 3, &isnull)),
+							  TEXTOID, -1, false, TYPALIGN_INT, &cols, NULL, &ncols);
+			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 4, &isnull)),
+							  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
+			if (step == 0)
+				restored += restore_removed_refs(archive, archiveid, child, childid);
+			else
+			{
+				restored += restore_repointed(job, archive, child, cols, ncols, pk, npk);
+				spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+			}
+		}
 	return restored;
 }
 

@@ -258,7 +258,8 @@ lock_batch(BgJob *job, const char *range)
 }
 
 /*
- * A merge's batch: the losers still alike their survivor make the map; the
+ * A merge's batch: the losers still alike their survivor make the map (a
+ * temporary table, dropped at commit); the
  * rows that reference them are re-pointed (a referencing table's archive is
  * created by the first batch that touches it, and listed in the job's
  * ref_archives in the same commit), then the losers are removed.  No other
@@ -272,10 +273,18 @@ merge_batch(BgJob *job, const char *using, const char *where, char **counts)
 	DedupTarget *t = job->t;
 	MergePlan  *plan = merge_plan(t, false);
 	MergeResult res = {0};
-	char	   *map = psprintf("(SELECT %s FROM ONLY %s r, %s WHERE %s)",
-							   merge_map_columns(plan, "r", "s"), t->qualname, using, where);
+	char	   *map = spi_temp_table_name("merge_map");
 	char	   *archives = NULL;
 	int64		deleted;
+
+	/*
+	 * Written once: every later statement must see the same losers, even
+	 * with a filter that reads other tables.
+	 */
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT %s FROM ONLY %s r, %s WHERE %s",
+							map, merge_map_columns(plan, "r", "s"), t->qualname, using, where),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", map), SPI_OK_UTILITY);
 
 	if (job->archive_table)
 	{
@@ -493,7 +502,12 @@ bg_dedup(BgJob *job)
 			bg_xact(job, scan_step, NULL);
 		else if (strcmp(job->phase, batch_phase(job)) == 0)
 		{
-			if (!bg_xact(job, batch_step, NULL))
+			bool		committed;
+
+			job->retry_unique = (job->action == DEDUP_ACTION_MERGE);
+			committed = bg_xact(job, batch_step, NULL);
+			job->retry_unique = false;
+			if (!committed)
 				continue;
 			bg_sleep(job->batch_delay);
 		}

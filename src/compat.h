@@ -53,4 +53,11 @@
 #define parse_analyze_fixedparams(raw, sql, types, n, env) parse_analyze((raw), (sql), (types), (n), (env))
 #endif
 
+/* reindex_relation() takes the REINDEX statement first from 17 on. */
+#if PG_VERSION_NUM >= 170000
+#define dedup_reindex_relation(relid, flags, params) reindex_relation(NULL, (relid), (flags), (params))
+#else
+#define dedup_reindex_relation(relid, flags, params) reindex_relation((relid), (flags), (params))
+#endif
+
 #endif							/* DEDUP_COMPAT_H */

@@ -447,16 +447,21 @@ dedup_table(PG_FUNCTION_ARGS)
 		res.job_id = job_create("dedup", t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,
 											text_to_cstring(PG_GETARG_TEXT_PP(11))), 0);
-		if (PG_GETARG_BOOL(6))
-			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid, NIL);
+		/* a rewrite makes its own archive: possibly the table's old storage */
 		if (strcmp(res.strategy, "rewrite") == 0)
-			run_rewrite(t, res.job_id, res.archive_table, &res.groups, &res.rows_deleted);
-		else if (action == DEDUP_ACTION_RENAME)
-			run_rename(t, &res);
-		else if (action == DEDUP_ACTION_MERGE)
-			merge(t, &res, add_unique);
+			res.archive_table = run_rewrite(t, res.job_id, PG_GETARG_BOOL(6),
+											&res.groups, &res.rows_deleted);
 		else
-			run_delete(t, &res);
+		{
+			if (PG_GETARG_BOOL(6))
+				res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid, NIL);
+			if (action == DEDUP_ACTION_RENAME)
+				run_rename(t, &res);
+			else if (action == DEDUP_ACTION_MERGE)
+				merge(t, &res, add_unique);
+			else
+				run_delete(t, &res);
+		}
 		if (add_unique)
 			res.unique_index = unique_create(t, &res.unique_is_constraint);
 		job_finish(res.job_id, res.strategy, res.groups, res.rows_deleted, res.rows_renamed,

@@ -116,8 +116,8 @@ extern void spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql);
 /* rewrite.c */
 extern const char *rewrite_obstacle(DedupTarget *t);
 extern double estimated_loser_share(DedupTarget *t, bool may_analyze);
-extern void run_rewrite(DedupTarget *t, int64 job_id, const char *archive,
-						int64 *groups, int64 *deleted);
+extern char *run_rewrite(DedupTarget *t, int64 job_id, bool archive,
+						 int64 *groups, int64 *deleted);
 
 /* merge.c */
 typedef struct MergeResult
@@ -208,6 +208,7 @@ typedef struct BgJob
 	int			batch_delay;
 	int			lock_timeout;
 	int64		retries;		/* retried steps not yet recorded */
+	bool		retry_unique;	/* a unique violation may be retried (merge batches) */
 	/* as of the last commit */
 	char	   *control;
 	char	   *phase;
@@ -267,6 +268,7 @@ extern void progress_end(void);
 
 /* archive.c */
 extern char *archive_name(const char *relname, int64 job_id, const char *tag);
+extern char *archive_adopt(Oid heap, Oid relid, int64 job_id);
 extern char *key_archive_match(Oid archive, const char *c, const char *x);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);

@@ -20,6 +20,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/stratnum.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
@@ -53,12 +54,14 @@ typedef struct RefKey
 /*
  * A unique index of the referencing table that contains re-pointed columns:
  * its key as dedup_k0, dedup_k1, ... for a row that moves (the re-pointed
- * columns taking their new values from the map m) and for one that stays.
+ * columns taking their new values from the map m), and how a row c that
+ * stays has the same key as a moving row x.
  */
 typedef struct Collision
 {
 	char	   *moved;
 	char	   *stays;
+	char	   *same_key;		/* x (moving) and c (staying) collide */
 	char	   *keys;			/* x.dedup_k0, ... */
 	char	   *notnull;		/* what makes a key take part in uniqueness */
 } Collision;
@@ -194,8 +197,8 @@ merge_plan(DedupTarget *t, bool lock_children)
 		ref->child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
 												get_rel_name(ref->childid));
 		check_child_privileges(ref);
-		if (lock_children && ref->childid != t->relid)
-			LockRelationOid(ref->childid, ShareRowExclusiveLock);
+		if (ref->childid != t->relid)
+			LockRelationOid(ref->childid, lock_children ? ShareRowExclusiveLock : AccessShareLock);
 
 		ref->ncols = n;
 		ref->cols = palloc(sizeof(char *) * n);
@@ -281,7 +284,7 @@ create_map(DedupTarget *t, MergePlan *plan)
 static void
 find_collisions(RefKey *ref)
 {
-	Relation	child = relation_open(ref->childid, NoLock);
+	Relation	child = relation_open(ref->childid, AccessShareLock);
 	List	   *indexes = RelationGetIndexList(child);
 	ListCell   *lc;
 
@@ -291,10 +294,12 @@ find_collisions(RefKey *ref)
 		Form_pg_index index = idx->rd_index;
 		bool		plain = heap_attisnull(idx->rd_indextuple, Anum_pg_index_indpred, NULL) &&
 			heap_attisnull(idx->rd_indextuple, Anum_pg_index_indexprs, NULL);
+		bool		unique = index->indisunique;
 		bool		nulls_not_distinct = false;
 		bool		overlaps = false;
 		StringInfoData moved,
 					stays,
+					same_key,
 					keys,
 					notnull;
 		Collision  *c;
@@ -304,14 +309,17 @@ find_collisions(RefKey *ref)
 #endif
 		initStringInfo(&moved);
 		initStringInfo(&stays);
+		initStringInfo(&same_key);
 		initStringInfo(&keys);
 		initStringInfo(&notnull);
 		appendStringInfoString(&notnull, "true");
-		for (int k = 0; k < index->indnkeyatts && index->indisunique; k++)
+		for (int k = 0; k < index->indnkeyatts && unique; k++)
 		{
 			AttrNumber	att = index->indkey.values[k];
 			char	   *col = pstrdup(quote_identifier(get_attname(ref->childid, att, false)));
 			char	   *expr = psprintf("c.%s", col);
+			Oid			eq = get_opfamily_member(idx->rd_opfamily[k], idx->rd_opcintype[k],
+												 idx->rd_opcintype[k], BTEqualStrategyNumber);
 
 			for (int i = 0; i < ref->ncols; i++)
 				if (ref->attnums[i] == att)
@@ -319,14 +327,22 @@ find_collisions(RefKey *ref)
 					expr = psprintf("COALESCE(m.dedup_n%d, c.%s)", ref->mapcol[i], col);
 					overlaps = true;
 				}
+			if (!OidIsValid(eq))
+				plain = false;
 			appendStringInfo(&moved, ", %s AS dedup_k%d", expr, k);
 			appendStringInfo(&stays, ", c.%s AS dedup_k%d", col, k);
 			appendStringInfo(&keys, "%sx.dedup_k%d", k > 0 ? ", " : "", k);
+			if (OidIsValid(eq) && nulls_not_distinct)
+				appendStringInfo(&same_key, "%s(x.dedup_k%d %s c.%s OR (x.dedup_k%d IS NULL AND c.%s IS NULL))",
+								 k > 0 ? " AND " : "", k, sql_operator(eq), col, k, col);
+			else if (OidIsValid(eq))
+				appendStringInfo(&same_key, "%sx.dedup_k%d %s c.%s", k > 0 ? " AND " : "",
+								 k, sql_operator(eq), col);
 			if (!nulls_not_distinct)
 				appendStringInfo(&notnull, " AND x.dedup_k%d IS NOT NULL", k);
 		}
 		index_close(idx, AccessShareLock);
-		if (!index->indisunique || !overlaps)
+		if (!unique || !overlaps)
 			continue;
 		refuse_cascading_references(ref->childid, ref->child, "remove colliding", true, 0);
 		if (!plain)
@@ -334,33 +350,21 @@ find_collisions(RefKey *ref)
 		c = palloc(sizeof(Collision));
 		c->moved = moved.data;
 		c->stays = stays.data;
+		c->same_key = same_key.data;
 		c->keys = keys.data;
 		c->notnull = notnull.data;
 		ref->collisions = lappend(ref->collisions, c);
 	}
-	relation_close(child, NoLock);
-}
-
-/* c.fk1 = m.dedup_n0 AND ... : row c already references a survivor of the map */
-static char *
-ref_join_survivor(RefKey *ref)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (int i = 0; i < ref->ncols; i++)
-		appendStringInfo(&buf, "%sc.%s %s m.dedup_n%d", i > 0 ? " AND " : "",
-						 ref->cols[i], ref->eq[i], ref->mapcol[i]);
-	return buf.data;
+	relation_close(child, AccessShareLock);
 }
 
 /*
  * Remove the rows of the referencing table that would collide under one of
  * its unique indexes once re-pointed.  Within a would-be duplicate set the
  * row that is not moved (it can only be one: the index holds today) stays,
- * else the first by ctid.  Only two kinds of rows can be in such a set: the
- * rows to move, and rows that already reference a survivor; so the sort is
- * over those, not over the whole referencing table.
+ * else the first by ctid.  Only the rows to move and the rows that have the
+ * key of one of them are sorted, not the whole referencing table (the
+ * unique index finds the latter).
  */
 static int64
 remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
@@ -373,10 +377,12 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 		Collision  *coll = lfirst(lc);
 		char	   *del;
 
-		del = psprintf("WITH dedup_c AS (SELECT c.ctid AS dedup_cctid, true AS dedup_moved%s"
-					   " FROM ONLY %s c JOIN %s m ON %s"
+		del = psprintf("WITH dedup_m AS MATERIALIZED (SELECT c.ctid AS dedup_cctid%s"
+					   " FROM ONLY %s c JOIN %s m ON %s),"
+					   " dedup_c AS (SELECT x.dedup_cctid, true AS dedup_moved, %s FROM dedup_m x"
 					   " UNION ALL SELECT c.ctid, false%s FROM ONLY %s c"
-					   " WHERE EXISTS (SELECT FROM %s m WHERE %s)),"
+					   " WHERE EXISTS (SELECT FROM dedup_m x WHERE %s)"
+					   " AND NOT EXISTS (SELECT FROM dedup_m y WHERE y.dedup_cctid OPERATOR(pg_catalog.=) c.ctid)),"
 					   " dedup_x AS (SELECT x.dedup_cctid, pg_catalog.row_number() OVER"
 					   " (PARTITION BY %s ORDER BY x.dedup_moved, x.dedup_cctid) AS dedup_rn"
 					   " FROM dedup_c x WHERE %s),"
@@ -384,7 +390,7 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 					   " WHERE c.ctid OPERATOR(pg_catalog.=) x.dedup_cctid"
 					   " AND x.dedup_rn OPERATOR(pg_catalog.>) 1 RETURNING c.*)",
 					   coll->moved, ref->child, plan->map, ref_join(ref),
-					   coll->stays, ref->child, plan->map, ref_join_survivor(ref),
+					   coll->keys, coll->stays, ref->child, coll->same_key,
 					   coll->keys, coll->notnull, ref->child);
 		if (ref->archive)
 			removed += spi_exec_count(psprintf("%s INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",

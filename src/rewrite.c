@@ -23,7 +23,13 @@
 
 #include "access/multixact.h"
 #include "access/table.h"
+#include "access/toast_internals.h"
 #include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/dependency.h"
+#include "catalog/index.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/cluster.h"
 #include "commands/tablecmds.h"
@@ -34,6 +40,7 @@
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 /* Why the table cannot be rewritten, or NULL when it can. */
 const char *
@@ -185,11 +192,182 @@ fill_by_window(DedupTarget *t, int64 job_id, const char *archive, const char *ne
 }
 
 /*
- * Rewrite the table without the losers.  archive: where the losers go (NULL:
- * nowhere).  Takes an ACCESS EXCLUSIVE lock, as VACUUM FULL does.
+ * keep 'first'/'last' over the whole table (no filter): one aggregate over
+ * the key finds every group's survivor (a row with a NULL in its key is a
+ * group of its own), and the new heap gets exactly those rows, fetched by
+ * ctid, so the table is read once.  Returns the temporary table of the
+ * survivors' ctids (dedup_ctid).
  */
-void
-run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, int64 *deleted)
+static char *
+fill_by_survivors(DedupTarget *t, const char *newname, const char *cols, const char *rcols,
+				  int64 *groups, int64 *deleted)
+{
+	char	   *s = spi_temp_table_name("survivors");
+	const char *col = sql_keep_column(t);
+	char	   *agg;
+
+	agg = psprintf("SELECT pg_catalog.%s(%s) AS dedup_keep, pg_catalog.count(*) AS dedup_n"
+				   " FROM ONLY %s r GROUP BY %s, CASE WHEN %s THEN r.ctid END",
+				   t->keep_extreme == 'l' ? "max" : "min", col, t->qualname,
+				   sql_key_list(t, "r"), sql_any_key_null(t, "r"));
+	if (t->npk == 0)
+		spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
+								" SELECT g.dedup_keep AS dedup_ctid, g.dedup_n FROM (%s) g", s, agg),
+					   SPI_OK_UTILITY);
+	else
+		spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
+								" SELECT r.ctid AS dedup_ctid, g.dedup_n FROM (%s) g"
+								" JOIN ONLY %s r ON %s %s g.dedup_keep",
+								s, agg, t->qualname, col, t->pk[0].eq_sql),
+					   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE s.dedup_n OPERATOR(pg_catalog.>) 1),"
+							" COALESCE(pg_catalog.sum(s.dedup_n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
+							" FROM %s s", s),
+				   SPI_OK_SELECT);
+	*groups = spi_get_int64(0, 1);
+	*deleted = spi_get_int64(0, 2);
+	spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM ONLY %s r"
+							" WHERE r.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT s.dedup_ctid FROM %s s))",
+							newname, cols, rcols, t->qualname, s),
+				   SPI_OK_INSERT);
+	return s;
+}
+
+/*
+ * Can the table's storage itself become the archive (instead of a copy of
+ * every removed row)?  Only when the new heap was filled by
+ * fill_by_survivors (the survivors, few, are then deleted from it), when the
+ * table is permanent and WAL-logged (with wal_level minimal a new heap's
+ * writes skip WAL, and storage that changes hands would need the relcache
+ * bookkeeping core's own swap does), and when no column takes its value
+ * from a default added after rows were written: those values live in the
+ * table's catalog entry, which the adopted storage leaves behind.
+ */
+static bool
+can_adopt_storage(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+
+	if (!XLogIsNeeded() || rel->rd_rel->relpersistence != RELPERSISTENCE_PERMANENT)
+		return false;
+	for (int i = 0; i < desc->natts; i++)
+		if (TupleDescAttr(desc, i)->atthasmissing)
+			return false;
+	return true;
+}
+
+/* the TOAST table toastid belongs to heap (and goes when heap is dropped) */
+static void
+set_toast_owner(Oid toastid, Oid heap)
+{
+	ObjectAddress toast = {RelationRelationId, toastid, 0};
+	ObjectAddress owner = {RelationRelationId, heap, 0};
+
+	if (!OidIsValid(toastid))
+		return;
+	deleteDependencyRecordsFor(RelationRelationId, toastid, false);
+	recordDependencyOn(&toast, &owner, DEPENDENCY_INTERNAL);
+}
+
+/*
+ * make_new_heap() marks the new heap (and its TOAST table) as a rewrite's
+ * transient relation, whose changes logical decoding skips; the ones that
+ * stay are ordinary relations.
+ */
+static void
+clear_relrewrite(Oid relid)
+{
+	Relation	classrel;
+	HeapTuple	tup;
+
+	if (!OidIsValid(relid))
+		return;
+	classrel = table_open(RelationRelationId, RowExclusiveLock);
+	tup = SearchSysCacheCopy1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "dedup_ext: cache lookup failed for relation %u", relid);
+	((Form_pg_class) GETSTRUCT(tup))->relrewrite = InvalidOid;
+	CatalogTupleUpdate(classrel, &tup->t_self, tup);
+	table_close(classrel, RowExclusiveLock);
+}
+
+/* name a TOAST table and its index after their heap, through a free name */
+static void
+rename_toast(Oid toastid, const char *name)
+{
+	Oid			index;
+
+	if (!OidIsValid(toastid))
+		return;
+	index = toast_get_valid_index(toastid, AccessExclusiveLock);
+	RenameRelationInternal(toastid, name, true, false);
+	CommandCounterIncrement();
+	RenameRelationInternal(index, psprintf("%s_index", name), true, true);
+	CommandCounterIncrement();
+}
+
+/*
+ * Give the table the new heap's storage and the new heap the table's old
+ * storage, TOAST tables included, as finish_heap_swap() does, but keep the
+ * new heap instead of dropping it: it now holds every row the table had.
+ * Then rebuild the table's indexes, as finish_heap_swap() does.
+ */
+static void
+swap_keeping_old(Oid relid, Oid newheap)
+{
+	Relation	classrel = table_open(RelationRelationId, RowExclusiveLock);
+	HeapTuple	tup1 = SearchSysCacheCopy1(RELOID, ObjectIdGetDatum(relid));
+	HeapTuple	tup2 = SearchSysCacheCopy1(RELOID, ObjectIdGetDatum(newheap));
+	Form_pg_class r1;
+	Form_pg_class r2;
+	FormData_pg_class saved;
+	ReindexParams params = {0};
+
+	if (!HeapTupleIsValid(tup1) || !HeapTupleIsValid(tup2))
+		elog(ERROR, "dedup_ext: cache lookup failed for relation %u or %u", relid, newheap);
+	r1 = (Form_pg_class) GETSTRUCT(tup1);
+	r2 = (Form_pg_class) GETSTRUCT(tup2);
+	saved = *r1;
+	r1->relfilenode = r2->relfilenode;
+	r1->reltoastrelid = r2->reltoastrelid;
+	r1->relpages = r2->relpages;
+	r1->reltuples = r2->reltuples;
+	r1->relallvisible = r2->relallvisible;
+	/* every tuple of the new storage was written by this transaction */
+	r1->relfrozenxid = RecentXmin;
+	r1->relminmxid = ReadNextMultiXactId();
+	r2->relfilenode = saved.relfilenode;
+	r2->reltoastrelid = saved.reltoastrelid;
+	r2->relpages = saved.relpages;
+	r2->reltuples = saved.reltuples;
+	r2->relallvisible = saved.relallvisible;
+	r2->relfrozenxid = saved.relfrozenxid;
+	r2->relminmxid = saved.relminmxid;
+	CatalogTupleUpdate(classrel, &tup1->t_self, tup1);
+	CatalogTupleUpdate(classrel, &tup2->t_self, tup2);
+	table_close(classrel, RowExclusiveLock);
+	CommandCounterIncrement();
+
+	set_toast_owner(r1->reltoastrelid, relid);
+	set_toast_owner(r2->reltoastrelid, newheap);
+	clear_relrewrite(newheap);
+	clear_relrewrite(r1->reltoastrelid);
+	CommandCounterIncrement();
+	rename_toast(r2->reltoastrelid, psprintf("pg_toast_%u_dedup_ext", newheap));
+	rename_toast(r1->reltoastrelid, psprintf("pg_toast_%u", relid));
+	rename_toast(r2->reltoastrelid, psprintf("pg_toast_%u", newheap));
+
+	dedup_reindex_relation(relid, REINDEX_REL_SUPPRESS_INDEX_USE | REINDEX_REL_CHECK_CONSTRAINTS |
+						   REINDEX_REL_FORCE_INDEXES_PERMANENT, &params);
+}
+
+/*
+ * Rewrite the table without the losers.  archive: keep them in the job's
+ * archive, whose name is returned (NULL: none).  Takes an ACCESS EXCLUSIVE
+ * lock, as VACUUM FULL does.
+ */
+char *
+run_rewrite(DedupTarget *t, int64 job_id, bool archive, int64 *groups, int64 *deleted)
 {
 	Relation	rel;
 	TupleDesc	desc;
@@ -198,11 +376,16 @@ run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, in
 	StringInfoData cols;
 	StringInfoData rcols;
 	char	   *newname;
+	bool		by_survivors = sql_keep_column(t) != NULL && t->filter_r == NULL;
+	bool		adopt;
+	char	   *archive_table = NULL;
+	char	   *survivors = NULL;
 
 	LockRelationOid(t->relid, AccessExclusiveLock);
 	rel = table_open(t->relid, NoLock);
 	CheckTableNotInUse(rel, "dedup_table");
 	relpersistence = rel->rd_rel->relpersistence;
+	adopt = archive && by_survivors && can_adopt_storage(rel);
 	newheap = make_new_heap(t->relid, rel->rd_rel->reltablespace, rel->rd_rel->relam,
 							relpersistence, AccessExclusiveLock);
 	desc = RelationGetDescr(rel);
@@ -223,20 +406,48 @@ run_rewrite(DedupTarget *t, int64 job_id, const char *archive, int64 *groups, in
 	newname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(newheap)),
 										 get_rel_name(newheap));
 
-	if (sql_keep_column(t))
-		fill_by_groups(t, job_id, archive, newname, cols.data, rcols.data, groups, deleted);
+	if (archive && !adopt)
+		archive_table = archive_create(t->relid, job_id, NULL, InvalidOid, NIL);
+	if (by_survivors)
+	{
+		survivors = fill_by_survivors(t, newname, cols.data, rcols.data, groups, deleted);
+		if (archive_table)
+			spi_exec_count(psprintf("INSERT INTO %s SELECT r.*, %lld, 'delete', NULL, NULL"
+									" FROM ONLY %s r WHERE NOT EXISTS (SELECT FROM %s s"
+									" WHERE s.dedup_ctid OPERATOR(pg_catalog.=) r.ctid)",
+									archive_table, (long long) job_id, t->qualname, survivors),
+						   SPI_OK_INSERT);
+	}
+	else if (sql_keep_column(t))
+		fill_by_groups(t, job_id, archive_table, newname, cols.data, rcols.data, groups, deleted);
 	else
-		fill_by_window(t, job_id, archive, newname, cols.data, rcols.data, groups, deleted);
+		fill_by_window(t, job_id, archive_table, newname, cols.data, rcols.data, groups, deleted);
 
 	/* the filter, keep and triggers ran since the first check */
 	rel = table_open(t->relid, NoLock);
 	CheckTableNotInUse(rel, "dedup_table");
 	table_close(rel, NoLock);
 
+	if (!adopt)
+	{
+		/*
+		 * Every tuple of the new heap was written by this transaction, so, as
+		 * for REFRESH MATERIALIZED VIEW, RecentXmin bounds their xids.
+		 */
+		finish_heap_swap(t->relid, newheap, false, false, true, true,
+						 RecentXmin, ReadNextMultiXactId(), relpersistence);
+		return archive_table;
+	}
+
 	/*
-	 * Every tuple of the new heap was written by this transaction, so, as
-	 * for REFRESH MATERIALIZED VIEW, RecentXmin bounds their xids.
+	 * The old storage becomes the archive: it already holds every removed
+	 * row, written once, when the table was filled.  Only the survivors,
+	 * now in the table, leave it.
 	 */
-	finish_heap_swap(t->relid, newheap, false, false, true, true,
-					 RecentXmin, ReadNextMultiXactId(), relpersistence);
+	swap_keeping_old(t->relid, newheap);
+	archive_table = archive_adopt(newheap, t->relid, job_id);
+	spi_exec_count(psprintf("DELETE FROM %s a WHERE a.ctid OPERATOR(pg_catalog.=) ANY"
+							" (ARRAY(SELECT s.dedup_ctid FROM %s s))", archive_table, survivors),
+				   SPI_OK_DELETE);
+	return archive_table;
 }
