@@ -259,10 +259,10 @@ lock_batch(BgJob *job, const char *range)
 
 /*
  * A merge's batch: the losers still alike their survivor make the map (a
- * temporary table, dropped at commit); the
- * rows that reference them are re-pointed (a referencing table's archive is
- * created by the first batch that touches it, and listed in the job's
- * ref_archives in the same commit), then the losers are removed.  No other
+ * temporary table, dropped at commit); the rows that reference them are
+ * re-pointed (a referencing table's archive is created by the first batch
+ * that finds its foreign key, and listed in the job's ref_archives in the
+ * same commit), then the losers are removed.  No other
  * session can add a reference to a loser meanwhile: that needs a KEY SHARE
  * lock on it, which the batch's FOR UPDATE excludes.  Returns the losers
  * removed; *counts gets the job row's assignments for the references.
@@ -282,7 +282,7 @@ merge_batch(BgJob *job, const char *using, const char *where, char **counts)
 	 * with a filter that reads other tables.
 	 */
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT %s FROM ONLY %s r, %s WHERE %s",
-							map, merge_map_columns(plan, "r", "s"), t->qualname, using, where),
+							map, merge_map_columns(plan), t->qualname, using, where),
 				   SPI_OK_UTILITY);
 	spi_exec_count(psprintf("ANALYZE %s", map), SPI_OK_UTILITY);
 
@@ -334,16 +334,9 @@ batch_step(BgJob *job, void *arg)
 
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "WITH dedup_x AS (SELECT r.ctid AS dedup_rctid, w.dedup_cand"
-						 " FROM ONLY %s r, %s WHERE %s)", t->qualname, using, where);
-		if (job->archive_table)
-			appendStringInfo(&sql, ", dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', x.dedup_cand, NULL"
-							 " FROM ONLY %s r JOIN dedup_x x ON r.ctid OPERATOR(pg_catalog.=) x.dedup_rctid"
-							 " RETURNING 1)",
-							 job->archive_table, (long long) job->job_id, t->qualname);
-		appendStringInfo(&sql, ", dedup_u AS (UPDATE ONLY %s r SET %s = x.dedup_cand FROM dedup_x x"
-						 " WHERE r.ctid OPERATOR(pg_catalog.=) x.dedup_rctid RETURNING 1)"
-						 " SELECT pg_catalog.count(*) FROM dedup_u",
-						 t->qualname, t->keys[t->rename_key].quoted);
+						 " FROM ONLY %s r, %s WHERE %s), %s SELECT pg_catalog.count(*) FROM dedup_u",
+						 t->qualname, using, where,
+						 sql_rename_apply(t, "dedup_x", "dedup_rctid", job->archive_table, job->job_id));
 		spi_exec_count(sql.data, SPI_OK_SELECT);
 		changed = spi_get_int64(0, 1);
 	}
@@ -502,12 +495,7 @@ bg_dedup(BgJob *job)
 			bg_xact(job, scan_step, NULL);
 		else if (strcmp(job->phase, batch_phase(job)) == 0)
 		{
-			bool		committed;
-
-			job->retry_unique = (job->action == DEDUP_ACTION_MERGE);
-			committed = bg_xact(job, batch_step, NULL);
-			job->retry_unique = false;
-			if (!committed)
+			if (!bg_xact(job, batch_step, NULL))
 				continue;
 			bg_sleep(job->batch_delay);
 		}

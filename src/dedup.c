@@ -155,25 +155,17 @@ static void
 run_rename(DedupTarget *t, DedupResult *res)
 {
 	StringInfoData sql;
-	const char *col = t->keys[t->rename_key].quoted;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
 					 " WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s, ",
 					 sql_ranked(t, sql_rename_cols(t)), sql_rename_ctes(t, "dedup_l"));
-	if (res->archive_table)
-		appendStringInfo(&sql, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', f.dedup_cand, NULL"
-						 " FROM ONLY %s r JOIN dedup_f f ON r.ctid OPERATOR(pg_catalog.=) f.dedup_ctid"
-						 " RETURNING 1), ",
-						 res->archive_table, (long long) res->job_id, t->qualname);
-	appendStringInfo(&sql, "dedup_u AS (UPDATE ONLY %s r SET %s = f.dedup_cand FROM dedup_f f"
-					 " WHERE r.ctid OPERATOR(pg_catalog.=) f.dedup_ctid RETURNING 1)"
-					 " SELECT (SELECT pg_catalog.count(*) FROM dedup_u),"
+	appendStringInfo(&sql, "%s SELECT (SELECT pg_catalog.count(*) FROM dedup_u),"
 					 " (SELECT pg_catalog.count(*) FROM dedup_f f WHERE f.dedup_rn OPERATOR(pg_catalog.=) 2),"
 					 " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_val IS NULL),"
 					 " (SELECT pg_catalog.min(f.dedup_cand) FROM dedup_f f GROUP BY f.dedup_cand"
 					 "  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1)",
-					 t->qualname, col);
+					 sql_rename_apply(t, "dedup_f", "dedup_ctid", res->archive_table, res->job_id));
 	spi_exec_count(sql.data, SPI_OK_SELECT);
 	res->rows_renamed = spi_get_int64(0, 1);
 	res->groups = spi_get_int64(0, 2);

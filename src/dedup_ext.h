@@ -105,6 +105,8 @@ extern char *sql_losers(DedupTarget *t);
 extern char *sql_loser_groups(DedupTarget *t);
 extern char *sql_rename_cols(DedupTarget *t);
 extern char *sql_rename_ctes(DedupTarget *t, const char *source);
+extern char *sql_rename_apply(DedupTarget *t, const char *src, const char *ctidcol,
+							  const char *archive, int64 job_id);
 extern char *sql_literal(const char *s);
 
 /* spi.c */
@@ -135,7 +137,7 @@ extern void run_merge(DedupTarget *t, int64 job_id, const char *archive, bool ad
 					  MergeResult *res);
 extern MergePlan *merge_plan(DedupTarget *t, bool lock_children);
 extern char *merge_archives(MergePlan *plan, int64 job_id, const char *known);
-extern char *merge_map_columns(MergePlan *plan, const char *loser, const char *survivor);
+extern char *merge_map_columns(MergePlan *plan);
 extern void merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res);
 extern int64 merge_delete_losers(DedupTarget *t, const char *map, int64 job_id,
 								 const char *archive);
@@ -208,7 +210,6 @@ typedef struct BgJob
 	int			batch_delay;
 	int			lock_timeout;
 	int64		retries;		/* retried steps not yet recorded */
-	bool		retry_unique;	/* a unique violation may be retried (merge batches) */
 	/* as of the last commit */
 	char	   *control;
 	char	   *phase;

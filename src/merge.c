@@ -241,35 +241,53 @@ ref_join(RefKey *ref)
 }
 
 /*
- * The map: one row per loser with its primary key (dedup_p<i>), the
- * referenced columns of loser (dedup_o<j>) and survivor (dedup_n<j>), and
- * the survivor's row_id.
+ * The columns of a map row for loser r: its primary key (dedup_p<i>), the
+ * referenced columns of loser and survivor (dedup_o<j>, dedup_n<j>) and the
+ * survivor's row_id (dedup_survivor).  survivor(expr) is how an expression
+ * over r reads in the survivor's row: "%s" over another alias, or a window
+ * function over r's group.
  */
 static char *
-create_map(DedupTarget *t, MergePlan *plan)
+map_columns(MergePlan *plan, const char *survivor_alias, const char *survivor)
 {
-	char	   *map;
-
-	StringInfoData extra;
+	DedupTarget *t = plan->t;
+	StringInfoData buf;
 	ListCell   *lc;
-	const char *row_id = sql_row_id(t, "r");
 
-	initStringInfo(&extra);
-	appendStringInfo(&extra, ", pg_catalog.first_value(%s) OVER dedup_w AS dedup_survivor", row_id);
+	initStringInfo(&buf);
+	appendStringInfo(&buf, survivor, sql_row_id(t, survivor_alias));
+	appendStringInfoString(&buf, " AS dedup_survivor");
 	for (int i = 0; i < t->npk; i++)
-		appendStringInfo(&extra, ", r.%s AS dedup_p%d", t->pk[i].quoted, i);
+		appendStringInfo(&buf, ", r.%s AS dedup_p%d", t->pk[i].quoted, i);
 	foreach(lc, plan->refcols)
 	{
 		const char *col = quote_identifier(lfirst(lc));
 		int			j = foreach_current_index(lc);
 
-		appendStringInfo(&extra, ", r.%s AS dedup_o%d, pg_catalog.first_value(r.%s) OVER dedup_w AS dedup_n%d",
-						 col, j, col, j);
+		appendStringInfo(&buf, ", r.%s AS dedup_o%d, ", col, j);
+		appendStringInfo(&buf, survivor, psprintf("%s.%s", survivor_alias, col));
+		appendStringInfo(&buf, " AS dedup_n%d", j);
 	}
-	map = spi_temp_table_name("merge_map");
+	return buf.data;
+}
+
+/* the columns of a map row for loser r whose survivor is row s */
+char *
+merge_map_columns(MergePlan *plan)
+{
+	return map_columns(plan, "s", "%s");
+}
+
+/* The map of a whole-table merge: a temporary table of every loser. */
+static char *
+create_map(DedupTarget *t, MergePlan *plan)
+{
+	char	   *map = spi_temp_table_name("merge_map");
+
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT s.* FROM (%s) s"
 							" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
-							map, sql_ranked(t, extra.data)),
+							map, sql_ranked(t, psprintf(", %s",
+														map_columns(plan, "r", "pg_catalog.first_value(%s) OVER dedup_w")))),
 				   SPI_OK_UTILITY);
 	spi_exec_count(psprintf("ANALYZE %s", map), SPI_OK_UTILITY);
 	return map;
@@ -451,9 +469,9 @@ json_string_list(StringInfo buf, List *names)
 	appendStringInfoChar(buf, ']');
 }
 
-/* what a rollback needs to know of one re-pointed table */
+/* the referencing columns of ref, as a JSON array of names */
 static char *
-ref_archive_json(RefKey *ref)
+ref_columns_json(RefKey *ref)
 {
 	StringInfoData buf;
 	List	   *cols = NIL;
@@ -461,12 +479,22 @@ ref_archive_json(RefKey *ref)
 	for (int i = 0; i < ref->ncols; i++)
 		cols = lappend(cols, ref->colnames[i]);
 	initStringInfo(&buf);
+	json_string_list(&buf, cols);
+	return buf.data;
+}
+
+/* what a rollback needs to know of one re-pointed table */
+static char *
+ref_archive_json(RefKey *ref)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
 	appendStringInfo(&buf, "{\"oid\": %u, \"table\": ", ref->childid);
 	escape_json(&buf, ref->child);
 	appendStringInfoString(&buf, ", \"archive\": ");
 	escape_json(&buf, ref->archive);
-	appendStringInfoString(&buf, ", \"columns\": ");
-	json_string_list(&buf, cols);
+	appendStringInfo(&buf, ", \"columns\": %s", ref_columns_json(ref));
 	appendStringInfoString(&buf, ", \"pk\": ");
 	json_string_list(&buf, ref->pknames);
 	appendStringInfoChar(&buf, '}');
@@ -496,17 +524,11 @@ merge_archives(MergePlan *plan, int64 job_id, const char *known)
 	foreach(lc, plan->refs)
 	{
 		RefKey	   *ref = lfirst(lc);
-		List	   *cols = NIL;
-		StringInfoData colsjson;
 		Datum		values[3];
 
-		for (int i = 0; i < ref->ncols; i++)
-			cols = lappend(cols, ref->colnames[i]);
-		initStringInfo(&colsjson);
-		json_string_list(&colsjson, cols);
 		values[0] = CStringGetTextDatum(known);
 		values[1] = ObjectIdGetDatum(ref->childid);
-		values[2] = CStringGetTextDatum(colsjson.data);
+		values[2] = CStringGetTextDatum(ref_columns_json(ref));
 		if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'archive'"
 								  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e"
 								  " WHERE (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid OPERATOR(pg_catalog.=) $2"
@@ -525,33 +547,6 @@ merge_archives(MergePlan *plan, int64 job_id, const char *known)
 		appendStringInfo(&all, "%s%s]", all.len > 1 ? ", " : "", ref_archive_json(ref));
 	}
 	return all.data;
-}
-
-/*
- * The columns of a map row for loser r whose survivor is s: the loser's
- * primary key (dedup_p<i>), the referenced columns of both (dedup_o<j>,
- * dedup_n<j>) and the survivor's row_id (dedup_survivor).
- */
-char *
-merge_map_columns(MergePlan *plan, const char *loser, const char *survivor)
-{
-	DedupTarget *t = plan->t;
-	StringInfoData buf;
-	ListCell   *lc;
-
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "%s AS dedup_survivor", sql_row_id(t, survivor));
-	for (int i = 0; i < t->npk; i++)
-		appendStringInfo(&buf, ", %s.%s AS dedup_p%d", loser, t->pk[i].quoted, i);
-	foreach(lc, plan->refcols)
-	{
-		const char *col = quote_identifier(lfirst(lc));
-		int			j = foreach_current_index(lc);
-
-		appendStringInfo(&buf, ", %s.%s AS dedup_o%d, %s.%s AS dedup_n%d",
-						 loser, col, j, survivor, col, j);
-	}
-	return buf.data;
 }
 
 /*

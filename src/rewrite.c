@@ -270,9 +270,9 @@ set_toast_owner(Oid toastid, Oid heap)
 }
 
 /*
- * make_new_heap() marks the new heap (and its TOAST table) as a rewrite's
- * transient relation, whose changes logical decoding skips; the ones that
- * stay are ordinary relations.
+ * make_new_heap() marks the new heap's TOAST table as a rewrite's transient
+ * relation, whose changes logical decoding skips; the table keeps it, so it
+ * becomes an ordinary relation again.
  */
 static void
 clear_relrewrite(Oid relid)
@@ -343,6 +343,8 @@ swap_keeping_old(Oid relid, Oid newheap)
 	r2->relallvisible = saved.relallvisible;
 	r2->relfrozenxid = saved.relfrozenxid;
 	r2->relminmxid = saved.relminmxid;
+	/* make_new_heap() marked it a transient relation, whose changes logical decoding skips */
+	r2->relrewrite = InvalidOid;
 	CatalogTupleUpdate(classrel, &tup1->t_self, tup1);
 	CatalogTupleUpdate(classrel, &tup2->t_self, tup2);
 	table_close(classrel, RowExclusiveLock);
@@ -350,7 +352,6 @@ swap_keeping_old(Oid relid, Oid newheap)
 
 	set_toast_owner(r1->reltoastrelid, relid);
 	set_toast_owner(r2->reltoastrelid, newheap);
-	clear_relrewrite(newheap);
 	clear_relrewrite(r1->reltoastrelid);
 	CommandCounterIncrement();
 	rename_toast(r2->reltoastrelid, psprintf("pg_toast_%u_dedup_ext", newheap));

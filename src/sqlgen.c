@@ -265,3 +265,25 @@ sql_rename_ctes(DedupTarget *t, const char *source)
 					" FROM dedup_c c ORDER BY c.dedup_ctid, c.dedup_depth DESC)",
 					source, t->qualname, col);
 }
+
+/*
+ * The CTEs that rename the rows listed in CTE src (their ctid in column
+ * ctidcol, their new key in dedup_cand): dedup_a archives their original
+ * versions (with archive), dedup_u updates them.
+ */
+char *
+sql_rename_apply(DedupTarget *t, const char *src, const char *ctidcol,
+				 const char *archive, int64 job_id)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (archive)
+		appendStringInfo(&buf, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', x.dedup_cand, NULL"
+						 " FROM ONLY %s r JOIN %s x ON r.ctid OPERATOR(pg_catalog.=) x.%s RETURNING 1), ",
+						 archive, (long long) job_id, t->qualname, src, ctidcol);
+	appendStringInfo(&buf, "dedup_u AS (UPDATE ONLY %s r SET %s = x.dedup_cand FROM %s x"
+					 " WHERE r.ctid OPERATOR(pg_catalog.=) x.%s RETURNING 1)",
+					 t->qualname, t->keys[t->rename_key].quoted, src, ctidcol);
+	return buf.data;
+}

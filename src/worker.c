@@ -60,7 +60,7 @@ bg_sleep(int ms)
 static bool
 retryable(BgJob *job, int sqlerrcode, int *unique_violations)
 {
-	if (sqlerrcode == ERRCODE_UNIQUE_VIOLATION && job->retry_unique)
+	if (sqlerrcode == ERRCODE_UNIQUE_VIOLATION && job->phase && strcmp(job->phase, "merging") == 0)
 		return ++(*unique_violations) <= UNIQUE_RETRIES;
 	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE ||
 		sqlerrcode == ERRCODE_T_R_DEADLOCK_DETECTED ||
