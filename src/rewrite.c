@@ -193,42 +193,54 @@ fill_by_window(DedupTarget *t, int64 job_id, const char *archive, const char *ne
 
 /*
  * keep 'first'/'last' over the whole table (no filter): one aggregate over
- * the key finds every group's survivor (a row with a NULL in its key is a
- * group of its own), and the new heap gets exactly those rows, fetched by
- * ctid, so the table is read once.  Returns the temporary table of the
- * survivors' ctids (dedup_ctid).
+ * the key finds every group's survivor, and the new heap gets exactly those
+ * rows, fetched by ctid, so the table is read once.  Returns the temporary
+ * table of the survivors' ctids (dedup_ctid).
+ *
+ * The aggregate groups by the key alone, so that the planner sizes it from
+ * the key's statistics; the rows with a NULL in their key (each a group of
+ * its own) are then read separately, and only when the aggregate saw one.
+ * Both temporary tables are analyzed: with few groups the survivors are then
+ * fetched through the primary key and by TID, with many by a hash join, and
+ * neither needs memory beyond work_mem.
  */
 static char *
 fill_by_survivors(DedupTarget *t, const char *newname, const char *cols, const char *rcols,
 				  int64 *groups, int64 *deleted)
 {
+	char	   *g = spi_temp_table_name("groups");
 	char	   *s = spi_temp_table_name("survivors");
-	const char *col = sql_keep_column(t);
-	char	   *agg;
+	const char *anynull = sql_any_key_null(t, "r");
 
-	agg = psprintf("SELECT pg_catalog.%s(%s) AS dedup_keep, pg_catalog.count(*) AS dedup_n"
-				   " FROM ONLY %s r GROUP BY %s, CASE WHEN %s THEN r.ctid END",
-				   t->keep_extreme == 'l' ? "max" : "min", col, t->qualname,
-				   sql_key_list(t, "r"), sql_any_key_null(t, "r"));
-	if (t->npk == 0)
-		spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
-								" SELECT g.dedup_keep AS dedup_ctid, g.dedup_n FROM (%s) g", s, agg),
-					   SPI_OK_UTILITY);
-	else
-		spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
-								" SELECT r.ctid AS dedup_ctid, g.dedup_n FROM (%s) g"
-								" JOIN ONLY %s r ON %s %s g.dedup_keep",
-								s, agg, t->qualname, col, t->pk[0].eq_sql),
-					   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
+							" SELECT pg_catalog.%s(%s) AS dedup_keep, pg_catalog.count(*) AS dedup_n,"
+							" %s AS dedup_null FROM ONLY %s r GROUP BY %s",
+							g, t->keep_extreme == 'l' ? "max" : "min", sql_keep_column(t),
+							anynull, t->qualname, sql_key_list(t, "r")),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", g), SPI_OK_UTILITY);
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS %s"
+							" UNION ALL SELECT r.ctid, 1 FROM ONLY %s r"
+							" WHERE %s AND EXISTS (SELECT FROM %s g WHERE g.dedup_null)",
+							s,
+							t->npk == 0
+							? psprintf("SELECT g.dedup_keep AS dedup_ctid, g.dedup_n FROM %s g"
+									   " WHERE NOT g.dedup_null", g)
+							: psprintf("SELECT r.ctid AS dedup_ctid, g.dedup_n FROM %s g"
+									   " JOIN ONLY %s r ON %s %s g.dedup_keep WHERE NOT g.dedup_null",
+									   g, t->qualname, sql_keep_column(t), t->pk[0].eq_sql),
+							t->qualname, anynull, g),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", s), SPI_OK_UTILITY);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE s.dedup_n OPERATOR(pg_catalog.>) 1),"
 							" COALESCE(pg_catalog.sum(s.dedup_n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
 							" FROM %s s", s),
 				   SPI_OK_SELECT);
 	*groups = spi_get_int64(0, 1);
 	*deleted = spi_get_int64(0, 2);
-	spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM ONLY %s r"
-							" WHERE r.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT s.dedup_ctid FROM %s s))",
-							newname, cols, rcols, t->qualname, s),
+	spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s s"
+							" JOIN ONLY %s r ON r.ctid OPERATOR(pg_catalog.=) s.dedup_ctid",
+							newname, cols, rcols, s, t->qualname),
 				   SPI_OK_INSERT);
 	return s;
 }
@@ -447,8 +459,8 @@ run_rewrite(DedupTarget *t, int64 job_id, bool archive, int64 *groups, int64 *de
 	 */
 	swap_keeping_old(t->relid, newheap);
 	archive_table = archive_adopt(newheap, t->relid, job_id);
-	spi_exec_count(psprintf("DELETE FROM %s a WHERE a.ctid OPERATOR(pg_catalog.=) ANY"
-							" (ARRAY(SELECT s.dedup_ctid FROM %s s))", archive_table, survivors),
+	spi_exec_count(psprintf("DELETE FROM %s a USING %s s"
+							" WHERE a.ctid OPERATOR(pg_catalog.=) s.dedup_ctid", archive_table, survivors),
 				   SPI_OK_DELETE);
 	return archive_table;
 }
