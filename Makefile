@@ -26,7 +26,7 @@ PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 
-REGRESS = install audit photos payments soft_delete nulls refusals privileges transactions quoting merge backfill rewrite background
+REGRESS = install audit photos payments soft_delete nulls collations refusals privileges transactions quoting merge backfill rewrite background
 REGRESS_OPTS = --inputdir=.
 ISOLATION = background_writers background_control background_merge
 TAP_TESTS = 1

@@ -17,6 +17,7 @@
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
@@ -115,6 +116,24 @@ relkind_name(char relkind)
 	}
 }
 
+/*
+ * Are two values of the column equal exactly when their bytes are?  For
+ * text, varchar and char(n) (trailing blanks aside, which their operators
+ * ignore under any collation) under a deterministic collation they are; a
+ * collation other than "C" then only makes the comparisons of a sort slower
+ * (strcoll, no abbreviated keys), not the groups different.
+ */
+static bool
+bytewise_equality(Form_pg_attribute att)
+{
+	Oid			base = getBaseType(att->atttypid);
+
+	if (base != TEXTOID && base != VARCHAROID && base != BPCHAROID)
+		return false;
+	return OidIsValid(att->attcollation) && att->attcollation != C_COLLATION_OID &&
+		get_collation_isdeterministic(att->attcollation);
+}
+
 /* Fill a DedupColumn from the relation's catalog entry for attnum. */
 static void
 fill_column(Relation rel, AttrNumber attnum, DedupColumn *col)
@@ -128,6 +147,7 @@ fill_column(Relation rel, AttrNumber attnum, DedupColumn *col)
 	tce = lookup_type_cache(att->atttypid, TYPECACHE_EQ_OPR);
 	col->eq_opr = tce->eq_opr;
 	col->eq_sql = OidIsValid(tce->eq_opr) ? sql_operator(tce->eq_opr) : NULL;
+	col->bytewise_eq = bytewise_equality(att);
 }
 
 static void

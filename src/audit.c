@@ -100,7 +100,9 @@ dedup_groups(PG_FUNCTION_ARGS)
 
 /*
  * Every row of every duplicate group with what a dedup would do to it.
- * Groups are numbered in key order; rows within a group in keep order.
+ * Groups are numbered in the order of their survivor's key values (under a
+ * nondeterministic collation the rows of a group may spell the key
+ * differently); rows within a group in keep order.
  */
 Datum
 dedup_preview(PG_FUNCTION_ARGS)
@@ -126,9 +128,10 @@ dedup_preview(PG_FUNCTION_ARGS)
 	appendStringInfo(&sql, "WITH RECURSIVE dedup_s AS (%s), ",
 					 sql_ranked(t, psprintf(", %s AS dedup_row_id, %s AS dedup_kv,"
 											" pg_catalog.count(*) OVER (PARTITION BY %s) AS dedup_n,"
-											" pg_catalog.first_value(%s) OVER dedup_w AS dedup_survivor%s",
-											row_id, sql_key_json(t, "r"), sql_key_list(t, "r"),
-											row_id,
+											" pg_catalog.first_value(%s) OVER dedup_w AS dedup_survivor,"
+											" pg_catalog.first_value(%s) OVER dedup_w AS dedup_group_kv%s",
+											row_id, sql_key_json(t, "r"), sql_partition_list(t, "r"),
+											row_id, sql_key_json(t, "r"),
 											action == DEDUP_ACTION_RENAME ? sql_rename_cols(t) : "")));
 	if (action == DEDUP_ACTION_RENAME)
 	{
@@ -143,7 +146,7 @@ dedup_preview(PG_FUNCTION_ARGS)
 		new_value = "NULL::pg_catalog.text";
 
 	appendStringInfo(&sql,
-					 "dedup_g AS (SELECT s.*, pg_catalog.dense_rank() OVER (ORDER BY s.dedup_kv) AS dedup_group_no"
+					 "dedup_g AS (SELECT s.*, pg_catalog.dense_rank() OVER (ORDER BY s.dedup_group_kv) AS dedup_group_no"
 					 " FROM dedup_s s WHERE s.dedup_n OPERATOR(pg_catalog.>) 1)"
 					 " SELECT g.dedup_group_no, g.dedup_row_id,"
 					 " CASE WHEN g.dedup_rn OPERATOR(pg_catalog.=) 1 THEN 'keep' ELSE %s END::pg_catalog.text,"

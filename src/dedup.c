@@ -22,6 +22,13 @@
 #include "utils/lsyscache.h"
 #include "utils/tuplestore.h"
 
+/*
+ * Memory one ctid of an ARRAY(SELECT ctid ...) takes while it is built and
+ * scanned: the array builder's Datum and null flag, the array's element, the
+ * TID scan's sorted copy, rounded up.
+ */
+#define TID_ARRAY_BYTES 32
+
 PG_FUNCTION_INFO_V1(dedup_table);
 
 typedef struct DedupResult
@@ -120,26 +127,38 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 
 /*
  * Delete the losers, archiving them in the same statement.  The losers' ctids
- * are written to a temporary table first and analyzed: knowing how few they
- * usually are, the planner hashes them rather than every ctid of the table.
+ * are written to a temporary table first.  When their array fits in work_mem
+ * the delete fetches them by TID, in block order (a TID scan sorts its list),
+ * instead of the hash join over every ctid of the table the planner would
+ * pick (it prices a TID fetch as a random page read, even when the table is
+ * in shared buffers).
  */
 static void
 run_delete(DedupTarget *t, DedupResult *res)
 {
 	char	   *losers = spi_temp_table_name("losers");
+	int64		nlosers;
 	const char *del;
 
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS WITH %s"
 							" SELECT l.dedup_ctid, %s AS dedup_groups FROM dedup_l l",
 							losers, sql_losers(t), sql_loser_groups(t)),
 				   SPI_OK_UTILITY);
-	spi_exec_count(psprintf("ANALYZE %s", losers), SPI_OK_UTILITY);
-	spi_exec_count(psprintf("SELECT l.dedup_groups FROM %s l LIMIT 1", losers), SPI_OK_SELECT);
+	spi_exec_count(psprintf("SELECT pg_catalog.max(l.dedup_groups), pg_catalog.count(*) FROM %s l", losers),
+				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
+	nlosers = spi_get_int64(0, 2);
 
-	del = psprintf("DELETE FROM ONLY %s r USING %s l"
-				   " WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
-				   t->qualname, losers);
+	if (nlosers * TID_ARRAY_BYTES <= (int64) work_mem * 1024)
+		del = psprintf("DELETE FROM ONLY %s r WHERE r.ctid OPERATOR(pg_catalog.=) ANY"
+					   " (ARRAY(SELECT l.dedup_ctid FROM %s l))", t->qualname, losers);
+	else
+	{
+		spi_exec_count(psprintf("ANALYZE %s", losers), SPI_OK_UTILITY);
+		del = psprintf("DELETE FROM ONLY %s r USING %s l"
+					   " WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
+					   t->qualname, losers);
+	}
 	if (res->archive_table)
 		res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
 													" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",

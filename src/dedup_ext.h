@@ -49,6 +49,10 @@ typedef struct DedupColumn
 	Oid			type;
 	Oid			eq_opr;			/* the type's default equality operator */
 	char	   *eq_sql;			/* "OPERATOR(schema.=)" for eq_opr */
+	bool		bytewise_eq;	/* a string type under a deterministic collation
+								 * other than "C": its values are equal exactly
+								 * when their bytes are, so grouping under
+								 * COLLATE "C" finds the same groups faster */
 } DedupColumn;
 
 /* A validated relation + key + options; built by args.c. */
@@ -92,6 +96,7 @@ extern char *sql_operator(Oid opno);
 
 /* sqlgen.c */
 extern char *sql_key_list(DedupTarget *t, const char *alias);
+extern char *sql_partition_list(DedupTarget *t, const char *alias);
 extern char *sql_key_json(DedupTarget *t, const char *alias);
 extern char *sql_row_id(DedupTarget *t, const char *alias);
 extern char *sql_rows_where(DedupTarget *t, bool with_filter);

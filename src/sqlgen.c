@@ -31,6 +31,24 @@ sql_key_list(DedupTarget *t, const char *alias)
 	return buf.data;
 }
 
+/*
+ * The key as a PARTITION BY list: like sql_key_list, with the string
+ * columns whose equality is bytewise (DedupColumn.bytewise_eq) compared
+ * under COLLATE "C", which sorts them several times faster and groups them
+ * the same.
+ */
+char *
+sql_partition_list(DedupTarget *t, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < t->nkeys; i++)
+		appendStringInfo(&buf, "%s%s.%s%s", i > 0 ? ", " : "", alias, t->keys[i].quoted,
+						 t->keys[i].bytewise_eq ? " COLLATE pg_catalog.\"C\"" : "");
+	return buf.data;
+}
+
 static char *
 json_object_of(DedupColumn *cols, int ncols, const char *alias)
 {
@@ -143,7 +161,7 @@ sql_ranked(DedupTarget *t, const char *extra_cols)
 					" FROM ONLY %s r WHERE %s"
 					" WINDOW dedup_w AS (PARTITION BY %s ORDER BY %s)",
 					extra_cols ? extra_cols : "", t->qualname, sql_rows_where(t, true),
-					sql_key_list(t, "r"), t->order_r);
+					sql_partition_list(t, "r"), t->order_r);
 }
 
 /*

@@ -1,0 +1,47 @@
+--
+-- collations: a string key is grouped under its own equality.  Text under a
+-- deterministic collation is sorted under "C" for speed (the same groups);
+-- char(n) ignores trailing blanks; a nondeterministic collation groups what
+-- it calls equal.
+--
+CREATE SCHEMA coll;
+SET search_path = coll, public;
+CREATE COLLATION coll.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+
+CREATE TABLE coll.codes (id int PRIMARY KEY, code char(6) NOT NULL, label text COLLATE "en-x-icu" NOT NULL,
+                         nick text COLLATE coll.ci NOT NULL);
+INSERT INTO coll.codes VALUES
+  (1, 'ab', 'Zeta', 'Foo'), (2, 'ab  ', 'zeta', 'FOO'), (3, 'ab', 'Zeta', 'foo'),
+  (4, 'b', 'éclair', 'Bar'), (5, 'b ', 'eclair', 'bar'), (6, 'c', 'éclair', 'baz');
+SELECT md5(string_agg(c::text, ',' ORDER BY id)) AS codes_md5 FROM coll.codes c \gset
+
+-- char(n): ('ab' x3), ('b' x2): 2 groups, 3 rows to remove
+SELECT group_no, row_id, decision, key_values FROM dedup_preview('codes', '{code}');
+-- en-x-icu is deterministic: 'Zeta' <> 'zeta', 'éclair' <> 'eclair'
+SELECT group_no, row_id, decision, key_values FROM dedup_preview('codes', '{label}');
+-- the nondeterministic collation: Foo = FOO = foo, Bar = bar
+SELECT group_no, row_id, decision, key_values FROM dedup_preview('codes', '{nick}');
+
+SELECT job_id AS j1, duplicate_groups, rows_deleted
+  FROM dedup_table('codes', '{code}', strategy => 'delete') \gset
+SELECT :duplicate_groups AS groups, :rows_deleted AS deleted;
+SELECT id, code FROM coll.codes ORDER BY id;
+SELECT dedup_rollback(:j1) AS restored;
+
+SELECT job_id AS j2, duplicate_groups, rows_deleted
+  FROM dedup_table('codes', '{nick}', keep => 'last', strategy => 'delete', add_unique => true) \gset
+SELECT :duplicate_groups AS groups, :rows_deleted AS deleted;
+SELECT id, nick FROM coll.codes ORDER BY id;
+SELECT dedup_rollback(:j2) AS restored;
+
+SELECT job_id AS j3, duplicate_groups, rows_deleted
+  FROM dedup_table('codes', '{label}', keep => 'id DESC', strategy => 'rewrite', add_unique => true) \gset
+SELECT :duplicate_groups AS groups, :rows_deleted AS deleted;
+SELECT id, label FROM coll.codes ORDER BY id;
+SELECT dedup_rollback(:j3) AS restored;
+SELECT md5(string_agg(c::text, ',' ORDER BY id)) = :'codes_md5' AS exact FROM coll.codes c;
+
+RESET search_path;
+SET client_min_messages = warning;
+DROP SCHEMA coll CASCADE;
+RESET client_min_messages;
