@@ -25,35 +25,57 @@ bench_enter() {
 
 q() { psql -X -q -v ON_ERROR_STOP=1 -At "$@"; }
 
-# measure LABEL SQL: prints "LABEL|seconds|wal_bytes" and keeps it in RESULTS
+# peak_anon PID: sample the process's private memory (RssAnon: its own
+# allocations, not the shared buffers it touches) every 50 ms until it
+# exits; print the highest value in kB
+peak_anon() {
+    local pid=$1 peak=0 kb
+    while kb=$(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status" 2>/dev/null) && [ -n "$kb" ]; do
+        [ "$kb" -gt "$peak" ] && peak=$kb
+        sleep 0.05
+    done
+    echo "$peak"
+}
+
+# measure LABEL SQL: prints "LABEL|seconds|wal_bytes|peak_kB" and keeps it
+# in RESULTS.  The SQL runs in one session whose backend's peak private
+# memory is sampled while it runs.
 RESULTS=()
 measure() {
-    local label=$1 sql=$2 lsn0 lsn1 t0 t1 wal secs
+    local label=$1 sql=$2 lsn0 lsn1 t0 t1 wal secs pidfile pid peak runner
     q -c "CHECKPOINT" >/dev/null
+    pidfile=$(mktemp)
     lsn0=$(q -c "SELECT pg_current_wal_lsn()")
     t0=$(date +%s.%N)
-    q <<<"$sql" >/dev/null
+    printf '\\o %s\nSELECT pg_backend_pid();\n\\o\n%s\n' "$pidfile" "$sql" | q >/dev/null &
+    runner=$!
+    until [ -s "$pidfile" ] || ! kill -0 "$runner" 2>/dev/null; do sleep 0.01; done
+    pid=$(cat "$pidfile")
+    peak=$(peak_anon "${pid:-0}")
+    wait "$runner"
     t1=$(date +%s.%N)
+    rm -f "$pidfile"
     lsn1=$(q -c "SELECT pg_current_wal_lsn()")
     wal=$(q -c "SELECT pg_wal_lsn_diff('$lsn1', '$lsn0')::bigint")
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-    RESULTS+=("$label|$secs|$wal")
-    printf '%-48s %8.2f s %10.1f MB WAL\n' "$label" "$secs" "$(awk -v w="$wal" 'BEGIN { print w / 1048576 }')"
+    RESULTS+=("$label|$secs|$wal|$peak")
+    printf '%-48s %8.2f s %10.1f MB WAL %8.1f MB peak\n' "$label" "$secs" \
+        "$(awk -v w="$wal" 'BEGIN { print w / 1048576 }')" "$(awk -v k="$peak" 'BEGIN { print k / 1024 }')"
 }
 
 # report BASELINE_LABEL: the table of RESULTS with ratios to the baseline
 report() {
-    local base=$1 bsecs bwal line label secs wal
+    local base=$1 bsecs bwal line label secs wal peak
     for line in "${RESULTS[@]}"; do
-        IFS='|' read -r label secs wal <<<"$line"
+        IFS='|' read -r label secs wal peak <<<"$line"
         [ "$label" = "$base" ] && { bsecs=$secs; bwal=$wal; }
     done
     echo
-    echo "| run | wall s | WAL MB | time vs. $base | WAL vs. $base |"
-    echo "|---|---|---|---|---|"
+    echo "| run | wall s | WAL MB | peak backend MB | time vs. $base | WAL vs. $base |"
+    echo "|---|---|---|---|---|---|"
     for line in "${RESULTS[@]}"; do
-        IFS='|' read -r label secs wal <<<"$line"
-        awk -v l="$label" -v s="$secs" -v w="$wal" -v bs="$bsecs" -v bw="$bwal" \
-            'BEGIN { printf "| %s | %.2f | %.0f | %.2fx | %.2fx |\n", l, s, w / 1048576, s / bs, (w + 1) / (bw + 1) }'
+        IFS='|' read -r label secs wal peak <<<"$line"
+        awk -v l="$label" -v s="$secs" -v w="$wal" -v p="$peak" -v bs="$bsecs" -v bw="$bwal" \
+            'BEGIN { printf "| %s | %.2f | %.0f | %.0f | %.2fx | %.2fx |\n", l, s, w / 1048576, p / 1024, s / bs, (w + 1) / (bw + 1) }'
     done
 }

@@ -14,7 +14,8 @@
 #     then CREATE UNIQUE INDEX;
 #   - dedup_table(..., add_unique => true) with its archive, strategy delete
 #     and rewrite, and rewrite without archive; and what 'auto' would choose.
-# Reports wall time, WAL bytes, and the final table + index size.  Not a test.
+# Reports wall time, WAL bytes, the backend's peak private memory and the
+# final table + index size.  Not a test.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -78,6 +79,7 @@ CREATE UNIQUE INDEX t_key ON t ($key);"
         "SELECT * FROM dedup_table('t', '$keyarr', add_unique => true, strategy => 'rewrite', archive => false)"
     echo "    size after: $(size t)"
     report "runbook: backup + DELETE row_number + ADD UNIQUE + VACUUM FULL"
+    report "hand-written: DELETE row_number + CREATE UNIQUE INDEX"
 }
 
 if [ "$ONLY" != payments ]; then
