@@ -23,6 +23,7 @@ int			dedup_batch_size = 10000;
 int			dedup_batch_delay = 0;
 int			dedup_lock_timeout = 1000;
 int			dedup_max_workers = 2;
+int			dedup_worker_nice = 10;
 
 void		_PG_init(void);
 
@@ -44,6 +45,10 @@ _PG_init(void)
 	DefineCustomIntVariable("dedup_ext.max_workers",
 							"Background workers running jobs at once.",
 							NULL, &dedup_max_workers, 2, 0, 64,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("dedup_ext.worker_nice",
+							"CPU priority (nice) of background workers: higher yields more CPU to the application.",
+							NULL, &dedup_worker_nice, 10, 0, 19,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dedup_ext");
 

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # bench/background.sh -- a background dedup while pgbench writes the table.
 #
-#   bash bench/background.sh [--rows N] [--seconds S] [--rate TPS]
+#   bash bench/background.sh [--rows N] [--seconds S] [--rate TPS] [--add-unique]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
 # table (each transaction: UPDATE one random row, INSERT one new row; --rate
 # transactions per second, default 400, 4 clients) runs
 #   1. alone for S seconds (default 60): the unloaded TPS and latency;
-#   2. while dedup_table(..., background => true, batch_size => 10000,
-#      add_unique => true) runs, until the job is done: the loaded TPS and
-#      latency, over the transactions that ran during the job.
+#   2. while dedup_table(..., background => true, batch_size => 10000) runs
+#      (with --add-unique: and add_unique => true, whose last phase is
+#      CREATE UNIQUE INDEX CONCURRENTLY), until the job is done: the loaded
+#      TPS and latency, over the transactions that ran during the job, and
+#      by phase of the job.
 # Then, on an identical copy and with no workload, the foreground
-# dedup_table(..., strategy => 'delete', add_unique => true), for the job's
-# throughput against it.  Writers' lock waits: log_lock_waits with
+# dedup_table(..., strategy => 'delete') with the same add_unique, for the
+# job's throughput against it.  Writers' lock waits: log_lock_waits with
 # deadlock_timeout = 100ms logs every wait longer than 100 ms; the benchmark
 # counts those lines and reports the longest transaction.  Not a test.
 set -euo pipefail
@@ -26,12 +28,14 @@ bench_enter "$HERE/$(basename "$0")" "$@"
 ROWS=10000000
 SECONDS_ALONE=60
 RATE=400
+UNIQUE=false
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
         --seconds) SECONDS_ALONE=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
-        *) echo "usage: $0 [--rows N] [--seconds S] [--rate TPS]" >&2; exit 2 ;;
+        --add-unique) UNIQUE=true; shift ;;
+        *) echo "usage: $0 [--rows N] [--seconds S] [--rate TPS] [--add-unique]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
@@ -88,7 +92,7 @@ ALONE=$(stats alone)
 grep -E "^tps|latency average" "$WORK/alone.out" || true
 
 echo
-echo "== 2. workload + background dedup (batch_size 10000, add_unique)"
+echo "== 2. workload + background dedup (batch_size 10000, add_unique $UNIQUE)"
 LOGFILE=$(q -c "SELECT current_setting('data_directory') || '/' || pg_current_logfile()")
 WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 # pgbench has no graceful stop: 10-second runs back to back until the job ends
@@ -96,7 +100,7 @@ WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 PGB=$!
 sleep 5
 JOB=$(q -c "SELECT job_id FROM dedup_table('payments', '{transaction_id}', background => true,
-                                           batch_size => 10000, add_unique => true)")
+                                           batch_size => 10000, add_unique => $UNIQUE)")
 LSN0=$(q -c "SELECT pg_current_wal_lsn()")
 # the job's phases over time (one look a second), for the latency per phase
 : >"$WORK/phases"
@@ -127,8 +131,8 @@ JOBWAL=$(q -c "SELECT pg_wal_lsn_diff('$LSN1', '$LSN0')::bigint")
 q -c "SELECT format('  after: %s duplicate rows, %s rows', duplicate_rows, total_rows) FROM dedup_audit('payments', '{transaction_id}')"
 
 echo
-echo "== 3. foreground dedup_table(strategy => 'delete', add_unique) on a copy, no workload"
-measure "foreground delete" "SELECT * FROM dedup_table('payments_fg', '{transaction_id}', strategy => 'delete', add_unique => true)"
+echo "== 3. foreground dedup_table(strategy => 'delete', add_unique $UNIQUE) on a copy, no workload"
+measure "foreground delete" "SELECT * FROM dedup_table('payments_fg', '{transaction_id}', strategy => 'delete', add_unique => $UNIQUE)"
 
 FGSECS=$(IFS='|' read -r _ s _ <<<"${RESULTS[0]}"; echo "$s")
 echo

@@ -26,6 +26,7 @@ extern int	dedup_batch_size;
 extern int	dedup_batch_delay;
 extern int	dedup_lock_timeout;
 extern int	dedup_max_workers;
+extern int	dedup_worker_nice;
 
 typedef enum DedupAction
 {

@@ -17,6 +17,8 @@
  */
 #include "dedup_ext.h"
 
+#include <sys/resource.h>
+
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -554,9 +556,16 @@ dedup_worker_main(Datum arg)
 	pgstat_report_appname("dedup_ext worker");
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_SESSION);
-	/* a background job takes one CPU at most: the application keeps the rest */
+	/*
+	 * A background job takes one CPU at most, and yields it: on a busy
+	 * machine the application's backends, waking up, run before it instead
+	 * of waiting for its time slice to end (dedup_ext.worker_nice).
+	 */
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);
+	if (dedup_worker_nice > 0 && setpriority(PRIO_PROCESS, 0, dedup_worker_nice) != 0)
+		ereport(WARNING,
+				(errmsg("dedup_ext worker could not lower its CPU priority: %m")));
 	cxt = AllocSetContextCreate(TopMemoryContext, "dedup_ext job", ALLOCSET_DEFAULT_SIZES);
 
 	plain_xact(check_installed, &installed);

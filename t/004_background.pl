@@ -150,6 +150,9 @@ my $pid = job_field($node, $job, 'worker_pid');
 is($node->safe_psql('postgres',
 		qq{SELECT backend_type FROM pg_stat_activity WHERE pid = $pid}),
 	'dedup_ext worker', 'worker_pid is the dedup_ext worker');
+# /proc/PID/stat: the 19th field is the nice value (the name, field 2, may hold spaces)
+my ($after_name) = slurp_file("/proc/$pid/stat") =~ /\)\s+(.*)$/s;
+is((split /\s+/, $after_name)[16], 10, 'the worker runs at dedup_ext.worker_nice (10)');
 $log_offset = -s $node->logfile;
 ok(kill('KILL', $pid), "worker $pid killed");
 $node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
