@@ -90,7 +90,9 @@ CREATE UNIQUE INDEX t_key ON t ($key);"
     echo "    size after: $(size t)"
     report "runbook: backup + DELETE row_number + ADD UNIQUE + VACUUM FULL"
     report "hand-written: DELETE row_number + CREATE UNIQUE INDEX"
-    [ "$name" = payments ] && report "hand-written: DELETE USING self-join + CREATE UNIQUE INDEX"
+    if [ "$name" = payments ]; then
+        report "hand-written: DELETE USING self-join + CREATE UNIQUE INDEX"
+    fi
 }
 
 if [ "$ONLY" != payments ]; then

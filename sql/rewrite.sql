@@ -199,7 +199,8 @@ SELECT job_id AS jlo, strategy, duplicate_groups, rows_deleted
 SELECT :'strategy' AS strategy, :duplicate_groups AS groups, :rows_deleted AS deleted;
 SELECT count(*) AS kept, count(*) FILTER (WHERE b IS NULL) AS null_keys,
        (SELECT array_agg(payload ORDER BY payload) FROM rw.loose)
-       = (SELECT array_agg(payload ORDER BY payload) FROM loose_expected) AS last_kept
+       = (SELECT array_agg(payload ORDER BY payload) FROM loose_expected) AS last_kept,
+       array_agg(payload ORDER BY ctid) = array_agg(payload ORDER BY payload) AS physical_order_kept
   FROM rw.loose;
 SELECT check_name, ok FROM dedup_verify(:jlo) ORDER BY check_name;
 SELECT dedup_rollback(:jlo) AS restored;

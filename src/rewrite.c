@@ -238,8 +238,10 @@ fill_by_survivors(DedupTarget *t, const char *newname, const char *cols, const c
 				   SPI_OK_SELECT);
 	*groups = spi_get_int64(0, 1);
 	*deleted = spi_get_int64(0, 2);
+	/* in ctid order: the new heap keeps the table's physical order */
 	spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s s"
-							" JOIN ONLY %s r ON r.ctid OPERATOR(pg_catalog.=) s.dedup_ctid",
+							" JOIN ONLY %s r ON r.ctid OPERATOR(pg_catalog.=) s.dedup_ctid"
+							" ORDER BY s.dedup_ctid",
 							newname, cols, rcols, s, t->qualname),
 				   SPI_OK_INSERT);
 	return s;
