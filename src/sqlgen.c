@@ -18,35 +18,37 @@ sql_literal(const char *s)
 	return quote_literal_cstr(s);
 }
 
-/* "r.a, r.b"; with alias NULL "a, b" */
-char *
-sql_key_list(DedupTarget *t, const char *alias)
+/*
+ * "r.a, r.b" (alias NULL: "a, b").  under_c: the string columns whose
+ * equality is bytewise (DedupColumn.bytewise_eq) get COLLATE "C".
+ */
+static char *
+key_list(DedupTarget *t, const char *alias, bool under_c)
 {
 	StringInfoData buf;
 
 	initStringInfo(&buf);
 	for (int i = 0; i < t->nkeys; i++)
-		appendStringInfo(&buf, "%s%s%s%s", i > 0 ? ", " : "",
-						 alias ? alias : "", alias ? "." : "", t->keys[i].quoted);
+		appendStringInfo(&buf, "%s%s%s%s%s", i > 0 ? ", " : "",
+						 alias ? alias : "", alias ? "." : "", t->keys[i].quoted,
+						 under_c && t->keys[i].bytewise_eq ? " COLLATE pg_catalog.\"C\"" : "");
 	return buf.data;
 }
 
+char *
+sql_key_list(DedupTarget *t, const char *alias)
+{
+	return key_list(t, alias, false);
+}
+
 /*
- * The key as a PARTITION BY list: like sql_key_list, with the string
- * columns whose equality is bytewise (DedupColumn.bytewise_eq) compared
- * under COLLATE "C", which sorts them several times faster and groups them
- * the same.
+ * The key as a PARTITION BY list: a sort under COLLATE "C" compares with
+ * memcmp instead of strcoll and finds the same groups.
  */
 char *
 sql_partition_list(DedupTarget *t, const char *alias)
 {
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (int i = 0; i < t->nkeys; i++)
-		appendStringInfo(&buf, "%s%s.%s%s", i > 0 ? ", " : "", alias, t->keys[i].quoted,
-						 t->keys[i].bytewise_eq ? " COLLATE pg_catalog.\"C\"" : "");
-	return buf.data;
+	return key_list(t, alias, true);
 }
 
 static char *
