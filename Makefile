@@ -7,6 +7,7 @@ OBJS = \
 	src/audit.o \
 	src/backfill.o \
 	src/batch.o \
+	src/candidates.o \
 	src/control.o \
 	src/dedup.o \
 	src/archive.o \
@@ -21,12 +22,12 @@ OBJS = \
 	src/worker.o
 
 EXTENSION = dedup_ext
-DATA = dedup_ext--1.0.sql dedup_ext--1.0--1.1.sql
+DATA = dedup_ext--1.0.sql dedup_ext--1.0--1.1.sql dedup_ext--1.1--1.2.sql
 PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 
-REGRESS = install audit photos payments soft_delete nulls collations refusals privileges transactions quoting merge backfill rewrite background
+REGRESS = install audit photos payments soft_delete nulls collations candidates refusals privileges transactions quoting merge backfill rewrite background
 REGRESS_OPTS = --inputdir=.
 ISOLATION = background_writers background_control background_merge
 TAP_TESTS = 1

@@ -172,10 +172,17 @@ scan_step(BgJob *job, void *arg)
 	dedup_check_owner(t->relid);
 	spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 	if (t->rename_key < 0)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+
+		/* one statement: the candidates and the window see one snapshot */
+		dedup_target_plan_candidates(t, estimated_loser_share(t, false));
+		MemoryContextSwitchTo(oldcxt);
 		n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s"
 									" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
-									job->work, work_select_list(t, "s"), sql_ranked(t, work_columns(t))),
+									job->work, work_select_list(t, "s"), sql_ranked_dups(t, work_columns(t))),
 						   SPI_OK_INSERT);
+	}
 	else
 	{
 		n = spi_exec_count(psprintf("WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"

@@ -60,4 +60,24 @@
 #define dedup_reindex_relation(relid, flags, params) reindex_relation((relid), (flags), (params))
 #endif
 
+/*
+ * tuplesort_begin_datum() took randomAccess instead of sortopt before 15;
+ * tuplesort_getdatum() gained a copy flag in 16.
+ */
+#include "utils/tuplesort.h"
+#if PG_VERSION_NUM >= 150000
+#define dedup_tuplesort_begin_datum(type, op, mem) \
+	tuplesort_begin_datum((type), (op), InvalidOid, false, (mem), NULL, TUPLESORT_NONE)
+#else
+#define dedup_tuplesort_begin_datum(type, op, mem) \
+	tuplesort_begin_datum((type), (op), InvalidOid, false, (mem), NULL, false)
+#endif
+#if PG_VERSION_NUM >= 160000
+#define dedup_tuplesort_getdatum(state, val, isnull) \
+	tuplesort_getdatum((state), true, true, (val), (isnull), NULL)
+#else
+#define dedup_tuplesort_getdatum(state, val, isnull) \
+	tuplesort_getdatum((state), true, (val), (isnull), NULL)
+#endif
+
 #endif							/* DEDUP_COMPAT_H */

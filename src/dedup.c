@@ -325,10 +325,13 @@ static const char *
 choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool dry_run)
 {
 	const char *obstacle;
+	double		share;
 
 	if (action != DEDUP_ACTION_DELETE)
 		return "delete";
-	t->few_groups = estimated_loser_share(t, !dry_run) >= 0.5;
+	share = estimated_loser_share(t, !dry_run);
+	t->few_groups = share >= 0.5;
+	dedup_target_plan_candidates(t, share);
 	if (strategy == DEDUP_STRATEGY_DELETE)
 		return "delete";
 	obstacle = rewrite_obstacle(t);

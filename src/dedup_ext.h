@@ -6,8 +6,9 @@
  * (everything generated SQL needs to know about the relation and the key),
  * sqlgen.c turns a DedupTarget into SQL fragments, and audit.c / dedup.c /
  * archive.c run those as whole-table statements through SPI.  jobs.c keeps the
- * job rows.  No code here fetches table rows into C memory: every per-row step
- * is a set-based statement whose executor spills to disk as needed.
+ * job rows.  Every per-row step is a set-based statement whose executor
+ * spills to disk as needed; the one scan in C, candidates.c's key hashes,
+ * keeps its memory within maintenance_work_mem by scanning again.
  */
 #ifndef DEDUP_EXT_H
 #define DEDUP_EXT_H
@@ -76,6 +77,9 @@ typedef struct DedupTarget
 	char	   *keep_sql;		/* 'first', 'last', or the list deparsed, qualified */
 	char		keep_extreme;	/* keep 'first' ('f') or 'last' ('l'); 0: an ORDER BY list */
 	bool		few_groups;		/* most rows are duplicates (planner's estimate) */
+	char	   *candidates_fn;	/* dedup_key_candidates, qualified, when the
+								 * passes that look for duplicates read only
+								 * the rows it returns; NULL: all rows */
 	int			rename_key;		/* index into keys of the renamed column, or -1 */
 } DedupTarget;
 
@@ -105,6 +109,7 @@ extern char *sql_any_key_null(DedupTarget *t, const char *alias);
 extern char *sql_keys_match(DedupTarget *t, const char *a, const char *b);
 extern char *sql_pk_match(DedupTarget *t, const char *a, const char *b);
 extern char *sql_ranked(DedupTarget *t, const char *extra_cols);
+extern char *sql_ranked_dups(DedupTarget *t, const char *extra_cols);
 extern const char *sql_keep_column(DedupTarget *t);
 extern char *sql_group_keep(DedupTarget *t);
 extern char *sql_losers(DedupTarget *t);
@@ -114,6 +119,10 @@ extern char *sql_rename_ctes(DedupTarget *t, const char *source);
 extern char *sql_rename_apply(DedupTarget *t, const char *src, const char *ctidcol,
 							  const char *archive, int64 job_id);
 extern char *sql_literal(const char *s);
+
+/* candidates.c */
+extern bool dedup_type_hashable(Oid type);
+extern void dedup_target_plan_candidates(DedupTarget *t, double loser_share);
 
 /* spi.c */
 extern char *spi_temp_table_name(const char *what);

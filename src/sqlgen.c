@@ -156,14 +156,44 @@ sql_pk_match(DedupTarget *t, const char *a, const char *b)
  * order: dedup_rn = 1 is the survivor, every other row is a loser.  The
  * window shares one sort with any other window over the same partition.
  */
+static char *
+ranked(DedupTarget *t, const char *extra_cols, const char *from)
+{
+	return psprintf("SELECT r.ctid AS dedup_ctid, pg_catalog.row_number() OVER dedup_w AS dedup_rn%s"
+					" FROM %s WHERE %s"
+					" WINDOW dedup_w AS (PARTITION BY %s ORDER BY %s)",
+					extra_cols ? extra_cols : "", from, sql_rows_where(t, true),
+					sql_partition_list(t, "r"), t->order_r);
+}
+
 char *
 sql_ranked(DedupTarget *t, const char *extra_cols)
 {
-	return psprintf("SELECT r.ctid AS dedup_ctid, pg_catalog.row_number() OVER dedup_w AS dedup_rn%s"
-					" FROM ONLY %s r WHERE %s"
-					" WINDOW dedup_w AS (PARTITION BY %s ORDER BY %s)",
-					extra_cols ? extra_cols : "", t->qualname, sql_rows_where(t, true),
-					sql_partition_list(t, "r"), t->order_r);
+	return ranked(t, extra_cols, psprintf("ONLY %s r", t->qualname));
+}
+
+/*
+ * sql_ranked for the passes that need only the rows of duplicate groups:
+ * with t->candidates_fn, the window sorts only the rows whose key hash
+ * repeats (candidates.c), fetched by ctid.  Their groups are whole, so the
+ * numbering and first_value() are those of sql_ranked.
+ */
+char *
+sql_ranked_dups(DedupTarget *t, const char *extra_cols)
+{
+	StringInfoData from;
+
+	if (t->candidates_fn == NULL)
+		return sql_ranked(t, extra_cols);
+	initStringInfo(&from);
+	appendStringInfo(&from, "%s(%s::pg_catalog.regclass, ARRAY[", t->candidates_fn,
+					 sql_literal(t->qualname));
+	for (int i = 0; i < t->nkeys; i++)
+		appendStringInfo(&from, "%s%s", i > 0 ? ", " : "", sql_literal(t->keys[i].name));
+	appendStringInfo(&from, "]::pg_catalog.text[], %s) c(dedup_cand)"
+					 " JOIN ONLY %s r ON r.ctid OPERATOR(pg_catalog.=) c.dedup_cand",
+					 t->nulls_distinct ? "true" : "false", t->qualname);
+	return ranked(t, extra_cols, from.data);
 }
 
 /*
@@ -211,7 +241,7 @@ sql_losers(DedupTarget *t)
 
 	if (col == NULL)
 		return psprintf("dedup_l AS (SELECT s.dedup_ctid, s.dedup_rn FROM (%s) s"
-						" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1)", sql_ranked(t, NULL));
+						" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1)", sql_ranked_dups(t, NULL));
 	return psprintf("dedup_g AS (%s),"
 					" dedup_l AS (SELECT r.ctid AS dedup_ctid FROM ONLY %s r JOIN dedup_g g ON %s"
 					" WHERE %s AND %s OPERATOR(pg_catalog.<>) g.dedup_keep)",

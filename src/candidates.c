@@ -1,0 +1,441 @@
+/*
+ * candidates.c
+ *		The rows that may have a duplicate, found by hashing the key.
+ *
+ * With few duplicates, the window pass that numbers the rows of every group
+ * spends nearly all its time sorting rows that turn out to be alone in their
+ * group.  Equal keys have equal hashes (the contract of a hash opclass whose
+ * equality is the key's), so a row whose key hash no other row shares cannot
+ * be a duplicate.  dedup_key_candidates() hashes the key of every row in one
+ * heap scan, sorts the (hash, ctid) pairs in memory and returns the rows whose
+ * hash repeats: whole groups, every duplicate among them, and a few rows that
+ * only collide.  The window pass then sorts those alone (sql_ranked_dups).
+ *
+ * Memory: the pairs of one pass take at most maintenance_work_mem, as an
+ * index build's sort would.  More rows than that are split by the low bits of
+ * the hash into ranges, one heap scan each.  A range that outgrows the budget
+ * is compacted (a hash seen twice keeps one entry, its rows are returned at
+ * once; that is what bounds one key with millions of rows) and, if it is still
+ * too big, halved, the other half queued for another scan.  The rows found go
+ * through a tuplesort (work_mem, spills to disk) that returns them in ctid
+ * order, each once, so that the TID scans fetching them read the heap in order.
+ */
+#include "dedup_ext.h"
+
+#include "access/hash.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_operator_d.h"
+#include "catalog/pg_type_d.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "nodes/pg_list.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/rls.h"
+#include "utils/snapmgr.h"
+#include "utils/tuplesort.h"
+#include "utils/tuplestore.h"
+#include "utils/typcache.h"
+
+PG_FUNCTION_INFO_V1(dedup_key_candidates);
+
+/* one row's key hash; an invalid tid stands for rows already returned */
+typedef struct HashedRow
+{
+	uint32		hash;
+	ItemPointerData tid;
+} HashedRow;
+
+#define ST_SORT sort_hashed_rows
+#define ST_ELEMENT_TYPE HashedRow
+#define ST_COMPARE(a, b) ((a)->hash < (b)->hash ? -1 : (a)->hash > (b)->hash ? 1 : 0)
+#define ST_SCOPE static
+#define ST_DECLARE
+#define ST_DEFINE
+#include "lib/sort_template.h"
+
+/* the rows whose hash has these low bits: hash & (2^bits - 1) == residue */
+typedef struct HashRange
+{
+	int			bits;
+	uint32		residue;
+} HashRange;
+
+typedef struct KeyHasher
+{
+	int			nkeys;
+	AttrNumber *attnums;
+	Oid		   *collations;
+	FmgrInfo  **procs;
+	bool		nulls_distinct;
+} KeyHasher;
+
+typedef struct CandidateScan
+{
+	HashedRow  *rows;
+	int64		nrows;
+	int64		allocated;
+	int64		capacity;		/* pairs maintenance_work_mem holds */
+	Tuplesortstate *found;		/* ctids of rows whose hash repeats */
+	List	   *ranges;			/* HashRange still to scan */
+} CandidateScan;
+
+static inline uint32
+range_mask(int bits)
+{
+	return bits >= 32 ? PG_UINT32_MAX : ((uint32) 1 << bits) - 1;
+}
+
+/*
+ * Does the type hash consistently with the equality that groups its values?
+ * The window pass partitions by the default btree opclass's equality, which
+ * the type cache reports as eq_opr; the default hash opclass must have the
+ * same equality operator.
+ */
+bool
+dedup_type_hashable(Oid type)
+{
+	TypeCacheEntry *tce = lookup_type_cache(type, TYPECACHE_EQ_OPR | TYPECACHE_HASH_PROC |
+											TYPECACHE_HASH_OPFAMILY);
+
+	return OidIsValid(tce->eq_opr) && OidIsValid(tce->hash_proc) &&
+		get_opfamily_member(tce->hash_opf, tce->hash_opintype, tce->hash_opintype,
+							HTEqualStrategyNumber) == tce->eq_opr;
+}
+
+/* Resolve the key columns; refuse what the caller may not read or hash. */
+static void
+open_hasher(Relation rel, ArrayType *key, bool nulls_distinct, KeyHasher *h)
+{
+	Oid			relid = RelationGetRelid(rel);
+	bool		table_select = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
+	Datum	   *names;
+	bool	   *nulls;
+	int			n;
+
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("argument \"rel\" must be a table, but \"%s\" is not",
+						RelationGetRelationName(rel))));
+	if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot hash the keys of \"%s\": row-level security applies to it",
+						RelationGetRelationName(rel))));
+	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("argument \"key\" must name at least one column")));
+	h->nkeys = n;
+	h->attnums = palloc(n * sizeof(AttrNumber));
+	h->collations = palloc(n * sizeof(Oid));
+	h->procs = palloc(n * sizeof(FmgrInfo *));
+	h->nulls_distinct = nulls_distinct;
+	for (int i = 0; i < n; i++)
+	{
+		char	   *name = nulls[i] ? NULL : TextDatumGetCString(names[i]);
+		/* system columns are not in pg_attribute: they are refused here too */
+		AttrNumber	attnum = name ? get_attnum(relid, name) : InvalidAttrNumber;
+		Form_pg_attribute att;
+		TypeCacheEntry *tce;
+
+		if (attnum == InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("argument \"key\" names column \"%s\", which \"%s\" does not have",
+							name ? name : "NULL", RelationGetRelationName(rel))));
+		if (!table_select &&
+			pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(rel));
+		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		if (!dedup_type_hashable(att->atttypid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("key column \"%s\" has type %s, which has no hash function for its equality",
+							name, format_type_be(att->atttypid))));
+		tce = lookup_type_cache(att->atttypid, TYPECACHE_HASH_PROC_FINFO);
+		h->attnums[i] = attnum;
+		h->collations[i] = att->attcollation;
+		h->procs[i] = &tce->hash_proc_finfo;
+	}
+}
+
+/*
+ * The key hash of the slot's row; false when NULLs are distinct and a key
+ * column is NULL (such a row is never a duplicate).
+ */
+static bool
+hash_key(KeyHasher *h, TupleTableSlot *slot, uint32 *hash)
+{
+	uint32		result = 0;
+
+	for (int i = 0; i < h->nkeys; i++)
+	{
+		bool		isnull;
+		Datum		value = slot_getattr(slot, h->attnums[i], &isnull);
+		uint32		one = 0;
+
+		if (isnull && h->nulls_distinct)
+			return false;
+		if (!isnull)
+			one = DatumGetUInt32(FunctionCall1Coll(h->procs[i], h->collations[i], value));
+		result = i == 0 ? one : hash_combine(result, one);
+	}
+	*hash = result;
+	return true;
+}
+
+/*
+ * Sort the pairs, hand the rows of every hash seen more than once to the
+ * tuplesort, and keep one entry per hash: a hash seen once keeps its row (a
+ * later row may still match it), a repeated one an invalid ctid that makes
+ * any later row with that hash a candidate too.
+ */
+static void
+compact_rows(CandidateScan *cs)
+{
+	int64		kept = 0;
+	int64		i = 0;
+
+	sort_hashed_rows(cs->rows, cs->nrows);
+	while (i < cs->nrows)
+	{
+		int64		end = i + 1;
+
+		while (end < cs->nrows && cs->rows[end].hash == cs->rows[i].hash)
+			end++;
+		if (end - i == 1 && ItemPointerIsValid(&cs->rows[i].tid))
+			cs->rows[kept++] = cs->rows[i];
+		else
+		{
+			for (int64 j = i; j < end; j++)
+				if (ItemPointerIsValid(&cs->rows[j].tid))
+					tuplesort_putdatum(cs->found, PointerGetDatum(&cs->rows[j].tid), false);
+			cs->rows[kept].hash = cs->rows[i].hash;
+			ItemPointerSetInvalid(&cs->rows[kept].tid);
+			kept++;
+		}
+		i = end;
+	}
+	cs->nrows = kept;
+}
+
+/*
+ * Room for one more pair in the range being scanned: grow the array up to
+ * the budget, then compact it, then narrow the range (queueing the other half
+ * for a later scan) until at most half of the budget is in use.
+ */
+static void
+make_room(CandidateScan *cs, HashRange *range)
+{
+	if (cs->nrows < cs->allocated)
+		return;
+	if (cs->allocated < cs->capacity)
+	{
+		cs->allocated = Min(cs->capacity, cs->allocated * 2);
+		cs->rows = repalloc_huge(cs->rows, cs->allocated * sizeof(HashedRow));
+		return;
+	}
+	compact_rows(cs);
+	while (cs->nrows > cs->capacity / 2 && range->bits < 32)
+	{
+		HashRange  *other = palloc(sizeof(HashRange));
+		int64		kept = 0;
+
+		other->bits = range->bits + 1;
+		other->residue = range->residue | ((uint32) 1 << range->bits);
+		cs->ranges = lappend(cs->ranges, other);
+		range->bits++;
+		for (int64 i = 0; i < cs->nrows; i++)
+			if ((cs->rows[i].hash & range_mask(range->bits)) == range->residue)
+				cs->rows[kept++] = cs->rows[i];
+		cs->nrows = kept;
+	}
+}
+
+/* One heap scan: the candidates among the rows whose hash is in range. */
+static void
+scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
+{
+	TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_ext key hash",
+												 ALLOCSET_DEFAULT_SIZES);
+
+	cs->nrows = 0;
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		MemoryContext oldcxt;
+		uint32		hash;
+		bool		hashed;
+
+		CHECK_FOR_INTERRUPTS();
+		oldcxt = MemoryContextSwitchTo(rowcxt);
+		hashed = hash_key(h, slot, &hash);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(rowcxt);
+		if (!hashed || (hash & range_mask(range.bits)) != range.residue)
+			continue;
+		make_room(cs, &range);
+		/* narrowing the range may have excluded this row */
+		if ((hash & range_mask(range.bits)) != range.residue)
+			continue;
+		cs->rows[cs->nrows].hash = hash;
+		cs->rows[cs->nrows].tid = slot->tts_tid;
+		cs->nrows++;
+	}
+	compact_rows(cs);
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	MemoryContextDelete(rowcxt);
+}
+
+/*
+ * Ranges for the first scans: as many as the table's estimated rows need
+ * to fit the budget, so that a table of the size its statistics say needs no
+ * narrowing.
+ */
+static List *
+first_ranges(Relation rel, int64 capacity)
+{
+	BlockNumber pages = RelationGetNumberOfBlocks(rel);
+	double		rows = 0;
+	int			bits = 0;
+	List	   *ranges = NIL;
+
+	if (rel->rd_rel->reltuples > 0 && rel->rd_rel->relpages > 0)
+		rows = rel->rd_rel->reltuples / rel->rd_rel->relpages * pages;
+	while (bits < 16 && rows * 1.1 > (double) capacity * ((uint32) 1 << bits))
+		bits++;
+	for (uint32 r = 0; r < ((uint32) 1 << bits); r++)
+	{
+		HashRange  *range = palloc(sizeof(HashRange));
+
+		range->bits = bits;
+		range->residue = r;
+		ranges = lappend(ranges, range);
+	}
+	return ranges;
+}
+
+/*
+ * dedup_key_candidates(rel regclass, key text[], nulls_distinct boolean)
+ * RETURNS SETOF tid: the rows of rel whose key hash another row shares, in
+ * ctid order.  Needs SELECT on the key columns; refused on a table with
+ * row-level security for the caller (it would see hidden rows' hashes).
+ */
+Datum
+dedup_key_candidates(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	rel;
+	KeyHasher	h;
+	CandidateScan cs = {0};
+	MemoryContext oldcxt;
+	MemoryContext rowcxt;
+	TupleDesc	tupdesc;
+	Tuplestorestate *out;
+	ItemPointerData last;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("dedup_key_candidates must be called in a context that accepts a set")));
+
+	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
+	open_hasher(rel, PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_BOOL(2), &h);
+
+	cs.capacity = Max((int64) maintenance_work_mem * 1024 / (int64) sizeof(HashedRow), 1024);
+	cs.allocated = Min(cs.capacity, 1024);
+	cs.rows = palloc_extended(cs.allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
+	cs.found = dedup_tuplesort_begin_datum(TIDOID, TIDLessOperator, work_mem);
+	cs.ranges = first_ranges(rel, cs.capacity);
+	while (cs.ranges != NIL)
+	{
+		HashRange	range = *(HashRange *) linitial(cs.ranges);
+
+		cs.ranges = list_delete_first(cs.ranges);
+		scan_range(rel, &h, &cs, range);
+	}
+	pfree(cs.rows);
+	relation_close(rel, NoLock);
+
+	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	tupdesc = CreateTemplateTupleDesc(1);
+	TupleDescInitEntry(tupdesc, 1, "ctid", TIDOID, -1, 0);
+	out = tuplestore_begin_heap(true, false, work_mem);
+	MemoryContextSwitchTo(oldcxt);
+
+	/* narrowed ranges may have returned a row twice: keep each once */
+	tuplesort_performsort(cs.found);
+	ItemPointerSetInvalid(&last);
+	rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_ext candidates",
+								   ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		Datum		value;
+		bool		isnull;
+		bool		more;
+
+		/* before 16, a by-reference datum comes back as a fresh copy */
+		oldcxt = MemoryContextSwitchTo(rowcxt);
+		more = dedup_tuplesort_getdatum(cs.found, &value, &isnull);
+		MemoryContextSwitchTo(oldcxt);
+		if (!more)
+			break;
+		if (!ItemPointerEquals((ItemPointer) DatumGetPointer(value), &last))
+		{
+			tuplestore_putvalues(out, tupdesc, &value, &isnull);
+			last = *(ItemPointer) DatumGetPointer(value);
+		}
+		MemoryContextReset(rowcxt);
+	}
+	tuplesort_end(cs.found);
+	MemoryContextDelete(rowcxt);
+
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = out;
+	rsinfo->setDesc = tupdesc;
+	return (Datum) 0;
+}
+
+/*
+ * Let the passes that look for duplicates read only the candidates
+ * (sql_ranked_dups) when that is likely much cheaper than sorting every row:
+ * by the planner's estimate most rows are unique (with many duplicates nearly
+ * every row is a candidate and the hashing is extra work), every key type
+ * hashes with its equality, no row-level security applies, and the table's
+ * pairs fit in maintenance_work_mem in at most four heap scans.
+ */
+void
+dedup_target_plan_candidates(DedupTarget *t, double loser_share)
+{
+	Relation	rel;
+	double		rows;
+
+	t->candidates_fn = NULL;
+	if (loser_share > 0.25)
+		return;
+	for (int i = 0; i < t->nkeys; i++)
+		if (!dedup_type_hashable(t->keys[i].type))
+			return;
+	if (check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED)
+		return;
+	rel = table_open(t->relid, NoLock);
+	rows = rel->rd_rel->reltuples;
+	table_close(rel, NoLock);
+	if (rows < 0 || rows * sizeof(HashedRow) > 4.0 * maintenance_work_mem * 1024)
+		return;
+	t->candidates_fn = psprintf("%s.dedup_key_candidates", dedup_ext_schema());
+}
