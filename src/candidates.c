@@ -144,12 +144,11 @@ open_hasher(Relation rel, ArrayType *key, bool nulls_distinct, KeyHasher *h)
 	for (int i = 0; i < n; i++)
 	{
 		char	   *name = nulls[i] ? NULL : TextDatumGetCString(names[i]);
-		/* system columns are not in pg_attribute: they are refused here too */
 		AttrNumber	attnum = name ? get_attnum(relid, name) : InvalidAttrNumber;
 		Form_pg_attribute att;
 		TypeCacheEntry *tce;
 
-		if (attnum == InvalidAttrNumber)
+		if (attnum <= 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("argument \"key\" names column \"%s\", which \"%s\" does not have",

@@ -86,9 +86,8 @@ worker_slot_release(int slot)
 	LockRelease(&tag, ExclusiveLock, true);
 }
 
-/* the job's state as dedup_jobs shows it ('interrupted' for a lost worker) */
-char *
-job_effective_state(int64 job_id)
+static char *
+read_effective_state(int64 job_id)
 {
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(job_id)};
@@ -98,6 +97,24 @@ job_effective_state(int64 job_id)
 					  1, types, values, NULL, SPI_OK_SELECT);
 	return SPI_processed == 1 ?
 		SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1) : NULL;
+}
+
+/*
+ * The job's state as dedup_jobs shows it ('interrupted' for a lost worker).
+ * dedup_jobs reads the row under the statement's snapshot and the worker's
+ * lock afterwards, live: a worker that commits 'done' and lets its lock go in
+ * between looks lost.  It releases the lock only after that commit, so a
+ * second statement, whose snapshot is newer than the first one's look at the
+ * lock, sees the final state; a job that still reads 'interrupted' is lost.
+ */
+char *
+job_effective_state(int64 job_id)
+{
+	char	   *state = read_effective_state(job_id);
+
+	if (state != NULL && strcmp(state, "interrupted") == 0)
+		state = read_effective_state(job_id);
+	return state;
 }
 
 static void

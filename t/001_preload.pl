@@ -28,5 +28,13 @@ $node->restart;
 is($node->safe_psql('postgres', 'SELECT dedup_rollback(1)'), '990', 'rollback after restart');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '1000', 'all rows back');
 
+# DROP DATABASE waits until every process has acknowledged its barrier
+# (ProcSignalBarrier); the launcher, which sleeps for the server's lifetime,
+# must answer it, or the DROP never returns
+$node->safe_psql('postgres', 'CREATE DATABASE scratch');
+my ($ret, $stdout, $stderr) = $node->psql('postgres', 'DROP DATABASE scratch',
+	timeout => 60);
+is($ret, 0, 'DROP DATABASE returns with the launcher running');
+
 $node->stop;
 done_testing();
