@@ -174,15 +174,27 @@ CREATE VIEW cand.v AS SELECT * FROM cand.tx;
 SELECT * FROM dedup_key_candidates('cand.v', '{code}');
 SELECT * FROM dedup_key_candidates('cand.tx', '{nope}');
 SELECT * FROM dedup_key_candidates('cand.tx', '{}');
+SELECT * FROM dedup_key_candidates('cand.tx', '{code,NULL}');
 SELECT * FROM dedup_key_candidates('cand.tx', '{ctid}');
 SELECT * FROM dedup_key_candidates('cand.flags', '{bits}');
+-- a range compares its bounds by its subtype opclass, which may not be the
+-- one its hash uses: not hashed (and dedup_table keeps to the full window)
+CREATE TABLE cand.spans (id int PRIMARY KEY, span int4range);
+INSERT INTO cand.spans SELECT g, int4range(g, g + 1) FROM generate_series(1, 100) g;
+SELECT * FROM dedup_key_candidates('cand.spans', '{span}');
+SELECT * FROM dedup_key_candidates(0, '{code}');
 CREATE ROLE regress_cand_reader;
 GRANT USAGE ON SCHEMA cand TO regress_cand_reader;
 GRANT SELECT (id) ON cand.tx TO regress_cand_reader;
 SET ROLE regress_cand_reader;
 SELECT count(*) FROM dedup_key_candidates('cand.tx', '{code}');
 RESET ROLE;
+-- the key's column is not enough: the result is the rows' ctids
 GRANT SELECT (code) ON cand.tx TO regress_cand_reader;
+SET ROLE regress_cand_reader;
+SELECT count(*) FROM dedup_key_candidates('cand.tx', '{code}');
+RESET ROLE;
+GRANT SELECT ON cand.tx TO regress_cand_reader;
 SET ROLE regress_cand_reader;
 SELECT count(*) FROM dedup_key_candidates('cand.tx', '{code}');
 RESET ROLE;

@@ -37,6 +37,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -173,15 +174,18 @@ scan_step(BgJob *job, void *arg)
 	spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 	if (t->rename_key < 0)
 	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
-
-		/* one statement: the candidates and the window see one snapshot */
+		/*
+		 * One statement: the candidates and the window see one snapshot.  The
+		 * plan is this step's (its strings live in the step's memory), and
+		 * made under the lock the statement will hold anyway.
+		 */
+		LockRelationOid(t->relid, AccessShareLock);
 		dedup_target_plan_candidates(t, estimated_loser_share(t, false));
-		MemoryContextSwitchTo(oldcxt);
 		n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s"
 									" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
 									job->work, work_select_list(t, "s"), sql_ranked_dups(t, work_columns(t))),
 						   SPI_OK_INSERT);
+		t->candidates_fn = NULL;
 	}
 	else
 	{

@@ -98,17 +98,49 @@ range_mask(int bits)
  * Does the type hash consistently with the equality that groups its values?
  * The window pass partitions by the default btree opclass's equality, which
  * the type cache reports as eq_opr; the default hash opclass must have the
- * same equality operator.
+ * same equality operator.  An array hashes and compares its elements by
+ * their own defaults, so the element type must agree too.  Range types
+ * compare their bounds with the range's subtype opclass, which need not be
+ * the default one, and composites compare their columns under collations the
+ * hash does not see: both keep to the window over every row.
  */
 bool
 dedup_type_hashable(Oid type)
 {
-	TypeCacheEntry *tce = lookup_type_cache(type, TYPECACHE_EQ_OPR | TYPECACHE_HASH_PROC |
-											TYPECACHE_HASH_OPFAMILY);
+	Oid			base = getBaseType(type);
+	char		typtype = get_typtype(base);
+	Oid			elem = get_element_type(base);
+	TypeCacheEntry *tce;
 
+	if (typtype == TYPTYPE_RANGE || typtype == TYPTYPE_MULTIRANGE || typtype == TYPTYPE_COMPOSITE ||
+		base == RECORDOID)
+		return false;
+	if (OidIsValid(elem) && !dedup_type_hashable(elem))
+		return false;
+	tce = lookup_type_cache(base, TYPECACHE_EQ_OPR | TYPECACHE_HASH_PROC | TYPECACHE_HASH_OPFAMILY);
 	return OidIsValid(tce->eq_opr) && OidIsValid(tce->hash_proc) &&
 		get_opfamily_member(tce->hash_opf, tce->hash_opintype, tce->hash_opintype,
 							HTEqualStrategyNumber) == tce->eq_opr;
+}
+
+/*
+ * May the caller read these columns and the rows' ctids?  Table-level
+ * SELECT, or SELECT on each column and on ctid (which a column grant on the
+ * key alone does not give).
+ */
+static void
+check_select(Relation rel, AttrNumber *attnums, int n)
+{
+	Oid			relid = RelationGetRelid(rel);
+	Oid			user = GetUserId();
+
+	if (pg_class_aclcheck(relid, user, ACL_SELECT) == ACLCHECK_OK)
+		return;
+	for (int i = 0; i < n; i++)
+		if (pg_attribute_aclcheck(relid, attnums[i], user, ACL_SELECT) != ACLCHECK_OK)
+			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(rel));
+	if (pg_attribute_aclcheck(relid, SelfItemPointerAttributeNumber, user, ACL_SELECT) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(rel));
 }
 
 /* Resolve the key columns; refuse what the caller may not read or hash. */
@@ -116,21 +148,10 @@ static void
 open_hasher(Relation rel, ArrayType *key, bool nulls_distinct, KeyHasher *h)
 {
 	Oid			relid = RelationGetRelid(rel);
-	bool		table_select = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) == ACLCHECK_OK;
 	Datum	   *names;
 	bool	   *nulls;
 	int			n;
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("argument \"rel\" must be a table, but \"%s\" is not",
-						RelationGetRelationName(rel))));
-	if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot hash the keys of \"%s\": row-level security applies to it",
-						RelationGetRelationName(rel))));
 	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &n);
 	if (n == 0)
 		ereport(ERROR,
@@ -143,29 +164,48 @@ open_hasher(Relation rel, ArrayType *key, bool nulls_distinct, KeyHasher *h)
 	h->nulls_distinct = nulls_distinct;
 	for (int i = 0; i < n; i++)
 	{
-		char	   *name = nulls[i] ? NULL : TextDatumGetCString(names[i]);
-		AttrNumber	attnum = name ? get_attnum(relid, name) : InvalidAttrNumber;
-		Form_pg_attribute att;
-		TypeCacheEntry *tce;
+		char	   *name;
 
-		if (attnum <= 0)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("argument \"key\" must not contain NULL")));
+		name = TextDatumGetCString(names[i]);
+		h->attnums[i] = get_attnum(relid, name);
+		if (h->attnums[i] == InvalidAttrNumber)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("argument \"key\" names column \"%s\", which \"%s\" does not have",
-							name ? name : "NULL", RelationGetRelationName(rel))));
-		if (!table_select &&
-			pg_attribute_aclcheck(relid, attnum, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
-			aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(rel));
-		att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+					 errmsg("column \"%s\" named in key does not exist", name),
+					 errdetail("Table %s has no column \"%s\".",
+							   RelationGetRelationName(rel), name)));
+		if (h->attnums[i] < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("column \"%s\" named in key is a system column", name)));
+	}
+	check_select(rel, h->attnums, n);
+	if (rel->rd_rel->relkind != RELKIND_RELATION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("argument \"rel\" must be a table, but \"%s\" is not",
+						RelationGetRelationName(rel))));
+	if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot hash the keys of \"%s\": row-level security applies to it",
+						RelationGetRelationName(rel))));
+	for (int i = 0; i < n; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), h->attnums[i] - 1);
+
 		if (!dedup_type_hashable(att->atttypid))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_FUNCTION),
-					 errmsg("key column \"%s\" has type %s, which has no hash function for its equality",
-							name, format_type_be(att->atttypid))));
-		tce = lookup_type_cache(att->atttypid, TYPECACHE_HASH_PROC_FINFO);
-		h->attnums[i] = attnum;
+					 errmsg("key column \"%s\" has type %s, which has no hash function consistent with its equality",
+							NameStr(att->attname), format_type_be(att->atttypid))));
 		h->collations[i] = att->attcollation;
-		h->procs[i] = &tce->hash_proc_finfo;
+		h->procs[i] = &lookup_type_cache(getBaseType(att->atttypid),
+										 TYPECACHE_HASH_PROC_FINFO)->hash_proc_finfo;
 	}
 }
 
@@ -300,6 +340,37 @@ scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 }
 
 /*
+ * The rows of the table now, from its statistics scaled to its current
+ * size, as the planner estimates them; -1 if it was never analyzed.
+ */
+static double
+estimated_rows(Relation rel)
+{
+	if (rel->rd_rel->reltuples < 0)
+		return -1;
+	if (rel->rd_rel->relpages == 0)
+		return rel->rd_rel->reltuples;
+	return rel->rd_rel->reltuples / rel->rd_rel->relpages * RelationGetNumberOfBlocks(rel);
+}
+
+/* log2 of the ranges the first scans need for rows to fit capacity */
+static int
+range_bits(double rows, int64 capacity)
+{
+	int			bits = 0;
+
+	while (bits < 16 && rows * 1.1 > (double) capacity * ((uint32) 1 << bits))
+		bits++;
+	return bits;
+}
+
+static int64
+pair_capacity(void)
+{
+	return Max((int64) maintenance_work_mem * 1024 / (int64) sizeof(HashedRow), 1024);
+}
+
+/*
  * Ranges for the first scans: as many as the table's estimated rows need
  * to fit the budget, so that a table of the size its statistics say needs no
  * narrowing.
@@ -307,15 +378,9 @@ scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 static List *
 first_ranges(Relation rel, int64 capacity)
 {
-	BlockNumber pages = RelationGetNumberOfBlocks(rel);
-	double		rows = 0;
-	int			bits = 0;
+	int			bits = range_bits(Max(estimated_rows(rel), 0), capacity);
 	List	   *ranges = NIL;
 
-	if (rel->rd_rel->reltuples > 0 && rel->rd_rel->relpages > 0)
-		rows = rel->rd_rel->reltuples / rel->rd_rel->relpages * pages;
-	while (bits < 16 && rows * 1.1 > (double) capacity * ((uint32) 1 << bits))
-		bits++;
 	for (uint32 r = 0; r < ((uint32) 1 << bits); r++)
 	{
 		HashRange  *range = palloc(sizeof(HashRange));
@@ -352,10 +417,15 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("dedup_key_candidates must be called in a context that accepts a set")));
 
-	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
+	rel = try_relation_open(PG_GETARG_OID(0), AccessShareLock);
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u given as argument \"rel\" does not exist",
+						PG_GETARG_OID(0))));
 	open_hasher(rel, PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_BOOL(2), &h);
 
-	cs.capacity = Max((int64) maintenance_work_mem * 1024 / (int64) sizeof(HashedRow), 1024);
+	cs.capacity = pair_capacity();
 	cs.allocated = Min(cs.capacity, 1024);
 	cs.rows = palloc_extended(cs.allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
 	cs.found = dedup_tuplesort_begin_datum(TIDOID, TIDLessOperator, work_mem);
@@ -373,7 +443,7 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
 	tupdesc = CreateTemplateTupleDesc(1);
 	TupleDescInitEntry(tupdesc, 1, "ctid", TIDOID, -1, 0);
-	out = tuplestore_begin_heap(true, false, work_mem);
+	out = tuplestore_begin_heap(false, false, work_mem);
 	MemoryContextSwitchTo(oldcxt);
 
 	/* narrowed ranges may have returned a row twice: keep each once */
@@ -387,7 +457,7 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 		bool		isnull;
 		bool		more;
 
-		/* before 16, a by-reference datum comes back as a fresh copy */
+		/* a by-reference datum comes back as a fresh copy */
 		oldcxt = MemoryContextSwitchTo(rowcxt);
 		more = dedup_tuplesort_getdatum(cs.found, &value, &isnull);
 		MemoryContextSwitchTo(oldcxt);
@@ -410,12 +480,33 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The qualified name of dedup_key_candidates, or NULL where the extension's
+ * objects predate it (the library was updated, ALTER EXTENSION UPDATE not
+ * run yet): the passes then read every row, as that version did.
+ */
+static char *
+candidates_function(void)
+{
+	char	   *fn = psprintf("%s.dedup_key_candidates", dedup_ext_schema());
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(psprintf("%s(pg_catalog.regclass, pg_catalog.text[], boolean)", fn))};
+	bool		isnull;
+
+	if (SPI_execute_with_args("SELECT pg_catalog.to_regprocedure($1) IS NOT NULL",
+							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not look up dedup_key_candidates");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) ?
+		fn : NULL;
+}
+
+/*
  * Let the passes that look for duplicates read only the candidates
  * (sql_ranked_dups) when that is likely much cheaper than sorting every row:
  * by the planner's estimate most rows are unique (with many duplicates nearly
  * every row is a candidate and the hashing is extra work), every key type
  * hashes with its equality, no row-level security applies, and the table's
- * pairs fit in maintenance_work_mem in at most four heap scans.
+ * pairs fit in maintenance_work_mem in at most four heap scans.  The caller
+ * holds a lock on the table.
  */
 void
 dedup_target_plan_candidates(DedupTarget *t, double loser_share)
@@ -432,9 +523,9 @@ dedup_target_plan_candidates(DedupTarget *t, double loser_share)
 	if (check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED)
 		return;
 	rel = table_open(t->relid, NoLock);
-	rows = rel->rd_rel->reltuples;
+	rows = estimated_rows(rel);
 	table_close(rel, NoLock);
-	if (rows < 0 || rows * sizeof(HashedRow) > 4.0 * maintenance_work_mem * 1024)
+	if (rows < 0 || range_bits(rows, pair_capacity()) > 2)
 		return;
-	t->candidates_fn = psprintf("%s.dedup_key_candidates", dedup_ext_schema());
+	t->candidates_fn = candidates_function();
 }

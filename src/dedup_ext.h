@@ -8,7 +8,8 @@
  * archive.c run those as whole-table statements through SPI.  jobs.c keeps the
  * job rows.  Every per-row step is a set-based statement whose executor
  * spills to disk as needed; the one scan in C, candidates.c's key hashes,
- * keeps its memory within maintenance_work_mem by scanning again.
+ * keeps its pairs within maintenance_work_mem by scanning again (and its
+ * result within work_mem, spilling).
  */
 #ifndef DEDUP_EXT_H
 #define DEDUP_EXT_H
