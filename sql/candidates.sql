@@ -169,30 +169,40 @@ SELECT strategy, rows_deleted FROM dedup_table('cand.skewed', '{code}', strategy
 SELECT cand.calls() - :calls_before AS calls;
 ROLLBACK;
 
--- refusals
+-- refusals, each with its SQLSTATE
 CREATE VIEW cand.v AS SELECT * FROM cand.tx;
 SELECT * FROM dedup_key_candidates('cand.v', '{code}');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM dedup_key_candidates('cand.tx', '{nope}');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM dedup_key_candidates('cand.tx', '{}');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM dedup_key_candidates('cand.tx', '{code,NULL}');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM dedup_key_candidates('cand.tx', '{ctid}');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM dedup_key_candidates('cand.flags', '{bits}');
+\echo :LAST_ERROR_SQLSTATE
 -- a range compares its bounds by its subtype opclass, which may not be the
 -- one its hash uses: not hashed (and dedup_table keeps to the full window)
 CREATE TABLE cand.spans (id int PRIMARY KEY, span int4range);
 INSERT INTO cand.spans SELECT g, int4range(g, g + 1) FROM generate_series(1, 100) g;
 SELECT * FROM dedup_key_candidates('cand.spans', '{span}');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM dedup_key_candidates(0, '{code}');
+\echo :LAST_ERROR_SQLSTATE
 CREATE ROLE regress_cand_reader;
 GRANT USAGE ON SCHEMA cand TO regress_cand_reader;
 GRANT SELECT (id) ON cand.tx TO regress_cand_reader;
 SET ROLE regress_cand_reader;
 SELECT count(*) FROM dedup_key_candidates('cand.tx', '{code}');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 -- the key's column is not enough: the result is the rows' ctids
 GRANT SELECT (code) ON cand.tx TO regress_cand_reader;
 SET ROLE regress_cand_reader;
 SELECT count(*) FROM dedup_key_candidates('cand.tx', '{code}');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 GRANT SELECT ON cand.tx TO regress_cand_reader;
 SET ROLE regress_cand_reader;
@@ -202,6 +212,7 @@ ALTER TABLE cand.tx ENABLE ROW LEVEL SECURITY;
 CREATE POLICY low ON cand.tx TO regress_cand_reader USING (amount < 50);
 SET ROLE regress_cand_reader;
 SELECT count(*) FROM dedup_key_candidates('cand.tx', '{code}');
+\echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 
 DROP SCHEMA cand CASCADE;

@@ -23,7 +23,6 @@
 #include "dedup_ext.h"
 
 #include "access/hash.h"
-#include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "catalog/pg_class.h"
@@ -143,58 +142,29 @@ check_select(Relation rel, AttrNumber *attnums, int n)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_TABLE, RelationGetRelationName(rel));
 }
 
-/* Resolve the key columns; refuse what the caller may not read or hash. */
+/*
+ * Resolve the key columns (validated as every dedup_ext function does, by
+ * dedup_target_open); refuse what the caller may not read or hash.
+ */
 static void
-open_hasher(Relation rel, ArrayType *key, bool nulls_distinct, KeyHasher *h)
+open_hasher(Relation rel, DedupTarget *t, KeyHasher *h)
 {
 	Oid			relid = RelationGetRelid(rel);
-	Datum	   *names;
-	bool	   *nulls;
-	int			n;
 
-	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &names, &nulls, &n);
-	if (n == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("argument \"key\" must name at least one column")));
-	h->nkeys = n;
-	h->attnums = palloc(n * sizeof(AttrNumber));
-	h->collations = palloc(n * sizeof(Oid));
-	h->procs = palloc(n * sizeof(FmgrInfo *));
-	h->nulls_distinct = nulls_distinct;
-	for (int i = 0; i < n; i++)
-	{
-		char	   *name;
-
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("argument \"key\" must not contain NULL")));
-		name = TextDatumGetCString(names[i]);
-		h->attnums[i] = get_attnum(relid, name);
-		if (h->attnums[i] == InvalidAttrNumber)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("column \"%s\" named in key does not exist", name),
-					 errdetail("Table %s has no column \"%s\".",
-							   RelationGetRelationName(rel), name)));
-		if (h->attnums[i] < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("column \"%s\" named in key is a system column", name)));
-	}
-	check_select(rel, h->attnums, n);
-	if (rel->rd_rel->relkind != RELKIND_RELATION)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("argument \"rel\" must be a table, but \"%s\" is not",
-						RelationGetRelationName(rel))));
+	h->nkeys = t->nkeys;
+	h->attnums = palloc(t->nkeys * sizeof(AttrNumber));
+	h->collations = palloc(t->nkeys * sizeof(Oid));
+	h->procs = palloc(t->nkeys * sizeof(FmgrInfo *));
+	h->nulls_distinct = t->nulls_distinct;
+	for (int i = 0; i < t->nkeys; i++)
+		h->attnums[i] = get_attnum(relid, t->keys[i].name);
+	check_select(rel, h->attnums, t->nkeys);
 	if (check_enable_rls(relid, InvalidOid, false) == RLS_ENABLED)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot hash the keys of \"%s\": row-level security applies to it",
 						RelationGetRelationName(rel))));
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < t->nkeys; i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), h->attnums[i] - 1);
 
@@ -402,6 +372,7 @@ Datum
 dedup_key_candidates(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	DedupTarget *t;
 	Relation	rel;
 	KeyHasher	h;
 	CandidateScan cs = {0};
@@ -417,13 +388,10 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("dedup_key_candidates must be called in a context that accepts a set")));
 
-	rel = try_relation_open(PG_GETARG_OID(0), AccessShareLock);
-	if (rel == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u given as argument \"rel\" does not exist",
-						PG_GETARG_OID(0))));
-	open_hasher(rel, PG_GETARG_ARRAYTYPE_P(1), PG_GETARG_BOOL(2), &h);
+	t = dedup_target_open(PG_GETARG_OID(0), PG_GETARG_ARRAYTYPE_P(1), NULL, PG_GETARG_BOOL(2),
+						  false, AccessShareLock);
+	rel = table_open(t->relid, NoLock);
+	open_hasher(rel, t, &h);
 
 	cs.capacity = pair_capacity();
 	cs.allocated = Min(cs.capacity, 1024);
@@ -438,7 +406,7 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 		scan_range(rel, &h, &cs, range);
 	}
 	pfree(cs.rows);
-	relation_close(rel, NoLock);
+	table_close(rel, NoLock);
 
 	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
 	tupdesc = CreateTemplateTupleDesc(1);
