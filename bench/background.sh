@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/background.sh -- a background dedup while pgbench writes the table.
 #
-#   bash bench/background.sh [--rows N] [--seconds S] [--rate TPS] [--add-unique]
+#   bash bench/background.sh [--rows N] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -18,6 +18,12 @@
 # job's throughput against it.  Writers' lock waits: log_lock_waits with
 # deadlock_timeout = 100ms logs every wait longer than 100 ms; the benchmark
 # counts those lines and reports the longest transaction.  Not a test.
+#
+# By default the tables were written after the last checkpoint, so neither
+# the job nor the foreground run writes full-page images.  --checkpoint
+# runs a CHECKPOINT before each: as for a table last written before the
+# last checkpoint, the first change of each page writes all of it to the WAL
+# (8 kB per deleted row here, as the duplicates are spread over every page).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -29,18 +35,28 @@ ROWS=10000000
 SECONDS_ALONE=60
 RATE=400
 UNIQUE=false
+CHECKPOINT=false
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
         --seconds) SECONDS_ALONE=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --add-unique) UNIQUE=true; shift ;;
-        *) echo "usage: $0 [--rows N] [--seconds S] [--rate TPS] [--add-unique]" >&2; exit 2 ;;
+        --checkpoint) CHECKPOINT=true; shift ;;
+        *) echo "usage: $0 [--rows N] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
+# A server that has been running reuses its old WAL segments; a new cluster
+# creates and zero-fills each 16 MB segment while holding WALWriteLock,
+# which stalls every commit for about 40 ms, whoever wrote the WAL.  So that
+# the run measures the job and not the cluster's youth, 4 GB of WAL are
+# written and a checkpoint recycles them as the segments to come (enough
+# for the load, the job and the foreground run).
+q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 4096)" >/dev/null
+q -c "CHECKPOINT"
 for t in payments payments_fg; do
     q <<SQL
 DROP TABLE IF EXISTS $t CASCADE;
@@ -53,6 +69,8 @@ SELECT setval('${t}_id_seq', $ROWS);
 VACUUM ANALYZE $t;
 SQL
 done
+# the load's table files go to disk now, not while the workload is measured
+sync
 DUPS=$(q -c "SELECT duplicate_rows FROM dedup_audit('payments', '{transaction_id}')")
 echo "payments: $ROWS rows, $DUPS duplicates"
 
@@ -67,7 +85,7 @@ SQL
 
 # pgbench LABEL SECONDS: per-transaction log in $WORK/LABEL.*
 run_pgbench() {
-    (cd "$WORK" && pgbench -n -f write.sql -c 4 -j 2 -R "$RATE" -T "$2" \
+    (cd "$WORK" && exec pgbench -n -f write.sql -c 4 -j 2 -R "$RATE" -T "$2" \
         -l --log-prefix="$1" >"$WORK/$1.out" 2>&1)
 }
 
@@ -85,6 +103,18 @@ stats() {
         }' "$WORK/$1.lat"
 }
 
+# One session watches dedup_progress once a second for the whole run, as a
+# DBA would with \watch 1, through both the unloaded and the loaded phase so
+# that it costs the same in both.  A new connection for each look would move
+# the p99 by itself: each backend start stalls the workload's transactions
+# for a few milliseconds on this 2-core machine (a psql -c 'SELECT 1' every
+# 0.3 s took the unloaded p99 from 1.1 to 5.6 ms).  Nothing else connects
+# while the workload runs.
+psql -X -q -At >"$WORK/watch" 2>&1 <<<"SELECT format('%s|%s|%s|%s|%s|%s|%s', extract(epoch FROM pg_catalog.clock_timestamp()), job_id,
+                     phase, percent, rows_per_second, batches_done, eta)
+   FROM dedup_progress \\watch 1" &
+WATCH=$!
+
 echo
 echo "== 1. workload alone, ${SECONDS_ALONE} s at $RATE tps"
 run_pgbench alone "$SECONDS_ALONE"
@@ -95,36 +125,42 @@ echo
 echo "== 2. workload + background dedup (batch_size 10000, add_unique $UNIQUE)"
 LOGFILE=$(q -c "SELECT current_setting('data_directory') || '/' || pg_current_logfile()")
 WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
-# pgbench has no graceful stop: 10-second runs back to back until the job ends
-( i=0; while [ ! -e "$WORK/stop" ]; do run_pgbench "loaded_$i" 10; i=$((i + 1)); done ) &
-PGB=$!
-sleep 5
-JOB=$(q -c "SELECT job_id FROM dedup_table('payments', '{transaction_id}', background => true,
-                                           batch_size => 10000, add_unique => $UNIQUE)")
+[ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
 LSN0=$(q -c "SELECT pg_current_wal_lsn()")
-# the job's phases over time (one look a second), for the latency per phase
-: >"$WORK/phases"
-i=0
-while :; do
-    STATE=$(q -c "SELECT state FROM dedup_jobs WHERE job_id = $JOB")
-    case $STATE in done|failed|cancelled|paused|interrupted) break ;; esac
-    q -c "SELECT extract(epoch FROM pg_catalog.clock_timestamp()) || '|' || phase
-            FROM dedup_progress WHERE job_id = $JOB" >>"$WORK/phases" || true
-    [ $((i % 5)) -eq 0 ] && { q -c "SELECT format('  %s  %s%%  %s rows/s  batches %s  eta %s', phase, percent, rows_per_second, batches_done, eta)
-            FROM dedup_progress WHERE job_id = $JOB" || true; }
-    i=$((i + 1))
-    sleep 1
-done
-touch "$WORK/stop"
-wait "$PGB"
+# One session submits the job and waits for it.  It connects first, 5 s
+# before it submits, for the same reason as the watching session.
+q >"$WORK/job" <<SQL &
+SELECT pg_sleep(5) AS slept \gset
+SELECT job_id FROM dedup_table('payments', '{transaction_id}', background => true,
+                               batch_size => 10000, add_unique => $UNIQUE) \gset
+SELECT :job_id;
+SELECT dedup_wait(:job_id);
+SQL
+SUBMIT=$!
+# one pgbench run for the whole job, interrupted 2 s after the job's end
+# (its per-transaction log is written as it goes)
+run_pgbench loaded 3600 &
+PGB=$!
+wait "$SUBMIT"
+{ read -r JOB; read -r STATE; } <"$WORK/job"
+sleep 2
+kill -INT "$PGB" 2>/dev/null || true
+pkill -INT -x pgbench 2>/dev/null || true
+wait "$PGB" || true
+kill "$WATCH" 2>/dev/null || true
+wait "$WATCH" 2>/dev/null || true
 LSN1=$(q -c "SELECT pg_current_wal_lsn()")
+# the job's phases over time, from the watching session: "epoch|phase"
+awk -F'|' -v job="$JOB" '$2 == job { print $1 "|" $3 }' "$WORK/watch" >"$WORK/phases"
+awk -F'|' -v job="$JOB" '$2 == job && n++ % 5 == 0 {
+        printf "  %s  %s%%  %s rows/s  batches %s  eta %s\n", $3, $4, $5, $6, $7 }' "$WORK/watch"
 echo "job $JOB: $STATE"
 q -c "SELECT format('  job: %s s, %s rows deleted, %s batches, %s passes, %s retries, unique index %s',
                     round(extract(epoch FROM finished_at - started_at)::numeric, 2), rows_deleted,
                     batches_done, passes, retries, unique_index)
         FROM dedup_jobs WHERE job_id = $JOB"
 WINDOW=$(q -c "SELECT extract(epoch FROM started_at) || ' ' || extract(epoch FROM finished_at) FROM dedup_jobs WHERE job_id = $JOB")
-LOADED=$(stats loaded_ $WINDOW)
+LOADED=$(stats loaded $WINDOW)
 WAITS=$(( $(grep -c "still waiting for" "$LOGFILE" || true) - WAITS0 ))
 JOBSECS=$(q -c "SELECT extract(epoch FROM finished_at - started_at) FROM dedup_jobs WHERE job_id = $JOB")
 JOBWAL=$(q -c "SELECT pg_wal_lsn_diff('$LSN1', '$LSN0')::bigint")
@@ -132,7 +168,7 @@ q -c "SELECT format('  after: %s duplicate rows, %s rows', duplicate_rows, total
 
 echo
 echo "== 3. foreground dedup_table(strategy => 'delete', add_unique $UNIQUE) on a copy, no workload"
-measure "foreground delete" "SELECT * FROM dedup_table('payments_fg', '{transaction_id}', strategy => 'delete', add_unique => $UNIQUE)"
+MEASURE_CHECKPOINT=$CHECKPOINT measure "foreground delete" "SELECT * FROM dedup_table('payments_fg', '{transaction_id}', strategy => 'delete', add_unique => $UNIQUE)"
 
 FGSECS=$(IFS='|' read -r _ s _ <<<"${RESULTS[0]}"; echo "$s")
 echo
@@ -153,7 +189,7 @@ while read -r from to phase; do
 done | awk -F'|' '{ if (!($1 in first)) { first[$1] = $2; order[++n] = $1 } last[$1] = $3 }
     END { for (i = 1; i <= n; i++) print order[i] "|" first[order[i]] "|" last[order[i]] }' |
 while IFS='|' read -r phase from to; do
-    IFS='|' read -r _ n p50 p99 mx <<<"$(stats loaded_ "$from" "$to")"
+    IFS='|' read -r _ n p50 p99 mx <<<"$(stats loaded "$from" "$to")"
     printf '| %s (%.0f s) | %s | %s | %s | %s |\n' "$phase" "$(awk -v a="$from" -v b="$to" 'BEGIN { print b - a }')" "$n" "$p50" "$p99" "$mx"
 done
 IFS='|' read -r _ _ _ p99a _ <<<"$ALONE"

@@ -38,12 +38,13 @@ peak_anon() {
 }
 
 # measure LABEL SQL: prints "LABEL|seconds|wal_bytes|peak_kB" and keeps it
-# in RESULTS.  The SQL runs in one session whose backend's peak private
+# in RESULTS.  It starts with a CHECKPOINT (unless MEASURE_CHECKPOINT=false),
+# so that every run writes the same full-page images.  The SQL runs in one session whose backend's peak private
 # memory is sampled while it runs.
 RESULTS=()
 measure() {
     local label=$1 sql=$2 lsn0 lsn1 t0 t1 wal secs pidfile pid peak runner
-    q -c "CHECKPOINT" >/dev/null
+    [ "${MEASURE_CHECKPOINT:-true}" = true ] && q -c "CHECKPOINT" >/dev/null
     pidfile=$(mktemp)
     lsn0=$(q -c "SELECT pg_current_wal_lsn()")
     t0=$(date +%s.%N)
