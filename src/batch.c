@@ -161,6 +161,39 @@ prepare_step(BgJob *job, void *arg)
 	MemoryContextSwitchTo(oldcxt);
 }
 
+/*
+ * The candidates of a pass, when the job's filter (if any) takes a row or
+ * not by its own columns alone: the first pass this worker runs remembers its
+ * key hashes, the later ones hash only the rows changed since, and the
+ * losers the work table still lists (a batch may have skipped them, and
+ * they may still be duplicates); see candidates.c.
+ */
+static void
+arm_candidates(BgJob *job)
+{
+	int64		n;
+	ItemPointerData *losers;
+
+	if (!candidates_remembered(job->t->relid))
+	{
+		candidates_remember_next(job->t->relid, job->cxt);
+		return;
+	}
+	n = spi_exec_count(psprintf("SELECT w.dedup_ctid FROM %s w", job->work), SPI_OK_SELECT);
+	losers = palloc(Max(n, 1) * sizeof(ItemPointerData));
+	for (int64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (isnull)
+			ItemPointerSetInvalid(&losers[i]);
+		else
+			losers[i] = *(ItemPointer) DatumGetPointer(d);
+	}
+	candidates_confirm_next(job->t->relid, losers, n);
+}
+
 /* One pass: list the losers and their survivors in the work table. */
 static void
 scan_step(BgJob *job, void *arg)
@@ -171,7 +204,6 @@ scan_step(BgJob *job, void *arg)
 	const char *next;
 
 	dedup_check_owner(t->relid);
-	spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 	if (t->rename_key < 0)
 	{
 		/*
@@ -181,14 +213,19 @@ scan_step(BgJob *job, void *arg)
 		 */
 		LockRelationOid(t->relid, AccessShareLock);
 		dedup_target_plan_candidates(t, estimated_loser_share(t, false));
+		if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
+			arm_candidates(job);
+		spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 		n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s"
 									" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
 									job->work, work_select_list(t, "s"), sql_ranked_dups(t, work_columns(t))),
 						   SPI_OK_INSERT);
+		candidates_disarm();
 		t->candidates_fn = NULL;
 	}
 	else
 	{
+		spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 		n = spi_exec_count(psprintf("WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
 									" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s"
 									" INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s, f.dedup_cand"

@@ -19,12 +19,20 @@
  * too big, halved, the other half queued for another scan.  The rows found go
  * through a tuplesort (work_mem, spills to disk) that returns them in ctid
  * order, each once, so that the TID scans fetching them read the heap in order.
+ *
+ * A background job scans again after its batches, to find the duplicates
+ * written meanwhile.  Its first pass can keep its sorted pairs (when they
+ * fit in one scan's budget): the job's later passes then hash only the rows
+ * that may have changed since (see "The job's first pass, remembered").
  */
 #include "dedup_ext.h"
 
 #include "access/hash.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/transam.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_operator_d.h"
 #include "catalog/pg_type_d.h"
@@ -38,6 +46,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "executor/tuptable.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplesort.h"
@@ -85,6 +94,8 @@ typedef struct CandidateScan
 	int64		capacity;		/* pairs maintenance_work_mem holds */
 	Tuplesortstate *found;		/* ctids of rows whose hash repeats */
 	List	   *ranges;			/* HashRange still to scan */
+	bool		keep_all;		/* leave the sorted pairs whole (remembered) */
+	bool		compacted;		/* the budget forced a compaction */
 } CandidateScan;
 
 static inline uint32
@@ -208,10 +219,11 @@ hash_key(KeyHasher *h, TupleTableSlot *slot, uint32 *hash)
  * Sort the pairs, hand the rows of every hash seen more than once to the
  * tuplesort, and keep one entry per hash: a hash seen once keeps its row (a
  * later row may still match it), a repeated one an invalid ctid that makes
- * any later row with that hash a candidate too.
+ * any later row with that hash a candidate too.  With keep_all, the sorted
+ * pairs stay as they are (a first pass being remembered).
  */
 static void
-compact_rows(CandidateScan *cs)
+compact_rows(CandidateScan *cs, bool keep_all)
 {
 	int64		kept = 0;
 	int64		i = 0;
@@ -223,20 +235,21 @@ compact_rows(CandidateScan *cs)
 
 		while (end < cs->nrows && cs->rows[end].hash == cs->rows[i].hash)
 			end++;
-		if (end - i == 1 && ItemPointerIsValid(&cs->rows[i].tid))
-			cs->rows[kept++] = cs->rows[i];
-		else
-		{
+		if (end - i > 1 || !ItemPointerIsValid(&cs->rows[i].tid))
 			for (int64 j = i; j < end; j++)
 				if (ItemPointerIsValid(&cs->rows[j].tid))
 					tuplesort_putdatum(cs->found, PointerGetDatum(&cs->rows[j].tid), false);
-			cs->rows[kept].hash = cs->rows[i].hash;
-			ItemPointerSetInvalid(&cs->rows[kept].tid);
+		if (!keep_all)
+		{
+			cs->rows[kept] = cs->rows[i];
+			if (end - i > 1)
+				ItemPointerSetInvalid(&cs->rows[kept].tid);
 			kept++;
 		}
 		i = end;
 	}
-	cs->nrows = kept;
+	if (!keep_all)
+		cs->nrows = kept;
 }
 
 /*
@@ -255,7 +268,8 @@ make_room(CandidateScan *cs, HashRange *range)
 		cs->rows = repalloc_huge(cs->rows, cs->allocated * sizeof(HashedRow));
 		return;
 	}
-	compact_rows(cs);
+	compact_rows(cs, false);
+	cs->compacted = true;
 	while (cs->nrows > cs->capacity / 2 && range->bits < 32)
 	{
 		HashRange  *other = palloc(sizeof(HashRange));
@@ -303,7 +317,7 @@ scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 		cs->rows[cs->nrows].tid = slot->tts_tid;
 		cs->nrows++;
 	}
-	compact_rows(cs);
+	compact_rows(cs, cs->keep_all && !cs->compacted);
 	ExecDropSingleTupleTableSlot(slot);
 	table_endscan(scan);
 	MemoryContextDelete(rowcxt);
@@ -363,6 +377,274 @@ first_ranges(Relation rel, int64 capacity)
 }
 
 /*
+ * The job's first pass, remembered.
+ *
+ * A background job's worker arms the next call for its table
+ * (candidates_remember_next): that call keeps its sorted pairs, one for each
+ * row it hashed, in the job's memory, with the xmin of the snapshot it read.
+ * A row whose inserting transaction precedes that xmin, and that is visible
+ * now, was visible then at the same ctid with the same key: its pair is
+ * remembered.  So a later pass (candidates_confirm_next) hashes only the rows
+ * that may be new since (raw xmin not before the remembered one: inserted or
+ * updated since, or by a transaction still running then) and the losers of
+ * the last batches (still there if a batch had to skip them), and returns
+ * those whose hash another of them or a remembered pair shares, with the
+ * remembered rows of that hash: whole groups, as the window pass needs.
+ * Remembered rows that are gone come back as ctids that name no row, which
+ * the TID scan skips.  It reads every page still, but hashes and sorts only
+ * what changed.
+ *
+ * What the call can check, it does: the same relfilenode (no rewrite moved
+ * the rows), the same hash functions and collations, a heap table, and not
+ * so many transactions since that xids could wrap around.  The caller must
+ * not arm it when the job's filter could change which rows it takes without
+ * the rows changing (mutable functions, subqueries).
+ */
+typedef struct CandidateMemo
+{
+	MemoryContext cxt;			/* NULL: nothing remembered */
+	Oid			relid;
+	Oid			relfilenode;
+	int			nkeys;
+	Oid		   *hash_procs;
+	Oid		   *collations;
+	bool		nulls_distinct;
+	TransactionId xmin;
+	FullTransactionId next_xid;
+	HashedRow  *rows;			/* sorted by hash */
+	int64		nrows;
+} CandidateMemo;
+
+typedef enum MemoMode
+{
+	MEMO_NONE,
+	MEMO_RECORD,
+	MEMO_CONFIRM
+} MemoMode;
+
+static CandidateMemo memo;
+
+/* what the next call for armed_relid does (one call: it disarms) */
+static MemoMode armed_mode = MEMO_NONE;
+static Oid	armed_relid = InvalidOid;
+static MemoryContext armed_parent;
+static ItemPointerData *armed_losers;
+static int64 armed_nlosers;
+
+/* so many transactions since the remembered pass: its xmin may be too old */
+#define MEMO_MAX_XIDS ((uint64) 1 << 30)
+
+static void
+memo_cleared(void *arg)
+{
+	memo.cxt = NULL;
+	memo.rows = NULL;
+}
+
+/* the memo goes with the job's memory */
+static MemoryContextCallback memo_cleanup = {memo_cleared, NULL, NULL};
+
+static void
+memo_forget(void)
+{
+	if (memo.cxt)
+		MemoryContextDelete(memo.cxt);
+}
+
+static int
+tid_cmp(const void *a, const void *b)
+{
+	return ItemPointerCompare((ItemPointer) a, (ItemPointer) b);
+}
+
+/* The next call for relid keeps its pairs, in a child of parent. */
+void
+candidates_remember_next(Oid relid, MemoryContext parent)
+{
+	armed_mode = MEMO_RECORD;
+	armed_relid = relid;
+	armed_parent = parent;
+}
+
+/*
+ * Has a pass over relid been remembered?  (The call checks again that it
+ * can still be used.)
+ */
+bool
+candidates_remembered(Oid relid)
+{
+	return memo.cxt != NULL && memo.relid == relid;
+}
+
+/*
+ * The next call for relid hashes only the rows changed since the remembered
+ * pass and the listed losers (whose memory the caller keeps until then).
+ */
+void
+candidates_confirm_next(Oid relid, ItemPointerData *losers, int64 nlosers)
+{
+	armed_mode = MEMO_CONFIRM;
+	armed_relid = relid;
+	armed_losers = losers;
+	armed_nlosers = nlosers;
+	qsort(losers, nlosers, sizeof(ItemPointerData), tid_cmp);
+}
+
+void
+candidates_disarm(void)
+{
+	armed_mode = MEMO_NONE;
+	armed_relid = InvalidOid;
+	armed_losers = NULL;
+	armed_nlosers = 0;
+}
+
+static bool
+memo_usable(Relation rel, KeyHasher *h)
+{
+	uint64		since;
+
+	if (memo.cxt == NULL || memo.relid != RelationGetRelid(rel) ||
+		memo.relfilenode != rel->rd_rel->relfilenode ||
+		memo.nkeys != h->nkeys || memo.nulls_distinct != h->nulls_distinct)
+		return false;
+	for (int i = 0; i < h->nkeys; i++)
+		if (memo.hash_procs[i] != h->procs[i]->fn_oid || memo.collations[i] != h->collations[i])
+			return false;
+	since = U64FromFullTransactionId(ReadNextFullTransactionId()) - U64FromFullTransactionId(memo.next_xid);
+	return since < MEMO_MAX_XIDS;
+}
+
+/* Start remembering this call's pairs: they are allocated in memo.cxt. */
+static void
+memo_begin(Relation rel, KeyHasher *h, CandidateScan *cs)
+{
+	memo_forget();
+	memo.cxt = AllocSetContextCreate(armed_parent, "dedup_ext remembered pass", ALLOCSET_DEFAULT_SIZES);
+	MemoryContextRegisterResetCallback(memo.cxt, &memo_cleanup);
+	memo.relid = RelationGetRelid(rel);
+	memo.relfilenode = rel->rd_rel->relfilenode;
+	memo.nkeys = h->nkeys;
+	memo.nulls_distinct = h->nulls_distinct;
+	memo.hash_procs = MemoryContextAlloc(memo.cxt, h->nkeys * sizeof(Oid));
+	memo.collations = MemoryContextAlloc(memo.cxt, h->nkeys * sizeof(Oid));
+	for (int i = 0; i < h->nkeys; i++)
+	{
+		memo.hash_procs[i] = h->procs[i]->fn_oid;
+		memo.collations[i] = h->collations[i];
+	}
+	memo.xmin = GetActiveSnapshot()->xmin;
+	memo.next_xid = ReadNextFullTransactionId();
+	pfree(cs->rows);
+	cs->rows = MemoryContextAllocExtended(memo.cxt, cs->allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
+	cs->keep_all = true;
+}
+
+/* the first pair of the sorted memo with this hash, or memo.nrows */
+static int64
+memo_lower_bound(uint32 hash)
+{
+	int64		lo = 0;
+	int64		hi = memo.nrows;
+
+	while (lo < hi)
+	{
+		int64		mid = lo + (hi - lo) / 2;
+
+		if (memo.rows[mid].hash < hash)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * The confirming pass: hash the rows that may have changed since the
+ * remembered pass and the listed losers, and hand the tuplesort those whose
+ * hash repeats among them or in the memo, with the memo's rows of that hash.
+ * False, with nothing handed, when the changed rows outgrow the budget (the
+ * caller scans in full instead).
+ */
+static bool
+scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs)
+{
+	/* no synchronized scan: from block 0 in ctid order, as the losers are */
+	TableScanDesc scan = table_beginscan_strat(rel, GetActiveSnapshot(), 0, NULL, true, false);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_ext key hash",
+												 ALLOCSET_DEFAULT_SIZES);
+	int64		l = 0;
+	bool		fits = true;
+
+	cs->nrows = 0;
+	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	{
+		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
+		MemoryContext oldcxt;
+		uint32		hash;
+		bool		hashed;
+		bool		listed;
+
+		CHECK_FOR_INTERRUPTS();
+		while (l < armed_nlosers && ItemPointerCompare(&armed_losers[l], &slot->tts_tid) < 0)
+			l++;
+		listed = l < armed_nlosers && ItemPointerEquals(&armed_losers[l], &slot->tts_tid);
+		if (!listed && TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple->t_data), memo.xmin))
+			continue;
+		oldcxt = MemoryContextSwitchTo(rowcxt);
+		hashed = hash_key(h, slot, &hash);
+		MemoryContextSwitchTo(oldcxt);
+		MemoryContextReset(rowcxt);
+		if (!hashed)
+			continue;
+		if (cs->nrows == cs->allocated)
+		{
+			if (cs->allocated >= cs->capacity)
+			{
+				fits = false;
+				break;
+			}
+			cs->allocated = Min(cs->capacity, cs->allocated * 2);
+			cs->rows = repalloc_huge(cs->rows, cs->allocated * sizeof(HashedRow));
+		}
+		cs->rows[cs->nrows].hash = hash;
+		cs->rows[cs->nrows].tid = slot->tts_tid;
+		cs->nrows++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	table_endscan(scan);
+	MemoryContextDelete(rowcxt);
+	if (!fits)
+	{
+		elog(DEBUG1, "dedup_ext: more rows of \"%s\" changed than maintenance_work_mem holds; hashing every row",
+			 RelationGetRelationName(rel));
+		return false;
+	}
+	elog(DEBUG1, "dedup_ext: hashed only the rows of \"%s\" changed since the remembered pass: %lld",
+		 RelationGetRelationName(rel), (long long) cs->nrows);
+
+	sort_hashed_rows(cs->rows, cs->nrows);
+	for (int64 i = 0, end; i < cs->nrows; i = end)
+	{
+		int64		lo = memo_lower_bound(cs->rows[i].hash);
+		int64		hi = lo;
+
+		for (end = i + 1; end < cs->nrows && cs->rows[end].hash == cs->rows[i].hash; end++)
+			;
+		while (hi < memo.nrows && memo.rows[hi].hash == cs->rows[i].hash)
+			hi++;
+		if ((end - i) + (hi - lo) < 2)
+			continue;
+		for (int64 j = i; j < end; j++)
+			tuplesort_putdatum(cs->found, PointerGetDatum(&cs->rows[j].tid), false);
+		for (int64 j = lo; j < hi; j++)
+			tuplesort_putdatum(cs->found, PointerGetDatum(&memo.rows[j].tid), false);
+	}
+	return true;
+}
+
+/*
  * dedup_key_candidates(rel regclass, key text[], nulls_distinct boolean)
  * RETURNS SETOF tid: the rows of rel whose key hash another row shares, in
  * ctid order.  Needs SELECT on the key columns; refused on a table with
@@ -381,6 +663,7 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Tuplestorestate *out;
 	ItemPointerData last;
+	MemoMode	mode;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
 		!(rsinfo->allowedModes & SFRM_Materialize))
@@ -393,19 +676,42 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 	rel = table_open(t->relid, NoLock);
 	open_hasher(rel, t, &h);
 
+	/* what the worker armed this call for, if anything (once) */
+	mode = armed_relid == t->relid ? armed_mode : MEMO_NONE;
+	armed_mode = MEMO_NONE;
+
 	cs.capacity = pair_capacity();
 	cs.allocated = Min(cs.capacity, 1024);
 	cs.rows = palloc_extended(cs.allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
 	cs.found = dedup_tuplesort_begin_datum(TIDOID, TIDLessOperator, work_mem);
-	cs.ranges = first_ranges(rel, cs.capacity);
-	while (cs.ranges != NIL)
+	if (mode == MEMO_CONFIRM && memo_usable(rel, &h) && scan_changed(rel, &h, &cs))
+		pfree(cs.rows);
+	else
 	{
-		HashRange	range = *(HashRange *) linitial(cs.ranges);
+		bool		remember;
 
-		cs.ranges = list_delete_first(cs.ranges);
-		scan_range(rel, &h, &cs, range);
+		cs.ranges = first_ranges(rel, cs.capacity);
+		remember = mode == MEMO_RECORD && list_length(cs.ranges) == 1 &&
+			rel->rd_tableam == GetHeapamTableAmRoutine();
+		if (remember)
+			memo_begin(rel, &h, &cs);
+		while (cs.ranges != NIL)
+		{
+			HashRange	range = *(HashRange *) linitial(cs.ranges);
+
+			cs.ranges = list_delete_first(cs.ranges);
+			scan_range(rel, &h, &cs, range);
+		}
+		if (remember && !cs.compacted)
+		{
+			memo.rows = cs.rows;
+			memo.nrows = cs.nrows;
+		}
+		else if (remember)
+			memo_forget();
+		else
+			pfree(cs.rows);
 	}
-	pfree(cs.rows);
 	table_close(rel, NoLock);
 
 	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);

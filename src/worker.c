@@ -566,6 +566,14 @@ dedup_worker_main(Datum arg)
 	if (dedup_worker_nice > 0 && setpriority(PRIO_PROCESS, 0, dedup_worker_nice) != 0)
 		ereport(WARNING,
 				(errmsg("dedup_ext worker could not lower its CPU priority: %m")));
+
+	/*
+	 * No JIT: a batch's statements run for tens of milliseconds, but the
+	 * planner's costs of their per-row subqueries pass jit_above_cost, and
+	 * compiling them took as long as running them (each batch, as each
+	 * batch plans its statements afresh).
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_SESSION);
 	cxt = AllocSetContextCreate(TopMemoryContext, "dedup_ext job", ALLOCSET_DEFAULT_SIZES);
 
 	plain_xact(check_installed, &installed);

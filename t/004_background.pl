@@ -13,7 +13,9 @@
 #      foreground merge leaves it; rewrite is refused in the background (0A000);
 #   5. a job that hits an error (a trigger's custom SQLSTATE and HINT, a key
 #      column dropped under it) fails with that error in dedup_jobs.error and
-#      leaves every key with a row.
+#      leaves every key with a row;
+#   6. a job whose passes hash only the rows changed since its first pass
+#      still finds the duplicates writers made between its batches.
 # A resumed job's survivors are exactly those of a foreground dedup of the
 # same rows, its archive holds every removed row, and dedup_verify agrees.
 use strict;
@@ -260,6 +262,46 @@ is($node->safe_psql('postgres',
 		qq{SELECT count(*) FROM pg_tables
 		    WHERE schemaname = 'dedup_archive' AND tablename LIKE '%\\_work'}),
 	'0', 'the failed job dropped its work table');
+
+# 6. few duplicates: the job's passes read candidates by key hash, and the
+# confirming pass hashes only the rows changed since the first one (and the
+# losers a batch skipped).  Writers between the batches: a duplicate of an
+# old row, a new pair, survivors deleted (their losers are skipped, and stay
+# duplicates of each other), a survivor's key changed to an old row's, a
+# loser updated (it moves).  The 'z' groups sort last: their batch comes
+# after the writes.
+$node->safe_psql('postgres', q{
+	CREATE TABLE memo (id int PRIMARY KEY, k text NOT NULL, v int NOT NULL DEFAULT 0);
+	INSERT INTO memo SELECT g, 'k' || CASE WHEN g % 20 = 0 THEN g - 1 ELSE g END, 0
+	  FROM generate_series(1, 20000) g;
+	INSERT INTO memo SELECT 30000 + g, 'z-' || (g - 1) / 3 + 1, 0 FROM generate_series(1, 30) g;
+	ANALYZE memo;
+	ALTER DATABASE postgres SET log_min_messages = debug1;
+});
+$log_offset = -s $node->logfile;
+$job = $node->safe_psql('postgres', q{
+	SET dedup_ext.batch_delay = 300;
+	SELECT job_id FROM dedup_table('memo', '{k}', background => true, batch_size => 100);
+});
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job}),
+	'memo job is batching');
+my $keys_after_writes = $node->safe_psql('postgres', q{
+	INSERT INTO memo VALUES (40001, 'k1'), (40002, 'w-1'), (40003, 'w-1');
+	DELETE FROM memo WHERE id IN (30001, 30004, 30007, 30010, 30013);
+	UPDATE memo SET k = 'k3' WHERE id = 30016;
+	UPDATE memo SET v = 1 WHERE id = 30020;
+	SELECT count(DISTINCT k) FROM memo;
+});
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'done', 'memo job done');
+$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET log_min_messages');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo}),
+	"$keys_after_writes $keys_after_writes",
+	'no duplicate left, including those the writers made, and every key kept');
+ok($node->log_contains(qr/dedup_ext: hashed only the rows of "memo" changed since the remembered pass: \d{1,3}$/m,
+		$log_offset),
+	'the confirming pass hashed only the few rows changed since the first');
+is(job_field($node, $job, 'passes'), '3', 'memo job: a pass, a pass for the writers\' duplicates, a clean one');
 
 $node->stop;
 
