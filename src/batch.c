@@ -199,7 +199,7 @@ static void
 scan_step(BgJob *job, void *arg)
 {
 	DedupTarget *t = job->t;
-	int64		n;
+	volatile int64 n;
 	int64		groups;
 	const char *next;
 
@@ -213,14 +213,23 @@ scan_step(BgJob *job, void *arg)
 		 */
 		LockRelationOid(t->relid, AccessShareLock);
 		dedup_target_plan_candidates(t, estimated_loser_share(t, false));
-		if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
-			arm_candidates(job);
-		spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
-		n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s"
-									" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
-									job->work, work_select_list(t, "s"), sql_ranked_dups(t, work_columns(t))),
-						   SPI_OK_INSERT);
-		candidates_disarm();
+		PG_TRY();
+		{
+			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
+				arm_candidates(job);
+			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
+			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s"
+										" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
+										job->work, work_select_list(t, "s"),
+										sql_ranked_dups(t, work_columns(t))),
+							   SPI_OK_INSERT);
+		}
+		PG_FINALLY();
+		{
+			/* armed for this statement only, whatever happened */
+			candidates_disarm();
+		}
+		PG_END_TRY();
 		t->candidates_fn = NULL;
 	}
 	else
@@ -484,10 +493,9 @@ build_unique(BgJob *job)
 {
 	int			state = 0;
 
-	if (job->index_name == NULL)
-		bg_xact(job, name_index_step, NULL);
-	else
-		bg_xact(job, index_state, &state);
+	/* a step stopped by a pause or cancel request: the caller obeys it */
+	if (!bg_xact(job, job->index_name == NULL ? name_index_step : index_state, &state))
+		return;
 	if (state == 1)
 		bg_toplevel(job, drop_index_sql(job));
 	if (state != 2)
@@ -511,12 +519,12 @@ build_unique(BgJob *job)
 			MemoryContextSwitchTo(job->cxt);
 			bg_toplevel(job, drop_index_sql(job));
 			job->index_name = NULL;
-			bg_xact(job, rescan_step, NULL);
+			(void) bg_xact(job, rescan_step, NULL);
 			return;
 		}
 		PG_END_TRY();
 	}
-	bg_xact(job, unique_done_step, NULL);
+	(void) bg_xact(job, unique_done_step, NULL);
 }
 
 static void
@@ -540,7 +548,10 @@ bg_dedup(BgJob *job)
 		if (job->work == NULL)
 			bg_xact(job, prepare_step, NULL);
 		else if (strcmp(job->phase, "scanning") == 0)
-			bg_xact(job, scan_step, NULL);
+		{
+			if (bg_xact(job, scan_step, NULL))
+				candidates_keep_remembered();
+		}
 		else if (strcmp(job->phase, batch_phase(job)) == 0)
 		{
 			if (!bg_xact(job, batch_step, NULL))

@@ -396,13 +396,18 @@ first_ranges(Relation rel, int64 capacity)
  *
  * What the call can check, it does: the same relfilenode (no rewrite moved
  * the rows), the same hash functions and collations, a heap table, and not
- * so many transactions since that xids could wrap around.  The caller must
- * not arm it when the job's filter could change which rows it takes without
- * the rows changing (mutable functions, subqueries).
+ * so many transactions since that xids could wrap around; a memo it cannot
+ * use is forgotten, and the full pass it runs instead is remembered.  The
+ * caller must not arm it when the job's filter could change which rows it
+ * takes without the rows changing (mutable functions, subqueries), and
+ * declares a recorded pass remembered only once the transaction that ran it
+ * has committed (candidates_keep_remembered): a pass rolled back and run
+ * again must not confirm against itself.
  */
 typedef struct CandidateMemo
 {
 	MemoryContext cxt;			/* NULL: nothing remembered */
+	bool		committed;		/* the pass that recorded it committed */
 	Oid			relid;
 	Oid			relfilenode;
 	int			nkeys;
@@ -410,7 +415,7 @@ typedef struct CandidateMemo
 	Oid		   *collations;
 	bool		nulls_distinct;
 	TransactionId xmin;
-	FullTransactionId next_xid;
+	uint64		xmin_full;		/* the same, with its epoch */
 	HashedRow  *rows;			/* sorted by hash */
 	int64		nrows;
 } CandidateMemo;
@@ -437,8 +442,7 @@ static int64 armed_nlosers;
 static void
 memo_cleared(void *arg)
 {
-	memo.cxt = NULL;
-	memo.rows = NULL;
+	memset(&memo, 0, sizeof(memo));
 }
 
 /* the memo goes with the job's memory */
@@ -457,7 +461,10 @@ tid_cmp(const void *a, const void *b)
 	return ItemPointerCompare((ItemPointer) a, (ItemPointer) b);
 }
 
-/* The next call for relid keeps its pairs, in a child of parent. */
+/*
+ * The next call for relid keeps its pairs, in a child of parent, to be used
+ * once the caller has committed (candidates_keep_remembered).
+ */
 void
 candidates_remember_next(Oid relid, MemoryContext parent)
 {
@@ -467,13 +474,21 @@ candidates_remember_next(Oid relid, MemoryContext parent)
 }
 
 /*
- * Has a pass over relid been remembered?  (The call checks again that it
- * can still be used.)
+ * Has a committed pass over relid been remembered?  (The call checks again
+ * that it can still be used.)
  */
 bool
 candidates_remembered(Oid relid)
 {
-	return memo.cxt != NULL && memo.relid == relid;
+	return memo.cxt != NULL && memo.committed && memo.relid == relid;
+}
+
+/* The pass just committed: what it recorded (if anything) may be used. */
+void
+candidates_keep_remembered(void)
+{
+	if (memo.cxt != NULL && memo.rows != NULL)
+		memo.committed = true;
 }
 
 /*
@@ -485,6 +500,7 @@ candidates_confirm_next(Oid relid, ItemPointerData *losers, int64 nlosers)
 {
 	armed_mode = MEMO_CONFIRM;
 	armed_relid = relid;
+	armed_parent = NULL;
 	armed_losers = losers;
 	armed_nlosers = nlosers;
 	qsort(losers, nlosers, sizeof(ItemPointerData), tid_cmp);
@@ -495,6 +511,7 @@ candidates_disarm(void)
 {
 	armed_mode = MEMO_NONE;
 	armed_relid = InvalidOid;
+	armed_parent = NULL;
 	armed_losers = NULL;
 	armed_nlosers = 0;
 }
@@ -504,23 +521,27 @@ memo_usable(Relation rel, KeyHasher *h)
 {
 	uint64		since;
 
-	if (memo.cxt == NULL || memo.relid != RelationGetRelid(rel) ||
+	if (memo.cxt == NULL || !memo.committed || memo.relid != RelationGetRelid(rel) ||
 		memo.relfilenode != rel->rd_rel->relfilenode ||
 		memo.nkeys != h->nkeys || memo.nulls_distinct != h->nulls_distinct)
 		return false;
 	for (int i = 0; i < h->nkeys; i++)
 		if (memo.hash_procs[i] != h->procs[i]->fn_oid || memo.collations[i] != h->collations[i])
 			return false;
-	since = U64FromFullTransactionId(ReadNextFullTransactionId()) - U64FromFullTransactionId(memo.next_xid);
+	since = U64FromFullTransactionId(ReadNextFullTransactionId()) - memo.xmin_full;
 	return since < MEMO_MAX_XIDS;
 }
 
-/* Start remembering this call's pairs: they are allocated in memo.cxt. */
+/*
+ * Start remembering this call's pairs, allocated in memo.cxt; the caller
+ * sets memo.rows when they are complete.
+ */
 static void
-memo_begin(Relation rel, KeyHasher *h, CandidateScan *cs)
+memo_begin(Relation rel, KeyHasher *h, CandidateScan *cs, MemoryContext parent)
 {
-	memo_forget();
-	memo.cxt = AllocSetContextCreate(armed_parent, "dedup_ext remembered pass", ALLOCSET_DEFAULT_SIZES);
+	FullTransactionId next = ReadNextFullTransactionId();
+
+	memo.cxt = AllocSetContextCreate(parent, "dedup_ext remembered pass", ALLOCSET_DEFAULT_SIZES);
 	MemoryContextRegisterResetCallback(memo.cxt, &memo_cleanup);
 	memo.relid = RelationGetRelid(rel);
 	memo.relfilenode = rel->rd_rel->relfilenode;
@@ -534,7 +555,7 @@ memo_begin(Relation rel, KeyHasher *h, CandidateScan *cs)
 		memo.collations[i] = h->collations[i];
 	}
 	memo.xmin = GetActiveSnapshot()->xmin;
-	memo.next_xid = ReadNextFullTransactionId();
+	memo.xmin_full = U64FromFullTransactionId(next) - (uint32) (XidFromFullTransactionId(next) - memo.xmin);
 	pfree(cs->rows);
 	cs->rows = MemoryContextAllocExtended(memo.cxt, cs->allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
 	cs->keep_all = true;
@@ -567,7 +588,7 @@ memo_lower_bound(uint32 hash)
  * caller scans in full instead).
  */
 static bool
-scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs)
+scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *losers, int64 nlosers)
 {
 	/* no synchronized scan: from block 0 in ctid order, as the losers are */
 	TableScanDesc scan = table_beginscan_strat(rel, GetActiveSnapshot(), 0, NULL, true, false);
@@ -587,9 +608,9 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs)
 		bool		listed;
 
 		CHECK_FOR_INTERRUPTS();
-		while (l < armed_nlosers && ItemPointerCompare(&armed_losers[l], &slot->tts_tid) < 0)
+		while (l < nlosers && ItemPointerCompare(&losers[l], &slot->tts_tid) < 0)
 			l++;
-		listed = l < armed_nlosers && ItemPointerEquals(&armed_losers[l], &slot->tts_tid);
+		listed = l < nlosers && ItemPointerEquals(&losers[l], &slot->tts_tid);
 		if (!listed && TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple->t_data), memo.xmin))
 			continue;
 		oldcxt = MemoryContextSwitchTo(rowcxt);
@@ -664,6 +685,9 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 	Tuplestorestate *out;
 	ItemPointerData last;
 	MemoMode	mode;
+	MemoryContext parent;
+	ItemPointerData *losers;
+	int64		nlosers;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
 		!(rsinfo->allowedModes & SFRM_Materialize))
@@ -678,23 +702,34 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 
 	/* what the worker armed this call for, if anything (once) */
 	mode = armed_relid == t->relid ? armed_mode : MEMO_NONE;
-	armed_mode = MEMO_NONE;
+	parent = armed_parent;
+	losers = armed_losers;
+	nlosers = armed_nlosers;
+	candidates_disarm();
 
 	cs.capacity = pair_capacity();
 	cs.allocated = Min(cs.capacity, 1024);
 	cs.rows = palloc_extended(cs.allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
 	cs.found = dedup_tuplesort_begin_datum(TIDOID, TIDLessOperator, work_mem);
-	if (mode == MEMO_CONFIRM && memo_usable(rel, &h) && scan_changed(rel, &h, &cs))
+	if (mode == MEMO_CONFIRM && memo_usable(rel, &h) && scan_changed(rel, &h, &cs, losers, nlosers))
 		pfree(cs.rows);
 	else
 	{
 		bool		remember;
 
+		/* a memo that could not serve is replaced by this full pass */
+		if (mode == MEMO_CONFIRM)
+		{
+			parent = memo.cxt ? MemoryContextGetParent(memo.cxt) : NULL;
+			mode = MEMO_RECORD;
+		}
 		cs.ranges = first_ranges(rel, cs.capacity);
-		remember = mode == MEMO_RECORD && list_length(cs.ranges) == 1 &&
+		remember = mode == MEMO_RECORD && parent != NULL && list_length(cs.ranges) == 1 &&
 			rel->rd_tableam == GetHeapamTableAmRoutine();
+		if (mode == MEMO_RECORD)
+			memo_forget();
 		if (remember)
-			memo_begin(rel, &h, &cs);
+			memo_begin(rel, &h, &cs, parent);
 		while (cs.ranges != NIL)
 		{
 			HashRange	range = *(HashRange *) linitial(cs.ranges);

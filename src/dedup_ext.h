@@ -126,6 +126,7 @@ extern bool dedup_type_hashable(Oid type);
 extern void dedup_target_plan_candidates(DedupTarget *t, double loser_share);
 extern void candidates_remember_next(Oid relid, MemoryContext parent);
 extern bool candidates_remembered(Oid relid);
+extern void candidates_keep_remembered(void);
 extern void candidates_confirm_next(Oid relid, ItemPointerData *losers, int64 nlosers);
 extern void candidates_disarm(void);
 

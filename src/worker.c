@@ -72,17 +72,17 @@ retryable(BgJob *job, int sqlerrcode, int *unique_violations)
 /*
  * Run step in one transaction, as the job's submitter, with the job's
  * lock_timeout.  A retryable failure rolls the step back and runs it again
- * after a pause, until it commits, or until a pause or cancel request makes
- * the caller stop (returns false).  Other errors propagate.
+ * after a pause, until it commits, or, if stoppable, until a pause or cancel
+ * request makes the caller stop (returns false).  Other errors propagate.
  */
-bool
-bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
+static bool
+run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stoppable)
 {
 	int			unique_violations = 0;
 
 	for (;;)
 	{
-		ErrorData  *edata;
+		ErrorData  *volatile edata = NULL;
 		Oid			saved_user;
 		int			saved_sec;
 
@@ -109,19 +109,31 @@ bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
 				PG_RE_THROW();
 			FlushErrorState();
 			AbortCurrentTransaction();
-			job->retries++;
-			elog(DEBUG1, "dedup_ext job %lld: retrying a batch after: %s",
-				 (long long) job->job_id, edata->message);
-			FreeErrorData(edata);
-			if (bg_control_requested(job))
-				return false;
-			bg_sleep(Max(job->lock_timeout, 100));
-			continue;
 		}
 		PG_END_TRY();
 		MemoryContextSwitchTo(job->cxt);
-		return true;
+		if (edata == NULL)
+			return true;
+
+		/*
+		 * Retried here, after PG_END_TRY: a "continue" inside PG_CATCH would
+		 * only leave the do-while of the macros and report a commit.
+		 */
+		job->retries++;
+		elog(DEBUG1, "dedup_ext job %lld: retrying a batch after: %s",
+			 (long long) job->job_id, edata->message);
+		FreeErrorData(edata);
+		if (stoppable && bg_control_requested(job))
+			return false;
+		bg_sleep(Max(job->lock_timeout, 100));
 	}
+}
+
+/* a step of the job's work: a pause or cancel request stops its retries */
+bool
+bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
+{
+	return run_step(job, step, arg, true);
 }
 
 /*
@@ -258,7 +270,7 @@ bg_obeyed(BgJob *job)
 {
 	if (job->control == NULL)
 		return false;
-	bg_xact(job, obey_step, NULL);
+	run_step(job, obey_step, NULL, false);
 	return true;
 }
 
@@ -276,7 +288,7 @@ finish_step(BgJob *job, void *arg)
 void
 bg_finish(BgJob *job)
 {
-	bg_xact(job, finish_step, NULL);
+	run_step(job, finish_step, NULL, false);
 }
 
 /*
@@ -494,7 +506,11 @@ bg_run(int64 job_id, MemoryContext cxt)
 	job->cxt = cxt;
 	plain_xact(identify_job, job);
 	progress_begin(job_id, job->kind, job->relid, job->submitter, false);
-	bg_xact(job, load_job, NULL);
+	if (!bg_xact(job, load_job, NULL))
+	{
+		bg_obeyed(job);
+		return;
+	}
 	if (strcmp(job->kind, "dedup") == 0)
 		bg_dedup(job);
 	else

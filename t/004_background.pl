@@ -15,7 +15,8 @@
 #      column dropped under it) fails with that error in dedup_jobs.error and
 #      leaves every key with a row;
 #   6. a job whose passes hash only the rows changed since its first pass
-#      still finds the duplicates writers made between its batches.
+#      still finds the duplicates writers made between its batches, and a
+#      first pass rolled back and run again hashes every row again.
 # A resumed job's survivors are exactly those of a foreground dedup of the
 # same rows, its archive holds every removed row, and dedup_verify agrees.
 use strict;
@@ -302,6 +303,35 @@ ok($node->log_contains(qr/dedup_ext: hashed only the rows of "memo" changed sinc
 		$log_offset),
 	'the confirming pass hashed only the few rows changed since the first');
 is(job_field($node, $job, 'passes'), '3', 'memo job: a pass, a pass for the writers\' duplicates, a clean one');
+
+# 6b. the first pass's transaction fails once it has hashed the keys (a lock
+# timeout recording its result, made here by a trigger on the job table) and
+# runs again: the retry must hash every row again, not confirm against the
+# pass that rolled back.
+$node->safe_psql('postgres', q{
+	CREATE TABLE memo2 (id int PRIMARY KEY, k text NOT NULL);
+	INSERT INTO memo2 SELECT g, 'k' || CASE WHEN g % 20 = 0 THEN g - 1 ELSE g END
+	  FROM generate_series(1, 20000) g;
+	ANALYZE memo2;
+	CREATE SEQUENCE memo_trap_seq;
+	CREATE FUNCTION memo_trap() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+	BEGIN
+	  IF OLD.phase IS NOT DISTINCT FROM 'scanning' AND NEW.phase IS NOT DISTINCT FROM 'deleting' THEN
+	    IF pg_catalog.nextval('public.memo_trap_seq') = 1 THEN
+	      RAISE EXCEPTION 'memo_trap' USING ERRCODE = 'lock_not_available';
+	    END IF;
+	  END IF;
+	  RETURN NEW;
+	END $$;
+	CREATE TRIGGER memo_trap BEFORE UPDATE ON dedup_job FOR EACH ROW EXECUTE FUNCTION memo_trap();
+});
+$job = $node->safe_psql('postgres',
+	q{SELECT job_id FROM dedup_table('memo2', '{k}', background => true, batch_size => 500)});
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'done', 'memo2 job done');
+$node->safe_psql('postgres', 'DROP TRIGGER memo_trap ON dedup_job');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo2}),
+	'19000 19000', 'the first pass, run again after its rollback, found every duplicate');
+is(job_field($node, $job, 'retries >= 1'), 't', 'memo2: the first pass was retried');
 
 $node->stop;
 
