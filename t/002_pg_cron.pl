@@ -4,23 +4,15 @@
 # test waits for up to three.
 use strict;
 use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DedupTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('cron');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'pg_cron, dedup_ext'
-cron.database_name = 'postgres'
-cron.use_background_workers = on
-max_worker_processes = 16
-});
-$node->start;
-
+my $node = cron_node('cron');
 $node->safe_psql('postgres', q{
-	CREATE EXTENSION pg_cron;
-	CREATE EXTENSION dedup_ext;
 	CREATE TABLE property_photos (id bigserial PRIMARY KEY, property_pk int, photo_id int);
 	INSERT INTO property_photos (property_pk, photo_id)
 	SELECT g % 50, g % 7 FROM generate_series(1, 3500) g;

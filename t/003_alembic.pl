@@ -5,13 +5,15 @@
 # all of it, and its downgrade rolls the dedup back.
 use strict;
 use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DedupTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $python = '/usr/bin/python3';
 plan skip_all => 'Debian python3 with alembic and psycopg2 is not installed'
-  unless system($python, '-c', 'import alembic, psycopg2') == 0;
+  unless have_alembic();
 
 my $node = PostgreSQL::Test::Cluster->new('alembic');
 $node->init;
@@ -24,23 +26,12 @@ $node->safe_psql('postgres', q{
 my $before = $node->safe_psql('postgres',
 	q{SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments p});
 
-my $dir = PostgreSQL::Test::Utils::tempdir;
-system("cd '$dir' && $python -m alembic init migrations >/dev/null") == 0
-  or die 'alembic init failed';
-my $url = sprintf('postgresql+psycopg2:///postgres?host=%s&port=%d&user=%s',
-	$node->host, $node->port, scalar getpwuid($<));
-my $ini = slurp_file("$dir/alembic.ini");
-$ini =~ s/^sqlalchemy\.url = .*$/sqlalchemy.url = $url/m;
-$ini =~ s/^script_location = .*$/script_location = $dir\/migrations/m;
-open(my $fh, '>', "$dir/alembic.ini") or die;
-print $fh $ini;
-close $fh;
+my ($write, $alembic) = alembic_project($node);
 
 sub write_migration
 {
 	my ($later_step) = @_;
-	open(my $m, '>', "$dir/migrations/versions/0004_dedup_payments.py") or die;
-	print $m <<"PY";
+	$write->('0004_dedup_payments.py', <<"PY");
 """dedupe payments.transaction_id and make it unique"""
 from alembic import op
 
@@ -63,19 +54,10 @@ def downgrade():
         "AND state = 'done' AND rolled_back_by IS NULL"
     )
 PY
-	close $m;
-}
-
-sub alembic
-{
-	my @cmd = ($python, '-m', 'alembic', '-c', "$dir/alembic.ini", @_);
-	my ($out, $err) = ('', '');
-	my $ok = IPC::Run::run(\@cmd, '>', \$out, '2>', \$err);
-	return ($ok, $out . $err);
 }
 
 write_migration(q{op.execute("SELECT 1 / 0")});
-my ($ok, $log) = alembic('upgrade', 'head');
+my ($ok, $log) = $alembic->('upgrade', 'head');
 ok(!$ok, 'a migration that fails after the dedup fails');
 like($log, qr/division by zero/, 'with the later step\'s error');
 is($node->safe_psql('postgres', q{SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments p}),
@@ -89,7 +71,7 @@ is($node->safe_psql('postgres',
 	'0', 'no unique constraint');
 
 write_migration('');
-($ok, $log) = alembic('upgrade', 'head');
+($ok, $log) = $alembic->('upgrade', 'head');
 ok($ok, 'the migration commits') or diag($log);
 is($node->safe_psql('postgres',
 		q{SELECT state || ' ' || rows_renamed FROM dedup_jobs WHERE kind = 'dedup'}),
@@ -100,7 +82,7 @@ is($node->safe_psql('postgres',
 		q{SELECT count(*) FROM pg_constraint WHERE conrelid = 'payments'::regclass AND contype = 'u'}),
 	'1', 'unique constraint added');
 
-($ok, $log) = alembic('downgrade', 'base');
+($ok, $log) = $alembic->('downgrade', 'base');
 ok($ok, 'the downgrade runs') or diag($log);
 is($node->safe_psql('postgres', q{SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments p}),
 	$before, 'payments exactly as before');

@@ -12,6 +12,9 @@
 #      the job starts only after the commit and reaches 'done'.
 use strict;
 use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use DedupTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -19,19 +22,8 @@ use Test::More;
 ###########################################################################
 # a. pg_cron
 ###########################################################################
-my $node = PostgreSQL::Test::Cluster->new('bg_cron');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'pg_cron, dedup_ext'
-cron.database_name = 'postgres'
-cron.use_background_workers = on
-max_worker_processes = 16
-});
-$node->start;
-
+my $node = cron_node('bg_cron');
 $node->safe_psql('postgres', q{
-	CREATE EXTENSION pg_cron;
-	CREATE EXTENSION dedup_ext;
 	CREATE TABLE t (id bigserial PRIMARY KEY, k int, v text);
 	INSERT INTO t (k, v) SELECT g % 1000, 'v' || g FROM generate_series(1, 20000) g;
 });
@@ -74,11 +66,10 @@ $node->stop;
 ###########################################################################
 # b. Alembic
 ###########################################################################
-my $python = '/usr/bin/python3';
 SKIP:
 {
 	skip 'Debian python3 with alembic and psycopg2 is not installed', 1
-	  unless system($python, '-c', 'import alembic, psycopg2') == 0;
+	  unless have_alembic();
 
 	my $anode = PostgreSQL::Test::Cluster->new('bg_alembic');
 	$anode->init;
@@ -91,22 +82,11 @@ SKIP:
 	my $payments_md5 = q{SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments p};
 	my $before_md5 = $anode->safe_psql('postgres', $payments_md5);
 
-	my $dir = PostgreSQL::Test::Utils::tempdir;
-	system("cd '$dir' && $python -m alembic init migrations >/dev/null") == 0
-	  or die 'alembic init failed';
-	my $url = sprintf('postgresql+psycopg2:///postgres?host=%s&port=%d&user=%s',
-		$anode->host, $anode->port, scalar getpwuid($<));
-	my $ini = slurp_file("$dir/alembic.ini");
-	$ini =~ s/^sqlalchemy\.url = .*$/sqlalchemy.url = $url/m;
-	$ini =~ s/^script_location = .*$/script_location = $dir\/migrations/m;
-	open(my $fh, '>', "$dir/alembic.ini") or die;
-	print $fh $ini;
-	close $fh;
+	my ($write, $alembic) = alembic_project($anode);
 
 	my $write_migration = sub {
 		my ($later_step) = @_;
-		open(my $m, '>', "$dir/migrations/versions/0005_bg_dedup_payments.py") or die;
-		print $m <<"PY";
+		$write->('0005_bg_dedup_payments.py', <<"PY");
 """dedupe payments.transaction_id in the background and make it unique"""
 from alembic import op
 
@@ -127,14 +107,6 @@ def upgrade():
 def downgrade():
     pass
 PY
-		close $m;
-	};
-
-	my $alembic = sub {
-		my @cmd = ($python, '-m', 'alembic', '-c', "$dir/alembic.ini", @_);
-		my ($out, $err) = ('', '');
-		my $ok = IPC::Run::run(\@cmd, '>', \$out, '2>', \$err);
-		return ($ok, $out . $err);
 	};
 
 	# variant 1: the step after the submission fails
