@@ -557,6 +557,7 @@ memo_begin(Relation rel, KeyHasher *h, CandidateScan *cs, MemoryContext parent)
 	memo.xmin = GetActiveSnapshot()->xmin;
 	memo.xmin_full = U64FromFullTransactionId(next) - (uint32) (XidFromFullTransactionId(next) - memo.xmin);
 	pfree(cs->rows);
+	cs->allocated = Min(cs->capacity, 1024);
 	cs->rows = MemoryContextAllocExtended(memo.cxt, cs->allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
 	cs->keep_all = true;
 }
