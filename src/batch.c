@@ -171,26 +171,42 @@ prepare_step(BgJob *job, void *arg)
 static void
 arm_candidates(BgJob *job)
 {
-	int64		n;
+	int64		n = 0;
+	int64		allocated = 1024;
 	ItemPointerData *losers;
+	Portal		portal;
 
 	if (!candidates_remembered(job->t->relid))
 	{
 		candidates_remember_next(job->t->relid, job->cxt);
 		return;
 	}
-	n = spi_exec_count(psprintf("SELECT w.dedup_ctid FROM %s w", job->work), SPI_OK_SELECT);
-	losers = palloc(Max(n, 1) * sizeof(ItemPointerData));
-	for (int64 i = 0; i < n; i++)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
 
-		if (isnull)
-			ItemPointerSetInvalid(&losers[i]);
-		else
-			losers[i] = *(ItemPointer) DatumGetPointer(d);
+	/* by chunks: 6 bytes a loser here, where a result set would take ten times that */
+	losers = palloc(allocated * sizeof(ItemPointerData));
+	portal = SPI_cursor_open_with_args(NULL, psprintf("SELECT w.dedup_ctid FROM %s w", job->work),
+									   0, NULL, NULL, NULL, true, 0);
+	for (;;)
+	{
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		if (n + (int64) SPI_processed > allocated)
+		{
+			allocated = Max(allocated * 2, n + (int64) SPI_processed);
+			losers = repalloc_huge(losers, allocated * sizeof(ItemPointerData));
+		}
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				losers[n++] = *(ItemPointer) DatumGetPointer(d);
+		}
+		SPI_freetuptable(SPI_tuptable);
 	}
+	SPI_cursor_close(portal);
 	candidates_confirm_next(job->t->relid, losers, n);
 }
 
