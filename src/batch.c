@@ -9,7 +9,8 @@
  *
  *   scanning   one read-only pass over the table (ACCESS SHARE: writers go on)
  *              lists every loser with its group's survivor, by primary key
- *              (or ctid), in a work table numbered 1..n;
+ *              (or ctid), in a work table numbered 1..n in the survivors'
+ *              ctid order, so that a batch works on one stretch of the heap;
  *   deleting / renaming / merging
  *              batches of batch_size work rows, each one transaction that
  *              locks the batch's survivors (FOR SHARE) and losers (FOR
@@ -234,7 +235,7 @@ scan_step(BgJob *job, void *arg)
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
 				arm_candidates(job);
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
-			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s"
+			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (ORDER BY s.dedup_qctid, s.dedup_ctid), %s"
 										" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
 										job->work, work_select_list(t, "s"),
 										sql_ranked_dups(t, work_columns(t))),
