@@ -235,7 +235,8 @@ scan_step(BgJob *job, void *arg)
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
 				arm_candidates(job);
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
-			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number() OVER (ORDER BY s.dedup_qctid, s.dedup_ctid), %s"
+			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number()"
+										" OVER (ORDER BY s.dedup_qctid, s.dedup_ctid), %s"
 										" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
 										job->work, work_select_list(t, "s"),
 										sql_ranked_dups(t, work_columns(t))),
@@ -254,7 +255,8 @@ scan_step(BgJob *job, void *arg)
 		spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 		n = spi_exec_count(psprintf("WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
 									" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s"
-									" INSERT INTO %s SELECT pg_catalog.row_number() OVER (), %s, f.dedup_cand"
+									" INSERT INTO %s SELECT pg_catalog.row_number()"
+									" OVER (ORDER BY l.dedup_qctid, l.dedup_ctid), %s, f.dedup_cand"
 									" FROM dedup_l l JOIN dedup_f f ON f.dedup_ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
 									sql_ranked(t, work_columns(t)), sql_rename_ctes(t, "dedup_l"),
 									job->work, work_select_list(t, "l")),
