@@ -442,10 +442,20 @@ RESET ROLE;
 SELECT state FROM dedup_jobs WHERE job_id = :jid_o;
 SELECT count(*) AS m_rows FROM bgp.m;
 
--- a superuser resumes it; the worker runs it as regress_bg_owner
+-- a superuser resumes it; the worker runs it as regress_bg_owner, deferred
+-- triggers included (they fire when a batch commits)
+SET ROLE regress_bg_owner;
+CREATE TABLE bgp.deleted_by (who name);
+CREATE FUNCTION bgp.note_deleter() RETURNS trigger LANGUAGE plpgsql
+  AS $$BEGIN INSERT INTO bgp.deleted_by VALUES (current_user); RETURN NULL; END$$;
+CREATE CONSTRAINT TRIGGER m_deleted AFTER DELETE ON bgp.m DEFERRABLE INITIALLY DEFERRED
+  FOR EACH ROW EXECUTE FUNCTION bgp.note_deleter();
+RESET ROLE;
 SELECT dedup_resume(:jid_o) AS resumed;
 SELECT dedup_wait(:jid_o);
 SELECT state, submitted_by, rows_deleted FROM dedup_jobs WHERE job_id = :jid_o;
+SELECT who, count(*) FROM bgp.deleted_by GROUP BY who;
+DROP TRIGGER m_deleted ON bgp.m;
 SELECT id, k FROM bgp.m ORDER BY id;
 SELECT pg_get_userbyid(c.relowner) AS archive_owner
   FROM dedup_jobs j JOIN pg_class c ON c.oid = j.archive_table WHERE j.job_id = :jid_o;

@@ -98,8 +98,9 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 			step(job, arg);
 			SPI_finish();
 			PopActiveSnapshot();
-			SetUserIdAndSecContext(saved_user, saved_sec);
+			/* deferred triggers fire in the commit: still as the submitter */
 			CommitTransactionCommand();
+			SetUserIdAndSecContext(saved_user, saved_sec);
 		}
 		PG_CATCH();
 		{
@@ -175,8 +176,8 @@ bg_toplevel(BgJob *job, const char *sql)
 	/* CONCURRENTLY pops the snapshot it was given; anything else leaves it */
 	if (ActiveSnapshotSet())
 		PopActiveSnapshot();
-	SetUserIdAndSecContext(saved_user, saved_sec);
 	CommitTransactionCommand();
+	SetUserIdAndSecContext(saved_user, saved_sec);
 	MemoryContextSwitchTo(job->cxt);
 }
 
