@@ -252,9 +252,20 @@ bg_control_requested(BgJob *job)
 }
 
 /* a pause or cancel request: a cancelled job drops its work table */
+/*
+ * The request as the job's row says now, read under its row lock: a retry
+ * must not carry out a pause that dedup_resume withdrew meanwhile, nor miss
+ * a cancel that replaced it.
+ */
 static void
 obey_step(BgJob *job, void *arg)
 {
+	bool	   *obeyed = (bool *) arg;
+
+	bg_record(job, "");
+	*obeyed = job->control != NULL;
+	if (!*obeyed)
+		return;
 	if (strcmp(job->control, "cancel") == 0)
 	{
 		job_drop_work_table(job->job_id, job->work);
@@ -269,10 +280,12 @@ obey_step(BgJob *job, void *arg)
 bool
 bg_obeyed(BgJob *job)
 {
+	bool		obeyed = false;
+
 	if (job->control == NULL)
 		return false;
-	run_step(job, obey_step, NULL, false);
-	return true;
+	run_step(job, obey_step, &obeyed, false);
+	return obeyed;
 }
 
 static void
@@ -507,11 +520,9 @@ bg_run(int64 job_id, MemoryContext cxt)
 	job->cxt = cxt;
 	plain_xact(identify_job, job);
 	progress_begin(job_id, job->kind, job->relid, job->submitter, false);
-	if (!bg_xact(job, load_job, NULL))
-	{
-		bg_obeyed(job);
-		return;
-	}
+	while (!bg_xact(job, load_job, NULL))
+		if (bg_obeyed(job))
+			return;
 	if (strcmp(job->kind, "dedup") == 0)
 		bg_dedup(job);
 	else

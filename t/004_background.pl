@@ -279,6 +279,10 @@ $node->safe_psql('postgres', q{
 	ANALYZE memo;
 	ALTER DATABASE postgres SET log_min_messages = debug1;
 });
+# a worker still alive from the last job would not have the setting
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+	'no dedup_ext worker left from the jobs before');
 $log_offset = -s $node->logfile;
 $job = $node->safe_psql('postgres', q{
 	SET dedup_ext.batch_delay = 300;
