@@ -252,6 +252,17 @@ compact_rows(CandidateScan *cs, bool keep_all)
 		cs->nrows = kept;
 }
 
+/* a larger array for the pairs, up to the budget; false when it is reached */
+static bool
+grow_rows(CandidateScan *cs)
+{
+	if (cs->allocated >= cs->capacity)
+		return false;
+	cs->allocated = Min(cs->capacity, cs->allocated * 2);
+	cs->rows = repalloc_huge(cs->rows, cs->allocated * sizeof(HashedRow));
+	return true;
+}
+
 /*
  * Room for one more pair in the range being scanned: grow the array up to
  * the budget, then compact it, then narrow the range (queueing the other half
@@ -260,14 +271,8 @@ compact_rows(CandidateScan *cs, bool keep_all)
 static void
 make_room(CandidateScan *cs, HashRange *range)
 {
-	if (cs->nrows < cs->allocated)
+	if (cs->nrows < cs->allocated || grow_rows(cs))
 		return;
-	if (cs->allocated < cs->capacity)
-	{
-		cs->allocated = Min(cs->capacity, cs->allocated * 2);
-		cs->rows = repalloc_huge(cs->rows, cs->allocated * sizeof(HashedRow));
-		return;
-	}
 	compact_rows(cs, false);
 	cs->compacted = true;
 	while (cs->nrows > cs->capacity / 2 && range->bits < 32)
@@ -620,15 +625,10 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 		MemoryContextReset(rowcxt);
 		if (!hashed)
 			continue;
-		if (cs->nrows == cs->allocated)
+		if (cs->nrows == cs->allocated && !grow_rows(cs))
 		{
-			if (cs->allocated >= cs->capacity)
-			{
-				fits = false;
-				break;
-			}
-			cs->allocated = Min(cs->capacity, cs->allocated * 2);
-			cs->rows = repalloc_huge(cs->rows, cs->allocated * sizeof(HashedRow));
+			fits = false;
+			break;
 		}
 		cs->rows[cs->nrows].hash = hash;
 		cs->rows[cs->nrows].tid = slot->tts_tid;

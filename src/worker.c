@@ -251,11 +251,11 @@ bg_control_requested(BgJob *job)
 	return job->control != NULL;
 }
 
-/* a pause or cancel request: a cancelled job drops its work table */
 /*
- * The request as the job's row says now, read under its row lock: a retry
- * must not carry out a pause that dedup_resume withdrew meanwhile, nor miss
- * a cancel that replaced it.
+ * A pause or cancel request (a cancelled job drops its work table), as the
+ * job's row says now, read under its row lock: a retry must not carry out a
+ * pause that dedup_resume withdrew meanwhile, nor miss a cancel that
+ * replaced it.
  */
 static void
 obey_step(BgJob *job, void *arg)
