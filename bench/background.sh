@@ -1,31 +1,41 @@
 #!/usr/bin/env bash
 # bench/background.sh -- a background dedup while pgbench writes the table.
 #
-#   bash bench/background.sh [--rows N] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint]
+#   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
+#                            [--add-unique] [--checkpoint]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
 # table (each transaction: UPDATE one random row, INSERT one new row; --rate
-# transactions per second, default 400, 4 clients) runs
-#   1. alone for S seconds (default 60): the unloaded TPS and latency;
+# transactions per second, default 400, 4 clients) runs, R times (default 5):
+#   1. alone for S seconds (default 12): the unloaded latency;
 #   2. while dedup_table(..., background => true, batch_size => 10000) runs
 #      (with --add-unique: and add_unique => true, whose last phase is
 #      CREATE UNIQUE INDEX CONCURRENTLY), until the job is done: the loaded
-#      TPS and latency, over the transactions that ran during the job, and
-#      by phase of the job.
-# Then, on an identical copy and with no workload, the foreground
+#      latency, over the transactions that started during the job, and by
+#      phase of the job;
+#   3. then dedup_rollback puts the duplicates back for the next round.
+# Then, R times on an identical copy and with no workload, the foreground
 # dedup_table(..., strategy => 'delete') with the same add_unique, for the
 # job's throughput against it.  Writers' lock waits: log_lock_waits with
 # deadlock_timeout = 100ms logs every wait longer than 100 ms; the benchmark
-# counts those lines and reports the longest transaction.  Not a test.
+# counts those lines.  Not a test.
+#
+# Why rounds: on the 2-core machine this was written on, the p99 of the
+# same unloaded workload moves by 0.5x from one 30-second window to the
+# next, and a job's window is about 4 seconds (1,600 transactions, whose
+# p99 is the 16th slowest).  One job against one unloaded run measured the
+# machine's noise as much as the job.  Each round puts an unloaded window
+# right before its job; the verdict is on the pooled transactions of all
+# rounds, and every round's own ratio is shown.
 #
 # By default the tables were written after the last checkpoint, so neither
 # the job nor the foreground run writes full-page images.  --checkpoint
-# runs a CHECKPOINT before each, and before the workload's unloaded run: as
-# for a table last written before the last checkpoint, the first change of
-# each page writes all of it to the WAL (8 kB per deleted row here, as the
-# duplicates are spread over every page, and 8 kB for most of the
-# workload's updates, in both of its runs).
+# runs a CHECKPOINT before each job and each foreground run, and before each
+# unloaded window: as for a table last written before the last checkpoint,
+# the first change of each page writes all of it to the WAL (8 kB per
+# deleted row here, as the duplicates are spread over every page, and 8 kB
+# for most of the workload's updates, in both of its windows).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -34,18 +44,20 @@ BENCH_SETTINGS+=(-o logging_collector=on -o log_lock_waits=on -o deadlock_timeou
 bench_enter "$HERE/$(basename "$0")" "$@"
 
 ROWS=10000000
-SECONDS_ALONE=60
+ROUNDS=5
+SECONDS_ALONE=12
 RATE=400
 UNIQUE=false
 CHECKPOINT=false
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
+        --rounds) ROUNDS=$2; shift 2 ;;
         --seconds) SECONDS_ALONE=$2; shift 2 ;;
         --rate) RATE=$2; shift 2 ;;
         --add-unique) UNIQUE=true; shift ;;
         --checkpoint) CHECKPOINT=true; shift ;;
-        *) echo "usage: $0 [--rows N] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
@@ -56,7 +68,7 @@ q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 # which stalls every commit for about 40 ms, whoever wrote the WAL.  So that
 # the run measures the job and not the cluster's youth, 4 GB of WAL are
 # written and a checkpoint recycles them as the segments to come (enough
-# for the load, the job and the foreground run).
+# for the load and the rounds).
 q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 4096)" >/dev/null
 q -c "CHECKPOINT"
 for t in payments payments_fg; do
@@ -85,98 +97,149 @@ VALUES ('new-' || :client_id || '-' || txid_current(), 1, 'pending');
 END;
 SQL
 
-# pgbench LABEL SECONDS: per-transaction log in $WORK/LABEL.*
+# run_pgbench LABEL SECONDS: per-transaction log in $WORK/LABEL.*
 run_pgbench() {
     (cd "$WORK" && exec pgbench -n -f write.sql -c 4 -j 2 -R "$RATE" -T "$2" \
         -l --log-prefix="$1" >"$WORK/$1.out" 2>&1)
 }
 
-# stats LABEL [FROM_EPOCH TO_EPOCH]: "label|n|p50|p99|max" (ms) over the
-# transactions that started in the window (pgbench -l: column 3 is the
-# latency in us, columns 5-6 the epoch seconds and microseconds)
+# latencies LABEL [FROM_EPOCH TO_EPOCH]: the latencies (ms) of the
+# transactions of pgbench run LABEL that started in the window, to
+# $WORK/LABEL.lat.  pgbench -l: column 3 is the latency in us, columns 5-6
+# the epoch seconds and microseconds at which the transaction ended.
+latencies() {
+    cat "$WORK/$1".[0-9]* | awk -v from="${2:-0}" -v to="${3:-9e18}" '
+        { t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= from && t <= to) print $3 / 1000 }' >"$WORK/$1.lat"
+}
+
+# stats LABEL FILE...: "label|n|p50|p99|max" (ms) over the latencies in the files
 stats() {
-    cat "$WORK/$1"*.[0-9]* | awk -v from="${2:-0}" -v to="${3:-9e18}" '
-        { t = $5 + $6 / 1e6; if (t >= from && t <= to) print $3 / 1000 }' | sort -n >"$WORK/$1.lat"
-    awk -v label="$1" '
+    local label=$1; shift
+    cat "$@" | sort -n | awk -v label="$label" '
         { a[NR] = $1 }
         END {
             n = NR; if (n == 0) { printf "%s|0|0|0|0\n", label; exit }
             printf "%s|%d|%.2f|%.2f|%.2f\n", label, n, a[int(n * 0.50) + 1], a[int(n * 0.99) + 1], a[n]
-        }' "$WORK/$1.lat"
+        }'
 }
 
+# median of the numbers on standard input
+median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
 # One session watches dedup_progress once a second for the whole run, as a
-# DBA would with \watch 1, through both the unloaded and the loaded phase so
-# that it costs the same in both.  A new connection for each look would move
-# the p99 by itself: each backend start stalls the workload's transactions
-# for a few milliseconds on this 2-core machine (a psql -c 'SELECT 1' every
-# 0.3 s took the unloaded p99 from 1.1 to 5.6 ms).  Nothing else connects
-# while the workload runs.
+# DBA would with \watch 1, through both the unloaded and the loaded windows
+# so that it costs the same in both.  A new connection for each look would
+# move the p99 by itself: each backend start stalls the workload's
+# transactions for a few milliseconds on this 2-core machine (a psql -c
+# 'SELECT 1' every 0.3 s took the unloaded p99 from 1.1 to 5.6 ms).  While
+# the workload runs, nothing else connects but the session that submits
+# each job, 5 s before it submits.
 psql -X -q -At >"$WORK/watch" 2>&1 <<<"SELECT format('%s|%s|%s|%s|%s|%s|%s', extract(epoch FROM pg_catalog.clock_timestamp()), job_id,
                      phase, percent, rows_per_second, batches_done, eta)
    FROM dedup_progress \\watch 1" &
 WATCH=$!
 
-echo
-echo "== 1. workload alone, ${SECONDS_ALONE} s at $RATE tps"
-# with --checkpoint the workload's own updates write full-page images too
-# (each first touch of a page after a checkpoint), in both phases alike
-[ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
-run_pgbench alone "$SECONDS_ALONE"
-ALONE=$(stats alone)
-grep -E "^tps|latency average" "$WORK/alone.out" || true
-
-echo
-echo "== 2. workload + background dedup (batch_size 10000, add_unique $UNIQUE)"
 LOGFILE=$(q -c "SELECT current_setting('data_directory') || '/' || pg_current_logfile()")
 WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
-[ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
-LSN0=$(q -c "SELECT pg_current_wal_lsn()")
-# One session submits the job and waits for it.  It connects first, 5 s
-# before it submits, for the same reason as the watching session.
-q >"$WORK/job" <<SQL &
+: >"$WORK/rounds"
+for r in $(seq 1 "$ROUNDS"); do
+    echo
+    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE)"
+    # with --checkpoint the workload's own updates write full-page images
+    # too (each first touch of a page after a checkpoint), in both windows
+    [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
+    run_pgbench "alone$r" "$SECONDS_ALONE"
+    latencies "alone$r"
+
+    [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
+    LSN0=$(q -c "SELECT pg_current_wal_lsn()")
+    # The submitting session connects 5 s before it submits, for the same
+    # reason as the watching session.
+    q >"$WORK/job$r" <<SQL &
 SELECT pg_sleep(5) AS slept \gset
 SELECT job_id FROM dedup_table('payments', '{transaction_id}', background => true,
                                batch_size => 10000, add_unique => $UNIQUE) \gset
 SELECT :job_id;
 SELECT dedup_wait(:job_id);
 SQL
-SUBMIT=$!
-# One pgbench run for the whole job, stopped 2 s after the job's end.  A
-# background command of a script ignores SIGINT, so it gets SIGTERM, which
-# loses what pgbench had not yet written of its per-transaction log: the
-# last few kB, from after the job (the stats use the job's window only).
-run_pgbench loaded 3600 &
-PGB=$!
-wait "$SUBMIT"
-{ read -r JOB; read -r STATE; } <"$WORK/job"
-sleep 2
-pkill -TERM -P "$PGB" -x pgbench 2>/dev/null || true
-wait "$PGB" || true
+    SUBMIT=$!
+    # One pgbench run for the whole job, stopped 2 s after the job's end.  A
+    # background command of a script ignores SIGINT, so it gets SIGTERM,
+    # which loses what pgbench had not yet written of its per-transaction
+    # log: the last few kB, from after the job (the stats use the job's
+    # window only).
+    run_pgbench "loaded$r" 3600 &
+    PGB=$!
+    wait "$SUBMIT"
+    { read -r JOB; read -r STATE; } <"$WORK/job$r"
+    sleep 2
+    pkill -TERM -P "$PGB" -x pgbench 2>/dev/null || true
+    wait "$PGB" || true
+    LSN1=$(q -c "SELECT pg_current_wal_lsn()")
+    echo "job $JOB: $STATE"
+    q -c "SELECT format('  job: %s s, %s rows deleted, %s batches, %s passes, %s retries, unique index %s',
+                        round(extract(epoch FROM finished_at - started_at)::numeric, 2), rows_deleted,
+                        batches_done, passes, retries, unique_index)
+            FROM dedup_jobs WHERE job_id = $JOB"
+    q -c "SELECT format('  after: %s duplicate rows, %s rows', duplicate_rows, total_rows) FROM dedup_audit('payments', '{transaction_id}')"
+    latencies "loaded$r" $(q -c "SELECT extract(epoch FROM started_at) || ' ' || extract(epoch FROM finished_at) FROM dedup_jobs WHERE job_id = $JOB")
+    JOBSECS=$(q -c "SELECT extract(epoch FROM finished_at - started_at) FROM dedup_jobs WHERE job_id = $JOB")
+    JOBWAL=$(q -c "SELECT pg_wal_lsn_diff('$LSN1', '$LSN0')::bigint")
+    IFS='|' read -r _ _ _ P99A _ <<<"$(stats x "$WORK/alone$r.lat")"
+    IFS='|' read -r _ _ _ P99L MAXL <<<"$(stats x "$WORK/loaded$r.lat")"
+    echo "$r|$JOB|$P99A|$P99L|$MAXL|$JOBSECS|$JOBWAL" >>"$WORK/rounds"
+
+    # The job's phases over time, from the watching session, one latency
+    # file per phase: each look at the job stands for the second before the
+    # next.
+    awk -F'|' -v job="$JOB" '$2 == job { print $1 "|" $3 }' "$WORK/watch" |
+        awk -F'|' 'NR > 1 { print prev_t "|" $1 "|" prev_p } { prev_t = $1; prev_p = $2 }' |
+    while IFS='|' read -r from to phase; do
+        grep -qxF "$phase" "$WORK/phase_order" 2>/dev/null || echo "$phase" >>"$WORK/phase_order"
+        cat "$WORK/loaded$r".[0-9]* | awk -v from="$from" -v to="$to" '
+            { t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= from && t < to) print $3 / 1000 }' >>"$WORK/phase_${phase// /_}.lat"
+        awk -v a="$from" -v b="$to" 'BEGIN { print b - a }' >>"$WORK/phase_${phase// /_}.secs"
+    done
+
+    # Back to the duplicates for the next round: the vacuum frees the
+    # deleted rows' space, so that the restored rows go back into the pages
+    # (and not all to the end of the heap); the second one clears what the
+    # rollback leaves.  Then the machine settles before the next unloaded
+    # window.
+    if [ "$r" -lt "$ROUNDS" ]; then
+        q -c "VACUUM payments"
+        q -c "SELECT dedup_rollback($JOB)" >/dev/null
+        q -c "VACUUM ANALYZE payments"
+        sync
+        sleep 5
+    fi
+done
 kill "$WATCH" 2>/dev/null || true
 wait "$WATCH" 2>/dev/null || true
-LSN1=$(q -c "SELECT pg_current_wal_lsn()")
-# the job's phases over time, from the watching session: "epoch|phase"
-awk -F'|' -v job="$JOB" '$2 == job { print $1 "|" $3 }' "$WORK/watch" >"$WORK/phases"
-awk -F'|' -v job="$JOB" '$2 == job && n++ % 5 == 0 {
-        printf "  %s  %s%%  %s rows/s  batches %s  eta %s\n", $3, $4, $5, $6, $7 }' "$WORK/watch"
-echo "job $JOB: $STATE"
-q -c "SELECT format('  job: %s s, %s rows deleted, %s batches, %s passes, %s retries, unique index %s',
-                    round(extract(epoch FROM finished_at - started_at)::numeric, 2), rows_deleted,
-                    batches_done, passes, retries, unique_index)
-        FROM dedup_jobs WHERE job_id = $JOB"
-WINDOW=$(q -c "SELECT extract(epoch FROM started_at) || ' ' || extract(epoch FROM finished_at) FROM dedup_jobs WHERE job_id = $JOB")
-LOADED=$(stats loaded $WINDOW)
 WAITS=$(( $(grep -c "still waiting for" "$LOGFILE" || true) - WAITS0 ))
-JOBSECS=$(q -c "SELECT extract(epoch FROM finished_at - started_at) FROM dedup_jobs WHERE job_id = $JOB")
-JOBWAL=$(q -c "SELECT pg_wal_lsn_diff('$LSN1', '$LSN0')::bigint")
-q -c "SELECT format('  after: %s duplicate rows, %s rows', duplicate_rows, total_rows) FROM dedup_audit('payments', '{transaction_id}')"
 
 echo
-echo "== 3. foreground dedup_table(strategy => 'delete', add_unique $UNIQUE) on a copy, no workload"
-MEASURE_CHECKPOINT=$CHECKPOINT measure "foreground delete" "SELECT * FROM dedup_table('payments_fg', '{transaction_id}', strategy => 'delete', add_unique => $UNIQUE)"
+echo "== foreground dedup_table(strategy => 'delete', add_unique $UNIQUE) on a copy, no workload, $ROUNDS times"
+for r in $(seq 1 "$ROUNDS"); do
+    MEASURE_CHECKPOINT=$CHECKPOINT measure "foreground delete $r" "SELECT * FROM dedup_table('payments_fg', '{transaction_id}', strategy => 'delete', add_unique => $UNIQUE)"
+    if [ "$r" -lt "$ROUNDS" ]; then
+        q -c "VACUUM payments_fg"
+        q -c "SELECT dedup_rollback(max(job_id)) FROM dedup_jobs WHERE relation = 'payments_fg'::regclass AND kind = 'dedup'" >/dev/null
+        q -c "VACUUM ANALYZE payments_fg"
+    fi
+done
+for line in "${RESULTS[@]}"; do IFS='|' read -r _ s _ <<<"$line"; echo "$s"; done >"$WORK/fg_secs"
 
-FGSECS=$(IFS='|' read -r _ s _ <<<"${RESULTS[0]}"; echo "$s")
+echo
+echo "| round | unloaded p99 ms | p99 during the job ms | ratio | max during the job ms | job s | WAL while the job ran MB | foreground s |"
+echo "|---|---|---|---|---|---|---|---|"
+paste -d'|' "$WORK/rounds" "$WORK/fg_secs" | while IFS='|' read -r r _ pa pl ml js wal fs; do
+    awk -v r="$r" -v pa="$pa" -v pl="$pl" -v ml="$ml" -v js="$js" -v wal="$wal" -v fs="$fs" 'BEGIN {
+        printf "| %d | %.2f | %.2f | %.2fx | %.2f | %.2f | %.0f | %.2f |\n", r, pa, pl, pl / pa, ml, js, wal / 1048576, fs }'
+done
+
+ALONE=$(stats "alone, all rounds" "$WORK"/alone*.lat)
+LOADED=$(stats "with the job, all rounds" "$WORK"/loaded*.lat)
 echo
 echo "| workload | transactions | p50 ms | p99 ms | max ms |"
 echo "|---|---|---|---|---|"
@@ -184,25 +247,26 @@ for line in "$ALONE" "$LOADED"; do
     IFS='|' read -r l n p50 p99 mx <<<"$line"
     echo "| $l | $n | $p50 | $p99 | $mx |"
 done
-# p99 per phase: each look at the job stands for the second before the next
 echo
-echo "| phase (seen for) | transactions | p50 ms | p99 ms | max ms |"
+echo "| phase of the job (seen for, all rounds) | transactions | p50 ms | p99 ms | max ms |"
 echo "|---|---|---|---|---|"
-awk -F'|' '{ print $1, $2 }' "$WORK/phases" | awk '
-    NR > 1 { print prev_t, $1, prev_p } { prev_t = $1; $1 = ""; prev_p = substr($0, 2) }' |
-while read -r from to phase; do
-    printf '%s|%s|%s\n' "$phase" "$from" "$to"
-done | awk -F'|' '{ if (!($1 in first)) { first[$1] = $2; order[++n] = $1 } last[$1] = $3 }
-    END { for (i = 1; i <= n; i++) print order[i] "|" first[order[i]] "|" last[order[i]] }' |
-while IFS='|' read -r phase from to; do
-    IFS='|' read -r _ n p50 p99 mx <<<"$(stats loaded "$from" "$to")"
-    printf '| %s (%.0f s) | %s | %s | %s | %s |\n' "$phase" "$(awk -v a="$from" -v b="$to" 'BEGIN { print b - a }')" "$n" "$p50" "$p99" "$mx"
-done
-IFS='|' read -r _ _ _ p99a _ <<<"$ALONE"
-IFS='|' read -r _ _ _ p99b mxb <<<"$LOADED"
-awk -v a="$p99a" -v b="$p99b" -v w="$WAITS" -v js="$JOBSECS" -v fs="$FGSECS" -v d="$DUPS" -v wal="$JOBWAL" 'BEGIN {
-    printf "\np99 with the job / alone: %.2fx (target <= 1.5x)\n", b / a
+while read -r phase; do
+    f=${phase// /_}
+    IFS='|' read -r _ n p50 p99 mx <<<"$(stats "$phase" "$WORK/phase_$f.lat")"
+    printf '| %s (%.0f s) | %s | %s | %s | %s |\n' "$phase" "$(awk '{ s += $1 } END { print s }' "$WORK/phase_$f.secs")" "$n" "$p50" "$p99" "$mx"
+done < <(cat "$WORK/phase_order" 2>/dev/null)
+
+IFS='|' read -r _ _ _ P99A _ <<<"$ALONE"
+IFS='|' read -r _ _ _ P99L _ <<<"$LOADED"
+RATIOS=$(awk -F'|' '{ printf "%s%.2fx", (NR > 1 ? ", " : ""), $4 / $3 }' "$WORK/rounds")
+MEDRATIO=$(awk -F'|' '{ print $4 / $3 }' "$WORK/rounds" | median)
+JOBSECS=$(cut -d'|' -f6 "$WORK/rounds" | median)
+JOBWAL=$(cut -d'|' -f7 "$WORK/rounds" | median)
+FGSECS=$(median <"$WORK/fg_secs")
+awk -v a="$P99A" -v b="$P99L" -v m="$MEDRATIO" -v rs="$RATIOS" -v n="$ROUNDS" -v w="$WAITS" \
+    -v js="$JOBSECS" -v fs="$FGSECS" -v d="$DUPS" -v wal="$JOBWAL" 'BEGIN {
+    printf "\np99 with the job / alone, all %d rounds pooled: %.2fx (target <= 1.5x); median of the rounds %.2fx; by round %s\n", n, b / a, m, rs
     printf "writer lock waits longer than 100 ms: %d (target 0)\n", w
-    printf "background job: %.2f s for %d duplicates (%.0f rows/s), %.0f MB WAL while it ran\n", js, d, d / js, wal / 1048576
-    printf "foreground delete: %.2f s (%.0f rows/s); background throughput = %.0f%% of foreground (target >= 50%%)\n", fs, d / fs, 100 * fs / js
+    printf "background job (median of %d): %.2f s for %d duplicates (%.0f rows/s), %.0f MB WAL while it ran\n", n, js, d, d / js, wal / 1048576
+    printf "foreground delete (median of %d): %.2f s (%.0f rows/s); background throughput = %.0f%% of foreground (target >= 50%%)\n", n, fs, d / fs, 100 * fs / js
 }'
