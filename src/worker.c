@@ -25,6 +25,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -563,6 +564,40 @@ run_job(int64 job_id, MemoryContext cxt)
 }
 
 /*
+ * Lower the worker's CPU priority to nice.  setpriority() alone is not
+ * enough where the kernel groups processes by session for scheduling
+ * (autogroup, kernel.sched_autogroup_enabled, on in Debian's kernels): there
+ * a nice value ranks a process only against the others of its session, and
+ * every child of the postmaster, this worker included, starts a session of
+ * its own.  The worker would then compete with each backend as an equal.
+ * So the session's own priority is lowered as well; the session holds the
+ * worker alone.  A kernel without autogroup has no /proc/self/autogroup.
+ */
+static void
+lower_cpu_priority(int nice)
+{
+	FILE	   *autogroup;
+	bool		written;
+
+	if (setpriority(PRIO_PROCESS, 0, nice) != 0)
+		ereport(WARNING,
+				(errmsg("dedup_ext worker could not lower its CPU priority: %m")));
+	autogroup = AllocateFile("/proc/self/autogroup", "w");
+	if (autogroup == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(WARNING,
+					(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
+		return;
+	}
+	/* the write happens at the flush, in FreeFile */
+	written = fprintf(autogroup, "%d", nice) >= 0;
+	if (FreeFile(autogroup) != 0 || !written)
+		ereport(WARNING,
+				(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
+}
+
+/*
  * Main of a dynamic worker: arg is the database; bgw_extra[0] is 'r' for a
  * worker the launcher started after a server start.  The worker takes one of
  * the database's dedup_ext.max_workers slots (or leaves: the workers that have
@@ -591,9 +626,8 @@ dedup_worker_main(Datum arg)
 	 */
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);
-	if (dedup_worker_nice > 0 && setpriority(PRIO_PROCESS, 0, dedup_worker_nice) != 0)
-		ereport(WARNING,
-				(errmsg("dedup_ext worker could not lower its CPU priority: %m")));
+	if (dedup_worker_nice > 0)
+		lower_cpu_priority(dedup_worker_nice);
 
 	/*
 	 * No JIT: a batch's statements run for tens of milliseconds, but the
