@@ -24,6 +24,7 @@ int			dedup_batch_delay = 0;
 int			dedup_lock_timeout = 1000;
 int			dedup_max_workers = 2;
 int			dedup_worker_nice = 10;
+bool		dedup_wal_compression = false;
 
 void		_PG_init(void);
 
@@ -50,6 +51,10 @@ _PG_init(void)
 							"CPU priority (nice) of background workers: higher yields more CPU to the application.",
 							NULL, &dedup_worker_nice, 10, 0, 19,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("dedup_ext.wal_compression",
+							 "Background workers compress the full-page images their batches and index builds write to the WAL, when wal_compression is off.",
+							 NULL, &dedup_wal_compression, false,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dedup_ext");
 
 	progress_init();

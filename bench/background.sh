@@ -2,7 +2,7 @@
 # bench/background.sh -- a background dedup while pgbench writes the table.
 #
 #   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
-#                            [--add-unique] [--checkpoint]
+#                            [--add-unique] [--checkpoint] [--wal-compression]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -36,11 +36,13 @@
 # the first change of each page writes all of it to the WAL (8 kB per
 # deleted row here, as the duplicates are spread over every page, and 8 kB
 # for most of the workload's updates, in both of its windows).
+# --wal-compression sets dedup_ext.wal_compression: the job (only) compresses
+# those images, and those of its index build.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
 BENCH_SETTINGS+=(-o logging_collector=on -o log_lock_waits=on -o deadlock_timeout=100ms
-                 -o max_worker_processes=16)
+                 -o max_worker_processes=16 -o max_wal_size=24GB)
 bench_enter "$HERE/$(basename "$0")" "$@"
 
 ROWS=10000000
@@ -49,6 +51,7 @@ SECONDS_ALONE=12
 RATE=400
 UNIQUE=false
 CHECKPOINT=false
+WALZ=off
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
@@ -57,19 +60,27 @@ while [ $# -gt 0 ]; do
         --rate) RATE=$2; shift 2 ;;
         --add-unique) UNIQUE=true; shift ;;
         --checkpoint) CHECKPOINT=true; shift ;;
-        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint]" >&2; exit 2 ;;
+        --wal-compression) WALZ=on; shift ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
+q -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ"
+q -c "SELECT pg_reload_conf()" >/dev/null
 # A server that has been running reuses its old WAL segments; a new cluster
 # creates and zero-fills each 16 MB segment while holding WALWriteLock,
 # which stalls every commit for about 40 ms, whoever wrote the WAL.  So that
-# the run measures the job and not the cluster's youth, 4 GB of WAL are
-# written and a checkpoint recycles them as the segments to come (enough
-# for the load and the rounds).
-q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 4096)" >/dev/null
+# the run measures the job and not the cluster's youth, 12 GB of WAL are
+# written and a checkpoint recycles them as the segments to come: enough
+# for the load and every round with add_unique (each round's index build
+# writes about 450 MB, and its rollback and vacuums as much again; with 4
+# GB the later rounds ran out and stalled every commit for 40 ms at each new
+# segment).  max_wal_size is large enough that no checkpoint comes in the
+# middle either, which would make the next changes of every page write
+# full-page images.
+q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 12288)" >/dev/null
 q -c "CHECKPOINT"
 for t in payments payments_fg; do
     q <<SQL
@@ -144,7 +155,7 @@ WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 : >"$WORK/rounds"
 for r in $(seq 1 "$ROUNDS"); do
     echo
-    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE)"
+    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ)"
     # with --checkpoint the workload's own updates write full-page images
     # too (each first touch of a page after a checkpoint), in both windows
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"

@@ -235,6 +235,8 @@ scan_step(BgJob *job, void *arg)
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
 				arm_candidates(job);
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
+			/* reading the table prunes its pages: an image of each after a checkpoint */
+			bg_compress_wal(true);
 			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number()"
 										" OVER (ORDER BY s.dedup_qctid, s.dedup_ctid), %s"
 										" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
@@ -248,6 +250,7 @@ scan_step(BgJob *job, void *arg)
 			candidates_disarm();
 		}
 		PG_END_TRY();
+		bg_compress_wal(false);
 		t->candidates_fn = NULL;
 	}
 	else
@@ -396,6 +399,7 @@ batch_step(BgJob *job, void *arg)
 	int64		changed;
 
 	dedup_check_owner(t->relid);
+	bg_compress_wal(true);
 	lock_batch(job, range);
 
 	/* the loser r, its work row w, and its survivor s, still alike */
@@ -434,6 +438,7 @@ batch_step(BgJob *job, void *arg)
 			changed = spi_get_int64(0, 1);
 		}
 	}
+	bg_compress_wal(false);
 	bg_record(job, psprintf("checkpoint = %lld, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
 							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld,"
 							" %s = %s OPERATOR(pg_catalog.+) %lld,"
@@ -521,6 +526,7 @@ build_unique(BgJob *job)
 	{
 		MemoryContext cxt = CurrentMemoryContext;
 
+		bg_compress_wal(true);
 		PG_TRY();
 		{
 			bg_toplevel(job, unique_index_sql(job->t, job->index_name, true));
@@ -535,6 +541,7 @@ build_unique(BgJob *job)
 				PG_RE_THROW();
 			FlushErrorState();
 			AbortCurrentTransaction();
+			bg_compress_wal(false);
 			MemoryContextSwitchTo(job->cxt);
 			bg_toplevel(job, drop_index_sql(job));
 			job->index_name = NULL;
@@ -542,6 +549,7 @@ build_unique(BgJob *job)
 			return;
 		}
 		PG_END_TRY();
+		bg_compress_wal(false);
 	}
 	(void) bg_xact(job, unique_done_step, NULL);
 }

@@ -48,6 +48,16 @@
 #define DEDUP_HAVE_SHMEM_REQUEST_HOOK 1
 #endif
 
+/*
+ * wal_compression names a method from 15 on; before, it was a boolean for
+ * pglz, whose CPU cost a background job does not take on by itself.
+ */
+#if PG_VERSION_NUM >= 150000 && defined(USE_LZ4)
+#define DEDUP_WAL_COMPRESSION "lz4"
+#elif PG_VERSION_NUM >= 150000 && defined(USE_ZSTD)
+#define DEDUP_WAL_COMPRESSION "zstd"
+#endif
+
 /* parse_analyze() was split by parameter style in 15. */
 #if PG_VERSION_NUM < 150000
 #define parse_analyze_fixedparams(raw, sql, types, n, env) parse_analyze((raw), (sql), (types), (n), (env))

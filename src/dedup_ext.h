@@ -29,6 +29,7 @@ extern int	dedup_batch_delay;
 extern int	dedup_lock_timeout;
 extern int	dedup_max_workers;
 extern int	dedup_worker_nice;
+extern bool dedup_wal_compression;
 
 typedef enum DedupAction
 {
@@ -257,6 +258,7 @@ typedef struct BgJob
 
 extern bool bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg);
 extern void bg_toplevel(BgJob *job, const char *sql);
+extern void bg_compress_wal(bool on);
 extern void bg_sleep(int ms);
 extern void bg_record(BgJob *job, const char *assignments);
 extern void bg_publish(BgJob *job);

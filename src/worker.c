@@ -182,6 +182,41 @@ bg_toplevel(BgJob *job, const char *sql)
 	MemoryContextSwitchTo(job->cxt);
 }
 
+/*
+ * Compress the full-page images of the job's bulk writes
+ * (dedup_ext.wal_compression): on, around a batch's statements, a pass and
+ * the unique index build; off again before the job's row or anything else
+ * is written.  A batch after a checkpoint writes one image per page it
+ * changes, and an index build an image of each page of the new index: the
+ * application's commits flush that WAL before their own.  wal_compression
+ * is for superusers because the size of compressed WAL tells something of
+ * what the pages hold; these statements write the pages of the submitter's
+ * own table, its indexes and its archive (and whatever its triggers
+ * write), which is why it is a setting of the server's administrator and
+ * off by default.  A server that compresses already is left as it is.  In
+ * a transaction that fails the setting goes back by itself.
+ */
+void
+bg_compress_wal(bool on)
+{
+#ifdef DEDUP_WAL_COMPRESSION
+	static bool compressing = false;
+
+	if (on && dedup_wal_compression &&
+		strcmp(GetConfigOption("wal_compression", false, false), "off") == 0)
+	{
+		SetConfigOption("wal_compression", DEDUP_WAL_COMPRESSION, PGC_SUSET, PGC_S_SESSION);
+		compressing = true;
+	}
+	else if (!on && compressing)
+	{
+		/* back to the server's own value, not a session's "off" */
+		SetConfigOption("wal_compression", NULL, PGC_SUSET, PGC_S_SESSION);
+		compressing = false;
+	}
+#endif
+}
+
 /* run a step as the bootstrap superuser (bookkeeping that needs no retry) */
 static void
 plain_xact(void (*step) (void *arg), void *arg)
@@ -551,6 +586,8 @@ run_job(int64 job_id, MemoryContext cxt)
 		EmitErrorReport();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		/* set outside a transaction around an index build: not undone by the abort */
+		bg_compress_wal(false);
 		RESUME_INTERRUPTS();
 		f.job_id = job_id;
 		f.error = error_text(edata);

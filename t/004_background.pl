@@ -16,7 +16,9 @@
 #      leaves every key with a row;
 #   6. a job whose passes hash only the rows changed since its first pass
 #      still finds the duplicates writers made between its batches, and a
-#      first pass rolled back and run again hashes every row again.
+#      first pass rolled back and run again hashes every row again;
+#   7. preloaded: with dedup_ext.wal_compression a job after a checkpoint
+#      writes less WAL, and nobody else's wal_compression changes.
 # A resumed job's survivors are exactly those of a foreground dedup of the
 # same rows, its archive holds every removed row, and dedup_verify agrees.
 use strict;
@@ -344,6 +346,46 @@ $node->safe_psql('postgres', 'DROP TRIGGER memo_trap ON dedup_job');
 is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo2}),
 	'19000 19000', 'the first pass, run again after its rollback, found every duplicate');
 is(job_field($node, $job, 'retries >= 1'), 't', 'memo2: the first pass was retried');
+
+# 7. dedup_ext.wal_compression: the full-page images a job writes after a
+# checkpoint (each page whose rows it deletes) are compressed, and its WAL
+# is smaller; wal_compression stays off for everyone else
+SKIP:
+{
+	skip 'the server has neither lz4 nor zstd', 2
+	  unless $node->safe_psql('postgres',
+		q{SELECT enumvals && '{lz4,zstd}' FROM pg_settings WHERE name = 'wal_compression'}) eq 't';
+	# one duplicate in a hundred rows, so on every page: what the job writes
+	# is mostly the images of those pages
+	foreach my $table ('walz_off', 'walz_on')
+	{
+		$node->safe_psql('postgres', qq{
+			CREATE TABLE $table (id int PRIMARY KEY, k int NOT NULL, payload text);
+			INSERT INTO $table
+			SELECT g, CASE WHEN g % 100 = 0 THEN g - 1 ELSE g END, 'row ' || g
+			  FROM generate_series(1, $N) g;
+			VACUUM ANALYZE $table;
+		});
+	}
+	my $job_wal = sub {
+		my ($table) = @_;
+		$node->safe_psql('postgres', 'CHECKPOINT');
+		my $lsn = $node->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
+		my $job = submit($node, $table, 0);
+		$node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}) eq 'done'
+		  or die "job $job on $table not done";
+		return $node->safe_psql('postgres',
+			qq{SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn')::bigint});
+	};
+	my $wal_off = $job_wal->('walz_off');
+	$node->append_conf('postgresql.conf', 'dedup_ext.wal_compression = on');
+	$node->reload;
+	my $wal_on = $job_wal->('walz_on');
+	cmp_ok($wal_on, '<', $wal_off * 0.7,
+		"with dedup_ext.wal_compression the job wrote $wal_on bytes of WAL, against $wal_off");
+	is($node->safe_psql('postgres', 'SHOW wal_compression'), 'off',
+		'the sessions\' wal_compression is still off');
+}
 
 $node->stop;
 
