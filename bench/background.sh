@@ -67,7 +67,7 @@ done
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
-q -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ"
+q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ"
 q -c "SELECT pg_reload_conf()" >/dev/null
 # A server that has been running reuses its old WAL segments; a new cluster
 # creates and zero-fills each 16 MB segment while holding WALWriteLock,
