@@ -53,7 +53,8 @@ _PG_init(void)
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("dedup_ext.wal_compression",
 							 "Background workers compress the full-page images their batches and index builds write to the WAL, when wal_compression is off.",
-							 NULL, &dedup_wal_compression, false,
+							 "PostgreSQL 15 and later, built with lz4 or zstd.",
+							 &dedup_wal_compression, false,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("dedup_ext");
 

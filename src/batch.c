@@ -235,7 +235,11 @@ scan_step(BgJob *job, void *arg)
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
 				arm_candidates(job);
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
-			/* reading the table prunes its pages: an image of each after a checkpoint */
+			/*
+			 * the pass reads every page, and pruning a page (of rows the
+			 * last pass's batches deleted) writes an image of it after a
+			 * checkpoint
+			 */
 			bg_compress_wal(true);
 			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number()"
 										" OVER (ORDER BY s.dedup_qctid, s.dedup_ctid), %s"
@@ -421,7 +425,11 @@ batch_step(BgJob *job, void *arg)
 		changed = spi_get_int64(0, 1);
 	}
 	else if (job->action == DEDUP_ACTION_MERGE)
+	{
+		/* its map table's ANALYZE writes pg_statistic, shared by all tables */
+		bg_compress_wal(false);
 		changed = merge_batch(job, using, where, &counts);
+	}
 	else
 	{
 		char	   *del = psprintf("DELETE FROM ONLY %s r USING %s WHERE %s", t->qualname, using, where);

@@ -25,6 +25,7 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
@@ -87,6 +88,11 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 		Oid			saved_user;
 		int			saved_sec;
 
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
 		StartTransactionCommand();
 		GetUserIdAndSecContext(&saved_user, &saved_sec);
 		PG_TRY();
@@ -184,17 +190,21 @@ bg_toplevel(BgJob *job, const char *sql)
 
 /*
  * Compress the full-page images of the job's bulk writes
- * (dedup_ext.wal_compression): on, around a batch's statements, a pass and
- * the unique index build; off again before the job's row or anything else
- * is written.  A batch after a checkpoint writes one image per page it
+ * (dedup_ext.wal_compression): on around the statements of a delete or
+ * rename batch and of a backfill batch, around the first statement of a
+ * pass (not a rename's), and around the unique index build; off again
+ * before the job's row is written, and for a merge batch, which creates and
+ * analyzes tables.  A batch after a checkpoint writes one image per page it
  * changes, and an index build an image of each page of the new index: the
  * application's commits flush that WAL before their own.  wal_compression
  * is for superusers because the size of compressed WAL tells something of
  * what the pages hold; these statements write the pages of the submitter's
- * own table, its indexes and its archive (and whatever its triggers
- * write), which is why it is a setting of the server's administrator and
- * off by default.  A server that compresses already is left as it is.  In
- * a transaction that fails the setting goes back by itself.
+ * table, its indexes and its archive, catalog rows of the new index, and
+ * whatever triggers and event triggers write, which is why it is a setting
+ * of the server's administrator and off by default.  A server that
+ * compresses already is left as it is.  In a transaction that fails the
+ * setting goes back by itself.  Without lz4 or zstd (or before 15) this
+ * does nothing.
  */
 void
 bg_compress_wal(bool on)
@@ -613,25 +623,38 @@ run_job(int64 job_id, MemoryContext cxt)
 static void
 lower_cpu_priority(int nice)
 {
-	FILE	   *autogroup;
-	bool		written;
-
 	if (setpriority(PRIO_PROCESS, 0, nice) != 0)
 		ereport(WARNING,
 				(errmsg("dedup_ext worker could not lower its CPU priority: %m")));
-	autogroup = AllocateFile("/proc/self/autogroup", "w");
-	if (autogroup == NULL)
+
+	/*
+	 * The kernel takes one such change every 100 ms from the whole machine
+	 * (EAGAIN otherwise), and workers often start together.
+	 */
+	for (int attempt = 1;; attempt++)
 	{
-		if (errno != ENOENT)
+		FILE	   *autogroup = AllocateFile("/proc/self/autogroup", "w");
+		bool		written;
+
+		if (autogroup == NULL)
+		{
+			if (errno != ENOENT)
+				ereport(WARNING,
+						(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
+			return;
+		}
+		/* the write happens at the flush, in FreeFile */
+		written = fprintf(autogroup, "%d", nice) >= 0;
+		if (FreeFile(autogroup) == 0 && written)
+			return;
+		if (errno != EAGAIN || attempt == 10)
+		{
 			ereport(WARNING,
 					(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
-		return;
+			return;
+		}
+		pg_usleep(100 * 1000L);
 	}
-	/* the write happens at the flush, in FreeFile */
-	written = fprintf(autogroup, "%d", nice) >= 0;
-	if (FreeFile(autogroup) != 0 || !written)
-		ereport(WARNING,
-				(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
 }
 
 /*
@@ -651,6 +674,8 @@ dedup_worker_main(Datum arg)
 	bool		installed = false;
 
 	pqsignal(SIGTERM, die);
+	/* settings such as dedup_ext.wal_compression apply from the next step */
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 	pgstat_report_appname("dedup_ext worker");
