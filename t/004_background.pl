@@ -18,7 +18,8 @@
 #      still finds the duplicates writers made between its batches, and a
 #      first pass rolled back and run again hashes every row again;
 #   7. preloaded: with dedup_ext.wal_compression a job after a checkpoint
-#      writes less WAL.
+#      writes less WAL, and a running worker takes the setting, reloaded,
+#      at its next batch.
 # A resumed job's survivors are exactly those of a foreground dedup of the
 # same rows, its archive holds every removed row, and dedup_verify agrees.
 use strict;
@@ -352,7 +353,7 @@ is(job_field($node, $job, 'retries >= 1'), 't', 'memo2: the first pass was retri
 # is smaller.  The WAL measured is the server's: no autovacuum meanwhile.
 SKIP:
 {
-	skip 'the server has neither lz4 nor zstd', 1
+	skip 'the server has neither lz4 nor zstd', 4
 	  unless $node->safe_psql('postgres',
 		q{SELECT enumvals && '{lz4,zstd}' FROM pg_settings WHERE name = 'wal_compression'}) eq 't';
 	# one duplicate in a hundred rows, so on every page: what the job writes
@@ -390,6 +391,35 @@ SKIP:
 	my $wal_on = $job_wal->('walz_on');
 	cmp_ok($wal_on, '<', $wal_off * 0.7,
 		"with dedup_ext.wal_compression the job wrote $wal_on bytes of WAL, against $wal_off");
+
+	# 7b. a running worker takes a reloaded setting at its next step: a
+	# statement trigger records, in each batch's DELETE, the worker's
+	# settings as the batch sees them
+	$node->safe_psql('postgres', q{
+		CREATE TABLE walz_log (batch serial, dedup_setting text, server_setting text);
+		CREATE FUNCTION walz_note() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+		  INSERT INTO public.walz_log (dedup_setting, server_setting)
+		  VALUES (pg_catalog.current_setting('dedup_ext.wal_compression'),
+		          pg_catalog.current_setting('wal_compression'));
+		  RETURN NULL;
+		END $$;
+	});
+	create_table($node, 'walz_reload', $N);
+	$node->safe_psql('postgres',
+		'CREATE TRIGGER walz_note BEFORE DELETE ON walz_reload FOR EACH STATEMENT EXECUTE FUNCTION walz_note()');
+	my $job = submit($node, 'walz_reload', 100);
+	$node->poll_query_until('postgres', 'SELECT count(*) >= 2 FROM walz_log')
+	  or die 'walz_reload: no batches';
+	$node->append_conf('postgresql.conf', 'dedup_ext.wal_compression = off');
+	$node->reload;
+	is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '120s')}), 'done', 'walz_reload: done');
+	like($node->safe_psql('postgres',
+			'SELECT dedup_setting || \' \' || server_setting FROM walz_log ORDER BY batch LIMIT 1'),
+		qr/^on (lz4|zstd)$/, 'a batch compresses its WAL while dedup_ext.wal_compression is on');
+	is($node->safe_psql('postgres',
+			'SELECT dedup_setting || \' \' || server_setting FROM walz_log ORDER BY batch DESC LIMIT 1'),
+		'off off', 'after a reload the running worker\'s next batches do not');
 }
 
 $node->stop;
