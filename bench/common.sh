@@ -39,8 +39,8 @@ peak_anon() {
 
 # measure LABEL SQL: prints "LABEL|seconds|wal_bytes|peak_kB" and keeps it
 # in RESULTS.  It starts with a CHECKPOINT (unless MEASURE_CHECKPOINT=false),
-# so that every run writes the same full-page images.  The SQL runs in one session whose backend's peak private
-# memory is sampled while it runs.
+# so that every run writes the same full-page images.  The SQL runs in one
+# session whose backend's peak private memory is sampled while it runs.
 RESULTS=()
 measure() {
     local label=$1 sql=$2 lsn0 lsn1 t0 t1 wal secs pidfile pid peak runner

@@ -885,7 +885,6 @@ link_batch(BgJob *job, void *arg)
 					   psprintf("c.ctid OPERATOR(pg_catalog.>=) '(%lld,0)'::pg_catalog.tid"
 								" AND c.ctid OPERATOR(pg_catalog.<) '(%lld,0)'::pg_catalog.tid",
 								(long long) from, (long long) to));
-	bg_compress_wal(false);
 	bg_record(job, psprintf("checkpoint = %lld, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
 							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld,"
 							" batches_done = batches_done OPERATOR(pg_catalog.+) 1%s",

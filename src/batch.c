@@ -446,7 +446,6 @@ batch_step(BgJob *job, void *arg)
 			changed = spi_get_int64(0, 1);
 		}
 	}
-	bg_compress_wal(false);
 	bg_record(job, psprintf("checkpoint = %lld, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
 							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld,"
 							" %s = %s OPERATOR(pg_catalog.+) %lld,"

@@ -38,6 +38,7 @@
 #include "catalog/pg_type_d.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
@@ -46,7 +47,6 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
-#include "executor/tuptable.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplesort.h"
@@ -84,6 +84,7 @@ typedef struct KeyHasher
 	Oid		   *collations;
 	FmgrInfo  **procs;
 	bool		nulls_distinct;
+	MemoryContext rowcxt;		/* what hashing one row allocates */
 } KeyHasher;
 
 typedef struct CandidateScan
@@ -167,6 +168,7 @@ open_hasher(Relation rel, DedupTarget *t, KeyHasher *h)
 	h->collations = palloc(t->nkeys * sizeof(Oid));
 	h->procs = palloc(t->nkeys * sizeof(FmgrInfo *));
 	h->nulls_distinct = t->nulls_distinct;
+	h->rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_ext key hash", ALLOCSET_DEFAULT_SIZES);
 	for (int i = 0; i < t->nkeys; i++)
 		h->attnums[i] = get_attnum(relid, t->keys[i].name);
 	check_select(rel, h->attnums, t->nkeys);
@@ -197,22 +199,26 @@ open_hasher(Relation rel, DedupTarget *t, KeyHasher *h)
 static bool
 hash_key(KeyHasher *h, TupleTableSlot *slot, uint32 *hash)
 {
+	MemoryContext oldcxt = MemoryContextSwitchTo(h->rowcxt);
 	uint32		result = 0;
+	bool		hashed = true;
 
-	for (int i = 0; i < h->nkeys; i++)
+	for (int i = 0; i < h->nkeys && hashed; i++)
 	{
 		bool		isnull;
 		Datum		value = slot_getattr(slot, h->attnums[i], &isnull);
 		uint32		one = 0;
 
 		if (isnull && h->nulls_distinct)
-			return false;
-		if (!isnull)
+			hashed = false;
+		else if (!isnull)
 			one = DatumGetUInt32(FunctionCall1Coll(h->procs[i], h->collations[i], value));
 		result = i == 0 ? one : hash_combine(result, one);
 	}
+	MemoryContextSwitchTo(oldcxt);
+	MemoryContextReset(h->rowcxt);
 	*hash = result;
-	return true;
+	return hashed;
 }
 
 /*
@@ -297,22 +303,14 @@ scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 {
 	TableScanDesc scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_ext key hash",
-												 ALLOCSET_DEFAULT_SIZES);
 
 	cs->nrows = 0;
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
-		MemoryContext oldcxt;
 		uint32		hash;
-		bool		hashed;
 
 		CHECK_FOR_INTERRUPTS();
-		oldcxt = MemoryContextSwitchTo(rowcxt);
-		hashed = hash_key(h, slot, &hash);
-		MemoryContextSwitchTo(oldcxt);
-		MemoryContextReset(rowcxt);
-		if (!hashed || (hash & range_mask(range.bits)) != range.residue)
+		if (!hash_key(h, slot, &hash) || (hash & range_mask(range.bits)) != range.residue)
 			continue;
 		make_room(cs, &range);
 		/* narrowing the range may have excluded this row */
@@ -325,7 +323,6 @@ scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 	compact_rows(cs, cs->keep_all && !cs->compacted);
 	ExecDropSingleTupleTableSlot(slot);
 	table_endscan(scan);
-	MemoryContextDelete(rowcxt);
 }
 
 /*
@@ -419,8 +416,7 @@ typedef struct CandidateMemo
 	Oid		   *hash_procs;
 	Oid		   *collations;
 	bool		nulls_distinct;
-	TransactionId xmin;
-	uint64		xmin_full;		/* the same, with its epoch */
+	FullTransactionId xmin;		/* of the pass's snapshot */
 	HashedRow  *rows;			/* sorted by hash */
 	int64		nrows;
 } CandidateMemo;
@@ -533,7 +529,7 @@ memo_usable(Relation rel, KeyHasher *h)
 	for (int i = 0; i < h->nkeys; i++)
 		if (memo.hash_procs[i] != h->procs[i]->fn_oid || memo.collations[i] != h->collations[i])
 			return false;
-	since = U64FromFullTransactionId(ReadNextFullTransactionId()) - memo.xmin_full;
+	since = U64FromFullTransactionId(ReadNextFullTransactionId()) - U64FromFullTransactionId(memo.xmin);
 	return since < MEMO_MAX_XIDS;
 }
 
@@ -559,8 +555,8 @@ memo_begin(Relation rel, KeyHasher *h, CandidateScan *cs, MemoryContext parent)
 		memo.hash_procs[i] = h->procs[i]->fn_oid;
 		memo.collations[i] = h->collations[i];
 	}
-	memo.xmin = GetActiveSnapshot()->xmin;
-	memo.xmin_full = U64FromFullTransactionId(next) - (uint32) (XidFromFullTransactionId(next) - memo.xmin);
+	memo.xmin = FullTransactionIdFromU64(U64FromFullTransactionId(next) -
+										 (uint32) (XidFromFullTransactionId(next) - GetActiveSnapshot()->xmin));
 	pfree(cs->rows);
 	cs->allocated = Min(cs->capacity, 1024);
 	cs->rows = MemoryContextAllocExtended(memo.cxt, cs->allocated * sizeof(HashedRow), MCXT_ALLOC_HUGE);
@@ -599,8 +595,6 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	/* no synchronized scan: from block 0 in ctid order, as the losers are */
 	TableScanDesc scan = table_beginscan_strat(rel, GetActiveSnapshot(), 0, NULL, true, false);
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_ext key hash",
-												 ALLOCSET_DEFAULT_SIZES);
 	int64		l = 0;
 	bool		fits = true;
 
@@ -608,22 +602,17 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
 	{
 		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
-		MemoryContext oldcxt;
 		uint32		hash;
-		bool		hashed;
 		bool		listed;
 
 		CHECK_FOR_INTERRUPTS();
 		while (l < nlosers && ItemPointerCompare(&losers[l], &slot->tts_tid) < 0)
 			l++;
 		listed = l < nlosers && ItemPointerEquals(&losers[l], &slot->tts_tid);
-		if (!listed && TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple->t_data), memo.xmin))
+		if (!listed && TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple->t_data),
+											 XidFromFullTransactionId(memo.xmin)))
 			continue;
-		oldcxt = MemoryContextSwitchTo(rowcxt);
-		hashed = hash_key(h, slot, &hash);
-		MemoryContextSwitchTo(oldcxt);
-		MemoryContextReset(rowcxt);
-		if (!hashed)
+		if (!hash_key(h, slot, &hash))
 			continue;
 		if (cs->nrows == cs->allocated && !grow_rows(cs))
 		{
@@ -636,7 +625,6 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	table_endscan(scan);
-	MemoryContextDelete(rowcxt);
 	if (!fits)
 	{
 		elog(DEBUG1, "dedup_ext: more rows of \"%s\" changed than maintenance_work_mem holds; hashing every row",
@@ -748,6 +736,7 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 		else
 			pfree(cs.rows);
 	}
+	MemoryContextDelete(h.rowcxt);
 	table_close(rel, NoLock);
 
 	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);

@@ -194,7 +194,7 @@ bg_toplevel(BgJob *job, const char *sql)
  * rename batch and of a backfill batch, around the first statement of a
  * pass (not a rename's), and around the unique index build; off again
  * before the job's row is written, and for a merge batch, which creates and
- * analyzes tables.  A batch after a checkpoint writes one image per page it
+ * analyzes tables (bg_record turns it off itself).  A batch after a checkpoint writes one image per page it
  * changes, and an index build an image of each page of the new index: the
  * application's commits flush that WAL before their own.  wal_compression
  * is for superusers because the size of compressed WAL tells something of
@@ -251,6 +251,8 @@ bg_record(BgJob *job, const char *assignments)
 	char	   *control;
 	char	   *phase;
 
+	/* the job's row shares its pages with other jobs' rows: never compressed */
+	bg_compress_wal(false);
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET %s%sretries = retries OPERATOR(pg_catalog.+) %lld,"
 							   " updated_at = pg_catalog.clock_timestamp()"
 							   " WHERE job_id OPERATOR(pg_catalog.=) %lld"
@@ -638,23 +640,20 @@ lower_cpu_priority(int nice)
 
 		if (autogroup == NULL)
 		{
-			if (errno != ENOENT)
-				ereport(WARNING,
-						(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
-			return;
+			if (errno == ENOENT)
+				return;
+			break;
 		}
 		/* the write happens at the flush, in FreeFile */
 		written = fprintf(autogroup, "%d", nice) >= 0;
 		if (FreeFile(autogroup) == 0 && written)
 			return;
 		if (errno != EAGAIN || attempt == 10)
-		{
-			ereport(WARNING,
-					(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
-			return;
-		}
+			break;
 		pg_usleep(100 * 1000L);
 	}
+	ereport(WARNING,
+			(errmsg("dedup_ext worker could not lower the CPU priority of its session: %m")));
 }
 
 /*
