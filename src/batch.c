@@ -64,12 +64,16 @@ batch_phase(BgJob *job)
 }
 
 /*
- * r.ctid = w.dedup_ctid AND r.id = w.dedup_p0 ...: the work row's loser (or
- * survivor) is row a, still the version the pass saw.  The ctid makes each
- * row one heap fetch (a TID scan) instead of an index descent, which halved
- * a batch's time; the primary key makes sure it is the same row.  A row
- * that was updated since the pass has a new ctid: its loser is left to the
- * next pass, which hashes every row changed since.
+ * The work row's loser (or survivor) is row a: r.id = w.dedup_p0 AND ...
+ *
+ * In the first pass's batches, also r.ctid = w.dedup_ctid: each row is one
+ * heap fetch (a TID scan) instead of an index descent, which halves a
+ * batch's time and so how long its rows stay locked.  A row updated since
+ * the pass has a new ctid and its loser is left to the next pass.  Later
+ * passes have few rows and match them by primary key alone, whatever
+ * their ctid now: a row updated more often than a pass lasts would
+ * otherwise be left to the next pass forever.  Without a primary key the
+ * ctid is all there is.
  */
 static char *
 id_match(BgJob *job, const char *a, bool survivor)
@@ -78,11 +82,12 @@ id_match(BgJob *job, const char *a, bool survivor)
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "%s.%s OPERATOR(pg_catalog.=) w.%s", a,
-					 strcmp(a, "s") == 0 ? "dedup_sctid" : "ctid",
-					 survivor ? "dedup_qctid" : "dedup_ctid");
+	if (t->npk == 0 || job->passes <= 1)
+		appendStringInfo(&buf, "%s.%s OPERATOR(pg_catalog.=) w.%s", a,
+						 strcmp(a, "s") == 0 ? "dedup_sctid" : "ctid",
+						 survivor ? "dedup_qctid" : "dedup_ctid");
 	for (int i = 0; i < t->npk; i++)
-		appendStringInfo(&buf, " AND %s.%s %s w.dedup_%c%d", a,
+		appendStringInfo(&buf, "%s%s.%s %s w.dedup_%c%d", buf.len > 0 ? " AND " : "", a,
 						 t->pk[i].quoted, t->pk[i].eq_sql, survivor ? 'q' : 'p', i);
 	return buf.data;
 }
