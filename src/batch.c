@@ -8,8 +8,8 @@
  * the last commit left it:
  *
  *   scanning   one read-only pass over the table (ACCESS SHARE: writers go on)
- *              lists every loser with its group's survivor, by primary key
- *              (or ctid), in a work table numbered 1..n in the survivors'
+ *              lists every loser with its group's survivor, by ctid and
+ *              primary key, in a work table numbered 1..n in the survivors'
  *              ctid order, so that a batch works on one stretch of the heap;
  *   deleting / renaming / merging
  *              batches of batch_size work rows, each one transaction that
@@ -20,8 +20,9 @@
  *              reference them), archives them, and records the checkpoint
  *              and the counters in the job's row in the same commit;
  *   scanning   again: rows written during the pass may have made new
- *              duplicates, and losers whose survivor changed were skipped;
- *              passes repeat until one finds no duplicate;
+ *              duplicates, and the batches skipped losers whose survivor
+ *              changed (in the first pass, also those changed themselves:
+ *              see id_match); passes repeat until one finds no duplicate;
  *   building unique index
  *              (add_unique, instead of the last scan) CREATE UNIQUE INDEX
  *              CONCURRENTLY, which never blocks writers; if a writer made a
@@ -68,8 +69,10 @@ batch_phase(BgJob *job)
  *
  * In the first pass's batches, also r.ctid = w.dedup_ctid: each row is one
  * heap fetch (a TID scan) instead of an index descent, which halves a
- * batch's time and so how long its rows stay locked.  A row updated since
- * the pass has a new ctid and its loser is left to the next pass.  Later
+ * batch's time and so how long its rows stay locked.  A row updated before
+ * the statement began has a new ctid and is not found: its loser is left to
+ * the next pass (one updated while the statement waits for it is checked
+ * again, in its new version, by key against the locked survivor).  Later
  * passes have few rows and match them by primary key alone, whatever
  * their ctid now: a row updated more often than a pass lasts would
  * otherwise be left to the next pass forever.  Without a primary key the
@@ -322,17 +325,26 @@ after_batches(BgJob *job)
 	return job->add_unique ? "building unique index" : "scanning";
 }
 
-/* Lock the batch's survivors FOR SHARE, or its losers FOR UPDATE, in primary-key order. */
+/*
+ * Lock the batch's survivors FOR SHARE, or its losers FOR UPDATE, in
+ * primary-key order (ctid order without a primary key, whose rows are
+ * fetched by an array of ctids: always a TID scan).
+ */
 static void
 lock_rows(BgJob *job, const char *range, bool survivors)
 {
 	DedupTarget *t = job->t;
+	const char *rows;
 
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x"
-							" WHERE EXISTS (SELECT FROM %s w WHERE %s AND %s)"
+	if (t->npk == 0)
+		rows = psprintf("x.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT w.%s FROM %s w WHERE %s))",
+						survivors ? "dedup_qctid" : "dedup_ctid", job->work, range);
+	else
+		rows = psprintf("EXISTS (SELECT FROM %s w WHERE %s AND %s)", job->work, range,
+						id_match(job, "x", survivors));
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s"
 							" ORDER BY %s FOR %s OF x) l",
-							t->qualname, job->work, range, id_match(job, "x", survivors),
-							pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
+							t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
 				   SPI_OK_SELECT);
 }
 
@@ -342,14 +354,16 @@ lock_rows(BgJob *job, const char *range, bool survivors)
  * snapshot, in which they are stable.
  *
  * A rename or a merge locks the losers too: a merge must keep new
- * references away from them before it re-points the old ones, and a rename
- * finds its losers by ctid in one statement and changes them in the next.
- * A delete does not need to: its DELETE locks each loser itself, and a
- * loser that a writer changed meanwhile is checked again, in its new
- * version, against its locked survivor, and left to the next pass if it no
- * longer matches.  Locking them beforehand took a third of each batch's
- * time, and made a writer that updates a loser wait for the whole batch
- * instead of the DELETE.
+ * references away from them before it re-points the old ones, and a
+ * rename's UPDATE finds each loser by the ctid its statement read, so a
+ * loser changed in between would be renamed in its new version without a
+ * second look at its key, while the archive got the old one.  A delete does
+ * not need to: its DELETE locks each loser itself, and a loser that a writer
+ * changed meanwhile is checked again, in its new version, against its
+ * locked survivor, and left to the next pass if it no longer matches.
+ * Locking them beforehand took a third of each batch's time, and made a
+ * writer that updates a loser wait from the start of the batch instead of
+ * from its DELETE.
  */
 static void
 lock_batch(BgJob *job, const char *range)

@@ -680,6 +680,17 @@ dedup_worker_main(Datum arg)
 	pgstat_report_appname("dedup_ext worker");
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_SESSION);
+
+	/*
+	 * In a deadlock with a writer, the batch gives way.  PostgreSQL rolls
+	 * back the session that finds the deadlock, and a waiting session looks
+	 * once, after its deadlock_timeout (1 s by default).  A batch that
+	 * closes a cycle looks after 10 ms, and is retried.  When a writer
+	 * closes it, the batch has been waiting longer, and its lock_timeout
+	 * ends it first (if dedup_ext.lock_timeout is no longer than the
+	 * writers' deadlock_timeout).
+	 */
+	SetConfigOption("deadlock_timeout", "10ms", PGC_SUSET, PGC_S_SESSION);
 	/*
 	 * A background job takes one CPU at most, and yields it: on a busy
 	 * machine the application's backends, waking up, run before it instead

@@ -1,0 +1,86 @@
+# In a deadlock between a background batch and a writer, the batch gives way:
+# it is rolled back and retried, and the writer's statement goes through.
+#
+# t: ids 1..20, k = a..e repeating (group a: survivor 1, losers 6, 11, 16;
+# group b: survivor 2, losers 7, 12, 17).  With batch_size 6 the first batch
+# is groups a and b: it locks survivors 1 and 2 (FOR SHARE, in that order),
+# then deletes their losers.
+#   - a blocker holds row 2, so the batch holds row 1 and waits for row 2;
+#   - a writer holds loser 16, then updates row 1: it waits for the batch;
+#   - the blocker commits: the batch locks row 2 and its DELETE reaches 16,
+#     held by the writer, which waits for the batch: a deadlock, closed by
+#     the batch.  Both sessions check for it after their deadlock_timeout,
+#     the writer (1 s, the default) since before the batch; the worker
+#     checks after 10 ms, finds it, and is the one rolled back.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('deadlock');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'dedup_ext'
+max_worker_processes = 16
+deadlock_timeout = 1s
+log_min_messages = debug1
+});
+$node->start;
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION dedup_ext;
+	CREATE TABLE t (id int PRIMARY KEY, k text NOT NULL, v int NOT NULL DEFAULT 0);
+	INSERT INTO t SELECT g, chr(ascii('a') + (g - 1) % 5), 0 FROM generate_series(1, 20) g;
+	ANALYZE t;
+});
+
+# until the session with this pid waits for a lock
+sub wait_for_lock
+{
+	my ($pid_sql, $what) = @_;
+	ok( $node->poll_query_until('postgres',
+			qq{SELECT EXISTS (SELECT FROM pg_stat_activity
+			                   WHERE pid = ($pid_sql) AND wait_event_type = 'Lock')}),
+		"$what waits for a lock");
+}
+
+my $blocker = $node->background_psql('postgres');
+$blocker->query_safe('BEGIN');
+$blocker->query_safe('SELECT FROM t WHERE id = 2 FOR UPDATE');
+
+my $writer = $node->background_psql('postgres', on_error_stop => 0);
+my $writer_pid = $writer->query_safe('SELECT pg_backend_pid()');
+$writer->query_safe('BEGIN');
+$writer->query_safe('UPDATE t SET v = v + 1 WHERE id = 16');
+
+# a lock_timeout long enough that the batch keeps row 1 while it waits for row 2
+my $job = $node->safe_psql('postgres', q{
+	SET dedup_ext.lock_timeout = 3000;
+	SELECT job_id FROM dedup_table('t', '{k}', background => true, batch_size => 6);
+});
+wait_for_lock("SELECT pid FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'",
+	'the batch, on the blocker');
+
+$writer->query_until(qr/sent/,
+	"\\echo sent\nUPDATE t SET v = v + 1 WHERE id = 1 RETURNING 'writer updated';\n");
+wait_for_lock($writer_pid, 'the writer, on the batch');
+
+$blocker->query_safe('COMMIT');
+my ($out) = $writer->query('SELECT 1');
+is($writer->{stderr}, '', 'the writer got no error');
+like($out, qr/writer updated/, "the writer's update went through");
+$writer->query_safe('COMMIT');
+$blocker->quit;
+$writer->quit;
+
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '60s')"), 'done', 'the job is done');
+like(slurp_file($node->logfile), qr/job $job: retrying a batch after: deadlock detected/,
+	'the batch was rolled back by the deadlock, and retried');
+is($node->safe_psql('postgres', q{
+		SELECT string_agg(k || '=' || id || ':' || v, ' ' ORDER BY k) FROM t}),
+	'a=1:1 b=2:0 c=3:0 d=4:0 e=5:0', 'one row a key, with the writer\'s update of 1');
+is($node->safe_psql('postgres',
+		"SELECT count(*) FROM dedup_verify($job) WHERE NOT ok"), '0', 'dedup_verify all ok');
+
+$node->stop;
+done_testing();
