@@ -3,6 +3,7 @@
 #
 #   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
 #                            [--add-unique] [--checkpoint] [--wal-compression]
+#                            [--batch-delay MS]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -37,7 +38,8 @@
 # deleted row here, as the duplicates are spread over every page, and 8 kB
 # for most of the workload's updates, in both of its windows).
 # --wal-compression sets dedup_ext.wal_compression: the job (only) compresses
-# those images, and those of its index build.
+# those images, and those of its index build.  --batch-delay submits the job
+# with that dedup_ext.batch_delay (default 0): a pause between batches.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -52,6 +54,7 @@ RATE=400
 UNIQUE=false
 CHECKPOINT=false
 WALZ=off
+DELAY=0
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
@@ -61,7 +64,8 @@ while [ $# -gt 0 ]; do
         --add-unique) UNIQUE=true; shift ;;
         --checkpoint) CHECKPOINT=true; shift ;;
         --wal-compression) WALZ=on; shift ;;
-        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression]" >&2; exit 2 ;;
+        --batch-delay) DELAY=$2; shift 2 ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
@@ -155,7 +159,7 @@ WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 : >"$WORK/rounds"
 for r in $(seq 1 "$ROUNDS"); do
     echo
-    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ)"
+    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, batch_delay $DELAY ms)"
     # with --checkpoint the workload's own updates write full-page images
     # too (each first touch of a page after a checkpoint), in both windows
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
@@ -168,6 +172,7 @@ for r in $(seq 1 "$ROUNDS"); do
     # reason as the watching session.
     q >"$WORK/job$r" <<SQL &
 SELECT pg_sleep(5) AS slept \gset
+SET dedup_ext.batch_delay = $DELAY;
 SELECT job_id FROM dedup_table('payments', '{transaction_id}', background => true,
                                batch_size => 10000, add_unique => $UNIQUE) \gset
 SELECT :job_id;
