@@ -24,10 +24,10 @@
  *              changed (in the first pass, also those changed themselves:
  *              see id_match); passes repeat until one finds no duplicate;
  *   building unique index
- *              (add_unique, instead of the last scan) CREATE UNIQUE INDEX
- *              CONCURRENTLY, which never blocks writers; if a writer made a
- *              duplicate in the meantime it fails, the invalid index is
- *              dropped, and another pass runs.
+ *              (add_unique, instead of the last scan: see after_batches)
+ *              CREATE UNIQUE INDEX CONCURRENTLY, which never blocks
+ *              writers; if a writer made a duplicate in the meantime it
+ *              fails, the invalid index is dropped, and another pass runs.
  *
  * A batch never holds a lock on the table stronger than ROW EXCLUSIVE, and
  * only the rows of one batch are locked, for the duration of the batch.
@@ -311,18 +311,25 @@ scan_step(BgJob *job, void *arg)
 							" rows_total = rows_done OPERATOR(pg_catalog.+) %lld,"
 							" duplicate_groups = COALESCE(duplicate_groups, 0) OPERATOR(pg_catalog.+) %lld",
 							next, (long long) n, (long long) groups));
+	job->pass_changed_from = job->rows_changed;
 }
 
 /*
- * After the last batch of a pass: scan again, or, with add_unique, build the
- * index at once.  The index build is the check: it fails if a duplicate was
- * written meanwhile (and then a pass follows), so a second full scan would
- * only repeat the work of the build.
+ * After the last batch of a pass, whose statement changed the losers of
+ * "changed" work rows: scan again, or, with add_unique, build the index at
+ * once.  The index build is the check: it fails if a duplicate was written
+ * meanwhile (and then a pass follows), so a second full scan would only
+ * repeat the work of the build.  But if the pass's batches skipped losers
+ * (their rows changed since the pass), or a resumed worker cannot tell, a
+ * build would fail for certain: a pass comes first, and finds them.
  */
 static const char *
-after_batches(BgJob *job)
+after_batches(BgJob *job, int64 changed)
 {
-	return job->add_unique ? "building unique index" : "scanning";
+	bool		skipped = job->pass_changed_from < 0 ||
+		job->rows_changed + changed - job->pass_changed_from < job->pass_rows;
+
+	return job->add_unique && !skipped ? "building unique index" : "scanning";
 }
 
 /*
@@ -487,7 +494,7 @@ batch_step(BgJob *job, void *arg)
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
 							(long long) changed, counts,
-							to >= job->pass_rows ? psprintf(", phase = '%s'", after_batches(job)) : ""));
+							to >= job->pass_rows ? psprintf(", phase = '%s'", after_batches(job, changed)) : ""));
 }
 
 /* Is there an index of this name in the table's schema, and is it valid? */
@@ -579,6 +586,8 @@ build_unique(BgJob *job)
 			edata = CopyErrorData();
 			if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
 				PG_RE_THROW();
+			elog(DEBUG1, "dedup_ext job %lld: the unique index build found a duplicate, scanning again",
+				 (long long) job->job_id);
 			FlushErrorState();
 			AbortCurrentTransaction();
 			bg_compress_wal(false);
@@ -599,6 +608,8 @@ pass_rows_step(BgJob *job, void *arg)
 {
 	spi_exec_count(psprintf("SELECT pg_catalog.max(w.dedup_seq) FROM %s w", job->work), SPI_OK_SELECT);
 	job->pass_rows = spi_get_int64(0, 1);
+	/* resumed in the middle of a pass: what its batches skipped is unknown */
+	job->pass_changed_from = -1;
 }
 
 /* the phases of a background dedup, from wherever the job stands */

@@ -249,6 +249,7 @@ typedef struct BgJob
 	char	   *archive_table;
 	char	   *work;			/* the work table, qualified */
 	int64		pass_rows;		/* work rows of the current pass */
+	int64		pass_changed_from;	/* rows_changed when it began, -1: unknown */
 	char	   *index_name;		/* add_unique: unqualified */
 	char	   *nspname;		/* the table's schema */
 	bool		is_constraint;

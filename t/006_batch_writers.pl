@@ -1,7 +1,11 @@
-# In a deadlock between a background batch and a writer, the batch gives way:
-# it is rolled back and retried, and the writer's statement goes through.
+# A background batch and the writers around it:
+#   1. in a deadlock between a batch and a writer, the batch gives way: it is
+#      rolled back and retried, and the writer's statement goes through;
+#   2. with add_unique, losers the first pass's batches skipped (a writer
+#      updated their survivor) are removed by a second pass before the index
+#      is built, not found by a failed build.
 #
-# t: ids 1..20, k = a..e repeating (group a: survivor 1, losers 6, 11, 16;
+# 1. t: ids 1..20, k = a..e repeating (group a: survivor 1, losers 6, 11, 16;
 # group b: survivor 2, losers 7, 12, 17).  With batch_size 6 the first batch
 # is groups a and b: it locks survivors 1 and 2 (FOR SHARE, in that order),
 # then deletes their losers.
@@ -18,7 +22,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('deadlock');
+my $node = PostgreSQL::Test::Cluster->new('batch_writers');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'dedup_ext'
@@ -81,6 +85,34 @@ is($node->safe_psql('postgres', q{
 	'a=1:1 b=2:0 c=3:0 d=4:0 e=5:0', 'one row a key, with the writer\'s update of 1');
 is($node->safe_psql('postgres',
 		"SELECT count(*) FROM dedup_verify($job) WHERE NOT ok"), '0', 'dedup_verify all ok');
+
+# add_unique: when the first pass's batches skipped losers, whose survivor a
+# writer updated after the pass, the job scans again before it builds the
+# index, instead of a build that is bound to fail on them.
+$node->safe_psql('postgres', q{
+	CREATE TABLE u (id int PRIMARY KEY, k text NOT NULL, v int NOT NULL DEFAULT 0);
+	INSERT INTO u SELECT g, chr(ascii('a') + (g - 1) % 5), 0 FROM generate_series(1, 20) g;
+	ANALYZE u;
+});
+$job = $node->safe_psql('postgres', q{
+	SET dedup_ext.batch_delay = 500;
+	SELECT job_id FROM dedup_table('u', '{k}', background => true, batch_size => 3,
+	                               add_unique => true);
+});
+ok( $node->poll_query_until('postgres',
+		"SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job"),
+	'add_unique: the first batch is done');
+# the survivor of group e, whose batch is the last of the pass
+$node->safe_psql('postgres', 'UPDATE u SET v = v + 1 WHERE id = 5');
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '60s')"), 'done', 'add_unique: the job is done');
+is($node->safe_psql('postgres',
+		"SELECT passes || ' ' || rows_deleted || ' ' || unique_index FROM dedup_jobs WHERE job_id = $job"),
+	'2 15 u_k_key', 'add_unique: a second pass removed the skipped losers, then the index was built');
+unlike(slurp_file($node->logfile), qr/job $job: the unique index build found a duplicate/,
+	'add_unique: no index build failed on the skipped losers');
+is($node->safe_psql('postgres', q{
+		SELECT string_agg(k || '=' || id || ':' || v, ' ' ORDER BY k) FROM u}),
+	'a=1:0 b=2:0 c=3:0 d=4:0 e=5:1', 'add_unique: one row a key');
 
 $node->stop;
 done_testing();
