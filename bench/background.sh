@@ -119,12 +119,13 @@ run_pgbench() {
 }
 
 # latencies LABEL [FROM_EPOCH TO_EPOCH]: the latencies (ms) of the
-# transactions of pgbench run LABEL that started in the window, to
-# $WORK/LABEL.lat.  pgbench -l: column 3 is the latency in us, columns 5-6
-# the epoch seconds and microseconds at which the transaction ended.
+# transactions of pgbench run LABEL that started in the window [FROM, TO).
+# pgbench -l: column 3 is the latency in us, columns 5-6 the epoch seconds
+# and microseconds at which the transaction ended; a run stopped by SIGTERM
+# may leave a last line cut short, which is skipped.
 latencies() {
     cat "$WORK/$1".[0-9]* | awk -v from="${2:-0}" -v to="${3:-9e18}" '
-        { t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= from && t <= to) print $3 / 1000 }' >"$WORK/$1.lat"
+        NF == 7 { t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= from && t < to) print $3 / 1000 }'
 }
 
 # stats LABEL FILE...: "label|n|p50|p99|max" (ms) over the latencies in the files
@@ -164,7 +165,7 @@ for r in $(seq 1 "$ROUNDS"); do
     # too (each first touch of a page after a checkpoint), in both windows
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
     run_pgbench "alone$r" "$SECONDS_ALONE"
-    latencies "alone$r"
+    latencies "alone$r" >"$WORK/alone$r.lat"
 
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
     LSN0=$(q -c "SELECT pg_current_wal_lsn()")
@@ -198,7 +199,8 @@ SQL
                         batches_done, passes, retries, unique_index)
             FROM dedup_jobs WHERE job_id = $JOB"
     q -c "SELECT format('  after: %s duplicate rows, %s rows', duplicate_rows, total_rows) FROM dedup_audit('payments', '{transaction_id}')"
-    latencies "loaded$r" $(q -c "SELECT extract(epoch FROM started_at) || ' ' || extract(epoch FROM finished_at) FROM dedup_jobs WHERE job_id = $JOB")
+    latencies "loaded$r" $(q -c "SELECT extract(epoch FROM started_at) || ' ' || extract(epoch FROM finished_at) FROM dedup_jobs WHERE job_id = $JOB") \
+        >"$WORK/loaded$r.lat"
     JOBSECS=$(q -c "SELECT extract(epoch FROM finished_at - started_at) FROM dedup_jobs WHERE job_id = $JOB")
     JOBWAL=$(q -c "SELECT pg_wal_lsn_diff('$LSN1', '$LSN0')::bigint")
     IFS='|' read -r _ _ _ P99A _ <<<"$(stats x "$WORK/alone$r.lat")"
@@ -212,8 +214,7 @@ SQL
         awk -F'|' 'NR > 1 { print prev_t "|" $1 "|" prev_p } { prev_t = $1; prev_p = $2 }' |
     while IFS='|' read -r from to phase; do
         grep -qxF "$phase" "$WORK/phase_order" 2>/dev/null || echo "$phase" >>"$WORK/phase_order"
-        cat "$WORK/loaded$r".[0-9]* | awk -v from="$from" -v to="$to" '
-            { t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= from && t < to) print $3 / 1000 }' >>"$WORK/phase_${phase// /_}.lat"
+        latencies "loaded$r" "$from" "$to" >>"$WORK/phase_${phase// /_}.lat"
         awk -v a="$from" -v b="$to" 'BEGIN { print b - a }' >>"$WORK/phase_${phase// /_}.secs"
     done
 

@@ -193,10 +193,11 @@ bg_toplevel(BgJob *job, const char *sql)
  * (dedup_ext.wal_compression): on around the statements of a delete or
  * rename batch and of a backfill batch, around the first statement of a
  * pass (not a rename's), and around the unique index build; off again
- * before the job's row is written, and for a merge batch, which creates and
- * analyzes tables (bg_record turns it off itself).  A batch after a checkpoint writes one image per page it
- * changes, and an index build an image of each page of the new index: the
- * application's commits flush that WAL before their own.  wal_compression
+ * before the job's row is written (bg_record turns it off itself), and for
+ * a merge batch, which creates and analyzes tables.  A batch after a
+ * checkpoint writes one image per page it changes, and an index build an
+ * image of each page of the new index: the application's commits flush
+ * that WAL before their own.  wal_compression
  * is for superusers because the size of compressed WAL tells something of
  * what the pages hold; these statements write the pages of the submitter's
  * table, its indexes and its archive, catalog rows of the new index, and
