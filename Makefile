@@ -9,6 +9,7 @@ OBJS = \
 	src/batch.o \
 	src/candidates.o \
 	src/control.o \
+	src/cpu_yield.o \
 	src/dedup.o \
 	src/archive.o \
 	src/jobs.o \

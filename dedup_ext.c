@@ -25,6 +25,7 @@ int			dedup_lock_timeout = 1000;
 int			dedup_max_workers = 2;
 int			dedup_worker_nice = 10;
 bool		dedup_wal_compression = false;
+bool		dedup_worker_yield = true;
 
 void		_PG_init(void);
 
@@ -51,6 +52,10 @@ _PG_init(void)
 							"CPU priority (nice) of background workers: higher yields more CPU to the application.",
 							NULL, &dedup_worker_nice, 10, 0, 19,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("dedup_ext.worker_yield",
+							 "Background workers pause their passes while other processes wait for a CPU.",
+							 NULL, &dedup_worker_yield, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("dedup_ext.wal_compression",
 							 "Background workers compress the full-page images their batches and index builds write to the WAL, when wal_compression is off.",
 							 "PostgreSQL 15 and later, built with lz4 or zstd.",

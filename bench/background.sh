@@ -3,7 +3,7 @@
 #
 #   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
 #                            [--add-unique] [--checkpoint] [--wal-compression]
-#                            [--batch-delay MS]
+#                            [--batch-delay MS] [--no-yield]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -40,6 +40,8 @@
 # --wal-compression sets dedup_ext.wal_compression: the job (only) compresses
 # those images, and those of its index build.  --batch-delay submits the job
 # with that dedup_ext.batch_delay (default 0): a pause between batches.
+# --no-yield sets dedup_ext.worker_yield off: the worker's passes never give
+# their CPU to processes waiting for one.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -54,6 +56,7 @@ RATE=400
 UNIQUE=false
 CHECKPOINT=false
 WALZ=off
+YIELD=on
 DELAY=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -64,14 +67,16 @@ while [ $# -gt 0 ]; do
         --add-unique) UNIQUE=true; shift ;;
         --checkpoint) CHECKPOINT=true; shift ;;
         --wal-compression) WALZ=on; shift ;;
+        --no-yield) YIELD=off; shift ;;
         --batch-delay) DELAY=$2; shift 2 ;;
-        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
-q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ"
+q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" \
+  -c "ALTER SYSTEM SET dedup_ext.worker_yield = $YIELD"
 q -c "SELECT pg_reload_conf()" >/dev/null
 # A server that has been running reuses its old WAL segments; a new cluster
 # creates and zero-fills each 16 MB segment while holding WALWriteLock,
@@ -160,7 +165,7 @@ WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 : >"$WORK/rounds"
 for r in $(seq 1 "$ROUNDS"); do
     echo
-    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, batch_delay $DELAY ms)"
+    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, worker_yield $YIELD, batch_delay $DELAY ms)"
     # with --checkpoint the workload's own updates write full-page images
     # too (each first touch of a page after a checkpoint), in both windows
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"

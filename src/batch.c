@@ -632,6 +632,8 @@ bg_dedup(BgJob *job)
 		}
 		else if (strcmp(job->phase, batch_phase(job)) == 0)
 		{
+			/* a batch holds its rows' locks: it runs once nobody waits for a CPU */
+			cpu_yield_now();
 			if (!bg_xact(job, batch_step, NULL))
 				continue;
 			bg_sleep(job->batch_delay);

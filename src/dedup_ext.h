@@ -30,6 +30,7 @@ extern int	dedup_lock_timeout;
 extern int	dedup_max_workers;
 extern int	dedup_worker_nice;
 extern bool dedup_wal_compression;
+extern bool dedup_worker_yield;
 
 typedef enum DedupAction
 {
@@ -130,6 +131,25 @@ extern bool candidates_remembered(Oid relid);
 extern void candidates_keep_remembered(void);
 extern void candidates_confirm_next(Oid relid, ItemPointerData *losers, int64 nlosers);
 extern void candidates_disarm(void);
+
+/* cpu_yield.c */
+#define CPU_YIELD_STRIDE 64
+extern int	cpu_yield_calls;
+extern void cpu_yield_start(void);
+extern void cpu_yield_now(void);
+extern void cpu_yield_check(void);
+extern void cpu_yield_report(int64 *count, int64 *ms);
+
+/*
+ * In the CPU-bound loops of a pass: in a background worker, gives the CPU
+ * to waiting processes now and then.  Costs a decrement elsewhere.
+ */
+static inline void
+cpu_yield_point(void)
+{
+	if (cpu_yield_calls > 0 && --cpu_yield_calls == 0)
+		cpu_yield_check();
+}
 
 /* spi.c */
 extern char *spi_temp_table_name(const char *what);

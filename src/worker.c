@@ -583,6 +583,8 @@ static void
 run_job(int64 job_id, MemoryContext cxt)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
+	int64		yields;
+	int64		yield_ms;
 
 	PG_TRY();
 	{
@@ -609,6 +611,10 @@ run_job(int64 job_id, MemoryContext cxt)
 	PG_END_TRY();
 	progress_end();
 	job_unlock(job_id);
+	cpu_yield_report(&yields, &yield_ms);
+	if (yields > 0)
+		elog(DEBUG1, "dedup_ext job %lld: gave the CPU %lld times, %lld ms in all, to processes waiting for one",
+			 (long long) job_id, (long long) yields, (long long) yield_ms);
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(cxt);
 }
@@ -693,14 +699,15 @@ dedup_worker_main(Datum arg)
 	 */
 	SetConfigOption("deadlock_timeout", "10ms", PGC_SUSET, PGC_S_SESSION);
 	/*
-	 * A background job takes one CPU at most, and yields it: on a busy
-	 * machine the application's backends, waking up, run before it instead
-	 * of waiting for its time slice to end (dedup_ext.worker_nice).
+	 * A background job takes one CPU at most, at a lower priority
+	 * (dedup_ext.worker_nice), and its passes give the CPU to the processes
+	 * waiting for one (dedup_ext.worker_yield, cpu_yield.c).
 	 */
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);
 	if (dedup_worker_nice > 0)
 		lower_cpu_priority(dedup_worker_nice);
+	cpu_yield_start();
 
 	/*
 	 * No JIT: a batch's statements run for tens of milliseconds, but the

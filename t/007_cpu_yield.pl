@@ -1,0 +1,105 @@
+# A background job gives its CPU to processes waiting for one
+# (dedup_ext.worker_yield, src/cpu_yield.c), and still finishes on a machine
+# whose CPUs never idle:
+#   1. with CPU-bound loops on every CPU and one more, the job's pass naps
+#      (its DEBUG1 line counts the naps), and the job is done with no
+#      duplicate left;
+#   2. with dedup_ext.worker_yield off, under the same loops, it never naps.
+# Linux only: elsewhere the kernel's count of runnable tasks is not read.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+plan skip_all => 'no /proc/loadavg' unless -r '/proc/loadavg';
+
+my $node = PostgreSQL::Test::Cluster->new('cpu_yield');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'dedup_ext'
+max_worker_processes = 16
+log_min_messages = debug1
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION dedup_ext');
+
+# t_NAME: 300,000 rows, 3,000 of them a duplicate of another
+sub create_table
+{
+	my ($name) = @_;
+	$node->safe_psql('postgres', qq{
+		CREATE TABLE $name (id bigint PRIMARY KEY, k text NOT NULL);
+		INSERT INTO $name SELECT g, 'key-' || g FROM generate_series(1, 300000) g;
+		INSERT INTO $name SELECT 300000 + g, 'key-' || (g * 97) FROM generate_series(1, 3000) g;
+		ANALYZE $name;
+	});
+}
+
+# one busy loop more than there are CPUs, for at most two minutes
+sub start_loops
+{
+	my $cpus = () = slurp_file('/proc/cpuinfo') =~ /^processor\s*:/mg;
+	my @pids;
+	for (0 .. $cpus)
+	{
+		my $pid = fork();
+		die "fork: $!" unless defined $pid;
+		if ($pid == 0)
+		{
+			my $end = time() + 120;
+			1 while time() < $end;
+			exit 0;
+		}
+		push @pids, $pid;
+	}
+	return @pids;
+}
+
+sub stop_loops
+{
+	kill 'KILL', @_;
+	waitpid($_, 0) for @_;
+}
+
+# runs a background dedup of the table under the loops; returns the job id
+# and what the server logged meanwhile
+sub run_job
+{
+	my ($table) = @_;
+	my $offset = -s $node->logfile;
+	my @loops = start_loops();
+	my $job = $node->safe_psql('postgres',
+		qq{SELECT job_id FROM dedup_table('$table', '{k}', background => true, batch_size => 1000)});
+	my $done = $node->poll_query_until('postgres',
+		qq{SELECT state FROM dedup_jobs WHERE job_id = $job}, 'done');
+	stop_loops(@loops);
+	ok($done, "$table: the job is done while every CPU is busy");
+	# the worker logs its naps after the job's last commit, then leaves
+	ok($node->poll_query_until('postgres',
+			q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}, '0'),
+		'its worker is gone');
+	return ($job, slurp_file($node->logfile, $offset));
+}
+
+# 1. yielding (the default)
+create_table('t_yield');
+my ($job, $log) = run_job('t_yield');
+like($log, qr/dedup_ext job $job: gave the CPU [1-9]\d* times, \d+ ms in all, to processes waiting for one/,
+	'the worker gave its CPU to the waiting loops');
+is($node->safe_psql('postgres',
+		qq{SELECT rows_deleted || ' ' || (SELECT duplicate_rows FROM dedup_audit('t_yield', '{k}'))
+		     FROM dedup_jobs WHERE job_id = $job}),
+	'3000 0', 'every duplicate is gone');
+
+# 2. dedup_ext.worker_yield off: a worker takes it when it starts
+$node->safe_psql('postgres', 'ALTER SYSTEM SET dedup_ext.worker_yield = off');
+$node->reload;
+create_table('t_busy');
+($job, $log) = run_job('t_busy');
+unlike($log, qr/dedup_ext job $job: gave the CPU/, 'with worker_yield off it never gives way');
+is($node->safe_psql('postgres', qq{SELECT rows_deleted FROM dedup_jobs WHERE job_id = $job}),
+	'3000', 'and removes the same duplicates');
+
+$node->stop;
+done_testing();
