@@ -249,6 +249,7 @@ scan_step(BgJob *job, void *arg)
 		{
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
 				arm_candidates(job);
+			cpu_yield_arm();
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 			/*
 			 * the pass reads every page, and pruning a page (of rows the
@@ -267,6 +268,7 @@ scan_step(BgJob *job, void *arg)
 		{
 			/* armed for this statement only, whatever happened */
 			candidates_disarm();
+			cpu_yield_disarm();
 		}
 		PG_END_TRY();
 		bg_compress_wal(false);
@@ -632,7 +634,7 @@ bg_dedup(BgJob *job)
 		}
 		else if (strcmp(job->phase, batch_phase(job)) == 0)
 		{
-			/* a batch holds its rows' locks: it runs once nobody waits for a CPU */
+			/* before a batch takes its row locks (at most 1 ms) */
 			cpu_yield_now();
 			if (!bg_xact(job, batch_step, NULL))
 				continue;

@@ -135,14 +135,16 @@ extern void candidates_disarm(void);
 /* cpu_yield.c */
 #define CPU_YIELD_STRIDE 64
 extern int	cpu_yield_calls;
-extern void cpu_yield_start(void);
+extern void cpu_yield_arm(void);
+extern void cpu_yield_disarm(void);
 extern void cpu_yield_now(void);
 extern void cpu_yield_check(void);
 extern void cpu_yield_report(int64 *count, int64 *ms);
 
 /*
- * In the CPU-bound loops of a pass: in a background worker, gives the CPU
- * to waiting processes now and then.  Costs a decrement elsewhere.
+ * In the CPU-bound loops of a pass, about once per row: in an armed
+ * background worker, gives the CPU to waiting processes now and then.
+ * Unarmed it costs a load and a test.
  */
 static inline void
 cpu_yield_point(void)

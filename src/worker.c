@@ -707,7 +707,6 @@ dedup_worker_main(Datum arg)
 	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);
 	if (dedup_worker_nice > 0)
 		lower_cpu_priority(dedup_worker_nice);
-	cpu_yield_start();
 
 	/*
 	 * No JIT: a batch's statements run for tens of milliseconds, but the
