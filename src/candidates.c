@@ -85,7 +85,7 @@ typedef struct HashedRow
 #define RADIX_MIN_ROWS 4096
 
 static void
-sort_by_hash(HashedRow *rows, int64 n, int shift)
+radix_sort_from(HashedRow *rows, int64 n, int shift)
 {
 	int64		count[RADIX_BUCKETS] = {0};
 	int64		next[RADIX_BUCKETS];
@@ -133,9 +133,16 @@ sort_by_hash(HashedRow *rows, int64 n, int shift)
 	start = 0;
 	for (int b = 0; b < RADIX_BUCKETS; b++)
 	{
-		sort_by_hash(rows + start, count[b], shift - RADIX_BITS);
+		radix_sort_from(rows + start, count[b], shift - RADIX_BITS);
 		start += count[b];
 	}
+}
+
+/* the pairs sorted by hash, from the top 8 bits down */
+static void
+sort_by_hash(HashedRow *rows, int64 n)
+{
+	radix_sort_from(rows, n, 32 - RADIX_BITS);
 }
 
 /* the rows whose hash has these low bits: hash & (2^bits - 1) == residue */
@@ -302,7 +309,7 @@ compact_rows(CandidateScan *cs, bool keep_all)
 	int64		kept = 0;
 	int64		i = 0;
 
-	sort_by_hash(cs->rows, cs->nrows, 32 - RADIX_BITS);
+	sort_by_hash(cs->rows, cs->nrows);
 	while (i < cs->nrows)
 	{
 		int64		end = i + 1;
@@ -704,7 +711,7 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	elog(DEBUG1, "dedup_ext: hashed only the rows of \"%s\" changed since the remembered pass: %lld",
 		 RelationGetRelationName(rel), (long long) cs->nrows);
 
-	sort_by_hash(cs->rows, cs->nrows, 32 - RADIX_BITS);
+	sort_by_hash(cs->rows, cs->nrows);
 	for (int64 i = 0, end; i < cs->nrows; i = end)
 	{
 		int64		lo = memo_lower_bound(cs->rows[i].hash);

@@ -85,6 +85,13 @@ open_loadavg(void)
 	return loadavg_fd >= 0;
 }
 
+/* in a background worker with dedup_ext.worker_yield on, and the count at hand */
+static bool
+may_yield(void)
+{
+	return IsBackgroundWorker && dedup_worker_yield && open_loadavg();
+}
+
 /* does a task wait for a CPU? (runnable tasks, this one included, > CPUs) */
 static bool
 cpu_wanted(void)
@@ -119,7 +126,7 @@ cpu_yield_now(void)
 	int64		start;
 	int			naps;
 
-	if (!IsBackgroundWorker || !dedup_worker_yield || !open_loadavg())
+	if (!may_yield())
 		return;
 	start = now_ns();
 	for (naps = 0; naps < MAX_NAPS && loadavg_fd >= 0 && cpu_wanted(); naps++)
@@ -141,7 +148,7 @@ cpu_yield_now(void)
 void
 cpu_yield_arm(void)
 {
-	if (!IsBackgroundWorker || !dedup_worker_yield || !open_loadavg())
+	if (!may_yield())
 		return;
 	last_poll_ns = now_ns();
 	cpu_yield_calls = CPU_YIELD_STRIDE;

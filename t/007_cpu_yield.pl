@@ -1,8 +1,8 @@
 # A background job gives its CPU to processes waiting for one
 # (dedup_ext.worker_yield, src/cpu_yield.c), and still finishes on a machine
 # whose CPUs never idle:
-#   1. with CPU-bound loops on every CPU and one more, the job's pass naps
-#      (its DEBUG1 line counts the naps), and the job is done with no
+#   1. with CPU-bound loops on every CPU and one more, the job naps (its
+#      DEBUG1 line counts the times it gave way), and is done with no
 #      duplicate left;
 #   2. with dedup_ext.worker_yield off, under the same loops, it never naps.
 # Linux only: elsewhere the kernel's count of runnable tasks is not read.
