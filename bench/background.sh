@@ -3,7 +3,7 @@
 #
 #   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
 #                            [--add-unique] [--checkpoint] [--wal-compression]
-#                            [--batch-delay MS] [--no-yield]
+#                            [--batch-delay MS] [--no-yield] [--worker-nice N]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -41,7 +41,8 @@
 # those images, and those of its index build.  --batch-delay submits the job
 # with that dedup_ext.batch_delay (default 0): a pause between batches.
 # --no-yield sets dedup_ext.worker_yield off: the worker's passes never give
-# their CPU to processes waiting for one.
+# their CPU to processes waiting for one.  --worker-nice sets
+# dedup_ext.worker_nice (default 10).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -57,6 +58,7 @@ UNIQUE=false
 CHECKPOINT=false
 WALZ=off
 YIELD=on
+NICE=10
 DELAY=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -68,15 +70,16 @@ while [ $# -gt 0 ]; do
         --checkpoint) CHECKPOINT=true; shift ;;
         --wal-compression) WALZ=on; shift ;;
         --no-yield) YIELD=off; shift ;;
+        --worker-nice) NICE=$2; shift 2 ;;
         --batch-delay) DELAY=$2; shift 2 ;;
-        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield] [--worker-nice N]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" \
-  -c "ALTER SYSTEM SET dedup_ext.worker_yield = $YIELD"
+  -c "ALTER SYSTEM SET dedup_ext.worker_yield = $YIELD" -c "ALTER SYSTEM SET dedup_ext.worker_nice = $NICE"
 q -c "SELECT pg_reload_conf()" >/dev/null
 # A server that has been running reuses its old WAL segments; a new cluster
 # creates and zero-fills each 16 MB segment while holding WALWriteLock,
@@ -91,58 +94,14 @@ q -c "SELECT pg_reload_conf()" >/dev/null
 # full-page images.
 q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 12288)" >/dev/null
 q -c "CHECKPOINT"
-for t in payments payments_fg; do
-    q <<SQL
-DROP TABLE IF EXISTS $t CASCADE;
-CREATE TABLE $t (id bigserial PRIMARY KEY, transaction_id text, amount numeric, status text);
-INSERT INTO $t (id, transaction_id, amount, status)
-SELECT g, lpad(to_hex(CASE WHEN g % 100 = 0 THEN g - 1 ELSE g END), 24, 'x'),
-       (g % 10000)::numeric / 100, 'settled'
-  FROM generate_series(1, $ROWS) g;
-SELECT setval('${t}_id_seq', $ROWS);
-VACUUM ANALYZE $t;
-SQL
-done
+load_payments payments "$ROWS" 100
+load_payments payments_fg "$ROWS" 100
 # the load's table files go to disk now, not while the workload is measured
 sync
 DUPS=$(q -c "SELECT duplicate_rows FROM dedup_audit('payments', '{transaction_id}')")
 echo "payments: $ROWS rows, $DUPS duplicates"
 
-cat >"$WORK/write.sql" <<SQL
-\set id random(1, $ROWS)
-BEGIN;
-UPDATE payments SET amount = amount + 1 WHERE id = :id;
-INSERT INTO payments (transaction_id, amount, status)
-VALUES ('new-' || :client_id || '-' || txid_current(), 1, 'pending');
-END;
-SQL
-
-# run_pgbench LABEL SECONDS: per-transaction log in $WORK/LABEL.*
-run_pgbench() {
-    (cd "$WORK" && exec pgbench -n -f write.sql -c 4 -j 2 -R "$RATE" -T "$2" \
-        -l --log-prefix="$1" >"$WORK/$1.out" 2>&1)
-}
-
-# latencies LABEL [FROM_EPOCH TO_EPOCH]: the latencies (ms) of the
-# transactions of pgbench run LABEL that started in the window [FROM, TO).
-# pgbench -l: column 3 is the latency in us, columns 5-6 the epoch seconds
-# and microseconds at which the transaction ended; a run stopped by SIGTERM
-# may leave a last line cut short, which is skipped.
-latencies() {
-    cat "$WORK/$1".[0-9]* | awk -v from="${2:-0}" -v to="${3:-9e18}" '
-        NF == 7 { t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= from && t < to) print $3 / 1000 }'
-}
-
-# stats LABEL FILE...: "label|n|p50|p99|max" (ms) over the latencies in the files
-stats() {
-    local label=$1; shift
-    cat "$@" | sort -n | awk -v label="$label" '
-        { a[NR] = $1 }
-        END {
-            n = NR; if (n == 0) { printf "%s|0|0|0|0\n", label; exit }
-            printf "%s|%d|%.2f|%.2f|%.2f\n", label, n, a[int(n * 0.50) + 1], a[int(n * 0.99) + 1], a[n]
-        }'
-}
+write_workload "$ROWS"
 
 # median of the numbers on standard input
 median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -165,7 +124,7 @@ WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 : >"$WORK/rounds"
 for r in $(seq 1 "$ROUNDS"); do
     echo
-    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, worker_yield $YIELD, batch_delay $DELAY ms)"
+    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, worker_yield $YIELD, worker_nice $NICE, batch_delay $DELAY ms)"
     # with --checkpoint the workload's own updates write full-page images
     # too (each first touch of a page after a checkpoint), in both windows
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"

@@ -80,3 +80,61 @@ report() {
             'BEGIN { printf "| %s | %.2f | %.0f | %.0f | %.2fx | %.2fx |\n", l, s, w / 1048576, p / 1024, s / bs, (w + 1) / (bw + 1) }'
     done
 }
+
+# load_payments TABLE ROWS EVERY: a payments table of ROWS rows whose
+# every EVERY-th row repeats the transaction_id of the row before it (1%
+# duplicates for 100; none for 0), vacuumed and analyzed
+load_payments() {
+    q <<SQL
+DROP TABLE IF EXISTS $1 CASCADE;
+CREATE TABLE $1 (id bigserial PRIMARY KEY, transaction_id text, amount numeric, status text);
+INSERT INTO $1 (id, transaction_id, amount, status)
+SELECT g, lpad(to_hex(CASE WHEN $3 > 0 AND g % $3 = 0 THEN g - 1 ELSE g END), 24, 'x'),
+       (g % 10000)::numeric / 100, 'settled'
+  FROM generate_series(1, $2) g;
+SELECT setval('$1_id_seq', $2);
+VACUUM ANALYZE $1;
+SQL
+}
+
+# The write workload of bench/background.sh and bench/neighbours.sh, on a
+# payments table of ROWS rows: each transaction updates a random row and
+# inserts a new one; pgbench, 4 clients, at $RATE transactions a second.
+# write_workload ROWS: its script, $WORK/write.sql
+write_workload() {
+    cat >"$WORK/write.sql" <<SQL
+\set id random(1, $1)
+BEGIN;
+UPDATE payments SET amount = amount + 1 WHERE id = :id;
+INSERT INTO payments (transaction_id, amount, status)
+VALUES ('new-' || :client_id || '-' || txid_current(), 1, 'pending');
+END;
+SQL
+}
+
+# run_pgbench LABEL SECONDS: per-transaction log in $WORK/LABEL.*
+run_pgbench() {
+    (cd "$WORK" && exec pgbench -n -f write.sql -c 4 -j 2 -R "$RATE" -T "$2" \
+        -l --log-prefix="$1" >"$WORK/$1.out" 2>&1)
+}
+
+# latencies LABEL [FROM_EPOCH TO_EPOCH]: the latencies (ms) of the
+# transactions of pgbench run LABEL that started in the window [FROM, TO).
+# pgbench -l: column 3 is the latency in us, columns 5-6 the epoch seconds
+# and microseconds at which the transaction ended; a run stopped by SIGTERM
+# may leave a last line cut short, which is skipped.
+latencies() {
+    cat "$WORK/$1".[0-9]* | awk -v from="${2:-0}" -v to="${3:-9e18}" '
+        NF == 7 { t = $5 + $6 / 1e6 - $3 / 1e6; if (t >= from && t < to) print $3 / 1000 }'
+}
+
+# stats LABEL FILE...: "label|n|p50|p99|max" (ms) over the latencies in the files
+stats() {
+    local label=$1; shift
+    cat "$@" | sort -n | awk -v label="$label" '
+        { a[NR] = $1 }
+        END {
+            n = NR; if (n == 0) { printf "%s|0|0|0|0\n", label; exit }
+            printf "%s|%d|%.2f|%.2f|%.2f\n", label, n, a[int(n * 0.50) + 1], a[int(n * 0.99) + 1], a[n]
+        }'
+}

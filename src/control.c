@@ -281,6 +281,53 @@ refuse_waiting_for_each_other(int64 job_id)
 }
 
 /*
+ * Does a process hold the job's lock, that is, is its worker alive?  One
+ * look at that lock in the lock table (its partition's LWLock, shared).
+ * dedup_jobs tells the same from pg_locks, which takes every partition's
+ * LWLock and every backend's fast-path lock: every session that takes or
+ * releases a lock waits for it, and dedup_wait looks ten times a second
+ * for as long as a job runs.  A worker between two transactions has no
+ * virtual transaction id, which GetLockConflicts does not report: false is
+ * not the answer, only "ask dedup_jobs".
+ */
+static bool
+job_worker_seen(int64 job_id)
+{
+	LOCKTAG		tag;
+
+	job_locktag(&tag, job_id);
+	return VirtualTransactionIdIsValid(GetLockConflicts(&tag, ShareLock, NULL)[0]);
+}
+
+/*
+ * The job's state as dedup_jobs shows it, cheaply while its worker runs,
+ * and first (when it runs CREATE or DROP INDEX CONCURRENTLY) the check that
+ * the worker does not wait for this transaction.
+ */
+static char *
+poll_state(int64 job_id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(job_id)};
+	char	   *state;
+	char	   *phase;
+
+	spi_exec_as_owner(psprintf("SELECT j.state, j.phase FROM %s.dedup_job j"
+							   " WHERE j.job_id OPERATOR(pg_catalog.=) $1 AND j.background",
+							   dedup_ext_schema()),
+					  1, types, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		return job_effective_state(job_id);
+	state = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	phase = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (strcmp(state, "running") != 0)
+		return state;
+	if (phase != NULL && strcmp(phase, "building unique index") == 0)
+		refuse_waiting_for_each_other(job_id);
+	return job_worker_seen(job_id) ? state : job_effective_state(job_id);
+}
+
+/*
  * Wait until the job needs nobody: done, failed or cancelled, or paused or
  * interrupted (which wait for dedup_resume).  With a timeout, return the
  * state at that time.
@@ -307,8 +354,7 @@ wait_until_final(int64 job_id, TimestampTz deadline)
 		bool		final;
 
 		oldcxt = MemoryContextSwitchTo(loop_cxt);
-		state = job_effective_state(job_id);
-		refuse_waiting_for_each_other(job_id);
+		state = poll_state(job_id);
 		final = state_is(state, "done", "failed", "cancelled") ||
 			state_is(state, "paused", "interrupted", NULL) ||
 			(deadline != 0 && GetCurrentTimestamp() >= deadline);
