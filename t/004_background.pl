@@ -2,9 +2,11 @@
 # happen to a server while they run, and end in the same table a foreground
 # dedup makes:
 #   1. preloaded: an immediate stop mid-job; the launcher resumes the job at
-#      the next start by itself;
+#      the next start by itself (its unlogged work list is gone: a new pass
+#      lists what is left);
 #   2. preloaded: the job's worker is killed with SIGKILL; after the
-#      postmaster's crash-restart the job resumes and finishes;
+#      postmaster's crash-restart the job resumes and finishes (a new pass
+#      here too);
 #   3. dedup_ext.max_workers = 1: of three jobs one runs, the others wait
 #      queued, and all three finish;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
@@ -143,6 +145,9 @@ ok($node->poll_query_until('postgres',
 	'after an immediate stop and a start the job finishes by itself');
 ok($node->log_contains(qr/dedup_ext: resuming 1 interrupted background jobs/, $log_offset),
 	'the launcher resumed it');
+ok($node->log_contains(qr/dedup_ext job $job: its work list was emptied by a crash, scanning the table again/,
+		$log_offset),
+	'its unlogged work list was lost in the stop, and a new pass listed what was left');
 cmp_ok(job_field($node, $job, 'batches_done'), '>=', 2, 'it kept the batches done before the stop');
 check_done($node, 'big1', $job, $dups, $expected_md5, 'resumed after stop');
 
@@ -175,6 +180,9 @@ ok($node->poll_query_until('postgres',
 	'after the crash-restart the job finishes');
 ok($node->log_contains(qr/dedup_ext: resuming 1 interrupted background jobs/, $log_offset),
 	'the launcher resumed it after the crash-restart');
+ok($node->log_contains(qr/dedup_ext job $job: its work list was emptied by a crash, scanning the table again/,
+		$log_offset),
+	'the crash-restart emptied its work list, and a new pass listed what was left');
 check_done($node, 'big2', $job, $dups, $expected_md5, 'resumed after SIGKILL');
 
 # 3. dedup_ext.max_workers = 1: one job runs at a time, the others wait
