@@ -18,6 +18,9 @@
 #           PostgreSQL)
 #   scan    a backend scanning payments (SELECT count(*) without parallel
 #           workers) again and again
+#   insert  a backend inserting 100,000 rows into a table of its own in one
+#           statement, then truncating it, again and again (WAL in bulk: what
+#           a pass wrote into a logged work table)
 #   pass    background dedup jobs, one after the other, on a copy of payments
 #           without duplicates: each makes the job's first pass (key hashing
 #           and sorting, the window over the candidates) and finds nothing
@@ -33,7 +36,7 @@ ROWS=10000000
 ROUNDS=3
 SECONDS_ALONE=12
 RATE=400
-ONLY=none,cpu,read,scan,pass
+ONLY=none,cpu,read,scan,insert,pass
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
@@ -52,7 +55,8 @@ q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 2048)" >/dev/null
 q -c "CHECKPOINT"
 load_payments payments "$ROWS" 100
-load_payments payments_nodup "$ROWS" 0
+case ",$ONLY," in *,pass,*) load_payments payments_nodup "$ROWS" 0 ;; esac
+q -c "CREATE TABLE IF NOT EXISTS neighbour_rows (id bigint, pad text)"
 sync
 write_workload "$ROWS"
 TABLE_FILE="$(q -c "SELECT current_setting('data_directory') || '/' || pg_relation_filepath('payments')")"
@@ -66,14 +70,18 @@ start_neighbour() {
         none) sleep 3600 & ;;
         cpu) setsid bash -c "$NICE_SESSION bash -c 'while :; do :; done'" & ;;
         read) setsid bash -c "$NICE_SESSION bash -c 'while :; do dd if=$TABLE_FILE of=/dev/null bs=8k status=none; done'" & ;;
-        scan|pass)
+        scan|insert|pass)
             # one session; pass jobs lower their own workers
-            # (dedup_ext.worker_nice), a scan's backend is lowered below
+            # (dedup_ext.worker_nice), the backend of a scan or of inserts
+            # is lowered below
             {
                 echo "SET max_parallel_workers_per_gather = 0;"
                 for _ in $(seq 1 1000); do
                     if [ "$1" = scan ]; then
                         echo "SELECT count(*) FROM payments;"
+                    elif [ "$1" = insert ]; then
+                        echo "INSERT INTO neighbour_rows SELECT g, repeat('x', 60) FROM generate_series(1, 100000) g;"
+                        echo "TRUNCATE neighbour_rows;"
                     else
                         echo "SELECT job_id FROM dedup_table('payments_nodup', '{transaction_id}', background => true) \\gset"
                         echo "SELECT dedup_wait(:job_id);"
@@ -82,7 +90,7 @@ start_neighbour() {
             } | psql -X -q -At -v ON_ERROR_STOP=1 "application_name=neighbour" >/dev/null & ;;
     esac
     NEIGHBOUR=$!
-    if [ "$1" = scan ]; then
+    if [ "$1" = scan ] || [ "$1" = insert ]; then
         local pid=""
         until [ -n "$pid" ]; do
             pid=$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'neighbour'")
