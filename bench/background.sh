@@ -81,19 +81,16 @@ q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" \
   -c "ALTER SYSTEM SET dedup_ext.worker_yield = $YIELD" -c "ALTER SYSTEM SET dedup_ext.worker_nice = $NICE"
 q -c "SELECT pg_reload_conf()" >/dev/null
-# A server that has been running reuses its old WAL segments; a new cluster
-# creates and zero-fills each 16 MB segment while holding WALWriteLock,
-# which stalls every commit for about 40 ms, whoever wrote the WAL.  So that
-# the run measures the job and not the cluster's youth, 12 GB of WAL are
-# written and a checkpoint recycles them as the segments to come: enough
+# So that the run measures the job and not the cluster's youth (each new
+# WAL segment stalls every commit while it is made, see recycle_wal), 12 GB
+# of WAL are written and a checkpoint recycles them as the segments to come: enough
 # for the load and every round with add_unique (each round's index build
 # writes about 450 MB, and its rollback and vacuums as much again; with 4
 # GB the later rounds ran out and stalled every commit for 40 ms at each new
 # segment).  max_wal_size is large enough that no checkpoint comes in the
 # middle either, which would make the next changes of every page write
 # full-page images.
-q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 12288)" >/dev/null
-q -c "CHECKPOINT"
+recycle_wal 12288
 load_payments payments "$ROWS" 100
 load_payments payments_fg "$ROWS" 100
 # the load's table files go to disk now, not while the workload is measured

@@ -81,6 +81,16 @@ report() {
     done
 }
 
+# recycle_wal MB: MB of WAL written and a checkpoint, so that the WAL
+# segments to come are recycled ones, as on a server that has been running:
+# a new cluster creates and zero-fills each 16 MB segment while holding
+# WALWriteLock, which stalls every commit for about 40 ms, whoever wrote the
+# WAL (bench/background.sh says how much is enough)
+recycle_wal() {
+    q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, $1)" >/dev/null
+    q -c "CHECKPOINT"
+}
+
 # load_payments TABLE ROWS EVERY: a payments table of ROWS rows whose
 # every EVERY-th row repeats the transaction_id of the row before it (1%
 # duplicates for 100; none for 0), vacuumed and analyzed

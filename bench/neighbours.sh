@@ -50,10 +50,7 @@ done
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
-# recycled WAL segments, as on a server that has been running (see
-# bench/background.sh): a new segment stalls every commit while it is made
-q -c "SELECT count(pg_logical_emit_message(false, 'bench', repeat('x', 1048576))) FROM generate_series(1, 2048)" >/dev/null
-q -c "CHECKPOINT"
+recycle_wal 2048
 load_payments payments "$ROWS" 100
 case ",$ONLY," in *,pass,*) load_payments payments_nodup "$ROWS" 0 ;; esac
 q -c "CREATE TABLE IF NOT EXISTS neighbour_rows (id bigint, pad text)"

@@ -1,0 +1,77 @@
+"""bench/runqueue.py -- for bench/runqueue.sh: how much of the slow
+transactions' time the application's processes spent waiting for a CPU.
+
+    python3 runqueue.py DIR...
+
+Each DIR holds one job's run: pgbench's per-transaction logs (pb.*),
+sched_sample's output (samples), and window (two epochs: the job's
+submission and its end).  A transaction is slow when it took longer than the
+p99 of the transactions that started in the 4 seconds before the job
+(unloaded); for each slow one that started during the job, the longest
+run-queue wait of any sampled process during it is its wait (pgbench's log
+does not say which backend served which client, so a wait is not
+attributed to one).  Prints one line a job and one for all.
+"""
+import bisect
+import collections
+import glob
+import sys
+
+
+def transactions(d):
+    """(start, end, latency) in seconds; pgbench -l: latency in column 3 (us),
+    end in columns 5-6; a line cut short by SIGTERM is skipped"""
+    out = []
+    for f in glob.glob(d + '/pb.*'):
+        for line in open(f):
+            a = line.split()
+            if len(a) != 7:
+                continue
+            lat = int(a[2]) / 1e6
+            end = int(a[4]) + int(a[5]) / 1e6
+            out.append((end - lat, end, lat))
+    return out
+
+
+def waits(d):
+    """per task: sample times and cumulative run-queue wait (s)"""
+    t = collections.defaultdict(list)
+    w = collections.defaultdict(list)
+    for line in open(d + '/samples'):
+        ts, i, _, delay = line.split()
+        t[int(i)].append(float(ts))
+        w[int(i)].append(int(delay) / 1e9)
+    return t, w
+
+
+def waited(t, w, i, t0, t1):
+    k0 = min(bisect.bisect_left(t[i], t0), len(t[i]) - 1)
+    k1 = min(bisect.bisect_left(t[i], t1), len(t[i]) - 1)
+    return w[i][k1] - w[i][k0]
+
+
+total = collections.Counter()
+for d in sys.argv[1:]:
+    start, end = (float(x) for x in open(d + '/window').read().split())
+    tx = transactions(d)
+    alone = sorted(lat for s, _, lat in tx if start - 4 < s < start)
+    p50, p99 = alone[len(alone) // 2], alone[int(len(alone) * 0.99)]
+    t, w = waits(d)
+    c = collections.Counter()
+    for s, e, lat in tx:
+        if not start <= s < end:
+            continue
+        c['during'] += 1
+        if lat <= p99:
+            continue
+        # the sample after the end: samples are a millisecond apart
+        longest = max(waited(t, w, i, s, e + 0.001) for i in t)
+        c['slow'] += 1
+        c['half'] += longest >= 0.5 * (lat - p50)
+        c['3ms'] += longest >= 0.003
+    total.update(c)
+    print('%s: %d transactions during the job, %d slower than the unloaded p99 (%.2f ms); '
+          'a process waited for a CPU for half their excess or more in %d, for 3 ms or more in %d'
+          % (d.rsplit('/', 1)[-1], c['during'], c['slow'], p99 * 1e3, c['half'], c['3ms']))
+print('all jobs: %d slow transactions; a run-queue wait of half their excess or more: %.0f%%; of 3 ms or more: %.0f%%'
+      % (total['slow'], 100 * total['half'] / max(total['slow'], 1), 100 * total['3ms'] / max(total['slow'], 1)))
