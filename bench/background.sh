@@ -83,11 +83,11 @@ q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" 
 q -c "SELECT pg_reload_conf()" >/dev/null
 # So that the run measures the job and not the cluster's youth (each new
 # WAL segment stalls every commit while it is made, see recycle_wal), 12 GB
-# of WAL are written and a checkpoint recycles them as the segments to come: enough
-# for the load and every round with add_unique (each round's index build
-# writes about 450 MB, and its rollback and vacuums as much again; with 4
-# GB the later rounds ran out and stalled every commit for 40 ms at each new
-# segment).  max_wal_size is large enough that no checkpoint comes in the
+# of WAL are written and a checkpoint recycles them as the segments to
+# come: enough for the load and every round with add_unique (each round's
+# index build writes about 450 MB, and its rollback and vacuums as much
+# again; with 4 GB the later rounds ran out and stalled every commit for 40
+# ms at each new segment).  max_wal_size is large enough that no checkpoint comes in the
 # middle either, which would make the next changes of every page write
 # full-page images.
 recycle_wal 12288

@@ -7,10 +7,14 @@ Each DIR holds one job's run: pgbench's per-transaction logs (pb.*),
 sched_sample's output (samples), and window (two epochs: the job's
 submission and its end).  A transaction is slow when it took longer than the
 p99 of the transactions that started in the 4 seconds before the job
-(unloaded); for each slow one that started during the job, the longest
-run-queue wait of any sampled process during it is its wait (pgbench's log
-does not say which backend served which client, so a wait is not
-attributed to one).  Prints one line a job and one for all.
+(unloaded).  Its wait is the largest, over the sampled processes, of one
+process's run-queue wait summed from the last sample before it started to
+the first sample after it ended (up to a millisecond more on each side);
+pgbench's log does not say which backend served which client, so the wait
+may be another client's.  The same measure over the unloaded window's own
+transactions slower than its p99 is the control: how often a slow
+transaction has such a wait without the job.  Prints one line a job and one
+for all.
 """
 import bisect
 import collections
@@ -45,33 +49,43 @@ def waits(d):
 
 
 def waited(t, w, i, t0, t1):
-    k0 = min(bisect.bisect_left(t[i], t0), len(t[i]) - 1)
+    k0 = max(bisect.bisect_right(t[i], t0) - 1, 0)
     k1 = min(bisect.bisect_left(t[i], t1), len(t[i]) - 1)
     return w[i][k1] - w[i][k0]
 
 
+def count(c, t, w, s, e, lat, p50):
+    longest = max(waited(t, w, i, s, e) for i in t)
+    c['slow'] += 1
+    c['half'] += longest >= 0.5 * (lat - p50)
+    c['3ms'] += longest >= 0.003
+
+
 total = collections.Counter()
+unloaded = collections.Counter()
 for d in sys.argv[1:]:
     start, end = (float(x) for x in open(d + '/window').read().split())
     tx = transactions(d)
     alone = sorted(lat for s, _, lat in tx if start - 4 < s < start)
     p50, p99 = alone[len(alone) // 2], alone[int(len(alone) * 0.99)]
     t, w = waits(d)
+    if not t or end > min(times[-1] for times in t.values()):
+        sys.exit('%s: no samples, or the job outlasted them' % d)
     c = collections.Counter()
+    control = collections.Counter()
     for s, e, lat in tx:
+        if start - 4 < s < start and lat > p99:
+            count(control, t, w, s, e, lat, p50)
         if not start <= s < end:
             continue
         c['during'] += 1
-        if lat <= p99:
-            continue
-        # the sample after the end: samples are a millisecond apart
-        longest = max(waited(t, w, i, s, e + 0.001) for i in t)
-        c['slow'] += 1
-        c['half'] += longest >= 0.5 * (lat - p50)
-        c['3ms'] += longest >= 0.003
+        if lat > p99:
+            count(c, t, w, s, e, lat, p50)
     total.update(c)
+    unloaded.update(control)
     print('%s: %d transactions during the job, %d slower than the unloaded p99 (%.2f ms); '
           'a process waited for a CPU for half their excess or more in %d, for 3 ms or more in %d'
           % (d.rsplit('/', 1)[-1], c['during'], c['slow'], p99 * 1e3, c['half'], c['3ms']))
-print('all jobs: %d slow transactions; a run-queue wait of half their excess or more: %.0f%%; of 3 ms or more: %.0f%%'
-      % (total['slow'], 100 * total['half'] / max(total['slow'], 1), 100 * total['3ms'] / max(total['slow'], 1)))
+for label, c in (('all jobs', total), ('control, the 4 s before each job', unloaded)):
+    print('%s: %d slow transactions; a run-queue wait of half their excess or more: %.0f%%; of 3 ms or more: %.0f%%'
+          % (label, c['slow'], 100 * c['half'] / max(c['slow'], 1), 100 * c['3ms'] / max(c['slow'], 1)))

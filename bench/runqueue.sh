@@ -38,7 +38,7 @@ WORK=$(mktemp -d)
 gcc -O2 -o "$WORK/sched_sample" "$HERE/sched_sample.c"
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
-recycle_wal 2048
+recycle_wal 4096
 load_payments payments "$ROWS" 100
 sync
 write_workload "$ROWS"
@@ -54,7 +54,13 @@ for j in $(seq 1 "$JOBS"); do
     for pid in $(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbench'"); do
         TASKS+=("/proc/$pid/task/$pid")
     done
+    if [ "${#TASKS[@]}" -ne 4 ]; then
+        echo "job $j: found ${#TASKS[@]} pgbench backends, not 4" >&2
+        exit 1
+    fi
     TASKS+=(/proc/"$PGBENCH"/task/*)
+    # until about 19 s after pgbench started; a job that ends later is
+    # reported as such by bench/runqueue.py
     "$WORK/sched_sample" 18 "$DIR/samples" "${TASKS[@]}" &
     SAMPLER=$!
     # connected now, so that its backend's start is outside the windows
@@ -67,7 +73,8 @@ SELECT dedup_wait(:job_id) AS state \gset
 SELECT extract(epoch FROM pg_catalog.clock_timestamp());
 SELECT :'state', :job_id;
 SQL
-    wait "$SAMPLER" "$PGBENCH"
+    wait "$SAMPLER"
+    wait "$PGBENCH"
     sed -n '1,2p' "$DIR/session" | paste -sd' ' >"$DIR/window"
     IFS='|' read -r STATE JOB <<<"$(sed -n 3p "$DIR/session")"
     echo "job $j: $STATE"
