@@ -26,6 +26,7 @@ int			dedup_max_workers = 2;
 int			dedup_worker_nice = 10;
 bool		dedup_wal_compression = false;
 bool		dedup_worker_yield = true;
+bool		dedup_worker_sched_idle = false;
 
 void		_PG_init(void);
 
@@ -55,6 +56,11 @@ _PG_init(void)
 	DefineCustomBoolVariable("dedup_ext.worker_yield",
 							 "Background workers pause their passes while other processes wait for a CPU.",
 							 NULL, &dedup_worker_yield, true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomBoolVariable("dedup_ext.worker_sched_idle",
+							 "Background workers run at the SCHED_IDLE scheduling policy (Linux): on CPU time no other process wants.",
+							 "For a worker's whole life, its batches included: on a machine whose CPUs are all busy, a batch can then hold its rows' locks for long.",
+							 &dedup_worker_sched_idle, false,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	DefineCustomBoolVariable("dedup_ext.wal_compression",
 							 "Background workers compress the full-page images their batches and index builds write to the WAL, when wal_compression is off.",

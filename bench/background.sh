@@ -4,6 +4,7 @@
 #   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
 #                            [--add-unique] [--checkpoint] [--wal-compression]
 #                            [--batch-delay MS] [--no-yield] [--worker-nice N]
+#                            [--sched-idle]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -42,7 +43,10 @@
 # with that dedup_ext.batch_delay (default 0): a pause between batches.
 # --no-yield sets dedup_ext.worker_yield off: the worker's passes never give
 # their CPU to processes waiting for one.  --worker-nice sets
-# dedup_ext.worker_nice (default 10).
+# dedup_ext.worker_nice (default 10).  --sched-idle sets
+# dedup_ext.worker_sched_idle on: the workers run at SCHED_IDLE, which does
+# what it says only where autogroup scheduling does not reach them, as in a
+# cpu cgroup of their own (README, "Benchmarks").
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -59,6 +63,7 @@ CHECKPOINT=false
 WALZ=off
 YIELD=on
 NICE=10
+SCHED_IDLE=off
 DELAY=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -71,15 +76,17 @@ while [ $# -gt 0 ]; do
         --wal-compression) WALZ=on; shift ;;
         --no-yield) YIELD=off; shift ;;
         --worker-nice) NICE=$2; shift 2 ;;
+        --sched-idle) SCHED_IDLE=on; shift ;;
         --batch-delay) DELAY=$2; shift 2 ;;
-        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield] [--worker-nice N]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield] [--worker-nice N] [--sched-idle]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" \
-  -c "ALTER SYSTEM SET dedup_ext.worker_yield = $YIELD" -c "ALTER SYSTEM SET dedup_ext.worker_nice = $NICE"
+  -c "ALTER SYSTEM SET dedup_ext.worker_yield = $YIELD" -c "ALTER SYSTEM SET dedup_ext.worker_nice = $NICE" \
+  -c "ALTER SYSTEM SET dedup_ext.worker_sched_idle = $SCHED_IDLE"
 q -c "SELECT pg_reload_conf()" >/dev/null
 # So that the run measures the job and not the cluster's youth (each new
 # WAL segment stalls every commit while it is made, see recycle_wal), 12 GB
@@ -121,7 +128,7 @@ WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 : >"$WORK/rounds"
 for r in $(seq 1 "$ROUNDS"); do
     echo
-    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, worker_yield $YIELD, worker_nice $NICE, batch_delay $DELAY ms)"
+    echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, worker_yield $YIELD, worker_nice $NICE, worker_sched_idle $SCHED_IDLE, batch_delay $DELAY ms)"
     # with --checkpoint the workload's own updates write full-page images
     # too (each first touch of a page after a checkpoint), in both windows
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"

@@ -31,6 +31,7 @@ extern int	dedup_max_workers;
 extern int	dedup_worker_nice;
 extern bool dedup_wal_compression;
 extern bool dedup_worker_yield;
+extern bool dedup_worker_sched_idle;
 
 typedef enum DedupAction
 {

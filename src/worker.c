@@ -17,6 +17,7 @@
  */
 #include "dedup_ext.h"
 
+#include <sched.h>
 #include <sys/resource.h>
 
 #include "access/xact.h"
@@ -664,6 +665,34 @@ lower_cpu_priority(int nice)
 }
 
 /*
+ * dedup_ext.worker_sched_idle: the SCHED_IDLE policy, under which the kernel
+ * runs the worker only on CPU time no other process wants, puts a woken
+ * process on the worker's CPU as on an idle one, and preempts the worker at
+ * once.  Where autogroup scheduling reaches the worker (PostgreSQL started
+ * from a login session, in the root cpu cgroup), the worker's session
+ * competes as a whole and the policy does none of that (README,
+ * "Benchmarks").  Without CAP_SYS_NICE a process cannot leave SCHED_IDLE,
+ * so it holds for the worker's whole life, its batches and their row locks
+ * included: off by default.
+ */
+static void
+take_idle_policy(void)
+{
+#ifdef SCHED_IDLE
+	struct sched_param param = {0};
+
+	if (sched_setscheduler(0, SCHED_IDLE, &param) != 0)
+		ereport(WARNING,
+				(errmsg("dedup_ext worker could not take the SCHED_IDLE scheduling policy: %m")));
+	else
+		elog(DEBUG1, "dedup_ext worker runs at the SCHED_IDLE scheduling policy");
+#else
+	ereport(WARNING,
+			(errmsg("dedup_ext.worker_sched_idle is not supported on this platform")));
+#endif
+}
+
+/*
  * Main of a dynamic worker: arg is the database; bgw_extra[0] is 'r' for a
  * worker the launcher started after a server start.  The worker takes one of
  * the database's dedup_ext.max_workers slots (or leaves: the workers that have
@@ -707,6 +736,8 @@ dedup_worker_main(Datum arg)
 	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);
 	if (dedup_worker_nice > 0)
 		lower_cpu_priority(dedup_worker_nice);
+	if (dedup_worker_sched_idle)
+		take_idle_policy();
 
 	/*
 	 * No JIT: a batch's statements run for tens of milliseconds, but the

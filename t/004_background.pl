@@ -151,7 +151,17 @@ ok($node->log_contains(qr/dedup_ext job $job: its work list was emptied by a cra
 cmp_ok(job_field($node, $job, 'batches_done'), '>=', 2, 'it kept the batches done before the stop');
 check_done($node, 'big1', $job, $dups, $expected_md5, 'resumed after stop');
 
-# 2. the worker killed with SIGKILL: crash-restart, then the job resumes
+# 2. the worker killed with SIGKILL: crash-restart, then the job resumes.
+# Its worker starts with dedup_ext.worker_sched_idle on (a new backend
+# shows that the reload is done).
+$node->safe_psql('postgres', 'ALTER SYSTEM SET dedup_ext.worker_sched_idle = on');
+$node->reload;
+ok($node->poll_query_until('postgres', 'SHOW dedup_ext.worker_sched_idle', 'on'),
+	'worker_sched_idle is on');
+# and the worker that ran job 1, started before the reload, is gone
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+	'no worker left from job 1');
 is(create_table($node, 'big2', $N), $dups, 'big2: same duplicates as the clone');
 $job = submit($node, 'big2', 100);
 ok($node->poll_query_until('postgres',
@@ -164,6 +174,10 @@ is($node->safe_psql('postgres',
 # /proc/PID/stat: the 19th field is the nice value (the name, field 2, may hold spaces)
 my ($after_name) = slurp_file("/proc/$pid/stat") =~ /\)\s+(.*)$/s;
 is((split /\s+/, $after_name)[16], 10, 'the worker runs at dedup_ext.worker_nice (10)');
+# the 41st field is the scheduling policy: 5 is SCHED_IDLE
+is((split /\s+/, $after_name)[38], 5, 'with dedup_ext.worker_sched_idle on, the worker runs at SCHED_IDLE');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET dedup_ext.worker_sched_idle');
+$node->reload;
 # with autogroup scheduling a nice value ranks a process only within its
 # session, and the worker has a session of its own: the session is lowered too
 SKIP:
