@@ -670,10 +670,11 @@ lower_cpu_priority(int nice)
  * process on the worker's CPU as on an idle one, and preempts the worker at
  * once.  Where autogroup scheduling reaches the worker (PostgreSQL started
  * from a login session, in the root cpu cgroup), the worker's session
- * competes as a whole and the policy does none of that (README,
- * "Benchmarks").  Without CAP_SYS_NICE a process cannot leave SCHED_IDLE,
- * so it holds for the worker's whole life, its batches and their row locks
- * included: off by default.
+ * competes as a whole: woken processes are still put on the worker's CPU,
+ * and wait there (worse than nice alone, README, "Benchmarks").  Without
+ * CAP_SYS_NICE a process cannot leave SCHED_IDLE, so it holds for the
+ * worker's whole life, its batches and their row locks included: off by
+ * default.
  */
 static void
 take_idle_policy(void)
