@@ -21,6 +21,9 @@
 #   insert  a backend inserting 100,000 rows into a table of its own in one
 #           statement, then truncating it, again and again (WAL in bulk: what
 #           a pass wrote into a logged work table)
+#   hash    a backend calling dedup_key_candidates on that copy again and
+#           again: a pass's key hashing and sorting alone, without a worker
+#           (and without its naps, dedup_ext.worker_yield)
 #   pass    background dedup jobs, one after the other, on a copy of payments
 #           without duplicates: each makes the job's first pass (key hashing
 #           and sorting, the window over the candidates) and finds nothing
@@ -36,7 +39,7 @@ ROWS=10000000
 ROUNDS=3
 SECONDS_ALONE=12
 RATE=400
-ONLY=none,cpu,read,scan,insert,pass
+ONLY=none,cpu,read,scan,insert,hash,pass
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
@@ -52,7 +55,7 @@ WORK=$(mktemp -d)
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 recycle_wal 2048
 load_payments payments "$ROWS" 100
-case ",$ONLY," in *,pass,*) load_payments payments_nodup "$ROWS" 0 ;; esac
+case ",$ONLY," in *,pass,*|*,hash,*) load_payments payments_nodup "$ROWS" 0 ;; esac
 q -c "CREATE TABLE IF NOT EXISTS neighbour_rows (id bigint, pad text)"
 sync
 write_workload "$ROWS"
@@ -67,15 +70,17 @@ start_neighbour() {
         none) sleep 3600 & ;;
         cpu) setsid bash -c "$NICE_SESSION bash -c 'while :; do :; done'" & ;;
         read) setsid bash -c "$NICE_SESSION bash -c 'while :; do dd if=$TABLE_FILE of=/dev/null bs=8k status=none; done'" & ;;
-        scan|insert|pass)
+        scan|insert|hash|pass)
             # one session; pass jobs lower their own workers
-            # (dedup_ext.worker_nice), the backend of a scan or of inserts
-            # is lowered below
+            # (dedup_ext.worker_nice), the backend of the others is lowered
+            # below
             {
                 echo "SET max_parallel_workers_per_gather = 0;"
                 for _ in $(seq 1 1000); do
                     if [ "$1" = scan ]; then
                         echo "SELECT count(*) FROM payments;"
+                    elif [ "$1" = hash ]; then
+                        echo "SELECT count(*) FROM dedup_key_candidates('payments_nodup', '{transaction_id}');"
                     elif [ "$1" = insert ]; then
                         echo "INSERT INTO neighbour_rows SELECT g, repeat('x', 60) FROM generate_series(1, 100000) g;"
                         echo "TRUNCATE neighbour_rows;"
@@ -87,14 +92,15 @@ start_neighbour() {
             } | psql -X -q -At -v ON_ERROR_STOP=1 "application_name=neighbour" >/dev/null & ;;
     esac
     NEIGHBOUR=$!
-    if [ "$1" = scan ] || [ "$1" = insert ]; then
-        local pid=""
-        until [ -n "$pid" ]; do
-            pid=$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'neighbour'")
-        done
-        renice -n 10 -p "$pid" >/dev/null
-        echo 10 >"/proc/$pid/autogroup" 2>/dev/null || true
-    fi
+    case $1 in
+        scan|insert|hash)
+            local pid=""
+            until [ -n "$pid" ]; do
+                pid=$(q -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'neighbour'")
+            done
+            renice -n 10 -p "$pid" >/dev/null
+            echo 10 >"/proc/$pid/autogroup" 2>/dev/null || true ;;
+    esac
 }
 
 # stop_neighbour: ends it, and a pass job with it, before the next window
