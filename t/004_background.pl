@@ -22,6 +22,8 @@
 #   7. preloaded: with dedup_ext.wal_compression a job after a checkpoint
 #      writes less WAL, and a running worker takes the setting, reloaded,
 #      at its next batch.
+#   8. a pause that the worker saw at a batch's commit and dedup_resume
+#      withdrew before the worker carried it out is not carried out.
 # A resumed job's survivors are exactly those of a foreground dedup of the
 # same rows, its archive holds every removed row, and dedup_verify agrees.
 use strict;
@@ -443,6 +445,45 @@ SKIP:
 			'SELECT dedup_setting || \' \' || server_setting FROM walz_log ORDER BY batch DESC LIMIT 1'),
 		'off off', 'after a reload the running worker\'s next batches do not');
 }
+
+# 8. a pause withdrawn after the worker saw it: a batch's commit reads the
+# request, the worker sleeps its batch_delay, then reads it again under the
+# job row's lock before it stops; dedup_resume withdraws it meanwhile.  A
+# trigger on the job table notes each state the job's row takes.
+$node->safe_psql('postgres', q{
+	CREATE TABLE job_states (job_id bigint, state text, control text, batches_done bigint);
+	CREATE FUNCTION note_job_state() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+	BEGIN
+	  INSERT INTO public.job_states VALUES (NEW.job_id, NEW.state, NEW.control, NEW.batches_done);
+	  RETURN NEW;
+	END $$;
+	CREATE TRIGGER note_job_state AFTER UPDATE ON dedup_job FOR EACH ROW EXECUTE FUNCTION note_job_state();
+});
+my $wdups = create_table($node, 'withdrawn', 20_000);
+cmp_ok($wdups, '>=', 4 * 2000, 'withdrawn: four batches or more');
+$job = submit($node, 'withdrawn', 2000);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job}),
+	'withdrawn: the job is batching');
+is($node->safe_psql('postgres', qq{SELECT dedup_pause($job)}), 't', 'withdrawn: pause requested');
+# a batch that commits after the request has read it, under the row's lock
+my $seen = job_field($node, $job, 'batches_done');
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done > $seen FROM dedup_jobs WHERE job_id = $job}),
+	'withdrawn: a batch committed after the pause was requested');
+is($node->safe_psql('postgres',
+		qq{SELECT count(*) > 0 FROM job_states
+		   WHERE job_id = $job AND state = 'running' AND control = 'pause' AND batches_done > $seen}),
+	't', 'withdrawn: the worker recorded a batch with the pause requested');
+is($node->safe_psql('postgres', qq{SELECT dedup_resume($job)}), 'f',
+	'withdrawn: dedup_resume on the running job withdraws the pause (false: nothing to resume)');
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '120s')}), 'done', 'withdrawn: the job finished');
+is($node->safe_psql('postgres',
+		qq{SELECT count(*) FROM job_states WHERE job_id = $job AND state = 'paused'}),
+	'0', 'withdrawn: the job never paused');
+is($node->safe_psql('postgres', q{SELECT count(*) - count(DISTINCT k) FROM withdrawn}), '0',
+	'withdrawn: no duplicate left');
+$node->safe_psql('postgres', 'DROP TRIGGER note_job_state ON dedup_job');
 
 $node->stop;
 
