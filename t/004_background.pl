@@ -23,7 +23,8 @@
 #      writes less WAL, and a running worker takes the setting, reloaded,
 #      at its next batch.
 #   8. a pause that the worker saw at a batch's commit and dedup_resume
-#      withdrew before the worker carried it out is not carried out.
+#      withdrew before the worker carried it out is not carried out; one
+#      that dedup_cancel replaced cancels the job.
 # A resumed job's survivors are exactly those of a foreground dedup of the
 # same rows, its archive holds every removed row, and dedup_verify agrees.
 use strict;
@@ -483,6 +484,28 @@ is($node->safe_psql('postgres',
 	'0', 'withdrawn: the job never paused');
 is($node->safe_psql('postgres', q{SELECT count(*) - count(DISTINCT k) FROM withdrawn}), '0',
 	'withdrawn: no duplicate left');
+
+# the same, the pause replaced by a cancel: the job is cancelled, every key
+# keeps its row
+create_table($node, 'replaced', 20_000);
+my $replaced_keys = $node->safe_psql('postgres', 'SELECT count(DISTINCT k) FROM replaced');
+$job = submit($node, 'replaced', 2000);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job}),
+	'replaced: the job is batching');
+$node->safe_psql('postgres', qq{SELECT dedup_pause($job)});
+$seen = job_field($node, $job, 'batches_done');
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done > $seen FROM dedup_jobs WHERE job_id = $job}),
+	'replaced: a batch committed after the pause was requested');
+is($node->safe_psql('postgres', qq{SELECT dedup_cancel($job)}), 't', 'replaced: cancel requested');
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '120s')}), 'cancelled',
+	'replaced: the job was cancelled, not paused');
+is($node->safe_psql('postgres',
+		qq{SELECT count(*) FROM job_states WHERE job_id = $job AND state = 'paused'}),
+	'0', 'replaced: the job never paused');
+is($node->safe_psql('postgres', 'SELECT count(DISTINCT k) FROM replaced'), $replaced_keys,
+	'replaced: every key kept a row');
 $node->safe_psql('postgres', 'DROP TRIGGER note_job_state ON dedup_job');
 
 $node->stop;
