@@ -21,9 +21,10 @@
 #   insert  a backend inserting 100,000 rows into a table of its own in one
 #           statement, then truncating it, again and again (WAL in bulk: what
 #           a pass wrote into a logged work table)
-#   hash    a backend calling dedup_key_candidates on that copy again and
-#           again: a pass's key hashing and sorting alone, without a worker
-#           (and without its naps, dedup_ext.worker_yield)
+#   hash    a backend calling dedup_key_candidates again and again on the
+#           copy of payments without duplicates that pass uses: a pass's key
+#           hashing and sorting alone, without a worker (and without its
+#           naps, dedup_ext.worker_yield)
 #   pass    background dedup jobs, one after the other, on a copy of payments
 #           without duplicates: each makes the job's first pass (key hashing
 #           and sorting, the window over the candidates) and finds nothing

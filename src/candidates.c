@@ -563,13 +563,14 @@ candidates_remembered(Oid relid)
 /*
  * The pass just committed: what it recorded (if anything) may be used.
  *
- * If the committed attempt did not call us (its plan did without the
- * candidates), the memo, if any, is that of an earlier attempt that rolled
- * back, and is kept all the same: it holds the table as that attempt's
- * snapshot saw it, which its rollback did not change (a pass writes only the
- * work table), and the committed attempt listed every duplicate itself.
- * What the flag guards against is a retry confirming against a memo whose
- * duplicates no committed pass has listed.
+ * If the committed attempt did not call dedup_key_candidates
+ * (dedup_target_plan_candidates chose to sort every row this time), the
+ * memo, if any, is that of an earlier attempt that rolled back, and is kept
+ * all the same: it holds the table as that attempt's snapshot saw it, which
+ * its rollback did not change (a pass writes only the work table), and the
+ * committed attempt listed every duplicate itself.  What the flag guards
+ * against is a retry confirming against a memo whose duplicates no
+ * committed pass has listed.
  */
 void
 candidates_keep_remembered(void)
