@@ -258,7 +258,7 @@ scan_step(BgJob *job, void *arg)
 		{
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
 				arm_candidates(job);
-			cpu_yield_arm();
+			cpu_yield_arm(false);
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 			/*
 			 * the pass reads every page, and pruning a page (of rows the
@@ -455,6 +455,8 @@ batch_step(BgJob *job, void *arg)
 
 	dedup_check_owner(t->relid);
 	bg_compress_wal(true);
+	/* disarmed by run_step if the batch fails */
+	cpu_yield_arm(true);
 	lock_batch(job, range);
 
 	/* the loser r, its work row w, and its survivor s, still alike */
@@ -506,6 +508,7 @@ batch_step(BgJob *job, void *arg)
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
 							(long long) changed, counts,
 							to >= job->pass_rows ? psprintf(", phase = '%s'", after_batches(job, changed)) : ""));
+	cpu_yield_disarm();
 }
 
 /* Is there an index of this name in the table's schema, and is it valid? */

@@ -1,7 +1,6 @@
 /*
  * cpu_yield.c
- *		A background worker's pass gives its CPU to the processes waiting
- *		for one.
+ *		A background worker gives its CPU to the processes waiting for one.
  *
  * A pass's key hashing and sorting keep a CPU busy for seconds.  On the
  * benchmark's two-CPU machine the application's p99 latency grew by about
@@ -13,19 +12,25 @@
  *
  * The fourth field of /proc/loadavg counts the runnable tasks of the
  * machine, the worker included: more than there are CPUs means one is
- * waiting.  Every 50 us (wall clock, read every CPU_YIELD_STRIDE calls from
- * the pass's loops) the worker reads it (about 1 us), and while someone
- * waits it sleeps, 100 us at a time and at most ten times in a row.  The count is the
- * machine's: in a container limited by a CPU quota or a cpuset the worker
- * also gives way to other containers' processes, and does not see its own
- * container's limit.
+ * waiting.  Every 50 us (wall clock, read every CPU_YIELD_STRIDE calls of
+ * cpu_yield_point) the worker reads it (about 1 us), and while someone
+ * waits it sleeps, 100 us at a time and at most ten times in a row.  The
+ * count is the machine's: in a container limited by a CPU quota or a cpuset
+ * the worker also gives way to other containers' processes, and does not
+ * see its own container's limit.
  *
- * Yielding is armed around the statement of a pass only (batch.c's
- * scan_step), where the worker holds an AccessShareLock on the table, the
- * pass's snapshot and an exclusive lock on its own work table, and no row
- * lock: a batch's row locks are never held across a nap.  A backend never
- * yields: a foreground call is what its session waits for.  Without
- * /proc/loadavg (not Linux) nothing yields.
+ * cpu_yield_point is called from the pass's own loops (key hashing,
+ * sorting) and, through an executor hook, each time a plan node of a
+ * statement the worker runs is asked for a row: the window over a pass's
+ * candidates and the batches are SQL, and batches that did not yield slowed
+ * the application six times as often as the pass around them, which did
+ * (README).  Yielding is armed around the statement of a pass (batch.c's
+ * scan_step), which holds no row lock, and around a batch, which does: a
+ * writer that wants one of its rows waits for its commit.  So a batch naps
+ * at most as long as it has worked, which holds its locks at most twice as
+ * long as it needs them, and not at all while a writer waits for it.  A
+ * backend never yields: a foreground call is what its session waits for.
+ * Without /proc/loadavg (not Linux) nothing yields.
  */
 #include "dedup_ext.h"
 
@@ -33,8 +38,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "access/xact.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
+#include "nodes/nodeFuncs.h"
 #include "storage/fd.h"
+#include "storage/lock.h"
 #include "utils/wait_event.h"
 
 #define POLL_EVERY_NS	(50 * 1000)
@@ -49,6 +58,16 @@ static long ncpus;
 static int64 last_poll_ns;
 static int64 yields;
 static int64 slept_ns;
+
+/* armed for a batch: the naps may not outlast the work */
+static bool bounded;
+static int64 armed_at_ns;
+static int64 armed_slept_ns;
+static int64 batches_slept_ns;
+static int64 batches_worked_ns;
+static int64 naps_for_waiters;	/* naps a batch did not take */
+
+static ExecutorStart_hook_type prev_executor_start = NULL;
 
 static int64
 now_ns(void)
@@ -116,41 +135,75 @@ cpu_wanted(void)
 }
 
 /*
+ * Does a process wait for this transaction: for a row it locked, deleted or
+ * changed?  Such a writer waits on the transaction's own lock.
+ */
+static bool
+someone_waits_for_us(void)
+{
+	TransactionId xid = GetTopTransactionIdIfAny();
+	LOCKTAG		tag;
+
+	if (!TransactionIdIsValid(xid))
+		return false;
+	SET_LOCKTAG_TRANSACTION(tag, xid);
+	return LockHasWaiters(&tag, ExclusiveLock, false);
+}
+
+/*
  * Sleep while a task waits for a CPU, at most MAX_NAPS naps.  In a worker
  * with dedup_ext.worker_yield on, between statements (before a batch) or
- * from an armed pass; elsewhere it does nothing.
+ * from an armed pass or batch; elsewhere it does nothing.
  */
 void
 cpu_yield_now(void)
 {
 	int64		start;
+	int64		now;
 	int			naps;
 
 	if (!may_yield())
 		return;
-	start = now_ns();
-	for (naps = 0; naps < MAX_NAPS && loadavg_fd >= 0 && cpu_wanted(); naps++)
+	start = now = now_ns();
+	for (naps = 0; naps < MAX_NAPS && loadavg_fd >= 0; naps++)
 	{
+		/* a batch's naps: no longer in all than its work so far */
+		if (bounded && 2 * (armed_slept_ns + now - start) >= now - armed_at_ns)
+			break;
+		if (!cpu_wanted())
+			break;
+		if (bounded && someone_waits_for_us())
+		{
+			naps_for_waiters++;
+			break;
+		}
 		pgstat_report_wait_start(PG_WAIT_EXTENSION);
 		pg_usleep(NAP_US);
 		pgstat_report_wait_end();
 		CHECK_FOR_INTERRUPTS();
+		now = now_ns();
 	}
 	last_poll_ns = now_ns();
 	if (naps > 0)
 	{
 		yields++;
 		slept_ns += last_poll_ns - start;
+		armed_slept_ns += last_poll_ns - start;
 	}
 }
 
-/* a pass's statement starts: its loops call cpu_yield_point */
+/*
+ * A pass's statement or a batch starts: from now on cpu_yield_point looks.
+ * holds_row_locks: a batch, whose naps may not outlast its work.
+ */
 void
-cpu_yield_arm(void)
+cpu_yield_arm(bool holds_row_locks)
 {
 	if (!may_yield())
 		return;
-	last_poll_ns = now_ns();
+	last_poll_ns = armed_at_ns = now_ns();
+	armed_slept_ns = 0;
+	bounded = holds_row_locks;
 	cpu_yield_calls = CPU_YIELD_STRIDE;
 }
 
@@ -158,7 +211,13 @@ cpu_yield_arm(void)
 void
 cpu_yield_disarm(void)
 {
+	if (cpu_yield_calls > 0 && bounded)
+	{
+		batches_slept_ns += armed_slept_ns;
+		batches_worked_ns += now_ns() - armed_at_ns - armed_slept_ns;
+	}
 	cpu_yield_calls = 0;
+	bounded = false;
 }
 
 /* cpu_yield_point's slow path: every POLL_EVERY_NS, look */
@@ -170,12 +229,81 @@ cpu_yield_check(void)
 		cpu_yield_now();
 }
 
-/* what yielding cost so far, for the job's log line; then from zero */
-void
-cpu_yield_report(int64 *count, int64 *ms)
+/*
+ * A plan node's ExecProcNode while the worker may yield.  ExecProcNodeReal
+ * is still the node's own function: only ExecProcNode, through which every
+ * caller asks a node for its next row, is replaced.
+ */
+static TupleTableSlot *
+exec_yielding(PlanState *node)
 {
-	*count = yields;
-	*ms = slept_ns / 1000000;
+	cpu_yield_point();
+	return node->ExecProcNodeReal(node);
+}
+
+/* its first call, as the executor's own first call checks the stack's depth once */
+static TupleTableSlot *
+exec_yielding_first(PlanState *node)
+{
+	check_stack_depth();
+	node->ExecProcNode = exec_yielding;
+	return exec_yielding(node);
+}
+
+/*
+ * Every node of a plan, subplans included.  A node with instrumentation
+ * (EXPLAIN ANALYZE, auto_explain) keeps the executor's own route to it.
+ */
+static bool
+yield_in_node(PlanState *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (node->instrument == NULL)
+		node->ExecProcNode = exec_yielding_first;
+	return planstate_tree_walker(node, yield_in_node, context);
+}
+
+static void
+yielding_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	ListCell   *lc;
+
+	if (prev_executor_start)
+		prev_executor_start(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) || !may_yield())
+		return;
+	/* the CTEs' plans (a batch's DELETE ... RETURNING) are not in the tree */
+	foreach(lc, queryDesc->estate->es_subplanstates)
+		yield_in_node((PlanState *) lfirst(lc), NULL);
+	yield_in_node(queryDesc->planstate, NULL);
+}
+
+/* in a worker, once: its statements' plan nodes call cpu_yield_point */
+void
+cpu_yield_hook_executor(void)
+{
+	prev_executor_start = ExecutorStart_hook;
+	ExecutorStart_hook = yielding_executor_start;
+}
+
+/*
+ * What yielding cost so far, for the job's log line: the naps, and those of
+ * the batches against the batches' other time; then from zero.
+ */
+void
+cpu_yield_report(CpuYieldReport *report)
+{
+	report->naps = yields;
+	report->slept_ms = slept_ns / 1000000;
+	report->batches_slept_ms = batches_slept_ns / 1000000;
+	report->batches_worked_ms = batches_worked_ns / 1000000;
+	report->naps_for_waiters = naps_for_waiters;
 	yields = 0;
 	slept_ns = 0;
+	batches_slept_ns = 0;
+	batches_worked_ns = 0;
+	naps_for_waiters = 0;
 }

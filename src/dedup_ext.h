@@ -136,15 +136,25 @@ extern void candidates_disarm(void);
 /* cpu_yield.c */
 #define CPU_YIELD_STRIDE 64
 extern int	cpu_yield_calls;
-extern void cpu_yield_arm(void);
+extern void cpu_yield_arm(bool holds_row_locks);
 extern void cpu_yield_disarm(void);
 extern void cpu_yield_now(void);
 extern void cpu_yield_check(void);
-extern void cpu_yield_report(int64 *count, int64 *ms);
+typedef struct CpuYieldReport
+{
+	int64		naps;			/* times the worker gave way */
+	int64		slept_ms;		/* for so long in all */
+	int64		batches_slept_ms;	/* of which in batches */
+	int64		batches_worked_ms;	/* the batches' other time */
+	int64		naps_for_waiters;	/* naps not taken: a writer waited */
+} CpuYieldReport;
+extern void cpu_yield_report(CpuYieldReport *report);
+extern void cpu_yield_hook_executor(void);
 
 /*
- * In the CPU-bound loops of a pass, about once per row: in an armed
- * background worker, gives the CPU to waiting processes now and then.
+ * In the CPU-bound loops of a pass and in a worker's plan nodes, about once
+ * per row: in an armed background worker, gives the CPU to waiting
+ * processes now and then.
  * Unarmed it costs a load and a test.
  */
 static inline void

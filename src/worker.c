@@ -112,6 +112,8 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 		}
 		PG_CATCH();
 		{
+			/* a batch armed to yield (cpu_yield.c) */
+			cpu_yield_disarm();
 			MemoryContextSwitchTo(job->cxt);
 			edata = CopyErrorData();
 			if (!retryable(job, edata->sqlerrcode, &unique_violations))
@@ -584,8 +586,7 @@ static void
 run_job(int64 job_id, MemoryContext cxt)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
-	int64		yields;
-	int64		yield_ms;
+	CpuYieldReport yields;
 
 	PG_TRY();
 	{
@@ -612,10 +613,13 @@ run_job(int64 job_id, MemoryContext cxt)
 	PG_END_TRY();
 	progress_end();
 	job_unlock(job_id);
-	cpu_yield_report(&yields, &yield_ms);
-	if (yields > 0)
-		elog(DEBUG1, "dedup_ext job %lld: gave the CPU %lld times, %lld ms in all, to processes waiting for one",
-			 (long long) job_id, (long long) yields, (long long) yield_ms);
+	cpu_yield_report(&yields);
+	if (yields.naps > 0)
+		elog(DEBUG1, "dedup_ext job %lld: gave the CPU %lld times, %lld ms in all, to processes waiting for one;"
+			 " its batches napped %lld ms against %lld ms of work, and skipped %lld naps for writers waiting for them",
+			 (long long) job_id, (long long) yields.naps, (long long) yields.slept_ms,
+			 (long long) yields.batches_slept_ms, (long long) yields.batches_worked_ms,
+			 (long long) yields.naps_for_waiters);
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(cxt);
 }
@@ -730,8 +734,8 @@ dedup_worker_main(Datum arg)
 	SetConfigOption("deadlock_timeout", "10ms", PGC_SUSET, PGC_S_SESSION);
 	/*
 	 * A background job takes one CPU at most, at a lower priority
-	 * (dedup_ext.worker_nice), and its passes give the CPU to the processes
-	 * waiting for one (dedup_ext.worker_yield, cpu_yield.c).
+	 * (dedup_ext.worker_nice), and its passes and batches give the CPU to
+	 * the processes waiting for one (dedup_ext.worker_yield, cpu_yield.c).
 	 */
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);
@@ -739,6 +743,7 @@ dedup_worker_main(Datum arg)
 		lower_cpu_priority(dedup_worker_nice);
 	if (dedup_worker_sched_idle)
 		take_idle_policy();
+	cpu_yield_hook_executor();
 
 	/*
 	 * No JIT: a batch's statements run for tens of milliseconds, but the

@@ -3,8 +3,13 @@
 # whose CPUs never idle:
 #   1. with CPU-bound loops on every CPU and one more, the job naps (its
 #      DEBUG1 line counts the times it gave way), and is done with no
-#      duplicate left;
-#   2. with dedup_ext.worker_yield off, under the same loops, it never naps.
+#      duplicate left; its batches, which are SQL only, nap too (through
+#      the executor hook), but no longer than they work: they hold row
+#      locks;
+#   2. a batch that a writer waits for does not nap: the batch is held (by
+#      a trigger waiting for an advisory lock) until a writer waits for one
+#      of its survivors, then goes on under the loops;
+#   3. with dedup_ext.worker_yield off, under the same loops, it never naps.
 # Linux only: elsewhere the kernel's count of runnable tasks is not read.
 use strict;
 use warnings;
@@ -25,14 +30,14 @@ log_min_messages = debug1
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION dedup_ext');
 
-# t_NAME: 50,000 rows, 500 of them a duplicate of another
+# t_NAME: 50,000 rows and DUPS more, each a duplicate of one of them
 sub create_table
 {
-	my ($name) = @_;
+	my ($name, $dups) = @_;
 	$node->safe_psql('postgres', qq{
 		CREATE TABLE $name (id bigint PRIMARY KEY, k text NOT NULL);
 		INSERT INTO $name SELECT g, 'key-' || g FROM generate_series(1, 50000) g;
-		INSERT INTO $name SELECT 50000 + g, 'key-' || (g * 97) FROM generate_series(1, 500) g;
+		INSERT INTO $name SELECT 50000 + g, 'key-' || (g * 7) FROM generate_series(1, $dups) g;
 		ANALYZE $name;
 	});
 }
@@ -73,11 +78,11 @@ END { stop_loops() if $$ == $test_pid; }
 # and what the server logged meanwhile
 sub run_job
 {
-	my ($table) = @_;
+	my ($table, $batch_size) = @_;
 	my $offset = -s $node->logfile;
 	start_loops();
 	my $job = $node->safe_psql('postgres',
-		qq{SELECT job_id FROM dedup_table('$table', '{k}', background => true, batch_size => 100)});
+		qq{SELECT job_id FROM dedup_table('$table', '{k}', background => true, batch_size => $batch_size)});
 	$node->poll_query_until('postgres',
 		qq{SELECT state IN ('done', 'failed', 'cancelled') FROM dedup_jobs WHERE job_id = $job});
 	stop_loops();
@@ -90,23 +95,83 @@ sub run_job
 	return ($job, slurp_file($node->logfile, $offset));
 }
 
-# 1. yielding (the default)
-create_table('t_yield');
-my ($job, $log) = run_job('t_yield');
+# 1. yielding (the default): five batches of 1,000 losers
+create_table('t_yield', 5000);
+my ($job, $log) = run_job('t_yield', 1000);
 like($log, qr/dedup_ext job $job: gave the CPU [1-9]\d* times, \d+ ms in all, to processes waiting for one/,
 	'the worker gave its CPU to the waiting loops');
+my ($batch_naps, $batch_work) =
+  $log =~ /dedup_ext job $job: gave the CPU .* its batches napped (\d+) ms against (\d+) ms of work/;
+ok(defined $batch_naps && $batch_naps > 0,
+	'its batches, whose rows come from SQL statements alone, gave way too')
+  or diag($log);
+# Each batch looks at its budget before each nap of 100 us: it may overrun
+# by one nap and the wait for a CPU after it (a few ms beside the loops).
+# Without the budget, the batches slept 37 times as long as they worked.
+ok(defined $batch_work && $batch_naps <= $batch_work + 5 * 50,
+	"but napped no longer than they worked ($batch_naps ms against $batch_work ms)");
 is($node->safe_psql('postgres',
-		qq{SELECT rows_deleted || ' ' || (SELECT duplicate_rows FROM dedup_audit('t_yield', '{k}'))
+		qq{SELECT rows_deleted || ' ' || batches_done || ' ' || (SELECT duplicate_rows FROM dedup_audit('t_yield', '{k}'))
 		     FROM dedup_jobs WHERE job_id = $job}),
-	'500 0', 'every duplicate is gone');
+	'5000 5 0', 'every duplicate is gone, in five batches');
 
-# 2. dedup_ext.worker_yield off (a new backend shows that the reload is done)
+# 2. a writer waits for the batch.  The batch's DELETE fires the trigger
+# for its first loser, which waits for the advisory lock this session holds;
+# meanwhile the writer's UPDATE of a survivor waits for the batch.
+create_table('t_waited', 5000);
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION hold_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_advisory_xact_lock_shared(7007);
+		RETURN OLD;
+	END $$;
+	CREATE TRIGGER hold_batch BEFORE DELETE ON t_waited FOR EACH ROW EXECUTE FUNCTION hold_batch();
+});
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('SELECT pg_advisory_lock(7007)');
+my $offset = -s $node->logfile;
+start_loops();
+# long enough for the trigger's wait: a lock timeout would retry the batch
+$job = $node->safe_psql('postgres', q{
+	SET dedup_ext.lock_timeout = 600000;
+	SELECT job_id FROM dedup_table('t_waited', '{k}', background => true, batch_size => 5000);
+});
+ok( $node->poll_query_until('postgres', q{
+		SELECT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'
+		                AND wait_event_type = 'Lock' AND wait_event = 'advisory')}),
+	'the batch waits in its trigger');
+my $writer = $node->background_psql('postgres');
+my $writer_pid = $writer->query_safe('SELECT pg_backend_pid()');
+# survivor 7 ('key-7') is in the batch, locked FOR SHARE
+$writer->query_until(qr/sent/, "\\echo sent\nUPDATE t_waited SET k = k WHERE id = 7;\n");
+ok( $node->poll_query_until('postgres', qq{
+		SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $writer_pid
+		                AND wait_event_type = 'Lock' AND wait_event = 'transactionid')}),
+	'the writer waits for the batch');
+$holder->query_safe('SELECT pg_advisory_unlock(7007)');
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '120s')"), 'done', 'the job is done');
+stop_loops();
+$writer->query_safe('SELECT 1');
+$writer->quit;
+$holder->quit;
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}, '0'),
+	'its worker is gone');
+$log = slurp_file($node->logfile, $offset);
+my ($skipped) = $log =~ /dedup_ext job $job: gave the CPU .* and skipped (\d+) naps for writers waiting for them/;
+ok(defined $skipped && $skipped > 0,
+	'the batch did not nap while the writer waited for it' . (defined $skipped ? " ($skipped naps skipped)" : ''))
+  or diag($log);
+is($node->safe_psql('postgres', qq{SELECT rows_deleted FROM dedup_jobs WHERE job_id = $job}),
+	'5000', 'and removed every duplicate');
+
+# 3. dedup_ext.worker_yield off (a new backend shows that the reload is done)
 $node->safe_psql('postgres', 'ALTER SYSTEM SET dedup_ext.worker_yield = off');
 $node->reload;
 ok($node->poll_query_until('postgres', 'SHOW dedup_ext.worker_yield', 'off'),
 	'worker_yield is off');
-create_table('t_busy');
-($job, $log) = run_job('t_busy');
+create_table('t_busy', 500);
+($job, $log) = run_job('t_busy', 100);
 unlike($log, qr/dedup_ext job $job: gave the CPU/, 'with worker_yield off it never gives way');
 is($node->safe_psql('postgres', qq{SELECT rows_deleted FROM dedup_jobs WHERE job_id = $job}),
 	'500', 'and removes the same duplicates');
