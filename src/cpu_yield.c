@@ -27,10 +27,12 @@
  * (README).  Yielding is armed around the statement of a pass (batch.c's
  * scan_step), which holds no row lock, and around a batch, which does: a
  * writer that wants one of its rows waits for its commit.  So a batch naps
- * at most as long as it has worked, which holds its locks at most twice as
- * long as it needs them, and not at all while a writer waits for it.  A
- * backend never yields: a foreground call is what its session waits for.
- * Without /proc/loadavg (not Linux) nothing yields.
+ * no longer in all than it has run on a CPU (its waits for locks or for a
+ * CPU do not count), and not at all while a writer waits for one of its
+ * rows (a session waiting for the table's lock, as DDL does, is not seen).
+ * A nap inside a scan keeps the scan's current page pinned, as any pause
+ * between two rows does.  A backend never yields: a foreground call is what
+ * its session waits for.  Without /proc/loadavg (not Linux) nothing yields.
  */
 #include "dedup_ext.h"
 
@@ -59,13 +61,13 @@ static int64 last_poll_ns;
 static int64 yields;
 static int64 slept_ns;
 
-/* armed for a batch: the naps may not outlast the work */
+/* armed for a batch: its naps may not outlast its CPU time */
 static bool bounded;
-static int64 armed_at_ns;
+static int64 armed_cpu_ns;
 static int64 armed_slept_ns;
 static int64 batches_slept_ns;
-static int64 batches_worked_ns;
-static int64 naps_for_waiters;	/* naps a batch did not take */
+static int64 batches_cpu_ns;
+static int64 naps_for_waiters;	/* times a batch did not nap: a writer waited */
 
 static ExecutorStart_hook_type prev_executor_start = NULL;
 
@@ -75,6 +77,16 @@ now_ns(void)
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64) ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* the CPU time this process has used */
+static int64
+cpu_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
 	return (int64) ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
@@ -167,8 +179,8 @@ cpu_yield_now(void)
 	start = now = now_ns();
 	for (naps = 0; naps < MAX_NAPS && loadavg_fd >= 0; naps++)
 	{
-		/* a batch's naps: no longer in all than its work so far */
-		if (bounded && 2 * (armed_slept_ns + now - start) >= now - armed_at_ns)
+		/* a batch's naps: no longer in all than its CPU time so far */
+		if (bounded && armed_slept_ns + now - start >= cpu_ns() - armed_cpu_ns)
 			break;
 		if (!cpu_wanted())
 			break;
@@ -194,14 +206,15 @@ cpu_yield_now(void)
 
 /*
  * A pass's statement or a batch starts: from now on cpu_yield_point looks.
- * holds_row_locks: a batch, whose naps may not outlast its work.
+ * holds_row_locks: a batch, whose naps may not outlast its CPU time.
  */
 void
 cpu_yield_arm(bool holds_row_locks)
 {
 	if (!may_yield())
 		return;
-	last_poll_ns = armed_at_ns = now_ns();
+	last_poll_ns = now_ns();
+	armed_cpu_ns = cpu_ns();
 	armed_slept_ns = 0;
 	bounded = holds_row_locks;
 	cpu_yield_calls = CPU_YIELD_STRIDE;
@@ -214,7 +227,7 @@ cpu_yield_disarm(void)
 	if (cpu_yield_calls > 0 && bounded)
 	{
 		batches_slept_ns += armed_slept_ns;
-		batches_worked_ns += now_ns() - armed_at_ns - armed_slept_ns;
+		batches_cpu_ns += cpu_ns() - armed_cpu_ns;
 	}
 	cpu_yield_calls = 0;
 	bounded = false;
@@ -267,17 +280,13 @@ yield_in_node(PlanState *node, void *context)
 static void
 yielding_executor_start(QueryDesc *queryDesc, int eflags)
 {
-	ListCell   *lc;
-
 	if (prev_executor_start)
 		prev_executor_start(queryDesc, eflags);
 	else
 		standard_ExecutorStart(queryDesc, eflags);
 	if ((eflags & EXEC_FLAG_EXPLAIN_ONLY) || !may_yield())
 		return;
-	/* the CTEs' plans (a batch's DELETE ... RETURNING) are not in the tree */
-	foreach(lc, queryDesc->estate->es_subplanstates)
-		yield_in_node((PlanState *) lfirst(lc), NULL);
+	/* a CTE's plan (a batch's DELETE ... RETURNING) is an initPlan: walked */
 	yield_in_node(queryDesc->planstate, NULL);
 }
 
@@ -291,7 +300,7 @@ cpu_yield_hook_executor(void)
 
 /*
  * What yielding cost so far, for the job's log line: the naps, and those of
- * the batches against the batches' other time; then from zero.
+ * the batches against the batches' CPU time; then from zero.
  */
 void
 cpu_yield_report(CpuYieldReport *report)
@@ -299,11 +308,11 @@ cpu_yield_report(CpuYieldReport *report)
 	report->naps = yields;
 	report->slept_ms = slept_ns / 1000000;
 	report->batches_slept_ms = batches_slept_ns / 1000000;
-	report->batches_worked_ms = batches_worked_ns / 1000000;
+	report->batches_cpu_ms = batches_cpu_ns / 1000000;
 	report->naps_for_waiters = naps_for_waiters;
 	yields = 0;
 	slept_ns = 0;
 	batches_slept_ns = 0;
-	batches_worked_ns = 0;
+	batches_cpu_ns = 0;
 	naps_for_waiters = 0;
 }

@@ -145,8 +145,9 @@ typedef struct CpuYieldReport
 	int64		naps;			/* times the worker gave way */
 	int64		slept_ms;		/* for so long in all */
 	int64		batches_slept_ms;	/* of which in batches */
-	int64		batches_worked_ms;	/* the batches' other time */
-	int64		naps_for_waiters;	/* naps not taken: a writer waited */
+	int64		batches_cpu_ms;	/* the batches' CPU time */
+	int64		naps_for_waiters;	/* times a batch did not nap: a writer
+									 * waited for it */
 } CpuYieldReport;
 extern void cpu_yield_report(CpuYieldReport *report);
 extern void cpu_yield_hook_executor(void);

@@ -614,11 +614,11 @@ run_job(int64 job_id, MemoryContext cxt)
 	progress_end();
 	job_unlock(job_id);
 	cpu_yield_report(&yields);
-	if (yields.naps > 0)
+	if (yields.naps > 0 || yields.naps_for_waiters > 0)
 		elog(DEBUG1, "dedup_ext job %lld: gave the CPU %lld times, %lld ms in all, to processes waiting for one;"
-			 " its batches napped %lld ms against %lld ms of work, and skipped %lld naps for writers waiting for them",
+			 " its batches napped %lld ms against %lld ms on a CPU, and did not nap %lld times for writers waiting for them",
 			 (long long) job_id, (long long) yields.naps, (long long) yields.slept_ms,
-			 (long long) yields.batches_slept_ms, (long long) yields.batches_worked_ms,
+			 (long long) yields.batches_slept_ms, (long long) yields.batches_cpu_ms,
 			 (long long) yields.naps_for_waiters);
 	MemoryContextSwitchTo(oldcxt);
 	MemoryContextReset(cxt);
