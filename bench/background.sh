@@ -4,7 +4,7 @@
 #   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
 #                            [--add-unique] [--checkpoint] [--wal-compression]
 #                            [--batch-delay MS] [--no-yield] [--worker-nice N]
-#                            [--sched-idle]
+#                            [--sched-idle] [--steps]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -46,7 +46,9 @@
 # dedup_ext.worker_nice (default 10).  --sched-idle sets
 # dedup_ext.worker_sched_idle on: the workers run at SCHED_IDLE, which does
 # what it says only where autogroup scheduling does not reach them, as in a
-# cpu cgroup of their own (README, "Benchmarks").
+# cpu cgroup of their own (README, "Benchmarks").  --steps logs each step
+# of the worker (log_min_messages debug2) and ends with bench/steps.py's
+# table: which steps the slow transactions started in.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -64,6 +66,7 @@ WALZ=off
 YIELD=on
 NICE=10
 SCHED_IDLE=off
+STEPS=false
 DELAY=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -77,8 +80,9 @@ while [ $# -gt 0 ]; do
         --no-yield) YIELD=off; shift ;;
         --worker-nice) NICE=$2; shift 2 ;;
         --sched-idle) SCHED_IDLE=on; shift ;;
+        --steps) STEPS=true; shift ;;
         --batch-delay) DELAY=$2; shift 2 ;;
-        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield] [--worker-nice N] [--sched-idle]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield] [--worker-nice N] [--sched-idle] [--steps]" >&2; exit 2 ;;
     esac
 done
 WORK=$(mktemp -d)
@@ -87,6 +91,9 @@ q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" \
   -c "ALTER SYSTEM SET dedup_ext.worker_yield = $YIELD" -c "ALTER SYSTEM SET dedup_ext.worker_nice = $NICE" \
   -c "ALTER SYSTEM SET dedup_ext.worker_sched_idle = $SCHED_IDLE"
+# --steps: the worker's step lines, stamped in epoch seconds, in one file
+[ "$STEPS" = true ] && q -c "ALTER SYSTEM SET log_min_messages = debug2" \
+    -c "ALTER SYSTEM SET log_line_prefix = '%n [%p] '" -c "ALTER SYSTEM SET log_rotation_size = 0"
 q -c "SELECT pg_reload_conf()" >/dev/null
 # So that the run measures the job and not the cluster's youth (each new
 # WAL segment stalls every commit while it is made, see recycle_wal), 12 GB
@@ -255,3 +262,7 @@ awk -v a="$P99A" -v b="$P99L" -v m="$MEDRATIO" -v rs="$RATIOS" -v n="$ROUNDS" -v
     printf "background job (median of %d): %.2f s for %d duplicates (%.0f rows/s), %.0f MB WAL while it ran\n", n, js, d, d / js, wal / 1048576
     printf "foreground delete (median of %d): %.2f s (%.0f rows/s); background throughput = %.0f%% of foreground (target >= 50%%)\n", n, fs, d / fs, 100 * fs / js
 }'
+if [ "$STEPS" = true ]; then
+    echo
+    python3 "$HERE/steps.py" "$LOGFILE" "$WORK"
+fi

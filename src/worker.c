@@ -103,11 +103,15 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 			PushActiveSnapshot(GetTransactionSnapshot());
 			SPI_connect();
+			/* when each step ran, for bench/background.sh --steps */
+			elog(DEBUG2, "dedup_ext job %lld: step begins in phase \"%s\"",
+				 (long long) job->job_id, job->phase ? job->phase : "");
 			step(job, arg);
 			SPI_finish();
 			PopActiveSnapshot();
 			/* deferred triggers fire in the commit: still as the submitter */
 			CommitTransactionCommand();
+			elog(DEBUG2, "dedup_ext job %lld: step committed", (long long) job->job_id);
 			SetUserIdAndSecContext(saved_user, saved_sec);
 		}
 		PG_CATCH();
