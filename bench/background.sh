@@ -52,7 +52,9 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
-BENCH_SETTINGS+=(-o logging_collector=on -o log_lock_waits=on -o deadlock_timeout=100ms
+# one log file for the whole run: the lock waits (and --steps) are read from it
+BENCH_SETTINGS+=(-o logging_collector=on -o log_rotation_age=0 -o log_rotation_size=0
+                 -o log_lock_waits=on -o deadlock_timeout=100ms
                  -o max_worker_processes=16 -o max_wal_size=24GB)
 bench_enter "$HERE/$(basename "$0")" "$@"
 
@@ -93,7 +95,7 @@ q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" 
   -c "ALTER SYSTEM SET dedup_ext.worker_sched_idle = $SCHED_IDLE"
 # --steps: the worker's step lines, stamped in epoch seconds, in one file
 [ "$STEPS" = true ] && q -c "ALTER SYSTEM SET log_min_messages = debug2" \
-    -c "ALTER SYSTEM SET log_line_prefix = '%n [%p] '" -c "ALTER SYSTEM SET log_rotation_size = 0"
+    -c "ALTER SYSTEM SET log_line_prefix = '%n [%p] '"
 q -c "SELECT pg_reload_conf()" >/dev/null
 # So that the run measures the job and not the cluster's youth (each new
 # WAL segment stalls every commit while it is made, see recycle_wal), 12 GB
@@ -251,7 +253,8 @@ done < <(cat "$WORK/phase_order" 2>/dev/null)
 IFS='|' read -r _ _ _ P99A _ <<<"$ALONE"
 IFS='|' read -r _ _ _ P99L _ <<<"$LOADED"
 RATIOS=$(awk -F'|' '{ printf "%s%.2fx", (NR > 1 ? ", " : ""), $4 / $3 }' "$WORK/rounds")
-MEDRATIO=$(awk -F'|' '{ print $4 / $3 }' "$WORK/rounds" | median)
+# full precision: printed with 6 digits, 1.72499 would be rounded twice, to 1.73
+MEDRATIO=$(awk -F'|' '{ printf "%.17g\n", $4 / $3 }' "$WORK/rounds" | median)
 JOBSECS=$(cut -d'|' -f6 "$WORK/rounds" | median)
 JOBWAL=$(cut -d'|' -f7 "$WORK/rounds" | median)
 FGSECS=$(median <"$WORK/fg_secs")

@@ -10,11 +10,14 @@ loaded windows (loaded<R>.*) and the unloaded latencies (alone<R>.lat).
 
 A transaction is slow when it took longer than the pooled p99 of the
 unloaded windows.  Each transaction that started during a job is counted in
-the step that was running when it started: the job's first pass, its later
-passes, its batches, its other steps (preparing, finishing), or between
-steps (a batch's pause, the naps before it).  A step that failed and was
-retried lasts until the next one begins.  Prints one line per kind of step;
-a share of slow transactions well above 1% is where the job costs the p99.
+the step that was running when it started: the job's first pass (until one
+commits), its later passes, its batches, its index build (add_unique), its
+other steps (preparing, finishing), or between steps (a batch's pause, the
+naps before it).  A step that failed lasts until the next one begins (a
+job's last, until its last line).  Prints one line per kind of step; a
+share of slow transactions well above 1% is where the job costs the p99.
+A job resumed after a crash is not told apart: its first pass then counts
+as the first.
 """
 import bisect
 import collections
@@ -24,7 +27,7 @@ import sys
 
 STEP = re.compile(r'^(\d+\.\d+) \[(\d+)\] DEBUG:  dedup_ext job (\d+): '
                   r'step (begins in phase "([^"]*)"|committed)$')
-KINDS = ('first pass', 'later passes', 'batches', 'other steps', 'between steps')
+KINDS = ('first pass', 'later passes', 'batches', 'index build', 'other steps', 'between steps')
 
 
 def steps(log):
@@ -37,21 +40,24 @@ def steps(log):
     jobs = {}
     for job, ev in events.items():
         out = []
-        passes = 0
+        passed = False
         for i, (t, phase) in enumerate(ev):
             if phase is None:
                 continue
-            # its commit, or else the next attempt's start
-            end = next((u for u, p in ev[i + 1:]), t)
+            # its commit, or else the next attempt's start, or the job's last line
+            nxt = ev[i + 1] if i + 1 < len(ev) else (ev[-1][0], '')
             if phase == 'scanning':
-                kind = 'first pass' if passes == 0 else 'later passes'
-                passes += 1
+                kind = 'later passes' if passed else 'first pass'
+                passed = passed or nxt[1] is None
             elif phase in ('deleting', 'renaming', 'merging'):
                 kind = 'batches'
+            elif phase == 'building unique index':
+                kind = 'index build'
             else:
                 kind = 'other steps'
-            out.append((t, end, kind))
-        jobs[job] = out
+            out.append((t, nxt[0], kind))
+        if out:
+            jobs[job] = out
     return jobs
 
 

@@ -72,6 +72,17 @@ retryable(BgJob *job, int sqlerrcode, int *unique_violations)
 		sqlerrcode == ERRCODE_T_R_SERIALIZATION_FAILURE;
 }
 
+/* when each step ran, for bench/background.sh --steps (bench/steps.py) */
+static void
+log_step(BgJob *job, bool begins)
+{
+	if (begins)
+		elog(DEBUG2, "dedup_ext job %lld: step begins in phase \"%s\"",
+			 (long long) job->job_id, job->phase ? job->phase : "");
+	else
+		elog(DEBUG2, "dedup_ext job %lld: step committed", (long long) job->job_id);
+}
+
 /*
  * Run step in one transaction, as the job's submitter, with the job's
  * lock_timeout.  A retryable failure rolls the step back and runs it again
@@ -103,15 +114,13 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 									 PGC_SUSET, PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 			PushActiveSnapshot(GetTransactionSnapshot());
 			SPI_connect();
-			/* when each step ran, for bench/background.sh --steps */
-			elog(DEBUG2, "dedup_ext job %lld: step begins in phase \"%s\"",
-				 (long long) job->job_id, job->phase ? job->phase : "");
+			log_step(job, true);
 			step(job, arg);
 			SPI_finish();
 			PopActiveSnapshot();
 			/* deferred triggers fire in the commit: still as the submitter */
 			CommitTransactionCommand();
-			elog(DEBUG2, "dedup_ext job %lld: step committed", (long long) job->job_id);
+			log_step(job, false);
 			SetUserIdAndSecContext(saved_user, saved_sec);
 		}
 		PG_CATCH();
@@ -186,11 +195,13 @@ bg_toplevel(BgJob *job, const char *sql)
 	pstmt->utilityStmt = rs->stmt;
 	pstmt->stmt_location = rs->stmt_location;
 	pstmt->stmt_len = rs->stmt_len;
+	log_step(job, true);
 	ProcessUtility(pstmt, sql, false, PROCESS_UTILITY_TOPLEVEL, NULL, NULL, None_Receiver, NULL);
 	/* CONCURRENTLY pops the snapshot it was given; anything else leaves it */
 	if (ActiveSnapshotSet())
 		PopActiveSnapshot();
 	CommitTransactionCommand();
+	log_step(job, false);
 	SetUserIdAndSecContext(saved_user, saved_sec);
 	MemoryContextSwitchTo(job->cxt);
 }
