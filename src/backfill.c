@@ -881,6 +881,8 @@ link_batch(BgJob *job, void *arg)
 	nblocks = RelationGetNumberOfBlocks(rel);
 	relation_close(rel, AccessShareLock);
 	bg_compress_wal(true);
+	/* disarmed by run_step if the batch fails */
+	cpu_yield_arm(true);
 	linked = link_rows(b, &bb->res,
 					   psprintf("c.ctid OPERATOR(pg_catalog.>=) '(%lld,0)'::pg_catalog.tid"
 								" AND c.ctid OPERATOR(pg_catalog.<) '(%lld,0)'::pg_catalog.tid",
@@ -890,6 +892,7 @@ link_batch(BgJob *job, void *arg)
 							" batches_done = batches_done OPERATOR(pg_catalog.+) 1%s",
 							(long long) to, (long long) linked, (long long) linked,
 							to >= nblocks ? ", phase = 'sweeping'" : ""));
+	cpu_yield_disarm();
 }
 
 static void
@@ -953,6 +956,8 @@ bg_backfill(BgJob *job)
 			bg_xact(job, prepare_backfill, NULL);
 		else if (strcmp(phase, "linking") == 0)
 		{
+			/* before a batch takes its row locks (at most 1 ms) */
+			cpu_yield_now();
 			if (bg_xact(job, link_batch, NULL))
 				bg_sleep(job->batch_delay);
 		}

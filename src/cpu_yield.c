@@ -25,11 +25,12 @@
  * candidates and the batches are SQL, and batches that did not yield slowed
  * the application six times as often as the pass around them, which did
  * (README).  Yielding is armed around the statement of a pass (batch.c's
- * scan_step), which holds no row lock, and around a batch, which does: a
- * writer that wants one of its rows waits for its commit.  So a batch naps
- * no longer in all than it has run on a CPU (its waits for locks or for a
- * CPU do not count), and not at all while a writer waits for one of its
- * rows (a session waiting for the table's lock, as DDL does, is not seen).
+ * scan_step), which holds no row lock, and around a batch (a dedup's, or a
+ * backfill's linking batch), which does: a writer that wants one of its
+ * rows waits for its commit.  So a batch naps no longer in all than it has
+ * run on a CPU (its waits for locks or for a CPU do not count), and not at
+ * all while a writer waits for one of its rows (a session waiting for the
+ * table's lock, as DDL does, is not seen).
  * A nap inside a scan keeps the scan's current page pinned, as any pause
  * between two rows does.  A backend never yields: a foreground call is what
  * its session waits for.  Without /proc/loadavg (not Linux) nothing yields.

@@ -9,7 +9,9 @@
 #   2. a batch that a writer waits for does not nap: the batch is held (by
 #      a trigger waiting for an advisory lock) until a writer waits for one
 #      of its survivors, then goes on under the loops;
-#   3. with dedup_ext.worker_yield off, under the same loops, it never naps.
+#   3. a background backfill_fk's linking batches nap too, within the same
+#      budget;
+#   4. with dedup_ext.worker_yield off, under the same loops, it never naps.
 # Linux only: elsewhere the kernel's count of runnable tasks is not read.
 use strict;
 use warnings;
@@ -165,7 +167,35 @@ ok(defined $skipped && $skipped > 0,
 is($node->safe_psql('postgres', qq{SELECT rows_deleted FROM dedup_jobs WHERE job_id = $job}),
 	'5000', 'and removed every duplicate');
 
-# 3. dedup_ext.worker_yield off (a new backend shows that the reload is done)
+# 3. a backfill: 50,000 tags naming 1,000 keywords, linked in batches
+$node->safe_psql('postgres', q{
+	CREATE TABLE kw (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
+	INSERT INTO kw SELECT g, 'kw-' || g FROM generate_series(1, 1000) g;
+	CREATE TABLE tag (id bigint PRIMARY KEY, name text NOT NULL, kw_id bigint);
+	INSERT INTO tag SELECT g, 'kw-' || (g % 1000 + 1), NULL FROM generate_series(1, 50000) g;
+	ANALYZE kw;
+	ANALYZE tag;
+});
+$offset = -s $node->logfile;
+start_loops();
+$job = $node->safe_psql('postgres',
+	q{SELECT job_id FROM backfill_fk('tag', 'kw_id', 'kw', '{name}', background => true, batch_size => 10000)});
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '120s')"), 'done', 'the backfill is done while every CPU is busy');
+stop_loops();
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}, '0'),
+	'its worker is gone');
+$log = slurp_file($node->logfile, $offset);
+($batch_naps, $batch_cpu) =
+  $log =~ /dedup_ext job $job: gave the CPU .* its batches napped (\d+) ms against (\d+) ms on a CPU/;
+ok(defined $batch_naps && $batch_naps > 0, 'its linking batches gave way')
+  or diag($log);
+my $batches = $node->safe_psql('postgres', "SELECT batches_done FROM dedup_jobs WHERE job_id = $job");
+ok(defined $batch_cpu && $batch_naps <= $batch_cpu + $batches * 50,
+	"but napped no longer than they ran on a CPU ($batch_naps ms against $batch_cpu ms, $batches batches)");
+is($node->safe_psql('postgres', 'SELECT count(*) FROM tag WHERE kw_id IS NULL'), '0', 'every tag is linked');
+
+# 4. dedup_ext.worker_yield off (a new backend shows that the reload is done)
 $node->safe_psql('postgres', 'ALTER SYSTEM SET dedup_ext.worker_yield = off');
 $node->reload;
 ok($node->poll_query_until('postgres', 'SHOW dedup_ext.worker_yield', 'off'),
