@@ -881,7 +881,7 @@ link_batch(BgJob *job, void *arg)
 	nblocks = RelationGetNumberOfBlocks(rel);
 	relation_close(rel, AccessShareLock);
 	bg_compress_wal(true);
-	/* disarmed by run_step if the batch fails */
+	/* run_step disarms it */
 	cpu_yield_arm(true);
 	linked = link_rows(b, &bb->res,
 					   psprintf("c.ctid OPERATOR(pg_catalog.>=) '(%lld,0)'::pg_catalog.tid"
@@ -892,7 +892,6 @@ link_batch(BgJob *job, void *arg)
 							" batches_done = batches_done OPERATOR(pg_catalog.+) 1%s",
 							(long long) to, (long long) linked, (long long) linked,
 							to >= nblocks ? ", phase = 'sweeping'" : ""));
-	cpu_yield_disarm();
 }
 
 static void

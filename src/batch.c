@@ -455,7 +455,7 @@ batch_step(BgJob *job, void *arg)
 
 	dedup_check_owner(t->relid);
 	bg_compress_wal(true);
-	/* disarmed by run_step if the batch fails */
+	/* run_step disarms it */
 	cpu_yield_arm(true);
 	lock_batch(job, range);
 
@@ -508,7 +508,6 @@ batch_step(BgJob *job, void *arg)
 							job->action == DEDUP_ACTION_RENAME ? "rows_renamed" : "rows_deleted",
 							(long long) changed, counts,
 							to >= job->pass_rows ? psprintf(", phase = '%s'", after_batches(job, changed)) : ""));
-	cpu_yield_disarm();
 }
 
 /* Is there an index of this name in the table's schema, and is it valid? */

@@ -116,6 +116,8 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 			SPI_connect();
 			log_step(job, true);
 			step(job, arg);
+			/* a step armed to yield (cpu_yield.c) is so for itself only */
+			cpu_yield_disarm();
 			SPI_finish();
 			PopActiveSnapshot();
 			/* deferred triggers fire in the commit: still as the submitter */
@@ -125,7 +127,6 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 		}
 		PG_CATCH();
 		{
-			/* a batch armed to yield (cpu_yield.c) */
 			cpu_yield_disarm();
 			MemoryContextSwitchTo(job->cxt);
 			edata = CopyErrorData();

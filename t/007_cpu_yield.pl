@@ -76,6 +76,32 @@ sub stop_loops
 
 END { stop_loops() if $$ == $test_pid; }
 
+# once the job's worker is gone, what the server logged since offset: the
+# worker logs its naps after the job's last commit, then leaves
+sub log_after_worker
+{
+	my ($offset) = @_;
+	ok($node->poll_query_until('postgres',
+			q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}, '0'),
+		'its worker is gone');
+	return slurp_file($node->logfile, $offset);
+}
+
+# the job's batches napped, and no longer than they ran on a CPU.  Each
+# batch looks at its budget before each nap of 100 us: it may overrun by one
+# nap and the wait for a CPU after it (a few ms beside the loops).  Without
+# the budget, the batches slept 37 times as long as they worked.
+sub check_batch_naps
+{
+	my ($job, $log, $what) = @_;
+	my ($naps, $cpu) =
+	  $log =~ /dedup_ext job $job: gave the CPU .* its batches napped (\d+) ms against (\d+) ms on a CPU/;
+	ok(defined $naps && $naps > 0, "$what gave way") or diag($log);
+	my $batches = $node->safe_psql('postgres', "SELECT batches_done FROM dedup_jobs WHERE job_id = $job");
+	ok(defined $cpu && $naps <= $cpu + $batches * 50,
+		"but napped no longer than they ran on a CPU ($naps ms against $cpu ms, $batches batches)");
+}
+
 # runs a background dedup of the table under the loops; returns the job id
 # and what the server logged meanwhile
 sub run_job
@@ -90,11 +116,7 @@ sub run_job
 	stop_loops();
 	is($node->safe_psql('postgres', qq{SELECT state FROM dedup_jobs WHERE job_id = $job}),
 		'done', "$table: the job is done while every CPU is busy");
-	# the worker logs its naps after the job's last commit, then leaves
-	ok($node->poll_query_until('postgres',
-			q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}, '0'),
-		'its worker is gone');
-	return ($job, slurp_file($node->logfile, $offset));
+	return ($job, log_after_worker($offset));
 }
 
 # 1. yielding (the default): five batches of 1,000 losers
@@ -102,16 +124,7 @@ create_table('t_yield', 5000);
 my ($job, $log) = run_job('t_yield', 1000);
 like($log, qr/dedup_ext job $job: gave the CPU [1-9]\d* times, \d+ ms in all, to processes waiting for one/,
 	'the worker gave its CPU to the waiting loops');
-my ($batch_naps, $batch_cpu) =
-  $log =~ /dedup_ext job $job: gave the CPU .* its batches napped (\d+) ms against (\d+) ms on a CPU/;
-ok(defined $batch_naps && $batch_naps > 0,
-	'its batches, whose rows come from SQL statements alone, gave way too')
-  or diag($log);
-# Each batch looks at its budget before each nap of 100 us: it may overrun
-# by one nap and the wait for a CPU after it (a few ms beside the loops).
-# Without the budget, the batches slept 37 times as long as they worked.
-ok(defined $batch_cpu && $batch_naps <= $batch_cpu + 5 * 50,
-	"but napped no longer than they ran on a CPU ($batch_naps ms against $batch_cpu ms)");
+check_batch_naps($job, $log, 'its batches, whose rows come from SQL statements alone,');
 is($node->safe_psql('postgres',
 		qq{SELECT rows_deleted || ' ' || batches_done || ' ' || (SELECT duplicate_rows FROM dedup_audit('t_yield', '{k}'))
 		     FROM dedup_jobs WHERE job_id = $job}),
@@ -156,10 +169,7 @@ stop_loops();
 $writer->query_safe('SELECT 1');
 $writer->quit;
 $holder->quit;
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}, '0'),
-	'its worker is gone');
-$log = slurp_file($node->logfile, $offset);
+$log = log_after_worker($offset);
 my ($skipped) = $log =~ /dedup_ext job $job: gave the CPU .* and did not nap (\d+) times for writers waiting for them/;
 ok(defined $skipped && $skipped > 0,
 	'the batch saw the writer waiting for it, and did not nap' . (defined $skipped ? " ($skipped times)" : ''))
@@ -182,17 +192,8 @@ $job = $node->safe_psql('postgres',
 	q{SELECT job_id FROM backfill_fk('tag', 'kw_id', 'kw', '{name}', background => true, batch_size => 10000)});
 is($node->safe_psql('postgres', "SELECT dedup_wait($job, '120s')"), 'done', 'the backfill is done while every CPU is busy');
 stop_loops();
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}, '0'),
-	'its worker is gone');
-$log = slurp_file($node->logfile, $offset);
-($batch_naps, $batch_cpu) =
-  $log =~ /dedup_ext job $job: gave the CPU .* its batches napped (\d+) ms against (\d+) ms on a CPU/;
-ok(defined $batch_naps && $batch_naps > 0, 'its linking batches gave way')
-  or diag($log);
-my $batches = $node->safe_psql('postgres', "SELECT batches_done FROM dedup_jobs WHERE job_id = $job");
-ok(defined $batch_cpu && $batch_naps <= $batch_cpu + $batches * 50,
-	"but napped no longer than they ran on a CPU ($batch_naps ms against $batch_cpu ms, $batches batches)");
+$log = log_after_worker($offset);
+check_batch_naps($job, $log, 'its linking batches');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM tag WHERE kw_id IS NULL'), '0', 'every tag is linked');
 
 # 4. dedup_ext.worker_yield off (a new backend shows that the reload is done)
