@@ -42,6 +42,7 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -78,6 +79,12 @@ batch_phase(BgJob *job)
  * otherwise be left to the next pass forever.  Without a primary key the
  * ctid is all there is.
  */
+static bool
+by_ctid(BgJob *job)
+{
+	return job->t->npk == 0 || job->passes <= 1;
+}
+
 static char *
 id_match(BgJob *job, const char *a, bool survivor)
 {
@@ -85,7 +92,7 @@ id_match(BgJob *job, const char *a, bool survivor)
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	if (t->npk == 0 || job->passes <= 1)
+	if (by_ctid(job))
 		appendStringInfo(&buf, "%s.%s OPERATOR(pg_catalog.=) w.%s", a,
 						 strcmp(a, "s") == 0 ? "dedup_sctid" : "ctid",
 						 survivor ? "dedup_qctid" : "dedup_ctid");
@@ -114,6 +121,47 @@ work_range(BgJob *job, int64 from, int64 to)
 {
 	return psprintf("w.dedup_seq OPERATOR(pg_catalog.>) %lld AND w.dedup_seq OPERATOR(pg_catalog.<=) %lld",
 					(long long) from, (long long) to);
+}
+
+/*
+ * col = ANY (the batch's losers' or survivors' ctids), for a statement run
+ * by batch_exec: its rows are fetched by one TID scan over a sorted list.
+ */
+static char *
+batch_tids(BgJob *job, const char *range, const char *col, bool survivors)
+{
+	return psprintf("%s OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT w.%s FROM %s w WHERE %s))",
+					col, survivors ? "dedup_qctid" : "dedup_ctid", job->work, range);
+}
+
+/*
+ * Run a batch's statement that finds its rows by ctid (batch_tids) without
+ * nested loops.  Matched by ctid alone (id_match), each row is found by a
+ * TID scan run again for each work row, and each run asks the kernel for
+ * the table's size: a third of a batch's CPU time on the benchmark's
+ * machine; and a table of up to a few million rows was scanned whole, for
+ * every batch, into a hash join, while the batch held its rows' locks.
+ * With batch_tids too, the planner prices one scan of the list and a scan
+ * per row alike, and takes the second where its estimates are low (it
+ * counts 10 elements in an ARRAY(SELECT ...)), then tests each row against
+ * the whole list.  Without nested loops each list is scanned once and
+ * joined by hash.  A filter that may read other tables keeps the planner's
+ * choice: its semi-join could otherwise hash a whole table every batch.
+ */
+static int64
+batch_exec(BgJob *job, const char *sql, int expected)
+{
+	int			nest;
+	int64		n;
+
+	if (!by_ctid(job) || (job->t->filter_text != NULL && !job->t->filter_immutable))
+		return spi_exec_count(sql, expected);
+	nest = NewGUCNestLevel();
+	(void) set_config_option("enable_nestloop", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	n = spi_exec_count(sql, expected);
+	AtEOXact_GUC(true, nest);
+	return n;
 }
 
 /* the columns of a work row, from the ranked pass (sql_ranked) */
@@ -355,15 +403,15 @@ lock_rows(BgJob *job, const char *range, bool survivors)
 	const char *rows;
 
 	if (t->npk == 0)
-		rows = psprintf("x.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT w.%s FROM %s w WHERE %s))",
-						survivors ? "dedup_qctid" : "dedup_ctid", job->work, range);
+		rows = batch_tids(job, range, "x.ctid", survivors);
 	else
-		rows = psprintf("EXISTS (SELECT FROM %s w WHERE %s AND %s)", job->work, range,
-						id_match(job, "x", survivors));
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s"
-							" ORDER BY %s FOR %s OF x) l",
-							t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
-				   SPI_OK_SELECT);
+		rows = psprintf("%s%sEXISTS (SELECT FROM %s w WHERE %s AND %s)",
+						by_ctid(job) ? batch_tids(job, range, "x.ctid", survivors) : "",
+						by_ctid(job) ? " AND " : "", job->work, range, id_match(job, "x", survivors));
+	batch_exec(job, psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s"
+							 " ORDER BY %s FOR %s OF x) l",
+							 t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
+			   SPI_OK_SELECT);
 }
 
 /*
@@ -487,15 +535,18 @@ batch_step(BgJob *job, void *arg)
 	{
 		char	   *del = psprintf("DELETE FROM ONLY %s r USING %s WHERE %s", t->qualname, using, where);
 
+		if (by_ctid(job))
+			del = psprintf("%s AND %s AND %s", del, batch_tids(job, range, "r.ctid", false),
+						   batch_tids(job, range, "s.dedup_sctid", true));
 		if (job->archive_table)
-			changed = spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
-											  " SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
-											  del, job->archive_table, (long long) job->job_id),
-									 SPI_OK_INSERT);
+			changed = batch_exec(job, psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
+											   " SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
+											   del, job->archive_table, (long long) job->job_id),
+								 SPI_OK_INSERT);
 		else
 		{
-			spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING 1) SELECT pg_catalog.count(*) FROM dedup_d", del),
-						   SPI_OK_SELECT);
+			batch_exec(job, psprintf("WITH dedup_d AS (%s RETURNING 1) SELECT pg_catalog.count(*) FROM dedup_d", del),
+					   SPI_OK_SELECT);
 			changed = spi_get_int64(0, 1);
 		}
 	}
