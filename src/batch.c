@@ -42,7 +42,6 @@
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -65,26 +64,28 @@ batch_phase(BgJob *job)
 	}
 }
 
-/*
- * The work row's loser (or survivor) is row a: r.id = w.dedup_p0 AND ...
- *
- * In the first pass's batches, also r.ctid = w.dedup_ctid: each row is one
- * heap fetch (a TID scan) instead of an index descent, which halves a
- * batch's time and so how long its rows stay locked.  A row updated before
- * the statement began has a new ctid and is not found: its loser is left to
- * the next pass (one updated while the statement waits for it is checked
- * again, in its new version, by key against the locked survivor).  Later
- * passes have few rows and match them by primary key alone, whatever
- * their ctid now: a row updated more often than a pass lasts would
- * otherwise be left to the next pass forever.  Without a primary key the
- * ctid is all there is.
- */
+/* does id_match match rows by ctid? */
 static bool
 by_ctid(BgJob *job)
 {
 	return job->t->npk == 0 || job->passes <= 1;
 }
 
+/*
+ * The work row's loser (or survivor) is row a: r.id = w.dedup_p0 AND ...
+ *
+ * In the first pass's batches, also r.ctid = w.dedup_ctid: each row is one
+ * heap fetch (a TID scan) instead of an index descent, which halves a
+ * batch's time and so how long its rows stay locked.  A row updated before
+ * the statement began has a new ctid and is not found, nor is one updated
+ * while the statement waits for it (its new version fails the ctid match,
+ * checked again): its loser is left to the next pass.  Later passes have
+ * few rows and match them by primary key alone, whatever their ctid now: a
+ * row updated more often than a pass lasts would otherwise be left to the
+ * next pass forever (one updated while the statement waits is checked
+ * again, in its new version, by key against the locked survivor).  Without
+ * a primary key the ctid is all there is.
+ */
 static char *
 id_match(BgJob *job, const char *a, bool survivor)
 {
@@ -124,8 +125,19 @@ work_range(BgJob *job, int64 from, int64 to)
 }
 
 /*
- * col = ANY (the batch's losers' or survivors' ctids), for a statement run
- * by batch_exec: its rows are fetched by one TID scan over a sorted list.
+ * col = ANY (the batch's losers' or survivors' ctids): with it, and planned
+ * without nested loops (spi_exec_count_no_nestloop), a batch's statement
+ * reads its rows by one TID scan over a sorted list.  Matched by id_match's
+ * ctid equality alone, each row was found by a TID scan run again for every
+ * work row, each run asking the kernel for the table's size (28% of a
+ * batch's CPU time in a profile on the benchmark's machine); and a table of
+ * up to a few million rows was read whole by every batch, into a hash
+ * join, while the batch held its rows' locks.  With the list but nested
+ * loops allowed, the planner prices one scan of the list and a scan per row
+ * alike and, since it counts 10 elements in an ARRAY(SELECT ...), may test
+ * each row against the whole list instead.  The list condition is not
+ * checked again for a row updated meanwhile (a TID scan's is not): the
+ * ctid equality must stay.
  */
 static char *
 batch_tids(BgJob *job, const char *range, const char *col, bool survivors)
@@ -135,33 +147,21 @@ batch_tids(BgJob *job, const char *range, const char *col, bool survivors)
 }
 
 /*
- * Run a batch's statement that finds its rows by ctid (batch_tids) without
- * nested loops.  Matched by ctid alone (id_match), each row is found by a
- * TID scan run again for each work row, and each run asks the kernel for
- * the table's size: a third of a batch's CPU time on the benchmark's
- * machine; and a table of up to a few million rows was scanned whole, for
- * every batch, into a hash join, while the batch held its rows' locks.
- * With batch_tids too, the planner prices one scan of the list and a scan
- * per row alike, and takes the second where its estimates are low (it
- * counts 10 elements in an ARRAY(SELECT ...)), then tests each row against
- * the whole list.  Without nested loops each list is scanned once and
- * joined by hash.  A filter that may read other tables keeps the planner's
- * choice: its semi-join could otherwise hash a whole table every batch.
+ * Does the batch's delete (or merge map) read its rows by lists?  Not with a
+ * filter that is not immutable: it may read other tables, and planned
+ * without nested loops its semi-join could hash a whole table every batch.
+ * The lock statements have no filter, and always do when by_ctid.
  */
+static bool
+by_lists(BgJob *job)
+{
+	return by_ctid(job) && (job->t->filter_text == NULL || job->t->filter_immutable);
+}
+
 static int64
 batch_exec(BgJob *job, const char *sql, int expected)
 {
-	int			nest;
-	int64		n;
-
-	if (!by_ctid(job) || (job->t->filter_text != NULL && !job->t->filter_immutable))
-		return spi_exec_count(sql, expected);
-	nest = NewGUCNestLevel();
-	(void) set_config_option("enable_nestloop", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	n = spi_exec_count(sql, expected);
-	AtEOXact_GUC(true, nest);
-	return n;
+	return by_lists(job) ? spi_exec_count_no_nestloop(sql, expected) : spi_exec_count(sql, expected);
 }
 
 /* the columns of a work row, from the ranked pass (sql_ranked) */
@@ -393,14 +393,15 @@ after_batches(BgJob *job, int64 changed)
 
 /*
  * Lock the batch's survivors FOR SHARE, or its losers FOR UPDATE, in
- * primary-key order (ctid order without a primary key, whose rows are
- * fetched by an array of ctids: always a TID scan).
+ * primary-key order (ctid order without a primary key), read by their ctid
+ * list when matched by ctid (batch_tids).
  */
 static void
 lock_rows(BgJob *job, const char *range, bool survivors)
 {
 	DedupTarget *t = job->t;
 	const char *rows;
+	char	   *sql;
 
 	if (t->npk == 0)
 		rows = batch_tids(job, range, "x.ctid", survivors);
@@ -408,10 +409,12 @@ lock_rows(BgJob *job, const char *range, bool survivors)
 		rows = psprintf("%s%sEXISTS (SELECT FROM %s w WHERE %s AND %s)",
 						by_ctid(job) ? batch_tids(job, range, "x.ctid", survivors) : "",
 						by_ctid(job) ? " AND " : "", job->work, range, id_match(job, "x", survivors));
-	batch_exec(job, psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s"
-							 " ORDER BY %s FOR %s OF x) l",
-							 t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
-			   SPI_OK_SELECT);
+	sql = psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s ORDER BY %s FOR %s OF x) l",
+				   t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE");
+	if (by_ctid(job))
+		spi_exec_count_no_nestloop(sql, SPI_OK_SELECT);
+	else
+		spi_exec_count(sql, SPI_OK_SELECT);
 }
 
 /*
@@ -425,8 +428,7 @@ lock_rows(BgJob *job, const char *range, bool survivors)
  * loser changed in between would be renamed in its new version without a
  * second look at its key, while the archive got the old one.  A delete does
  * not need to: its DELETE locks each loser itself, and a loser that a writer
- * changed meanwhile is checked again, in its new version, against its
- * locked survivor, and left to the next pass if it no longer matches.
+ * changed meanwhile is left to the next pass (see id_match).
  * Locking them beforehand took a third of each batch's time, and made a
  * writer that updates a loser wait from the start of the batch instead of
  * from its DELETE.
@@ -463,9 +465,13 @@ merge_batch(BgJob *job, const char *using, const char *where, char **counts)
 	 * Written once: every later statement must see the same losers, even
 	 * with a filter that reads other tables.
 	 */
-	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT %s FROM ONLY %s r, %s WHERE %s",
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT %s FROM ONLY %s r, %s WHERE %s WITH NO DATA",
 							map, merge_map_columns(plan), t->qualname, using, where),
 				   SPI_OK_UTILITY);
+	/* an INSERT, planned by batch_exec: a CREATE TABLE AS plans its query when it runs */
+	batch_exec(job, psprintf("INSERT INTO %s SELECT %s FROM ONLY %s r, %s WHERE %s",
+							 map, merge_map_columns(plan), t->qualname, using, where),
+			   SPI_OK_INSERT);
 	spi_exec_count(psprintf("ANALYZE %s", map), SPI_OK_UTILITY);
 
 	if (job->archive_table)
@@ -498,6 +504,7 @@ batch_step(BgJob *job, void *arg)
 	char	   *range = work_range(job, from, to);
 	char	   *using;
 	char	   *where;
+	char	   *tids = "";
 	char	   *counts = "";
 	int64		changed;
 
@@ -513,6 +520,14 @@ batch_step(BgJob *job, void *arg)
 	where = psprintf("%s AND %s AND %s AND %s AND %s AND r.ctid OPERATOR(pg_catalog.<>) s.dedup_sctid",
 					 range, id_match(job, "r", false), id_match(job, "s", true),
 					 sql_keys_match(t, "r", "s"), sql_rows_where(t, true));
+	/*
+	 * The delete's and the merge's rows by one TID scan each (batch_exec).
+	 * A rename's statement updates each row by its ctid too, a join that
+	 * needs a nested loop: it keeps finding its rows one at a time.
+	 */
+	if (by_lists(job))
+		tids = psprintf(" AND %s AND %s", batch_tids(job, range, "r.ctid", false),
+						batch_tids(job, range, "s.dedup_sctid", true));
 	if (job->action == DEDUP_ACTION_RENAME)
 	{
 		StringInfoData sql;
@@ -529,15 +544,12 @@ batch_step(BgJob *job, void *arg)
 	{
 		/* its map table's ANALYZE writes pg_statistic, shared by all tables */
 		bg_compress_wal(false);
-		changed = merge_batch(job, using, where, &counts);
+		changed = merge_batch(job, using, psprintf("%s%s", where, tids), &counts);
 	}
 	else
 	{
-		char	   *del = psprintf("DELETE FROM ONLY %s r USING %s WHERE %s", t->qualname, using, where);
+		char	   *del = psprintf("DELETE FROM ONLY %s r USING %s WHERE %s%s", t->qualname, using, where, tids);
 
-		if (by_ctid(job))
-			del = psprintf("%s AND %s AND %s", del, batch_tids(job, range, "r.ctid", false),
-						   batch_tids(job, range, "s.dedup_sctid", true));
 		if (job->archive_table)
 			changed = batch_exec(job, psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
 											   " SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",

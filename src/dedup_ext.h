@@ -168,6 +168,7 @@ cpu_yield_point(void)
 /* spi.c */
 extern char *spi_temp_table_name(const char *what);
 extern int64 spi_exec_count(const char *sql, int expected);
+extern int64 spi_exec_count_no_nestloop(const char *sql, int expected);
 extern int64 spi_get_int64(int row, int col);
 extern void spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql);
 

@@ -11,6 +11,8 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/plancache.h"
 #include "utils/tuplestore.h"
 
 /*
@@ -35,6 +37,44 @@ spi_exec_count(const char *sql, int expected)
 		elog(ERROR, "dedup_ext: unexpected SPI result %s for: %s",
 			 SPI_result_code_string(ret), sql);
 	return (int64) SPI_processed;
+}
+
+/*
+ * spi_exec_count, the statement planned without nested loops.  The setting
+ * holds while the planner runs, not while the statement does, so that the
+ * triggers and functions it fires plan their own statements as usual.  The
+ * plan is the prepared statement's generic one (it has no parameters),
+ * which SPI_execute_plan takes as it is unless an invalidation came in
+ * between (then it plans again, with nested loops).
+ */
+int64
+spi_exec_count_no_nestloop(const char *sql, int expected)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
+	CachedPlan *cplan;
+	int			nest;
+	int			ret;
+	int64		processed;
+
+	if (plan == NULL)
+		elog(ERROR, "dedup_ext: could not prepare (%s): %s",
+			 SPI_result_code_string(SPI_result), sql);
+	nest = NewGUCNestLevel();
+	(void) set_config_option("enable_nestloop", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	cplan = SPI_plan_get_cached_plan(plan);
+	AtEOXact_GUC(true, nest);
+	if (cplan == NULL)
+		elog(ERROR, "dedup_ext: could not plan: %s", sql);
+	/* the plan source keeps the plan */
+	ReleaseCachedPlan(cplan, NULL);
+	ret = SPI_execute_plan(plan, NULL, NULL, false, 0);
+	if (ret != expected)
+		elog(ERROR, "dedup_ext: unexpected SPI result %s for: %s",
+			 SPI_result_code_string(ret), sql);
+	processed = (int64) SPI_processed;
+	SPI_freeplan(plan);
+	return processed;
 }
 
 /* A bigint of the last SELECT's result; NULL reads as 0. */

@@ -5,12 +5,13 @@
 #      run once, and neither scan the whole table nor loop over it (before,
 #      a table of this size was read whole by every batch, and a larger one
 #      by a TID scan run again for every row);
-#   2. the same for a table without a primary key;
-#   3. nested loops are off for those statements only: a row trigger sees
-#      them off during the DELETE, a deferred one sees them on again at the
-#      batch's commit;
-#   4. a filter that reads another table keeps the planner's own choice,
-#      and the job does what it says.
+#   2. the same for a table without a primary key, and for a merge's locks
+#      and map;
+#   3. nested loops are off while those statements are planned only: a row
+#      trigger sees them on during the DELETE, a deferred one at the commit;
+#   4. with a filter that reads another table the DELETE keeps the
+#      planner's own choice, without the lists, and the job does what it
+#      says.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -74,18 +75,19 @@ sub plans
 	return @plans;
 }
 
-# every batch's lock and DELETE read the table by one TID scan of a ctid list
+# every batch's lock statements (LOCKS of them) and its writing statement,
+# whose text starts with WRITE, read the table by one TID scan of a ctid list
 sub check_batches
 {
-	my ($table, $log, $batches, $lock_all) = @_;
+	my ($table, $log, $batches, $locks, $write) = @_;
 	my @locks = plans($log, "SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY public.$table x");
-	my @deletes = plans($log, "WITH dedup_d AS (DELETE FROM ONLY public.$table r");
-	is(scalar @locks, $batches, "$table: one lock statement per batch");
-	is(scalar @deletes, $batches, "$table: one DELETE per batch");
-	for my $plan (@locks, @deletes)
+	my @writes = plans($log, $write // "WITH dedup_d AS (DELETE FROM ONLY public.$table r");
+	is(scalar @locks, $batches * ($locks // 1), "$table: its lock statements, for every batch");
+	is(scalar @writes, $batches, "$table: one writing statement per batch");
+	for my $plan (@locks, @writes)
 	{
 		my @tid_scans = $plan =~ /(Tid Scan on $table \w+ .*\n\s*TID Cond: .*)/g;
-		my $what = $plan =~ /DELETE/ ? 'DELETE' : 'lock';
+		my $what = $plan =~ /Query Text: SELECT/ ? 'lock' : 'writing statement';
 		ok(@tid_scans > 0 && !grep({ !/loops=1\)\n\s*TID Cond: \(ctid = ANY \(\$\d+\)\)/ } @tid_scans),
 			"$table: the batch's $what reads the table by TID scans of its ctid list, each run once")
 		  or diag($plan);
@@ -112,7 +114,25 @@ is($node->safe_psql('postgres',
 		     FROM dedup_jobs WHERE job_id = $job}),
 	'2000 0', 't_nopk: every duplicate is gone');
 
-# 3. what enable_nestloop is during a batch's DELETE, and at its commit
+# 2b. a merge: its lock statements (survivors, then losers) and the
+# statement that writes its map read the table the same way
+create_table('t_merge', 1);
+$node->safe_psql('postgres', q{
+	CREATE TABLE c_merge (id bigint PRIMARY KEY, pid bigint NOT NULL REFERENCES t_merge (id));
+	CREATE INDEX ON c_merge (pid);
+	INSERT INTO c_merge SELECT id, id FROM t_merge;
+	ANALYZE c_merge;
+});
+($job, $log) = run_job('t_merge', q{, action => 'merge'});
+check_batches('t_merge', $log, 4, 2, 'INSERT INTO pg_temp.dedup_merge_map');
+is($node->safe_psql('postgres',
+		qq{SELECT rows_deleted || ' ' || refs_repointed || ' ' || (SELECT duplicate_rows FROM dedup_audit('t_merge', '{k}'))
+		     || ' ' || (SELECT count(DISTINCT pid) FROM c_merge) FROM dedup_jobs WHERE job_id = $job}),
+	'2000 2000 0 20000', 't_merge: every duplicate is gone, its references re-pointed to its survivor');
+
+# 3. nested loops are off while a batch's statement is planned, not while
+# it runs: a row trigger (and what it plans) sees them on, during the DELETE
+# and at the batch's commit
 create_table('t_scope', 1);
 $node->safe_psql('postgres', q{
 	CREATE TABLE seen (at text, nestloop text);
@@ -125,22 +145,25 @@ $node->safe_psql('postgres', q{
 	CREATE CONSTRAINT TRIGGER at_commit AFTER DELETE ON t_scope DEFERRABLE INITIALLY DEFERRED
 		FOR EACH ROW EXECUTE FUNCTION note_nestloop('commit');
 });
-run_job('t_scope');
+($job, $log) = run_job('t_scope');
+check_batches('t_scope', $log, 4);
 is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT at || ' ' || nestloop, ', ' ORDER BY at || ' ' || nestloop) FROM seen}),
-	'commit on, delete off', 'nested loops are off during the DELETE only, on again at the commit');
+	'commit on, delete on', 'the statements it fires plan with nested loops, during the DELETE and at the commit');
 
-# 4. a filter that reads another table: the batches keep the planner's
-# choice (nested loops allowed), and only the filtered groups lose rows
+# 4. a filter that reads another table: the DELETE keeps the planner's
+# choice, without the lists (the locks, which have no filter, use them);
+# only the filtered groups lose rows
 create_table('t_filter', 1);
 $node->safe_psql('postgres', q{
 	CREATE TABLE wanted (k text PRIMARY KEY);
 	INSERT INTO wanted SELECT 'key-' || (g * 7) FROM generate_series(1, 1000) g;
 	ANALYZE wanted;
-	CREATE TRIGGER during AFTER DELETE ON t_filter FOR EACH ROW EXECUTE FUNCTION note_nestloop('filter');
 });
 ($job, $log) = run_job('t_filter', q{, filter => 'EXISTS (SELECT FROM public.wanted w WHERE w.k = t_filter.k)'});
-is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT nestloop, ', ') FROM seen WHERE at = 'filter'}),
-	'on', 't_filter: nested loops stay on under a filter that reads another table');
+my @deletes = plans($log, 'WITH dedup_d AS (DELETE FROM ONLY public.t_filter r');
+is(scalar @deletes, 2, 't_filter: two batches');
+ok(!grep({ /ctid = ANY/ } @deletes), 't_filter: the DELETE does not read its rows by lists')
+  or diag(join("\n", @deletes));
 is($node->safe_psql('postgres',
 		qq{SELECT rows_deleted || ' ' || (SELECT duplicate_rows FROM dedup_audit('t_filter', '{k}'))
 		     FROM dedup_jobs WHERE job_id = $job}),
