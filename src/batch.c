@@ -77,9 +77,11 @@ by_ctid(BgJob *job)
  * In the first pass's batches, also r.ctid = w.dedup_ctid: each row is one
  * heap fetch (a TID scan) instead of an index descent, which halves a
  * batch's time and so how long its rows stay locked.  A row updated before
- * the statement began has a new ctid and is not found, nor is one updated
- * while the statement waits for it (its new version fails the ctid match,
- * checked again): its loser is left to the next pass.  Later passes have
+ * the statement began has a new ctid and is not found: its loser is left to
+ * the next pass.  So is one updated while the statement waits for it, when
+ * the statement reads its rows by lists (by_lists: the ctid match is a hash
+ * join's, checked again against the new version); otherwise the new version
+ * is checked again by key against the locked survivor.  Later passes have
  * few rows and match them by primary key alone, whatever their ctid now: a
  * row updated more often than a pass lasts would otherwise be left to the
  * next pass forever (one updated while the statement waits is checked
@@ -135,9 +137,9 @@ work_range(BgJob *job, int64 from, int64 to)
  * join, while the batch held its rows' locks.  With the list but nested
  * loops allowed, the planner prices one scan of the list and a scan per row
  * alike and, since it counts 10 elements in an ARRAY(SELECT ...), may test
- * each row against the whole list instead.  The list condition is not
- * checked again for a row updated meanwhile (a TID scan's is not): the
- * ctid equality must stay.
+ * each row against the whole list instead.  EvalPlanQual does not check a
+ * TID scan's condition again for a row updated meanwhile: the ctid equality
+ * must stay.
  */
 static char *
 batch_tids(BgJob *job, const char *range, const char *col, bool survivors)
@@ -428,7 +430,8 @@ lock_rows(BgJob *job, const char *range, bool survivors)
  * loser changed in between would be renamed in its new version without a
  * second look at its key, while the archive got the old one.  A delete does
  * not need to: its DELETE locks each loser itself, and a loser that a writer
- * changed meanwhile is left to the next pass (see id_match).
+ * changed meanwhile is left to the next pass or checked again by key (see
+ * id_match).
  * Locking them beforehand took a third of each batch's time, and made a
  * writer that updates a loser wait from the start of the batch instead of
  * from its DELETE.

@@ -2,8 +2,9 @@
  * spi.c
  *		Running generated statements through SPI.
  *
- * Statements are executed one at a time with SPI_execute (a single statement
- * each: generated text never contains a ';').  Results that may be large are
+ * Statements are executed one at a time with SPI_execute, or prepared and
+ * then executed (a single statement each: generated text never contains a
+ * ';').  Results that may be large are
  * read through a cursor into the function's tuplestore, which spills to disk.
  */
 #include "dedup_ext.h"
@@ -44,8 +45,8 @@ spi_exec_count(const char *sql, int expected)
  * holds while the planner runs, not while the statement does, so that the
  * triggers and functions it fires plan their own statements as usual.  The
  * plan is the prepared statement's generic one (it has no parameters),
- * which SPI_execute_plan takes as it is unless an invalidation came in
- * between (then it plans again, with nested loops).
+ * which SPI_execute_plan takes as it is (a plan never saved is not
+ * invalidated).
  */
 int64
 spi_exec_count_no_nestloop(const char *sql, int expected)

@@ -52,8 +52,9 @@ sub run_job
 	my $offset = -s $node->logfile;
 	my $job = $node->safe_psql('postgres',
 		qq{SELECT job_id FROM dedup_table('$table', '{k}', background => true, batch_size => 500$extra)});
-	$node->poll_query_until('postgres',
-		qq{SELECT state IN ('done', 'failed', 'cancelled') FROM dedup_jobs WHERE job_id = $job});
+	ok($node->poll_query_until('postgres',
+			qq{SELECT state IN ('done', 'failed', 'cancelled') FROM dedup_jobs WHERE job_id = $job}),
+		"$table: the job ends");
 	is($node->safe_psql('postgres', qq{SELECT state FROM dedup_jobs WHERE job_id = $job}),
 		'done', "$table: the job is done");
 	ok($node->poll_query_until('postgres',
@@ -88,7 +89,7 @@ sub check_batches
 	{
 		my @tid_scans = $plan =~ /(Tid Scan on $table \w+ .*\n\s*TID Cond: .*)/g;
 		my $what = $plan =~ /Query Text: SELECT/ ? 'lock' : 'writing statement';
-		ok(@tid_scans > 0 && !grep({ !/loops=1\)\n\s*TID Cond: \(ctid = ANY \(\$\d+\)\)/ } @tid_scans),
+		ok(@tid_scans > 0 && !grep({ !/loops=1\)\n\s*TID Cond: \(ctid = ANY \((?:\$\d+|\(InitPlan \d+\)\.col\d+)\)\)/ } @tid_scans),
 			"$table: the batch's $what reads the table by TID scans of its ctid list, each run once")
 		  or diag($plan);
 		unlike($plan, qr/Seq Scan on $table |Nested Loop/,
@@ -164,6 +165,9 @@ my @deletes = plans($log, 'WITH dedup_d AS (DELETE FROM ONLY public.t_filter r')
 is(scalar @deletes, 2, 't_filter: two batches');
 ok(!grep({ /ctid = ANY/ } @deletes), 't_filter: the DELETE does not read its rows by lists')
   or diag(join("\n", @deletes));
+my @locks = plans($log, 'SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY public.t_filter x');
+ok(@locks == 2 && !grep({ !/TID Cond: \(ctid = ANY/ } @locks), 't_filter: its locks do')
+  or diag(join("\n", @locks));
 is($node->safe_psql('postgres',
 		qq{SELECT rows_deleted || ' ' || (SELECT duplicate_rows FROM dedup_audit('t_filter', '{k}'))
 		     FROM dedup_jobs WHERE job_id = $job}),
