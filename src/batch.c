@@ -160,10 +160,11 @@ by_lists(BgJob *job)
 	return by_ctid(job) && (job->t->filter_text == NULL || job->t->filter_immutable);
 }
 
+/* a batch's statement, planned without nested loops when it reads lists */
 static int64
-batch_exec(BgJob *job, const char *sql, int expected)
+batch_exec(bool lists, const char *sql, int expected)
 {
-	return by_lists(job) ? spi_exec_count_no_nestloop(sql, expected) : spi_exec_count(sql, expected);
+	return lists ? spi_exec_count_no_nestloop(sql, expected) : spi_exec_count(sql, expected);
 }
 
 /* the columns of a work row, from the ranked pass (sql_ranked) */
@@ -402,21 +403,21 @@ static void
 lock_rows(BgJob *job, const char *range, bool survivors)
 {
 	DedupTarget *t = job->t;
-	const char *rows;
-	char	   *sql;
+	char	   *rows;
 
 	if (t->npk == 0)
 		rows = batch_tids(job, range, "x.ctid", survivors);
 	else
-		rows = psprintf("%s%sEXISTS (SELECT FROM %s w WHERE %s AND %s)",
-						by_ctid(job) ? batch_tids(job, range, "x.ctid", survivors) : "",
-						by_ctid(job) ? " AND " : "", job->work, range, id_match(job, "x", survivors));
-	sql = psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s ORDER BY %s FOR %s OF x) l",
-				   t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE");
-	if (by_ctid(job))
-		spi_exec_count_no_nestloop(sql, SPI_OK_SELECT);
-	else
-		spi_exec_count(sql, SPI_OK_SELECT);
+	{
+		rows = psprintf("EXISTS (SELECT FROM %s w WHERE %s AND %s)", job->work, range,
+						id_match(job, "x", survivors));
+		if (by_ctid(job))
+			rows = psprintf("%s AND %s", batch_tids(job, range, "x.ctid", survivors), rows);
+	}
+	batch_exec(by_ctid(job),
+			   psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s ORDER BY %s FOR %s OF x) l",
+						t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
+			   SPI_OK_SELECT);
 }
 
 /*
@@ -462,19 +463,18 @@ merge_batch(BgJob *job, const char *using, const char *where, char **counts)
 	MergeResult res = {0};
 	char	   *map = spi_temp_table_name("merge_map");
 	char	   *archives = NULL;
+	char	   *select;
 	int64		deleted;
 
 	/*
 	 * Written once: every later statement must see the same losers, even
 	 * with a filter that reads other tables.
 	 */
-	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT %s FROM ONLY %s r, %s WHERE %s WITH NO DATA",
-							map, merge_map_columns(plan), t->qualname, using, where),
+	select = psprintf("SELECT %s FROM ONLY %s r, %s WHERE %s", merge_map_columns(plan), t->qualname, using, where);
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS %s WITH NO DATA", map, select),
 				   SPI_OK_UTILITY);
-	/* an INSERT, planned by batch_exec: a CREATE TABLE AS plans its query when it runs */
-	batch_exec(job, psprintf("INSERT INTO %s SELECT %s FROM ONLY %s r, %s WHERE %s",
-							 map, merge_map_columns(plan), t->qualname, using, where),
-			   SPI_OK_INSERT);
+	/* filled by an INSERT: a CREATE TABLE AS plans its query only when it runs */
+	batch_exec(by_lists(job), psprintf("INSERT INTO %s %s", map, select), SPI_OK_INSERT);
 	spi_exec_count(psprintf("ANALYZE %s", map), SPI_OK_UTILITY);
 
 	if (job->archive_table)
@@ -554,13 +554,15 @@ batch_step(BgJob *job, void *arg)
 		char	   *del = psprintf("DELETE FROM ONLY %s r USING %s WHERE %s%s", t->qualname, using, where, tids);
 
 		if (job->archive_table)
-			changed = batch_exec(job, psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
-											   " SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
-											   del, job->archive_table, (long long) job->job_id),
+			changed = batch_exec(by_lists(job),
+								 psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
+										  " SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
+										  del, job->archive_table, (long long) job->job_id),
 								 SPI_OK_INSERT);
 		else
 		{
-			batch_exec(job, psprintf("WITH dedup_d AS (%s RETURNING 1) SELECT pg_catalog.count(*) FROM dedup_d", del),
+			batch_exec(by_lists(job),
+					   psprintf("WITH dedup_d AS (%s RETURNING 1) SELECT pg_catalog.count(*) FROM dedup_d", del),
 					   SPI_OK_SELECT);
 			changed = spi_get_int64(0, 1);
 		}

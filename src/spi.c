@@ -4,8 +4,8 @@
  *
  * Statements are executed one at a time with SPI_execute, or prepared and
  * then executed (a single statement each: generated text never contains a
- * ';').  Results that may be large are
- * read through a cursor into the function's tuplestore, which spills to disk.
+ * ';').  Results that may be large are read through a cursor into the
+ * function's tuplestore, which spills to disk.
  */
 #include "dedup_ext.h"
 
@@ -28,16 +28,21 @@ spi_temp_table_name(const char *what)
 	return psprintf("pg_temp.dedup_%s_%d_%d", what, MyProcPid, ++counter);
 }
 
-/* Execute one statement; expected is the SPI_OK_* code; returns rows processed. */
-int64
-spi_exec_count(const char *sql, int expected)
+/* ret, what SPI returned for sql, must be expected; returns rows processed */
+static int64
+checked_count(int ret, int expected, const char *sql)
 {
-	int			ret = SPI_execute(sql, false, 0);
-
 	if (ret != expected)
 		elog(ERROR, "dedup_ext: unexpected SPI result %s for: %s",
 			 SPI_result_code_string(ret), sql);
 	return (int64) SPI_processed;
+}
+
+/* Execute one statement; expected is the SPI_OK_* code; returns rows processed. */
+int64
+spi_exec_count(const char *sql, int expected)
+{
+	return checked_count(SPI_execute(sql, false, 0), expected, sql);
 }
 
 /*
@@ -54,7 +59,6 @@ spi_exec_count_no_nestloop(const char *sql, int expected)
 	SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
 	CachedPlan *cplan;
 	int			nest;
-	int			ret;
 	int64		processed;
 
 	if (plan == NULL)
@@ -69,11 +73,7 @@ spi_exec_count_no_nestloop(const char *sql, int expected)
 		elog(ERROR, "dedup_ext: could not plan: %s", sql);
 	/* the plan source keeps the plan */
 	ReleaseCachedPlan(cplan, NULL);
-	ret = SPI_execute_plan(plan, NULL, NULL, false, 0);
-	if (ret != expected)
-		elog(ERROR, "dedup_ext: unexpected SPI result %s for: %s",
-			 SPI_result_code_string(ret), sql);
-	processed = (int64) SPI_processed;
+	processed = checked_count(SPI_execute_plan(plan, NULL, NULL, false, 0), expected, sql);
 	SPI_freeplan(plan);
 	return processed;
 }
