@@ -132,12 +132,18 @@ is($node->safe_psql('postgres',
 
 # 2. a writer waits for the batch.  The batch's DELETE fires the trigger
 # for its first loser, which waits for the advisory lock this session holds;
-# meanwhile the writer's UPDATE of a survivor waits for the batch.
+# meanwhile the writer's UPDATE of a survivor waits for the batch.  The
+# trigger then works about 0.1 ms per row, half a second in all: a batch
+# naps only while its naps so far are shorter than its CPU time, and its
+# lock statements may have used up that budget before the wait (a nap can
+# overrun by the wait for a CPU after it).  The DELETE itself, which finds
+# its rows by one TID scan, is too short to earn it back.
 create_table('t_waited', 5000);
 $node->safe_psql('postgres', q{
 	CREATE FUNCTION hold_batch() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN
-		PERFORM pg_advisory_xact_lock_shared(7007);
+		PERFORM pg_catalog.pg_advisory_xact_lock_shared(7007);
+		PERFORM pg_catalog.sum(g) FROM pg_catalog.generate_series(1, 1000) g;
 		RETURN OLD;
 	END $$;
 	CREATE TRIGGER hold_batch BEFORE DELETE ON t_waited FOR EACH ROW EXECUTE FUNCTION hold_batch();
