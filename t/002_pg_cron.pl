@@ -36,9 +36,10 @@ is($node->safe_psql('postgres',
 is($node->safe_psql('postgres',
 		q{SELECT rows_deleted FROM dedup_jobs WHERE kind = 'dedup' ORDER BY job_id LIMIT 1}),
 	$before, 'the job removed exactly the duplicates the audit counted');
-like($node->safe_psql('postgres',
-		q{SELECT status FROM cron.job_run_details ORDER BY runid LIMIT 1}),
-	qr/succeeded/, 'pg_cron reports success');
+# pg_cron's launcher records the run's status after the run's own commit
+ok($node->poll_query_until('postgres',
+		q{SELECT status FROM cron.job_run_details ORDER BY runid LIMIT 1}, 'succeeded'),
+	'pg_cron reports success');
 
 $node->safe_psql('postgres', q{SELECT cron.unschedule('photo-dedup')});
 $node->stop;

@@ -14,7 +14,8 @@
 #   - the blocker commits: the batch locks row 2 and its DELETE reaches 16,
 #     held by the writer, which waits for the batch: a deadlock, closed by
 #     the batch.  Both sessions check for it after their deadlock_timeout,
-#     the writer (1 s, the default) since before the batch; the worker
+#     the writer (5 s here, so that a slow machine's stall between the two
+#     waits cannot let it check first) since before the batch; the worker
 #     checks after 10 ms, finds it, and is the one rolled back.
 use strict;
 use warnings;
@@ -27,7 +28,7 @@ $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'dedup_ext'
 max_worker_processes = 16
-deadlock_timeout = 1s
+deadlock_timeout = 5s
 log_min_messages = debug1
 });
 $node->start;
@@ -57,9 +58,10 @@ my $writer_pid = $writer->query_safe('SELECT pg_backend_pid()');
 $writer->query_safe('BEGIN');
 $writer->query_safe('UPDATE t SET v = v + 1 WHERE id = 16');
 
-# a lock_timeout long enough that the batch keeps row 1 while it waits for row 2
+# a lock_timeout long enough that the batch keeps row 1 while it waits for
+# row 2 (the retry after the deadlock sleeps as long)
 my $job = $node->safe_psql('postgres', q{
-	SET dedup_ext.lock_timeout = 3000;
+	SET dedup_ext.lock_timeout = 6000;
 	SELECT job_id FROM dedup_table('t', '{k}', background => true, batch_size => 6);
 });
 wait_for_lock("SELECT pid FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'",
