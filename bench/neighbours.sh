@@ -13,6 +13,8 @@
 # autogroup nice is 10 too (src/worker.c, lower_cpu_priority).
 #   none    nothing: the two windows differ only by chance (the noise)
 #   cpu     a shell busy loop: a CPU, and next to no memory traffic
+#   faults  bench/faults.c: a CPU busy taking page faults on fresh memory
+#           (needs gcc)
 #   read    dd reading the table's file, 8 kB at a time, from the page cache
 #           (what a scan through a ring buffer asks of the kernel, without
 #           PostgreSQL)
@@ -40,7 +42,7 @@ ROWS=10000000
 ROUNDS=3
 SECONDS_ALONE=12
 RATE=400
-ONLY=none,cpu,read,scan,insert,hash,pass
+ONLY=none,cpu,faults,read,scan,insert,hash,pass
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 WORK=$(mktemp -d)
+case ",$ONLY," in *,faults,*) gcc -O2 -o "$WORK/faults" "$HERE/faults.c" ;; esac
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 recycle_wal 2048
@@ -69,6 +72,7 @@ NICE_SESSION='echo 10 >/proc/self/autogroup 2>/dev/null || true; exec nice -n 10
 start_neighbour() {
     case $1 in
         none) sleep 3600 & ;;
+        faults) setsid bash -c "$NICE_SESSION $WORK/faults" & ;;
         cpu) setsid bash -c "$NICE_SESSION bash -c 'while :; do :; done'" & ;;
         read) setsid bash -c "$NICE_SESSION bash -c 'while :; do dd if=$TABLE_FILE of=/dev/null bs=8k status=none; done'" & ;;
         scan|insert|hash|pass)
