@@ -18,6 +18,15 @@
 #   read    dd reading the table's file, 8 kB at a time, from the page cache
 #           (what a scan through a ring buffer asks of the kernel, without
 #           PostgreSQL)
+#   read1m  the same, 1 MB at a time: the same bytes, 1/128 of the calls
+#   hot     bench/memory.c: the first 8 kB of the table's file, read again
+#           and again: read's system calls and copying, from one cached page
+#   zero    dd from /dev/zero, 8 kB at a time: system calls that fill a
+#           buffer, no page cache
+#   walk    bench/memory.c: a 256 MB buffer read and written end to end,
+#           no system calls (memory traffic in user space)
+#   scatter bench/memory.c: radix passes over 160 MB of 16-byte records
+#           (the memory traffic of a pass's sort, without PostgreSQL)
 #   scan    a backend scanning payments (SELECT count(*) without parallel
 #           workers) again and again
 #   insert  a backend inserting 100,000 rows into a table of its own in one
@@ -42,7 +51,7 @@ ROWS=10000000
 ROUNDS=3
 SECONDS_ALONE=12
 RATE=400
-ONLY=none,cpu,faults,read,scan,insert,hash,pass
+ONLY=none,cpu,faults,read,read1m,hot,zero,walk,scatter,scan,insert,hash,pass
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
@@ -55,6 +64,7 @@ while [ $# -gt 0 ]; do
 done
 WORK=$(mktemp -d)
 case ",$ONLY," in *,faults,*) gcc -O2 -o "$WORK/faults" "$HERE/faults.c" ;; esac
+case ",$ONLY," in *,hot,*|*,walk,*|*,scatter,*) gcc -O2 -o "$WORK/memory" "$HERE/memory.c" ;; esac
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
 recycle_wal 2048
@@ -75,6 +85,10 @@ start_neighbour() {
         faults) setsid bash -c "$NICE_SESSION $WORK/faults" & ;;
         cpu) setsid bash -c "$NICE_SESSION bash -c 'while :; do :; done'" & ;;
         read) setsid bash -c "$NICE_SESSION bash -c 'while :; do dd if=$TABLE_FILE of=/dev/null bs=8k status=none; done'" & ;;
+        read1m) setsid bash -c "$NICE_SESSION bash -c 'while :; do dd if=$TABLE_FILE of=/dev/null bs=1M status=none; done'" & ;;
+        zero) setsid bash -c "$NICE_SESSION dd if=/dev/zero of=/dev/null bs=8k status=none" & ;;
+        hot) setsid bash -c "$NICE_SESSION $WORK/memory hot $TABLE_FILE" & ;;
+        walk|scatter) setsid bash -c "$NICE_SESSION $WORK/memory $1" & ;;
         scan|insert|hash|pass)
             # one session; pass jobs lower their own workers
             # (dedup_ext.worker_nice), the backend of the others is lowered
