@@ -19,8 +19,9 @@
 #           (what a scan through a ring buffer asks of the kernel, without
 #           PostgreSQL)
 #   read1m  the same, 1 MB at a time: the same bytes, 1/128 of the calls
-#   hot     bench/memory.c: the first 8 kB of the table's file, read again
-#           and again: read's system calls and copying, from one cached page
+#   hot     bench/memory.c (needs gcc, as walk and scatter do): the first
+#           8 kB of the table's file, read again and again: read's system
+#           calls and copying, from one cached page
 #   zero    dd from /dev/zero, 8 kB at a time: system calls that fill a
 #           buffer, no page cache
 #   walk    bench/memory.c: a 256 MB buffer read and written end to end,
