@@ -33,6 +33,8 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/transam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_operator_d.h"
 #include "catalog/pg_type_d.h"
@@ -42,6 +44,8 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/pg_list.h"
+#include "storage/bufmgr.h"
+#include "storage/predicate.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -64,7 +68,9 @@ typedef struct HashedRow
 
 #define ST_SORT sort_hashed_rows
 #define ST_ELEMENT_TYPE HashedRow
-#define ST_COMPARE(a, b) ((a)->hash < (b)->hash ? -1 : (a)->hash > (b)->hash ? 1 : 0)
+/* by hash, and by ctid among equal hashes: a remembered pass merges runs by ctid */
+#define ST_COMPARE(a, b) ((a)->hash < (b)->hash ? -1 : (a)->hash > (b)->hash ? 1 : \
+						  ItemPointerCompare(&(a)->tid, &(b)->tid))
 #define ST_SCOPE static
 #define ST_DECLARE
 #define ST_DEFINE
@@ -138,7 +144,7 @@ radix_sort_from(HashedRow *rows, int64 n, int shift)
 	}
 }
 
-/* the pairs sorted by hash, from the top 8 bits down */
+/* the pairs sorted by hash (then ctid), from the top 8 bits down */
 static void
 sort_by_hash(HashedRow *rows, int64 n)
 {
@@ -469,8 +475,25 @@ first_ranges(Relation rel, int64 capacity)
  * those whose hash another of them or a remembered pair shares, with the
  * remembered rows of that hash: whole groups, as the window pass needs.
  * Remembered rows that are gone come back as ctids that name no row, which
- * the TID scan skips.  It reads every page still, but hashes and sorts only
- * what changed.
+ * the TID scan skips.  It hashes and sorts only what changed.
+ *
+ * And it reads only the pages that may have changed.  Every change to a
+ * page of a WAL-logged table sets the page's LSN to its WAL record's, while
+ * the page is locked.  So a confirming pass notes the WAL insert position
+ * before it reads a page; when the next pass comes, a page whose LSN is
+ * still at or before that note holds the very rows the pass read there, and
+ * each of those visible now either precedes the memo's xmin (its pair is
+ * remembered) or was visible to the pass and hashed by it, and its pairs
+ * join the memo once its transaction commits.  Unless the pass could not
+ * see it: a row written by a transaction still running then, or committed
+ * after the pass's snapshot, can sit on a page changed before the note and
+ * become visible later, so the pass lists such pages to be read again.  The
+ * next pass reads a page if it changed since the note, was added since,
+ * holds a listed loser, or was listed to be read again, and checks only the
+ * LSN of the others: the last, clean pass of a job whose batches touched a
+ * few pages reads those.  The pass after the first reads every page (the
+ * first reads through the table AM, which hides the rows it cannot see), and
+ * so does every pass over an unlogged table, whose pages keep no LSN.
  *
  * What the call can check, it does: the same relfilenode (no rewrite moved
  * the rows), the same hash functions and collations, a heap table, and not
@@ -493,9 +516,29 @@ typedef struct CandidateMemo
 	Oid		   *collations;
 	bool		nulls_distinct;
 	FullTransactionId xmin;		/* of the pass's snapshot */
-	HashedRow  *rows;			/* sorted by hash */
+	HashedRow  *rows;			/* sorted by hash, then ctid */
 	int64		nrows;
+	XLogRecPtr	lsn;			/* pages unchanged since hold no row the memo
+								 * lacks; invalid: read every page */
+	BlockNumber nblocks;		/* the table's pages then: later ones are read */
+	BlockNumber *recheck;		/* pages read again whatever their LSN, in order */
+	int64		nrecheck;
 } CandidateMemo;
+
+/*
+ * What a confirming pass adds to the memo: installed once its transaction
+ * has committed (candidates_keep_remembered), dropped if it did not.
+ */
+typedef struct MemoUpdate
+{
+	FullTransactionId xid;		/* the pass's transaction; invalid: nothing */
+	HashedRow  *rows;			/* the memo with the pass's pairs; NULL: as it is */
+	int64		nrows;
+	XLogRecPtr	lsn;
+	BlockNumber nblocks;
+	BlockNumber *recheck;
+	int64		nrecheck;
+} MemoUpdate;
 
 typedef enum MemoMode
 {
@@ -505,6 +548,7 @@ typedef enum MemoMode
 } MemoMode;
 
 static CandidateMemo memo;
+static MemoUpdate staged;
 
 /* what the next call for armed_relid does (one call: it disarms) */
 static MemoMode armed_mode = MEMO_NONE;
@@ -520,6 +564,18 @@ static void
 memo_cleared(void *arg)
 {
 	memset(&memo, 0, sizeof(memo));
+	memset(&staged, 0, sizeof(staged));
+}
+
+/* forget a confirming pass's additions (allocated in memo.cxt) */
+static void
+staged_drop(void)
+{
+	if (staged.rows)
+		pfree(staged.rows);
+	if (staged.recheck)
+		pfree(staged.recheck);
+	memset(&staged, 0, sizeof(staged));
 }
 
 /* the memo goes with the job's memory */
@@ -545,6 +601,7 @@ tid_cmp(const void *a, const void *b)
 void
 candidates_remember_next(Oid relid, MemoryContext parent)
 {
+	staged_drop();
 	armed_mode = MEMO_RECORD;
 	armed_relid = relid;
 	armed_parent = parent;
@@ -577,6 +634,25 @@ candidates_keep_remembered(void)
 {
 	if (memo.cxt != NULL && memo.rows != NULL)
 		memo.committed = true;
+	/* a confirming pass's additions, if that pass is the one that committed */
+	if (FullTransactionIdIsValid(staged.xid) && memo.committed &&
+		TransactionIdDidCommit(XidFromFullTransactionId(staged.xid)))
+	{
+		if (staged.rows)
+		{
+			pfree(memo.rows);
+			memo.rows = staged.rows;
+			memo.nrows = staged.nrows;
+		}
+		if (memo.recheck)
+			pfree(memo.recheck);
+		memo.lsn = staged.lsn;
+		memo.nblocks = staged.nblocks;
+		memo.recheck = staged.recheck;
+		memo.nrecheck = staged.nrecheck;
+		memset(&staged, 0, sizeof(staged));
+	}
+	staged_drop();
 }
 
 /*
@@ -592,6 +668,7 @@ candidates_confirm_next(Oid relid, ItemPointerData *losers, int64 nlosers)
 	armed_losers = losers;
 	armed_nlosers = nlosers;
 	qsort(losers, nlosers, sizeof(ItemPointerData), tid_cmp);
+	staged_drop();
 }
 
 void
@@ -669,59 +746,243 @@ memo_lower_bound(uint32 hash)
 	return lo;
 }
 
+/* is blkno in the sorted blocks (advancing *i, which starts at 0, as blkno grows)? */
+static bool
+block_listed(BlockNumber *blocks, int64 n, int64 *i, BlockNumber blkno)
+{
+	while (*i < n && blocks[*i] < blkno)
+		(*i)++;
+	return *i < n && blocks[*i] == blkno;
+}
+
+/* does the page blkno hold a listed loser? (*i as for block_listed) */
+static bool
+loser_on_page(ItemPointerData *losers, int64 n, int64 *i, BlockNumber blkno)
+{
+	while (*i < n && ItemPointerGetBlockNumber(&losers[*i]) < blkno)
+		(*i)++;
+	return *i < n && ItemPointerGetBlockNumber(&losers[*i]) == blkno;
+}
+
+/*
+ * One page of a confirming pass, share-locked by the caller, unlocked here:
+ * the pairs of its visible rows that are new since the memo's xmin or
+ * listed losers (from losers[l] on, this page's first), hashed with the pin
+ * alone as a heap scan does.  *again when a row the snapshot does not see
+ * may become visible (see "The pages a later pass reads").  False when the
+ * pairs outgrow the budget.
+ */
+static bool
+hash_changed_page(Relation rel, KeyHasher *h, CandidateScan *cs, Buffer buf, TupleTableSlot *slot,
+				  ItemPointerData *losers, int64 nlosers, int64 l, bool *again)
+{
+	Snapshot	snapshot = GetActiveSnapshot();
+	Page		page = BufferGetPage(buf);
+	BlockNumber blkno = BufferGetBlockNumber(buf);
+	OffsetNumber maxoff = PageIsNew(page) ? InvalidOffsetNumber : PageGetMaxOffsetNumber(page);
+	TransactionId xmin = XidFromFullTransactionId(memo.xmin);
+	OffsetNumber hashed[MaxHeapTuplesPerPage];
+	int			nhashed = 0;
+
+	*again = false;
+	for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
+	{
+		ItemId		itemid = PageGetItemId(page, off);
+		HeapTupleData tuple;
+		bool		visible;
+		bool		changed;
+		bool		listed;
+
+		if (!ItemIdIsNormal(itemid))
+			continue;
+		tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
+		tuple.t_len = ItemIdGetLength(itemid);
+		tuple.t_tableOid = RelationGetRelid(rel);
+		ItemPointerSet(&tuple.t_self, blkno, off);
+		visible = HeapTupleSatisfiesVisibility(&tuple, snapshot, buf);
+		HeapCheckForSerializableConflictOut(visible, rel, &tuple, buf, snapshot);
+		changed = !TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple.t_data), xmin);
+		if (!visible)
+		{
+			if (changed && !*again)
+			{
+				HTSV_Result state = HeapTupleSatisfiesVacuum(&tuple, snapshot->xmin, buf);
+
+				*again = state == HEAPTUPLE_LIVE || state == HEAPTUPLE_INSERT_IN_PROGRESS ||
+					state == HEAPTUPLE_DELETE_IN_PROGRESS;
+			}
+			continue;
+		}
+		while (l < nlosers && ItemPointerCompare(&losers[l], &tuple.t_self) < 0)
+			l++;
+		listed = l < nlosers && ItemPointerEquals(&losers[l], &tuple.t_self);
+		if (changed || listed)
+			hashed[nhashed++] = off;
+	}
+	LockBuffer(buf, BUFFER_LOCK_UNLOCK);
+
+	for (int i = 0; i < nhashed; i++)
+	{
+		ItemId		itemid = PageGetItemId(page, hashed[i]);
+		HeapTupleData tuple;
+		uint32		hash;
+
+		cpu_yield_point();
+		tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
+		tuple.t_len = ItemIdGetLength(itemid);
+		tuple.t_tableOid = RelationGetRelid(rel);
+		ItemPointerSet(&tuple.t_self, blkno, hashed[i]);
+		ExecStoreBufferHeapTuple(&tuple, slot, buf);
+		if (!hash_key(h, slot, &hash))
+			continue;
+		if (cs->nrows == cs->allocated && !grow_rows(cs))
+			return false;
+		cs->rows[cs->nrows].hash = hash;
+		cs->rows[cs->nrows].tid = tuple.t_self;
+		cs->nrows++;
+	}
+	ExecClearTuple(slot);
+	return true;
+}
+
+/*
+ * How many different rows two runs of pairs of one hash name, up to two:
+ * both are in ctid order, and a row hashed again may be in both.
+ */
+static int
+distinct_rows(HashedRow *a, int64 na, HashedRow *b, int64 nb)
+{
+	int64		i = 0;
+	int64		j = 0;
+	int			n = 0;
+
+	while ((i < na || j < nb) && n < 2)
+	{
+		int			cmp = i == na ? 1 : j == nb ? -1 : ItemPointerCompare(&a[i].tid, &b[j].tid);
+
+		if (cmp <= 0)
+			i++;
+		if (cmp >= 0)
+			j++;
+		n++;
+	}
+	return n;
+}
+
+/*
+ * The pass's pairs (sorted as the memo) merged into the memo's, each pair
+ * once, for the memo to keep if the pass commits; NULL if they outgrow the
+ * budget.
+ */
+static HashedRow *
+merged_pairs(CandidateScan *cs, int64 *n)
+{
+	HashedRow  *rows;
+	int64		i = 0;
+	int64		j = 0;
+
+	*n = 0;
+	if (memo.nrows + cs->nrows > cs->capacity)
+		return NULL;
+	rows = MemoryContextAllocExtended(memo.cxt, (memo.nrows + cs->nrows) * sizeof(HashedRow),
+									  MCXT_ALLOC_HUGE);
+	while (i < memo.nrows || j < cs->nrows)
+	{
+		int			cmp;
+
+		if (i == memo.nrows)
+			cmp = 1;
+		else if (j == cs->nrows)
+			cmp = -1;
+		else
+			cmp = memo.rows[i].hash < cs->rows[j].hash ? -1 : memo.rows[i].hash > cs->rows[j].hash ? 1 :
+				ItemPointerCompare(&memo.rows[i].tid, &cs->rows[j].tid);
+		if (cmp <= 0)
+			rows[(*n)++] = memo.rows[i++];
+		else
+			rows[(*n)++] = cs->rows[j++];
+		if (cmp == 0)
+			j++;
+	}
+	return rows;
+}
+
 /*
  * The confirming pass: hash the rows that may have changed since the
- * remembered pass and the listed losers, and hand the tuplesort those whose
- * hash repeats among them or in the memo, with the memo's rows of that hash.
- * False, with nothing handed, when the changed rows outgrow the budget (the
- * caller scans in full instead).
+ * remembered pass and the listed losers, on the pages that may have changed
+ * since the last pass (see "The pages a later pass reads"), and hand the
+ * tuplesort those whose hash repeats among them or in the memo, with the
+ * memo's rows of that hash; stage what the memo learns.  False, with
+ * nothing handed, when the changed rows outgrow the budget (the caller
+ * scans in full instead).
  */
 static bool
 scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *losers, int64 nlosers)
 {
-	/* no synchronized scan: from block 0 in ctid order, as the losers are */
-	TableScanDesc scan = table_beginscan_strat(rel, GetActiveSnapshot(), 0, NULL, true, false);
+	/* noted before any page is read */
+	XLogRecPtr	lsn = RelationNeedsWAL(rel) ? GetXLogInsertRecPtr() : InvalidXLogRecPtr;
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+	BufferAccessStrategy strategy = nblocks > (BlockNumber) NBuffers / 4 ? GetAccessStrategy(BAS_BULKREAD) : NULL;
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	BlockNumber *again = NULL;
+	int64		nagain = 0;
+	int64		again_size = 0;
 	int64		l = 0;
+	int64		r = 0;
+	BlockNumber nread = 0;
 	bool		fits = true;
 
+	/* what a sequential scan locks in a serializable transaction */
+	PredicateLockRelation(rel, GetActiveSnapshot());
 	cs->nrows = 0;
-	while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+	for (BlockNumber blkno = 0; blkno < nblocks && fits; blkno++)
 	{
-		HeapTuple	tuple = ExecFetchSlotHeapTuple(slot, false, NULL);
-		uint32		hash;
-		bool		listed;
+		bool		listed = loser_on_page(losers, nlosers, &l, blkno);
+		bool		skippable = !XLogRecPtrIsInvalid(memo.lsn) && blkno < memo.nblocks && !listed &&
+			!block_listed(memo.recheck, memo.nrecheck, &r, blkno);
+		Buffer		buf;
+		bool		read_again;
 
 		CHECK_FOR_INTERRUPTS();
 		cpu_yield_point();
-		while (l < nlosers && ItemPointerCompare(&losers[l], &slot->tts_tid) < 0)
-			l++;
-		listed = l < nlosers && ItemPointerEquals(&losers[l], &slot->tts_tid);
-		if (!listed && TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple->t_data),
-											 XidFromFullTransactionId(memo.xmin)))
-			continue;
-		if (!hash_key(h, slot, &hash))
-			continue;
-		if (cs->nrows == cs->allocated && !grow_rows(cs))
+		buf = ReadBufferExtended(rel, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
+		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		if (skippable && BufferGetLSNAtomic(buf) <= memo.lsn)
 		{
-			fits = false;
-			break;
+			UnlockReleaseBuffer(buf);
+			continue;
 		}
-		cs->rows[cs->nrows].hash = hash;
-		cs->rows[cs->nrows].tid = slot->tts_tid;
-		cs->nrows++;
+		nread++;
+		fits = hash_changed_page(rel, h, cs, buf, slot, losers, nlosers, l, &read_again);
+		ReleaseBuffer(buf);
+		if (read_again)
+		{
+			if (nagain == again_size)
+			{
+				again_size = Max(again_size * 2, 64);
+				again = again ? repalloc_huge(again, again_size * sizeof(BlockNumber)) :
+					MemoryContextAllocExtended(memo.cxt, again_size * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
+			}
+			again[nagain++] = blkno;
+		}
 	}
 	ExecDropSingleTupleTableSlot(slot);
-	table_endscan(scan);
+	if (strategy)
+		FreeAccessStrategy(strategy);
 	if (!fits)
 	{
+		if (again)
+			pfree(again);
 		elog(DEBUG1, "dedup_ext: more rows of \"%s\" changed than maintenance_work_mem holds; hashing every row",
 			 RelationGetRelationName(rel));
 		return false;
 	}
 	elog(DEBUG1, "dedup_ext: hashed only the rows of \"%s\" changed since the remembered pass: %lld",
 		 RelationGetRelationName(rel), (long long) cs->nrows);
+	elog(DEBUG1, "dedup_ext: the pass read %u of the %u pages of \"%s\"",
+		 nread, nblocks, RelationGetRelationName(rel));
 
+	/* a hash that two different rows share: all its rows are candidates */
 	sort_by_hash(cs->rows, cs->nrows);
 	for (int64 i = 0, end; i < cs->nrows; i = end)
 	{
@@ -732,13 +993,22 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 			;
 		while (hi < memo.nrows && memo.rows[hi].hash == cs->rows[i].hash)
 			hi++;
-		if ((end - i) + (hi - lo) < 2)
+		if (distinct_rows(cs->rows + i, end - i, memo.rows + lo, hi - lo) < 2)
 			continue;
 		for (int64 j = i; j < end; j++)
 			tuplesort_putdatum(cs->found, PointerGetDatum(&cs->rows[j].tid), false);
 		for (int64 j = lo; j < hi; j++)
 			tuplesort_putdatum(cs->found, PointerGetDatum(&memo.rows[j].tid), false);
 	}
+
+	staged.xid = GetTopFullTransactionId();
+	if (cs->nrows > 0)
+		staged.rows = merged_pairs(cs, &staged.nrows);
+	/* without the pass's pairs in the memo, the next pass reads every page */
+	staged.lsn = cs->nrows == 0 || staged.rows ? lsn : InvalidXLogRecPtr;
+	staged.nblocks = nblocks;
+	staged.recheck = again;
+	staged.nrecheck = nagain;
 	return true;
 }
 

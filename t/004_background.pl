@@ -17,8 +17,9 @@
 #      column dropped under it) fails with that error in dedup_jobs.error and
 #      leaves every key with a row;
 #   6. a job whose passes hash only the rows changed since its first pass
-#      still finds the duplicates writers made between its batches, and a
-#      first pass rolled back and run again hashes every row again;
+#      (and read only the pages changed since the pass before) still finds
+#      the duplicates writers made between its batches, and a first pass
+#      rolled back and run again hashes every row again;
 #   7. preloaded: with dedup_ext.wal_compression a job after a checkpoint
 #      writes less WAL, and a running worker takes the setting, reloaded,
 #      at its next batch.
@@ -342,6 +343,14 @@ is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FR
 ok($node->log_contains(qr/dedup_ext: hashed only the rows of "memo" changed since the remembered pass: \d{1,3}$/m,
 		$log_offset),
 	'the confirming pass hashed only the few rows changed since the first');
+# the pass after the first reads every page; the one after it only the
+# pages changed since (the batch's, the writers') and those listed again
+my @pages = slurp_file($node->logfile, $log_offset) =~
+  /dedup_ext: the pass read (\d+) of the (\d+) pages of "memo"$/mg;
+is(scalar(@pages), 4, 'both confirming passes logged the pages they read');
+is($pages[0], $pages[1], 'the second pass read every page');
+cmp_ok($pages[2], '<', $pages[3] / 10,
+	"the third pass read only the pages changed since the second ($pages[2] of $pages[3])");
 is(job_field($node, $job, 'passes'), '3', 'memo job: a pass, a pass for the writers\' duplicates, a clean one');
 
 # 6b. the first pass's transaction fails once it has hashed the keys (a lock
