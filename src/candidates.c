@@ -479,21 +479,21 @@ first_ranges(Relation rel, int64 capacity)
  *
  * And it reads only the pages that may have changed.  Every change to a
  * page of a WAL-logged table sets the page's LSN to its WAL record's, while
- * the page is locked.  So a confirming pass notes the WAL insert position
- * before it reads a page; when the next pass comes, a page whose LSN is
- * still at or before that note holds the very rows the pass read there, and
- * each of those visible now either precedes the memo's xmin (its pair is
- * remembered) or was visible to the pass and hashed by it, and its pairs
- * join the memo once its transaction commits.  Unless the pass could not
- * see it: a row written by a transaction still running then, or committed
- * after the pass's snapshot, can sit on a page changed before the note and
- * become visible later, so the pass lists such pages to be read again.  The
- * next pass reads a page if it changed since the note, was added since,
- * holds a listed loser, or was listed to be read again, and checks only the
- * LSN of the others: the last, clean pass of a job whose batches touched a
- * few pages reads those.  The pass after the first reads every page (the
- * first reads through the table AM, which hides the rows it cannot see), and
- * so does every pass over an unlogged table, whose pages keep no LSN.
+ * the page is locked.  So each pass notes the WAL insert position before it
+ * reads a page; when the next pass comes, a page whose LSN is still at or
+ * before that note holds the very rows the pass read there, and each of
+ * those visible now was visible to the pass and hashed by it (the first
+ * pass hashes every row, a later one those new since the memo's xmin, whose
+ * pairs join the memo once its transaction commits), or precedes the memo's
+ * xmin and was hashed by the first.  Unless the pass could not see it: a
+ * row written by a transaction still running then, or committed after the
+ * pass's snapshot, can sit on a page changed before the note and become
+ * visible later, so the pass lists such pages to be read again.  The next
+ * pass reads a page if it changed since the note, was added since, holds a
+ * listed loser, or was listed to be read again, and checks only the LSN of
+ * the others: the last, clean pass of a job whose batches touched a few
+ * pages reads those.  An unlogged table's pages keep no LSN: every pass
+ * reads all of them.
  *
  * What the call can check, it does: the same relfilenode (no rewrite moved
  * the rows), the same hash functions and collations, a heap table, and not
@@ -765,24 +765,24 @@ loser_on_page(ItemPointerData *losers, int64 n, int64 *i, BlockNumber blkno)
 }
 
 /*
- * One page of a confirming pass, share-locked by the caller, unlocked here:
- * the pairs of its visible rows that are new since the memo's xmin or
- * listed losers (from losers[l] on, this page's first), hashed with the pin
- * alone as a heap scan does.  *again when a row the snapshot does not see
- * may become visible (see "The pages a later pass reads").  False when the
- * pairs outgrow the budget.
+ * The rows of a page to hash, share-locked by the caller and unlocked here:
+ * its visible rows, all of them or those new since the memo's xmin and the
+ * listed losers (from losers[l] on, this page's first).  *again when a row
+ * the snapshot does not see may become visible (see "The pages a later pass
+ * reads").  Returns how many offsets it put in rows.
  */
-static bool
-hash_changed_page(Relation rel, KeyHasher *h, CandidateScan *cs, Buffer buf, TupleTableSlot *slot,
-				  ItemPointerData *losers, int64 nlosers, int64 l, bool *again)
+static int
+page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlosers, int64 l,
+		  OffsetNumber *rows, bool *again)
 {
 	Snapshot	snapshot = GetActiveSnapshot();
 	Page		page = BufferGetPage(buf);
 	BlockNumber blkno = BufferGetBlockNumber(buf);
 	OffsetNumber maxoff = PageIsNew(page) ? InvalidOffsetNumber : PageGetMaxOffsetNumber(page);
 	TransactionId xmin = XidFromFullTransactionId(memo.xmin);
-	OffsetNumber hashed[MaxHeapTuplesPerPage];
-	int			nhashed = 0;
+	/* every row visible to every snapshot, as a heap scan trusts it */
+	bool		all_visible = PageIsAllVisible(page) && !snapshot->takenDuringRecovery;
+	int			n = 0;
 
 	*again = false;
 	for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
@@ -791,7 +791,6 @@ hash_changed_page(Relation rel, KeyHasher *h, CandidateScan *cs, Buffer buf, Tup
 		HeapTupleData tuple;
 		bool		visible;
 		bool		changed;
-		bool		listed;
 
 		if (!ItemIdIsNormal(itemid))
 			continue;
@@ -799,7 +798,7 @@ hash_changed_page(Relation rel, KeyHasher *h, CandidateScan *cs, Buffer buf, Tup
 		tuple.t_len = ItemIdGetLength(itemid);
 		tuple.t_tableOid = RelationGetRelid(rel);
 		ItemPointerSet(&tuple.t_self, blkno, off);
-		visible = HeapTupleSatisfiesVisibility(&tuple, snapshot, buf);
+		visible = all_visible || HeapTupleSatisfiesVisibility(&tuple, snapshot, buf);
 		HeapCheckForSerializableConflictOut(visible, rel, &tuple, buf, snapshot);
 		changed = !TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple.t_data), xmin);
 		if (!visible)
@@ -815,34 +814,113 @@ hash_changed_page(Relation rel, KeyHasher *h, CandidateScan *cs, Buffer buf, Tup
 		}
 		while (l < nlosers && ItemPointerCompare(&losers[l], &tuple.t_self) < 0)
 			l++;
-		listed = l < nlosers && ItemPointerEquals(&losers[l], &tuple.t_self);
-		if (changed || listed)
-			hashed[nhashed++] = off;
+		if (all || changed || (l < nlosers && ItemPointerEquals(&losers[l], &tuple.t_self)))
+			rows[n++] = off;
 	}
 	LockBuffer(buf, BUFFER_LOCK_UNLOCK);
+	return n;
+}
 
-	for (int i = 0; i < nhashed; i++)
-	{
-		ItemId		itemid = PageGetItemId(page, hashed[i]);
-		HeapTupleData tuple;
-		uint32		hash;
+/*
+ * The key hash of a row that page_rows chose, read with the buffer's pin
+ * alone, as a heap scan reads its rows; false as for hash_key.
+ */
+static bool
+page_row_hash(Relation rel, KeyHasher *h, Buffer buf, OffsetNumber off, TupleTableSlot *slot,
+			  uint32 *hash)
+{
+	Page		page = BufferGetPage(buf);
+	ItemId		itemid = PageGetItemId(page, off);
+	HeapTupleData tuple;
+	bool		hashed;
 
-		cpu_yield_point();
-		tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
-		tuple.t_len = ItemIdGetLength(itemid);
-		tuple.t_tableOid = RelationGetRelid(rel);
-		ItemPointerSet(&tuple.t_self, blkno, hashed[i]);
-		ExecStoreBufferHeapTuple(&tuple, slot, buf);
-		if (!hash_key(h, slot, &hash))
-			continue;
-		if (cs->nrows == cs->allocated && !grow_rows(cs))
-			return false;
-		cs->rows[cs->nrows].hash = hash;
-		cs->rows[cs->nrows].tid = tuple.t_self;
-		cs->nrows++;
-	}
+	tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
+	tuple.t_len = ItemIdGetLength(itemid);
+	tuple.t_tableOid = RelationGetRelid(rel);
+	ItemPointerSet(&tuple.t_self, BufferGetBlockNumber(buf), off);
+	ExecStoreBufferHeapTuple(&tuple, slot, buf);
+	hashed = hash_key(h, slot, hash);
 	ExecClearTuple(slot);
-	return true;
+	return hashed;
+}
+
+/* a page to read again in the next pass, in memo.cxt */
+static void
+list_again(BlockNumber **blocks, int64 *n, int64 *size, BlockNumber blkno)
+{
+	if (*n == *size)
+	{
+		*size = Max(*size * 2, 64);
+		*blocks = *blocks ? repalloc_huge(*blocks, *size * sizeof(BlockNumber)) :
+			MemoryContextAllocExtended(memo.cxt, *size * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
+	}
+	(*blocks)[(*n)++] = blkno;
+}
+
+/* a page of the table, pinned and share-locked */
+static Buffer
+locked_page(Relation rel, BlockNumber blkno, BufferAccessStrategy strategy)
+{
+	Buffer		buf = ReadBufferExtended(rel, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
+
+	LockBuffer(buf, BUFFER_LOCK_SHARE);
+	return buf;
+}
+
+/*
+ * The remembered pass's scan: scan_range's, page by page, noting in the
+ * memo what the next pass needs to read only the pages changed since (see
+ * "The pages a later pass reads").
+ */
+static void
+scan_remembered(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
+{
+	/* noted before any page is read */
+	XLogRecPtr	lsn = RelationNeedsWAL(rel) ? GetXLogInsertRecPtr() : InvalidXLogRecPtr;
+	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
+	BufferAccessStrategy strategy = nblocks > (BlockNumber) NBuffers / 4 ? GetAccessStrategy(BAS_BULKREAD) : NULL;
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	OffsetNumber rows[MaxHeapTuplesPerPage];
+	int64		again_size = 0;
+
+	PredicateLockRelation(rel, GetActiveSnapshot());
+	cs->nrows = 0;
+	for (BlockNumber blkno = 0; blkno < nblocks; blkno++)
+	{
+		Buffer		buf;
+		bool		again;
+		int			n;
+
+		CHECK_FOR_INTERRUPTS();
+		cpu_yield_point();
+		buf = locked_page(rel, blkno, strategy);
+		n = page_rows(rel, buf, true, NULL, 0, 0, rows, &again);
+		for (int i = 0; i < n; i++)
+		{
+			uint32		hash;
+
+			cpu_yield_point();
+			if (!page_row_hash(rel, h, buf, rows[i], slot, &hash) ||
+				(hash & range_mask(range.bits)) != range.residue)
+				continue;
+			make_room(cs, &range);
+			/* narrowing the range may have excluded this row */
+			if ((hash & range_mask(range.bits)) != range.residue)
+				continue;
+			cs->rows[cs->nrows].hash = hash;
+			ItemPointerSet(&cs->rows[cs->nrows].tid, blkno, rows[i]);
+			cs->nrows++;
+		}
+		ReleaseBuffer(buf);
+		if (again)
+			list_again(&memo.recheck, &memo.nrecheck, &again_size, blkno);
+	}
+	compact_rows(cs, cs->keep_all && !cs->compacted);
+	ExecDropSingleTupleTableSlot(slot);
+	if (strategy)
+		FreeAccessStrategy(strategy);
+	memo.lsn = lsn;
+	memo.nblocks = nblocks;
 }
 
 /*
@@ -924,6 +1002,7 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
 	BufferAccessStrategy strategy = nblocks > (BlockNumber) NBuffers / 4 ? GetAccessStrategy(BAS_BULKREAD) : NULL;
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	OffsetNumber rows[MaxHeapTuplesPerPage];
 	BlockNumber *again = NULL;
 	int64		nagain = 0;
 	int64		again_size = 0;
@@ -942,29 +1021,37 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 			!block_listed(memo.recheck, memo.nrecheck, &r, blkno);
 		Buffer		buf;
 		bool		read_again;
+		int			n;
 
 		CHECK_FOR_INTERRUPTS();
 		cpu_yield_point();
-		buf = ReadBufferExtended(rel, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
-		LockBuffer(buf, BUFFER_LOCK_SHARE);
+		buf = locked_page(rel, blkno, strategy);
 		if (skippable && BufferGetLSNAtomic(buf) <= memo.lsn)
 		{
 			UnlockReleaseBuffer(buf);
 			continue;
 		}
 		nread++;
-		fits = hash_changed_page(rel, h, cs, buf, slot, losers, nlosers, l, &read_again);
+		n = page_rows(rel, buf, false, losers, nlosers, l, rows, &read_again);
+		for (int i = 0; i < n && fits; i++)
+		{
+			uint32		hash;
+
+			cpu_yield_point();
+			if (!page_row_hash(rel, h, buf, rows[i], slot, &hash))
+				continue;
+			if (cs->nrows == cs->allocated && !grow_rows(cs))
+				fits = false;
+			else
+			{
+				cs->rows[cs->nrows].hash = hash;
+				ItemPointerSet(&cs->rows[cs->nrows].tid, blkno, rows[i]);
+				cs->nrows++;
+			}
+		}
 		ReleaseBuffer(buf);
 		if (read_again)
-		{
-			if (nagain == again_size)
-			{
-				again_size = Max(again_size * 2, 64);
-				again = again ? repalloc_huge(again, again_size * sizeof(BlockNumber)) :
-					MemoryContextAllocExtended(memo.cxt, again_size * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
-			}
-			again[nagain++] = blkno;
-		}
+			list_again(&again, &nagain, &again_size, blkno);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	if (strategy)
@@ -1082,7 +1169,11 @@ dedup_key_candidates(PG_FUNCTION_ARGS)
 			HashRange	range = *(HashRange *) linitial(cs.ranges);
 
 			cs.ranges = list_delete_first(cs.ranges);
-			scan_range(rel, &h, &cs, range);
+			/* a range narrowed by the budget compacts its pairs: nothing is remembered */
+			if (remember && !cs.compacted)
+				scan_remembered(rel, &h, &cs, range);
+			else
+				scan_range(rel, &h, &cs, range);
 		}
 		if (remember && !cs.compacted)
 		{

@@ -343,12 +343,13 @@ is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FR
 ok($node->log_contains(qr/dedup_ext: hashed only the rows of "memo" changed since the remembered pass: \d{1,3}$/m,
 		$log_offset),
 	'the confirming pass hashed only the few rows changed since the first');
-# the pass after the first reads every page; the one after it only the
-# pages changed since (the batch's, the writers') and those listed again
+# the pass after the first reads every page (the first pass's batches
+# changed each); the one after it only the pages changed since (its batch's,
+# the writers') and those listed again
 my @pages = slurp_file($node->logfile, $log_offset) =~
   /dedup_ext: the pass read (\d+) of the (\d+) pages of "memo"$/mg;
 is(scalar(@pages), 4, 'both confirming passes logged the pages they read');
-is($pages[0], $pages[1], 'the second pass read every page');
+is($pages[0], $pages[1], 'the second pass read every page, all changed');
 cmp_ok($pages[2], '<', $pages[3] / 10,
 	"the third pass read only the pages changed since the second ($pages[2] of $pages[3])");
 is(job_field($node, $job, 'passes'), '3', 'memo job: a pass, a pass for the writers\' duplicates, a clean one');
@@ -381,6 +382,31 @@ $node->safe_psql('postgres', 'DROP TRIGGER memo_trap ON dedup_job');
 is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo2}),
 	'19000 19000', 'the first pass, run again after its rollback, found every duplicate');
 is(job_field($node, $job, 'retries >= 1'), 't', 'memo2: the first pass was retried');
+
+# 6c. duplicates on the first page only: the pass after the first reads the
+# pages changed since (its batch's), and checks only the LSN of the others.
+$node->safe_psql('postgres', q{
+	CREATE TABLE memo3 (id int PRIMARY KEY, k text NOT NULL);
+	INSERT INTO memo3 SELECT g, 'k' || CASE WHEN g <= 40 AND g % 2 = 0 THEN g - 1 ELSE g END
+	  FROM generate_series(1, 20000) g;
+	ANALYZE memo3;
+	ALTER DATABASE postgres SET log_min_messages = debug1;
+});
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+	'no dedup_ext worker left from the jobs before');
+$log_offset = -s $node->logfile;
+$job = $node->safe_psql('postgres',
+	q{SELECT job_id FROM dedup_table('memo3', '{k}', background => true)});
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'done', 'memo3 job done');
+$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET log_min_messages');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo3}),
+	'19980 19980', 'memo3: every duplicate removed');
+my @pages3 = slurp_file($node->logfile, $log_offset) =~
+  /dedup_ext: the pass read (\d+) of the (\d+) pages of "memo3"$/mg;
+is(scalar(@pages3), 2, 'memo3: one confirming pass, which logged the pages it read');
+cmp_ok($pages3[0], '<', $pages3[1] / 10,
+	"the pass after the first read only the pages its batch changed ($pages3[0] of $pages3[1])");
 
 # 7. dedup_ext.wal_compression: the full-page images a job writes after a
 # checkpoint (each page whose rows it deletes) are compressed, and its WAL
