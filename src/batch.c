@@ -312,9 +312,10 @@ scan_step(BgJob *job, void *arg)
 			cpu_yield_arm(false);
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 			/*
-			 * the pass reads every page, and pruning a page (of rows the
-			 * last pass's batches deleted) writes an image of it after a
-			 * checkpoint
+			 * a heap scan (the window's, when it reads every row) prunes
+			 * the pages it reads, of rows the last pass's batches deleted,
+			 * and pruning a page writes an image of it after a checkpoint;
+			 * the candidates' page walk does not prune (see candidates.c)
 			 */
 			bg_compress_wal(true);
 			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number()"

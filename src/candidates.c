@@ -492,8 +492,11 @@ first_ranges(Relation rel, int64 capacity)
  * pass reads a page if it changed since the note, was added since, holds a
  * listed loser, or was listed to be read again, and checks only the LSN of
  * the others: the last, clean pass of a job whose batches touched a few
- * pages reads those.  An unlogged table's pages keep no LSN: every pass
- * reads all of them.
+ * pages (their losers' and, locked, their survivors') reads those.  The
+ * page walk does not prune, as a heap scan would: that would change the
+ * pages it reads for the next pass.  An unlogged table's pages keep no
+ * LSN, and a serializable transaction must check every row it reads for a
+ * conflict with its writer: then every pass reads every page.
  *
  * What the call can check, it does: the same relfilenode (no rewrite moved
  * the rows), the same hash functions and collations, a heap table, and not
@@ -784,6 +787,7 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 	bool		all_visible = PageIsAllVisible(page) && !snapshot->takenDuringRecovery;
 	int			n = 0;
 
+	dedup_test_for_old_snapshot(snapshot, rel, page);
 	*again = false;
 	for (OffsetNumber off = FirstOffsetNumber; off <= maxoff; off++)
 	{
@@ -844,15 +848,15 @@ page_row_hash(Relation rel, KeyHasher *h, Buffer buf, OffsetNumber off, TupleTab
 	return hashed;
 }
 
-/* a page to read again in the next pass, in memo.cxt */
+/* a page to read again in the next pass, listed in cxt */
 static void
-list_again(BlockNumber **blocks, int64 *n, int64 *size, BlockNumber blkno)
+list_again(MemoryContext cxt, BlockNumber **blocks, int64 *n, int64 *size, BlockNumber blkno)
 {
 	if (*n == *size)
 	{
 		*size = Max(*size * 2, 64);
 		*blocks = *blocks ? repalloc_huge(*blocks, *size * sizeof(BlockNumber)) :
-			MemoryContextAllocExtended(memo.cxt, *size * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
+			MemoryContextAllocExtended(cxt, *size * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
 	}
 	(*blocks)[(*n)++] = blkno;
 }
@@ -913,7 +917,7 @@ scan_remembered(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 		}
 		ReleaseBuffer(buf);
 		if (again)
-			list_again(&memo.recheck, &memo.nrecheck, &again_size, blkno);
+			list_again(memo.cxt, &memo.recheck, &memo.nrecheck, &again_size, blkno);
 	}
 	compact_rows(cs, cs->keep_all && !cs->compacted);
 	ExecDropSingleTupleTableSlot(slot);
@@ -1011,13 +1015,19 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	BlockNumber nread = 0;
 	bool		fits = true;
 
-	/* what a sequential scan locks in a serializable transaction */
+	/*
+	 * What a sequential scan locks in a serializable transaction.  Such a
+	 * transaction also checks each row it reads for a conflict with its
+	 * writer (page_rows): it reads every page.
+	 */
+	bool		may_skip = !XLogRecPtrIsInvalid(memo.lsn) && !IsolationIsSerializable();
+
 	PredicateLockRelation(rel, GetActiveSnapshot());
 	cs->nrows = 0;
 	for (BlockNumber blkno = 0; blkno < nblocks && fits; blkno++)
 	{
 		bool		listed = loser_on_page(losers, nlosers, &l, blkno);
-		bool		skippable = !XLogRecPtrIsInvalid(memo.lsn) && blkno < memo.nblocks && !listed &&
+		bool		skippable = may_skip && blkno < memo.nblocks && !listed &&
 			!block_listed(memo.recheck, memo.nrecheck, &r, blkno);
 		Buffer		buf;
 		bool		read_again;
@@ -1051,15 +1061,13 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 		}
 		ReleaseBuffer(buf);
 		if (read_again)
-			list_again(&again, &nagain, &again_size, blkno);
+			list_again(CurrentMemoryContext, &again, &nagain, &again_size, blkno);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	if (strategy)
 		FreeAccessStrategy(strategy);
 	if (!fits)
 	{
-		if (again)
-			pfree(again);
 		elog(DEBUG1, "dedup_ext: more rows of \"%s\" changed than maintenance_work_mem holds; hashing every row",
 			 RelationGetRelationName(rel));
 		return false;
@@ -1094,7 +1102,11 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	/* without the pass's pairs in the memo, the next pass reads every page */
 	staged.lsn = cs->nrows == 0 || staged.rows ? lsn : InvalidXLogRecPtr;
 	staged.nblocks = nblocks;
-	staged.recheck = again;
+	if (nagain > 0)
+	{
+		staged.recheck = MemoryContextAllocExtended(memo.cxt, nagain * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
+		memcpy(staged.recheck, again, nagain * sizeof(BlockNumber));
+	}
 	staged.nrecheck = nagain;
 	return true;
 }

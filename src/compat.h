@@ -90,4 +90,11 @@
 	tuplesort_getdatum((state), true, (val), (isnull), NULL)
 #endif
 
+/* old_snapshot_threshold, and the page check that goes with it, went in 17 */
+#if PG_VERSION_NUM < 170000
+#define dedup_test_for_old_snapshot(snapshot, rel, page) TestForOldSnapshot((snapshot), (rel), (page))
+#else
+#define dedup_test_for_old_snapshot(snapshot, rel, page) ((void) 0)
+#endif
+
 #endif							/* DEDUP_COMPAT_H */

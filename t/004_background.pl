@@ -407,6 +407,31 @@ my @pages3 = slurp_file($node->logfile, $log_offset) =~
 is(scalar(@pages3), 2, 'memo3: one confirming pass, which logged the pages it read');
 cmp_ok($pages3[0], '<', $pages3[1] / 10,
 	"the pass after the first read only the pages its batch changed ($pages3[0] of $pages3[1])");
+# serializable, a pass checks every row it reads for a conflict with its
+# writer, as a heap scan does: it reads every page
+$node->safe_psql('postgres', qq{
+	SELECT dedup_rollback($job);
+	ALTER DATABASE postgres SET default_transaction_isolation = serializable;
+	ALTER DATABASE postgres SET log_min_messages = debug1;
+});
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+	'no dedup_ext worker left from the job before');
+$log_offset = -s $node->logfile;
+$job = $node->safe_psql('postgres',
+	q{SELECT job_id FROM dedup_table('memo3', '{k}', background => true)});
+is($node->safe_psql('postgres', qq{
+		SET default_transaction_isolation = 'read committed';
+		SELECT dedup_wait($job, '60s');
+	}), 'done', 'memo3 job done, serializable');
+$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET default_transaction_isolation');
+$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET log_min_messages');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo3}),
+	'19980 19980', 'memo3, serializable: every duplicate removed');
+@pages3 = slurp_file($node->logfile, $log_offset) =~
+  /dedup_ext: the pass read (\d+) of the (\d+) pages of "memo3"$/mg;
+is(scalar(@pages3), 2, 'memo3, serializable: one confirming pass');
+is($pages3[0], $pages3[1], 'serializable: the pass after the first read every page');
 
 # 7. dedup_ext.wal_compression: the full-page images a job writes after a
 # checkpoint (each page whose rows it deletes) are compressed, and its WAL
