@@ -827,7 +827,9 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 
 /*
  * The key hash of a row that page_rows chose, read with the buffer's pin
- * alone, as a heap scan reads its rows; false as for hash_key.
+ * alone, as a heap scan reads its rows; false as for hash_key.  The slot
+ * keeps the row, and a pin on its buffer, until the caller clears it: rows
+ * of the buffer it holds are stored without pinning it again.
  */
 static bool
 page_row_hash(Relation rel, KeyHasher *h, Buffer buf, OffsetNumber off, TupleTableSlot *slot,
@@ -836,16 +838,13 @@ page_row_hash(Relation rel, KeyHasher *h, Buffer buf, OffsetNumber off, TupleTab
 	Page		page = BufferGetPage(buf);
 	ItemId		itemid = PageGetItemId(page, off);
 	HeapTupleData tuple;
-	bool		hashed;
 
 	tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
 	tuple.t_len = ItemIdGetLength(itemid);
 	tuple.t_tableOid = RelationGetRelid(rel);
 	ItemPointerSet(&tuple.t_self, BufferGetBlockNumber(buf), off);
 	ExecStoreBufferHeapTuple(&tuple, slot, buf);
-	hashed = hash_key(h, slot, hash);
-	ExecClearTuple(slot);
-	return hashed;
+	return hash_key(h, slot, hash);
 }
 
 /* a page to read again in the next pass, listed in cxt */
@@ -915,6 +914,7 @@ scan_remembered(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 			ItemPointerSet(&cs->rows[cs->nrows].tid, blkno, rows[i]);
 			cs->nrows++;
 		}
+		ExecClearTuple(slot);
 		ReleaseBuffer(buf);
 		if (again)
 			list_again(memo.cxt, &memo.recheck, &memo.nrecheck, &again_size, blkno);
@@ -1059,6 +1059,7 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 				cs->nrows++;
 			}
 		}
+		ExecClearTuple(slot);
 		ReleaseBuffer(buf);
 		if (read_again)
 			list_again(CurrentMemoryContext, &again, &nagain, &again_size, blkno);
