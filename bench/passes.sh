@@ -9,7 +9,9 @@
 # --clustered the last 1% repeating the 1% before them (an import run
 # twice: the duplicates on the table's last pages).  R times (default 4):
 # dedup_table(..., background => true, batch_size => 10000), then
-# dedup_rollback and VACUUM ANALYZE for the next round.  Prints each job's
+# dedup_rollback and VACUUM ANALYZE for the next round (the rollback puts
+# the losers back at the table's end: from the second round on, the losers
+# are on its last pages whatever the layout).  Prints each job's
 # wall time and its passes' (from the worker's log lines at debug2: a pass
 # is a "scanning" step; the pages read by each pass after the first).  Run
 # it against two builds of the extension to compare them.  Not a test.

@@ -312,10 +312,11 @@ scan_step(BgJob *job, void *arg)
 			cpu_yield_arm(false);
 			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 			/*
-			 * a heap scan (the window's, when it reads every row) prunes
-			 * the pages it reads, of rows the last pass's batches deleted,
-			 * and pruning a page writes an image of it after a checkpoint;
-			 * the candidates' page walk does not prune (see candidates.c)
+			 * a heap scan (the window's over every row, or the candidates'
+			 * when they are not remembered) prunes the pages it reads, of
+			 * rows the last pass's batches deleted, and pruning a page
+			 * writes an image of it after a checkpoint; the remembered
+			 * passes' page walk does not prune (see candidates.c)
 			 */
 			bg_compress_wal(true);
 			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number()"

@@ -7,7 +7,7 @@
  * group.  Equal keys have equal hashes (the contract of a hash opclass whose
  * equality is the key's), so a row whose key hash no other row shares cannot
  * be a duplicate.  dedup_key_candidates() hashes the key of every row in one
- * heap scan, sorts the (hash, ctid) pairs in memory and returns the rows whose
+ * pass over the heap, sorts the (hash, ctid) pairs in memory and returns the rows whose
  * hash repeats: whole groups, every duplicate among them, and a few rows that
  * only collide.  The window pass then sorts those alone (sql_ranked_dups).
  *
@@ -23,7 +23,9 @@
  * A background job scans again after its batches, to find the duplicates
  * written meanwhile.  Its first pass can keep its sorted pairs (when they
  * fit in one scan's budget): the job's later passes then hash only the rows
- * that may have changed since (see "The job's first pass, remembered").
+ * that may have changed since, on the pages that may have changed since the
+ * pass before (see "The job's first pass, remembered" and "The pages a later
+ * pass reads").
  */
 #include "dedup_ext.h"
 
@@ -477,26 +479,29 @@ first_ranges(Relation rel, int64 capacity)
  * Remembered rows that are gone come back as ctids that name no row, which
  * the TID scan skips.  It hashes and sorts only what changed.
  *
- * And it reads only the pages that may have changed.  Every change to a
- * page of a WAL-logged table sets the page's LSN to its WAL record's, while
- * the page is locked.  So each pass notes the WAL insert position before it
- * reads a page; when the next pass comes, a page whose LSN is still at or
- * before that note holds the very rows the pass read there, and each of
- * those visible now was visible to the pass and hashed by it (the first
- * pass hashes every row, a later one those new since the memo's xmin, whose
- * pairs join the memo once its transaction commits), or precedes the memo's
- * xmin and was hashed by the first.  Unless the pass could not see it: a
- * row written by a transaction still running then, or committed after the
- * pass's snapshot, can sit on a page changed before the note and become
- * visible later, so the pass lists such pages to be read again.  The next
- * pass reads a page if it changed since the note, was added since, holds a
- * listed loser, or was listed to be read again, and checks only the LSN of
- * the others: the last, clean pass of a job whose batches touched a few
- * pages (their losers' and, locked, their survivors') reads those.  The
- * page walk does not prune, as a heap scan would: that would change the
- * pages it reads for the next pass.  An unlogged table's pages keep no
- * LSN, and a serializable transaction must check every row it reads for a
- * conflict with its writer: then every pass reads every page.
+ * The pages a later pass reads.  Every change to the rows of a page of a
+ * WAL-logged table sets the page's LSN to its WAL record's, while the page
+ * is locked (hint bits and the all-visible flag change no row).  So each pass
+ * notes the WAL insert position before it reads a page; when the next pass
+ * comes, a page whose LSN is still at or before that note holds the very
+ * rows the pass read there, and each of those visible now was visible to the
+ * pass and hashed by it (the first pass hashes every row, a later one those
+ * new since the memo's xmin, whose pairs join the memo once its transaction
+ * commits), or precedes the memo's xmin and was hashed by the first.  Unless
+ * the pass could not see it: a row written by a transaction still running
+ * then, or committed after the pass's snapshot, can sit on a page changed
+ * before the note and become visible later, so the pass lists such pages to
+ * be read again.  The next pass reads a page if it changed since the note,
+ * was added since, holds a listed loser, or was listed to be read again, and
+ * checks only the LSN of the others: the last, clean pass of a job whose
+ * batches touched a few pages (their losers' and, locked, their survivors')
+ * reads those.  A page it does not read is still pinned, and read in if it is
+ * not in shared buffers: what it saves is the work on its rows and, for a
+ * page in shared buffers, streaming it through the CPU's caches.  The page
+ * walk does not prune, as a heap scan would: that would change the pages it
+ * reads for the next pass.  An unlogged table's pages keep no LSN, and a
+ * serializable transaction must check every row it reads for a conflict with
+ * its writer: then every pass reads every page.
  *
  * What the call can check, it does: the same relfilenode (no rewrite moved
  * the rows), the same hash functions and collations, a heap table, and not
@@ -653,9 +658,11 @@ candidates_keep_remembered(void)
 		memo.nblocks = staged.nblocks;
 		memo.recheck = staged.recheck;
 		memo.nrecheck = staged.nrecheck;
+		/* the memo owns them now */
 		memset(&staged, 0, sizeof(staged));
 	}
-	staged_drop();
+	else
+		staged_drop();
 }
 
 /*
@@ -1016,12 +1023,12 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	bool		fits = true;
 
 	/*
-	 * What a sequential scan locks in a serializable transaction.  Such a
-	 * transaction also checks each row it reads for a conflict with its
-	 * writer (page_rows): it reads every page.
+	 * A serializable transaction checks each row it reads for a conflict
+	 * with its writer (page_rows): it reads every page.
 	 */
 	bool		may_skip = !XLogRecPtrIsInvalid(memo.lsn) && !IsolationIsSerializable();
 
+	/* what a sequential scan locks in a serializable transaction */
 	PredicateLockRelation(rel, GetActiveSnapshot());
 	cs->nrows = 0;
 	for (BlockNumber blkno = 0; blkno < nblocks && fits; blkno++)
