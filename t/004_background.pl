@@ -393,46 +393,43 @@ $node->safe_psql('postgres', q{
 	INSERT INTO memo3 SELECT g, 'k' || CASE WHEN g <= 40 AND g % 2 = 0 THEN g - 1 ELSE g END
 	  FROM generate_series(1, 20000) g;
 	ANALYZE memo3;
-	ALTER DATABASE postgres SET log_min_messages = debug1;
 });
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
-	'no dedup_ext worker left from the jobs before');
-$log_offset = -s $node->logfile;
-$job = $node->safe_psql('postgres',
-	q{SELECT job_id FROM dedup_table('memo3', '{k}', background => true)});
-is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'done', 'memo3 job done');
-$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET log_min_messages');
-is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo3}),
-	'19980 19980', 'memo3: every duplicate removed');
-my @pages3 = slurp_file($node->logfile, $log_offset) =~
-  /dedup_ext: the pass read (\d+) of the (\d+) pages of "memo3"$/mg;
+# a background job on memo3 whose worker logs at debug1, with these other
+# settings of the database: its id, then the pages each confirming pass
+# read and the table's pages, in pairs
+my $memo3_job = sub {
+	my ($label, %settings) = @_;
+	$settings{log_min_messages} = 'debug1';
+	$node->safe_psql('postgres',
+		join('', map { "ALTER DATABASE postgres SET $_ = $settings{$_};\n" } sort keys %settings));
+	# a worker still alive from the last job would not have the settings
+	ok($node->poll_query_until('postgres',
+			q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+		"$label: no dedup_ext worker left from the jobs before");
+	my $offset = -s $node->logfile;
+	my $id = $node->safe_psql('postgres', q{
+		SET default_transaction_isolation = 'read committed';
+		SELECT job_id FROM dedup_table('memo3', '{k}', background => true);
+	});
+	is($node->safe_psql('postgres', qq{
+			SET default_transaction_isolation = 'read committed';
+			SELECT dedup_wait($id, '60s');
+		}), 'done', "$label: job done");
+	$node->safe_psql('postgres',
+		join('', map { "ALTER DATABASE postgres RESET $_;\n" } sort keys %settings));
+	is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo3}),
+		'19980 19980', "$label: every duplicate removed");
+	return ($id, slurp_file($node->logfile, $offset) =~
+		/dedup_ext: the pass read (\d+) of the (\d+) pages of "memo3"$/mg);
+};
+my ($memo3, @pages3) = $memo3_job->('memo3');
 is(scalar(@pages3), 2, 'memo3: one confirming pass, which logged the pages it read');
 cmp_ok($pages3[0], '<', $pages3[1] / 10,
 	"the pass after the first read only the pages its batch changed ($pages3[0] of $pages3[1])");
 # serializable, a pass checks every row it reads for a conflict with its
 # writer, as a heap scan does: it reads every page
-$node->safe_psql('postgres', qq{
-	SELECT dedup_rollback($job);
-	ALTER DATABASE postgres SET default_transaction_isolation = serializable;
-	ALTER DATABASE postgres SET log_min_messages = debug1;
-});
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
-	'no dedup_ext worker left from the job before');
-$log_offset = -s $node->logfile;
-$job = $node->safe_psql('postgres',
-	q{SELECT job_id FROM dedup_table('memo3', '{k}', background => true)});
-is($node->safe_psql('postgres', qq{
-		SET default_transaction_isolation = 'read committed';
-		SELECT dedup_wait($job, '60s');
-	}), 'done', 'memo3 job done, serializable');
-$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET default_transaction_isolation');
-$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET log_min_messages');
-is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo3}),
-	'19980 19980', 'memo3, serializable: every duplicate removed');
-@pages3 = slurp_file($node->logfile, $log_offset) =~
-  /dedup_ext: the pass read (\d+) of the (\d+) pages of "memo3"$/mg;
+$node->safe_psql('postgres', qq{SELECT dedup_rollback($memo3)});
+($memo3, @pages3) = $memo3_job->('memo3, serializable', default_transaction_isolation => 'serializable');
 is(scalar(@pages3), 2, 'memo3, serializable: one confirming pass');
 is($pages3[0], $pages3[1], 'serializable: the pass after the first read every page');
 
