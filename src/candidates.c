@@ -867,14 +867,51 @@ list_again(MemoryContext cxt, BlockNumber **blocks, int64 *n, int64 *size, Block
 	(*blocks)[(*n)++] = blkno;
 }
 
-/* a page of the table, pinned and share-locked */
-static Buffer
-locked_page(Relation rel, BlockNumber blkno, BufferAccessStrategy strategy)
+/* a pass's walk over the heap's pages (see "The pages a later pass reads") */
+typedef struct PageWalk
 {
-	Buffer		buf = ReadBufferExtended(rel, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
+	XLogRecPtr	lsn;			/* noted before any page is read */
+	BlockNumber nblocks;
+	BufferAccessStrategy strategy;
+	TupleTableSlot *slot;		/* for page_row_hash */
+} PageWalk;
+
+static void
+page_walk_begin(Relation rel, PageWalk *walk)
+{
+	walk->lsn = RelationNeedsWAL(rel) ? GetXLogInsertRecPtr() : InvalidXLogRecPtr;
+	walk->nblocks = RelationGetNumberOfBlocks(rel);
+	walk->strategy = walk->nblocks > (BlockNumber) NBuffers / 4 ? GetAccessStrategy(BAS_BULKREAD) : NULL;
+	walk->slot = table_slot_create(rel, NULL);
+	/* what a sequential scan locks in a serializable transaction */
+	PredicateLockRelation(rel, GetActiveSnapshot());
+}
+
+static void
+page_walk_end(PageWalk *walk)
+{
+	ExecDropSingleTupleTableSlot(walk->slot);
+	if (walk->strategy)
+		FreeAccessStrategy(walk->strategy);
+}
+
+/* a page of the walk, pinned and share-locked */
+static Buffer
+locked_page(Relation rel, PageWalk *walk, BlockNumber blkno)
+{
+	Buffer		buf = ReadBufferExtended(rel, MAIN_FORKNUM, blkno, RBM_NORMAL, walk->strategy);
 
 	LockBuffer(buf, BUFFER_LOCK_SHARE);
 	return buf;
+}
+
+/* the pair of the row at (blkno, off); the caller has made room */
+static inline void
+add_pair(CandidateScan *cs, uint32 hash, BlockNumber blkno, OffsetNumber off)
+{
+	cs->rows[cs->nrows].hash = hash;
+	ItemPointerSet(&cs->rows[cs->nrows].tid, blkno, off);
+	cs->nrows++;
 }
 
 /*
@@ -885,17 +922,13 @@ locked_page(Relation rel, BlockNumber blkno, BufferAccessStrategy strategy)
 static void
 scan_remembered(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 {
-	/* noted before any page is read */
-	XLogRecPtr	lsn = RelationNeedsWAL(rel) ? GetXLogInsertRecPtr() : InvalidXLogRecPtr;
-	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
-	BufferAccessStrategy strategy = nblocks > (BlockNumber) NBuffers / 4 ? GetAccessStrategy(BAS_BULKREAD) : NULL;
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	PageWalk	walk;
 	OffsetNumber rows[MaxHeapTuplesPerPage];
 	int64		again_size = 0;
 
-	PredicateLockRelation(rel, GetActiveSnapshot());
+	page_walk_begin(rel, &walk);
 	cs->nrows = 0;
-	for (BlockNumber blkno = 0; blkno < nblocks; blkno++)
+	for (BlockNumber blkno = 0; blkno < walk.nblocks; blkno++)
 	{
 		Buffer		buf;
 		bool		again;
@@ -903,35 +936,30 @@ scan_remembered(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 
 		CHECK_FOR_INTERRUPTS();
 		cpu_yield_point();
-		buf = locked_page(rel, blkno, strategy);
+		buf = locked_page(rel, &walk, blkno);
 		n = page_rows(rel, buf, true, NULL, 0, 0, rows, &again);
 		for (int i = 0; i < n; i++)
 		{
 			uint32		hash;
 
 			cpu_yield_point();
-			if (!page_row_hash(rel, h, buf, rows[i], slot, &hash) ||
+			if (!page_row_hash(rel, h, buf, rows[i], walk.slot, &hash) ||
 				(hash & range_mask(range.bits)) != range.residue)
 				continue;
 			make_room(cs, &range);
 			/* narrowing the range may have excluded this row */
-			if ((hash & range_mask(range.bits)) != range.residue)
-				continue;
-			cs->rows[cs->nrows].hash = hash;
-			ItemPointerSet(&cs->rows[cs->nrows].tid, blkno, rows[i]);
-			cs->nrows++;
+			if ((hash & range_mask(range.bits)) == range.residue)
+				add_pair(cs, hash, blkno, rows[i]);
 		}
-		ExecClearTuple(slot);
+		ExecClearTuple(walk.slot);
 		ReleaseBuffer(buf);
 		if (again)
 			list_again(memo.cxt, &memo.recheck, &memo.nrecheck, &again_size, blkno);
 	}
 	compact_rows(cs, cs->keep_all && !cs->compacted);
-	ExecDropSingleTupleTableSlot(slot);
-	if (strategy)
-		FreeAccessStrategy(strategy);
-	memo.lsn = lsn;
-	memo.nblocks = nblocks;
+	page_walk_end(&walk);
+	memo.lsn = walk.lsn;
+	memo.nblocks = walk.nblocks;
 }
 
 /*
@@ -1008,11 +1036,7 @@ merged_pairs(CandidateScan *cs, int64 *n)
 static bool
 scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *losers, int64 nlosers)
 {
-	/* noted before any page is read */
-	XLogRecPtr	lsn = RelationNeedsWAL(rel) ? GetXLogInsertRecPtr() : InvalidXLogRecPtr;
-	BlockNumber nblocks = RelationGetNumberOfBlocks(rel);
-	BufferAccessStrategy strategy = nblocks > (BlockNumber) NBuffers / 4 ? GetAccessStrategy(BAS_BULKREAD) : NULL;
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	PageWalk	walk;
 	OffsetNumber rows[MaxHeapTuplesPerPage];
 	BlockNumber *again = NULL;
 	int64		nagain = 0;
@@ -1028,10 +1052,9 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	 */
 	bool		may_skip = !XLogRecPtrIsInvalid(memo.lsn) && !IsolationIsSerializable();
 
-	/* what a sequential scan locks in a serializable transaction */
-	PredicateLockRelation(rel, GetActiveSnapshot());
+	page_walk_begin(rel, &walk);
 	cs->nrows = 0;
-	for (BlockNumber blkno = 0; blkno < nblocks && fits; blkno++)
+	for (BlockNumber blkno = 0; blkno < walk.nblocks && fits; blkno++)
 	{
 		bool		listed = loser_on_page(losers, nlosers, &l, blkno);
 		bool		skippable = may_skip && blkno < memo.nblocks && !listed &&
@@ -1042,7 +1065,7 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 
 		CHECK_FOR_INTERRUPTS();
 		cpu_yield_point();
-		buf = locked_page(rel, blkno, strategy);
+		buf = locked_page(rel, &walk, blkno);
 		if (skippable && BufferGetLSNAtomic(buf) <= memo.lsn)
 		{
 			UnlockReleaseBuffer(buf);
@@ -1055,25 +1078,19 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 			uint32		hash;
 
 			cpu_yield_point();
-			if (!page_row_hash(rel, h, buf, rows[i], slot, &hash))
+			if (!page_row_hash(rel, h, buf, rows[i], walk.slot, &hash))
 				continue;
 			if (cs->nrows == cs->allocated && !grow_rows(cs))
 				fits = false;
 			else
-			{
-				cs->rows[cs->nrows].hash = hash;
-				ItemPointerSet(&cs->rows[cs->nrows].tid, blkno, rows[i]);
-				cs->nrows++;
-			}
+				add_pair(cs, hash, blkno, rows[i]);
 		}
-		ExecClearTuple(slot);
+		ExecClearTuple(walk.slot);
 		ReleaseBuffer(buf);
 		if (read_again)
 			list_again(CurrentMemoryContext, &again, &nagain, &again_size, blkno);
 	}
-	ExecDropSingleTupleTableSlot(slot);
-	if (strategy)
-		FreeAccessStrategy(strategy);
+	page_walk_end(&walk);
 	if (!fits)
 	{
 		elog(DEBUG1, "dedup_ext: more rows of \"%s\" changed than maintenance_work_mem holds; hashing every row",
@@ -1083,7 +1100,7 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	elog(DEBUG1, "dedup_ext: hashed only the rows of \"%s\" changed since the remembered pass: %lld",
 		 RelationGetRelationName(rel), (long long) cs->nrows);
 	elog(DEBUG1, "dedup_ext: the pass read %u of the %u pages of \"%s\"",
-		 nread, nblocks, RelationGetRelationName(rel));
+		 nread, walk.nblocks, RelationGetRelationName(rel));
 
 	/* a hash that two different rows share: all its rows are candidates */
 	sort_by_hash(cs->rows, cs->nrows);
@@ -1108,8 +1125,8 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	if (cs->nrows > 0)
 		staged.rows = merged_pairs(cs, &staged.nrows);
 	/* without the pass's pairs in the memo, the next pass reads every page */
-	staged.lsn = cs->nrows == 0 || staged.rows ? lsn : InvalidXLogRecPtr;
-	staged.nblocks = nblocks;
+	staged.lsn = cs->nrows == 0 || staged.rows ? walk.lsn : InvalidXLogRecPtr;
+	staged.nblocks = walk.nblocks;
 	if (nagain > 0)
 	{
 		staged.recheck = MemoryContextAllocExtended(memo.cxt, nagain * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
