@@ -46,9 +46,9 @@
 # dedup_ext.worker_nice (default 10).  --sched-idle sets
 # dedup_ext.worker_sched_idle on: the workers run at SCHED_IDLE, which does
 # what it says only where autogroup scheduling does not reach them, as in a
-# cpu cgroup of their own (README, "Benchmarks").  --steps logs each step
+# cpu cgroup of their own (bench/HISTORY.md).  --steps logs each step
 # of the worker (log_min_messages debug2) and ends with bench/steps.py's
-# table: which steps the slow transactions started in.
+# table: which steps the slow transactions started in, and each job's naps.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -268,4 +268,7 @@ awk -v a="$P99A" -v b="$P99L" -v m="$MEDRATIO" -v rs="$RATIOS" -v n="$ROUNDS" -v
 if [ "$STEPS" = true ]; then
     echo
     python3 "$HERE/steps.py" "$LOGFILE" "$WORK"
+    echo
+    echo "each job's naps (the worker's DEBUG1 line):"
+    grep -o 'dedup_ext job [0-9]*: gave the CPU.*' "$LOGFILE" || echo "none"
 fi

@@ -203,7 +203,7 @@ work_select_list(DedupTarget *t, const char *alias)
  * end (100,000 losers: 10 MB), and with a logged table that WAL went to disk
  * with the next commit of any session: beside the benchmark's write workload,
  * a session inserting 100,000 rows at a time took the workload's p99 from
- * 0.64 to 44 ms (bench/neighbours.sh, README "Benchmarks").  The list is
+ * 0.64 to 44 ms (bench/neighbours.sh, bench/HISTORY.md).  The list is
  * the job's to recompute: a crash empties it, and the resumed job makes a
  * new pass (pass_rows_step); the batches it committed are in the table and
  * the archive, which are logged.

@@ -7,8 +7,8 @@
  * as much with any busy process beside it, whatever its priority: nice 19,
  * autogroup nice, SCHED_BATCH, a short custom time slice did not help, and
  * SCHED_IDLE (which would starve a worker that holds locks) made it worse
- * under autogroup scheduling (README, "Benchmarks", "Background dedup under
- * a write workload").  What helped was the busy process looking itself.
+ * under autogroup scheduling (bench/HISTORY.md, "What the p99 is made of").
+ * What helped was the busy process looking itself.
  *
  * The fourth field of /proc/loadavg counts the runnable tasks of the
  * machine, the worker included: more than there are CPUs means one is
@@ -24,7 +24,7 @@
  * statement the worker runs is asked for a row: the window over a pass's
  * candidates and the batches are SQL, and batches that did not yield slowed
  * the application six times as often as the pass around them, which did
- * (README).  Yielding is armed around the statement of a pass (batch.c's
+ * (bench/HISTORY.md).  Yielding is armed around the statement of a pass (batch.c's
  * scan_step), which holds no row lock, and around a batch (a dedup's, or a
  * backfill's linking batch), which does: a writer that wants one of its
  * rows waits for its commit.  So a batch naps no longer in all than it has

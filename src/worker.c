@@ -691,7 +691,7 @@ lower_cpu_priority(int nice)
  * once.  Where autogroup scheduling reaches the worker (PostgreSQL started
  * from a login session, in the root cpu cgroup), the worker's session
  * competes as a whole: woken processes are still put on the worker's CPU,
- * and wait there (worse than nice alone, README, "Benchmarks").  Without
+ * and wait there (worse than nice alone, bench/HISTORY.md).  Without
  * CAP_SYS_NICE a process cannot leave SCHED_IDLE, so it holds for the
  * worker's whole life, its batches and their row locks included: off by
  * default.
