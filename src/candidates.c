@@ -780,6 +780,12 @@ loser_on_page(ItemPointerData *losers, int64 n, int64 *i, BlockNumber blkno)
  * listed losers (from losers[l] on, this page's first).  *again when a row
  * the snapshot does not see may become visible (see "The pages a later pass
  * reads").  Returns how many offsets it put in rows.
+ *
+ * A later pass does not ask whether its snapshot sees the other rows: it
+ * hashes none of them either way, and on a page the batches changed (every
+ * page, when each holds a loser) the visibility of its old rows was most of
+ * the pass's time.  A serializable transaction still asks, of every row,
+ * as its conflict check needs the answer.
  */
 static int
 page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlosers, int64 l,
@@ -792,6 +798,7 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 	TransactionId xmin = XidFromFullTransactionId(memo.xmin);
 	/* every row visible to every snapshot, as a heap scan trusts it */
 	bool		all_visible = PageIsAllVisible(page) && !snapshot->takenDuringRecovery;
+	bool		check_all = all || IsolationIsSerializable();
 	int			n = 0;
 
 	dedup_test_for_old_snapshot(snapshot, rel, page);
@@ -802,6 +809,7 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 		HeapTupleData tuple;
 		bool		visible;
 		bool		changed;
+		bool		listed;
 
 		if (!ItemIdIsNormal(itemid))
 			continue;
@@ -809,9 +817,14 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 		tuple.t_len = ItemIdGetLength(itemid);
 		tuple.t_tableOid = RelationGetRelid(rel);
 		ItemPointerSet(&tuple.t_self, blkno, off);
+		changed = !TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple.t_data), xmin);
+		while (l < nlosers && ItemPointerCompare(&losers[l], &tuple.t_self) < 0)
+			l++;
+		listed = l < nlosers && ItemPointerEquals(&losers[l], &tuple.t_self);
+		if (!check_all && !changed && !listed)
+			continue;
 		visible = all_visible || HeapTupleSatisfiesVisibility(&tuple, snapshot, buf);
 		HeapCheckForSerializableConflictOut(visible, rel, &tuple, buf, snapshot);
-		changed = !TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple.t_data), xmin);
 		if (!visible)
 		{
 			if (changed && !*again)
@@ -823,9 +836,7 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 			}
 			continue;
 		}
-		while (l < nlosers && ItemPointerCompare(&losers[l], &tuple.t_self) < 0)
-			l++;
-		if (all || changed || (l < nlosers && ItemPointerEquals(&losers[l], &tuple.t_self)))
+		if (all || changed || listed)
 			rows[n++] = off;
 	}
 	LockBuffer(buf, BUFFER_LOCK_UNLOCK);
