@@ -24,10 +24,10 @@
  * statement the worker runs is asked for a row: the window over a pass's
  * candidates and the batches are SQL, and batches that did not yield slowed
  * the application six times as often as the pass around them, which did
- * (bench/HISTORY.md).  Yielding is armed around the statement of a pass (batch.c's
- * scan_step), which holds no row lock, and around a batch (a dedup's, or a
- * backfill's linking batch), which does: a writer that wants one of its
- * rows waits for its commit.  So a batch naps no longer in all than it has
+ * (bench/HISTORY.md).  Yielding is armed around the statement of a pass
+ * (batch.c's scan_step), which holds no row lock, and around a batch (a
+ * dedup's, or a backfill's linking batch), which does: a writer that wants
+ * one of its rows waits for its commit.  So a batch naps no longer in all than it has
  * run on a CPU (its waits for locks or for a CPU do not count), and not at
  * all while a writer waits for one of its rows (a session waiting for the
  * table's lock, as DDL does, is not seen).
