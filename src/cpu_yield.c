@@ -19,18 +19,18 @@
  * the worker also gives way to other containers' processes, and does not
  * see its own container's limit.
  *
- * cpu_yield_point is called from the pass's own loops (key hashing,
- * sorting) and, through an executor hook, each time a plan node of a
- * statement the worker runs is asked for a row: the window over a pass's
- * candidates and the batches are SQL, and batches that did not yield slowed
- * the application six times as often as the pass around them, which did
- * (bench/HISTORY.md).  Yielding is armed around the statement of a pass
- * (batch.c's scan_step), which holds no row lock, and around a batch (a
- * dedup's, or a backfill's linking batch), which does: a writer that wants
- * one of its rows waits for its commit.  So a batch naps no longer in all than it has
- * run on a CPU (its waits for locks or for a CPU do not count), and not at
- * all while a writer waits for one of its rows (a session waiting for the
- * table's lock, as DDL does, is not seen).
+ * cpu_yield_point is called from the pass's own loops (key hashing, sorting)
+ * and, through an executor hook, each time a plan node of a statement the
+ * worker runs is asked for a row: the window over a pass's candidates and
+ * the batches are SQL, and batches that did not yield slowed the application
+ * six times as often as the pass around them, which did (bench/HISTORY.md).
+ * Yielding is armed around the statement of a pass (batch.c's scan_step),
+ * which holds no row lock, and around a batch (a dedup's, or a backfill's
+ * linking batch), which does: a writer that wants one of its rows waits for
+ * its commit.  So a batch naps no longer in all than it has run on a CPU
+ * (its waits for locks or for a CPU do not count), and not at all while a
+ * writer waits for one of its rows (a session waiting for the table's lock,
+ * as DDL does, is not seen).
  * A nap inside a scan keeps the scan's current page pinned, as any pause
  * between two rows does.  A backend never yields: a foreground call is what
  * its session waits for.  Without /proc/loadavg (not Linux) nothing yields.
