@@ -3,8 +3,8 @@
 #
 #   bash bench/background.sh [--rows N] [--rounds R] [--seconds S] [--rate TPS]
 #                            [--add-unique] [--checkpoint] [--wal-compression]
-#                            [--batch-delay MS] [--no-yield] [--worker-nice N]
-#                            [--sched-idle] [--steps]
+#                            [--batch-delay MS] [--yield] [--worker-nice N]
+#                            [--sched-idle] [--steps] [--alternate NAME=VALUE]
 #
 # payments: N rows (default 10,000,000), 1% duplicates of a 24-character
 # transaction_id (as in bench/dedup.sh).  A pgbench write workload on the same
@@ -41,14 +41,19 @@
 # --wal-compression sets dedup_ext.wal_compression: the job (only) compresses
 # those images, and those of its index build.  --batch-delay submits the job
 # with that dedup_ext.batch_delay (default 0): a pause between batches.
-# --no-yield sets dedup_ext.worker_yield off: the worker's passes never give
-# their CPU to processes waiting for one.  --worker-nice sets
-# dedup_ext.worker_nice (default 10).  --sched-idle sets
+# --yield sets dedup_ext.worker_yield on (off by default): the worker's
+# passes and batches give their CPU to processes waiting for one.
+# --worker-nice sets dedup_ext.worker_nice (default 10).  --sched-idle sets
 # dedup_ext.worker_sched_idle on: the workers run at SCHED_IDLE, which does
 # what it says only where autogroup scheduling does not reach them, as in a
 # cpu cgroup of their own (bench/HISTORY.md).  --steps logs each step
 # of the worker (log_min_messages debug2) and ends with bench/steps.py's
 # table: which steps the slow transactions started in, and each job's naps.
+# --alternate dedup_ext.NAME=VALUE sets that setting in the odd rounds and
+# puts back its value of the run in the even ones (reloaded before each
+# round's unloaded window), then gives the verdict of each half as well: two
+# versions of a setting side by side in the same hour, which separate runs
+# (whose unloaded p99 moves by half between hours) cannot compare.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -65,11 +70,12 @@ RATE=400
 UNIQUE=false
 CHECKPOINT=false
 WALZ=off
-YIELD=on
+YIELD=off
 NICE=10
 SCHED_IDLE=off
 STEPS=false
 DELAY=0
+ALTERNATE=
 while [ $# -gt 0 ]; do
     case $1 in
         --rows) ROWS=$2; shift 2 ;;
@@ -79,14 +85,18 @@ while [ $# -gt 0 ]; do
         --add-unique) UNIQUE=true; shift ;;
         --checkpoint) CHECKPOINT=true; shift ;;
         --wal-compression) WALZ=on; shift ;;
-        --no-yield) YIELD=off; shift ;;
+        --yield) YIELD=on; shift ;;
         --worker-nice) NICE=$2; shift 2 ;;
         --sched-idle) SCHED_IDLE=on; shift ;;
         --steps) STEPS=true; shift ;;
         --batch-delay) DELAY=$2; shift 2 ;;
-        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--no-yield] [--worker-nice N] [--sched-idle] [--steps]" >&2; exit 2 ;;
+        --alternate) ALTERNATE=$2; shift 2 ;;
+        *) echo "usage: $0 [--rows N] [--rounds R] [--seconds S] [--rate TPS] [--add-unique] [--checkpoint] [--wal-compression] [--batch-delay MS] [--yield] [--worker-nice N] [--sched-idle] [--steps] [--alternate dedup_ext.NAME=VALUE]" >&2; exit 2 ;;
     esac
 done
+if [ -n "$ALTERNATE" ] && ! [[ $ALTERNATE =~ ^dedup_ext\.[a-z_]+=[A-Za-z0-9_.]+$ ]]; then
+    echo "--alternate: expected dedup_ext.NAME=VALUE, got \"$ALTERNATE\"" >&2; exit 2
+fi
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
@@ -97,6 +107,11 @@ q -c "LOAD 'dedup_ext'" -c "ALTER SYSTEM SET dedup_ext.wal_compression = $WALZ" 
 [ "$STEPS" = true ] && q -c "ALTER SYSTEM SET log_min_messages = debug2" \
     -c "ALTER SYSTEM SET log_line_prefix = '%n [%p] '"
 q -c "SELECT pg_reload_conf()" >/dev/null
+if [ -n "$ALTERNATE" ]; then
+    ALT_NAME=${ALTERNATE%%=*}
+    ALT_VALUE=${ALTERNATE#*=}
+    ALT_BASE=$(q -c "LOAD 'dedup_ext'" -c "SHOW $ALT_NAME")
+fi
 # So that the run measures the job and not the cluster's youth (each new
 # WAL segment stalls every commit while it is made, see recycle_wal), 12 GB
 # of WAL are written and a checkpoint recycles them as the segments to
@@ -138,6 +153,12 @@ WAITS0=$(grep -c "still waiting for" "$LOGFILE" || true)
 for r in $(seq 1 "$ROUNDS"); do
     echo
     echo "== round $r: workload alone for $SECONDS_ALONE s at $RATE tps, then with a background dedup (batch_size 10000, add_unique $UNIQUE, dedup_ext.wal_compression $WALZ, worker_yield $YIELD, worker_nice $NICE, worker_sched_idle $SCHED_IDLE, batch_delay $DELAY ms)"
+    if [ -n "$ALTERNATE" ]; then
+        if [ $((r % 2)) = 1 ]; then HALF=$ALT_VALUE; else HALF=$ALT_BASE; fi
+        echo "   this round: $ALT_NAME = $HALF"
+        q -c "ALTER SYSTEM SET $ALT_NAME = '$HALF'" -c "SELECT pg_reload_conf()" >/dev/null
+        sleep 1
+    fi
     # with --checkpoint the workload's own updates write full-page images
     # too (each first touch of a page after a checkpoint), in both windows
     [ "$CHECKPOINT" = true ] && q -c "CHECKPOINT"
@@ -265,6 +286,21 @@ awk -v a="$P99A" -v b="$P99L" -v m="$MEDRATIO" -v rs="$RATIOS" -v n="$ROUNDS" -v
     printf "background job (median of %d): %.2f s for %d duplicates (%.0f rows/s), %.0f MB WAL while it ran\n", n, js, d, d / js, wal / 1048576
     printf "foreground delete (median of %d): %.2f s (%.0f rows/s); background throughput = %.0f%% of foreground (target >= 50%%)\n", n, fs, d / fs, 100 * fs / js
 }'
+if [ -n "$ALTERNATE" ]; then
+    echo
+    for half in 1 0; do
+        if [ "$half" = 1 ]; then value=$ALT_VALUE; else value=$ALT_BASE; fi
+        rounds=$(seq 1 "$ROUNDS" | awk -v h="$half" '$1 % 2 == h')
+        IFS='|' read -r _ _ _ A _ <<<"$(stats x $(for r in $rounds; do echo "$WORK/alone$r.lat"; done))"
+        IFS='|' read -r _ _ _ B _ <<<"$(stats x $(for r in $rounds; do echo "$WORK/loaded$r.lat"; done))"
+        M=$(awk -F'|' -v h="$half" '$1 % 2 == h { printf "%.17g\n", $4 / $3 }' "$WORK/rounds" | median)
+        J=$(awk -F'|' -v h="$half" '$1 % 2 == h { print $6 }' "$WORK/rounds" | median)
+        awk -v name="$ALT_NAME" -v v="$value" -v rs="$(echo $rounds | sed 's/ /, /g')" -v a="$A" -v b="$B" \
+            -v m="$M" -v j="$J" -v fs="$FGSECS" 'BEGIN {
+            printf "%s = %s (rounds %s): p99 alone %.2f ms, with the job %.2f ms: %.2fx pooled, median of the rounds %.2fx; job %.2f s (median), throughput %.0f%% of the foreground\n",
+                name, v, rs, a, b, b / a, m, j, 100 * fs / j }'
+    done
+fi
 if [ "$STEPS" = true ]; then
     echo
     python3 "$HERE/steps.py" "$LOGFILE" "$WORK"

@@ -8,7 +8,12 @@
  * autogroup nice, SCHED_BATCH, a short custom time slice did not help, and
  * SCHED_IDLE (which would starve a worker that holds locks) made it worse
  * under autogroup scheduling (bench/HISTORY.md, "What the p99 is made of").
- * What helped was the busy process looking itself.
+ * What helped a busy loop was looking itself.
+ *
+ * It is off by default (dedup_ext.worker_yield): in the benchmark, with
+ * rounds alternating on and off in the same hour (bench/background.sh
+ * --alternate), a job that looked took a fifth longer, and the
+ * application's p99 beside it was no lower (README, "Benchmarks").
  *
  * The fourth field of /proc/loadavg counts the runnable tasks of the
  * machine, the worker included: more than there are CPUs means one is

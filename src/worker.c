@@ -750,8 +750,9 @@ dedup_worker_main(Datum arg)
 	SetConfigOption("deadlock_timeout", "10ms", PGC_SUSET, PGC_S_SESSION);
 	/*
 	 * A background job takes one CPU at most, at a lower priority
-	 * (dedup_ext.worker_nice), and its passes and batches give the CPU to
-	 * the processes waiting for one (dedup_ext.worker_yield, cpu_yield.c).
+	 * (dedup_ext.worker_nice); with dedup_ext.worker_yield on, its passes
+	 * and batches also give the CPU to the processes waiting for one
+	 * (cpu_yield.c).
 	 */
 	SetConfigOption("max_parallel_workers_per_gather", "0", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("max_parallel_maintenance_workers", "0", PGC_SUSET, PGC_S_SESSION);

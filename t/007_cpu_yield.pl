@@ -1,6 +1,6 @@
-# A background job gives its CPU to processes waiting for one
-# (dedup_ext.worker_yield, src/cpu_yield.c), and still finishes on a machine
-# whose CPUs never idle:
+# With dedup_ext.worker_yield on (off by default; src/cpu_yield.c), a
+# background job gives its CPU to processes waiting for one, and still
+# finishes on a machine whose CPUs never idle:
 #   1. with CPU-bound loops on every CPU and one more, the job naps (its
 #      DEBUG1 line counts the times it gave way), and is done with no
 #      duplicate left; its batches, which are SQL only, nap too (through
@@ -28,9 +28,12 @@ $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'dedup_ext'
 max_worker_processes = 16
 log_min_messages = debug1
+dedup_ext.worker_yield = on
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION dedup_ext');
+is($node->safe_psql('postgres', "SELECT boot_val FROM pg_settings WHERE name = 'dedup_ext.worker_yield'"),
+	'off', 'worker_yield is off unless set');
 
 # t_NAME: 50,000 rows and DUPS more, each a duplicate of one of them
 sub create_table
