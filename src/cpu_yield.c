@@ -12,7 +12,7 @@
  *
  * It is off by default (dedup_ext.worker_yield): in the benchmark, with
  * rounds alternating on and off in the same hour (bench/background.sh
- * --alternate), a job that looked took a fifth longer, and the
+ * --alternate), a job that looked took a fifth to a quarter longer, and the
  * application's p99 beside it was no lower (README, "Benchmarks").
  *
  * The fourth field of /proc/loadavg counts the runnable tasks of the
