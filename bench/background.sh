@@ -97,6 +97,9 @@ done
 if [ -n "$ALTERNATE" ] && ! [[ $ALTERNATE =~ ^dedup_ext\.[a-z_]+=[A-Za-z0-9_.]+$ ]]; then
     echo "--alternate: expected dedup_ext.NAME=VALUE, got \"$ALTERNATE\"" >&2; exit 2
 fi
+if [ -n "$ALTERNATE" ] && [ "$ROUNDS" -lt 2 ]; then
+    echo "--alternate: needs two rounds or more, one of each half" >&2; exit 2
+fi
 WORK=$(mktemp -d)
 
 q -c "CREATE EXTENSION IF NOT EXISTS dedup_ext"
