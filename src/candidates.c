@@ -68,11 +68,16 @@ typedef struct HashedRow
 	ItemPointerData tid;
 } HashedRow;
 
+/* by hash, and by ctid among equal hashes: a remembered pass merges runs by ctid */
+static inline int
+pair_cmp(HashedRow *a, HashedRow *b)
+{
+	return a->hash < b->hash ? -1 : a->hash > b->hash ? 1 : ItemPointerCompare(&a->tid, &b->tid);
+}
+
 #define ST_SORT sort_hashed_rows
 #define ST_ELEMENT_TYPE HashedRow
-/* by hash, and by ctid among equal hashes: a remembered pass merges runs by ctid */
-#define ST_COMPARE(a, b) ((a)->hash < (b)->hash ? -1 : (a)->hash > (b)->hash ? 1 : \
-						  ItemPointerCompare(&(a)->tid, &(b)->tid))
+#define ST_COMPARE(a, b) pair_cmp((a), (b))
 #define ST_SCOPE static
 #define ST_DECLARE
 #define ST_DEFINE
@@ -380,6 +385,21 @@ make_room(CandidateScan *cs, HashRange *range)
 	}
 }
 
+/* keep the pair of a row whose hash is in the range being scanned */
+static void
+add_in_range(CandidateScan *cs, HashRange *range, uint32 hash, ItemPointer tid)
+{
+	if ((hash & range_mask(range->bits)) != range->residue)
+		return;
+	make_room(cs, range);
+	/* narrowing the range may have excluded this row */
+	if ((hash & range_mask(range->bits)) != range->residue)
+		return;
+	cs->rows[cs->nrows].hash = hash;
+	cs->rows[cs->nrows].tid = *tid;
+	cs->nrows++;
+}
+
 /* One heap scan: the candidates among the rows whose hash is in range. */
 static void
 scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
@@ -394,15 +414,8 @@ scan_range(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 
 		CHECK_FOR_INTERRUPTS();
 		cpu_yield_point();
-		if (!hash_key(h, slot, &hash) || (hash & range_mask(range.bits)) != range.residue)
-			continue;
-		make_room(cs, &range);
-		/* narrowing the range may have excluded this row */
-		if ((hash & range_mask(range.bits)) != range.residue)
-			continue;
-		cs->rows[cs->nrows].hash = hash;
-		cs->rows[cs->nrows].tid = slot->tts_tid;
-		cs->nrows++;
+		if (hash_key(h, slot, &hash))
+			add_in_range(cs, &range, hash, &slot->tts_tid);
 	}
 	compact_rows(cs, cs->keep_all && !cs->compacted);
 	ExecDropSingleTupleTableSlot(slot);
@@ -774,6 +787,19 @@ loser_on_page(ItemPointerData *losers, int64 n, int64 *i, BlockNumber blkno)
 	return *i < n && ItemPointerGetBlockNumber(&losers[*i]) == blkno;
 }
 
+/* the row at a normal line pointer off of the page in buf */
+static void
+page_tuple(Relation rel, Buffer buf, OffsetNumber off, HeapTuple tuple)
+{
+	Page		page = BufferGetPage(buf);
+	ItemId		itemid = PageGetItemId(page, off);
+
+	tuple->t_data = (HeapTupleHeader) PageGetItem(page, itemid);
+	tuple->t_len = ItemIdGetLength(itemid);
+	tuple->t_tableOid = RelationGetRelid(rel);
+	ItemPointerSet(&tuple->t_self, BufferGetBlockNumber(buf), off);
+}
+
 /*
  * The rows of a page to hash, share-locked by the caller and unlocked here:
  * its visible rows, all of them or those new since the memo's xmin and the
@@ -793,7 +819,6 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 {
 	Snapshot	snapshot = GetActiveSnapshot();
 	Page		page = BufferGetPage(buf);
-	BlockNumber blkno = BufferGetBlockNumber(buf);
 	OffsetNumber maxoff = PageIsNew(page) ? InvalidOffsetNumber : PageGetMaxOffsetNumber(page);
 	TransactionId xmin = XidFromFullTransactionId(memo.xmin);
 	/* every row visible to every snapshot, as a heap scan trusts it */
@@ -813,10 +838,7 @@ page_rows(Relation rel, Buffer buf, bool all, ItemPointerData *losers, int64 nlo
 
 		if (!ItemIdIsNormal(itemid))
 			continue;
-		tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
-		tuple.t_len = ItemIdGetLength(itemid);
-		tuple.t_tableOid = RelationGetRelid(rel);
-		ItemPointerSet(&tuple.t_self, blkno, off);
+		page_tuple(rel, buf, off, &tuple);
 		changed = !TransactionIdPrecedes(HeapTupleHeaderGetRawXmin(tuple.t_data), xmin);
 		while (l < nlosers && ItemPointerCompare(&losers[l], &tuple.t_self) < 0)
 			l++;
@@ -853,14 +875,9 @@ static bool
 page_row_hash(Relation rel, KeyHasher *h, Buffer buf, OffsetNumber off, TupleTableSlot *slot,
 			  uint32 *hash)
 {
-	Page		page = BufferGetPage(buf);
-	ItemId		itemid = PageGetItemId(page, off);
 	HeapTupleData tuple;
 
-	tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
-	tuple.t_len = ItemIdGetLength(itemid);
-	tuple.t_tableOid = RelationGetRelid(rel);
-	ItemPointerSet(&tuple.t_self, BufferGetBlockNumber(buf), off);
+	page_tuple(rel, buf, off, &tuple);
 	ExecStoreBufferHeapTuple(&tuple, slot, buf);
 	return hash_key(h, slot, hash);
 }
@@ -916,15 +933,6 @@ locked_page(Relation rel, PageWalk *walk, BlockNumber blkno)
 	return buf;
 }
 
-/* the pair of the row at (blkno, off); the caller has made room */
-static inline void
-add_pair(CandidateScan *cs, uint32 hash, BlockNumber blkno, OffsetNumber off)
-{
-	cs->rows[cs->nrows].hash = hash;
-	ItemPointerSet(&cs->rows[cs->nrows].tid, blkno, off);
-	cs->nrows++;
-}
-
 /*
  * The remembered pass's scan: scan_range's, page by page, noting in the
  * memo what the next pass needs to read only the pages changed since (see
@@ -954,13 +962,8 @@ scan_remembered(Relation rel, KeyHasher *h, CandidateScan *cs, HashRange range)
 			uint32		hash;
 
 			cpu_yield_point();
-			if (!page_row_hash(rel, h, buf, rows[i], walk.slot, &hash) ||
-				(hash & range_mask(range.bits)) != range.residue)
-				continue;
-			make_room(cs, &range);
-			/* narrowing the range may have excluded this row */
-			if ((hash & range_mask(range.bits)) == range.residue)
-				add_pair(cs, hash, blkno, rows[i]);
+			if (page_row_hash(rel, h, buf, rows[i], walk.slot, &hash))
+				add_in_range(cs, &range, hash, &walk.slot->tts_tid);
 		}
 		ExecClearTuple(walk.slot);
 		ReleaseBuffer(buf);
@@ -1023,8 +1026,7 @@ merged_pairs(CandidateScan *cs, int64 *n)
 		else if (j == cs->nrows)
 			cmp = -1;
 		else
-			cmp = memo.rows[i].hash < cs->rows[j].hash ? -1 : memo.rows[i].hash > cs->rows[j].hash ? 1 :
-				ItemPointerCompare(&memo.rows[i].tid, &cs->rows[j].tid);
+			cmp = pair_cmp(&memo.rows[i], &cs->rows[j]);
 		if (cmp <= 0)
 			rows[(*n)++] = memo.rows[i++];
 		else
@@ -1049,8 +1051,6 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 {
 	PageWalk	walk;
 	OffsetNumber rows[MaxHeapTuplesPerPage];
-	BlockNumber *again = NULL;
-	int64		nagain = 0;
 	int64		again_size = 0;
 	int64		l = 0;
 	int64		r = 0;
@@ -1094,12 +1094,17 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 			if (cs->nrows == cs->allocated && !grow_rows(cs))
 				fits = false;
 			else
-				add_pair(cs, hash, blkno, rows[i]);
+			{
+				cs->rows[cs->nrows].hash = hash;
+				cs->rows[cs->nrows].tid = walk.slot->tts_tid;
+				cs->nrows++;
+			}
 		}
 		ExecClearTuple(walk.slot);
 		ReleaseBuffer(buf);
+		/* staged at once: dropped unless the pass commits */
 		if (read_again)
-			list_again(CurrentMemoryContext, &again, &nagain, &again_size, blkno);
+			list_again(memo.cxt, &staged.recheck, &staged.nrecheck, &again_size, blkno);
 	}
 	page_walk_end(&walk);
 	if (!fits)
@@ -1138,12 +1143,6 @@ scan_changed(Relation rel, KeyHasher *h, CandidateScan *cs, ItemPointerData *los
 	/* without the pass's pairs in the memo, the next pass reads every page */
 	staged.lsn = cs->nrows == 0 || staged.rows ? walk.lsn : InvalidXLogRecPtr;
 	staged.nblocks = walk.nblocks;
-	if (nagain > 0)
-	{
-		staged.recheck = MemoryContextAllocExtended(memo.cxt, nagain * sizeof(BlockNumber), MCXT_ALLOC_HUGE);
-		memcpy(staged.recheck, again, nagain * sizeof(BlockNumber));
-	}
-	staged.nrecheck = nagain;
 	return true;
 }
 
