@@ -227,7 +227,11 @@ dedup_progress_live(PG_FUNCTION_ARGS)
 		values[1] = Int32GetDatum(s->pid);
 		values[2] = CStringGetTextDatum(s->kind);
 		values[3] = ObjectIdGetDatum(s->relid);
-		values[4] = CStringGetTextDatum(s->phase);
+		/* NULL before the job's first phase, as dedup_jobs has it */
+		if (s->phase[0] == '\0')
+			nulls[4] = true;
+		else
+			values[4] = CStringGetTextDatum(s->phase);
 		values[5] = CStringGetTextDatum(s->state);
 		values[6] = Int64GetDatum(s->rows_total);
 		values[7] = Int64GetDatum(s->rows_done);

@@ -8,7 +8,8 @@
 #      postmaster's crash-restart the job resumes and finishes (a new pass
 #      here too);
 #   3. dedup_ext.max_workers = 1: of three jobs one runs, the others wait
-#      queued, and all three finish;
+#      queued, and all three finish; a job whose table is locked when its
+#      turn comes waits with no phase yet, then runs;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
 #      until dedup_resume, then finishes (with add_unique, built
 #      CONCURRENTLY); so does a merge, whose referencing table ends as a
@@ -240,6 +241,39 @@ is($node->safe_psql('postgres', qq{
 		  FROM dedup_jobs a JOIN dedup_jobs b ON b.job_id = a.job_id - 1
 		 WHERE a.job_id IN ($ids) AND b.job_id IN ($ids)}),
 	't', 'each job started after the previous one finished');
+
+# 3b. still one worker at a time: a job that starts while another session
+# holds its table waits for the lock before its first phase, and
+# dedup_progress (shared memory here) shows it running with no phase yet,
+# as dedup_jobs does; it goes on when the lock is released
+create_table($node, 'small4', 20_000);
+my $runner = submit($node, 'small4', 200);
+my $locked_dups = create_table($node, 'locked', 2_000);
+my $waiter = $node->safe_psql('postgres', q{
+	SET dedup_ext.lock_timeout = 100;
+	SELECT job_id FROM dedup_table('locked', '{k}', background => true);
+});
+is(job_field($node, $waiter, 'state'), 'queued', 'behind a running job, the next one is queued');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('BEGIN');
+$holder->query_safe('LOCK TABLE locked IN ACCESS EXCLUSIVE MODE');
+$node->safe_psql('postgres', "SELECT dedup_cancel($runner)");
+ok($node->poll_query_until('postgres', q{
+		SELECT EXISTS (SELECT FROM pg_stat_activity
+		                WHERE backend_type = 'dedup_ext worker' AND wait_event_type = 'Lock')}),
+	"the next job's worker waits for its table's lock");
+is($node->safe_psql('postgres', qq{
+		SELECT format('%s %s %s', state, pid IS NOT NULL, coalesce(phase, '(null)'))
+		  FROM dedup_progress WHERE job_id = $waiter}),
+	'running t (null)', 'dedup_progress: running, with its pid, no phase yet');
+is(job_field($node, $waiter, "coalesce(phase, '(null)')"), '(null)', 'dedup_jobs: no phase yet');
+$holder->query_safe('COMMIT');
+$holder->quit;
+ok($node->poll_query_until('postgres',
+		qq{SELECT state FROM dedup_jobs WHERE job_id = $waiter}, 'done'),
+	'once the lock is released the job runs to its end');
+is(job_field($node, $waiter, 'rows_deleted'), $locked_dups, 'and removes every duplicate');
+is(job_field($node, $runner, 'state'), 'cancelled', 'the job before it was cancelled');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET dedup_ext.max_workers});
 $node->reload;
 
