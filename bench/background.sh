@@ -146,7 +146,7 @@ median() { sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] 
 # the workload runs, nothing else connects but the session that submits
 # each job, 5 s before it submits.
 psql -X -q -At >"$WORK/watch" 2>&1 <<<"SELECT format('%s|%s|%s|%s|%s|%s|%s', extract(epoch FROM pg_catalog.clock_timestamp()), job_id,
-                     phase, percent, rows_per_second, batches_done, eta)
+                     coalesce(phase, '(' || state || ', no phase yet)'), percent, rows_per_second, batches_done, eta)
    FROM dedup_progress \\watch 1" &
 WATCH=$!
 
