@@ -512,7 +512,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	/* the owner check and lock; the key is only needed for the primary key */
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
-	rb_job = job_create("rollback", job->relid, t->relname,
+	rb_job = job_create("rollback", "restoring", job->relid, t->relname,
 						psprintf("{\"job_id\": %lld}", (long long) job_id), job_id);
 
 	if (strcmp(job->kind, "backfill") == 0)

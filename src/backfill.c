@@ -711,7 +711,8 @@ backfill_fk(PG_FUNCTION_ARGS)
 				 errdetail("on_orphan => 'error' was given; nothing was changed."),
 				 errhint("Run it with on_orphan => 'report' (or dry_run => true) to list them.")));
 
-	res.job_id = job_create("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b), 0);
+	res.job_id = job_create("backfill", "preparing", b->child->relid, b->child->relname, params_json(fcinfo, b), 0);
+	progress_counts(res.rows_updated, -1, -1, -1);
 	if (res.orphan_rows + res.ambiguous_rows > 0)
 		report_orphans(b, res.job_id);
 
@@ -724,9 +725,14 @@ backfill_fk(PG_FUNCTION_ARGS)
 	res.parents_created = 0;
 	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
 		create_parents(b, &res);
+	progress_phase("linking");
 	res.rows_updated = link_rows(b, &res, NULL);
+	progress_counts(-1, res.rows_updated, res.rows_updated, -1);
 	if (PG_GETARG_BOOL(7))
+	{
+		progress_phase("constraints");
 		add_constraints(b, &res);
+	}
 
 	job_finish(res.job_id, NULL, 0, res.rows_deleted, 0,
 			   res.rows_updated + res.rows_deleted + res.parents_created, NULL, NULL, false);

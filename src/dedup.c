@@ -148,6 +148,8 @@ run_delete(DedupTarget *t, DedupResult *res)
 				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
 	nlosers = spi_get_int64(0, 2);
+	progress_counts(nlosers, -1, -1, -1);
+	progress_phase("deleting");
 
 	if (nlosers * TID_ARRAY_BYTES <= (int64) work_mem * 1024)
 		del = psprintf("DELETE FROM ONLY %s r WHERE r.ctid OPERATOR(pg_catalog.=) ANY"
@@ -347,6 +349,23 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	return (obstacle == NULL && t->few_groups) ? "rewrite" : "delete";
 }
 
+/*
+ * What dedup_progress shows of a foreground dedup while its one statement
+ * runs: a delete finds its losers first ("scanning"), then deletes them; a
+ * rename or merge finds and changes them in one go.
+ */
+static const char *
+foreground_phase(const char *strategy, DedupAction action)
+{
+	if (strcmp(strategy, "rewrite") == 0)
+		return "rewriting";
+	if (action == DEDUP_ACTION_RENAME)
+		return "renaming";
+	if (action == DEDUP_ACTION_MERGE)
+		return "merging";
+	return "scanning";
+}
+
 static void
 return_result(FunctionCallInfo fcinfo, DedupResult *res)
 {
@@ -458,7 +477,8 @@ dedup_table(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		res.job_id = job_create("dedup", t->relid, t->relname,
+		res.job_id = job_create("dedup", foreground_phase(res.strategy, action),
+								t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,
 											text_to_cstring(PG_GETARG_TEXT_PP(11))), 0);
 		/* a rewrite makes its own archive: possibly the table's old storage */
@@ -476,8 +496,13 @@ dedup_table(PG_FUNCTION_ARGS)
 			else
 				run_delete(t, &res);
 		}
+		progress_counts(-1, res.rows_deleted + res.rows_renamed,
+						res.rows_deleted + res.rows_renamed, -1);
 		if (add_unique)
+		{
+			progress_phase("building unique index");
 			res.unique_index = unique_create(t, &res.unique_is_constraint);
+		}
 		job_finish(res.job_id, res.strategy, res.groups, res.rows_deleted, res.rows_renamed,
 				   res.rows_deleted + res.rows_renamed, res.archive_table,
 				   res.unique_index, res.unique_is_constraint);

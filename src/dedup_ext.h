@@ -235,7 +235,7 @@ typedef struct DedupJob
 
 extern char *dedup_ext_schema(void);
 extern Oid	dedup_ext_owner(void);
-extern int64 job_create(const char *kind, Oid relid, const char *relname,
+extern int64 job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 						const char *params_json, int64 target_job);
 extern void job_finish(int64 job_id, const char *strategy, int64 groups,
 					   int64 rows_deleted, int64 rows_renamed, int64 rows_changed,

@@ -90,8 +90,12 @@ spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 	return (int64) SPI_processed;
 }
 
+/*
+ * A foreground job's row, and its slot in dedup_progress (preloaded), shown
+ * to other sessions in its first phase until the caller moves it on.
+ */
 int64
-job_create(const char *kind, Oid relid, const char *relname,
+job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 		   const char *params_json, int64 target_job)
 {
 	Oid			types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID, INT8OID};
@@ -114,7 +118,7 @@ job_create(const char *kind, Oid relid, const char *relname,
 							   dedup_ext_schema()),
 					  6, types, values, nulls, SPI_OK_INSERT_RETURNING);
 	progress_begin(spi_get_int64(0, 1), kind, relid, GetUserId(), true);
-	progress_phase("running");
+	progress_phase(phase);
 	return spi_get_int64(0, 1);
 }
 
@@ -193,6 +197,8 @@ job_finish(int64 job_id, const char *strategy, int64 groups,
 		nulls[5] = 'n';
 	if (!unique_index)
 		nulls[6] = 'n';
+	/* done: it leaves dedup_progress, though the caller's transaction goes on */
+	progress_end();
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'done',"
 							   " finished_at = pg_catalog.clock_timestamp(),"
 							   " strategy = $2, duplicate_groups = $3,"

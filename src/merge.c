@@ -609,6 +609,9 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
 							" pg_catalog.count(*) FROM %s m", map),
 				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
+	/* a dry run has no job, and shows nothing */
+	if (job_id != 0)
+		progress_counts(spi_get_int64(0, 2), -1, -1, -1);
 	if (archive)
 		res->ref_archives = plan->refs ? merge_archives(plan, job_id, "[]") : NULL;
 	merge_refs(plan, map, job_id, res);

@@ -1,5 +1,6 @@
 # dedup_ext loaded through shared_preload_libraries: the extension installs and
-# a foreground dedup with archive and rollback works as without preloading.
+# a foreground dedup with archive and rollback works as without preloading;
+# foreground jobs show in dedup_progress while they run, in their phase.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -27,6 +28,62 @@ is($node->safe_psql('postgres', 'SELECT bool_and(ok) FROM dedup_verify(1)'), 't'
 $node->restart;
 is($node->safe_psql('postgres', 'SELECT dedup_rollback(1)'), '990', 'rollback after restart');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM t'), '1000', 'all rows back');
+
+# A foreground job shows in dedup_progress to other sessions while it runs,
+# in its phase, with its counts; s1 holds a row the job must change, so the
+# job waits in a known phase until s1 commits.
+sub progress_of
+{
+	my ($pid) = @_;
+	return $node->safe_psql('postgres', qq{
+		SELECT format('%s %s %s %s total %s done %s', kind, relation, phase, state, rows_total, rows_done)
+		  FROM dedup_progress WHERE pid = $pid});
+}
+
+sub wait_for_lock
+{
+	my ($pid, $what) = @_;
+	ok($node->poll_query_until('postgres', qq{
+			SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $pid}),
+		"$what waits for s1's row");
+}
+
+my $s1 = $node->background_psql('postgres');
+my $caller = $node->background_psql('postgres');
+my $caller_pid = $caller->query_safe('SELECT pg_backend_pid()');
+$s1->query_safe('BEGIN');
+$s1->query_safe('SELECT FROM t WHERE id = 500 FOR UPDATE');
+$caller->query_until(qr/sent/, "\\echo sent\n"
+	  . "SELECT state || ' ' || rows_deleted FROM dedup_table('t', '{k}', strategy => 'delete', add_unique => true);\n");
+wait_for_lock($caller_pid, 'a foreground delete');
+is(progress_of($caller_pid), 'dedup t deleting running total 990 done 0',
+	'dedup_progress: the foreground delete, deleting its 990 losers');
+$s1->query_safe('COMMIT');
+like($caller->query_safe('SELECT 1'), qr/^done 990$/m, 'the delete went on once s1 committed');
+is(progress_of($caller_pid), '', 'a finished job leaves dedup_progress');
+
+# a foreground backfill, held in its linking phase; done, it leaves
+# dedup_progress while its caller's transaction goes on
+$node->safe_psql('postgres', q{
+	CREATE TABLE kw (id int PRIMARY KEY, name text UNIQUE);
+	INSERT INTO kw SELECT g, 'kw' || g FROM generate_series(1, 10) g;
+	CREATE TABLE tags (id int PRIMARY KEY, name text, kw_id int);
+	INSERT INTO tags SELECT g, 'kw' || (g % 12), NULL FROM generate_series(1, 120) g;
+});
+$s1->query_safe('BEGIN');
+$s1->query_safe('SELECT FROM tags WHERE id = 1 FOR UPDATE');
+$caller->query_safe('BEGIN');
+$caller->query_until(qr/sent/, "\\echo sent\n"
+	  . "SELECT state || ' ' || rows_updated || ' ' || orphan_rows FROM backfill_fk('tags', 'kw_id', 'kw', '{name}');\n");
+wait_for_lock($caller_pid, 'a foreground backfill');
+is(progress_of($caller_pid), 'backfill tags linking running total 100 done 0',
+	'dedup_progress: the foreground backfill, linking its 100 linkable rows');
+$s1->query_safe('COMMIT');
+like($caller->query_safe('SELECT 1'), qr/^done 100 20$/m, 'the backfill went on once s1 committed');
+is(progress_of($caller_pid), '', 'done, it leaves dedup_progress before its transaction ends');
+$caller->query_safe('COMMIT');
+$s1->quit;
+$caller->quit;
 
 # DROP DATABASE waits until every process has acknowledged its barrier
 # (ProcSignalBarrier); the launcher, which sleeps for the server's lifetime,
