@@ -373,6 +373,7 @@ open_filter(DedupTarget *t, Relation rel, const char *filter)
 	t->filter_text = pstrdup(filter);
 	t->filter_r = deparse_qualified(expr, "r", t->relid, true);
 	t->filter_bare = deparse_qualified(expr, t->relname, t->relid, false);
+	t->filter_expr = expr;
 	t->filter_immutable = !contain_mutable_functions(expr) && !checkExprHasSubLink(expr);
 }
 

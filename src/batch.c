@@ -600,11 +600,22 @@ index_state(BgJob *job, void *arg)
 	}
 }
 
+/* name the index to build, unless one that does its work is there already */
 static void
 name_index_step(BgJob *job, void *arg)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+	char	   *existing = unique_existing(job->t);
+	MemoryContext oldcxt;
 
+	if (existing)
+	{
+		ereport(LOG,
+				(errmsg("dedup_ext job %lld: unique index %s already keeps the key of %s unique, none added",
+						(long long) job->job_id, existing, job->t->qualname)));
+		bg_record(job, "phase = 'finishing'");
+		return;
+	}
+	oldcxt = MemoryContextSwitchTo(job->cxt);
 	job->index_name = unique_index_name(job->t, &job->is_constraint);
 	MemoryContextSwitchTo(oldcxt);
 	bg_record(job, psprintf("unique_index = %s, unique_is_constraint = %s",
@@ -650,6 +661,8 @@ build_unique(BgJob *job)
 	/* a step stopped by a pause or cancel request: the caller obeys it */
 	if (!bg_xact(job, job->index_name == NULL ? name_index_step : index_state, &state))
 		return;
+	if (job->index_name == NULL)
+		return;					/* an index that does its work was there */
 	if (state == 1)
 		bg_toplevel(job, drop_index_sql(job));
 	if (state != 2)

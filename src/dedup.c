@@ -407,6 +407,7 @@ dedup_table(PG_FUNCTION_ARGS)
 	bool		add_unique;
 	bool		background;
 	DedupResult res = {0};
+	char	   *own_index = NULL;
 
 	for (int i = 0; i < lengthof(argnames); i++)
 		if (argnames[i])
@@ -499,13 +500,21 @@ dedup_table(PG_FUNCTION_ARGS)
 		progress_counts(-1, res.rows_deleted + res.rows_renamed,
 						res.rows_deleted + res.rows_renamed, -1);
 		if (add_unique)
+			res.unique_index = unique_existing(t);
+		/* the job's own index, which its rollback drops */
+		if (add_unique && res.unique_index == NULL)
 		{
 			progress_phase("building unique index");
-			res.unique_index = unique_create(t, &res.unique_is_constraint);
+			own_index = unique_create(t, &res.unique_is_constraint);
+			res.unique_index = own_index;
 		}
+		else if (add_unique)
+			ereport(NOTICE,
+					(errmsg("unique index %s already keeps the key of %s unique, none added",
+							res.unique_index, t->qualname)));
 		job_finish(res.job_id, res.strategy, res.groups, res.rows_deleted, res.rows_renamed,
 				   res.rows_deleted + res.rows_renamed, res.archive_table,
-				   res.unique_index, res.unique_is_constraint);
+				   own_index, res.unique_is_constraint);
 		if (action == DEDUP_ACTION_MERGE)
 			job_set_refs(res.job_id, res.refs_repointed, res.refs_removed, res.ref_archives);
 		res.state = "done";

@@ -75,6 +75,7 @@ typedef struct DedupTarget
 	char	   *filter_text;	/* the caller's filter, as given (NULL: none) */
 	char	   *filter_r;		/* deparsed, columns qualified with alias r */
 	char	   *filter_bare;	/* deparsed, unqualified (index predicates) */
+	Node	   *filter_expr;	/* parsed, on the table as range table entry 1 */
 	bool		filter_immutable;	/* usable as an index predicate */
 	bool		nulls_distinct;
 	char	   *order_r;		/* keep order + tie-breaker, alias r */
@@ -338,6 +339,7 @@ extern char *unique_index_name(DedupTarget *t, bool *is_constraint);
 extern char *unique_index_sql(DedupTarget *t, const char *name, bool concurrently);
 extern char *unique_constraint_sql(DedupTarget *t, const char *name);
 extern char *unique_create(DedupTarget *t, bool *is_constraint);
+extern char *unique_existing(DedupTarget *t);
 
 /* dedup.c */
 extern void rename_refusals(DedupTarget *t, int64 null_keys, const char *taken);

@@ -207,7 +207,14 @@ dedup_verify(PG_FUNCTION_ARGS)
 	if (job->unique_index)
 		check_unique(rsinfo, job);
 	else if (add_unique && strcmp(add_unique, "true") == 0)
-		add_check(rsinfo, "unique_index", false, "the job recorded no unique index");
+	{
+		/* the job found an index that did the work, and added none */
+		char	   *existing = unique_existing(t);
+
+		add_check(rsinfo, "unique_index", existing != NULL,
+				  existing ? psprintf("%s keeps the key unique (the job added none: it was there)", existing)
+				  : "the job recorded no unique index, and none keeps the key unique");
+	}
 	SPI_finish();
 	return (Datum) 0;
 }
