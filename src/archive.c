@@ -452,6 +452,50 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 }
 
 /*
+ * Give the renamed rows their key back: each row's value before the job's
+ * first rename of it (a background job may rename a row again in a later
+ * pass).  Only rows that still have a value the job gave them: a row changed
+ * since keeps what was written, and the rollback is refused rather than
+ * overwrite it.
+ */
+static int64
+restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
+{
+	StringInfoData pk;
+	int64		restored,
+				expected;
+
+	initStringInfo(&pk);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&pk, "%sa.%s", i > 0 ? ", " : "", t->pk[i].quoted);
+	restored = spi_exec_count(psprintf("UPDATE ONLY %s r SET %s = a.%s"
+									   " FROM (SELECT DISTINCT ON (%s) a.* FROM %s a"
+									   "       WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' ORDER BY %s, a.ctid) a"
+									   " WHERE %s AND EXISTS (SELECT FROM %s n"
+									   "  WHERE n.dedup_action OPERATOR(pg_catalog.=) 'rename' AND %s"
+									   "  AND r.%s::pg_catalog.text OPERATOR(pg_catalog.=) n.dedup_new_value)",
+									   t->qualname, col, col, pk.data, job->archive_table, pk.data,
+									   sql_pk_match(t, "r", "a"), job->archive_table,
+									   sql_pk_match(t, "r", "n"), col),
+							  SPI_OK_UPDATE);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %s FROM %s a"
+							" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename') a",
+							pk.data, job->archive_table),
+				   SPI_OK_SELECT);
+	expected = spi_get_int64(0, 1);
+	if (restored != expected)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: %lld of %lld renamed rows of %s no longer have the value the job gave them",
+						(long long) job->job_id, (long long) (expected - restored), (long long) expected,
+						t->qualname),
+				 errdetail("A rollback would overwrite what was written since the job, or not find the row."),
+				 errhint("Compare the table with archive table %s (column dedup_new_value), and set those rows back to the job's values or restore them by hand.",
+						 job->archive_table)));
+	return restored;
+}
+
+/*
  * Undo a dedup job: drop the unique index it added, put back the rows it
  * removed (same ids: identity columns are overridden), set renamed keys back,
  * and drop the archive.  Runs in the caller's transaction, like the job.
@@ -539,15 +583,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 
 	rename_column = job_param(job, "rename_column");
 	if (rename_column)
-	{
-		const char *col = quote_identifier(rename_column);
-
-		restored += spi_exec_count(psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a"
-											" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' AND %s",
-											t->qualname, col, col, job->archive_table,
-											sql_pk_match(t, "r", "a")),
-								   SPI_OK_UPDATE);
-	}
+		restored += restore_renamed(job, t, quote_identifier(rename_column));
 
 	spi_exec_count(psprintf("DROP TABLE %s", job->archive_table), SPI_OK_UTILITY);
 	job_finish(rb_job, NULL, 0, 0, 0, restored, NULL, NULL, false);
