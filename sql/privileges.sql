@@ -60,6 +60,13 @@ SELECT state, duplicate_groups, rows_deleted, unique_index FROM r_owner;
 SELECT id, email FROM priv.acct ORDER BY id;
 SELECT count(*) > 0 AS has_checks, bool_and(ok) AS all_ok FROM dedup_verify(:jid_owner);
 SELECT kind, state, submitted_by FROM dedup_jobs WHERE job_id = :jid_owner;
+-- a backfill of its own, with an orphan, verified by the owner too
+CREATE TABLE priv.kw (id int PRIMARY KEY, name text UNIQUE);
+INSERT INTO priv.kw VALUES (1, 'a'), (2, 'b');
+CREATE TABLE priv.tag (id int PRIMARY KEY, name text, kw_id int);
+INSERT INTO priv.tag VALUES (1, 'a'), (2, 'b'), (3, 'zz');
+SELECT job_id AS jid_bf FROM backfill_fk('tag', 'kw_id', 'kw', '{name}') \gset
+SELECT check_name, ok, detail FROM dedup_verify(:jid_bf) ORDER BY check_name;
 -- the archive: owned by the table's owner, readable to it and to members only
 SELECT pg_get_userbyid(relowner) AS archive_owner FROM pg_class WHERE oid = :'arch_owner'::regclass;
 SELECT count(*) FROM :arch_owner;

@@ -130,9 +130,12 @@ check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
 		add_check(rsinfo, "linked_rows_linked", n == 0,
 				  psprintf("%lld rows the job linked are gone or NULL again", (long long) n));
 	}
-	n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_orphan o"
-						  " WHERE o.job_id OPERATOR(pg_catalog.=) %lld",
-						  dedup_ext_schema(), (long long) job->job_id));
+	/* the extension's own table: read with its owner's rights, as dedup_orphans does */
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_orphan o"
+							   " WHERE o.job_id OPERATOR(pg_catalog.=) %lld",
+							   dedup_ext_schema(), (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	n = spi_get_int64(0, 1);
 	add_check(rsinfo, "orphans_listed", n == reported,
 			  psprintf("%lld of %lld orphan and ambiguous rows listed in dedup_orphans",
 					   (long long) n, (long long) reported));
