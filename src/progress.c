@@ -101,6 +101,18 @@ progress_xact_callback(XactEvent event, void *arg)
 		progress_end();
 }
 
+/*
+ * A process that exits in the middle of a job (a worker stopped by
+ * pg_terminate_backend, a backend whose client went away) frees its slot:
+ * the job is no longer running there.  Not after a crash: shared memory is
+ * reset then.
+ */
+static void
+progress_exit(int code, Datum arg)
+{
+	progress_end();
+}
+
 /* from _PG_init */
 void
 progress_init(void)
@@ -126,8 +138,15 @@ progress_init(void)
 void
 progress_begin(int64 job_id, const char *kind, Oid relid, Oid userid, bool foreground)
 {
+	static bool exit_callback = false;
+
 	if (shared == NULL)
 		return;
+	if (!exit_callback)
+	{
+		before_shmem_exit(progress_exit, (Datum) 0);
+		exit_callback = true;
+	}
 	progress_end();
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < PROGRESS_SLOTS; i++)

@@ -9,7 +9,8 @@
 #      here too);
 #   3. dedup_ext.max_workers = 1: of three jobs one runs, the others wait
 #      queued, and all three finish; a job whose table is locked when its
-#      turn comes waits with no phase yet, then runs;
+#      turn comes waits with no phase yet, then runs; a worker stopped by
+#      pg_terminate_backend leaves its job interrupted, shown once;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
 #      until dedup_resume, then finishes (with add_unique, built
 #      CONCURRENTLY); so does a merge, whose referencing table ends as a
@@ -274,6 +275,30 @@ ok($node->poll_query_until('postgres',
 	'once the lock is released the job runs to its end');
 is(job_field($node, $waiter, 'rows_deleted'), $locked_dups, 'and removes every duplicate');
 is(job_field($node, $runner, 'state'), 'cancelled', 'the job before it was cancelled');
+
+# 3c. a worker stopped by pg_terminate_backend frees its slot of
+# dedup_progress: the job shows once, interrupted (no row left in shared
+# memory saying it runs), and dedup_resume finishes it
+create_table($node, 'small5', 20_000);
+my $stopped = submit($node, 'small5', 200);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $stopped}),
+	'a slow job has committed a batch');
+is($node->safe_psql('postgres', qq{
+		SELECT pg_terminate_backend(worker_pid) FROM dedup_jobs WHERE job_id = $stopped}),
+	't', 'its worker terminated');
+ok($node->poll_query_until('postgres',
+		qq{SELECT state FROM dedup_jobs WHERE job_id = $stopped}, 'interrupted'),
+	'the job is interrupted');
+is($node->safe_psql('postgres', qq{
+		SELECT string_agg(state, ',') FROM dedup_progress WHERE job_id = $stopped}),
+	'interrupted', 'dedup_progress: one row, interrupted');
+$node->safe_psql('postgres', "SELECT dedup_resume($stopped)");
+ok($node->poll_query_until('postgres',
+		qq{SELECT state FROM dedup_jobs WHERE job_id = $stopped}, 'done'),
+	'resumed, it finishes');
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM dedup_progress WHERE job_id = $stopped}),
+	'0', 'and leaves dedup_progress');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET dedup_ext.max_workers});
 $node->reload;
 
