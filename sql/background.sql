@@ -503,6 +503,26 @@ BEGIN
   END LOOP;
 END $$;
 
+--
+-- a table whose columns change between two batches (here before the first:
+-- the job was paused): the batch would file its rows under the archive's
+-- columns by position, so the job fails instead, and removes nothing more
+--
+CREATE TABLE bg.cols (id int PRIMARY KEY, k int NOT NULL, a int, b int);
+INSERT INTO bg.cols SELECT g, g % 3, g, -g FROM generate_series(1, 12) g;
+BEGIN;
+SELECT job_id AS jid_c, archive_table AS arch_c
+  FROM dedup_table('bg.cols', '{k}', background => true, batch_size => 2) \gset
+SELECT dedup_pause(:jid_c) AS paused;
+COMMIT;
+ALTER TABLE bg.cols RENAME COLUMN a TO a_old;
+ALTER TABLE bg.cols ADD COLUMN a int;
+SELECT dedup_resume(:jid_c) AS resumed;
+SELECT dedup_wait(:jid_c);
+SELECT state, rows_deleted, regexp_replace(error, '[0-9]+', 'N', 'g') AS error
+  FROM dedup_jobs WHERE job_id = :jid_c;
+SELECT (SELECT count(*) FROM bg.cols) AS rows_left, (SELECT count(*) FROM :arch_c) AS archived;
+
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs
  WHERE relation::text LIKE 'bg%.%' GROUP BY state ORDER BY state;

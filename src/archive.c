@@ -195,6 +195,61 @@ restorable_columns(Oid archive, Oid relid)
 	return buf.data;
 }
 
+/*
+ * A background job's batches file the rows they remove by position (DELETE
+ * ... RETURNING r.* into the archive), and the archive has the columns the
+ * table had when the job began.  The job holds no lock on the table between
+ * two batches, so an ALTER TABLE may add, drop, rename or retype a column
+ * meanwhile: then the next batch would file values under the wrong columns.
+ * Checked at the start of every batch; the job fails rather than do that
+ * (its committed batches are archived as they should be).
+ */
+void
+archive_check_columns(Oid relid, const char *archive, int64 job_id)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	Relation	arel = relation_open(dedup_relid_by_name(archive), AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleDesc	adesc = RelationGetDescr(arel);
+	int			a = 0;
+	bool		same = true;
+
+	for (int i = 0; i < desc->natts && same; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		Form_pg_attribute aatt;
+
+		if (att->attisdropped)
+			continue;
+		while (a < adesc->natts - ARCHIVE_OWN_NCOLUMNS && TupleDescAttr(adesc, a)->attisdropped)
+			a++;
+		if (a >= adesc->natts - ARCHIVE_OWN_NCOLUMNS)
+		{
+			same = false;
+			break;
+		}
+		aatt = TupleDescAttr(adesc, a++);
+		same = strcmp(NameStr(att->attname), NameStr(aatt->attname)) == 0 &&
+			att->atttypid == aatt->atttypid && att->atttypmod == aatt->atttypmod;
+	}
+	while (same && a < adesc->natts - ARCHIVE_OWN_NCOLUMNS && TupleDescAttr(adesc, a)->attisdropped)
+		a++;
+	if (a != adesc->natts - ARCHIVE_OWN_NCOLUMNS)
+		same = false;
+	if (!same)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the columns of table %s changed while job %lld ran",
+						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												   RelationGetRelationName(rel)),
+						(long long) job_id),
+				 errdetail("Archive table %s has the columns the table had when the job began; rows removed from now on would be filed under the wrong ones.",
+						   archive),
+				 errhint("The batches committed so far are archived; dedup_rollback of the job puts them back if the table gets those columns again. Submit a new job for the rest.")));
+	relation_close(arel, AccessShareLock);
+	relation_close(rel, AccessShareLock);
+}
+
 static void
 drop_unique(DedupJob *job, const char *qualname)
 {

@@ -514,6 +514,8 @@ batch_step(BgJob *job, void *arg)
 	int64		changed;
 
 	dedup_check_owner(t->relid);
+	if (job->archive_table)
+		archive_check_columns(t->relid, job->archive_table, job->job_id);
 	bg_compress_wal(true);
 	/* run_step disarms it */
 	cpu_yield_arm(true);
