@@ -344,13 +344,19 @@ obey_step(BgJob *job, void *arg)
 		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
 }
 
-/* true when the job stopped on request (seen after its last commit) */
+/*
+ * true when the job stopped on request (seen after its last commit).  A job
+ * whose work is all done (phase finishing: its unique index built, or its
+ * constraints added) ends done: a request that came during that last step
+ * came too late, and a job recorded as cancelled or paused with all its work
+ * done would say what did not happen.
+ */
 bool
 bg_obeyed(BgJob *job)
 {
 	bool		obeyed = false;
 
-	if (job->control == NULL)
+	if (job->control == NULL || (job->phase && strcmp(job->phase, "finishing") == 0))
 		return false;
 	run_step(job, obey_step, &obeyed, false);
 	return obeyed;
