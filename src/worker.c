@@ -347,7 +347,7 @@ obey_step(BgJob *job, void *arg)
 /*
  * true when the job stopped on request (seen after its last commit).  A job
  * whose work is all done (phase finishing: its unique index built, or its
- * constraints added) ends done: a request that came during that last step
+ * last constraint added) ends done: a request that came during that last step
  * came too late, and a job recorded as cancelled or paused with all its work
  * done would say what did not happen.
  */
