@@ -396,6 +396,17 @@ SELECT check_name, ok FROM dedup_verify(:jid) ORDER BY check_name;
 --    archives gone, the constraints intact
 --
 SET ROLE regress_merge_owner;
+-- a re-pointed row that points elsewhere since (swatch 1, set to Green by
+-- hand): the rollback would undo that, and is refused (55000); nothing
+-- changes.  Pointed back where the job left it, the rollback goes on.
+UPDATE merge_t.swatch SET color_id = 4, color_hex = '#00ff00' WHERE id = 1;
+SELECT count(*) AS colors_before FROM merge_t.color \gset
+\set VERBOSITY sqlstate
+SELECT dedup_rollback(:jid) AS restored;
+\set VERBOSITY default
+SELECT (SELECT count(*) FROM merge_t.color) = :colors_before AS colors_unchanged,
+       (SELECT format('%s %s', color_id, color_hex) FROM merge_t.swatch WHERE id = 1) AS swatch_1;
+UPDATE merge_t.swatch SET color_id = 1, color_hex = '#ff0000' WHERE id = 1;
 -- 3 colors + 12 re-pointed + 4 removed child rows
 \set VERBOSITY sqlstate
 SELECT dedup_rollback(:jid) AS restored;

@@ -323,8 +323,18 @@ restore_repointed(DedupJob *job, const char *archive, const char *child,
 						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' ORDER BY %s, a.ctid)",
 						  name_list(pk, npk, "a.%s%.0s", ", "), archive,
 						  name_list(pk, npk, "a.%s%.0s", ", "));
-		match = psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
-						 name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "a.%s%.0s", ", "));
+		/*
+		 * A row is set back only while it points where the job (the last of
+		 * its re-points, in a background merge) left it: what a writer
+		 * re-pointed since stays, and the rollback is refused.  (Archives
+		 * written before this check have NULL there.)
+		 */
+		match = psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s) AND EXISTS (SELECT FROM %s n"
+						 " WHERE n.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)"
+						 " AND (n.dedup_survivor IS NULL OR n.dedup_survivor OPERATOR(pg_catalog.=) pg_catalog.jsonb_build_array(%s)))",
+						 name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "a.%s%.0s", ", "),
+						 archive, name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "n.%s%.0s", ", "),
+						 name_list(cols, ncols, "c.%s%.0s", ", "));
 	}
 	else
 	{
@@ -342,7 +352,9 @@ restore_repointed(DedupJob *job, const char *archive, const char *child,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot roll back job %lld: %lld of %lld re-pointed rows of %s were found",
 						(long long) job->job_id, (long long) moved, (long long) expected, child),
-				 errdetail("Rows are found by their primary key or, without one (or when it contains the re-pointed columns), by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+				 errdetail("Rows are found by their primary key, and set back only while they point where the job left them; without a primary key (or when it contains the re-pointed columns), by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes."),
+				 errhint("Compare %s with archive table %s (dedup_survivor: where the job pointed each row).",
+						 child, archive)));
 	return moved;
 }
 

@@ -423,6 +423,20 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 	return removed;
 }
 
+/* jsonb_build_array(alias.col, ...) over the foreign key's columns */
+static char *
+ref_values_json(RefKey *ref, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "pg_catalog.jsonb_build_array(");
+	for (int i = 0; i < ref->ncols; i++)
+		appendStringInfo(&buf, "%s%s.%s", i > 0 ? ", " : "", alias, ref->cols[i]);
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
 /* Re-point the referencing rows; the archive gets their original versions. */
 static int64
 repoint(RefKey *ref, MergePlan *plan, int64 job_id)
@@ -440,17 +454,20 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 
 	/*
 	 * The new ctid goes into dedup_new_value, so that rows of a table
-	 * without a primary key can be found again by a rollback.
+	 * without a primary key can be found again by a rollback, and the values
+	 * the row now points to into dedup_survivor, so that a rollback sets back
+	 * only rows that still point there.
 	 */
 	return spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, ROW(c.*)::%s AS dedup_orow, m.*"
 								   " FROM ONLY %s c JOIN %s m ON %s),"
 								   " dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
 								   " WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
-								   " RETURNING c.ctid AS dedup_nctid, o.dedup_orow)"
+								   " RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval)"
 								   " INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
-								   " u.dedup_nctid::pg_catalog.text, NULL FROM dedup_u u",
+								   " u.dedup_nctid::pg_catalog.text, u.dedup_nval FROM dedup_u u",
 								   ref->child, ref->child, plan->map, ref_join(ref),
-								   ref->child, set.data, ref->archive, (long long) job_id),
+								   ref->child, set.data, ref_values_json(ref, "c"),
+								   ref->archive, (long long) job_id),
 						  SPI_OK_INSERT);
 }
 
