@@ -537,6 +537,25 @@ SELECT (SELECT count(*) FROM bf_t.cchild) AS children, (SELECT count(*) FROM bf_
        (SELECT count(parent_id) FROM bf_t.cchild) AS linked;
 
 --
+-- a rollback sets back to NULL only what still has the value the job gave
+-- it: a row linked elsewhere since (by hand) makes it refuse (55000), and
+-- nothing changes; linked back as the job left it, the rollback goes on
+--
+CREATE TABLE bf_t.lparent (id int PRIMARY KEY, code text UNIQUE);
+INSERT INTO bf_t.lparent VALUES (1, 'a'), (2, 'b');
+CREATE TABLE bf_t.lchild (id int PRIMARY KEY, code text, parent_id int);
+INSERT INTO bf_t.lchild VALUES (1, 'a', NULL), (2, 'b', NULL), (3, 'a', NULL);
+SELECT job_id AS bl FROM backfill_fk('bf_t.lchild', 'parent_id', 'bf_t.lparent', '{code}') \gset
+UPDATE bf_t.lchild SET parent_id = 2 WHERE id = 3;
+\set VERBOSITY sqlstate
+SELECT dedup_rollback(:bl) AS restored;
+\set VERBOSITY default
+SELECT string_agg(format('%s:%s', id, parent_id), ' ' ORDER BY id) AS links FROM bf_t.lchild;
+UPDATE bf_t.lchild SET parent_id = 1 WHERE id = 3;
+SELECT dedup_rollback(:bl) AS restored;
+SELECT count(parent_id) AS linked FROM bf_t.lchild;
+
+--
 -- cleanup
 --
 RESET search_path;

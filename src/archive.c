@@ -469,6 +469,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	int64		restored = 0;
 	int64		expected;
 	int64		nulled;
+	StringInfoData ids;
 
 	if (!OidIsValid(linkedid) || (deleted && !OidIsValid(dedup_relid_by_name(deleted))) ||
 		(created && !OidIsValid(dedup_relid_by_name(created))) || get_rel_name(parentid) == NULL)
@@ -492,7 +493,14 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 											t->qualname, cols, cols, deleted), SPI_OK_INSERT);
 	}
 
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s", linked), SPI_OK_SELECT);
+	/* a row a writer set back to NULL, linked again by a later batch, is listed twice */
+	initStringInfo(&ids);
+	if (t->npk == 0)
+		appendStringInfoString(&ids, "l.dedup_ctid");
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&ids, "%sl.%s", i > 0 ? ", " : "", t->pk[i].quoted);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %s FROM %s l) l", ids.data, linked),
+				   SPI_OK_SELECT);
 	expected = spi_get_int64(0, 1);
 	nulled = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
 									 t->qualname, fk, linked, key_archive_match(linkedid, "c", "l")),
@@ -502,7 +510,10 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot roll back job %lld: %lld of %lld linked rows of %s were found",
 						(long long) job->job_id, (long long) nulled, (long long) expected, t->qualname),
-				 errdetail("Rows of a table without a primary key are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+				 errdetail("Rows are found by their primary key and the value the job gave their %s, so a row linked elsewhere since is not set back; rows of a table without a primary key by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.",
+						   fk),
+				 errhint("Compare %s with archive table %s, which lists the rows the job linked and their values.",
+						 t->qualname, linked)));
 	restored += nulled;
 
 	if (created)

@@ -441,6 +441,7 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 		appendStringInfoString(&ids, "c.ctid");
 	for (int i = 0; i < b->child->npk; i++)
 		appendStringInfo(&ids, "%sc.%s", i > 0 ? ", " : "", b->child->pk[i].quoted);
+	appendStringInfo(&ids, ", c.%s", b->fk);
 	return spi_exec_count(psprintf("WITH dedup_u AS (%s RETURNING %s)"
 								   " INSERT INTO %s SELECT * FROM dedup_u",
 								   upd, ids.data, res->linked_archive),
@@ -449,7 +450,9 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 
 /*
  * The archives a backfill writes to: deleted orphans, created parents (their
- * key only), linked rows (their primary key or ctid only).
+ * key only), linked rows (their primary key or ctid, and the value the job
+ * gave their foreign key: a rollback sets back to NULL only a row that still
+ * has it).
  */
 static void
 create_archives(Backfill *b, BackfillResult *res)
@@ -463,8 +466,9 @@ create_archives(Backfill *b, BackfillResult *res)
 											  list_make1(b->pcolname));
 	for (int i = 0; i < b->child->npk; i++)
 		ids = lappend(ids, b->child->pk[i].name);
+	ids = ids ? ids : list_make1("ctid");
 	res->linked_archive = archive_create(b->child->relid, res->job_id, "linked", InvalidOid,
-										 ids ? ids : list_make1("ctid"));
+										 lappend(ids, b->fkname));
 }
 
 static bool
