@@ -132,6 +132,8 @@ SELECT state FROM dedup_jobs WHERE job_id = :jid_p;
 COMMIT;
 SELECT dedup_wait(:jid_p);
 SELECT dedup_wait(:jid_p, '10 ms');
+SELECT dedup_wait(:jid_p, '0');
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s, %L)', :jid_p, '-1 s'));
 SELECT state, phase, rows_done, batches_done, worker_pid FROM dedup_jobs WHERE job_id = :jid_p;
 SELECT kind, relation, phase, state, rows_done, batches_done FROM dedup_progress WHERE job_id = :jid_p;
 SELECT md5(string_agg(a::text, ',' ORDER BY id)) = :'acct_md5' AS acct_unchanged FROM bg.acct a;
@@ -522,6 +524,15 @@ SELECT dedup_wait(:jid_c);
 SELECT state, rows_deleted, regexp_replace(error, '[0-9]+', 'N', 'g') AS error
   FROM dedup_jobs WHERE job_id = :jid_c;
 SELECT (SELECT count(*) FROM bg.cols) AS rows_left, (SELECT count(*) FROM :arch_c) AS archived;
+-- a table dropped while its job was paused: the job fails and says so
+BEGIN;
+SELECT job_id AS jid_d FROM dedup_table('bg.cols', '{k}', background => true) \gset
+SELECT dedup_pause(:jid_d) AS paused;
+COMMIT;
+DROP TABLE bg.cols;
+SELECT dedup_resume(:jid_d) AS resumed;
+SELECT dedup_wait(:jid_d);
+SELECT state, regexp_replace(error, '[0-9]+', 'N', 'g') AS error FROM dedup_jobs WHERE job_id = :jid_d;
 
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs

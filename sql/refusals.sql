@@ -31,6 +31,9 @@ CREATE TABLE ref.nopk (a int, b text);
 INSERT INTO ref.nopk VALUES (1, 'x'), (1, 'x');
 CREATE TABLE ref.notext (id int PRIMARY KEY, a int, d date);
 INSERT INTO ref.notext VALUES (1, 1, '2024-01-01'), (2, 1, '2024-01-01');
+CREATE TABLE ref.gen (id int PRIMARY KEY, first text, last text,
+                      full_name text GENERATED ALWAYS AS (first || ' ' || last) STORED);
+INSERT INTO ref.gen (id, first, last) VALUES (1, 'x', 'y'), (2, 'x', 'y');
 CREATE TABLE ref.short (id int PRIMARY KEY, code varchar(3) NOT NULL);
 INSERT INTO ref.short VALUES (1, 'abc'), (2, 'abc'), (3, 'xyz');
 CREATE TABLE ref.other_owner (id int PRIMARY KEY, a int);
@@ -147,12 +150,17 @@ SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.t', '{j}')$$);
 SELECT total_rows, duplicate_groups FROM dedup_audit('ref.t', '{jb}');
 
 --
--- rename needs a string-typed key column and a primary key: 22023
+-- rename needs a string-typed key column that is not generated, and a primary
+-- key: 22023
 --
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', action => 'rename')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.notext', '{a,d}', action => 'rename')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.notext', '{a,d}', action => 'rename')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.nopk', '{a,b}', action => 'rename')$$);
+-- nor a generated column, which takes only its expression's value: the
+-- preview says so too
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.gen', '{full_name}', action => 'rename')$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.gen', '{full_name}', action => 'rename')$$);
 -- a renamed value that does not fit the column fails and leaves no trace
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.short', '{code}', action => 'rename')$$);
 

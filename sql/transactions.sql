@@ -122,4 +122,29 @@ COMMIT;
 SELECT same_data, unique_indexes FROM tx.state();
 SELECT count(*) AS job_rows FROM dedup_jobs WHERE job_id = :jid7;
 
+-- a read-only transaction (or a hot standby): every call that changes
+-- something is refused by name (25006), before it reads anything; audits and
+-- dry runs answer
+SELECT count(*) AS njobs_ro FROM dedup_jobs \gset
+BEGIN READ ONLY;
+SELECT state, rows_deleted FROM dedup_table('orders', '{ext_ref}', dry_run => true);
+SAVEPOINT s;
+\set VERBOSITY terse
+SELECT * FROM dedup_table('orders', '{ext_ref}');
+ROLLBACK TO SAVEPOINT s;
+SELECT * FROM dedup_table('orders', '{ext_ref}', background => true);
+ROLLBACK TO SAVEPOINT s;
+SELECT * FROM backfill_fk('orders', 'total', 'orders', '{ext_ref}');
+ROLLBACK TO SAVEPOINT s;
+SELECT dedup_rollback(1);
+ROLLBACK TO SAVEPOINT s;
+SELECT dedup_cancel(1);
+ROLLBACK TO SAVEPOINT s;
+SELECT dedup_pause(1);
+ROLLBACK TO SAVEPOINT s;
+SELECT dedup_resume(1);
+\set VERBOSITY default
+ROLLBACK;
+SELECT (SELECT count(*) FROM dedup_jobs) = :njobs_ro AS no_new_job, same_data FROM tx.state();
+
 RESET search_path;

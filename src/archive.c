@@ -211,38 +211,43 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 	Relation	arel = relation_open(dedup_relid_by_name(archive), AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleDesc	adesc = RelationGetDescr(arel);
-	int			a = 0;
-	bool		same = true;
+	Form_pg_attribute *cols = palloc(sizeof(Form_pg_attribute) * Max(desc->natts, 1));
+	Form_pg_attribute *acols = palloc(sizeof(Form_pg_attribute) * Max(adesc->natts, 1));
+	int			n = 0,
+				an = 0,
+				i;
+	char	   *change = NULL;
 
-	for (int i = 0; i < desc->natts && same; i++)
+	for (i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped)
+			cols[n++] = TupleDescAttr(desc, i);
+	for (i = 0; i < adesc->natts - ARCHIVE_OWN_NCOLUMNS; i++)
+		if (!TupleDescAttr(adesc, i)->attisdropped)
+			acols[an++] = TupleDescAttr(adesc, i);
+
+	/* the first difference, told as the change that likely made it */
+	for (i = 0; i < Min(n, an) && change == NULL; i++)
 	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-		Form_pg_attribute aatt;
+		const char *name = NameStr(cols[i]->attname);
+		const char *aname = NameStr(acols[i]->attname);
 
-		if (att->attisdropped)
-			continue;
-		while (a < adesc->natts - ARCHIVE_OWN_NCOLUMNS && TupleDescAttr(adesc, a)->attisdropped)
-			a++;
-		if (a >= adesc->natts - ARCHIVE_OWN_NCOLUMNS)
-		{
-			same = false;
-			break;
-		}
-		aatt = TupleDescAttr(adesc, a++);
-		same = strcmp(NameStr(att->attname), NameStr(aatt->attname)) == 0 &&
-			att->atttypid == aatt->atttypid && att->atttypmod == aatt->atttypmod;
+		if (strcmp(name, aname) != 0)
+			change = get_attnum(relid, aname) == InvalidAttrNumber ?
+				psprintf("column %s was dropped or renamed", quote_identifier(aname)) :
+				psprintf("column %s is where column %s was", quote_identifier(name), quote_identifier(aname));
+		else if (cols[i]->atttypid != acols[i]->atttypid || cols[i]->atttypmod != acols[i]->atttypmod)
+			change = psprintf("column %s changed its type", quote_identifier(name));
 	}
-	while (same && a < adesc->natts - ARCHIVE_OWN_NCOLUMNS && TupleDescAttr(adesc, a)->attisdropped)
-		a++;
-	if (a != adesc->natts - ARCHIVE_OWN_NCOLUMNS)
-		same = false;
-	if (!same)
+	if (change == NULL && n != an)
+		change = n > an ? psprintf("column %s was added", quote_identifier(NameStr(cols[an]->attname)))
+			: psprintf("column %s was dropped or renamed", quote_identifier(NameStr(acols[n]->attname)));
+	if (change)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the columns of table %s changed while job %lld ran",
+				 errmsg("the columns of table %s changed while job %lld ran: %s",
 						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 												   RelationGetRelationName(rel)),
-						(long long) job_id),
+						(long long) job_id, change),
 				 errdetail("Archive table %s has the columns the table had when the job began; rows removed from now on would be filed under the wrong ones.",
 						   archive),
 				 errhint("The batches committed so far are archived; dedup_rollback of the job puts them back if the table gets those columns again. Submit a new job for the rest.")));
@@ -592,6 +597,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	job_id = PG_GETARG_INT64(0);
+	PreventCommandIfReadOnly("dedup_rollback()");
 
 	SPI_connect();
 	job = job_fetch(job_id, true, true);

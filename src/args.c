@@ -543,6 +543,13 @@ dedup_target_set_rename(DedupTarget *t)
 				 errdetail("The renamed column gets the suffix '-' || primary key; no column of the key of %s is text, varchar or similar.",
 						   t->qualname),
 				 errhint("Use action => 'delete' or 'merge', or add a text column to the key.")));
+	if (get_attgenerated(t->relid, get_attnum(t->relid, t->keys[t->rename_key].name)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("action \"rename\" cannot change key column %s of %s: it is a generated column",
+						t->keys[t->rename_key].quoted, t->qualname),
+				 errdetail("The renamed column is the key's last column of a string type; a generated column takes only the value its expression gives."),
+				 errhint("Use action => 'delete' or 'merge', or put a column that can be changed last in the key.")));
 	if (t->npk == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

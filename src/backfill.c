@@ -684,6 +684,9 @@ backfill_fk(PG_FUNCTION_ARGS)
 	for (int i = 0; i < lengthof(argnames); i++)
 		if (argnames[i])
 			dedup_require_arg(fcinfo, i, argnames[i]);
+	/* a dry run changes nothing, and may run in a read-only transaction */
+	if (!PG_GETARG_BOOL(9))
+		PreventCommandIfReadOnly("backfill_fk()");
 	b = open_backfill(fcinfo);
 	archive = PG_GETARG_BOOL(8);
 

@@ -161,6 +161,7 @@ dedup_pause(PG_FUNCTION_ARGS)
 	char	   *state;
 	bool		result = true;
 
+	PreventCommandIfReadOnly("dedup_pause()");
 	SPI_connect();
 	state = control_begin(job_id);
 	if (state_is(state, "queued", "interrupted", NULL))
@@ -184,6 +185,7 @@ dedup_resume(PG_FUNCTION_ARGS)
 	char	   *state;
 	bool		result = true;
 
+	PreventCommandIfReadOnly("dedup_resume()");
 	SPI_connect();
 	state = control_begin(job_id);
 	if (state_is(state, "paused", "interrupted", "queued"))
@@ -214,6 +216,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	char	   *state;
 	bool		result = true;
 
+	PreventCommandIfReadOnly("dedup_cancel()");
 	SPI_connect();
 	state = control_begin(job_id);
 	if (state_is(state, "queued", "paused", "interrupted"))
@@ -385,7 +388,13 @@ dedup_wait(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(1))
 	{
 		Interval   *timeout = PG_GETARG_INTERVAL_P(1);
+		Interval	zero = {0};
 
+		if (DatumGetBool(DirectFunctionCall2(interval_lt, PointerGetDatum(timeout), PointerGetDatum(&zero))))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("argument \"timeout\" must not be negative"),
+					 errhint("A zero timeout returns the job's state at once; NULL waits for its end.")));
 		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 														   TimestampTzGetDatum(GetCurrentTimestamp()),
 														   PointerGetDatum(timeout)));

@@ -429,6 +429,8 @@ dedup_table(PG_FUNCTION_ARGS)
 	dry_run = PG_GETARG_BOOL(8);
 	/* a dry run changes nothing: it answers at once, in the foreground */
 	background = PG_GETARG_BOOL(9) && !dry_run;
+	if (!dry_run)
+		PreventCommandIfReadOnly("dedup_table()");
 
 	t = dedup_target_open(PG_GETARG_OID(0), PG_GETARG_ARRAYTYPE_P(1),
 						  PG_ARGISNULL(4) ? NULL : PG_GETARG_TEXT_PP(4),

@@ -545,6 +545,12 @@ load_job(BgJob *job, void *arg)
 	job->batches_done = row->batches_done;
 	job->work = copy_or_null(job, row->work_table);
 	job->archive_table = copy_or_null(job, row->archive_table);
+	/* dropped while the job waited or paused: say that, not "relation with OID" */
+	if (get_rel_name(job->relid) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the table of job %lld no longer exists", (long long) job->job_id),
+				 errdetail("It was dropped after the job was submitted.")));
 	started = row->started_at;
 	if (started)
 		progress_started_at(DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(started),
