@@ -286,5 +286,16 @@ SELECT dedup_rollback(:jid7) AS restored;
 SELECT (SELECT count(*) FROM photos.album) AS albums,
        md5(string_agg(p::text, ',' ORDER BY id)) = :'ap_md5' AS album_photo_exact
   FROM photos.album_photo p;
+-- a plain reference (no ON DELETE action) to a loser: the delete fails with
+-- PostgreSQL's own error, naming the row, and a hint to merge; nothing changes
+CREATE TABLE photos.label (id int PRIMARY KEY, title text NOT NULL);
+INSERT INTO photos.label VALUES (1, 'sea'), (2, 'sea'), (3, 'hill');
+CREATE TABLE photos.label_use (id int PRIMARY KEY, label_id int NOT NULL REFERENCES photos.label);
+INSERT INTO photos.label_use VALUES (1, 2);
+SELECT count(*) AS njobs FROM dedup_jobs \gset
+\set SHOW_CONTEXT never
+SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}', strategy => 'delete');
+\set SHOW_CONTEXT errors
+SELECT (SELECT count(*) FROM photos.label) AS labels, (SELECT count(*) - :njobs FROM dedup_jobs) AS new_jobs;
 
 RESET search_path;

@@ -408,7 +408,7 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 				 errmsg("argument \"rel\" must be a table, but \"%s\" is %s",
 						t->relname, relkind_name(classform->relkind)),
 				 classform->relkind == RELKIND_PARTITIONED_TABLE ?
-				 errhint("Deduplicate each partition, or key on the partition key.") : 0));
+				 errhint("Deduplicate each partition: that finds every duplicate when the key contains the partition key.") : 0));
 	ReleaseSysCache(tup);
 
 	if (check_owner && (IsCatalogRelationOid(relid) ||

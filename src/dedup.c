@@ -126,6 +126,28 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 }
 
 /*
+ * A loser that another table still references (a foreign key without
+ * ON DELETE action) stops the delete with PostgreSQL's own error, which says
+ * which row and table; it gets a hint to merge instead.  Called in PG_CATCH:
+ * any other error goes up as it is.
+ */
+static void
+hint_merge_on_reference(MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode == ERRCODE_FOREIGN_KEY_VIOLATION && edata->hint == NULL)
+	{
+		FlushErrorState();
+		edata->hint = pstrdup("Use action => 'merge', which points the referencing rows at the survivor before it removes the losers.");
+		ReThrowError(edata);
+	}
+	PG_RE_THROW();
+}
+
+/*
  * Delete the losers, archiving them in the same statement.  The losers' ctids
  * are written to a temporary table first.  When their array fits in work_mem
  * the delete fetches them by TID, in block order (a TID scan sorts its list),
@@ -136,6 +158,7 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 static void
 run_delete(DedupTarget *t, DedupResult *res)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
 	char	   *losers = spi_temp_table_name("losers");
 	int64		nlosers;
 	const char *del;
@@ -161,13 +184,21 @@ run_delete(DedupTarget *t, DedupResult *res)
 					   " WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
 					   t->qualname, losers);
 	}
-	if (res->archive_table)
-		res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
-													" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
-													del, res->archive_table, (long long) res->job_id),
-										   SPI_OK_INSERT);
-	else
-		res->rows_deleted = spi_exec_count(del, SPI_OK_DELETE);
+	PG_TRY();
+	{
+		if (res->archive_table)
+			res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s RETURNING r.*) INSERT INTO %s"
+														" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
+														del, res->archive_table, (long long) res->job_id),
+											   SPI_OK_INSERT);
+		else
+			res->rows_deleted = spi_exec_count(del, SPI_OK_DELETE);
+	}
+	PG_CATCH();
+	{
+		hint_merge_on_reference(oldcxt);
+	}
+	PG_END_TRY();
 	spi_exec_count(psprintf("DROP TABLE %s", losers), SPI_OK_UTILITY);
 }
 
@@ -343,7 +374,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot rewrite %s: %s", t->qualname, obstacle),
-					 errhint("Use strategy => 'delete'.")));
+					 errhint("Use strategy => 'delete' (action => 'merge' where other tables reference the losers).")));
 		return "rewrite";
 	}
 	return (obstacle == NULL && t->few_groups) ? "rewrite" : "delete";
