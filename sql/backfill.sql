@@ -552,6 +552,8 @@ SELECT dedup_rollback(:bl) AS restored;
 \set VERBOSITY default
 SELECT string_agg(format('%s:%s', id, parent_id), ' ' ORDER BY id) AS links FROM bf_t.lchild;
 UPDATE bf_t.lchild SET parent_id = 1 WHERE id = 3;
+-- a row set back to NULL since needs nothing: it does not stop the rollback
+UPDATE bf_t.lchild SET parent_id = NULL WHERE id = 2;
 SELECT dedup_rollback(:bl) AS restored;
 SELECT count(parent_id) AS linked FROM bf_t.lchild;
 

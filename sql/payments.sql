@@ -113,6 +113,19 @@ SELECT conname FROM pg_constraint
  WHERE conrelid = 'payments.payments'::regclass ORDER BY conname;
 SELECT to_regclass(:'arch') IS NULL AS archive_dropped;
 
+-- what needs no undoing does not stop a rollback: a renamed row deleted
+-- since, one given its original value back by hand, one changed in another
+-- column; the last is set back
+CREATE TABLE payments.pr (id int PRIMARY KEY, tx text NOT NULL, note text);
+INSERT INTO payments.pr SELECT g, 'T', NULL FROM generate_series(1, 4) g;
+SELECT job_id AS jid_pr, rows_renamed FROM dedup_table('payments.pr', '{tx}', action => 'rename') \gset
+SELECT :rows_renamed AS renamed;
+DELETE FROM payments.pr WHERE id = 2;
+UPDATE payments.pr SET tx = 'T' WHERE id = 3;
+UPDATE payments.pr SET note = 'seen' WHERE id = 4;
+SELECT dedup_rollback(:jid_pr) AS restored;
+SELECT id, tx, note FROM payments.pr ORDER BY id;
+
 --
 -- rename, keep => 'last', without unique constraint: the highest id keeps the value
 -- 1 -> TX1-1, 2 -> TX1-2-2-2, 4 -> TX2-4, 9 -> TX2-5-9; 3, 5, 10 keep

@@ -34,6 +34,8 @@ INSERT INTO ref.notext VALUES (1, 1, '2024-01-01'), (2, 1, '2024-01-01');
 CREATE TABLE ref.gen (id int PRIMARY KEY, first text, last text,
                       full_name text GENERATED ALWAYS AS (first || ' ' || last) STORED);
 INSERT INTO ref.gen (id, first, last) VALUES (1, 'x', 'y'), (2, 'x', 'y');
+CREATE TABLE ref.pkname (grp int, name text, PRIMARY KEY (grp, name));
+INSERT INTO ref.pkname VALUES (1, 'a'), (1, 'b');
 CREATE TABLE ref.short (id int PRIMARY KEY, code varchar(3) NOT NULL);
 INSERT INTO ref.short VALUES (1, 'abc'), (2, 'abc'), (3, 'xyz');
 CREATE TABLE ref.other_owner (id int PRIMARY KEY, a int);
@@ -161,6 +163,8 @@ SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.nopk', '{a,b}', action
 -- preview says so too
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.gen', '{full_name}', action => 'rename')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.gen', '{full_name}', action => 'rename')$$);
+-- nor a column of the primary key, by which renames are undone
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.pkname', '{grp,name}', action => 'rename')$$);
 -- a renamed value that does not fit the column fails and leaves no trace
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.short', '{code}', action => 'rename')$$);
 

@@ -33,6 +33,12 @@ SELECT check_name, ok, detail FROM dedup_verify(:jid2) WHERE check_name = 'uniqu
 SELECT dedup_rollback(:jid2) AS restored;
 SELECT * FROM indexes();
 
+-- a varchar key (its index's operator class is text's) is found too
+CREATE TABLE mail (id int PRIMARY KEY, email varchar(40));
+INSERT INTO mail SELECT g, 'u' || (g % 3) FROM generate_series(1, 9) g;
+SELECT unique_index FROM dedup_table('mail', '{email}', add_unique => true);
+SELECT unique_index FROM dedup_table('mail', '{email}', add_unique => true);
+
 -- the same key in another order is the same uniqueness
 ALTER TABLE photo ADD CONSTRAINT photo_album_name UNIQUE (album, name);
 SELECT unique_index FROM dedup_table('photo', '{name,album}', add_unique => true);

@@ -122,9 +122,9 @@ COMMIT;
 SELECT same_data, unique_indexes FROM tx.state();
 SELECT count(*) AS job_rows FROM dedup_jobs WHERE job_id = :jid7;
 
--- a read-only transaction (or a hot standby): every call that changes
--- something is refused by name (25006), before it reads anything; audits and
--- dry runs answer
+-- a read-only transaction (as on a hot standby): every call that changes
+-- something is refused by name (25006), before it reads anything; a delete's
+-- dry run answers
 SELECT count(*) AS njobs_ro FROM dedup_jobs \gset
 BEGIN READ ONLY;
 SELECT state, rows_deleted FROM dedup_table('orders', '{ext_ref}', dry_run => true);

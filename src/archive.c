@@ -27,6 +27,7 @@
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
+#include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(dedup_rollback);
 
@@ -207,17 +208,29 @@ restorable_columns(Oid archive, Oid relid)
 void
 archive_check_columns(Oid relid, const char *archive, int64 job_id)
 {
-	Relation	rel = relation_open(relid, AccessShareLock);
-	Relation	arel = relation_open(dedup_relid_by_name(archive), AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(rel);
-	TupleDesc	adesc = RelationGetDescr(arel);
-	Form_pg_attribute *cols = palloc(sizeof(Form_pg_attribute) * Max(desc->natts, 1));
-	Form_pg_attribute *acols = palloc(sizeof(Form_pg_attribute) * Max(adesc->natts, 1));
+	Oid			archiveid = dedup_relid_by_name(archive);
+	Relation	rel;
+	Relation	arel;
+	TupleDesc	desc;
+	TupleDesc	adesc;
+	Form_pg_attribute *cols;
+	Form_pg_attribute *acols;
 	int			n = 0,
 				an = 0,
 				i;
 	char	   *change = NULL;
 
+	if (!OidIsValid(archiveid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("archive table %s of job %lld no longer exists", archive, (long long) job_id),
+				 errdetail("A batch archives every row it removes or changes; without the archive it cannot.")));
+	rel = relation_open(relid, AccessShareLock);
+	arel = relation_open(archiveid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	adesc = RelationGetDescr(arel);
+	cols = palloc(sizeof(Form_pg_attribute) * Max(desc->natts, 1));
+	acols = palloc(sizeof(Form_pg_attribute) * Max(adesc->natts, 1));
 	for (i = 0; i < desc->natts; i++)
 		if (!TupleDescAttr(desc, i)->attisdropped)
 			cols[n++] = TupleDescAttr(desc, i);
@@ -251,8 +264,9 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 				 errdetail("Archive table %s has the columns the table had when the job began; rows removed from now on would be filed under the wrong ones.",
 						   archive),
 				 errhint("The batches committed so far are archived; dedup_rollback of the job puts them back if the table gets those columns again. Submit a new job for the rest.")));
-	relation_close(arel, AccessShareLock);
-	relation_close(rel, AccessShareLock);
+	/* the locks stay until the batch commits: no ALTER TABLE in between */
+	relation_close(arel, NoLock);
+	relation_close(rel, NoLock);
 }
 
 static void
@@ -288,6 +302,34 @@ name_list(Datum *names, int n, const char *fmt, const char *sep)
 	return buf.data;
 }
 
+/*
+ * "c.a = (n.dedup_survivor ->> 0)::type AND ...": does row c still point
+ * where the job left it?  dedup_survivor holds the values as jsonb; each is
+ * read back as its column's type and compared with the type's equality, so
+ * that settings that change a value's text (TimeZone, IntervalStyle...)
+ * between the job and its rollback change nothing.
+ */
+static char *
+points_where_left(Oid childid, Datum *cols, int ncols)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < ncols; i++)
+	{
+		char	   *name = TextDatumGetCString(cols[i]);
+		Oid			type = get_atttype(childid, get_attnum(childid, name));
+		TypeCacheEntry *tce = lookup_type_cache(type, TYPECACHE_EQ_OPR);
+
+		if (!OidIsValid(tce->eq_opr))
+			elog(ERROR, "dedup_ext: type %s has no equality operator", format_type_be(type));
+		appendStringInfo(&buf, "%sc.%s %s (n.dedup_survivor OPERATOR(pg_catalog.->>) %d)::%s",
+						 i > 0 ? " AND " : "", quote_identifier(name), sql_operator(tce->eq_opr), i,
+						 format_type_be_qualified(type));
+	}
+	return buf.data;
+}
+
 /* Put back the rows of a referencing table that a merge removed as collisions. */
 static int64
 restore_removed_refs(const char *archive, Oid archiveid, const char *child, Oid childid)
@@ -314,7 +356,7 @@ restore_removed_refs(const char *archive, Oid archiveid, const char *child, Oid 
  * append-only heap) holds its value before the job.
  */
 static int64
-restore_repointed(DedupJob *job, const char *archive, const char *child,
+restore_repointed(DedupJob *job, const char *archive, const char *child, Oid childid,
 				  Datum *cols, int ncols, Datum *pk, int npk)
 {
 	char	   *source;
@@ -336,10 +378,10 @@ restore_repointed(DedupJob *job, const char *archive, const char *child,
 		 */
 		match = psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s) AND EXISTS (SELECT FROM %s n"
 						 " WHERE n.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)"
-						 " AND (n.dedup_survivor IS NULL OR n.dedup_survivor OPERATOR(pg_catalog.=) pg_catalog.jsonb_build_array(%s)))",
+						 " AND (n.dedup_survivor IS NULL OR (%s)))",
 						 name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "a.%s%.0s", ", "),
 						 archive, name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "n.%s%.0s", ", "),
-						 name_list(cols, ncols, "c.%s%.0s", ", "));
+						 points_where_left(childid, cols, ncols));
 	}
 	else
 	{
@@ -422,7 +464,7 @@ restore_refs(DedupJob *job)
 				restored += restore_removed_refs(archive, archiveid, child, childid);
 			else
 			{
-				restored += restore_repointed(job, archive, child, cols, ncols, pk, npk);
+				restored += restore_repointed(job, archive, child, childid, cols, ncols, pk, npk);
 				spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 			}
 		}
@@ -457,6 +499,41 @@ key_archive_match(Oid archive, const char *c, const char *x)
 }
 
 /*
+ * Set back to NULL the foreign key of the rows a backfill linked, found by
+ * primary key, while it has the value the job gave it.  A row deleted since,
+ * or already NULL again, needs nothing; one linked elsewhere since was
+ * changed by someone else, and the rollback is refused rather than clear it.
+ */
+static int64
+unlink_rows(DedupJob *job, DedupTarget *t, const char *linked, const char *fk, const char *fkname)
+{
+	Oid			type = get_atttype(t->relid, get_attnum(t->relid, fkname));
+	TypeCacheEntry *tce = lookup_type_cache(type, TYPECACHE_EQ_OPR);
+	char	   *job_value;
+	int64		changed;
+
+	if (!OidIsValid(tce->eq_opr))
+		elog(ERROR, "dedup_ext: type %s has no equality operator", format_type_be(type));
+	job_value = psprintf("EXISTS (SELECT FROM %s l WHERE %s AND c.%s %s l.%s)",
+						 linked, sql_pk_match(t, "c", "l"), fk, sql_operator(tce->eq_opr), fk);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NOT NULL"
+							" AND EXISTS (SELECT FROM %s l WHERE %s) AND NOT %s",
+							t->qualname, fk, linked, sql_pk_match(t, "c", "l"), job_value),
+				   SPI_OK_SELECT);
+	changed = spi_get_int64(0, 1);
+	if (changed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: %lld rows of %s that it linked are linked elsewhere since",
+						(long long) job->job_id, (long long) changed, t->qualname),
+				 errdetail("Their %s has a value the job did not give it; a rollback would clear it.", fk),
+				 errhint("Compare %s with archive table %s, which lists the rows the job linked and their values.",
+						 t->qualname, linked)));
+	return spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL WHERE %s", t->qualname, fk, job_value),
+						  SPI_OK_UPDATE);
+}
+
+/*
  * Undo a backfill: drop the constraints it added, put deleted orphans back,
  * set what it linked back to NULL, and remove the parents it created.
  */
@@ -475,6 +552,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	int64		expected;
 	int64		nulled;
 	StringInfoData ids;
+	char	   *fkname;
 
 	if (!OidIsValid(linkedid) || (deleted && !OidIsValid(dedup_relid_by_name(deleted))) ||
 		(created && !OidIsValid(dedup_relid_by_name(created))) || get_rel_name(parentid) == NULL)
@@ -498,27 +576,35 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 											t->qualname, cols, cols, deleted), SPI_OK_INSERT);
 	}
 
-	/* a row a writer set back to NULL, linked again by a later batch, is listed twice */
-	initStringInfo(&ids);
-	if (t->npk == 0)
-		appendStringInfoString(&ids, "l.dedup_ctid");
-	for (int i = 0; i < t->npk; i++)
-		appendStringInfo(&ids, "%sl.%s", i > 0 ? ", " : "", t->pk[i].quoted);
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %s FROM %s l) l", ids.data, linked),
-				   SPI_OK_SELECT);
-	expected = spi_get_int64(0, 1);
-	nulled = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
-									 t->qualname, fk, linked, key_archive_match(linkedid, "c", "l")),
-							SPI_OK_UPDATE);
-	if (nulled != expected)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot roll back job %lld: %lld of %lld linked rows of %s were found",
-						(long long) job->job_id, (long long) nulled, (long long) expected, t->qualname),
-				 errdetail("Rows are found by their primary key and the value the job gave their %s, so a row linked elsewhere since is not set back; rows of a table without a primary key by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.",
-						   fk),
-				 errhint("Compare %s with archive table %s, which lists the rows the job linked and their values.",
-						 t->qualname, linked)));
+	fkname = json_field_text(job->undo, "fk_column");
+	if (t->npk > 0 && get_attnum(linkedid, fkname) != InvalidAttrNumber)
+		nulled = unlink_rows(job, t, linked, fk, fkname);
+	else
+	{
+		/*
+		 * By ctid (no primary key), or an archive that did not keep the
+		 * values: every row listed must be found, or the rollback is refused.
+		 * A row a writer set back to NULL, linked again by a later batch, is
+		 * listed twice.
+		 */
+		initStringInfo(&ids);
+		if (t->npk == 0)
+			appendStringInfoString(&ids, "l.dedup_ctid");
+		for (int i = 0; i < t->npk; i++)
+			appendStringInfo(&ids, "%sl.%s", i > 0 ? ", " : "", t->pk[i].quoted);
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %s FROM %s l) l", ids.data, linked),
+					   SPI_OK_SELECT);
+		expected = spi_get_int64(0, 1);
+		nulled = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
+										 t->qualname, fk, linked, key_archive_match(linkedid, "c", "l")),
+								SPI_OK_UPDATE);
+		if (nulled != expected)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: %lld of %lld linked rows of %s were found",
+							(long long) job->job_id, (long long) nulled, (long long) expected, t->qualname),
+					 errdetail("Rows of a table without a primary key are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+	}
 	restored += nulled;
 
 	if (created)
@@ -545,37 +631,43 @@ static int64
 restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 {
 	StringInfoData pk;
-	int64		restored,
-				expected;
+	char	   *originals;
+	char	   *job_value;
+	int64		changed;
 
 	initStringInfo(&pk);
 	for (int i = 0; i < t->npk; i++)
 		appendStringInfo(&pk, "%sa.%s", i > 0 ? ", " : "", t->pk[i].quoted);
-	restored = spi_exec_count(psprintf("UPDATE ONLY %s r SET %s = a.%s"
-									   " FROM (SELECT DISTINCT ON (%s) a.* FROM %s a"
-									   "       WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' ORDER BY %s, a.ctid) a"
-									   " WHERE %s AND EXISTS (SELECT FROM %s n"
-									   "  WHERE n.dedup_action OPERATOR(pg_catalog.=) 'rename' AND %s"
-									   "  AND r.%s::pg_catalog.text OPERATOR(pg_catalog.=) n.dedup_new_value)",
-									   t->qualname, col, col, pk.data, job->archive_table, pk.data,
-									   sql_pk_match(t, "r", "a"), job->archive_table,
-									   sql_pk_match(t, "r", "n"), col),
-							  SPI_OK_UPDATE);
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %s FROM %s a"
-							" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename') a",
-							pk.data, job->archive_table),
+	originals = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
+						 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' ORDER BY %s, a.ctid)",
+						 pk.data, job->archive_table, pk.data);
+	/* compared as bytes: under a nondeterministic collation a change of case is a change */
+	job_value = psprintf("EXISTS (SELECT FROM %s n WHERE n.dedup_action OPERATOR(pg_catalog.=) 'rename' AND %s"
+						 " AND r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) n.dedup_new_value)",
+						 job->archive_table, sql_pk_match(t, "r", "n"), col);
+
+	/*
+	 * A row deleted since, or given its original value back, needs nothing;
+	 * one that has a value the job did not give it was changed by someone
+	 * else, and the rollback would overwrite that.
+	 */
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s r, %s a WHERE %s"
+							" AND r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.<>) a.%s::pg_catalog.text"
+							" AND NOT %s",
+							t->qualname, originals, sql_pk_match(t, "r", "a"), col, col, job_value),
 				   SPI_OK_SELECT);
-	expected = spi_get_int64(0, 1);
-	if (restored != expected)
+	changed = spi_get_int64(0, 1);
+	if (changed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot roll back job %lld: %lld of %lld renamed rows of %s no longer have the value the job gave them",
-						(long long) job->job_id, (long long) (expected - restored), (long long) expected,
-						t->qualname),
-				 errdetail("A rollback would overwrite what was written since the job, or not find the row."),
+				 errmsg("cannot roll back job %lld: %lld renamed rows of %s have a value the job did not give them",
+						(long long) job->job_id, (long long) changed, t->qualname),
+				 errdetail("They were changed since the job; a rollback would overwrite that."),
 				 errhint("Compare the table with archive table %s (column dedup_new_value), and set those rows back to the job's values or restore them by hand.",
 						 job->archive_table)));
-	return restored;
+	return spi_exec_count(psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a WHERE %s AND %s",
+								   t->qualname, col, col, originals, sql_pk_match(t, "r", "a"), job_value),
+						  SPI_OK_UPDATE);
 }
 
 /*

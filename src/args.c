@@ -557,6 +557,14 @@ dedup_target_set_rename(DedupTarget *t)
 				 errdetail("The renamed value is suffixed with the primary key, and %s has none.",
 						   t->qualname),
 				 errhint("Add a primary key, or use action => 'delete'.")));
+	for (int i = 0; i < t->npk; i++)
+		if (strcmp(t->pk[i].name, t->keys[t->rename_key].name) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("action \"rename\" cannot change key column %s of %s: it is part of the primary key",
+							t->keys[t->rename_key].quoted, t->qualname),
+					 errdetail("Rows are told apart, and their renames undone, by their primary key."),
+					 errhint("Use action => 'delete' or 'merge', or put a column outside the primary key last in the key.")));
 }
 
 /*

@@ -441,7 +441,9 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 		appendStringInfoString(&ids, "c.ctid");
 	for (int i = 0; i < b->child->npk; i++)
 		appendStringInfo(&ids, "%sc.%s", i > 0 ? ", " : "", b->child->pk[i].quoted);
-	appendStringInfo(&ids, ", c.%s", b->fk);
+	/* a job submitted by an older version has an archive without it */
+	if (get_attnum(dedup_relid_by_name(res->linked_archive), b->fkname) != InvalidAttrNumber)
+		appendStringInfo(&ids, ", c.%s", b->fk);
 	return spi_exec_count(psprintf("WITH dedup_u AS (%s RETURNING %s)"
 								   " INSERT INTO %s SELECT * FROM dedup_u",
 								   upd, ids.data, res->linked_archive),

@@ -530,7 +530,7 @@ dedup_table(PG_FUNCTION_ARGS)
 			else
 				run_delete(t, &res);
 		}
-		progress_counts(-1, res.rows_deleted + res.rows_renamed,
+		progress_counts(res.rows_deleted + res.rows_renamed, res.rows_deleted + res.rows_renamed,
 						res.rows_deleted + res.rows_renamed, -1);
 		if (add_unique)
 			res.unique_index = unique_existing(t);

@@ -580,6 +580,9 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 	{
 		RefKey	   *ref = lfirst(lc);
 
+		/* archived by position too: a background batch's table may have changed */
+		if (ref->archive)
+			archive_check_columns(ref->childid, ref->archive, job_id);
 		res->refs_removed += remove_collisions(ref, plan, job_id);
 		res->refs_repointed += repoint(ref, plan, job_id);
 	}

@@ -57,6 +57,7 @@ typedef struct ProgressShared
 static ProgressShared *shared = NULL;
 static ProgressSlot *my_slot = NULL;
 static bool my_slot_foreground = false;
+static SubTransactionId my_slot_subid;	/* where a foreground slot began */
 
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 #ifdef DEDUP_HAVE_SHMEM_REQUEST_HOOK
@@ -102,6 +103,22 @@ progress_xact_callback(XactEvent event, void *arg)
 }
 
 /*
+ * ... or with the subtransaction it began in, if that is rolled back (a
+ * failed call under a savepoint); released, it belongs to the parent's.
+ */
+static void
+progress_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						  SubTransactionId parentSubid, void *arg)
+{
+	if (!my_slot_foreground || mySubid != my_slot_subid)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		progress_end();
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		my_slot_subid = parentSubid;
+}
+
+/*
  * A process that exits in the middle of a job (a worker stopped by
  * pg_terminate_backend, a backend whose client went away) frees its slot:
  * the job is no longer running there.  Not after a crash: shared memory is
@@ -118,6 +135,7 @@ void
 progress_init(void)
 {
 	RegisterXactCallback(progress_xact_callback, NULL);
+	RegisterSubXactCallback(progress_subxact_callback, NULL);
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 #ifdef DEDUP_HAVE_SHMEM_REQUEST_HOOK
@@ -165,6 +183,7 @@ progress_begin(int64 job_id, const char *kind, Oid relid, Oid userid, bool foreg
 			s->started_at = s->updated_at = GetCurrentTimestamp();
 			my_slot = s;
 			my_slot_foreground = foreground;
+			my_slot_subid = GetCurrentSubTransactionId();
 			break;
 		}
 	LWLockRelease(shared->lock);

@@ -120,7 +120,7 @@ index_enforces_key(DedupTarget *t, Relation idx, List *pred)
 				break;
 		if (col == ix->indnkeyatts ||
 			idx->rd_indcollation[col] != collation ||
-			get_opfamily_member(idx->rd_opfamily[col], t->keys[i].type, t->keys[i].type,
+			get_opfamily_member(idx->rd_opfamily[col], idx->rd_opcintype[col], idx->rd_opcintype[col],
 								BTEqualStrategyNumber) != t->keys[i].eq_opr)
 			return false;
 	}

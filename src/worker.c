@@ -84,6 +84,20 @@ log_step(BgJob *job, bool begins)
 }
 
 /*
+ * A step of the job's work needs its table: one dropped while the job
+ * waited, paused or ran fails it saying so, not with "relation with OID".
+ */
+static void
+require_table(BgJob *job)
+{
+	if (get_rel_name(job->relid) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the table of job %lld no longer exists", (long long) job->job_id),
+				 errdetail("It was dropped after the job was submitted.")));
+}
+
+/*
  * Run step in one transaction, as the job's submitter, with the job's
  * lock_timeout.  A retryable failure rolls the step back and runs it again
  * after a pause, until it commits, or, if stoppable, until a pause or cancel
@@ -115,6 +129,8 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 			PushActiveSnapshot(GetTransactionSnapshot());
 			SPI_connect();
 			log_step(job, true);
+			if (stoppable)
+				require_table(job);
 			step(job, arg);
 			/* a step armed to yield (cpu_yield.c) is so for itself only */
 			cpu_yield_disarm();
@@ -545,12 +561,6 @@ load_job(BgJob *job, void *arg)
 	job->batches_done = row->batches_done;
 	job->work = copy_or_null(job, row->work_table);
 	job->archive_table = copy_or_null(job, row->archive_table);
-	/* dropped while the job waited or paused: say that, not "relation with OID" */
-	if (get_rel_name(job->relid) == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("the table of job %lld no longer exists", (long long) job->job_id),
-				 errdetail("It was dropped after the job was submitted.")));
 	started = row->started_at;
 	if (started)
 		progress_started_at(DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(started),

@@ -82,6 +82,21 @@ $s1->query_safe('COMMIT');
 like($caller->query_safe('SELECT 1'), qr/^done 100 20$/m, 'the backfill went on once s1 committed');
 is(progress_of($caller_pid), '', 'done, it leaves dedup_progress before its transaction ends');
 $caller->query_safe('COMMIT');
+
+# a foreground call that fails under a savepoint leaves dedup_progress when
+# the savepoint is rolled back, though its transaction goes on (the rename
+# does not fit the column: it fails after its job began)
+$node->safe_psql('postgres', q{
+	CREATE TABLE short (id int PRIMARY KEY, code varchar(3) NOT NULL);
+	INSERT INTO short VALUES (1, 'abc'), (2, 'abc');
+});
+$caller->query_safe('BEGIN');
+$caller->query_safe('SAVEPOINT s');
+my ($out, $ret) = $caller->query(q{SELECT * FROM dedup_table('short', '{code}', action => 'rename')});
+like($caller->{stderr}, qr/value too long/, 'the rename fails in its statement');
+$caller->query_safe('ROLLBACK TO SAVEPOINT s');
+is(progress_of($caller_pid), '', 'the savepoint rolled back, the job left dedup_progress');
+$caller->query_safe('ROLLBACK');
 $s1->quit;
 $caller->quit;
 
