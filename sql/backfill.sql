@@ -551,6 +551,8 @@ UPDATE bf_t.lchild SET parent_id = 2 WHERE id = 3;
 SELECT dedup_rollback(:bl) AS restored;
 \set VERBOSITY default
 SELECT string_agg(format('%s:%s', id, parent_id), ' ' ORDER BY id) AS links FROM bf_t.lchild;
+-- dedup_verify: linked elsewhere is still linked
+SELECT check_name, ok, detail FROM dedup_verify(:bl) WHERE check_name = 'linked_rows_linked';
 UPDATE bf_t.lchild SET parent_id = 1 WHERE id = 3;
 -- a row set back to NULL since needs nothing: it does not stop the rollback
 UPDATE bf_t.lchild SET parent_id = NULL WHERE id = 2;

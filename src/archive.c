@@ -471,9 +471,12 @@ restore_refs(DedupJob *job)
 	return restored;
 }
 
-/* ROW(c.a, c.b) = ROW(x.a, x.b) over the columns of a key archive */
+/*
+ * ROW(c.a, c.b) = ROW(x.a, x.b) over the columns of a key archive, but for
+ * column except (NULL: none), such as a linked archive's foreign key value
+ */
 char *
-key_archive_match(Oid archive, const char *c, const char *x)
+key_archive_match(Oid archive, const char *c, const char *x, const char *except)
 {
 	Relation	arel = relation_open(archive, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(arel);
@@ -491,8 +494,10 @@ key_archive_match(Oid archive, const char *c, const char *x)
 			relation_close(arel, AccessShareLock);
 			return psprintf("%s.ctid OPERATOR(pg_catalog.=) %s.dedup_ctid", c, x);
 		}
-		appendStringInfo(&lhs, "%s%s.%s", i > 0 ? ", " : "", c, quote_identifier(name));
-		appendStringInfo(&rhs, "%s%s.%s", i > 0 ? ", " : "", x, quote_identifier(name));
+		if (except && strcmp(name, except) == 0)
+			continue;
+		appendStringInfo(&lhs, "%s%s.%s", lhs.len > 0 ? ", " : "", c, quote_identifier(name));
+		appendStringInfo(&rhs, "%s%s.%s", rhs.len > 0 ? ", " : "", x, quote_identifier(name));
 	}
 	relation_close(arel, AccessShareLock);
 	return psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)", lhs.data, rhs.data);
@@ -596,7 +601,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 					   SPI_OK_SELECT);
 		expected = spi_get_int64(0, 1);
 		nulled = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
-										 t->qualname, fk, linked, key_archive_match(linkedid, "c", "l")),
+										 t->qualname, fk, linked, key_archive_match(linkedid, "c", "l", NULL)),
 								SPI_OK_UPDATE);
 		if (nulled != expected)
 			ereport(ERROR,
@@ -609,7 +614,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 
 	if (created)
 		spi_exec_count(psprintf("DELETE FROM ONLY %s p USING %s x WHERE %s", parent, created,
-								key_archive_match(dedup_relid_by_name(created), "p", "x")),
+								key_archive_match(dedup_relid_by_name(created), "p", "x", NULL)),
 					   SPI_OK_DELETE);
 
 	spi_exec_as_owner(psprintf("DROP TABLE %s", linked), 0, NULL, NULL, NULL, SPI_OK_UTILITY);

@@ -126,9 +126,11 @@ check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
 	{
 		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s l WHERE NOT EXISTS"
 							  " (SELECT FROM ONLY %s c WHERE %s AND c.%s IS NOT NULL)",
-							  linked, child, key_archive_match(dedup_relid_by_name(linked), "c", "l"), fk));
+							  linked, child,
+							  key_archive_match(dedup_relid_by_name(linked), "c", "l",
+												json_field_text(job->undo, "fk_column")), fk));
 		add_check(rsinfo, "linked_rows_linked", n == 0,
-				  psprintf("%lld rows the job linked are gone, NULL again or linked elsewhere", (long long) n));
+				  psprintf("%lld rows the job linked are gone or NULL again", (long long) n));
 	}
 	/* the extension's own table: read with its owner's rights, as dedup_orphans does */
 	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_orphan o"
