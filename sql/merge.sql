@@ -512,6 +512,21 @@ SELECT id, tenant, code, label FROM merge_t.tenant_ref ORDER BY id;
 SELECT dedup_rollback(:jtenant) AS restored;
 SELECT id, tenant, code, label FROM merge_t.tenant_ref ORDER BY id;
 
+-- a reference by a timestamptz key, rolled back from a session in another
+-- time zone: where the job pointed the row is compared as a timestamptz,
+-- not as its text, and the rollback goes through
+CREATE TABLE merge_t.slot (id int PRIMARY KEY, starts timestamptz UNIQUE, name text);
+INSERT INTO merge_t.slot VALUES (1, '2024-01-01 10:00+00', 'a'), (2, '2024-01-01 11:00+00', 'a');
+CREATE TABLE merge_t.booking (id int PRIMARY KEY, starts timestamptz REFERENCES merge_t.slot (starts));
+INSERT INTO merge_t.booking VALUES (1, '2024-01-01 11:00+00');
+SET TimeZone = 'UTC';
+SELECT job_id AS jslot FROM dedup_table('merge_t.slot', '{name}', action => 'merge') \gset
+SELECT id, starts FROM merge_t.booking;
+SET TimeZone = 'America/New_York';
+SELECT dedup_rollback(:jslot) AS restored;
+RESET TimeZone;
+SELECT id, starts AT TIME ZONE 'UTC' AS starts_utc FROM merge_t.booking;
+
 --
 -- cleanup
 --
