@@ -302,6 +302,17 @@ name_list(Datum *names, int n, const char *fmt, const char *sep)
 	return buf.data;
 }
 
+/* OPERATOR(schema.=), the default equality of a foreign key column's type */
+static char *
+type_equality(Oid type)
+{
+	TypeCacheEntry *tce = lookup_type_cache(type, TYPECACHE_EQ_OPR);
+
+	if (!OidIsValid(tce->eq_opr))
+		elog(ERROR, "dedup_ext: type %s has no equality operator", format_type_be(type));
+	return sql_operator(tce->eq_opr);
+}
+
 /*
  * "c.a = (n.dedup_survivor ->> 0)::type AND ...": does row c still point
  * where the job left it?  dedup_survivor holds the values as jsonb; each is
@@ -319,12 +330,9 @@ points_where_left(Oid childid, Datum *cols, int ncols)
 	{
 		char	   *name = TextDatumGetCString(cols[i]);
 		Oid			type = get_atttype(childid, get_attnum(childid, name));
-		TypeCacheEntry *tce = lookup_type_cache(type, TYPECACHE_EQ_OPR);
 
-		if (!OidIsValid(tce->eq_opr))
-			elog(ERROR, "dedup_ext: type %s has no equality operator", format_type_be(type));
 		appendStringInfo(&buf, "%sc.%s %s (n.dedup_survivor OPERATOR(pg_catalog.->>) %d)::%s",
-						 i > 0 ? " AND " : "", quote_identifier(name), sql_operator(tce->eq_opr), i,
+						 i > 0 ? " AND " : "", quote_identifier(name), type_equality(type), i,
 						 format_type_be_qualified(type));
 	}
 	return buf.data;
@@ -512,15 +520,12 @@ key_archive_match(Oid archive, const char *c, const char *x, const char *except)
 static int64
 unlink_rows(DedupJob *job, DedupTarget *t, const char *linked, const char *fk, const char *fkname)
 {
-	Oid			type = get_atttype(t->relid, get_attnum(t->relid, fkname));
-	TypeCacheEntry *tce = lookup_type_cache(type, TYPECACHE_EQ_OPR);
 	char	   *job_value;
 	int64		changed;
 
-	if (!OidIsValid(tce->eq_opr))
-		elog(ERROR, "dedup_ext: type %s has no equality operator", format_type_be(type));
 	job_value = psprintf("EXISTS (SELECT FROM %s l WHERE %s AND c.%s %s l.%s)",
-						 linked, sql_pk_match(t, "c", "l"), fk, sql_operator(tce->eq_opr), fk);
+						 linked, sql_pk_match(t, "c", "l"), fk,
+						 type_equality(get_atttype(t->relid, get_attnum(t->relid, fkname))), fk);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NOT NULL"
 							" AND EXISTS (SELECT FROM %s l WHERE %s) AND NOT %s",
 							t->qualname, fk, linked, sql_pk_match(t, "c", "l"), job_value),
