@@ -62,6 +62,23 @@ $s1->query_safe('COMMIT');
 like($caller->query_safe('SELECT 1'), qr/^done 990$/m, 'the delete went on once s1 committed');
 is(progress_of($caller_pid), '', 'a finished job leaves dedup_progress');
 
+# a foreground merge, held while it re-points a referencing row s1 holds
+$node->safe_psql('postgres', q{
+	CREATE TABLE mp (id int PRIMARY KEY, name text);
+	INSERT INTO mp SELECT g, 'n' || (g % 3) FROM generate_series(1, 9) g;
+	CREATE TABLE mc (id int PRIMARY KEY, mp_id int REFERENCES mp);
+	INSERT INTO mc VALUES (1, 9);
+});
+$s1->query_safe('BEGIN');
+$s1->query_safe('SELECT FROM mc WHERE id = 1 FOR UPDATE');
+$caller->query_until(qr/sent/, "\\echo sent\n"
+	  . "SELECT state || ' ' || rows_deleted FROM dedup_table('mp', '{name}', action => 'merge');\n");
+wait_for_lock($caller_pid, 'a foreground merge');
+is(progress_of($caller_pid), 'dedup mp merging running total 6 done 0',
+	'dedup_progress: the foreground merge, merging its 6 losers');
+$s1->query_safe('COMMIT');
+like($caller->query_safe('SELECT 1'), qr/^done 6$/m, 'the merge went on once s1 committed');
+
 # a foreground backfill, held in its linking phase; done, it leaves
 # dedup_progress while its caller's transaction goes on
 $node->safe_psql('postgres', q{
