@@ -295,6 +295,7 @@ INSERT INTO photos.label_use VALUES (1, 2);
 SELECT count(*) AS njobs FROM dedup_jobs \gset
 \set SHOW_CONTEXT never
 SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}', strategy => 'delete');
+\echo :LAST_ERROR_SQLSTATE
 \set SHOW_CONTEXT errors
 SELECT (SELECT count(*) FROM photos.label) AS labels, (SELECT count(*) - :njobs FROM dedup_jobs) AS new_jobs;
 

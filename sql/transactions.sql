@@ -131,18 +131,25 @@ SELECT state, rows_deleted FROM dedup_table('orders', '{ext_ref}', dry_run => tr
 SAVEPOINT s;
 \set VERBOSITY terse
 SELECT * FROM dedup_table('orders', '{ext_ref}');
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO SAVEPOINT s;
 SELECT * FROM dedup_table('orders', '{ext_ref}', background => true);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO SAVEPOINT s;
 SELECT * FROM backfill_fk('orders', 'total', 'orders', '{ext_ref}');
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO SAVEPOINT s;
 SELECT dedup_rollback(1);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO SAVEPOINT s;
 SELECT dedup_cancel(1);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO SAVEPOINT s;
 SELECT dedup_pause(1);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO SAVEPOINT s;
 SELECT dedup_resume(1);
+\echo :LAST_ERROR_SQLSTATE
 \set VERBOSITY default
 ROLLBACK;
 SELECT (SELECT count(*) FROM dedup_jobs) = :njobs_ro AS no_new_job, same_data FROM tx.state();

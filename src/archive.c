@@ -561,7 +561,6 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	int64		restored = 0;
 	int64		expected;
 	int64		nulled;
-	StringInfoData ids;
 	char	   *fkname;
 
 	if (!OidIsValid(linkedid) || (deleted && !OidIsValid(dedup_relid_by_name(deleted))) ||
@@ -597,12 +596,8 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 		 * A row a writer set back to NULL, linked again by a later batch, is
 		 * listed twice.
 		 */
-		initStringInfo(&ids);
-		if (t->npk == 0)
-			appendStringInfoString(&ids, "l.dedup_ctid");
-		for (int i = 0; i < t->npk; i++)
-			appendStringInfo(&ids, "%sl.%s", i > 0 ? ", " : "", t->pk[i].quoted);
-		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %s FROM %s l) l", ids.data, linked),
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT DISTINCT %s FROM %s l) l",
+								t->npk == 0 ? "l.dedup_ctid" : sql_pk_list(t, "l"), linked),
 					   SPI_OK_SELECT);
 		expected = spi_get_int64(0, 1);
 		nulled = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
@@ -640,17 +635,14 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 static int64
 restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 {
-	StringInfoData pk;
+	char	   *pk = sql_pk_list(t, "a");
 	char	   *originals;
 	char	   *job_value;
 	int64		changed;
 
-	initStringInfo(&pk);
-	for (int i = 0; i < t->npk; i++)
-		appendStringInfo(&pk, "%sa.%s", i > 0 ? ", " : "", t->pk[i].quoted);
 	originals = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
 						 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' ORDER BY %s, a.ctid)",
-						 pk.data, job->archive_table, pk.data);
+						 pk, job->archive_table, pk);
 	/* compared as bytes: under a nondeterministic collation a change of case is a change */
 	job_value = psprintf("EXISTS (SELECT FROM %s n WHERE n.dedup_action OPERATOR(pg_catalog.=) 'rename' AND %s"
 						 " AND r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) n.dedup_new_value)",

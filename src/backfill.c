@@ -432,21 +432,17 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 							   " WHERE c.%s IS NULL AND %s AND m.dedup_n OPERATOR(pg_catalog.=) 1%s%s",
 							   b->child->qualname, b->fk, parent_keys(b), b->fk, key_join(b, "m"),
 							   range ? " AND " : "", range ? range : "");
-	StringInfoData ids;
+	char	   *ids;
 
 	if (!res->linked_archive)
 		return spi_exec_count(upd, SPI_OK_UPDATE);
-	initStringInfo(&ids);
-	if (b->child->npk == 0)
-		appendStringInfoString(&ids, "c.ctid");
-	for (int i = 0; i < b->child->npk; i++)
-		appendStringInfo(&ids, "%sc.%s", i > 0 ? ", " : "", b->child->pk[i].quoted);
+	ids = sql_pk_list(b->child, "c");
 	/* a job submitted by an older version has an archive without it */
 	if (get_attnum(dedup_relid_by_name(res->linked_archive), b->fkname) != InvalidAttrNumber)
-		appendStringInfo(&ids, ", c.%s", b->fk);
+		ids = psprintf("%s, c.%s", ids, b->fk);
 	return spi_exec_count(psprintf("WITH dedup_u AS (%s RETURNING %s)"
 								   " INSERT INTO %s SELECT * FROM dedup_u",
-								   upd, ids.data, res->linked_archive),
+								   upd, ids, res->linked_archive),
 						  SPI_OK_INSERT);
 }
 

@@ -105,20 +105,6 @@ id_match(BgJob *job, const char *a, bool survivor)
 	return buf.data;
 }
 
-/* x.pk1, x.pk2 (or x.ctid): the order rows are locked in */
-static char *
-pk_list(DedupTarget *t, const char *alias)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	if (t->npk == 0)
-		appendStringInfo(&buf, "%s.ctid", alias);
-	for (int i = 0; i < t->npk; i++)
-		appendStringInfo(&buf, "%s%s.%s", i > 0 ? ", " : "", alias, t->pk[i].quoted);
-	return buf.data;
-}
-
 static char *
 work_range(BgJob *job, int64 from, int64 to)
 {
@@ -418,7 +404,7 @@ lock_rows(BgJob *job, const char *range, bool survivors)
 	}
 	batch_exec(by_ctid(job),
 			   psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s x WHERE %s ORDER BY %s FOR %s OF x) l",
-						t->qualname, rows, pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
+						t->qualname, rows, sql_pk_list(t, "x"), survivors ? "SHARE" : "UPDATE"),
 			   SPI_OK_SELECT);
 }
 

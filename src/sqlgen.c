@@ -137,6 +137,20 @@ sql_keys_match(DedupTarget *t, const char *a, const char *b)
 	return buf.data;
 }
 
+/* a.pk1, a.pk2, or a.ctid without a primary key */
+char *
+sql_pk_list(DedupTarget *t, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	if (t->npk == 0)
+		appendStringInfo(&buf, "%s.ctid", alias);
+	for (int i = 0; i < t->npk; i++)
+		appendStringInfo(&buf, "%s%s.%s", i > 0 ? ", " : "", alias, t->pk[i].quoted);
+	return buf.data;
+}
+
 /* a.pk = b.pk for every primary-key column */
 char *
 sql_pk_match(DedupTarget *t, const char *a, const char *b)

@@ -51,15 +51,24 @@ sub wait_for_lock
 my $s1 = $node->background_psql('postgres');
 my $caller = $node->background_psql('postgres');
 my $caller_pid = $caller->query_safe('SELECT pg_backend_pid()');
-$s1->query_safe('BEGIN');
-$s1->query_safe('SELECT FROM t WHERE id = 500 FOR UPDATE');
-$caller->query_until(qr/sent/, "\\echo sent\n"
-	  . "SELECT state || ' ' || rows_deleted FROM dedup_table('t', '{k}', strategy => 'delete', add_unique => true);\n");
-wait_for_lock($caller_pid, 'a foreground delete');
-is(progress_of($caller_pid), 'dedup t deleting running total 990 done 0',
-	'dedup_progress: the foreground delete, deleting its 990 losers');
-$s1->query_safe('COMMIT');
-like($caller->query_safe('SELECT 1'), qr/^done 990$/m, 'the delete went on once s1 committed');
+
+# s1 locks a row (lock_sql); the caller's call waits for it; dedup_progress
+# shows the job as progress says; s1 commits and the call returns result
+sub held_call
+{
+	my ($what, $lock_sql, $call, $progress, $result) = @_;
+	$s1->query_safe('BEGIN');
+	$s1->query_safe($lock_sql);
+	$caller->query_until(qr/sent/, "\\echo sent\n$call;\n");
+	wait_for_lock($caller_pid, "a foreground $what");
+	is(progress_of($caller_pid), $progress, "dedup_progress: the foreground $what");
+	$s1->query_safe('COMMIT');
+	like($caller->query_safe('SELECT 1'), qr/^\Q$result\E$/m, "the $what went on once s1 committed");
+}
+
+held_call('delete', 'SELECT FROM t WHERE id = 500 FOR UPDATE',
+	q{SELECT state || ' ' || rows_deleted FROM dedup_table('t', '{k}', strategy => 'delete', add_unique => true)},
+	'dedup t deleting running total 990 done 0', 'done 990');
 is(progress_of($caller_pid), '', 'a finished job leaves dedup_progress');
 
 # a foreground merge, held while it re-points a referencing row s1 holds
@@ -69,15 +78,9 @@ $node->safe_psql('postgres', q{
 	CREATE TABLE mc (id int PRIMARY KEY, mp_id int REFERENCES mp);
 	INSERT INTO mc VALUES (1, 9);
 });
-$s1->query_safe('BEGIN');
-$s1->query_safe('SELECT FROM mc WHERE id = 1 FOR UPDATE');
-$caller->query_until(qr/sent/, "\\echo sent\n"
-	  . "SELECT state || ' ' || rows_deleted FROM dedup_table('mp', '{name}', action => 'merge');\n");
-wait_for_lock($caller_pid, 'a foreground merge');
-is(progress_of($caller_pid), 'dedup mp merging running total 6 done 0',
-	'dedup_progress: the foreground merge, merging its 6 losers');
-$s1->query_safe('COMMIT');
-like($caller->query_safe('SELECT 1'), qr/^done 6$/m, 'the merge went on once s1 committed');
+held_call('merge', 'SELECT FROM mc WHERE id = 1 FOR UPDATE',
+	q{SELECT state || ' ' || rows_deleted FROM dedup_table('mp', '{name}', action => 'merge')},
+	'dedup mp merging running total 6 done 0', 'done 6');
 
 # a foreground backfill, held in its linking phase; done, it leaves
 # dedup_progress while its caller's transaction goes on
@@ -87,16 +90,10 @@ $node->safe_psql('postgres', q{
 	CREATE TABLE tags (id int PRIMARY KEY, name text, kw_id int);
 	INSERT INTO tags SELECT g, 'kw' || (g % 12), NULL FROM generate_series(1, 120) g;
 });
-$s1->query_safe('BEGIN');
-$s1->query_safe('SELECT FROM tags WHERE id = 1 FOR UPDATE');
 $caller->query_safe('BEGIN');
-$caller->query_until(qr/sent/, "\\echo sent\n"
-	  . "SELECT state || ' ' || rows_updated || ' ' || orphan_rows FROM backfill_fk('tags', 'kw_id', 'kw', '{name}');\n");
-wait_for_lock($caller_pid, 'a foreground backfill');
-is(progress_of($caller_pid), 'backfill tags linking running total 100 done 0',
-	'dedup_progress: the foreground backfill, linking its 100 linkable rows');
-$s1->query_safe('COMMIT');
-like($caller->query_safe('SELECT 1'), qr/^done 100 20$/m, 'the backfill went on once s1 committed');
+held_call('backfill', 'SELECT FROM tags WHERE id = 1 FOR UPDATE',
+	q{SELECT state || ' ' || rows_updated || ' ' || orphan_rows FROM backfill_fk('tags', 'kw_id', 'kw', '{name}')},
+	'backfill tags linking running total 100 done 0', 'done 100 20');
 is(progress_of($caller_pid), '', 'done, it leaves dedup_progress before its transaction ends');
 $caller->query_safe('COMMIT');
 
