@@ -533,18 +533,20 @@ dedup_table(PG_FUNCTION_ARGS)
 		progress_counts(res.rows_deleted + res.rows_renamed, res.rows_deleted + res.rows_renamed,
 						res.rows_deleted + res.rows_renamed, -1);
 		if (add_unique)
-			res.unique_index = unique_existing(t);
-		/* the job's own index, which its rollback drops */
-		if (add_unique && res.unique_index == NULL)
 		{
-			progress_phase("building unique index");
-			own_index = unique_create(t, &res.unique_is_constraint);
-			res.unique_index = own_index;
+			res.unique_index = unique_existing(t);
+			if (res.unique_index)
+				ereport(NOTICE,
+						(errmsg("unique index %s already keeps the key of %s unique, none added",
+								res.unique_index, t->qualname)));
+			else
+			{
+				/* the job's own index, which its rollback drops */
+				progress_phase("building unique index");
+				own_index = unique_create(t, &res.unique_is_constraint);
+				res.unique_index = own_index;
+			}
 		}
-		else if (add_unique)
-			ereport(NOTICE,
-					(errmsg("unique index %s already keeps the key of %s unique, none added",
-							res.unique_index, t->qualname)));
 		job_finish(res.job_id, res.strategy, res.groups, res.rows_deleted, res.rows_renamed,
 				   res.rows_deleted + res.rows_renamed, res.archive_table,
 				   own_index, res.unique_is_constraint);

@@ -362,10 +362,10 @@ obey_step(BgJob *job, void *arg)
 
 /*
  * true when the job stopped on request (seen after its last commit).  A job
- * whose work is all done (phase finishing: its unique index built, or its
- * last constraint added) ends done: a request that came during that last step
- * came too late, and a job recorded as cancelled or paused with all its work
- * done would say what did not happen.
+ * whose work is all done (phase finishing: after its last batch or pass, its
+ * unique index build, or its last constraint) ends done: a request that came
+ * during that last step came too late, and a job recorded as cancelled or
+ * paused with all its work done would say what did not happen.
  */
 bool
 bg_obeyed(BgJob *job)
