@@ -193,7 +193,7 @@ BEGIN
                 AND c.relname ~ ('^' || child || '_' || jid || '_ref[0-9]+$')
   LOOP
     RETURN QUERY EXECUTE format('SELECT a.dedup_action, to_jsonb(a) - ''dedup_job_id'' - ''dedup_action'''
-                                ' - ''dedup_new_value'' - ''dedup_survivor'' FROM %s a', rel);
+                                ' - ''dedup_new_value'' - ''dedup_survivor'' - ''dedup_xact'' FROM %s a', rel);
   END LOOP;
 END $$;
 -- run q, catch its error: SQLSTATE, and whether anything changed

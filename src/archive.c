@@ -31,11 +31,44 @@
 
 PG_FUNCTION_INFO_V1(dedup_rollback);
 
-/* The dedup_* columns that follow the table's own columns in an archive. */
+/*
+ * The dedup_* columns that follow the table's own columns in an archive.
+ * dedup_xact, the transaction that renamed or re-pointed the row (NULL for a
+ * removed row: it is removed once), orders the entries of a row that a
+ * background job changed in two passes; the heap's order does not, since
+ * space freed by an aborted batch's entries is used again.  Archives written
+ * before it was added have no dedup_xact.
+ */
 #define ARCHIVE_OWN_COLUMNS \
 	"dedup_job_id pg_catalog.int8 NOT NULL, dedup_action pg_catalog.text NOT NULL," \
-	" dedup_new_value pg_catalog.text, dedup_survivor pg_catalog.jsonb"
-#define ARCHIVE_OWN_NCOLUMNS 4
+	" dedup_new_value pg_catalog.text, dedup_survivor pg_catalog.jsonb, dedup_xact pg_catalog.xid8"
+
+/*
+ * How many of an archive's columns are the table's: those before
+ * dedup_job_id, its first own column.  (A table with a column of that name
+ * has no archive: its CREATE TABLE fails.)
+ */
+static int
+archive_table_natts(TupleDesc desc)
+{
+	for (int i = 0; i < desc->natts; i++)
+		if (!TupleDescAttr(desc, i)->attisdropped &&
+			strcmp(NameStr(TupleDescAttr(desc, i)->attname), "dedup_job_id") == 0)
+			return i;
+	elog(ERROR, "archive table has no column dedup_job_id");
+	pg_unreachable();
+}
+
+/*
+ * The order in which the entries of archive a were written: by dedup_xact,
+ * then (within a transaction, or in an archive without it) by ctid.
+ */
+static char *
+archive_write_order(const char *archive)
+{
+	return get_attnum(dedup_relid_by_name(archive), "dedup_xact") != InvalidAttrNumber ?
+		"a.dedup_xact, a.ctid" : "a.ctid";
+}
 
 /* "name type [COLLATE c]" of a column, for an archive's CREATE TABLE */
 static char *
@@ -153,7 +186,8 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 	spi_exec_as_owner(psprintf("ALTER TABLE %s ADD COLUMN dedup_job_id pg_catalog.int8 DEFAULT %lld,"
 							   " ADD COLUMN dedup_action pg_catalog.text DEFAULT 'delete',"
 							   " ADD COLUMN dedup_new_value pg_catalog.text,"
-							   " ADD COLUMN dedup_survivor pg_catalog.jsonb",
+							   " ADD COLUMN dedup_survivor pg_catalog.jsonb,"
+							   " ADD COLUMN dedup_xact pg_catalog.xid8",
 							   qname, (long long) job_id),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	spi_exec_as_owner(psprintf("COMMENT ON TABLE %s IS %s", qname,
@@ -167,9 +201,8 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 
 /*
  * "a, b, c": the archive's copy of the table's columns that can be written
- * back: all but the archive's own last ARCHIVE_OWN_NCOLUMNS columns (found by
- * position, since the table may have columns named dedup_* too), and without
- * the table's generated columns, which recompute themselves.
+ * back: those before the archive's own (archive_table_natts), without the
+ * table's generated columns, which recompute themselves.
  */
 static char *
 restorable_columns(Oid archive, Oid relid)
@@ -179,7 +212,7 @@ restorable_columns(Oid archive, Oid relid)
 	StringInfoData buf;
 
 	initStringInfo(&buf);
-	for (int i = 0; i < desc->natts - ARCHIVE_OWN_NCOLUMNS; i++)
+	for (int i = 0; i < archive_table_natts(desc); i++)
 	{
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		const char *name = NameStr(att->attname);
@@ -234,7 +267,7 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 	for (i = 0; i < desc->natts; i++)
 		if (!TupleDescAttr(desc, i)->attisdropped)
 			cols[n++] = TupleDescAttr(desc, i);
-	for (i = 0; i < adesc->natts - ARCHIVE_OWN_NCOLUMNS; i++)
+	for (i = 0; i < archive_table_natts(adesc); i++)
 		if (!TupleDescAttr(adesc, i)->attisdropped)
 			acols[an++] = TupleDescAttr(adesc, i);
 
@@ -360,8 +393,8 @@ restore_removed_refs(const char *archive, Oid archiveid, const char *child, Oid 
 /*
  * Set the re-pointed columns of a referencing table back.  A row that two
  * passes of a background merge re-pointed (its survivor lost in the second)
- * has two entries: the oldest one (first written, first in the archive's
- * append-only heap) holds its value before the job.
+ * has two entries: the one written first (archive_write_order) holds its
+ * value before the job.
  */
 static int64
 restore_repointed(DedupJob *job, const char *archive, const char *child, Oid childid,
@@ -375,9 +408,9 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 	if (npk > 0)
 	{
 		source = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
-						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' ORDER BY %s, a.ctid)",
+						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' ORDER BY %s, %s)",
 						  name_list(pk, npk, "a.%s%.0s", ", "), archive,
-						  name_list(pk, npk, "a.%s%.0s", ", "));
+						  name_list(pk, npk, "a.%s%.0s", ", "), archive_write_order(archive));
 		/*
 		 * A row is set back only while it points where the job (the last of
 		 * its re-points, in a background merge) left it: what a writer
@@ -641,8 +674,8 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 	int64		changed;
 
 	originals = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
-						 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' ORDER BY %s, a.ctid)",
-						 pk, job->archive_table, pk);
+						 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' ORDER BY %s, %s)",
+						 pk, job->archive_table, pk, archive_write_order(job->archive_table));
 	/* compared as bytes: under a nondeterministic collation a change of case is a change */
 	job_value = psprintf("EXISTS (SELECT FROM %s n WHERE n.dedup_action OPERATOR(pg_catalog.=) 'rename' AND %s"
 						 " AND r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) n.dedup_new_value)",

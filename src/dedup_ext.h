@@ -329,6 +329,13 @@ extern void progress_started_at(TimestampTz started_at);
 extern void progress_end(void);
 
 /* archive.c */
+
+/*
+ * An archive's dedup_xact for a renamed or re-pointed row: the batch's
+ * transaction, computed once per statement (an InitPlan).
+ */
+#define ARCHIVE_XACT "(SELECT pg_catalog.pg_current_xact_id())"
+
 extern char *archive_name(const char *relname, int64 job_id, const char *tag);
 extern void archive_check_columns(Oid relid, const char *archive, int64 job_id);
 extern char *archive_adopt(Oid heap, Oid relid, int64 job_id);

@@ -464,10 +464,10 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 								   " WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
 								   " RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval)"
 								   " INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
-								   " u.dedup_nctid::pg_catalog.text, u.dedup_nval FROM dedup_u u",
+								   " u.dedup_nctid::pg_catalog.text, u.dedup_nval, %s FROM dedup_u u",
 								   ref->child, ref->child, plan->map, ref_join(ref),
 								   ref->child, set.data, ref_values_json(ref, "c"),
-								   ref->archive, (long long) job_id),
+								   ref->archive, (long long) job_id, ARCHIVE_XACT),
 						  SPI_OK_INSERT);
 }
 
