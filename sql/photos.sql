@@ -298,5 +298,27 @@ SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}', strategy 
 \echo :LAST_ERROR_SQLSTATE
 \set SHOW_CONTEXT errors
 SELECT (SELECT count(*) FROM photos.label) AS labels, (SELECT count(*) - :njobs FROM dedup_jobs) AS new_jobs;
+-- a deferred reference (checked at COMMIT, after the call) is refused in the
+-- call, with the same SQLSTATE and hint; a background job, whose batches
+-- commit, fails with it; with the reference gone the delete goes through
+DELETE FROM photos.label_use;
+CREATE TABLE photos.label_note (id int PRIMARY KEY,
+  label_id int REFERENCES photos.label DEFERRABLE INITIALLY DEFERRED);
+INSERT INTO photos.label_note VALUES (1, 2), (2, 3), (3, NULL);
+BEGIN;
+\set SHOW_CONTEXT never
+SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}');
+\echo :LAST_ERROR_SQLSTATE
+\set SHOW_CONTEXT errors
+ROLLBACK;
+SELECT (SELECT count(*) FROM photos.label) AS labels, (SELECT count(*) - :njobs FROM dedup_jobs) AS new_jobs;
+SELECT job_id AS jid_bg FROM dedup_table('photos.label', '{title}', background => true) \gset
+SELECT dedup_wait(:jid_bg, '60s') AS state;
+SELECT error, (SELECT count(*) FROM photos.label) AS labels FROM dedup_jobs WHERE job_id = :jid_bg;
+DELETE FROM photos.label_note WHERE label_id = 2;
+BEGIN;
+SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}');
+COMMIT;
+SELECT * FROM photos.label ORDER BY id;
 
 RESET search_path;

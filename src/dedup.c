@@ -148,6 +148,82 @@ hint_merge_on_reference(MemoryContext cxt)
 }
 
 /*
+ * A deferred foreign key is checked at COMMIT, after dedup_table has
+ * returned done: a loser it references would fail the caller's transaction
+ * there, with the job long over.  Look for one now and refuse as the
+ * immediate check would (the same SQLSTATE and hint).  The referenced
+ * columns are unique, so a referenced value of a loser is no survivor's.
+ */
+static void
+refuse_deferred_references(DedupTarget *t, const char *losers)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(t->relid)};
+	SPITupleTable *fks;
+	uint64		nfks;
+
+	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid, c.conkey, c.confkey, c.conpfeqop"
+							  " FROM pg_catalog.pg_constraint c"
+							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.condeferrable"
+							  " AND c.confdeltype OPERATOR(pg_catalog.=) 'a'"
+							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
+							  " AND c.conparentid OPERATOR(pg_catalog.=) 0"
+							  " ORDER BY c.conrelid, c.conname",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read foreign keys");
+	fks = SPI_tuptable;
+	nfks = SPI_processed;
+	for (uint64 f = 0; f < nfks; f++)
+	{
+		HeapTuple	tup = fks->vals[f];
+		bool		isnull;
+		Oid			childid = DatumGetObjectId(SPI_getbinval(tup, fks->tupdesc, 2, &isnull));
+		char	   *child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
+													   get_rel_name(childid));
+		Datum	   *conkey,
+				   *confkey,
+				   *eqops;
+		int			n;
+		StringInfoData refcols,
+					refnames,
+					match;
+
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, fks->tupdesc, 3, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &conkey, NULL, &n);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, fks->tupdesc, 4, &isnull)),
+						  INT2OID, 2, true, TYPALIGN_SHORT, &confkey, NULL, &n);
+		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, fks->tupdesc, 5, &isnull)),
+						  OIDOID, 4, true, TYPALIGN_INT, &eqops, NULL, &n);
+		initStringInfo(&refcols);
+		initStringInfo(&refnames);
+		initStringInfo(&match);
+		for (int i = 0; i < n; i++)
+		{
+			const char *refcol = quote_identifier(get_attname(t->relid, DatumGetInt16(confkey[i]), false));
+
+			appendStringInfo(&refcols, "%sr.%s", i > 0 ? ", " : "", refcol);
+			appendStringInfo(&refnames, "%s%s", i > 0 ? ", " : "", refcol);
+			appendStringInfo(&match, " AND c.%s %s r.%s",
+							 quote_identifier(get_attname(childid, DatumGetInt16(conkey[i]), false)),
+							 sql_operator(DatumGetObjectId(eqops[i])), refcol);
+		}
+		spi_exec_count(psprintf("SELECT ROW(%s)::pg_catalog.text FROM ONLY %s r, %s l"
+								" WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid"
+								" AND EXISTS (SELECT FROM %s c WHERE true%s) LIMIT 1",
+								refcols.data, t->qualname, losers, child, match.data),
+					   SPI_OK_SELECT);
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("cannot delete duplicate rows of %s: deferred foreign key %s on %s references them",
+							t->qualname, quote_identifier(SPI_getvalue(tup, fks->tupdesc, 1)), child),
+					 errdetail("Key (%s)=%s is still referenced from table %s; the check deferred to COMMIT would fail there.",
+							   refnames.data, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), child),
+					 errhint("Use action => 'merge', which points the referencing rows at the survivor before it removes the losers.")));
+	}
+}
+
+/*
  * Delete the losers, archiving them in the same statement.  The losers' ctids
  * are written to a temporary table first.  When their array fits in work_mem
  * the delete fetches them by TID, in block order (a TID scan sorts its list),
@@ -172,6 +248,7 @@ run_delete(DedupTarget *t, DedupResult *res)
 	res->groups = spi_get_int64(0, 1);
 	nlosers = spi_get_int64(0, 2);
 	progress_counts(nlosers, -1, -1, -1);
+	refuse_deferred_references(t, losers);
 	progress_phase("deleting");
 
 	if (nlosers * TID_ARRAY_BYTES <= (int64) work_mem * 1024)
