@@ -291,8 +291,9 @@ ok($node->poll_query_until('postgres',
 		qq{SELECT state FROM dedup_jobs WHERE job_id = $stopped}, 'interrupted'),
 	'the job is interrupted');
 is($node->safe_psql('postgres', qq{
-		SELECT string_agg(state, ',') FROM dedup_progress WHERE job_id = $stopped}),
-	'interrupted', 'dedup_progress: one row, interrupted');
+		SELECT string_agg(state || ' ' || coalesce(pid::text, 'no pid'), ',')
+		  FROM dedup_progress WHERE job_id = $stopped}),
+	'interrupted no pid', 'dedup_progress: one row, interrupted, run by no process');
 $node->safe_psql('postgres', "SELECT dedup_resume($stopped)");
 ok($node->poll_query_until('postgres',
 		qq{SELECT state FROM dedup_jobs WHERE job_id = $stopped}, 'done'),
@@ -672,8 +673,9 @@ is($plain->safe_psql('postgres', qq{SELECT state FROM dedup_jobs WHERE job_id = 
 sleep 3;
 is($plain->safe_psql('postgres', qq{SELECT state FROM dedup_jobs WHERE job_id = $job}),
 	'interrupted', 'and stays interrupted without preloading');
-is($plain->safe_psql('postgres', qq{SELECT state || ' ' || phase FROM dedup_progress WHERE job_id = $job}),
-	'interrupted deleting', 'dedup_progress shows it interrupted');
+is($plain->safe_psql('postgres', qq{
+		SELECT state || ' ' || phase || ' ' || coalesce(pid::text, 'no pid') FROM dedup_progress WHERE job_id = $job}),
+	'interrupted deleting no pid', 'dedup_progress shows it interrupted, run by no process');
 is($plain->safe_psql('postgres', qq{SELECT dedup_wait($job, '1s')}), 'interrupted',
 	'dedup_wait returns at once for an interrupted job');
 is($plain->safe_psql('postgres', qq{SELECT dedup_resume($job)}), 't', 'dedup_resume');
