@@ -82,6 +82,16 @@ held_call('merge', 'SELECT FROM mc WHERE id = 1 FOR UPDATE',
 	q{SELECT state || ' ' || rows_deleted FROM dedup_table('mp', '{name}', action => 'merge')},
 	'dedup mp merging running total 6 done 0', 'done 6');
 
+# a foreground rename, held on a loser s1 holds: its one statement finds and
+# renames the losers, so none are counted until it returns
+$node->safe_psql('postgres', q{
+	CREATE TABLE rn (id int PRIMARY KEY, name text);
+	INSERT INTO rn SELECT g, 'n' || (g % 3) FROM generate_series(1, 9) g;
+});
+held_call('rename', 'SELECT FROM rn WHERE id = 9 FOR UPDATE',
+	q{SELECT state || ' ' || rows_renamed FROM dedup_table('rn', '{name}', action => 'rename')},
+	'dedup rn renaming running total 0 done 0', 'done 6');
+
 # a foreground backfill, held in its linking phase; done, it leaves
 # dedup_progress while its caller's transaction goes on
 $node->safe_psql('postgres', q{
