@@ -567,6 +567,22 @@ dedup_target_set_rename(DedupTarget *t)
 					 errhint("Use action => 'delete' or 'merge', or put a column outside the primary key last in the key.")));
 }
 
+/* the columns and operators of a row of SQL_REFERENCING_FKS; returns their number */
+int
+fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **eqops)
+{
+	bool		isnull;
+	int			n;
+
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
+					  INT2OID, 2, true, TYPALIGN_SHORT, conkey, NULL, &n);
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 4, &isnull)),
+					  INT2OID, 2, true, TYPALIGN_SHORT, confkey, NULL, &n);
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 5, &isnull)),
+					  OIDOID, 4, true, TYPALIGN_INT, eqops, NULL, &n);
+	return n;
+}
+
 /*
  * Deleting rows of a table (or updating column att of it) would make the
  * foreign keys that cascade, or set NULL or a default, change rows of other

@@ -162,11 +162,8 @@ refuse_deferred_references(DedupTarget *t, const char *losers)
 	SPITupleTable *fks;
 	uint64		nfks;
 
-	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid, c.conkey, c.confkey, c.conpfeqop"
-							  " FROM pg_catalog.pg_constraint c"
-							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.condeferrable"
+	if (SPI_execute_with_args(SQL_REFERENCING_FKS " AND c.condeferrable"
 							  " AND c.confdeltype OPERATOR(pg_catalog.=) 'a'"
-							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
 							  " AND c.conparentid OPERATOR(pg_catalog.=) 0"
 							  " ORDER BY c.conrelid, c.conname",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
@@ -188,12 +185,7 @@ refuse_deferred_references(DedupTarget *t, const char *losers)
 					refnames,
 					match;
 
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, fks->tupdesc, 3, &isnull)),
-						  INT2OID, 2, true, TYPALIGN_SHORT, &conkey, NULL, &n);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, fks->tupdesc, 4, &isnull)),
-						  INT2OID, 2, true, TYPALIGN_SHORT, &confkey, NULL, &n);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, fks->tupdesc, 5, &isnull)),
-						  OIDOID, 4, true, TYPALIGN_INT, &eqops, NULL, &n);
+		n = fk_keys(tup, fks->tupdesc, &conkey, &confkey, &eqops);
 		initStringInfo(&refcols);
 		initStringInfo(&refnames);
 		initStringInfo(&match);

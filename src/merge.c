@@ -155,12 +155,7 @@ merge_plan(DedupTarget *t, bool lock_children)
 				 errdetail("%s has none.", t->qualname),
 				 errhint("Add a primary key, or use action => 'delete'.")));
 
-	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.conrelid, c.conkey, c.confkey, c.conpfeqop,"
-							  " c.condeferrable"
-							  " FROM pg_catalog.pg_constraint c"
-							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
-							  " AND c.confrelid OPERATOR(pg_catalog.=) $1"
-							  " ORDER BY c.conrelid, c.conname",
+	if (SPI_execute_with_args(SQL_REFERENCING_FKS " ORDER BY c.conrelid, c.conname",
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "dedup_ext: could not read foreign keys");
 	tuptable = SPI_tuptable;
@@ -182,12 +177,7 @@ merge_plan(DedupTarget *t, bool lock_children)
 		ref->conname = SPI_getvalue(tup, desc, 1);
 		ref->childid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 		ref->deferrable = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 3, &isnull)),
-						  INT2OID, 2, true, TYPALIGN_SHORT, &conkey, NULL, &n);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 4, &isnull)),
-						  INT2OID, 2, true, TYPALIGN_SHORT, &confkey, NULL, &n);
-		deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 5, &isnull)),
-						  OIDOID, 4, true, TYPALIGN_INT, &eqops, NULL, &n);
+		n = fk_keys(tup, desc, &conkey, &confkey, &eqops);
 
 		if (get_rel_relkind(ref->childid) != RELKIND_RELATION)
 			ereport(ERROR,
