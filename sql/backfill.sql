@@ -530,9 +530,24 @@ CREATE TABLE bf_t.cchild (id int PRIMARY KEY, code text, parent_id int);
 INSERT INTO bf_t.cchild VALUES (1, 'a', NULL), (2, 'zz', NULL);
 CREATE TABLE bf_t.cgrand (id int PRIMARY KEY, child_id int REFERENCES bf_t.cchild ON DELETE CASCADE);
 INSERT INTO bf_t.cgrand VALUES (1, 2), (2, 2);
-\set VERBOSITY sqlstate
+\set SHOW_CONTEXT never
 SELECT state FROM backfill_fk('bf_t.cchild', 'parent_id', 'bf_t.cparent', '{code}', on_orphan => 'delete');
-\set VERBOSITY default
+\echo :LAST_ERROR_SQLSTATE
+SELECT (SELECT count(*) FROM bf_t.cchild) AS children, (SELECT count(*) FROM bf_t.cgrand) AS grandchildren,
+       (SELECT count(parent_id) FROM bf_t.cchild) AS linked;
+-- a deferred reference to an orphan (checked at COMMIT, after the call) is
+-- refused in the call (23503), in the foreground and in the background
+ALTER TABLE bf_t.cgrand DROP CONSTRAINT cgrand_child_id_fkey,
+  ADD FOREIGN KEY (child_id) REFERENCES bf_t.cchild DEFERRABLE INITIALLY DEFERRED;
+BEGIN;
+SELECT state FROM backfill_fk('bf_t.cchild', 'parent_id', 'bf_t.cparent', '{code}', on_orphan => 'delete');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+\set SHOW_CONTEXT errors
+SELECT job_id AS bgo FROM backfill_fk('bf_t.cchild', 'parent_id', 'bf_t.cparent', '{code}',
+                                      on_orphan => 'delete', background => true) \gset
+SELECT dedup_wait(:bgo, '60s') AS state;
+SELECT error FROM dedup_jobs WHERE job_id = :bgo;
 SELECT (SELECT count(*) FROM bf_t.cchild) AS children, (SELECT count(*) FROM bf_t.cgrand) AS grandchildren,
        (SELECT count(parent_id) FROM bf_t.cchild) AS linked;
 

@@ -587,11 +587,12 @@ fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **
  * Deleting rows of a table (or updating column att of it) would make the
  * foreign keys that cascade, or set NULL or a default, change rows of other
  * tables that no archive keeps.  Refuse; merge re-points those references.
- * what: the verb for the message ("delete duplicate", "delete orphan", ...).
+ * what: the verb for the message ("delete duplicate", "delete orphan", ...);
+ * hint: what to do instead, or NULL.
  */
 void
 refuse_cascading_references(Oid relid, const char *qualname, const char *what,
-							bool on_delete, AttrNumber att)
+							bool on_delete, AttrNumber att, const char *hint)
 {
 	Oid			types[3] = {OIDOID, BOOLOID, INT2OID};
 	Datum		values[3] = {ObjectIdGetDatum(relid), BoolGetDatum(on_delete), Int16GetDatum(att)};
@@ -615,7 +616,75 @@ refuse_cascading_references(Oid relid, const char *qualname, const char *what,
 						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2)),
 				 errdetail("The foreign key cascades, or sets NULL or a default, on %s.",
 						   on_delete ? "delete" : "update"),
-				 on_delete ? errhint("Use action => 'merge' to re-point the references to the surviving rows.") : 0));
+				 hint ? errhint("%s", hint) : 0));
+}
+
+/*
+ * A deferred foreign key is checked at COMMIT, after the call has returned
+ * done: a row it references that the call deletes (those of table relid, c,
+ * that match condition rows) would fail the caller's transaction there, with
+ * the job long over.  Look for one now and refuse as the immediate check
+ * would (the same SQLSTATE).  what, hint: as for refuse_cascading_references.
+ */
+void
+refuse_deferred_references(Oid relid, const char *qualname, const char *what, const char *rows,
+						   const char *hint)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	SPITupleTable *fks;
+	uint64		nfks;
+
+	if (SPI_execute_with_args(SQL_REFERENCING_FKS " AND c.condeferrable"
+							  " AND c.confdeltype OPERATOR(pg_catalog.=) 'a'"
+							  " AND c.conparentid OPERATOR(pg_catalog.=) 0"
+							  " ORDER BY c.conrelid, c.conname",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read foreign keys");
+	fks = SPI_tuptable;
+	nfks = SPI_processed;
+	for (uint64 f = 0; f < nfks; f++)
+	{
+		HeapTuple	tup = fks->vals[f];
+		bool		isnull;
+		Oid			childid = DatumGetObjectId(SPI_getbinval(tup, fks->tupdesc, 2, &isnull));
+		char	   *child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
+													   get_rel_name(childid));
+		Datum	   *conkey,
+				   *confkey,
+				   *eqops;
+		int			n;
+		StringInfoData refcols,
+					refnames,
+					match;
+
+		n = fk_keys(tup, fks->tupdesc, &conkey, &confkey, &eqops);
+		initStringInfo(&refcols);
+		initStringInfo(&refnames);
+		initStringInfo(&match);
+		for (int i = 0; i < n; i++)
+		{
+			const char *refcol = quote_identifier(get_attname(relid, DatumGetInt16(confkey[i]), false));
+
+			appendStringInfo(&refcols, "%sc.%s", i > 0 ? ", " : "", refcol);
+			appendStringInfo(&refnames, "%s%s", i > 0 ? ", " : "", refcol);
+			appendStringInfo(&match, " AND x.%s %s c.%s",
+							 quote_identifier(get_attname(childid, DatumGetInt16(conkey[i]), false)),
+							 sql_operator(DatumGetObjectId(eqops[i])), refcol);
+		}
+		spi_exec_count(psprintf("SELECT ROW(%s)::pg_catalog.text FROM ONLY %s c"
+								" WHERE %s AND EXISTS (SELECT FROM %s x WHERE true%s) LIMIT 1",
+								refcols.data, qualname, rows, child, match.data),
+					   SPI_OK_SELECT);
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+					 errmsg("cannot %s rows of %s: deferred foreign key %s on %s references them",
+							what, qualname, quote_identifier(SPI_getvalue(tup, fks->tupdesc, 1)), child),
+					 errdetail("Key (%s)=%s is still referenced from table %s; the check deferred to COMMIT would fail there.",
+							   refnames.data, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), child),
+					 hint ? errhint("%s", hint) : 0));
+	}
 }
 
 DedupAction

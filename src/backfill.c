@@ -389,6 +389,8 @@ delete_orphans(Backfill *b, BackfillResult *res)
 	char	   *del = psprintf("DELETE FROM ONLY %s c WHERE %s RETURNING c.*",
 							   b->child->qualname, orphan_condition(b));
 
+	refuse_deferred_references(b->child->relid, b->child->qualname, "delete orphan",
+							   orphan_condition(b), HINT_KEEP_ORPHANS);
 	if (res->deleted_archive)
 		res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s) INSERT INTO %s"
 													" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
@@ -660,7 +662,8 @@ submit_background(FunctionCallInfo fcinfo, Backfill *b, bool archive)
 	BackfillResult res = {0};
 
 	if (b->on_orphan == ON_ORPHAN_DELETE)
-		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0);
+		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
+									HINT_KEEP_ORPHANS);
 	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b));
 	if (archive)
 		create_archives(b, &res);
@@ -722,7 +725,8 @@ backfill_fk(PG_FUNCTION_ARGS)
 		report_orphans(b, res.job_id);
 
 	if (b->on_orphan == ON_ORPHAN_DELETE)
-		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0);
+		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
+									HINT_KEEP_ORPHANS);
 	if (archive)
 		create_archives(b, &res);
 	if (b->on_orphan == ON_ORPHAN_DELETE)

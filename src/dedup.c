@@ -141,78 +141,10 @@ hint_merge_on_reference(MemoryContext cxt)
 	if (edata->sqlerrcode == ERRCODE_FOREIGN_KEY_VIOLATION && edata->hint == NULL)
 	{
 		FlushErrorState();
-		edata->hint = pstrdup("Use action => 'merge', which points the referencing rows at the survivor before it removes the losers.");
+		edata->hint = pstrdup(HINT_MERGE_REFERENCES);
 		ReThrowError(edata);
 	}
 	PG_RE_THROW();
-}
-
-/*
- * A deferred foreign key is checked at COMMIT, after dedup_table has
- * returned done: a loser it references would fail the caller's transaction
- * there, with the job long over.  Look for one now and refuse as the
- * immediate check would (the same SQLSTATE and hint).  The referenced
- * columns are unique, so a referenced value of a loser is no survivor's.
- */
-static void
-refuse_deferred_references(DedupTarget *t, const char *losers)
-{
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(t->relid)};
-	SPITupleTable *fks;
-	uint64		nfks;
-
-	if (SPI_execute_with_args(SQL_REFERENCING_FKS " AND c.condeferrable"
-							  " AND c.confdeltype OPERATOR(pg_catalog.=) 'a'"
-							  " AND c.conparentid OPERATOR(pg_catalog.=) 0"
-							  " ORDER BY c.conrelid, c.conname",
-							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "dedup_ext: could not read foreign keys");
-	fks = SPI_tuptable;
-	nfks = SPI_processed;
-	for (uint64 f = 0; f < nfks; f++)
-	{
-		HeapTuple	tup = fks->vals[f];
-		bool		isnull;
-		Oid			childid = DatumGetObjectId(SPI_getbinval(tup, fks->tupdesc, 2, &isnull));
-		char	   *child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
-													   get_rel_name(childid));
-		Datum	   *conkey,
-				   *confkey,
-				   *eqops;
-		int			n;
-		StringInfoData refcols,
-					refnames,
-					match;
-
-		n = fk_keys(tup, fks->tupdesc, &conkey, &confkey, &eqops);
-		initStringInfo(&refcols);
-		initStringInfo(&refnames);
-		initStringInfo(&match);
-		for (int i = 0; i < n; i++)
-		{
-			const char *refcol = quote_identifier(get_attname(t->relid, DatumGetInt16(confkey[i]), false));
-
-			appendStringInfo(&refcols, "%sr.%s", i > 0 ? ", " : "", refcol);
-			appendStringInfo(&refnames, "%s%s", i > 0 ? ", " : "", refcol);
-			appendStringInfo(&match, " AND c.%s %s r.%s",
-							 quote_identifier(get_attname(childid, DatumGetInt16(conkey[i]), false)),
-							 sql_operator(DatumGetObjectId(eqops[i])), refcol);
-		}
-		spi_exec_count(psprintf("SELECT ROW(%s)::pg_catalog.text FROM ONLY %s r, %s l"
-								" WHERE r.ctid OPERATOR(pg_catalog.=) l.dedup_ctid"
-								" AND EXISTS (SELECT FROM %s c WHERE true%s) LIMIT 1",
-								refcols.data, t->qualname, losers, child, match.data),
-					   SPI_OK_SELECT);
-		if (SPI_processed > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-					 errmsg("cannot delete duplicate rows of %s: deferred foreign key %s on %s references them",
-							t->qualname, quote_identifier(SPI_getvalue(tup, fks->tupdesc, 1)), child),
-					 errdetail("Key (%s)=%s is still referenced from table %s; the check deferred to COMMIT would fail there.",
-							   refnames.data, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), child),
-					 errhint("Use action => 'merge', which points the referencing rows at the survivor before it removes the losers.")));
-	}
 }
 
 /*
@@ -240,7 +172,9 @@ run_delete(DedupTarget *t, DedupResult *res)
 	res->groups = spi_get_int64(0, 1);
 	nlosers = spi_get_int64(0, 2);
 	progress_counts(nlosers, -1, -1, -1);
-	refuse_deferred_references(t, losers);
+	refuse_deferred_references(t->relid, t->qualname, "delete duplicate",
+							   psprintf("EXISTS (SELECT FROM %s l WHERE l.dedup_ctid OPERATOR(pg_catalog.=) c.ctid)", losers),
+							   HINT_MERGE_REFERENCES);
 	progress_phase("deleting");
 
 	if (nlosers * TID_ARRAY_BYTES <= (int64) work_mem * 1024)
@@ -380,7 +314,8 @@ dedup_refuse_cascades(DedupTarget *t, DedupAction action)
 								psprintf("%s duplicate", dedup_action_name(action)),
 								action == DEDUP_ACTION_DELETE,
 								action == DEDUP_ACTION_DELETE ? 0 :
-								get_attnum(t->relid, t->keys[t->rename_key].name));
+								get_attnum(t->relid, t->keys[t->rename_key].name),
+								action == DEDUP_ACTION_DELETE ? HINT_MERGE_REFERENCES : NULL);
 }
 
 /*

@@ -111,8 +111,15 @@ extern Oid	dedup_relid_by_name(const char *qualified);
 	" FROM pg_catalog.pg_constraint c" \
 	" WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.confrelid OPERATOR(pg_catalog.=) $1"
 extern int	fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **eqops);
+extern void refuse_deferred_references(Oid relid, const char *qualname, const char *what,
+									   const char *rows, const char *hint);
 extern void refuse_cascading_references(Oid relid, const char *qualname, const char *what,
-										bool on_delete, AttrNumber att);
+										bool on_delete, AttrNumber att, const char *hint);
+/* the hint of a delete refused for the references to its rows */
+#define HINT_MERGE_REFERENCES \
+	"Use action => 'merge', which points the referencing rows at the survivor before it removes the losers."
+#define HINT_KEEP_ORPHANS \
+	"Use on_orphan => 'report' or 'create_parent', which keep the orphans."
 extern char *sql_operator(Oid opno);
 
 /* sqlgen.c */

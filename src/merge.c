@@ -352,7 +352,7 @@ find_collisions(RefKey *ref)
 		index_close(idx, AccessShareLock);
 		if (!unique || !overlaps)
 			continue;
-		refuse_cascading_references(ref->childid, ref->child, "remove colliding", true, 0);
+		refuse_cascading_references(ref->childid, ref->child, "remove colliding", true, 0, NULL);
 		if (!plain)
 			continue;
 		c = palloc(sizeof(Collision));
