@@ -687,6 +687,39 @@ refuse_deferred_references(Oid relid, const char *qualname, const char *what, co
 	}
 }
 
+/*
+ * Deferred foreign keys that reference relid queued a check for each row the
+ * job removed (or re-pointed away from it), and CREATE INDEX refuses a table
+ * with pending trigger events.  Make them IMMEDIATE, which runs those checks
+ * now (they pass: no removed row is referenced any more); they stay
+ * IMMEDIATE for the rest of the caller's transaction, whose earlier mode is
+ * not known here.
+ */
+void
+references_immediate(Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	SPITupleTable *fks;
+	uint64		nfks;
+
+	if (SPI_execute_with_args(SQL_REFERENCING_FKS " AND c.condeferrable ORDER BY c.conrelid, c.conname",
+							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read foreign keys");
+	fks = SPI_tuptable;
+	nfks = SPI_processed;
+	for (uint64 f = 0; f < nfks; f++)
+	{
+		bool		isnull;
+		Oid			childid = DatumGetObjectId(SPI_getbinval(fks->vals[f], fks->tupdesc, 2, &isnull));
+
+		spi_exec_count(psprintf("SET CONSTRAINTS %s IMMEDIATE",
+								quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
+														   SPI_getvalue(fks->vals[f], fks->tupdesc, 1))),
+					   SPI_OK_UTILITY);
+	}
+}
+
 DedupAction
 dedup_parse_action(const char *action)
 {

@@ -258,7 +258,7 @@ rename_refusals(DedupTarget *t, int64 null_keys, const char *taken)
  * dry run does the merge in a subtransaction and rolls it back.
  */
 static void
-merge(DedupTarget *t, DedupResult *res, bool add_unique)
+merge(DedupTarget *t, DedupResult *res)
 {
 	MergeResult mres = {0};
 
@@ -271,7 +271,7 @@ merge(DedupTarget *t, DedupResult *res, bool add_unique)
 		MemoryContextSwitchTo(oldcxt);
 		PG_TRY();
 		{
-			run_merge(t, 0, NULL, false, &mres);
+			run_merge(t, 0, NULL, &mres);
 		}
 		PG_CATCH();
 		{
@@ -292,7 +292,7 @@ merge(DedupTarget *t, DedupResult *res, bool add_unique)
 		CurrentResourceOwner = oldowner;
 	}
 	else
-		run_merge(t, res->job_id, res->archive_table, add_unique, &mres);
+		run_merge(t, res->job_id, res->archive_table, &mres);
 	res->groups = mres.groups;
 	res->rows_deleted = mres.rows_deleted;
 	res->refs_repointed = mres.refs_repointed;
@@ -494,7 +494,7 @@ dedup_table(PG_FUNCTION_ARGS)
 	{
 		res.state = "dry_run";
 		if (action == DEDUP_ACTION_MERGE)
-			merge(t, &res, false);
+			merge(t, &res);
 		else
 			count_losers(t, &res, action);
 	}
@@ -530,7 +530,7 @@ dedup_table(PG_FUNCTION_ARGS)
 			if (action == DEDUP_ACTION_RENAME)
 				run_rename(t, &res);
 			else if (action == DEDUP_ACTION_MERGE)
-				merge(t, &res, add_unique);
+				merge(t, &res);
 			else
 				run_delete(t, &res);
 		}
@@ -547,6 +547,7 @@ dedup_table(PG_FUNCTION_ARGS)
 			{
 				/* the job's own index, which its rollback drops */
 				progress_phase("building unique index");
+				references_immediate(t->relid);
 				own_index = unique_create(t, &res.unique_is_constraint);
 				res.unique_index = own_index;
 			}

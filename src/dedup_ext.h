@@ -111,6 +111,7 @@ extern Oid	dedup_relid_by_name(const char *qualified);
 	" FROM pg_catalog.pg_constraint c" \
 	" WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.confrelid OPERATOR(pg_catalog.=) $1"
 extern int	fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **eqops);
+extern void references_immediate(Oid relid);
 extern void refuse_deferred_references(Oid relid, const char *qualname, const char *what,
 									   const char *rows, const char *hint);
 extern void refuse_cascading_references(Oid relid, const char *qualname, const char *what,
@@ -210,7 +211,7 @@ typedef struct MergeResult
 
 typedef struct MergePlan MergePlan;
 
-extern void run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
+extern void run_merge(DedupTarget *t, int64 job_id, const char *archive,
 					  MergeResult *res);
 extern MergePlan *merge_plan(DedupTarget *t, bool lock_children);
 extern char *merge_archives(MergePlan *plan, int64 job_id, const char *known);

@@ -46,7 +46,6 @@ typedef struct RefKey
 	int		   *mapcol;			/* index of the referenced column in the map */
 	char	  **eq;				/* conpfeqop, as OPERATOR(...) */
 	List	   *pknames;		/* the child's primary key (unquoted), or NIL */
-	bool		deferrable;
 	List	   *collisions;		/* Collision * */
 	char	   *archive;
 } RefKey;
@@ -176,7 +175,6 @@ merge_plan(DedupTarget *t, bool lock_children)
 
 		ref->conname = SPI_getvalue(tup, desc, 1);
 		ref->childid = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-		ref->deferrable = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
 		n = fk_keys(tup, desc, &conkey, &confkey, &eqops);
 
 		if (get_rel_relkind(ref->childid) != RELKIND_RELATION)
@@ -601,18 +599,12 @@ merge_delete_losers(DedupTarget *t, const char *map, int64 job_id, const char *a
 	return spi_get_int64(0, 1);
 }
 
-/*
- * Run a merge.  archive: the table's archive (NULL: none).  add_unique: a
- * unique index follows, which cannot be built while deferred checks on the
- * table are pending.
- */
+/* Run a merge.  archive: the table's archive (NULL: none). */
 void
-run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
-		  MergeResult *res)
+run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
 {
 	MergePlan  *plan = merge_plan(t, true);
 	char	   *map;
-	ListCell   *lc;
 
 	map = create_map(t, plan);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_rn OPERATOR(pg_catalog.=) 2),"
@@ -626,23 +618,5 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, bool add_unique,
 		res->ref_archives = plan->refs ? merge_archives(plan, job_id, "[]") : NULL;
 	merge_refs(plan, map, job_id, res);
 	res->rows_deleted = merge_delete_losers(t, map, job_id, archive);
-
-	/*
-	 * Deferrable foreign keys that were deferred queued their checks to the
-	 * end of the transaction, and CREATE INDEX refuses a table with pending
-	 * trigger events.  Only when add_unique needs it, those constraints are
-	 * made IMMEDIATE, which runs the checks now; they stay IMMEDIATE for the
-	 * rest of the caller's transaction (its earlier mode is not known here).
-	 */
-	foreach(lc, plan->refs)
-	{
-		RefKey	   *ref = lfirst(lc);
-
-		if (add_unique && ref->deferrable)
-			spi_exec_count(psprintf("SET CONSTRAINTS %s IMMEDIATE",
-									quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
-															   ref->conname)),
-						   SPI_OK_UTILITY);
-	}
 	spi_exec_count(psprintf("DROP TABLE %s", map), SPI_OK_UTILITY);
 }
