@@ -575,6 +575,54 @@ SELECT dedup_rollback(:bl) AS restored;
 SELECT count(parent_id) AS linked FROM bf_t.lchild;
 
 --
+-- a rollback removes the parents create_parent made only while they are as
+-- created and nothing references them: one changed since, one a row of
+-- another table references (whose ON DELETE CASCADE would delete that row
+-- too), one a child row linked by hand since: each refused (55000), nothing
+-- changed; once they are set back, the rollback goes on
+--
+CREATE TABLE bf_t.np (id serial PRIMARY KEY, k text, note text);
+INSERT INTO bf_t.np (k) VALUES ('a');
+CREATE TABLE bf_t.nc (id int PRIMARY KEY, k text, pid int);
+INSERT INTO bf_t.nc VALUES (1, 'a', NULL), (2, 'new', NULL), (3, 'newer', NULL);
+CREATE TABLE bf_t.norder (id int PRIMARY KEY, pid int REFERENCES bf_t.np ON DELETE CASCADE);
+-- the refusal's SQLSTATE, message and detail (job ids as N), and whether
+-- the tables are as before
+CREATE FUNCTION bf_t.np_refused(jid bigint) RETURNS TABLE (err text, unchanged boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+  before text := (SELECT string_agg(p::text, ',' ORDER BY id) FROM bf_t.np p) || '|' ||
+                 (SELECT string_agg(c::text, ',' ORDER BY id) FROM bf_t.nc c);
+  msg text; det text;
+BEGIN
+  BEGIN
+    PERFORM dedup_rollback(jid);
+    err := 'NOT REFUSED';
+  EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
+    err := SQLSTATE || ': ' || regexp_replace(msg, 'job \d+', 'job N') || ' / ' || det;
+  END;
+  unchanged := before = (SELECT string_agg(p::text, ',' ORDER BY id) FROM bf_t.np p) || '|' ||
+                        (SELECT string_agg(c::text, ',' ORDER BY id) FROM bf_t.nc c);
+  RETURN NEXT;
+END $$;
+SELECT job_id AS bcp, parents_created
+  FROM backfill_fk('bf_t.nc', 'pid', 'bf_t.np', '{k}', on_orphan => 'create_parent') \gset
+SELECT * FROM bf_t.np ORDER BY id;
+UPDATE bf_t.np SET note = 'written by the app' WHERE id = 2;
+SELECT * FROM bf_t.np_refused(:bcp);
+UPDATE bf_t.np SET note = NULL WHERE id = 2;
+INSERT INTO bf_t.norder VALUES (100, 3);
+SELECT * FROM bf_t.np_refused(:bcp);
+DELETE FROM bf_t.norder;
+INSERT INTO bf_t.nc VALUES (4, 'x', 2);
+SELECT * FROM bf_t.np_refused(:bcp);
+DELETE FROM bf_t.nc WHERE id = 4;
+SELECT dedup_rollback(:bcp) AS restored;
+SELECT * FROM bf_t.np ORDER BY id;
+SELECT * FROM bf_t.nc ORDER BY id;
+
+--
 -- cleanup
 --
 RESET search_path;

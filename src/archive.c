@@ -577,6 +577,87 @@ unlink_rows(DedupJob *job, DedupTarget *t, const char *linked, const char *fk, c
 }
 
 /*
+ * Remove the parents a backfill created, once its links are undone: only
+ * while each is as the job created it and nothing references it.  A parent
+ * changed since, or that a row references now (through a foreign key, or
+ * through the job's fk_column, whose constraint the rollback has dropped),
+ * was taken into use: the rollback is refused rather than delete it (or let
+ * a cascade delete what references it).  An archive written before it kept
+ * the whole row has the parent's key column alone: changes are not seen.
+ */
+static void
+remove_created_parents(DedupJob *job, DedupTarget *t, const char *fk, Oid parentid,
+					   const char *parent, const char *created)
+{
+	Oid			createdid = dedup_relid_by_name(created);
+	const char *pcolname = json_field_text(job->undo, "parent_column");
+	char	   *pcol = pstrdup(quote_identifier(pcolname));
+	Oid			fktype = get_atttype(t->relid, get_attnum(t->relid, json_field_text(job->undo, "fk_column")));
+	char	   *match;
+	ReferencedRow found;
+
+	if (get_attnum(createdid, "dedup_job_id") != InvalidAttrNumber)
+	{
+		Relation	arel = relation_open(createdid, AccessShareLock);
+		TupleDesc	desc = RelationGetDescr(arel);
+		StringInfoData now,
+					then;
+
+		initStringInfo(&now);
+		initStringInfo(&then);
+		for (int i = 0; i < archive_table_natts(desc); i++)
+		{
+			const char *name = quote_identifier(NameStr(TupleDescAttr(desc, i)->attname));
+
+			if (TupleDescAttr(desc, i)->attisdropped)
+				continue;
+			appendStringInfo(&then, "%sa.%s", now.len > 0 ? ", " : "", name);
+			appendStringInfo(&now, "%sc.%s", now.len > 0 ? ", " : "", name);
+		}
+		relation_close(arel, AccessShareLock);
+		match = psprintf("c.%s %s a.%s", pcol, type_equality(get_atttype(parentid, get_attnum(parentid, pcolname))),
+						 pcol);
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s"
+								" AND ROW(%s)::pg_catalog.text IS DISTINCT FROM ROW(%s)::pg_catalog.text",
+								parent, created, match, now.data, then.data),
+					   SPI_OK_SELECT);
+		if (spi_get_int64(0, 1) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: %lld parents it created in %s were changed since",
+							(long long) job->job_id, (long long) spi_get_int64(0, 1), parent),
+					 errdetail("A rollback removes the parents the job created; what was written to them would be lost."),
+					 errhint("Compare %s with archive table %s, which holds them as created.", parent, created)));
+	}
+	else
+		match = key_archive_match(createdid, "c", "a", NULL);
+
+	if (referenced_row(parentid, parent, psprintf("EXISTS (SELECT FROM %s a WHERE %s)", created, match),
+					   false, &found))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: a parent it created in %s is referenced since",
+						(long long) job->job_id, parent),
+				 errdetail("Key %s is referenced from table %s through foreign key %s.",
+						   found.key, found.child, found.conname),
+				 errhint("Point those rows elsewhere, or keep the job's work.")));
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a"
+							" WHERE c.%s %s CAST(a.%s AS %s)",
+							t->qualname, created, fk, type_equality(fktype), pcol,
+							format_type_be_qualified(fktype)),
+				   SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: %lld rows of %s point at parents it created, linked since",
+						(long long) job->job_id, (long long) spi_get_int64(0, 1), t->qualname),
+				 errdetail("Their %s was set after the job; a rollback removes the parents it created.", fk),
+				 errhint("Point those rows elsewhere, or keep the job's work.")));
+	spi_exec_count(psprintf("DELETE FROM ONLY %s c USING %s a WHERE %s", parent, created, match),
+				   SPI_OK_DELETE);
+}
+
+/*
  * Undo a backfill: drop the constraints it added, put deleted orphans back,
  * set what it linked back to NULL, and remove the parents it created.
  */
@@ -646,9 +727,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	restored += nulled;
 
 	if (created)
-		spi_exec_count(psprintf("DELETE FROM ONLY %s p USING %s x WHERE %s", parent, created,
-								key_archive_match(dedup_relid_by_name(created), "p", "x", NULL)),
-					   SPI_OK_DELETE);
+		remove_created_parents(job, t, fk, parentid, parent, created);
 
 	spi_exec_as_owner(psprintf("DROP TABLE %s", linked), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	if (deleted)

@@ -620,25 +620,23 @@ refuse_cascading_references(Oid relid, const char *qualname, const char *what,
 }
 
 /*
- * A deferred foreign key is checked at COMMIT, after the call has returned
- * done: a row it references that the call deletes (those of table relid, c,
- * that match condition rows) would fail the caller's transaction there, with
- * the job long over.  Look for one now and refuse as the immediate check
- * would (the same SQLSTATE).  what, hint: as for refuse_cascading_references.
+ * Is one of the rows of table relid (alias c) that match condition rows
+ * referenced through a foreign key (with deferred_only, one whose check is
+ * deferrable and waits for COMMIT when deferred)?  If so, *found gets the
+ * foreign key, its table and the referenced key, for a message.
  */
-void
-refuse_deferred_references(Oid relid, const char *qualname, const char *what, const char *rows,
-						   const char *hint)
+bool
+referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_only,
+			   ReferencedRow *found)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
 	SPITupleTable *fks;
 	uint64		nfks;
 
-	if (SPI_execute_with_args(SQL_REFERENCING_FKS " AND c.condeferrable"
-							  " AND c.confdeltype OPERATOR(pg_catalog.=) 'a'"
-							  " AND c.conparentid OPERATOR(pg_catalog.=) 0"
-							  " ORDER BY c.conrelid, c.conname",
+	if (SPI_execute_with_args(psprintf("%s%s AND c.conparentid OPERATOR(pg_catalog.=) 0"
+									   " ORDER BY c.conrelid, c.conname", SQL_REFERENCING_FKS,
+									   deferred_only ? " AND c.condeferrable AND c.confdeltype OPERATOR(pg_catalog.=) 'a'" : ""),
 							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "dedup_ext: could not read foreign keys");
 	fks = SPI_tuptable;
@@ -677,14 +675,38 @@ refuse_deferred_references(Oid relid, const char *qualname, const char *what, co
 								refcols.data, qualname, rows, child, match.data),
 					   SPI_OK_SELECT);
 		if (SPI_processed > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-					 errmsg("cannot %s rows of %s: deferred foreign key %s on %s references them",
-							what, qualname, quote_identifier(SPI_getvalue(tup, fks->tupdesc, 1)), child),
-					 errdetail("Key (%s)=%s is still referenced from table %s; the check deferred to COMMIT would fail there.",
-							   refnames.data, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), child),
-					 hint ? errhint("%s", hint) : 0));
+		{
+			found->conname = pstrdup(quote_identifier(SPI_getvalue(tup, fks->tupdesc, 1)));
+			found->child = child;
+			found->key = psprintf("(%s)=%s", refnames.data,
+								  SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+			return true;
+		}
 	}
+	return false;
+}
+
+/*
+ * A deferred foreign key is checked at COMMIT, after the call has returned
+ * done: a row it references that the call deletes (those of table relid, c,
+ * that match condition rows) would fail the caller's transaction there, with
+ * the job long over.  Look for one now and refuse as the immediate check
+ * would (the same SQLSTATE).  what, hint: as for refuse_cascading_references.
+ */
+void
+refuse_deferred_references(Oid relid, const char *qualname, const char *what, const char *rows,
+						   const char *hint)
+{
+	ReferencedRow found;
+
+	if (referenced_row(relid, qualname, rows, true, &found))
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("cannot %s rows of %s: deferred foreign key %s on %s references them",
+						what, qualname, found.conname, found.child),
+				 errdetail("Key %s is still referenced from table %s; the check deferred to COMMIT would fail there.",
+						   found.key, found.child),
+				 hint ? errhint("%s", hint) : 0));
 }
 
 /*

@@ -411,12 +411,13 @@ create_parents(Backfill *b, BackfillResult *res)
 	for (int i = 0; i < b->child->nkeys; i++)
 		appendStringInfo(&pcols, "%s%s", i > 0 ? ", " : "", b->pkey[i]);
 	ins = psprintf("INSERT INTO %s AS p (%s) SELECT DISTINCT %s FROM ONLY %s c WHERE %s AND %s"
-				   " RETURNING p.%s",
+				   " RETURNING p.*",
 				   b->parent, pcols.data, sql_key_list(b->child, "c"), b->child->qualname,
-				   orphan_condition(b), keys_not_null(b), b->pcol);
+				   orphan_condition(b), keys_not_null(b));
 	if (res->created_archive)
-		res->parents_created = spi_exec_count(psprintf("WITH dedup_i AS (%s) INSERT INTO %s SELECT * FROM dedup_i",
-													   ins, res->created_archive),
+		res->parents_created = spi_exec_count(psprintf("WITH dedup_i AS (%s) INSERT INTO %s"
+													   " SELECT i.*, %lld, 'create', NULL, NULL FROM dedup_i i",
+													   ins, res->created_archive, (long long) res->job_id),
 											  SPI_OK_INSERT);
 	else
 		res->parents_created = spi_exec_count(ins, SPI_OK_INSERT_RETURNING);
@@ -449,8 +450,8 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 }
 
 /*
- * The archives a backfill writes to: deleted orphans, created parents (their
- * key only), linked rows (their primary key or ctid, and the value the job
+ * The archives a backfill writes to: deleted orphans, created parents (as
+ * created: a rollback removes only those unchanged and unreferenced), linked rows (their primary key or ctid, and the value the job
  * gave their foreign key: a rollback sets back to NULL only a row that still
  * has it).
  */
@@ -462,8 +463,7 @@ create_archives(Backfill *b, BackfillResult *res)
 	if (b->on_orphan == ON_ORPHAN_DELETE)
 		res->deleted_archive = archive_create(b->child->relid, res->job_id, NULL, InvalidOid, NIL);
 	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
-		res->created_archive = archive_create(b->parentid, res->job_id, "created", GetUserId(),
-											  list_make1(b->pcolname));
+		res->created_archive = archive_create(b->parentid, res->job_id, "created", GetUserId(), NIL);
 	for (int i = 0; i < b->child->npk; i++)
 		ids = lappend(ids, b->child->pk[i].name);
 	ids = ids ? ids : list_make1("ctid");

@@ -111,6 +111,15 @@ extern Oid	dedup_relid_by_name(const char *qualified);
 	" FROM pg_catalog.pg_constraint c" \
 	" WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.confrelid OPERATOR(pg_catalog.=) $1"
 extern int	fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **eqops);
+/* a row that a foreign key references: which key, of which table, and how */
+typedef struct ReferencedRow
+{
+	char	   *conname;		/* quoted */
+	char	   *child;			/* qualified, quoted */
+	char	   *key;			/* "(a, b)=(1, 2)" */
+} ReferencedRow;
+extern bool referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_only,
+						   ReferencedRow *found);
 extern void references_immediate(Oid relid);
 extern void refuse_deferred_references(Oid relid, const char *qualname, const char *what,
 									   const char *rows, const char *hint);
