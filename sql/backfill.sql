@@ -623,6 +623,53 @@ SELECT * FROM bf_t.np ORDER BY id;
 SELECT * FROM bf_t.nc ORDER BY id;
 
 --
+-- a key compared across types or collations is grouped as the comparison
+-- sees it: parents it cannot tell apart are ambiguous (never one of them
+-- guessed), and missing keys it cannot tell apart make one parent
+--
+-- char(5) against varchar: 'ab' and 'ab ' are one key to char's equality
+CREATE TABLE bf_t.vp (id int PRIMARY KEY, k varchar(5));
+INSERT INTO bf_t.vp VALUES (1, 'ab'), (2, 'ab ');
+CREATE TABLE bf_t.cc (id int PRIMARY KEY, k char(5), pid int);
+INSERT INTO bf_t.cc VALUES (1, 'ab'), (2, 'x');
+SELECT state, rows_updated, orphan_rows, ambiguous_rows
+  FROM backfill_fk('bf_t.cc', 'pid', 'bf_t.vp', '{k}', dry_run => true);
+SELECT state, rows_updated, orphan_rows, ambiguous_rows
+  FROM backfill_fk('bf_t.cc', 'pid', 'bf_t.vp', '{k}');
+SELECT * FROM bf_t.cc ORDER BY id;
+-- float8 against numeric: both parents are 0.1 as a float8
+CREATE TABLE bf_t.nump (id int PRIMARY KEY, v numeric);
+INSERT INTO bf_t.nump VALUES (1, 0.1), (2, 0.10000000000000000001), (3, 2);
+CREATE TABLE bf_t.fc (id int PRIMARY KEY, v float8, pid int);
+INSERT INTO bf_t.fc VALUES (1, 0.1), (2, 2);
+SELECT state, rows_updated, orphan_rows, ambiguous_rows
+  FROM backfill_fk('bf_t.fc', 'pid', 'bf_t.nump', '{v}');
+SELECT * FROM bf_t.fc ORDER BY id;
+-- a case-insensitive collation on the child's key: 'bar' and 'BAR' are one key
+CREATE COLLATION bf_t.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+CREATE TABLE bf_t.wp (id int PRIMARY KEY, w text);
+INSERT INTO bf_t.wp VALUES (1, 'bar'), (2, 'BAR'), (3, 'baz');
+CREATE TABLE bf_t.wc (id int PRIMARY KEY, w text COLLATE bf_t.ci, pid int);
+INSERT INTO bf_t.wc VALUES (1, 'Bar'), (2, 'BAZ');
+SELECT state, rows_updated, orphan_rows, ambiguous_rows
+  FROM backfill_fk('bf_t.wc', 'pid', 'bf_t.wp', '{w}');
+SELECT * FROM bf_t.wc ORDER BY id;
+-- create_parent into a case-insensitive parent: 'Foo', 'foo', 'FOO' make one
+CREATE TABLE bf_t.xp (id serial PRIMARY KEY, w text COLLATE bf_t.ci);
+CREATE TABLE bf_t.xc (id int PRIMARY KEY, w text, pid int);
+INSERT INTO bf_t.xc VALUES (1, 'Foo'), (2, 'foo'), (3, 'FOO');
+SELECT state, rows_updated, orphan_rows, parents_created
+  FROM backfill_fk('bf_t.xc', 'pid', 'bf_t.xp', '{w}', on_orphan => 'create_parent', dry_run => true);
+SELECT state, rows_updated, orphan_rows, parents_created
+  FROM backfill_fk('bf_t.xc', 'pid', 'bf_t.xp', '{w}', on_orphan => 'create_parent');
+SELECT count(*) AS parents, (SELECT count(DISTINCT pid) FROM bf_t.xc) AS linked_to FROM bf_t.xp;
+-- two different collations, neither the default: refused (42P21)
+CREATE TABLE bf_t.yc (id int PRIMARY KEY, w text COLLATE "C", pid int);
+\set VERBOSITY sqlstate
+SELECT state FROM backfill_fk('bf_t.yc', 'pid', 'bf_t.xp', '{w}');
+\set VERBOSITY default
+
+--
 -- cleanup
 --
 RESET search_path;

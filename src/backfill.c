@@ -19,10 +19,13 @@
 #include "dedup_ext.h"
 
 #include "access/relation.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_constraint.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -34,7 +37,9 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/regproc.h"
 #include "utils/rel.h"
+#include "utils/ruleutils.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
@@ -62,6 +67,8 @@ typedef struct Backfill
 	char	  **pkey;			/* parent_key, quoted */
 	char	  **pkeyname;		/* the same, unquoted */
 	char	  **eq;				/* child_key[i] = parent_key[i] */
+	char	  **pgroup;			/* p.<parent_key[i]> as eq compares it */
+	char	  **cgroup;			/* c.<child_key[i]> as eq compares it */
 	OnOrphan	on_orphan;
 } Backfill;
 
@@ -99,6 +106,93 @@ parse_on_orphan(const char *s)
 			 errmsg("invalid value for argument \"on_orphan\": \"%s\"", s),
 			 errhint("Valid values are \"report\", \"delete\", \"create_parent\" and \"error\".")));
 	pg_unreachable();
+}
+
+static Oid
+column_collation(Oid relid, AttrNumber att)
+{
+	HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(att));
+	Oid			coll;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for attribute %d of relation %u", att, relid);
+	coll = ((Form_pg_attribute) GETSTRUCT(tup))->attcollation;
+	ReleaseSysCache(tup);
+	return coll;
+}
+
+/*
+ * Key pair i compares child column c.k with parent column p.k by operator
+ * op.  The parents are grouped by their key (one parent per key links, more
+ * are ambiguous) and missing keys are told apart to create parents; both
+ * must count as equal exactly what op finds equal, or a child would be
+ * linked to one of two parents op cannot tell apart (char(n) against
+ * varchar, float8 against numeric, a nondeterministic collation on one
+ * side).  So each side is grouped as op sees it: cast to op's input type,
+ * under the collation the comparison uses, by an equality of op's own
+ * operator family.
+ */
+static void
+key_pair(Backfill *b, int i, Oid op, Oid childid, AttrNumber catt, Oid parentid, AttrNumber patt)
+{
+	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(op));
+	Form_pg_operator form = (Form_pg_operator) GETSTRUCT(tup);
+	Oid			types[2] = {form->oprleft, form->oprright};
+	Oid			cc = column_collation(childid, catt);
+	Oid			pc = column_collation(parentid, patt);
+	Oid			coll = InvalidOid;
+	char	   *as[2];
+
+	ReleaseSysCache(tup);
+	for (int side = 0; side < 2; side++)
+	{
+		Oid			opclass = GetDefaultOpClass(types[side], BTREE_AM_OID);
+
+		if (!OidIsValid(opclass) || !op_in_opfamily(op, get_opclass_family(opclass)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("child_key column \"%s\" and parent_key column \"%s\" are compared by an operator that cannot group them",
+							b->child->keys[i].name, b->pkeyname[i]),
+					 errdetail("Operator %s is not in the btree operator family of type %s.",
+							   format_operator(op), format_type_be(types[side])),
+					 errhint("Give both columns the same type.")));
+		as[side] = format_type_be_qualified(types[side]);
+	}
+	/* the collation the comparison derives: the columns', or the one not default */
+	if (OidIsValid(cc) && OidIsValid(pc) && cc != pc)
+	{
+		if (cc == DEFAULT_COLLATION_OID)
+			coll = pc;
+		else if (pc == DEFAULT_COLLATION_OID)
+			coll = cc;
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_COLLATION_MISMATCH),
+					 errmsg("child_key column \"%s\" and parent_key column \"%s\" have different collations",
+							b->child->keys[i].name, b->pkeyname[i]),
+					 errdetail("Collation %s against %s: a comparison of the two has none to use.",
+							   generate_collation_name(cc), generate_collation_name(pc))));
+	}
+	else if (OidIsValid(cc))
+		coll = cc;
+	b->cgroup[i] = psprintf("CAST(c.%s AS %s)%s%s", b->child->keys[i].quoted, as[0],
+							OidIsValid(coll) && type_is_collatable(types[0]) ? " COLLATE " : "",
+							OidIsValid(coll) && type_is_collatable(types[0]) ? generate_collation_name(coll) : "");
+	b->pgroup[i] = psprintf("CAST(p.%s AS %s)%s%s", b->pkey[i], as[1],
+							OidIsValid(coll) && type_is_collatable(types[1]) ? " COLLATE " : "",
+							OidIsValid(coll) && type_is_collatable(types[1]) ? generate_collation_name(coll) : "");
+}
+
+/* the child's key as key_pair groups it: "CAST(c.a AS t), ..." */
+static char *
+child_key_values(Backfill *b)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < b->child->nkeys; i++)
+		appendStringInfo(&buf, "%s%s", i > 0 ? ", " : "", b->cgroup[i]);
+	return buf.data;
 }
 
 static AttrNumber
@@ -245,6 +339,8 @@ open_backfill(FunctionCallInfo fcinfo)
 				 errdetail("child_key has %d, parent_key has %d.", b->child->nkeys, nparent)));
 	b->pkey = palloc(sizeof(char *) * b->child->nkeys);
 	b->eq = palloc(sizeof(char *) * b->child->nkeys);
+	b->pgroup = palloc(sizeof(char *) * b->child->nkeys);
+	b->cgroup = palloc(sizeof(char *) * b->child->nkeys);
 	b->pkeyname = palloc(sizeof(char *) * b->child->nkeys);
 	for (int i = 0; i < b->child->nkeys; i++)
 	{
@@ -261,9 +357,10 @@ open_backfill(FunctionCallInfo fcinfo)
 							b->child->keys[i].name, format_type_be(b->child->keys[i].type),
 							name, format_type_be(ptype))));
 		b->eq[i] = sql_operator(oprid(op));
-		ReleaseSysCache(op);
 		b->pkey[i] = pstrdup(quote_identifier(name));
 		b->pkeyname[i] = pstrdup(name);
+		key_pair(b, i, oprid(op), childid, get_attnum(childid, b->child->keys[i].name), b->parentid, att);
+		ReleaseSysCache(op);
 	}
 
 	b->pcolname = PG_ARGISNULL(5) ? parent_pk_column(b->parentid) : text_to_cstring(PG_GETARG_TEXT_PP(5));
@@ -279,7 +376,7 @@ open_backfill(FunctionCallInfo fcinfo)
 	return b;
 }
 
-/* c.k = m.dedup_k<i> AND ... (or p.<parent key> with alias p) */
+/* c.k = m.dedup_k<i> AND ... (or = p.<parent key> with alias p), each side as key_pair casts it */
 static char *
 key_join(Backfill *b, const char *alias)
 {
@@ -291,10 +388,9 @@ key_join(Backfill *b, const char *alias)
 		if (i > 0)
 			appendStringInfoString(&buf, " AND ");
 		if (strcmp(alias, "m") == 0)
-			appendStringInfo(&buf, "c.%s %s m.dedup_k%d", b->child->keys[i].quoted, b->eq[i], i);
+			appendStringInfo(&buf, "%s %s m.dedup_k%d", b->cgroup[i], b->eq[i], i);
 		else
-			appendStringInfo(&buf, "c.%s %s %s.%s", b->child->keys[i].quoted, b->eq[i],
-							 alias, b->pkey[i]);
+			appendStringInfo(&buf, "%s %s %s", b->cgroup[i], b->eq[i], b->pgroup[i]);
 	}
 	return buf.data;
 }
@@ -310,8 +406,8 @@ parent_keys(Backfill *b)
 	initStringInfo(&group);
 	for (int i = 0; i < b->child->nkeys; i++)
 	{
-		appendStringInfo(&cols, "p.%s AS dedup_k%d, ", b->pkey[i], i);
-		appendStringInfo(&group, "%sp.%s", i > 0 ? ", " : "", b->pkey[i]);
+		appendStringInfo(&cols, "%s AS dedup_k%d, ", b->pgroup[i], i);
+		appendStringInfo(&group, "%s%s", i > 0 ? ", " : "", b->pgroup[i]);
 	}
 	return psprintf("SELECT %s pg_catalog.count(*) AS dedup_n,"
 					" (pg_catalog.array_agg(p.%s))[1] AS dedup_ref"
@@ -341,7 +437,7 @@ classify(Backfill *b, BackfillResult *res)
 							" pg_catalog.count(DISTINCT ROW(%s)) FILTER (WHERE m.dedup_n IS NULL AND %s),"
 							" pg_catalog.count(*) FILTER (WHERE m.dedup_n IS NULL AND %s)"
 							" FROM ONLY %s c LEFT JOIN (%s) m ON %s WHERE c.%s IS NULL",
-							sql_key_list(b->child, "c"), keys_not_null(b), keys_not_null(b),
+							child_key_values(b), keys_not_null(b), keys_not_null(b),
 							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk),
 				   SPI_OK_SELECT);
 	res->rows_updated = spi_get_int64(0, 1);
@@ -412,7 +508,7 @@ create_parents(Backfill *b, BackfillResult *res)
 		appendStringInfo(&pcols, "%s%s", i > 0 ? ", " : "", b->pkey[i]);
 	ins = psprintf("INSERT INTO %s AS p (%s) SELECT DISTINCT %s FROM ONLY %s c WHERE %s AND %s"
 				   " RETURNING p.*",
-				   b->parent, pcols.data, sql_key_list(b->child, "c"), b->child->qualname,
+				   b->parent, pcols.data, child_key_values(b), b->child->qualname,
 				   orphan_condition(b), keys_not_null(b));
 	if (res->created_archive)
 		res->parents_created = spi_exec_count(psprintf("WITH dedup_i AS (%s) INSERT INTO %s"
