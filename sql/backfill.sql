@@ -669,6 +669,25 @@ CREATE TABLE bf_t.yc (id int PRIMARY KEY, w text COLLATE "C", pid int);
 SELECT state FROM backfill_fk('bf_t.yc', 'pid', 'bf_t.xp', '{w}');
 \set VERBOSITY default
 
+-- a parent whose parent_column is NULL cannot be referenced: its key is
+-- ambiguous, not linked (to NULL) nor counted as linked
+CREATE TABLE bf_t.up (id int PRIMARY KEY, code int UNIQUE, k text);
+INSERT INTO bf_t.up VALUES (1, 10, 'a'), (2, NULL, 'b');
+CREATE TABLE bf_t.uc (id int PRIMARY KEY, k text, code int);
+INSERT INTO bf_t.uc VALUES (1, 'a', NULL), (2, 'b', NULL);
+SELECT state, rows_updated, orphan_rows, ambiguous_rows
+  FROM backfill_fk('bf_t.uc', 'code', 'bf_t.up', '{k}', parent_column => 'code');
+SELECT * FROM bf_t.uc ORDER BY id;
+-- a self-reference with on_orphan => 'delete' is refused (0A000): an orphan
+-- deleted may be the parent other rows name
+CREATE TABLE bf_t.emp (id int PRIMARY KEY, email text, mgr_email text, mgr_id int);
+INSERT INTO bf_t.emp VALUES (1, 'boss', NULL, NULL), (2, 'a', 'boss', NULL);
+\set VERBOSITY sqlstate
+SELECT state FROM backfill_fk('bf_t.emp', 'mgr_id', 'bf_t.emp', '{mgr_email}', parent_key => '{email}',
+                              on_orphan => 'delete');
+\set VERBOSITY default
+SELECT count(*) AS employees FROM bf_t.emp;
+
 --
 -- cleanup
 --

@@ -321,6 +321,13 @@ open_backfill(FunctionCallInfo fcinfo)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for table %s", get_rel_name(b->parentid)),
 				 errdetail("on_orphan => 'create_parent' inserts into the parent.")));
+	/* an orphan deleted would take with it the parent some rows' keys name */
+	if (b->parentid == childid && b->on_orphan == ON_ORPHAN_DELETE)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("on_orphan => 'delete' cannot be used when child and parent are the same table"),
+				 errdetail("A row deleted as an orphan may be the parent other rows' keys name; they would become orphans nobody reported."),
+				 errhint("Use on_orphan => 'report' and deal with the orphans listed in dedup_orphans.")));
 	if (b->parentid != childid)
 		LockRelationOid(b->parentid, weak_locks ? AccessShareLock :
 						(writes_parent || PG_GETARG_BOOL(7)) ? ShareRowExclusiveLock : AccessShareLock);
@@ -395,7 +402,12 @@ key_join(Backfill *b, const char *alias)
 	return buf.data;
 }
 
-/* one row per natural key of the parent: how many parents, and one of them */
+/*
+ * One row per natural key of the parent: how many parents, and one of them.
+ * A parent whose parent_column is NULL cannot be referenced: it counts
+ * twice, so that its key is ambiguous (never linked, never an orphan that
+ * on_orphan would delete or create a second parent for).
+ */
 static char *
 parent_keys(Backfill *b)
 {
@@ -409,10 +421,11 @@ parent_keys(Backfill *b)
 		appendStringInfo(&cols, "%s AS dedup_k%d, ", b->pgroup[i], i);
 		appendStringInfo(&group, "%s%s", i > 0 ? ", " : "", b->pgroup[i]);
 	}
-	return psprintf("SELECT %s pg_catalog.count(*) AS dedup_n,"
+	return psprintf("SELECT %s pg_catalog.count(*) OPERATOR(pg_catalog.+)"
+					" pg_catalog.count(*) FILTER (WHERE p.%s IS NULL) AS dedup_n,"
 					" (pg_catalog.array_agg(p.%s))[1] AS dedup_ref"
 					" FROM ONLY %s p GROUP BY %s",
-					cols.data, b->pcol, b->parent, group.data);
+					cols.data, b->pcol, b->pcol, b->parent, group.data);
 }
 
 static char *
@@ -547,9 +560,9 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 
 /*
  * The archives a backfill writes to: deleted orphans, created parents (as
- * created: a rollback removes only those unchanged and unreferenced), linked rows (their primary key or ctid, and the value the job
- * gave their foreign key: a rollback sets back to NULL only a row that still
- * has it).
+ * created: a rollback removes only those unchanged and unreferenced), linked
+ * rows (their primary key or ctid, and the value the job gave their foreign
+ * key: a rollback sets back to NULL only a row that still has it).
  */
 static void
 create_archives(Backfill *b, BackfillResult *res)
