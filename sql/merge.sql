@@ -527,6 +527,50 @@ SELECT dedup_rollback(:jslot) AS restored;
 RESET TimeZone;
 SELECT id, starts AT TIME ZONE 'UTC' AS starts_utc FROM merge_t.booking;
 
+-- row-level security that applies to the caller on a referencing table:
+-- the rows it hides would be neither re-pointed nor archived (and here the
+-- ON DELETE CASCADE would take them with the loser): refused, 42501
+CREATE TABLE merge_t.rp (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.rp VALUES (1, 'x'), (2, 'x');
+CREATE TABLE merge_t.rc (id int PRIMARY KEY, pid int REFERENCES merge_t.rp ON DELETE CASCADE, owner text);
+INSERT INTO merge_t.rc VALUES (1, 2, 'regress_merge_owner'), (2, 2, 'someone else');
+ALTER TABLE merge_t.rp OWNER TO regress_merge_owner;
+GRANT SELECT, UPDATE, DELETE ON merge_t.rc TO regress_merge_owner;
+ALTER TABLE merge_t.rc ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own ON merge_t.rc USING (owner = current_user);
+SET ROLE regress_merge_owner;
+\set SHOW_CONTEXT never
+SELECT state FROM dedup_table('merge_t.rp', '{name}', action => 'merge');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SELECT (SELECT count(*) FROM merge_t.rp) AS parents, (SELECT count(*) FROM merge_t.rc) AS children;
+
+-- a self-reference whose re-point would make rows of the table collide
+-- under its unique index: 4 ('z', the survivor of 6) would move under 1,
+-- beside 3; removing it would leave no 'z'.  Refused, 23505, nothing changed
+CREATE TABLE merge_t.node (id int PRIMARY KEY, name text, parent int REFERENCES merge_t.node,
+                           pos int, UNIQUE (parent, pos));
+INSERT INTO merge_t.node VALUES (1, 'x', NULL, 0), (2, 'x', NULL, 1), (3, 'y', 1, 0), (4, 'z', 2, 0), (6, 'z', NULL, 5);
+SELECT state FROM dedup_table('merge_t.node', '{name}', action => 'merge');
+\echo :LAST_ERROR_SQLSTATE
+SELECT string_agg(format('%s:%s', id, name), ' ' ORDER BY id) AS nodes FROM merge_t.node;
+
+-- a unique index on an expression of the referencing table: merged when
+-- nothing collides; a collision under it stops the merge (23505) with a hint
+CREATE TABLE merge_t.ep (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.ep VALUES (1, 'x'), (2, 'x'), (3, 'y'), (4, 'y');
+CREATE TABLE merge_t.ec (id int PRIMARY KEY, pid int REFERENCES merge_t.ep, email text);
+CREATE UNIQUE INDEX ON merge_t.ec (pid, lower(email));
+INSERT INTO merge_t.ec VALUES (1, 2, 'a@x'), (2, 3, 'B@y'), (3, 4, 'b@Y');
+BEGIN;
+SELECT state, rows_deleted, refs_repointed FROM dedup_table('merge_t.ep', '{name}', action => 'merge',
+                                                            filter => 'id <= 2');
+ROLLBACK;
+SELECT state FROM dedup_table('merge_t.ep', '{name}', action => 'merge');
+\echo :LAST_ERROR_SQLSTATE
+\set SHOW_CONTEXT errors
+SELECT string_agg(format('%s->%s', id, pid), ' ' ORDER BY id) AS refs FROM merge_t.ec;
+
 --
 -- cleanup
 --

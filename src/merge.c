@@ -32,6 +32,7 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/rls.h"
 
 /* one foreign key that references the table */
 typedef struct RefKey
@@ -185,6 +186,14 @@ merge_plan(DedupTarget *t, bool lock_children)
 		ref->child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
 												get_rel_name(ref->childid));
 		check_child_privileges(ref);
+		if (check_enable_rls(ref->childid, InvalidOid, true) == RLS_ENABLED)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("cannot merge rows of %s: row-level security applies to %s, which references them",
+							t->qualname, ref->child),
+					 errdetail("Rows it hides from you would be neither re-pointed nor archived, and removing the losers would cascade to them or fail."),
+					 errhint("Run the merge as a role that row-level security does not apply to on %s (its owner, or one with BYPASSRLS).",
+							 ref->child)));
 		if (ref->childid != t->relid)
 			LockRelationOid(ref->childid, lock_children ? ShareRowExclusiveLock : AccessShareLock);
 
@@ -322,10 +331,19 @@ find_collisions(RefKey *ref)
 		for (int k = 0; k < index->indnkeyatts && unique; k++)
 		{
 			AttrNumber	att = index->indkey.values[k];
-			char	   *col = pstrdup(quote_identifier(get_attname(ref->childid, att, false)));
-			char	   *expr = psprintf("c.%s", col);
+			char	   *col;
+			char	   *expr;
 			Oid			eq = get_opfamily_member(idx->rd_opfamily[k], idx->rd_opcintype[k],
 												 idx->rd_opcintype[k], BTEqualStrategyNumber);
+
+			/* an expression: the index is left to its own check (repoint) */
+			if (att == 0)
+			{
+				plain = false;
+				continue;
+			}
+			col = pstrdup(quote_identifier(get_attname(ref->childid, att, false)));
+			expr = psprintf("c.%s", col);
 
 			for (int i = 0; i < ref->ncols; i++)
 				if (ref->attnums[i] == att)
@@ -381,23 +399,45 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 	foreach(lc, ref->collisions)
 	{
 		Collision  *coll = lfirst(lc);
+		char	   *colliding;
 		char	   *del;
 
-		del = psprintf("WITH dedup_m AS MATERIALIZED (SELECT c.ctid AS dedup_cctid%s"
-					   " FROM ONLY %s c JOIN %s m ON %s),"
-					   " dedup_c AS (SELECT x.dedup_cctid, true AS dedup_moved, %s FROM dedup_m x"
-					   " UNION ALL SELECT c.ctid, false%s FROM ONLY %s c"
-					   " WHERE EXISTS (SELECT FROM dedup_m x WHERE %s)"
-					   " AND NOT EXISTS (SELECT FROM dedup_m y WHERE y.dedup_cctid OPERATOR(pg_catalog.=) c.ctid)),"
-					   " dedup_x AS (SELECT x.dedup_cctid, pg_catalog.row_number() OVER"
-					   " (PARTITION BY %s ORDER BY x.dedup_moved, x.dedup_cctid) AS dedup_rn"
-					   " FROM dedup_c x WHERE %s),"
-					   " dedup_d AS (DELETE FROM ONLY %s c USING dedup_x x"
+		colliding = psprintf("WITH dedup_m AS MATERIALIZED (SELECT c.ctid AS dedup_cctid%s"
+							 " FROM ONLY %s c JOIN %s m ON %s),"
+							 " dedup_c AS (SELECT x.dedup_cctid, true AS dedup_moved, %s FROM dedup_m x"
+							 " UNION ALL SELECT c.ctid, false%s FROM ONLY %s c"
+							 " WHERE EXISTS (SELECT FROM dedup_m x WHERE %s)"
+							 " AND NOT EXISTS (SELECT FROM dedup_m y WHERE y.dedup_cctid OPERATOR(pg_catalog.=) c.ctid)),"
+							 " dedup_x AS (SELECT x.dedup_cctid, pg_catalog.row_number() OVER"
+							 " (PARTITION BY %s ORDER BY x.dedup_moved, x.dedup_cctid) AS dedup_rn"
+							 " FROM dedup_c x WHERE %s)",
+							 coll->moved, ref->child, plan->map, ref_join(ref),
+							 coll->keys, coll->stays, ref->child, coll->same_key,
+							 coll->keys, coll->notnull);
+
+		/*
+		 * In a self-reference the colliding rows are rows of the table
+		 * itself, survivors or rows of no group: removing one would remove
+		 * a row the job must keep.
+		 */
+		if (ref->childid == plan->t->relid)
+		{
+			spi_exec_count(psprintf("%s SELECT pg_catalog.count(*) FROM dedup_x x"
+									" WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1", colliding),
+						   SPI_OK_SELECT);
+			if (spi_get_int64(0, 1) > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("cannot merge rows of %s: re-pointing its foreign key %s would make %lld of its rows collide under a unique index",
+								ref->child, quote_identifier(ref->conname), (long long) spi_get_int64(0, 1)),
+						 errdetail("The colliding rows reference the table itself; removing them would remove rows the job must keep."),
+						 errhint("Change the rows that would collide first; dedup_preview lists the merge's survivors.")));
+			continue;
+		}
+		del = psprintf("%s, dedup_d AS (DELETE FROM ONLY %s c USING dedup_x x"
 					   " WHERE c.ctid OPERATOR(pg_catalog.=) x.dedup_cctid"
 					   " AND x.dedup_rn OPERATOR(pg_catalog.>) 1 RETURNING c.*)",
-					   coll->moved, ref->child, plan->map, ref_join(ref),
-					   coll->keys, coll->stays, ref->child, coll->same_key,
-					   coll->keys, coll->notnull, ref->child);
+					   colliding, ref->child);
 		if (ref->archive)
 			removed += spi_exec_count(psprintf("%s INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",
 											   del, ref->archive, (long long) job_id),
@@ -457,6 +497,28 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 								   ref->child, set.data, ref_values_json(ref, "c"),
 								   ref->archive, (long long) job_id, ARCHIVE_XACT),
 						  SPI_OK_INSERT);
+}
+
+/*
+ * A re-point that violates a unique index of the referencing table: one on
+ * expressions or with a predicate, whose collisions find_collisions leaves
+ * to the index's own check.  Called in PG_CATCH; other errors go up as they are.
+ */
+static void
+hint_on_collision(MemoryContext cxt, RefKey *ref)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->hint == NULL)
+	{
+		FlushErrorState();
+		edata->hint = psprintf("Re-pointed rows of %s collide under a unique index with expressions or a predicate, whose collisions merge does not resolve; change the rows that would collide first.",
+							   ref->child);
+		ReThrowError(edata);
+	}
+	PG_RE_THROW();
 }
 
 static void
@@ -561,6 +623,7 @@ merge_archives(MergePlan *plan, int64 job_id, const char *known)
 void
 merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
 	ListCell   *lc;
 
 	plan->map = pstrdup(map);
@@ -572,7 +635,15 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 		if (ref->archive)
 			archive_check_columns(ref->childid, ref->archive, job_id);
 		res->refs_removed += remove_collisions(ref, plan, job_id);
-		res->refs_repointed += repoint(ref, plan, job_id);
+		PG_TRY();
+		{
+			res->refs_repointed += repoint(ref, plan, job_id);
+		}
+		PG_CATCH();
+		{
+			hint_on_collision(oldcxt, ref);
+		}
+		PG_END_TRY();
 	}
 }
 
