@@ -100,6 +100,11 @@ SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.t', '{nope}')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', keep => 'nope')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', keep => 'id DESC, nope')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.t', '{a}', keep => 'nope DESC')$$);
+-- a constant orders nothing (in SQL, ORDER BY 3 would be a column; not here),
+-- and a volatile keep makes the survivor chance: 22023
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', keep => '3 DESC')$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.t', '{a}', keep => 'id, ''x''')$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', keep => 'random()')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', filter => 'nope IS NULL')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_audit('ref.t', '{a}', filter => 'nope > 0')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_groups('ref.t', '{a}', filter => 'nope > 0')$$);

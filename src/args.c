@@ -486,6 +486,18 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 		Oid			type = exprType(e);
 		int			from;
 
+		/* in SQL's ORDER BY 3 means a column of the select list; there is none here */
+		if (IsA(e, Const))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid keep: item %d is a constant, which orders nothing",
+							foreach_current_index(ls) + 1),
+					 errhint("Name columns or expressions over them; a number does not refer to a column here.")));
+		if (contain_volatile_functions(e))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid keep: item %d uses a volatile function", foreach_current_index(ls) + 1),
+					 errdetail("The survivor of a group must not depend on chance: a background job reads the groups more than once.")));
 		if (bare.len > 0)
 			appendStringInfoString(&bare, ", ");
 		appendStringInfoString(&bare, deparse_qualified(e, t->relname, t->relid, false));
