@@ -40,6 +40,10 @@ CREATE TABLE ref.short (id int PRIMARY KEY, code varchar(3) NOT NULL);
 INSERT INTO ref.short VALUES (1, 'abc'), (2, 'abc'), (3, 'xyz');
 CREATE TABLE ref.other_owner (id int PRIMARY KEY, a int);
 INSERT INTO ref.other_owner VALUES (1, 1), (2, 1);
+CREATE TABLE ref.ih (id int PRIMARY KEY, a int);
+CREATE TABLE ref.ih1 () INHERITS (ref.ih);
+INSERT INTO ref.ih VALUES (1, 1);
+INSERT INTO ref.ih1 VALUES (2, 1);
 GRANT USAGE ON SCHEMA ref TO regress_ref_user;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ref.other_owner TO regress_ref_user;
 
@@ -188,6 +192,11 @@ SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.v', '{a}')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_audit('ref.pt', '{a}')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table(NULL, '{a}')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_audit(NULL, '{a}')$$);
+-- a parent of inheritance children: every statement reads ONLY the table,
+-- and the children's rows would go unseen
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.ih', '{a}')$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_audit('ref.ih', '{a}')$$);
+SELECT count(*) AS ih_rows FROM ref.ih;
 -- a system catalog or the extension's own job table is not the caller's to
 -- deduplicate, even for a superuser
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('pg_catalog.pg_am', '{amtype}')$$);

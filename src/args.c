@@ -19,6 +19,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -410,6 +411,14 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 				 classform->relkind == RELKIND_PARTITIONED_TABLE ?
 				 errhint("Deduplicate each partition: that finds every duplicate when the key contains the partition key.") : 0));
 	ReleaseSysCache(tup);
+	/* every statement reads ONLY the table: its children's rows would go unseen */
+	if (find_inheritance_children(relid, NoLock) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("argument \"rel\" must be a table without inheritance children, but \"%s\" has some",
+						t->relname),
+				 errdetail("Its children's rows would be neither read nor changed, though a query of it returns them."),
+				 errhint("Deduplicate each table of the hierarchy on its own.")));
 
 	if (check_owner && (IsCatalogRelationOid(relid) ||
 						OidIsValid(getExtensionOfObject(RelationRelationId, relid))))
