@@ -323,4 +323,38 @@ SELECT state, rows_deleted, unique_index FROM dedup_table('photos.label', '{titl
 COMMIT;
 SELECT * FROM photos.label ORDER BY id;
 
+-- a BEFORE trigger that skips some losers' delete (or rename) would leave
+-- their duplicates behind a job that says done: the call fails (09000), and
+-- nothing is changed
+CREATE TABLE photos.veto (id int PRIMARY KEY, k text);
+INSERT INTO photos.veto VALUES (1, 'a'), (2, 'a'), (3, 'a');
+CREATE FUNCTION photos.spare_two() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.id = 2 THEN RETURN NULL; END IF;
+  RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END $$;
+CREATE TRIGGER spare_two BEFORE DELETE OR UPDATE ON photos.veto
+  FOR EACH ROW EXECUTE FUNCTION photos.spare_two();
+SELECT count(*) AS njobs FROM dedup_jobs \gset
+\set SHOW_CONTEXT never
+SELECT state FROM dedup_table('photos.veto', '{k}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT state FROM dedup_table('photos.veto', '{k}', action => 'rename');
+\echo :LAST_ERROR_SQLSTATE
+SELECT string_agg(format('%s:%s', id, k), ' ' ORDER BY id) AS rows,
+       (SELECT count(*) - :njobs FROM dedup_jobs) AS new_jobs FROM photos.veto;
+-- a rule on DELETE (or UPDATE, for a rename) is refused before anything
+-- runs (0A000): what it does elsewhere no archive would keep
+DROP TRIGGER spare_two ON photos.veto;
+CREATE RULE note_delete AS ON DELETE TO photos.veto DO ALSO NOTIFY veto_deleted;
+SELECT state FROM dedup_table('photos.veto', '{k}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT state FROM dedup_table('photos.veto', '{k}', background => true);
+\echo :LAST_ERROR_SQLSTATE
+\set SHOW_CONTEXT errors
+SELECT state, rows_renamed FROM dedup_table('photos.veto', '{k}', action => 'rename', dry_run => true);
+-- disabled, the rule is no obstacle
+ALTER TABLE photos.veto DISABLE RULE note_delete;
+SELECT state, rows_deleted FROM dedup_table('photos.veto', '{k}');
+
 RESET search_path;

@@ -202,6 +202,13 @@ run_delete(DedupTarget *t, DedupResult *res)
 		hint_merge_on_reference(oldcxt);
 	}
 	PG_END_TRY();
+	if (res->rows_deleted != nlosers)
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("%lld of the %lld losers of %s were not deleted",
+						(long long) (nlosers - res->rows_deleted), (long long) nlosers, t->qualname),
+				 errdetail("A BEFORE DELETE trigger on the table skipped them; their duplicates would stay."),
+				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the losers go.")));
 	spi_exec_count(psprintf("DROP TABLE %s", losers), SPI_OK_UTILITY);
 }
 
@@ -219,7 +226,8 @@ run_rename(DedupTarget *t, DedupResult *res)
 					 " (SELECT pg_catalog.count(*) FROM dedup_f f WHERE f.dedup_rn OPERATOR(pg_catalog.=) 2),"
 					 " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_val IS NULL),"
 					 " (SELECT pg_catalog.min(f.dedup_cand) FROM dedup_f f GROUP BY f.dedup_cand"
-					 "  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1)",
+					 "  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1),"
+					 " (SELECT pg_catalog.count(*) FROM dedup_f)",
 					 sql_rename_apply(t, "dedup_f", "dedup_ctid", res->archive_table, res->job_id));
 	spi_exec_count(sql.data, SPI_OK_SELECT);
 	res->rows_renamed = spi_get_int64(0, 1);
@@ -228,6 +236,14 @@ run_rename(DedupTarget *t, DedupResult *res)
 	/* the statement's changes go with the transaction this error aborts */
 	rename_refusals(t, spi_get_int64(0, 3),
 					SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4));
+	if (res->rows_renamed != spi_get_int64(0, 5))
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("%lld of the %lld losers of %s were not renamed",
+						(long long) (spi_get_int64(0, 5) - res->rows_renamed),
+						(long long) spi_get_int64(0, 5), t->qualname),
+				 errdetail("A BEFORE UPDATE trigger on the table skipped them; their duplicates would stay."),
+				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the renames through.")));
 }
 
 /*
@@ -302,12 +318,32 @@ merge(DedupTarget *t, DedupResult *res)
 
 /*
  * Deleting losers, or renaming their key, must not cascade through foreign
- * keys into other tables (merge re-points them instead).  Checked at submit
- * time and again by a background worker.
+ * keys into other tables (merge re-points them instead), nor be rewritten by
+ * a rule (which PostgreSQL refuses for the data-modifying WITH that archives
+ * what it changes, and whose actions elsewhere no archive would keep).
+ * Checked at submit time and again by a background worker.
  */
 void
 dedup_refuse_cascades(DedupTarget *t, DedupAction action)
 {
+	Oid			argtypes[2] = {OIDOID, CHAROID};
+	Datum		args[2] = {ObjectIdGetDatum(t->relid),
+	CharGetDatum(action == DEDUP_ACTION_RENAME ? '2' : '4')};
+
+	if (SPI_execute_with_args("SELECT r.rulename::pg_catalog.text FROM pg_catalog.pg_rewrite r"
+							  " WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND r.ev_type OPERATOR(pg_catalog.=) $2"
+							  " AND r.ev_enabled OPERATOR(pg_catalog.<>) 'D'"
+							  " ORDER BY 1 LIMIT 1", 2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read rules");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot %s duplicate rows of %s: rule %s rewrites its %s",
+						dedup_action_name(action), t->qualname,
+						quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+						action == DEDUP_ACTION_RENAME ? "UPDATE" : "DELETE"),
+				 errdetail("What a rule does instead, or also, no archive would keep."),
+				 errhint("Drop or disable the rule for the job (ALTER TABLE ... DISABLE RULE).")));
 	if (action == DEDUP_ACTION_MERGE)
 		return;
 	refuse_cascading_references(t->relid, t->qualname,
