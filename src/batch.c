@@ -350,8 +350,8 @@ scan_step(BgJob *job, void *arg)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("duplicates in %s keep coming back after %d passes", t->qualname, job->passes + 1),
-				 errdetail("Writers add duplicates as fast as the job removes them; the batches done so far stay done."),
-				 errhint("Stop the writer that makes them, or run with add_unique => true, then run the job again.")));
+				 errdetail("Writers add duplicates as fast as the job removes them, or a BEFORE trigger on the table skips some losers' delete or rename; the batches done so far stay done."),
+				 errhint("Stop the writer that makes them (or disable the trigger for the job), or run with add_unique => true, then run the job again.")));
 	if (n > 0)
 		next = batch_phase(job);
 	else
