@@ -103,6 +103,9 @@ CREATE POLICY only_a ON rw.guarded USING (tenant = 'a');
 SET ROLE regress_rw_owner;
 \set VERBOSITY sqlstate
 SELECT strategy FROM dedup_table('rw.guarded', '{k}', strategy => 'rewrite');
+-- add_unique would find the duplicates the policy hides: refused, dry run too
+SELECT strategy FROM dedup_table('rw.guarded', '{k}', add_unique => true);
+SELECT strategy FROM dedup_table('rw.guarded', '{k}', add_unique => true, dry_run => true);
 \set VERBOSITY default
 -- auto: a delete removes only the rows the policy shows, and archives them
 SELECT strategy, rows_deleted FROM dedup_table('rw.guarded', '{k}');

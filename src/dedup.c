@@ -20,6 +20,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/rls.h"
 #include "utils/tuplestore.h"
 
 /*
@@ -516,6 +517,14 @@ dedup_table(PG_FUNCTION_ARGS)
 		refuse_in_background(strategy);
 	if (add_unique)
 		refuse_index_without_create(t);
+	/* a delete under row-level security removes what the policy shows; an index sees all */
+	if (add_unique && check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("add_unique cannot be used on %s: row-level security hides some of its rows from you",
+						t->qualname),
+				 errdetail("The job removes only the duplicates you see; the unique index would find those you do not."),
+				 errhint("Run it as a role that row-level security does not apply to on the table, or use add_unique => false.")));
 	if (add_unique && t->filter_bare && !t->filter_immutable)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
