@@ -12,17 +12,22 @@
  */
 #include "dedup_ext.h"
 
+#include "access/genam.h"
 #include "access/relation.h"
+#include "access/stratnum.h"
 #include "access/sysattr.h"
 #include "catalog/namespace.h"
 #include "catalog/dependency.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_index.h"
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "optimizer/optimizer.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/ruleutils.h"
@@ -302,19 +307,225 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 	relation_close(rel, NoLock);
 }
 
-static void
-drop_unique(DedupJob *job, const char *qualname)
+/*
+ * The unique index job built, if it is still there: by the identity noted
+ * when the job built it (unique_index_oid, 1.3), whatever its name is now,
+ * and never another index that took its name.  *gone says the job built one
+ * that is no longer there.  A job written before it was noted (or by a
+ * database still at 1.2) is found by the name it recorded.
+ */
+static Oid
+job_unique_index(DedupJob *job, Oid relid, bool *gone)
 {
-	Oid			idx = dedup_relid_by_name(job->unique_index);
+	char	   *jobtable = psprintf("%s.dedup_job", dedup_ext_schema());
+	Oid			idx = InvalidOid;
+	bool		noted = false;
+
+	*gone = false;
+	if (job->unique_index == NULL)
+		return InvalidOid;
+	if (get_attnum(dedup_relid_by_name(jobtable), "unique_index_oid") != InvalidAttrNumber)
+	{
+		spi_exec_as_owner(psprintf("SELECT unique_index_oid FROM %s WHERE job_id OPERATOR(pg_catalog.=) %lld",
+								   jobtable, (long long) job->job_id),
+						  0, NULL, NULL, NULL, SPI_OK_SELECT);
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			noted = !isnull;
+			idx = isnull ? InvalidOid : DatumGetObjectId(d);
+		}
+	}
+	if (!noted)
+		return dedup_relid_by_name(job->unique_index);
+
+	/* still an index of the job's table (an OID can be used again) */
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
+		bool		found = false;
+
+		if (HeapTupleIsValid(tup))
+		{
+			found = ((Form_pg_index) GETSTRUCT(tup))->indrelid == relid;
+			ReleaseSysCache(tup);
+		}
+		if (!found)
+		{
+			*gone = true;
+			return InvalidOid;
+		}
+	}
+	return idx;
+}
+
+/* Drop the job's unique index idx (InvalidOid: dropped by hand meanwhile) */
+static void
+drop_unique(DedupJob *job, const char *qualname, Oid idx)
+{
+	Oid			con;
 
 	if (!OidIsValid(idx))
-		return;					/* dropped by hand meanwhile: nothing to undo */
+		return;					/* nothing to undo */
+	con = get_index_constraint(idx);
 	/* a background job may have stopped before the index became a constraint */
-	if (job->unique_is_constraint && OidIsValid(get_index_constraint(idx)))
+	if (job->unique_is_constraint && OidIsValid(con))
 		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT %s", qualname,
-								quote_identifier(get_rel_name(idx))), SPI_OK_UTILITY);
+								quote_identifier(get_constraint_name(con))), SPI_OK_UTILITY);
 	else
-		spi_exec_count(psprintf("DROP INDEX %s", job->unique_index), SPI_OK_UTILITY);
+		spi_exec_count(psprintf("DROP INDEX %s",
+								quote_qualified_identifier(get_namespace_name(get_rel_namespace(idx)),
+														   get_rel_name(idx))),
+					   SPI_OK_UTILITY);
+}
+
+/*
+ * Would putting back the rows the job removed violate a unique index of the
+ * table other than the job's own (job_index, which the rollback drops
+ * first)?  Rows written since may hold a removed row's primary key, or, with
+ * the job's index gone, the user's own unique index may keep the key unique.
+ * Refused before anything changes, rather than fail half-way with the
+ * violation.  Each index is compared as it compares: its columns or
+ * expressions, its operator family's equality under its collations, its
+ * NULLs and its predicate.  An index over a column the archive does not have
+ * (added since the job) is left to the INSERT.
+ */
+static void
+refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, bool job_index_gone)
+{
+	Relation	rel = relation_open(t->relid, AccessShareLock);
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+
+	relation_close(rel, AccessShareLock);
+	foreach(lc, indexes)
+	{
+		Oid			ioid = lfirst_oid(lc);
+		Relation	idx;
+		Form_pg_index ix;
+		Bitmapset  *attrs = NULL;
+		bool		usable = true;
+		bool		primary;
+		bool		nulls_equal = false;
+		char	   *pred = NULL;
+		StringInfoData keys,
+					taken,
+					again;
+		int			k;
+		int64		ntaken,
+					nagain;
+		char	   *iname;
+		bool		isnull;
+		Datum		d;
+
+		if (ioid == job_index)
+			continue;
+		idx = index_open(ioid, AccessShareLock);
+		ix = idx->rd_index;
+		if (!ix->indisunique || !ix->indislive || !ix->indisready)
+		{
+			index_close(idx, AccessShareLock);
+			continue;
+		}
+		for (k = 0; k < ix->indnkeyatts; k++)
+			if (ix->indkey.values[k] != 0)
+				attrs = bms_add_member(attrs, ix->indkey.values[k] - FirstLowInvalidHeapAttributeNumber);
+		pull_varattnos((Node *) RelationGetIndexExpressions(idx), 1, &attrs);
+		pull_varattnos((Node *) RelationGetIndexPredicate(idx), 1, &attrs);
+		k = -1;
+		while ((k = bms_next_member(attrs, k)) >= 0)
+		{
+			AttrNumber	att = k + FirstLowInvalidHeapAttributeNumber;
+
+			if (att <= 0 || get_attnum(archiveid, get_attname(t->relid, att, false)) == InvalidAttrNumber)
+				usable = false;
+		}
+#ifdef DEDUP_HAVE_NULLS_NOT_DISTINCT
+		nulls_equal = ix->indnullsnotdistinct;
+#endif
+		primary = ix->indisprimary;
+		d = SysCacheGetAttr(INDEXRELID, idx->rd_indextuple, Anum_pg_index_indpred, &isnull);
+		if (!isnull)
+			pred = TextDatumGetCString(DirectFunctionCall2(pg_get_expr, d, ObjectIdGetDatum(t->relid)));
+
+		initStringInfo(&keys);
+		initStringInfo(&taken);
+		initStringInfo(&again);
+		for (k = 0; k < ix->indnkeyatts && usable; k++)
+		{
+			Oid			eq = get_opfamily_member(idx->rd_opfamily[k], idx->rd_opcintype[k],
+												 idx->rd_opcintype[k], BTEqualStrategyNumber);
+			Oid			coll = idx->rd_indcollation[k];
+			char	   *expr = TextDatumGetCString(DirectFunctionCall3(pg_get_indexdef_ext,
+																	   ObjectIdGetDatum(ioid),
+																	   Int32GetDatum(k + 1),
+																	   BoolGetDatum(true)));
+			char	   *collate = OidIsValid(coll) ? psprintf(" COLLATE %s", generate_collation_name(coll)) : "";
+
+			if (!OidIsValid(eq))
+			{
+				usable = false;
+				break;
+			}
+			appendStringInfo(&keys, ", (%s) AS dedup_k%d", expr, k);
+			appendStringInfo(&taken, "%s(c.dedup_k%d%s %s a.dedup_k%d%s)", k > 0 ? " AND " : "",
+							 k, collate, sql_operator(eq), k,
+							 nulls_equal ? psprintf(" OR (c.dedup_k%d IS NULL AND a.dedup_k%d IS NULL)", k, k) : "");
+			appendStringInfo(&again, "%s(b.dedup_k%d%s %s a.dedup_k%d%s)", k > 0 ? " AND " : "",
+							 k, collate, sql_operator(eq), k,
+							 nulls_equal ? psprintf(" OR (b.dedup_k%d IS NULL AND a.dedup_k%d IS NULL)", k, k) : "");
+		}
+		iname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(idx)),
+										   RelationGetRelationName(idx));
+		index_close(idx, AccessShareLock);
+		if (!usable)
+			continue;
+
+		/*
+		 * a: the removed rows as the index sees them; taken: a row of the
+		 * table has the same; again: an earlier removed row has the same (a
+		 * key removed, written again and removed again)
+		 */
+		spi_exec_count(psprintf("WITH a AS (SELECT pg_catalog.row_number() OVER () AS dedup_n%s FROM %s"
+								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s),"
+								" c AS (SELECT true AS dedup_c%s FROM ONLY %s%s%s)"
+								" SELECT pg_catalog.count(*) FILTER (WHERE EXISTS (SELECT FROM c WHERE %s)),"
+								" pg_catalog.count(*) FILTER (WHERE EXISTS (SELECT FROM a b WHERE b.dedup_n OPERATOR(pg_catalog.<) a.dedup_n AND %s))"
+								" FROM a",
+								keys.data, job->archive_table, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
+								keys.data, t->qualname, pred ? " WHERE " : "", pred ? pred : "",
+								taken.data, again.data),
+					   SPI_OK_SELECT);
+		ntaken = spi_get_int64(0, 1);
+		nagain = spi_get_int64(0, 2);
+		if (ntaken > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: the keys of %lld rows it removed from %s are taken now",
+							(long long) job->job_id, (long long) ntaken, t->qualname),
+					 primary ?
+					 errdetail("Rows written since the job have their primary key (index %s); putting them back would violate it.",
+							   iname) :
+					 job_index_gone ?
+					 errdetail("Rows of the table have the same values in the columns of unique index %s, which is not the index the job built (that one was dropped since); putting them back would violate it.",
+							   iname) :
+					 errdetail("Rows of the table have the same values in the columns of unique index %s; putting them back would violate it.",
+							   iname),
+					 errhint("Compare %s with archive table %s, which holds the removed rows; change or remove the rows in the way, or keep the job's work.",
+							 t->qualname, job->archive_table)));
+		if (nagain > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: %lld rows it removed from %s have the key of another row it removed",
+							(long long) job->job_id, (long long) nagain, t->qualname),
+					 primary ?
+					 errdetail("Putting them all back would violate the primary key (index %s).", iname) :
+					 errdetail("Putting them all back would violate unique index %s.", iname),
+					 errhint("Archive table %s holds the removed rows; restore the ones to keep by hand.",
+							 job->archive_table)));
+	}
+	list_free(indexes);
 }
 
 /* "c.a = a.a, c.b = a.b"-style lists over unquoted names */
@@ -395,6 +606,14 @@ restore_removed_refs(const char *archive, Oid archiveid, const char *child, Oid 
  * passes of a background merge re-pointed (its survivor lost in the second)
  * has two entries: the one written first (archive_write_order) holds its
  * value before the job.
+ *
+ * Found by primary key, a row is set back while it points where the job
+ * left it.  One that needs nothing is skipped: deleted since, its original
+ * value back, or its foreign key NULL again (a NULL column: it references
+ * nothing).  One that points elsewhere since was changed by someone else,
+ * and the rollback is refused rather than overwrite it.  Found by ctid (no
+ * primary key, or one that contains the re-pointed columns), every row
+ * listed must be found.
  */
 static int64
 restore_repointed(DedupJob *job, const char *archive, const char *child, Oid childid,
@@ -407,29 +626,62 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 
 	if (npk > 0)
 	{
+		char	   *pkmatch = psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
+									   name_list(pk, npk, "c.%s%.0s", ", "),
+									   name_list(pk, npk, "a.%s%.0s", ", "));
+		char	   *job_value;
+		StringInfoData original,
+					some_null;
+		int64		changed;
+
 		source = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
 						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' ORDER BY %s, %s)",
 						  name_list(pk, npk, "a.%s%.0s", ", "), archive,
 						  name_list(pk, npk, "a.%s%.0s", ", "), archive_write_order(archive));
 		/*
-		 * A row is set back only while it points where the job (the last of
-		 * its re-points, in a background merge) left it: what a writer
-		 * re-pointed since stays, and the rollback is refused.  (Archives
-		 * written before this check have NULL there.)
+		 * Where the job (one of its re-points, in a background merge) left
+		 * the row.  (Archives written before dedup_survivor was kept have
+		 * NULL there: every row found is taken as the job left it.)
 		 */
-		match = psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s) AND EXISTS (SELECT FROM %s n"
-						 " WHERE n.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)"
-						 " AND (n.dedup_survivor IS NULL OR (%s)))",
-						 name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "a.%s%.0s", ", "),
-						 archive, name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "n.%s%.0s", ", "),
-						 points_where_left(childid, cols, ncols));
+		job_value = psprintf("EXISTS (SELECT FROM %s n"
+							 " WHERE n.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)"
+							 " AND (n.dedup_survivor IS NULL OR (%s)))",
+							 archive, name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "n.%s%.0s", ", "),
+							 points_where_left(childid, cols, ncols));
+		initStringInfo(&original);
+		initStringInfo(&some_null);
+		for (int i = 0; i < ncols; i++)
+		{
+			char	   *name = TextDatumGetCString(cols[i]);
+			const char *q = quote_identifier(name);
+
+			appendStringInfo(&original, "%sc.%s %s a.%s", i > 0 ? " AND " : "", q,
+							 type_equality(get_atttype(childid, get_attnum(childid, name))), q);
+			appendStringInfo(&some_null, "%sc.%s IS NULL", i > 0 ? " OR " : "", q);
+		}
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s"
+								" AND NOT (%s) AND NOT (%s) AND NOT %s",
+								child, source, pkmatch, some_null.data, original.data, job_value),
+					   SPI_OK_SELECT);
+		changed = spi_get_int64(0, 1);
+		if (changed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: %lld re-pointed rows of %s point elsewhere since",
+							(long long) job->job_id, (long long) changed, child),
+					 errdetail("Their foreign key has a value the job did not give it; a rollback would overwrite it."),
+					 errhint("Compare %s with archive table %s (dedup_survivor: where the job pointed each row), and point those rows back or keep the job's work.",
+							 child, archive)));
+		return spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s"
+									   " AND NOT (%s) AND NOT (%s) AND %s",
+									   child, name_list(cols, ncols, "%s = a.%s", ", "), source,
+									   pkmatch, some_null.data, original.data, job_value),
+							  SPI_OK_UPDATE);
 	}
-	else
-	{
-		source = psprintf("(SELECT a.* FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint')",
-						  archive);
-		match = pstrdup("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid");
-	}
+
+	source = psprintf("(SELECT a.* FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint')",
+					  archive);
+	match = pstrdup("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid");
 	moved = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
 									child, name_list(cols, ncols, "%s = a.%s", ", "), source, match),
 						   SPI_OK_UPDATE);
@@ -440,7 +692,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot roll back job %lld: %lld of %lld re-pointed rows of %s were found",
 						(long long) job->job_id, (long long) moved, (long long) expected, child),
-				 errdetail("Rows are found by their primary key, and set back only while they point where the job left them; without a primary key (or when it contains the re-pointed columns), by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes."),
+				 errdetail("Rows of a table without a primary key (or when it contains the re-pointed columns) are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes."),
 				 errhint("Compare %s with archive table %s (dedup_survivor: where the job pointed each row).",
 						 child, archive)));
 	return moved;
@@ -800,6 +1052,8 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	char	   *cols;
 	int64		rb_job,
 				restored = 0;
+	Oid			job_index = InvalidOid;
+	bool		job_index_gone = false;
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	job_id = PG_GETARG_INT64(0);
@@ -846,6 +1100,11 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	/* the owner check and lock; the key is only needed for the primary key */
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
+	if (strcmp(job->kind, "backfill") != 0)
+	{
+		job_index = job_unique_index(job, job->relid, &job_index_gone);
+		refuse_taken_keys(job, t, archive, job_index, job_index_gone);
+	}
 	rb_job = job_create("rollback", "restoring", job->relid, t->relname,
 						psprintf("{\"job_id\": %lld}", (long long) job_id), job_id);
 
@@ -859,8 +1118,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	}
 
 	/* first the unique index, or the restored duplicates would violate it */
-	if (job->unique_index)
-		drop_unique(job, t->qualname);
+	drop_unique(job, t->qualname, job_index);
 
 	cols = restorable_columns(archive, job->relid);
 	restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
