@@ -688,6 +688,26 @@ SELECT state FROM backfill_fk('bf_t.emp', 'mgr_id', 'bf_t.emp', '{mgr_email}', p
 \set VERBOSITY default
 SELECT count(*) AS employees FROM bf_t.emp;
 
+-- what would fail after the work is done is refused before it, nothing
+-- changed: a generated fk_column (428C9); add_constraint without a unique
+-- constraint on parent_column (42830) or without REFERENCES on the parent
+-- (42501); create_parent into a parent with a NOT NULL column that has no
+-- default (23502)
+CREATE TABLE bf_t.rp (id int PRIMARY KEY, code int, k text, must text NOT NULL);
+INSERT INTO bf_t.rp VALUES (1, 10, 'a', 'x');
+CREATE TABLE bf_t.rc (id int PRIMARY KEY, k text, pid int, gen int GENERATED ALWAYS AS (id * 2) STORED);
+INSERT INTO bf_t.rc (id, k) VALUES (1, 'a'), (2, 'b');
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'gen', 'bf_t.rp', '{k}')$$);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', parent_column => 'code',
+                                                      add_constraint => true)$$);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', on_orphan => 'create_parent')$$);
+ALTER TABLE bf_t.rc OWNER TO regress_bf_owner;
+GRANT SELECT ON bf_t.rp TO regress_bf_owner;
+SET ROLE regress_bf_owner;
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', add_constraint => true)$$);
+RESET ROLE;
+SELECT count(pid) AS linked FROM bf_t.rc;
+
 --
 -- cleanup
 --

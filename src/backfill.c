@@ -262,6 +262,82 @@ parent_pk_column(Oid parentid)
 	return name;
 }
 
+/* Is column att of the parent the whole key of a unique index a foreign key can reference? */
+static bool
+referenceable(Oid parentid, AttrNumber att)
+{
+	Relation	rel = relation_open(parentid, AccessShareLock);
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+	bool		found = false;
+
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index index = (Form_pg_index) GETSTRUCT(tup);
+
+		found = found || (index->indisunique && index->indimmediate && index->indisvalid &&
+						  index->indnkeyatts == 1 && index->indkey.values[0] == att &&
+						  heap_attisnull(tup, Anum_pg_index_indpred, NULL) &&
+						  heap_attisnull(tup, Anum_pg_index_indexprs, NULL));
+		ReleaseSysCache(tup);
+	}
+	relation_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * What would fail after the work is done, or half-way: refused before it
+ * starts, naming the argument.
+ */
+static void
+refuse_what_would_fail(Backfill *b, bool add_constraint)
+{
+	Oid			childid = b->child->relid;
+
+	if (get_attgenerated(childid, b->fkatt))
+		ereport(ERROR,
+				(errcode(ERRCODE_GENERATED_ALWAYS),
+				 errmsg("fk_column \"%s\" is a generated column", b->fkname),
+				 errdetail("Its values are computed; backfill_fk cannot set them.")));
+	if (add_constraint && !referenceable(b->parentid, b->pcolatt))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FOREIGN_KEY),
+				 errmsg("add_constraint needs a unique constraint on parent_column \"%s\" of %s",
+						b->pcolname, b->parent),
+				 errdetail("A foreign key references a primary key, or columns a plain unique index covers exactly."),
+				 errhint("Add one, or use add_constraint => false.")));
+	if (add_constraint &&
+		pg_class_aclcheck(b->parentid, GetUserId(), ACL_REFERENCES) != ACLCHECK_OK &&
+		pg_attribute_aclcheck(b->parentid, b->pcolatt, GetUserId(), ACL_REFERENCES) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", b->parent),
+				 errdetail("add_constraint adds a foreign key that references it, which needs the REFERENCES privilege.")));
+	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
+	{
+		Relation	rel = relation_open(b->parentid, AccessShareLock);
+		TupleDesc	desc = RelationGetDescr(rel);
+
+		for (int i = 0; i < desc->natts; i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			bool		filled = att->atthasdef || att->attidentity || att->attgenerated;
+
+			for (int k = 0; k < b->child->nkeys && !filled; k++)
+				filled = strcmp(NameStr(att->attname), b->pkeyname[k]) == 0;
+			if (!att->attisdropped && att->attnotnull && !filled)
+				ereport(ERROR,
+						(errcode(ERRCODE_NOT_NULL_VIOLATION),
+						 errmsg("on_orphan => 'create_parent' cannot create rows of %s: column \"%s\" is NOT NULL and has no default",
+								b->parent, NameStr(att->attname)),
+						 errdetail("A created parent gets its key columns from the child; every other column, its default."),
+						 errhint("Give the column a default, or use on_orphan => 'report'.")));
+		}
+		relation_close(rel, AccessShareLock);
+	}
+}
+
 static char **
 text_array(ArrayType *arr, int *n, const char *argname)
 {
@@ -380,6 +456,7 @@ open_backfill(FunctionCallInfo fcinfo)
 						b->fkname, format_type_be(get_atttype(childid, b->fkatt)),
 						b->pcolname, format_type_be(get_atttype(b->parentid, b->pcolatt))),
 				 errhint("A foreign-key column needs the type of the column it references.")));
+	refuse_what_would_fail(b, PG_GETARG_BOOL(7));
 	return b;
 }
 
