@@ -44,15 +44,8 @@ SELECT r.job_id, r.pid, r.kind, r.relation, r.phase, r.state, r.rows_total, r.ro
 
 -- The unique index a job built, by identity: dedup_rollback drops that index
 -- whatever its name is now (ALTER INDEX ... RENAME, ALTER TABLE ... RENAME
--- CONSTRAINT), and never another index that took its name.  Filled when the
--- job records the index it built: a foreground job when it ends, a background
--- job when its index becomes valid (phase 'finishing').  Jobs written before
--- have NULL there, and their rollback finds the index by name.
+-- CONSTRAINT), and never another index that took its name.  Noted when the
+-- index is there: as a foreground job ends, as a background job's index
+-- becomes valid.  Jobs written before have NULL there, and their rollback
+-- finds the index by name.
 ALTER TABLE dedup_job ADD COLUMN unique_index_oid oid;
-
-CREATE FUNCTION dedup_job_note_index() RETURNS trigger
-AS 'MODULE_PATHNAME', 'dedup_job_note_index' LANGUAGE C;
-REVOKE ALL ON FUNCTION dedup_job_note_index() FROM PUBLIC;
-
-CREATE TRIGGER dedup_job_note_index BEFORE UPDATE OF unique_index, state, phase ON dedup_job
-    FOR EACH ROW EXECUTE FUNCTION dedup_job_note_index();

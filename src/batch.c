@@ -618,6 +618,7 @@ unique_done_step(BgJob *job, void *arg)
 {
 	if (job->is_constraint)
 		spi_exec_count(unique_constraint_sql(job->t, job->index_name), SPI_OK_UTILITY);
+	job_note_index(job->job_id, quote_qualified_identifier(job->nspname, job->index_name));
 	bg_record(job, "phase = 'finishing'");
 }
 

@@ -271,6 +271,7 @@ extern void job_finish(int64 job_id, const char *strategy, int64 groups,
 					   int64 rows_deleted, int64 rows_renamed, int64 rows_changed,
 					   const char *archive_table, const char *unique_index,
 					   bool unique_is_constraint);
+extern void job_note_index(int64 job_id, const char *index);
 extern void job_mark_rolled_back(int64 job_id, int64 rollback_job_id);
 extern void job_set_undo(int64 job_id, const char *undo_json);
 extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,

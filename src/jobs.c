@@ -14,18 +14,13 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
-#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
-#include "utils/rel.h"
 #include "utils/syscache.h"
-
-PG_FUNCTION_INFO_V1(dedup_job_note_index);
 
 /*
  * Where the extension lives and who owns it.  get_extension_schema() is not
@@ -214,6 +209,8 @@ job_finish(int64 job_id, const char *strategy, int64 groups,
 							   " WHERE job_id OPERATOR(pg_catalog.=) $1",
 							   dedup_ext_schema()),
 					  9, types, values, nulls, SPI_OK_UPDATE);
+	if (unique_index)
+		job_note_index(job_id, unique_index);
 }
 
 void
@@ -375,85 +372,21 @@ job_param_array(DedupJob *job, const char *name)
 	return DatumGetArrayTypePCopy(d);
 }
 
-/* the text of column name of a dedup_job row, or NULL */
-static char *
-job_row_text(HeapTuple tup, TupleDesc desc, const char *name)
-{
-	bool		isnull;
-	Datum		d = heap_getattr(tup, SPI_fnumber(desc, name), desc, &isnull);
-
-	return isnull ? NULL : TextDatumGetCString(d);
-}
-
 /*
- * BEFORE UPDATE trigger of dedup_job (1.3): unique_index_oid, the identity of
- * the unique index a job built, which dedup_rollback drops whatever its name
- * is then.  Taken from unique_index when the job's index is there: as a
- * foreground job ends (state becomes done, in the transaction that built the
- * index) or as a background job's index becomes valid (phase becomes
- * finishing, in the transaction that attaches it as a constraint).  A new or
- * cleared unique_index clears it: a background job that names its index
- * before building it, or drops it to scan again, has none yet.
+ * Note the identity of the unique index job_id built, now that it exists
+ * (dedup_rollback drops that index whatever its name is then, and never one
+ * that took its name).  A database still at 1.2 has no column for it.
  */
-Datum
-dedup_job_note_index(PG_FUNCTION_ARGS)
+void
+job_note_index(int64 job_id, const char *index)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	TupleDesc	desc;
-	HeapTuple	oldtup,
-				newtup;
-	char	   *index,
-			   *old_index,
-			   *state,
-			   *phase,
-			   *old_state,
-			   *old_phase;
-	int			oidcol;
-	bool		isnull;
-	Datum		oid;
-	bool		changed;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(job_id), CStringGetTextDatum(index)};
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
-		elog(ERROR, "dedup_job_note_index: not called as a BEFORE UPDATE row trigger");
-	desc = RelationGetDescr(trigdata->tg_relation);
-	oldtup = trigdata->tg_trigtuple;
-	newtup = trigdata->tg_newtuple;
-	oidcol = SPI_fnumber(desc, "unique_index_oid");
-	if (oidcol <= 0)
-		elog(ERROR, "dedup_job_note_index: dedup_job has no column unique_index_oid");
-
-	index = job_row_text(newtup, desc, "unique_index");
-	state = job_row_text(newtup, desc, "state");
-	phase = job_row_text(newtup, desc, "phase");
-	old_state = job_row_text(oldtup, desc, "state");
-	old_phase = job_row_text(oldtup, desc, "phase");
-	oid = heap_getattr(newtup, oidcol, desc, &isnull);
-	old_index = job_row_text(oldtup, desc, "unique_index");
-
-	/* another index named, or none: what was noted is not its identity */
-	changed = (index == NULL) != (old_index == NULL) ||
-		(index != NULL && strcmp(index, old_index) != 0);
-	if (changed)
-	{
-		oid = (Datum) 0;
-		isnull = true;
-	}
-	if (index != NULL && isnull &&
-		((strcmp(state, "done") == 0 && strcmp(old_state, "done") != 0) ||
-		 (phase != NULL && strcmp(phase, "finishing") == 0 &&
-		  (old_phase == NULL || strcmp(old_phase, "finishing") != 0))))
-	{
-		Oid			idx = dedup_relid_by_name(index);
-
-		if (OidIsValid(idx) && get_rel_relkind(idx) == RELKIND_INDEX)
-		{
-			oid = ObjectIdGetDatum(idx);
-			isnull = false;
-			changed = true;
-		}
-	}
-	if (changed)
-		newtup = heap_modify_tuple_by_cols(newtup, desc, 1, &oidcol, &oid, &isnull);
-	return PointerGetDatum(newtup);
+	if (get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", dedup_ext_schema())),
+				   "unique_index_oid") == InvalidAttrNumber)
+		return;
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET unique_index_oid = pg_catalog.to_regclass($2)"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1", dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_UPDATE);
 }
