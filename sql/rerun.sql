@@ -29,9 +29,23 @@ SELECT * FROM indexes();
 SELECT job_id AS jid2 FROM r2 \gset
 SELECT unique_index IS NULL AS job_recorded_none FROM dedup_jobs WHERE job_id = :jid2;
 SELECT check_name, ok, detail FROM dedup_verify(:jid2) WHERE check_name = 'unique_index';
+-- it changed nothing, and leaves no (empty) archive behind
+SELECT archive_table IS NULL AS no_archive,
+       (SELECT count(*) FROM pg_class WHERE relnamespace = 'dedup_archive'::regnamespace
+           AND relname = 'photo_' || :jid2) AS archive_tables
+  FROM dedup_jobs WHERE job_id = :jid2;
+SELECT check_name, ok FROM dedup_verify(:jid2) ORDER BY check_name;
 -- its rollback restores nothing and keeps the index
 SELECT dedup_rollback(:jid2) AS restored;
 SELECT * FROM indexes();
+-- a table without duplicates: the run builds the index and keeps no archive;
+-- its rollback drops the index it built
+CREATE TABLE clean (id int PRIMARY KEY, k text);
+INSERT INTO clean SELECT g, 'c' || g FROM generate_series(1, 10) g;
+SELECT job_id AS jclean FROM dedup_table('clean', '{k}', add_unique => true) \gset
+SELECT rows_deleted, archive_table, unique_index FROM dedup_jobs WHERE job_id = :jclean;
+SELECT dedup_rollback(:jclean) AS restored;
+SELECT count(*) AS indexes FROM pg_index WHERE indrelid = 'clean'::regclass;
 
 -- a varchar key (its index's operator class is text's) is found too
 CREATE TABLE mail (id int PRIMARY KEY, email varchar(40));
@@ -75,8 +89,8 @@ SELECT job_id AS jid_b FROM dedup_table('acct', '{email}', add_unique => true, b
 SELECT dedup_wait(:jid_b);
 SELECT job_id AS jid_b2 FROM dedup_table('acct', '{email}', add_unique => true, background => true) \gset
 SELECT dedup_wait(:jid_b2);
-SELECT job_id = :jid_b AS first, state, rows_deleted, unique_index FROM dedup_jobs
- WHERE job_id IN (:jid_b, :jid_b2) ORDER BY job_id;
+SELECT job_id = :jid_b AS first, state, rows_deleted, unique_index, archive_table IS NULL AS no_archive
+  FROM dedup_jobs WHERE job_id IN (:jid_b, :jid_b2) ORDER BY job_id;
 SELECT check_name, ok, detail FROM dedup_verify(:jid_b2) WHERE check_name = 'unique_index';
 SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = 'rerun.acct'::regclass ORDER BY 1;

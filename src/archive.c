@@ -149,6 +149,22 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 	return qname;
 }
 
+/*
+ * Drop archive (quoted, qualified) if the job filed nothing in it: a run that
+ * found nothing to change (a nightly job, most nights) leaves no empty table
+ * behind.  Returns whether it was dropped.
+ */
+bool
+archive_drop_if_empty(const char *archive)
+{
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) a", archive),
+				   SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) > 0)
+		return false;
+	spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	return true;
+}
+
 /* <table>_<job>[_<tag>], the table's name clipped to fit, unquoted */
 static char *
 archive_relname(const char *relname, int64 job_id, const char *tag)
@@ -1054,6 +1070,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				restored = 0;
 	Oid			job_index = InvalidOid;
 	bool		job_index_gone = false;
+	bool		nothing;
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	job_id = PG_GETARG_INT64(0);
@@ -1080,7 +1097,11 @@ dedup_rollback(PG_FUNCTION_ARGS)
 						(long long) job_id, job_effective_state(job_id)),
 				 strcmp(job->state, "done") != 0 && job->background ?
 				 errhint("Cancel it first with dedup_cancel(%lld).", (long long) job_id) : 0));
-	if (job->archive_table == NULL &&
+	/* archive => true, and none left: a dedup that changed nothing dropped its empty archive */
+	nothing = job->archive_table == NULL && strcmp(job->kind, "dedup") == 0 &&
+		job->rows_deleted == 0 && job->rows_renamed == 0 &&
+		job_param(job, "archive") != NULL && strcmp(job_param(job, "archive"), "true") == 0;
+	if (job->archive_table == NULL && !nothing &&
 		(job->undo == NULL || json_field_text(job->undo, "linked") == NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1101,10 +1122,9 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
 	if (strcmp(job->kind, "backfill") != 0)
-	{
 		job_index = job_unique_index(job, job->relid, &job_index_gone);
+	if (strcmp(job->kind, "backfill") != 0 && !nothing)
 		refuse_taken_keys(job, t, archive, job_index, job_index_gone);
-	}
 	rb_job = job_create("rollback", "restoring", job->relid, t->relname,
 						psprintf("{\"job_id\": %lld}", (long long) job_id), job_id);
 
@@ -1119,6 +1139,13 @@ dedup_rollback(PG_FUNCTION_ARGS)
 
 	/* first the unique index, or the restored duplicates would violate it */
 	drop_unique(job, t->qualname, job_index);
+	if (nothing)
+	{
+		job_finish(rb_job, NULL, 0, 0, 0, 0, NULL, NULL, false);
+		job_mark_rolled_back(job_id, rb_job);
+		SPI_finish();
+		PG_RETURN_INT64(0);
+	}
 
 	cols = restorable_columns(archive, job->relid);
 	restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"

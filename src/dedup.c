@@ -213,10 +213,37 @@ run_delete(DedupTarget *t, DedupResult *res)
 	spi_exec_count(psprintf("DROP TABLE %s", losers), SPI_OK_UTILITY);
 }
 
+/*
+ * A renamed value the column or a constraint of the table rejects (too long
+ * for a varchar(n) or a domain, a CHECK): the error says what, with a hint
+ * instead of the internal statement as its context.  Called in PG_CATCH;
+ * other errors go up as they are.
+ */
+static void
+hint_rename_rejected(MemoryContext cxt, DedupTarget *t)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_DATA_EXCEPTION ||
+		edata->sqlerrcode == ERRCODE_CHECK_VIOLATION)
+	{
+		FlushErrorState();
+		edata->context = NULL;
+		if (edata->hint == NULL)
+			edata->hint = psprintf("A renamed %s is its value, '-' and the row's primary key; it must fit the column and the table's constraints. Use action => 'delete' or 'merge', or widen the column.",
+								   t->keys[t->rename_key].quoted);
+		ReThrowError(edata);
+	}
+	PG_RE_THROW();
+}
+
 /* Rename the losers' key column, archiving their original versions. */
 static void
 run_rename(DedupTarget *t, DedupResult *res)
 {
+	MemoryContext oldcxt = CurrentMemoryContext;
 	StringInfoData sql;
 
 	initStringInfo(&sql);
@@ -230,7 +257,15 @@ run_rename(DedupTarget *t, DedupResult *res)
 					 "  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1),"
 					 " (SELECT pg_catalog.count(*) FROM dedup_f)",
 					 sql_rename_apply(t, "dedup_f", "dedup_ctid", res->archive_table, res->job_id));
-	spi_exec_count(sql.data, SPI_OK_SELECT);
+	PG_TRY();
+	{
+		spi_exec_count(sql.data, SPI_OK_SELECT);
+	}
+	PG_CATCH();
+	{
+		hint_rename_rejected(oldcxt, t);
+	}
+	PG_END_TRY();
 	res->rows_renamed = spi_get_int64(0, 1);
 	res->groups = spi_get_int64(0, 2);
 
@@ -268,6 +303,32 @@ rename_refusals(DedupTarget *t, int64 null_keys, const char *taken)
 						t->qualname, quote_literal_cstr(taken)),
 				 errdetail("value || '-' || primary key is the same string for two different rows."),
 				 errhint("Use action => 'delete' or 'merge' for these rows.")));
+}
+
+/*
+ * A job that changed nothing drops the archives it made, all empty: a run
+ * that finds nothing (a nightly one, most nights) leaves only its job row.
+ */
+static void
+drop_empty_archives(DedupResult *res)
+{
+	if (res->ref_archives)
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(res->ref_archives)};
+		SPITupleTable *archives;
+
+		if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'archive'"
+								  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "dedup_ext: could not read the job's archives");
+		archives = SPI_tuptable;
+		for (uint64 i = 0; i < archives->numvals; i++)
+			archive_drop_if_empty(SPI_getvalue(archives->vals[i], archives->tupdesc, 1));
+		res->ref_archives = NULL;
+	}
+	if (res->archive_table && archive_drop_if_empty(res->archive_table))
+		res->archive_table = NULL;
 }
 
 /*
@@ -597,6 +658,8 @@ dedup_table(PG_FUNCTION_ARGS)
 				res.unique_index = own_index;
 			}
 		}
+		if (res.rows_deleted + res.rows_renamed + res.refs_repointed + res.refs_removed == 0)
+			drop_empty_archives(&res);
 		job_finish(res.job_id, res.strategy, res.groups, res.rows_deleted, res.rows_renamed,
 				   res.rows_deleted + res.rows_renamed, res.archive_table,
 				   own_index, res.unique_is_constraint);

@@ -381,12 +381,18 @@ bg_obeyed(BgJob *job)
 static void
 finish_step(BgJob *job, void *arg)
 {
+	/* a job that removed nothing (and re-pointed nothing) leaves no empty archive */
+	bool		no_archive = strcmp(job->kind, "dedup") == 0 && job->archive_table &&
+		job->action != DEDUP_ACTION_MERGE &&
+		archive_drop_if_empty(job->archive_table);
+
 	job_drop_work_table(job->job_id, job->work);
 	bg_record(job, psprintf("state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"
-							" finished_at = pg_catalog.clock_timestamp()%s%s%s",
+							" finished_at = pg_catalog.clock_timestamp()%s%s%s%s",
 							job->strategy ? ", strategy = '" : "",
 							job->strategy ? job->strategy : "",
-							job->strategy ? "'" : ""));
+							job->strategy ? "'" : "",
+							no_archive ? ", archive_table = NULL" : ""));
 }
 
 void
