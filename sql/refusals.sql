@@ -176,6 +176,11 @@ SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.gen', '{full_name}',
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.pkname', '{grp,name}', action => 'rename')$$);
 -- a renamed value that does not fit the column fails and leaves no trace
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.short', '{code}', action => 'rename')$$);
+-- the same in full: what rejected the value, a hint, and no internal
+-- statement as the error's context
+\set SHOW_CONTEXT always
+SELECT * FROM dedup_table('ref.short', '{code}', action => 'rename');
+\set SHOW_CONTEXT errors
 
 --
 -- not a plain table: 42809
