@@ -427,7 +427,8 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 		char	   *pred = NULL;
 		StringInfoData keys,
 					taken,
-					again;
+					again,
+					notnull;
 		int			k;
 		int64		ntaken,
 					nagain;
@@ -468,6 +469,8 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 		initStringInfo(&keys);
 		initStringInfo(&taken);
 		initStringInfo(&again);
+		initStringInfo(&notnull);
+		appendStringInfoString(&notnull, "true");
 		for (k = 0; k < ix->indnkeyatts && usable; k++)
 		{
 			Oid			eq = get_opfamily_member(idx->rd_opfamily[k], idx->rd_opcintype[k],
@@ -484,13 +487,13 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 				usable = false;
 				break;
 			}
-			appendStringInfo(&keys, ", (%s) AS dedup_k%d", expr, k);
-			appendStringInfo(&taken, "%s(c.dedup_k%d%s %s a.dedup_k%d%s)", k > 0 ? " AND " : "",
-							 k, collate, sql_operator(eq), k,
-							 nulls_equal ? psprintf(" OR (c.dedup_k%d IS NULL AND a.dedup_k%d IS NULL)", k, k) : "");
-			appendStringInfo(&again, "%s(b.dedup_k%d%s %s a.dedup_k%d%s)", k > 0 ? " AND " : "",
-							 k, collate, sql_operator(eq), k,
-							 nulls_equal ? psprintf(" OR (b.dedup_k%d IS NULL AND a.dedup_k%d IS NULL)", k, k) : "");
+			appendStringInfo(&keys, ", (%s)%s AS dedup_k%d", expr, collate, k);
+			/* as the index has it, so that the index finds the row */
+			appendStringInfo(&taken, " AND ((%s)%s %s a.dedup_k%d%s)", expr, collate, sql_operator(eq), k,
+							 nulls_equal ? psprintf(" OR ((%s) IS NULL AND a.dedup_k%d IS NULL)", expr, k) : "");
+			appendStringInfo(&again, "%sa.dedup_k%d", k > 0 ? ", " : "", k);
+			if (!nulls_equal)
+				appendStringInfo(&notnull, " AND a.dedup_k%d IS NOT NULL", k);
 		}
 		iname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(idx)),
 										   RelationGetRelationName(idx));
@@ -500,21 +503,26 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 
 		/*
 		 * a: the removed rows as the index sees them; taken: a row of the
-		 * table has the same; again: an earlier removed row has the same (a
-		 * key removed, written again and removed again)
+		 * table has the same key (one index probe each); again: removed rows
+		 * share a key (a key removed, written again and removed again)
 		 */
-		spi_exec_count(psprintf("WITH a AS (SELECT pg_catalog.row_number() OVER () AS dedup_n%s FROM %s"
-								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s),"
-								" c AS (SELECT true AS dedup_c%s FROM ONLY %s%s%s)"
-								" SELECT pg_catalog.count(*) FILTER (WHERE EXISTS (SELECT FROM c WHERE %s)),"
-								" pg_catalog.count(*) FILTER (WHERE EXISTS (SELECT FROM a b WHERE b.dedup_n OPERATOR(pg_catalog.<) a.dedup_n AND %s))"
-								" FROM a",
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT true%s FROM %s"
+								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s) a"
+								" WHERE %s AND EXISTS (SELECT FROM ONLY %s WHERE true%s%s%s%s)",
 								keys.data, job->archive_table, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
-								keys.data, t->qualname, pred ? " WHERE " : "", pred ? pred : "",
-								taken.data, again.data),
+								notnull.data, t->qualname, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
+								taken.data),
 					   SPI_OK_SELECT);
 		ntaken = spi_get_int64(0, 1);
-		nagain = spi_get_int64(0, 2);
+		spi_exec_count(psprintf("SELECT COALESCE(pg_catalog.sum(g.n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
+								" FROM (SELECT pg_catalog.count(*) AS n FROM (SELECT true%s FROM %s"
+								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s) a"
+								" WHERE %s GROUP BY %s HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) g",
+								keys.data, job->archive_table, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
+								notnull.data, again.data),
+					   SPI_OK_SELECT);
+		nagain = spi_get_int64(0, 1);
+
 		if (ntaken > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
