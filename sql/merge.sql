@@ -554,6 +554,12 @@ INSERT INTO merge_t.node VALUES (1, 'x', NULL, 0), (2, 'x', NULL, 1), (3, 'y', 1
 SELECT state FROM dedup_table('merge_t.node', '{name}', action => 'merge');
 \echo :LAST_ERROR_SQLSTATE
 SELECT string_agg(format('%s:%s', id, name), ' ' ORDER BY id) AS nodes FROM merge_t.node;
+-- when the row that would collide is a loser, it is removed, not moved:
+-- 4 ('y', a loser of 3) under 2 (a loser of 1) stays where it is and goes
+DELETE FROM merge_t.node WHERE id = 6;
+UPDATE merge_t.node SET name = 'y' WHERE id = 4;
+SELECT state, rows_deleted, refs_repointed FROM dedup_table('merge_t.node', '{name}', action => 'merge');
+SELECT string_agg(format('%s:%s:%s', id, name, parent), ' ' ORDER BY id) AS nodes FROM merge_t.node;
 
 -- a unique index on an expression of the referencing table: merged when
 -- nothing collides; a collision under it stops the merge (23505) with a hint

@@ -150,6 +150,19 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 }
 
 /*
+ * ", <value>" of dedup_xact for a renamed or re-pointed row filed in archive:
+ * the batch's transaction, computed once per statement (an InitPlan).  An
+ * archive made by an earlier version (a background job submitted before an
+ * upgrade) has no such column: nothing then.
+ */
+char *
+archive_xact_value(const char *archive)
+{
+	return get_attnum(dedup_relid_by_name(archive), "dedup_xact") != InvalidAttrNumber ?
+		", (SELECT pg_catalog.pg_current_xact_id())" : "";
+}
+
+/*
  * Drop archive (quoted, qualified) if the job filed nothing in it: a run that
  * found nothing to change (a nightly job, most nights) leaves no empty table
  * behind.  Returns whether it was dropped.
@@ -601,7 +614,7 @@ points_where_left(Oid childid, Datum *cols, int ncols)
 
 		appendStringInfo(&buf, "%sc.%s %s (n.dedup_survivor OPERATOR(pg_catalog.->>) %d)::%s",
 						 i > 0 ? " AND " : "", quote_identifier(name), type_equality(type), i,
-						 format_type_be_qualified(type));
+						 sql_type(type));
 	}
 	return buf.data;
 }
@@ -920,7 +933,7 @@ remove_created_parents(DedupJob *job, DedupTarget *t, const char *fk, Oid parent
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a"
 							" WHERE c.%s %s CAST(a.%s AS %s)",
 							t->qualname, created, fk, type_equality(fktype), pcol,
-							format_type_be_qualified(fktype)),
+							sql_type(fktype)),
 				   SPI_OK_SELECT);
 	if (spi_get_int64(0, 1) > 0)
 		ereport(ERROR,

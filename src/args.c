@@ -53,6 +53,16 @@ dedup_require_arg(FunctionCallInfo fcinfo, int argno, const char *argname)
 				 errmsg("argument \"%s\" must not be null", argname)));
 }
 
+/*
+ * A type's name for a cast, without a length: format_type_be_qualified()
+ * gives "character" for bpchar, which a cast reads as char(1).
+ */
+char *
+sql_type(Oid type)
+{
+	return format_type_extended(type, -1, FORMAT_TYPE_FORCE_QUALIFY | FORMAT_TYPE_TYPEMOD_GIVEN);
+}
+
 /* "OPERATOR(schema.name)" for an operator, so that search_path cannot matter */
 char *
 sql_operator(Oid opno)

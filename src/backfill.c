@@ -156,7 +156,7 @@ key_pair(Backfill *b, int i, Oid op, Oid childid, AttrNumber catt, Oid parentid,
 					 errdetail("Operator %s is not in the btree operator family of type %s.",
 							   format_operator(op), format_type_be(types[side])),
 					 errhint("Give both columns the same type.")));
-		as[side] = format_type_be_qualified(types[side]);
+		as[side] = sql_type(types[side]);
 	}
 	/* the collation the comparison derives: the columns', or the one not default */
 	if (OidIsValid(cc) && OidIsValid(pc) && cc != pc)
@@ -600,7 +600,14 @@ create_parents(Backfill *b, BackfillResult *res)
 				   " RETURNING p.*",
 				   b->parent, pcols.data, child_key_values(b), b->child->qualname,
 				   orphan_condition(b), keys_not_null(b));
-	if (res->created_archive)
+	/* a job submitted before the archive kept whole rows has one of keys only */
+	if (res->created_archive &&
+		get_attnum(dedup_relid_by_name(res->created_archive), "dedup_job_id") == InvalidAttrNumber)
+		res->parents_created = spi_exec_count(psprintf("WITH dedup_i AS (%s) INSERT INTO %s"
+													   " SELECT i.%s FROM dedup_i i",
+													   ins, res->created_archive, b->pcol),
+											  SPI_OK_INSERT);
+	else if (res->created_archive)
 		res->parents_created = spi_exec_count(psprintf("WITH dedup_i AS (%s) INSERT INTO %s"
 													   " SELECT i.*, %lld, 'create', NULL, NULL FROM dedup_i i",
 													   ins, res->created_archive, (long long) res->job_id),

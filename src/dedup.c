@@ -127,28 +127,6 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 }
 
 /*
- * A loser that another table still references (a foreign key without
- * ON DELETE action) stops the delete with PostgreSQL's own error, which says
- * which row and table; it gets a hint to merge instead.  Called in PG_CATCH:
- * any other error goes up as it is.
- */
-static void
-hint_merge_on_reference(MemoryContext cxt)
-{
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	if (edata->sqlerrcode == ERRCODE_FOREIGN_KEY_VIOLATION && edata->hint == NULL)
-	{
-		FlushErrorState();
-		edata->hint = pstrdup(HINT_MERGE_REFERENCES);
-		ReThrowError(edata);
-	}
-	PG_RE_THROW();
-}
-
-/*
  * Delete the losers, archiving them in the same statement.  The losers' ctids
  * are written to a temporary table first.  When their array fits in work_mem
  * the delete fetches them by TID, in block order (a TID scan sorts its list),
@@ -200,7 +178,8 @@ run_delete(DedupTarget *t, DedupResult *res)
 	}
 	PG_CATCH();
 	{
-		hint_merge_on_reference(oldcxt);
+		/* a loser another table references: PostgreSQL's error names it */
+		spi_rethrow_with_hint(oldcxt, ERRCODE_FOREIGN_KEY_VIOLATION, 0, HINT_MERGE_REFERENCES, false);
 	}
 	PG_END_TRY();
 	if (res->rows_deleted != nlosers)
@@ -208,35 +187,9 @@ run_delete(DedupTarget *t, DedupResult *res)
 				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
 				 errmsg("%lld of the %lld losers of %s were not deleted",
 						(long long) (nlosers - res->rows_deleted), (long long) nlosers, t->qualname),
-				 errdetail("A BEFORE DELETE trigger on the table skipped them; their duplicates would stay."),
+				 errdetail("A BEFORE DELETE trigger on the table skipped them (or a row-level security policy for DELETE hid them); their duplicates would stay."),
 				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the losers go.")));
 	spi_exec_count(psprintf("DROP TABLE %s", losers), SPI_OK_UTILITY);
-}
-
-/*
- * A renamed value the column or a constraint of the table rejects (too long
- * for a varchar(n) or a domain, a CHECK): the error says what, with a hint
- * instead of the internal statement as its context.  Called in PG_CATCH;
- * other errors go up as they are.
- */
-static void
-hint_rename_rejected(MemoryContext cxt, DedupTarget *t)
-{
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_DATA_EXCEPTION ||
-		edata->sqlerrcode == ERRCODE_CHECK_VIOLATION)
-	{
-		FlushErrorState();
-		edata->context = NULL;
-		if (edata->hint == NULL)
-			edata->hint = psprintf("A renamed %s is its value, '-' and the row's primary key; it must fit the column and the table's constraints. Use action => 'delete' or 'merge', or widen the column.",
-								   t->keys[t->rename_key].quoted);
-		ReThrowError(edata);
-	}
-	PG_RE_THROW();
 }
 
 /* Rename the losers' key column, archiving their original versions. */
@@ -244,6 +197,8 @@ static void
 run_rename(DedupTarget *t, DedupResult *res)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
+	char	   *hint = psprintf("A renamed %s is its value, '-' and the row's primary key; it must fit the column and the table's constraints. Use action => 'delete' or 'merge', or widen the column.",
+								t->keys[t->rename_key].quoted);
 	StringInfoData sql;
 
 	initStringInfo(&sql);
@@ -263,7 +218,9 @@ run_rename(DedupTarget *t, DedupResult *res)
 	}
 	PG_CATCH();
 	{
-		hint_rename_rejected(oldcxt, t);
+		/* a renamed value the column (varchar(n)) or a CHECK rejects */
+		spi_rethrow_with_hint(oldcxt, ERRCODE_STRING_DATA_RIGHT_TRUNCATION, ERRCODE_CHECK_VIOLATION,
+							  hint, true);
 	}
 	PG_END_TRY();
 	res->rows_renamed = spi_get_int64(0, 1);
@@ -278,7 +235,7 @@ run_rename(DedupTarget *t, DedupResult *res)
 				 errmsg("%lld of the %lld losers of %s were not renamed",
 						(long long) (spi_get_int64(0, 5) - res->rows_renamed),
 						(long long) spi_get_int64(0, 5), t->qualname),
-				 errdetail("A BEFORE UPDATE trigger on the table skipped them; their duplicates would stay."),
+				 errdetail("A BEFORE UPDATE trigger on the table skipped them (or a row-level security policy for UPDATE hid them); their duplicates would stay."),
 				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the renames through.")));
 }
 

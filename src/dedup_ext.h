@@ -131,6 +131,7 @@ extern void refuse_cascading_references(Oid relid, const char *qualname, const c
 #define HINT_KEEP_ORPHANS \
 	"Use on_orphan => 'report' or 'create_parent', which keep the orphans."
 extern char *sql_operator(Oid opno);
+extern char *sql_type(Oid type);
 
 /* sqlgen.c */
 extern char *sql_key_list(DedupTarget *t, const char *alias);
@@ -201,6 +202,8 @@ extern int64 spi_exec_count(const char *sql, int expected);
 extern int64 spi_exec_count_no_nestloop(const char *sql, int expected);
 extern int64 spi_get_int64(int row, int col);
 extern void spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql);
+extern void spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const char *hint,
+								  bool drop_context);
 
 /* rewrite.c */
 extern const char *rewrite_obstacle(DedupTarget *t);
@@ -359,16 +362,11 @@ extern void progress_end(void);
 
 /* archive.c */
 
-/*
- * An archive's dedup_xact for a renamed or re-pointed row: the batch's
- * transaction, computed once per statement (an InitPlan).
- */
-#define ARCHIVE_XACT "(SELECT pg_catalog.pg_current_xact_id())"
-
 extern char *archive_name(const char *relname, int64 job_id, const char *tag);
 extern void archive_check_columns(Oid relid, const char *archive, int64 job_id);
 extern char *archive_adopt(Oid heap, Oid relid, int64 job_id);
 extern bool archive_drop_if_empty(const char *archive);
+extern char *archive_xact_value(const char *archive);
 extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);

@@ -224,16 +224,29 @@ merge_plan(DedupTarget *t, bool lock_children)
 	return plan;
 }
 
-/* c.fk1 = m.dedup_o0 AND ... */
+/*
+ * c.fk1 = m.dedup_o0 AND ...: the rows of the referencing table c that point
+ * at a loser of map m.  In a self-reference, not the losers themselves: they
+ * are removed, and moving them could only make them collide with rows the
+ * job keeps.
+ */
 static char *
-ref_join(RefKey *ref)
+ref_join(RefKey *ref, MergePlan *plan)
 {
+	DedupTarget *t = plan->t;
 	StringInfoData buf;
 
 	initStringInfo(&buf);
 	for (int i = 0; i < ref->ncols; i++)
 		appendStringInfo(&buf, "%sc.%s %s m.dedup_o%d", i > 0 ? " AND " : "",
 						 ref->cols[i], ref->eq[i], ref->mapcol[i]);
+	if (ref->childid == t->relid)
+	{
+		appendStringInfo(&buf, " AND NOT EXISTS (SELECT FROM %s l WHERE true", plan->map);
+		for (int i = 0; i < t->npk; i++)
+			appendStringInfo(&buf, " AND c.%s %s l.dedup_p%d", t->pk[i].quoted, t->pk[i].eq_sql, i);
+		appendStringInfoChar(&buf, ')');
+	}
 	return buf.data;
 }
 
@@ -411,7 +424,7 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 							 " dedup_x AS (SELECT x.dedup_cctid, pg_catalog.row_number() OVER"
 							 " (PARTITION BY %s ORDER BY x.dedup_moved, x.dedup_cctid) AS dedup_rn"
 							 " FROM dedup_c x WHERE %s)",
-							 coll->moved, ref->child, plan->map, ref_join(ref),
+							 coll->moved, ref->child, plan->map, ref_join(ref, plan),
 							 coll->keys, coll->stays, ref->child, coll->same_key,
 							 coll->keys, coll->notnull);
 
@@ -477,7 +490,7 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 						 ref->archive ? "o" : "m", ref->mapcol[i]);
 	if (!ref->archive)
 		return spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s m WHERE %s",
-									   ref->child, set.data, plan->map, ref_join(ref)),
+									   ref->child, set.data, plan->map, ref_join(ref, plan)),
 							  SPI_OK_UPDATE);
 
 	/*
@@ -492,33 +505,11 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 								   " WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
 								   " RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval)"
 								   " INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
-								   " u.dedup_nctid::pg_catalog.text, u.dedup_nval, %s FROM dedup_u u",
-								   ref->child, ref->child, plan->map, ref_join(ref),
+								   " u.dedup_nctid::pg_catalog.text, u.dedup_nval%s FROM dedup_u u",
+								   ref->child, ref->child, plan->map, ref_join(ref, plan),
 								   ref->child, set.data, ref_values_json(ref, "c"),
-								   ref->archive, (long long) job_id, ARCHIVE_XACT),
+								   ref->archive, (long long) job_id, archive_xact_value(ref->archive)),
 						  SPI_OK_INSERT);
-}
-
-/*
- * A re-point that violates a unique index of the referencing table: one on
- * expressions or with a predicate, whose collisions find_collisions leaves
- * to the index's own check.  Called in PG_CATCH; other errors go up as they are.
- */
-static void
-hint_on_collision(MemoryContext cxt, RefKey *ref)
-{
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	if (edata->sqlerrcode == ERRCODE_UNIQUE_VIOLATION && edata->hint == NULL)
-	{
-		FlushErrorState();
-		edata->hint = psprintf("Re-pointed rows of %s collide under a unique index with expressions or a predicate, whose collisions merge does not resolve; change the rows that would collide first.",
-							   ref->child);
-		ReThrowError(edata);
-	}
-	PG_RE_THROW();
 }
 
 static void
@@ -630,6 +621,8 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 	foreach(lc, plan->refs)
 	{
 		RefKey	   *ref = lfirst(lc);
+		char	   *hint = psprintf("Re-pointed rows of %s collide under a unique index with expressions or a predicate, whose collisions merge does not resolve; change the rows that would collide first.",
+									ref->child);
 
 		/* archived by position too: a background batch's table may have changed */
 		if (ref->archive)
@@ -641,7 +634,8 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 		}
 		PG_CATCH();
 		{
-			hint_on_collision(oldcxt, ref);
+			/* under a unique index on expressions or with a predicate (find_collisions) */
+			spi_rethrow_with_hint(oldcxt, ERRCODE_UNIQUE_VIOLATION, 0, hint, false);
 		}
 		PG_END_TRY();
 	}

@@ -129,3 +129,28 @@ spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql)
 	}
 	SPI_cursor_close(portal);
 }
+
+/*
+ * In PG_CATCH around a generated statement: an error with SQLSTATE code, or
+ * code2 (0: none), and no hint of its own goes up with hint, and without the
+ * generated statement as its context when drop_context; any other error goes
+ * up as it is.  cxt: the memory context of the caller before PG_TRY.
+ */
+void
+spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const char *hint, bool drop_context)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if ((edata->sqlerrcode == code || (code2 != 0 && edata->sqlerrcode == code2)) &&
+		edata->hint == NULL)
+	{
+		FlushErrorState();
+		edata->hint = pstrdup(hint);
+		if (drop_context)
+			edata->context = NULL;
+		ReThrowError(edata);
+	}
+	PG_RE_THROW();
+}

@@ -343,9 +343,9 @@ sql_rename_apply(DedupTarget *t, const char *src, const char *ctidcol,
 
 	initStringInfo(&buf);
 	if (archive)
-		appendStringInfo(&buf, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', x.dedup_cand, NULL, %s"
+		appendStringInfo(&buf, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', x.dedup_cand, NULL%s"
 						 " FROM ONLY %s r JOIN %s x ON r.ctid OPERATOR(pg_catalog.=) x.%s RETURNING 1), ",
-						 archive, (long long) job_id, ARCHIVE_XACT, t->qualname, src, ctidcol);
+						 archive, (long long) job_id, archive_xact_value(archive), t->qualname, src, ctidcol);
 	appendStringInfo(&buf, "dedup_u AS (UPDATE ONLY %s r SET %s = x.dedup_cand FROM %s x"
 					 " WHERE r.ctid OPERATOR(pg_catalog.=) x.%s RETURNING 1)",
 					 t->qualname, t->keys[t->rename_key].quoted, src, ctidcol);
