@@ -663,6 +663,20 @@ SELECT state, rows_updated, orphan_rows, parents_created
 SELECT state, rows_updated, orphan_rows, parents_created
   FROM backfill_fk('bf_t.xc', 'pid', 'bf_t.xp', '{w}', on_orphan => 'create_parent');
 SELECT count(*) AS parents, (SELECT count(DISTINCT pid) FROM bf_t.xc) AS linked_to FROM bf_t.xp;
+-- char(n) keys are compared as char(n), never cut to one character:
+-- 'UK' is no 'US', and created parents keep their whole code
+CREATE TABLE bf_t.country (id serial PRIMARY KEY, code char(2));
+INSERT INTO bf_t.country (code) VALUES ('US');
+CREATE TABLE bf_t.cust (id int PRIMARY KEY, code char(2), country_id int);
+INSERT INTO bf_t.cust VALUES (1, 'US', NULL), (2, 'UK', NULL);
+SELECT rows_updated, orphan_rows FROM backfill_fk('bf_t.cust', 'country_id', 'bf_t.country', '{code}');
+SELECT * FROM bf_t.cust ORDER BY id;
+CREATE TABLE bf_t.cur (id serial PRIMARY KEY, code char(3));
+CREATE TABLE bf_t.price (id int PRIMARY KEY, code char(3), cur_id int);
+INSERT INTO bf_t.price VALUES (1, 'EUR', NULL), (2, 'USD', NULL), (3, 'EUR', NULL);
+SELECT rows_updated, parents_created
+  FROM backfill_fk('bf_t.price', 'cur_id', 'bf_t.cur', '{code}', on_orphan => 'create_parent');
+SELECT p.id, p.code, c.code AS parent_code FROM bf_t.price p JOIN bf_t.cur c ON c.id = p.cur_id ORDER BY p.id;
 -- two different collations, neither the default: refused (42P21)
 CREATE TABLE bf_t.yc (id int PRIMARY KEY, w text COLLATE "C", pid int);
 \set VERBOSITY sqlstate

@@ -566,6 +566,23 @@ SELECT state, rows_deleted, regexp_replace(error, '[0-9]+ passes', 'N passes') A
   FROM dedup_jobs WHERE job_id = :jid_v;
 SELECT count(*) AS rows_left FROM bg.veto;
 
+-- an archive made by the previous version (a job submitted before an
+-- upgrade) has no dedup_xact: the job and its rollback work without it
+CREATE TABLE bg.old (id int PRIMARY KEY, k text);
+INSERT INTO bg.old SELECT g, 'o' || (g % 5) FROM generate_series(1, 20) g;
+BEGIN;
+SELECT job_id AS jid_old FROM dedup_table('bg.old', '{k}', action => 'rename', background => true) \gset
+CREATE FUNCTION pg_temp.drop_xact(j bigint) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE format('ALTER TABLE %s DROP COLUMN dedup_xact', (SELECT archive_table FROM dedup_jobs WHERE job_id = j));
+END $$;
+SELECT pg_temp.drop_xact(:jid_old);
+COMMIT;
+SELECT dedup_wait(:jid_old, '60s');
+SELECT rows_renamed FROM dedup_jobs WHERE job_id = :jid_old;
+SELECT dedup_rollback(:jid_old) AS restored;
+SELECT count(DISTINCT k) AS keys FROM bg.old;
+
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs
  WHERE relation::text LIKE 'bg%.%' GROUP BY state ORDER BY state;

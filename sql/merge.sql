@@ -577,6 +577,15 @@ SELECT state FROM dedup_table('merge_t.ep', '{name}', action => 'merge');
 \set SHOW_CONTEXT errors
 SELECT string_agg(format('%s->%s', id, pid), ' ' ORDER BY id) AS refs FROM merge_t.ec;
 
+-- a reference by a char(n) key: the rollback compares it as char(n)
+CREATE TABLE merge_t.cur (id int PRIMARY KEY, code char(3) UNIQUE, name text);
+INSERT INTO merge_t.cur VALUES (1, 'EUR', 'euro'), (2, 'EU ', 'euro');
+CREATE TABLE merge_t.price (id int PRIMARY KEY, code char(3) REFERENCES merge_t.cur (code));
+INSERT INTO merge_t.price VALUES (1, 'EU ');
+SELECT job_id AS jcur FROM dedup_table('merge_t.cur', '{name}', action => 'merge') \gset
+SELECT * FROM merge_t.price;
+SELECT dedup_rollback(:jcur) AS restored;
+SELECT * FROM merge_t.price;
 --
 -- cleanup
 --
