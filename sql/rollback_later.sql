@@ -114,6 +114,16 @@ DROP INDEX t5_k_key;
 SELECT dedup_rollback(:j5) AS restored;
 SELECT snap('t5') AS t5;
 
+-- REINDEX CONCURRENTLY gives the job's index a new identity under its name
+-- (and keeps its constraint): it is still the job's, and the rollback drops it
+CREATE TABLE t5r (id int PRIMARY KEY, k text);
+INSERT INTO t5r VALUES (1, 'a'), (2, 'a'), (3, 'b');
+SELECT job_id AS j5r FROM dedup_table('t5r', '{k}', add_unique => true) \gset
+REINDEX INDEX CONCURRENTLY t5r_k_key;
+SELECT dedup_rollback(:j5r) AS restored;
+SELECT snap('t5r') AS t5r;
+SELECT count(*) AS unique_constraints FROM pg_constraint WHERE conrelid = 't5r'::regclass AND contype = 'u';
+
 -- the job's index renamed, its old name taken by another unique index
 -- (one the restored rows do not violate): the job's is dropped, the other kept
 CREATE TABLE t6 (id int PRIMARY KEY, k text, v int);

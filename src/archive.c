@@ -337,14 +337,47 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 }
 
 /*
+ * Is idx an index of t's table (with same_key: a unique one on exactly the
+ * columns of t's key, in any order)?
+ */
+static bool
+unique_on_key(Oid idx, DedupTarget *t, bool same_key)
+{
+	HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
+	Form_pg_index ix;
+	bool		result;
+
+	if (!HeapTupleIsValid(tup))
+		return false;
+	ix = (Form_pg_index) GETSTRUCT(tup);
+	result = ix->indrelid == t->relid;
+	if (result && same_key)
+	{
+		result = ix->indisunique && ix->indnkeyatts == t->nkeys;
+		for (int i = 0; i < t->nkeys && result; i++)
+		{
+			AttrNumber	att = get_attnum(t->relid, t->keys[i].name);
+			bool		found = false;
+
+			for (int k = 0; k < ix->indnkeyatts; k++)
+				found = found || ix->indkey.values[k] == att;
+			result = found;
+		}
+	}
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
  * The unique index job built, if it is still there: by the identity noted
- * when the job built it (unique_index_oid, 1.3), whatever its name is now,
- * and never another index that took its name.  *gone says the job built one
+ * when the job built it (unique_index_oid, 1.3), whatever its name is now;
+ * else by its name, if that is a unique index on the job's key columns
+ * (REINDEX CONCURRENTLY), and never another index that took its name.  *gone says the job built one
  * that is no longer there.  A job written before it was noted (or by a
  * database still at 1.2) is found by the name it recorded.
  */
 static Oid
-job_unique_index(DedupJob *job, Oid relid, bool *gone)
+job_unique_index(DedupJob *job, DedupTarget *t, bool *gone)
 {
 	char	   *jobtable = psprintf("%s.dedup_job", dedup_ext_schema());
 	Oid			idx = InvalidOid;
@@ -371,22 +404,22 @@ job_unique_index(DedupJob *job, Oid relid, bool *gone)
 		return dedup_relid_by_name(job->unique_index);
 
 	/* still an index of the job's table (an OID can be used again) */
-	{
-		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
-		bool		found = false;
+	if (unique_on_key(idx, t, false))
+		return idx;
 
-		if (HeapTupleIsValid(tup))
-		{
-			found = ((Form_pg_index) GETSTRUCT(tup))->indrelid == relid;
-			ReleaseSysCache(tup);
-		}
-		if (!found)
-		{
-			*gone = true;
-			return InvalidOid;
-		}
-	}
-	return idx;
+	/*
+	 * REINDEX CONCURRENTLY (or ALTER COLUMN TYPE) gives the job's index a
+	 * new OID and keeps its name, and its constraint: the index of that name
+	 * is the job's while it is a unique index on exactly the job's key
+	 * columns, under a constraint if the job made one (an index a user
+	 * created after dropping the job's constraint has none).
+	 */
+	idx = dedup_relid_by_name(job->unique_index);
+	if (OidIsValid(idx) && unique_on_key(idx, t, true) &&
+		(!job->unique_is_constraint || OidIsValid(get_index_constraint(idx))))
+		return idx;
+	*gone = true;
+	return InvalidOid;
 }
 
 /* Drop the job's unique index idx (InvalidOid: dropped by hand meanwhile) */
@@ -1143,7 +1176,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
 	if (strcmp(job->kind, "backfill") != 0)
-		job_index = job_unique_index(job, job->relid, &job_index_gone);
+		job_index = job_unique_index(job, t, &job_index_gone);
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
 		refuse_taken_keys(job, t, archive, job_index, job_index_gone);
 	rb_job = job_create("rollback", "restoring", job->relid, t->relname,
