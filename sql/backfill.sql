@@ -721,6 +721,15 @@ SET ROLE regress_bf_owner;
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', add_constraint => true)$$);
 RESET ROLE;
 SELECT count(pid) AS linked FROM bf_t.rc;
+-- a NOT NULL column filled by its domain's default is no obstacle
+CREATE DOMAIN bf_t.tenant AS int NOT NULL DEFAULT 7;
+CREATE TABLE bf_t.dp (id serial PRIMARY KEY, k text, tenant bf_t.tenant NOT NULL);
+CREATE TABLE bf_t.dc (id int PRIMARY KEY, k text, pid int);
+INSERT INTO bf_t.dc VALUES (1, 'new');
+SELECT rows_updated, parents_created
+  FROM backfill_fk('bf_t.dc', 'pid', 'bf_t.dp', '{k}', on_orphan => 'create_parent');
+SELECT k, tenant FROM bf_t.dp;
+
 
 --
 -- cleanup

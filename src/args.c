@@ -421,14 +421,6 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 				 classform->relkind == RELKIND_PARTITIONED_TABLE ?
 				 errhint("Deduplicate each partition: that finds every duplicate when the key contains the partition key.") : 0));
 	ReleaseSysCache(tup);
-	/* every statement reads ONLY the table: its children's rows would go unseen */
-	if (find_inheritance_children(relid, NoLock) != NIL)
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("argument \"rel\" must be a table without inheritance children, but \"%s\" has some",
-						t->relname),
-				 errdetail("Its children's rows would be neither read nor changed, though a query of it returns them."),
-				 errhint("Deduplicate each table of the hierarchy on its own.")));
 
 	if (check_owner && (IsCatalogRelationOid(relid) ||
 						OidIsValid(getExtensionOfObject(RelationRelationId, relid))))
@@ -444,6 +436,14 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("relation \"%s\" was dropped concurrently", t->relname)));
+	/* every statement reads ONLY the table: its children's rows would go unseen */
+	if (find_inheritance_children(relid, NoLock) != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("argument \"rel\" must be a table without inheritance children, but \"%s\" has some",
+						t->relname),
+				 errdetail("Its children's rows would be neither read nor changed, though a query of it returns them."),
+				 errhint("Deduplicate each table of the hierarchy on its own.")));
 
 	rel = relation_open(relid, NoLock);
 	open_key(t, rel, key);

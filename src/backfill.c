@@ -108,19 +108,6 @@ parse_on_orphan(const char *s)
 	pg_unreachable();
 }
 
-static Oid
-column_collation(Oid relid, AttrNumber att)
-{
-	HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(att));
-	Oid			coll;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for attribute %d of relation %u", att, relid);
-	coll = ((Form_pg_attribute) GETSTRUCT(tup))->attcollation;
-	ReleaseSysCache(tup);
-	return coll;
-}
-
 /*
  * Key pair i compares child column c.k with parent column p.k by operator
  * op.  The parents are grouped by their key (one parent per key links, more
@@ -138,12 +125,16 @@ key_pair(Backfill *b, int i, Oid op, Oid childid, AttrNumber catt, Oid parentid,
 	HeapTuple	tup = SearchSysCache1(OPEROID, ObjectIdGetDatum(op));
 	Form_pg_operator form = (Form_pg_operator) GETSTRUCT(tup);
 	Oid			types[2] = {form->oprleft, form->oprright};
-	Oid			cc = column_collation(childid, catt);
-	Oid			pc = column_collation(parentid, patt);
+	Oid			cc,
+				pc,
+				type;
+	int32		typmod;
 	Oid			coll = InvalidOid;
 	char	   *as[2];
 
 	ReleaseSysCache(tup);
+	get_atttypetypmodcoll(childid, catt, &type, &typmod, &cc);
+	get_atttypetypmodcoll(parentid, patt, &type, &typmod, &pc);
 	for (int side = 0; side < 2; side++)
 	{
 		Oid			opclass = GetDefaultOpClass(types[side], BTREE_AM_OID);
@@ -318,11 +309,14 @@ refuse_what_would_fail(Backfill *b, bool add_constraint)
 	{
 		Relation	rel = relation_open(b->parentid, AccessShareLock);
 		TupleDesc	desc = RelationGetDescr(rel);
+		/* a BEFORE INSERT trigger may fill what has no default: left to the INSERT */
+		int			natts = rel->trigdesc && rel->trigdesc->trig_insert_before_row ? 0 : desc->natts;
 
-		for (int i = 0; i < desc->natts; i++)
+		for (int i = 0; i < natts; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
-			bool		filled = att->atthasdef || att->attidentity || att->attgenerated;
+			bool		filled = att->atthasdef || att->attidentity || att->attgenerated ||
+				get_typdefault(att->atttypid) != NULL;
 
 			for (int k = 0; k < b->child->nkeys && !filled; k++)
 				filled = strcmp(NameStr(att->attname), b->pkeyname[k]) == 0;

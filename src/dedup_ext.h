@@ -102,12 +102,12 @@ extern void dedup_check_owner(Oid relid);
 extern Oid	dedup_relid_by_name(const char *qualified);
 /*
  * The foreign keys that reference table $1 (an oid): name, referencing
- * table, its columns, the referenced columns, the equality operators and
- * whether the check is deferrable; the caller adds conditions and ORDER BY.
+ * table, its columns, the referenced columns and the equality operators;
+ * the caller adds conditions and ORDER BY.
  * fk_keys() reads the arrays of one row.
  */
 #define SQL_REFERENCING_FKS \
-	"SELECT c.conname::pg_catalog.text, c.conrelid, c.conkey, c.confkey, c.conpfeqop, c.condeferrable" \
+	"SELECT c.conname::pg_catalog.text, c.conrelid, c.conkey, c.confkey, c.conpfeqop" \
 	" FROM pg_catalog.pg_constraint c" \
 	" WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.confrelid OPERATOR(pg_catalog.=) $1"
 extern int	fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **eqops);
