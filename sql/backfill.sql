@@ -731,6 +731,30 @@ SELECT rows_updated, parents_created
 SELECT k, tenant FROM bf_t.dp;
 
 
+-- a rollback that would put back a deleted orphan whose primary key is
+-- taken since, or set linked rows back to NULL under a NOT NULL added since,
+-- is refused (55000) before any change
+CREATE TABLE bf_t.op (id int PRIMARY KEY, k text);
+INSERT INTO bf_t.op VALUES (1, 'a');
+CREATE TABLE bf_t.oc (id int PRIMARY KEY, k text, pid int);
+INSERT INTO bf_t.oc VALUES (1, 'a', NULL), (2, 'gone', NULL);
+SELECT job_id AS bo FROM backfill_fk('bf_t.oc', 'pid', 'bf_t.op', '{k}', on_orphan => 'delete') \gset
+INSERT INTO bf_t.oc VALUES (2, 'new', 1);
+\set SHOW_CONTEXT never
+\set VERBOSITY sqlstate
+SELECT dedup_rollback(:bo);
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM bf_t.oc WHERE id = 2;
+ALTER TABLE bf_t.oc ALTER COLUMN pid SET NOT NULL;
+SELECT dedup_rollback(:bo);
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+\set SHOW_CONTEXT errors
+SELECT * FROM bf_t.oc ORDER BY id;
+ALTER TABLE bf_t.oc ALTER COLUMN pid DROP NOT NULL;
+SELECT dedup_rollback(:bo) AS restored;
+SELECT * FROM bf_t.oc ORDER BY id;
+
 --
 -- cleanup
 --

@@ -443,9 +443,9 @@ drop_unique(DedupJob *job, const char *qualname, Oid idx)
 }
 
 /*
- * Would putting back the rows the job removed violate a unique index of the
- * table other than the job's own (job_index, which the rollback drops
- * first)?  Rows written since may hold a removed row's primary key, or, with
+ * Would putting back the rows the job removed (those of archive, with
+ * action 'delete') violate a unique index of the table other than the job's
+ * own (job_index, which the rollback drops first)?  Rows written since may hold a removed row's primary key, or, with
  * the job's index gone, the user's own unique index may keep the key unique.
  * Refused before anything changes, rather than fail half-way with the
  * violation.  Each index is compared as it compares: its columns or
@@ -454,8 +454,9 @@ drop_unique(DedupJob *job, const char *qualname, Oid idx)
  * (added since the job) is left to the INSERT.
  */
 static void
-refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, bool job_index_gone)
+refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_index, bool job_index_gone)
 {
+	Oid			archiveid = dedup_relid_by_name(archive);
 	Relation	rel = relation_open(t->relid, AccessShareLock);
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
@@ -555,7 +556,7 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT true%s FROM %s"
 								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s) a"
 								" WHERE %s AND EXISTS (SELECT FROM ONLY %s WHERE true%s%s%s%s)",
-								keys.data, job->archive_table, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
+								keys.data, archive, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
 								notnull.data, t->qualname, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
 								taken.data),
 					   SPI_OK_SELECT);
@@ -564,7 +565,7 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 								" FROM (SELECT pg_catalog.count(*) AS n FROM (SELECT true%s FROM %s"
 								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s) a"
 								" WHERE %s GROUP BY %s HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) g",
-								keys.data, job->archive_table, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
+								keys.data, archive, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
 								notnull.data, again.data),
 					   SPI_OK_SELECT);
 		nagain = spi_get_int64(0, 1);
@@ -583,7 +584,7 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 					 errdetail("Rows of the table have the same values in the columns of unique index %s; putting them back would violate it.",
 							   iname),
 					 errhint("Compare %s with archive table %s, which holds the removed rows; change or remove the rows in the way, or keep the job's work.",
-							 t->qualname, job->archive_table)));
+							 t->qualname, archive)));
 		if (nagain > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -593,7 +594,7 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, Oid archiveid, Oid job_index, b
 					 errdetail("Putting them all back would violate the primary key (index %s).", iname) :
 					 errdetail("Putting them all back would violate unique index %s.", iname),
 					 errhint("Archive table %s holds the removed rows; restore the ones to keep by hand.",
-							 job->archive_table)));
+							 archive)));
 	}
 	list_free(indexes);
 }
@@ -1013,15 +1014,30 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	if (strcmp(json_field_text(job->undo, "not_null"), "true") == 0)
 		spi_exec_count(psprintf("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL", t->qualname, fk),
 					   SPI_OK_UTILITY);
+	/*
+	 * A NOT NULL added since (by a later backfill, or by hand) forbids
+	 * setting linked rows back to NULL, and putting back the orphans.
+	 */
+	fkname = json_field_text(job->undo, "fk_column");
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) l", linked), SPI_OK_SELECT);
+	if ((spi_get_int64(0, 1) > 0 || deleted) && column_not_null(t->relid, get_attnum(t->relid, fkname)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: column %s of %s is NOT NULL now",
+						(long long) job->job_id, fk, t->qualname),
+				 errdetail("The rollback sets the rows the job linked back to NULL, and puts back orphans whose %s is NULL; the NOT NULL was added after the job.",
+						   fk),
+				 errhint("Roll back the job that added it first, or drop it with ALTER TABLE ... ALTER COLUMN ... DROP NOT NULL.")));
 	if (deleted)
 	{
 		char	   *cols = restorable_columns(dedup_relid_by_name(deleted), t->relid);
+
+		refuse_taken_keys(job, t, deleted, InvalidOid, false);
 
 		restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a",
 											t->qualname, cols, cols, deleted), SPI_OK_INSERT);
 	}
 
-	fkname = json_field_text(job->undo, "fk_column");
 	if (t->npk > 0 && get_attnum(linkedid, fkname) != InvalidAttrNumber)
 		nulled = unlink_rows(job, t, linked, fk, fkname);
 	else
@@ -1178,7 +1194,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	if (strcmp(job->kind, "backfill") != 0)
 		job_index = job_unique_index(job, t, &job_index_gone);
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
-		refuse_taken_keys(job, t, archive, job_index, job_index_gone);
+		refuse_taken_keys(job, t, job->archive_table, job_index, job_index_gone);
 	rb_job = job_create("rollback", "restoring", job->relid, t->relname,
 						psprintf("{\"job_id\": %lld}", (long long) job_id), job_id);
 

@@ -658,7 +658,7 @@ create_archives(Backfill *b, BackfillResult *res)
 										 lappend(ids, b->fkname));
 }
 
-static bool
+bool
 column_not_null(Oid relid, AttrNumber att)
 {
 	HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(relid), Int16GetDatum(att));
