@@ -472,6 +472,8 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_in
 		bool		primary;
 		bool		nulls_equal = false;
 		char	   *pred = NULL;
+		char	   *in_pred;
+		char	   *removed;
 		StringInfoData keys,
 					taken,
 					again,
@@ -553,20 +555,17 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_in
 		 * table has the same key (one index probe each); again: removed rows
 		 * share a key (a key removed, written again and removed again)
 		 */
-		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT true%s FROM %s"
-								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s) a"
-								" WHERE %s AND EXISTS (SELECT FROM ONLY %s WHERE true%s%s%s%s)",
-								keys.data, archive, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
-								notnull.data, t->qualname, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
-								taken.data),
+		in_pred = pred ? psprintf(" AND (%s)", pred) : "";
+		removed = psprintf("(SELECT true%s FROM %s WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s) a"
+						   " WHERE %s", keys.data, archive, in_pred, notnull.data);
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s AND EXISTS (SELECT FROM ONLY %s WHERE true%s%s)",
+								removed, t->qualname, in_pred, taken.data),
 					   SPI_OK_SELECT);
 		ntaken = spi_get_int64(0, 1);
 		spi_exec_count(psprintf("SELECT COALESCE(pg_catalog.sum(g.n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
-								" FROM (SELECT pg_catalog.count(*) AS n FROM (SELECT true%s FROM %s"
-								" WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s%s%s) a"
-								" WHERE %s GROUP BY %s HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) g",
-								keys.data, archive, pred ? " AND (" : "", pred ? pred : "", pred ? ")" : "",
-								notnull.data, again.data),
+								" FROM (SELECT pg_catalog.count(*) AS n FROM %s GROUP BY %s"
+								" HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1) g",
+								removed, again.data),
 					   SPI_OK_SELECT);
 		nagain = spi_get_int64(0, 1);
 
