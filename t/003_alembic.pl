@@ -49,9 +49,10 @@ def upgrade():
 
 def downgrade():
     op.execute(
-        "SELECT dedup_rollback(max(job_id)) FROM dedup_jobs "
+        "SELECT dedup_rollback(job_id) FROM dedup_jobs "
         "WHERE relation = 'payments'::regclass AND kind = 'dedup' "
-        "AND state = 'done' AND rolled_back_by IS NULL"
+        "AND state IN ('done', 'cancelled', 'failed') AND rolled_back_by IS NULL "
+        "ORDER BY job_id DESC LIMIT 1"
     )
 PY
 }
@@ -86,6 +87,13 @@ is($node->safe_psql('postgres',
 ok($ok, 'the downgrade runs') or diag($log);
 is($node->safe_psql('postgres', q{SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments p}),
 	$before, 'payments exactly as before');
+# the downgrade's statement again, with no job left to undo: no error, no call
+is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM (SELECT dedup_rollback(job_id) FROM dedup_jobs
+		 WHERE relation = 'payments'::regclass AND kind = 'dedup'
+		   AND state IN ('done', 'cancelled', 'failed') AND rolled_back_by IS NULL
+		 ORDER BY job_id DESC LIMIT 1) r}),
+	'0', 'the downgrade statement finds nothing more to undo, and does not fail');
 
 $node->stop;
 done_testing();
