@@ -1,6 +1,7 @@
 -- dedup_ext 1.2 -> 1.3: dedup_progress shows a pid only for a job that a
 -- process runs now (an interrupted job's last worker is gone; dedup_jobs
--- keeps its pid, to find it in the server log).
+-- keeps its pid, to find it in the server log), and a speed and an eta only
+-- for a running job (a paused one has neither).
 \echo Use "ALTER EXTENSION dedup_ext UPDATE TO '1.3'" to load this file. \quit
 
 CREATE OR REPLACE VIEW dedup_progress AS
@@ -20,7 +21,8 @@ WITH live AS (
        AND NOT EXISTS (SELECT FROM live l WHERE l.job_id OPERATOR(pg_catalog.=) j.job_id)
 ), r AS (
     SELECT p.*,
-           CASE WHEN p.updated_at OPERATOR(pg_catalog.>) p.started_at AND p.rows_done OPERATOR(pg_catalog.>) 0
+           CASE WHEN p.state OPERATOR(pg_catalog.=) 'running'
+                     AND p.updated_at OPERATOR(pg_catalog.>) p.started_at AND p.rows_done OPERATOR(pg_catalog.>) 0
                 THEN p.rows_done::pg_catalog.numeric OPERATOR(pg_catalog./)
                      pg_catalog.date_part('epoch', p.updated_at OPERATOR(pg_catalog.-) p.started_at)::pg_catalog.numeric
            END AS rps

@@ -204,7 +204,8 @@ COMMIT;
 SELECT dedup_wait(:jid_s);
 SELECT state, phase, rows_total, rows_done, rows_deleted, batches_done, passes
   FROM dedup_jobs WHERE job_id = :jid_s;
-SELECT phase, state, rows_total, rows_done, batches_done, percent
+SELECT phase, state, rows_total, rows_done, batches_done, percent,
+       rows_per_second IS NULL AS no_speed, eta IS NULL AS no_eta
   FROM dedup_progress WHERE job_id = :jid_s;
 SELECT (SELECT count(*) FROM bg.acct) AS table_rows, (SELECT count(*) FROM :arch_s) AS archived;
 DELETE FROM bg.stop_request;
