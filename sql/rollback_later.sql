@@ -185,6 +185,20 @@ SELECT * FROM try(format('SELECT dedup_rollback(%s)', :j8));
 \x off
 SELECT snap('p8') = :'p8_before' AS p8_unchanged, snap('c8') = :'c8_before' AS c8_unchanged;
 
+-- a column dropped, or given another type, since the job: the archive's rows
+-- cannot be put back, so the rollback is refused (55000) until the table has
+-- that column again as it was
+CREATE TABLE dropc (id int PRIMARY KEY, k int, v text);
+INSERT INTO dropc SELECT g, g % 2, 'v' || g FROM generate_series(1, 6) g;
+SELECT job_id AS jdc FROM dedup_table('dropc', '{k}') \gset
+ALTER TABLE dropc DROP COLUMN v;
+SELECT code, message FROM try(format('SELECT dedup_rollback(%s)', :jdc));
+ALTER TABLE dropc ADD COLUMN v int;
+SELECT code, message FROM try(format('SELECT dedup_rollback(%s)', :jdc));
+ALTER TABLE dropc ALTER COLUMN v TYPE text;
+SELECT dedup_rollback(:jdc) AS restored;
+SELECT * FROM dropc ORDER BY id;
+
 \set SHOW_CONTEXT errors
 RESET search_path;
 DROP SCHEMA rollback_later CASCADE;

@@ -236,10 +236,12 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 /*
  * "a, b, c": the archive's copy of the table's columns that can be written
  * back: those before the archive's own (archive_table_natts), without the
- * table's generated columns, which recompute themselves.
+ * table's generated columns, which recompute themselves.  A column the
+ * table no longer has, or has under another type, refuses job_id's rollback
+ * (a column added since gets its default).
  */
 static char *
-restorable_columns(Oid archive, Oid relid)
+restorable_columns(Oid archive, Oid relid, int64 job_id)
 {
 	Relation	arel = relation_open(archive, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(arel);
@@ -251,11 +253,27 @@ restorable_columns(Oid archive, Oid relid)
 		Form_pg_attribute att = TupleDescAttr(desc, i);
 		const char *name = NameStr(att->attname);
 		AttrNumber	attnum;
+		Oid			type;
+		int32		typmod;
+		Oid			coll;
 
 		if (att->attisdropped)
 			continue;
 		attnum = get_attnum(relid, name);
-		if (attnum != InvalidAttrNumber && get_attgenerated(relid, attnum))
+		if (attnum != InvalidAttrNumber)
+			get_atttypetypmodcoll(relid, attnum, &type, &typmod, &coll);
+		if (attnum == InvalidAttrNumber || type != att->atttypid || typmod != att->atttypmod)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: column %s of %s %s since the job",
+							(long long) job_id, quote_identifier(name),
+							quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+													   get_rel_name(relid)),
+							attnum == InvalidAttrNumber ? "was dropped or renamed" : "changed its type"),
+					 errdetail("Archive table %s has the columns the table had then; its rows cannot be put back under others.",
+							   quote_qualified_identifier("dedup_archive", RelationGetRelationName(arel))),
+					 errhint("Give the table that column again, or restore the rows from the archive by hand.")));
+		if (get_attgenerated(relid, attnum))
 			continue;
 		appendStringInfo(&buf, "%s%s", buf.len > 0 ? ", " : "", quote_identifier(name));
 	}
@@ -654,7 +672,7 @@ points_where_left(Oid childid, Datum *cols, int ncols)
 
 /* Put back the rows of a referencing table that a merge removed as collisions. */
 static int64
-restore_removed_refs(const char *archive, Oid archiveid, const char *child, Oid childid)
+restore_removed_refs(DedupJob *job, const char *archive, Oid archiveid, const char *child, Oid childid)
 {
 	char	   *restorable;
 
@@ -664,7 +682,7 @@ restore_removed_refs(const char *archive, Oid archiveid, const char *child, Oid 
 				   SPI_OK_SELECT);
 	if (spi_get_int64(0, 1) == 0)
 		return 0;
-	restorable = restorable_columns(archiveid, childid);
+	restorable = restorable_columns(archiveid, childid, job->job_id);
 	return spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
 								   " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
 								   child, restorable, restorable, archive),
@@ -824,7 +842,7 @@ restore_refs(DedupJob *job)
 			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 4, &isnull)),
 							  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
 			if (step == 0)
-				restored += restore_removed_refs(archive, archiveid, child, childid);
+				restored += restore_removed_refs(job, archive, archiveid, child, childid);
 			else
 			{
 				restored += restore_repointed(job, archive, child, childid, cols, ncols, pk, npk);
@@ -1029,7 +1047,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 				 errhint("Roll back the job that added it first, or drop it with ALTER TABLE ... ALTER COLUMN ... DROP NOT NULL.")));
 	if (deleted)
 	{
-		char	   *cols = restorable_columns(dedup_relid_by_name(deleted), t->relid);
+		char	   *cols = restorable_columns(dedup_relid_by_name(deleted), t->relid, job->job_id);
 
 		refuse_taken_keys(job, t, deleted, InvalidOid, false);
 
@@ -1216,7 +1234,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 		PG_RETURN_INT64(0);
 	}
 
-	cols = restorable_columns(archive, job->relid);
+	cols = restorable_columns(archive, job->relid, job->job_id);
 	restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
 										" SELECT %s FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
 										t->qualname, cols, cols, job->archive_table),
