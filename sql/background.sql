@@ -584,6 +584,20 @@ SELECT rows_renamed FROM dedup_jobs WHERE job_id = :jid_old;
 SELECT dedup_rollback(:jid_old) AS restored;
 SELECT count(DISTINCT k) AS keys FROM bg.old;
 
+-- one background job per table at a time: a second submission while the
+-- first is paused is refused (55006), and goes through once it is cancelled
+CREATE TABLE bg.one (id int PRIMARY KEY, k int);
+INSERT INTO bg.one SELECT g, g % 3 FROM generate_series(1, 9) g;
+BEGIN;
+SELECT job_id AS jid_one FROM dedup_table('bg.one', '{k}', background => true, add_unique => true) \gset
+SELECT dedup_pause(:jid_one) AS paused;
+COMMIT;
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.one', '{k}', background => true, add_unique => true)$$);
+SELECT code FROM bg_util.try($$SELECT * FROM backfill_fk('bg.one', 'k', 'bg.one', '{id}', background => true)$$);
+SELECT dedup_cancel(:jid_one) AS cancelled;
+SELECT job_id AS jid_two FROM dedup_table('bg.one', '{k}', background => true, add_unique => true) \gset
+SELECT dedup_wait(:jid_two);
+
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs
  WHERE relation::text LIKE 'bg%.%' GROUP BY state ORDER BY state;

@@ -233,6 +233,9 @@ extern int64 merge_delete_losers(DedupTarget *t, const char *map, int64 job_id,
 								 const char *archive);
 
 /* jobs.c */
+
+/* pg_advisory_xact_lock(DEDUP_SUBMIT_LOCK, table oid): background submissions of a table, one at a time */
+#define DEDUP_SUBMIT_LOCK 1684302192
 typedef struct DedupJob
 {
 	int64		job_id;

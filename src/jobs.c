@@ -132,6 +132,28 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
 
+	/*
+	 * One background job per table at a time: two would race to build the
+	 * same unique index (CREATE INDEX CONCURRENTLY waits for the other's
+	 * snapshot: a deadlock), and each would archive what the other left.
+	 * Submissions of the same table queue behind one another's transaction.
+	 */
+	spi_exec_count(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%d, %d)",
+							(int) DEDUP_SUBMIT_LOCK, (int) relid), SPI_OK_SELECT);
+	spi_exec_as_owner(psprintf("SELECT job_id FROM %s.dedup_job WHERE background AND relation OPERATOR(pg_catalog.=) %u"
+							   " AND state OPERATOR(pg_catalog.=) ANY ('{queued,running,paused}'::pg_catalog.text[])"
+							   " ORDER BY job_id LIMIT 1", dedup_ext_schema(), relid),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("table %s has background job %lld in progress",
+						quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), relname),
+						(long long) spi_get_int64(0, 1)),
+				 errdetail("One background job runs on a table at a time."),
+				 errhint("Wait for it with dedup_wait(%lld), or cancel it with dedup_cancel(%lld).",
+						 (long long) spi_get_int64(0, 1), (long long) spi_get_int64(0, 1))));
+
 	values[0] = CStringGetTextDatum(kind);
 	values[1] = ObjectIdGetDatum(relid);
 	values[2] = CStringGetTextDatum(relname);
