@@ -1054,6 +1054,26 @@ prepare_backfill(BgJob *job, void *arg)
 						b->child->qualname, b->parent),
 				 errdetail("on_orphan => 'error' was given; nothing was changed."),
 				 errhint("Run it with on_orphan => 'report' (or dry_run => true) to list them.")));
+	/*
+	 * The constraints would fail after every batch had committed its links:
+	 * fail now, before any change, when rows would stay NULL (a foreground
+	 * call finds it at the end and takes everything back with it).
+	 */
+	if (bb->add_constraint)
+	{
+		int64		orphans_left = b->on_orphan == ON_ORPHAN_DELETE ? 0 :
+			b->on_orphan == ON_ORPHAN_CREATE_PARENT ? res->orphan_rows - res->orphans_with_key :
+			res->orphan_rows;
+
+		if (orphans_left + res->ambiguous_rows > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_NOT_NULL_VIOLATION),
+					 errmsg("cannot add the constraints: %lld rows of %s would still have %s NULL",
+							(long long) (orphans_left + res->ambiguous_rows), b->child->qualname, b->fk),
+					 errdetail("%lld rows match no parent (orphans) and %lld match more than one (ambiguous); ambiguous rows are never guessed. Nothing was changed.",
+							   (long long) orphans_left, (long long) res->ambiguous_rows),
+					 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
+	}
 	bg_record(job, psprintf("rows_total = %lld", (long long) res->rows_updated));
 	res->parents_created = 0;
 	if (b->on_orphan == ON_ORPHAN_DELETE)

@@ -221,9 +221,15 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	state = control_begin(job_id);
 	if (state_is(state, "queued", "paused", "interrupted"))
 	{
-		job_drop_work_table(job_id, job_fetch(job_id, false, true)->work_table);
-		set_state(job_id, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
-				  " finished_at = pg_catalog.clock_timestamp()");
+		DedupJob   *job = job_fetch(job_id, false, true);
+
+		job_drop_work_table(job_id, job->work_table);
+		/* a dedup cancelled before its first batch leaves no empty archive */
+		set_state(job_id, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
+								   " finished_at = pg_catalog.clock_timestamp()%s",
+								   strcmp(job->kind, "dedup") == 0 && job->archive_table &&
+								   job->batches_done == 0 && archive_drop_if_empty(job->archive_table) ?
+								   ", archive_table = NULL" : ""));
 	}
 	else if (strcmp(state, "running") == 0)
 		set_state(job_id, "control = 'cancel'");
