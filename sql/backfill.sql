@@ -715,15 +715,20 @@ SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'gen', 'bf_t.rp
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', parent_column => 'code',
                                                       add_constraint => true)$$);
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', on_orphan => 'create_parent')$$);
+-- a created parent whose parent_column would be NULL could not be linked: 23502
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', parent_column => 'code',
+                                                      on_orphan => 'create_parent')$$);
 ALTER TABLE bf_t.rc OWNER TO regress_bf_owner;
 GRANT SELECT ON bf_t.rp TO regress_bf_owner;
 SET ROLE regress_bf_owner;
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', add_constraint => true)$$);
 RESET ROLE;
 SELECT count(pid) AS linked FROM bf_t.rc;
--- a NOT NULL column filled by its domain's default is no obstacle
+-- a NOT NULL column filled by its domain's default is no obstacle (nor is a
+-- dropped column)
 CREATE DOMAIN bf_t.tenant AS int NOT NULL DEFAULT 7;
-CREATE TABLE bf_t.dp (id serial PRIMARY KEY, k text, tenant bf_t.tenant NOT NULL);
+CREATE TABLE bf_t.dp (id serial PRIMARY KEY, junk int, k text, tenant bf_t.tenant NOT NULL);
+ALTER TABLE bf_t.dp DROP COLUMN junk;
 CREATE TABLE bf_t.dc (id int PRIMARY KEY, k text, pid int);
 INSERT INTO bf_t.dc VALUES (1, 'new');
 SELECT rows_updated, parents_created
@@ -752,6 +757,12 @@ SELECT dedup_rollback(:bo);
 \set SHOW_CONTEXT errors
 SELECT * FROM bf_t.oc ORDER BY id;
 ALTER TABLE bf_t.oc ALTER COLUMN pid DROP NOT NULL;
+-- fk_column renamed since: refused (55000), no internal error
+ALTER TABLE bf_t.oc RENAME COLUMN pid TO parent;
+\set VERBOSITY sqlstate
+SELECT dedup_rollback(:bo);
+\set VERBOSITY default
+ALTER TABLE bf_t.oc RENAME COLUMN parent TO pid;
 SELECT dedup_rollback(:bo) AS restored;
 SELECT * FROM bf_t.oc ORDER BY id;
 

@@ -613,6 +613,16 @@ SELECT dedup_wait(:jid_bc);
 SELECT state, split_part(error, E'\n', 1) AS error FROM dedup_jobs WHERE job_id = :jid_bc;
 SELECT count(pid) AS linked FROM bg.bc;
 
+-- a queued job whose archive was dropped by hand can still be cancelled
+BEGIN;
+SELECT job_id AS jid_na, archive_table AS arch_na
+  FROM dedup_table('bg.one', '{k}', background => true) \gset
+SELECT dedup_pause(:jid_na) AS paused;
+COMMIT;
+DROP TABLE :arch_na;
+SELECT dedup_cancel(:jid_na) AS cancelled;
+SELECT state, archive_table IS NULL AS no_archive FROM dedup_jobs WHERE job_id = :jid_na;
+
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs
  WHERE relation::text LIKE 'bg%.%' GROUP BY state ORDER BY state;

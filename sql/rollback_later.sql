@@ -199,6 +199,26 @@ ALTER TABLE dropc ALTER COLUMN v TYPE text;
 SELECT dedup_rollback(:jdc) AS restored;
 SELECT * FROM dropc ORDER BY id;
 
+-- columns widened since (int to bigint, varchar(5) to varchar(10)) take the
+-- archived values by assignment: the rollback goes through
+CREATE TABLE widen (id int PRIMARY KEY, k int, v varchar(5));
+INSERT INTO widen SELECT g, g % 2, 'v' || g FROM generate_series(1, 4) g;
+SELECT job_id AS jw FROM dedup_table('widen', '{k}') \gset
+ALTER TABLE widen ALTER COLUMN id TYPE bigint, ALTER COLUMN v TYPE varchar(10);
+SELECT dedup_rollback(:jw) AS restored;
+SELECT * FROM widen ORDER BY id;
+-- a partial unique index of the job's (a filter) dropped, and a user's
+-- unique index made under its name: not the job's, kept; the restored
+-- duplicates would violate it, so the rollback is refused
+CREATE TABLE part (id int PRIMARY KEY, k text, gone boolean NOT NULL DEFAULT false);
+INSERT INTO part VALUES (1, 'a', false), (2, 'a', false), (3, 'b', false);
+SELECT job_id AS jpart, unique_index AS part_index
+  FROM dedup_table('part', '{k}', filter => 'NOT gone', add_unique => true) \gset
+DROP INDEX :part_index;
+CREATE UNIQUE INDEX part_k_idx ON part (k) WHERE id > 0;
+SELECT code FROM try(format('SELECT dedup_rollback(%s)', :jpart));
+SELECT count(*) AS user_index_kept FROM pg_class WHERE relname = 'part_k_idx';
+
 \set SHOW_CONTEXT errors
 RESET search_path;
 DROP SCHEMA rollback_later CASCADE;

@@ -24,6 +24,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "optimizer/optimizer.h"
+#include "parser/parse_coerce.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -165,13 +166,16 @@ archive_xact_value(const char *archive)
 /*
  * Drop archive (quoted, qualified) if the job filed nothing in it: a run that
  * found nothing to change (a nightly job, most nights) leaves no empty table
- * behind.  Returns whether it was dropped.
+ * behind.  Returns whether it is gone (dropped by hand before counts too).
  */
 bool
 archive_drop_if_empty(const char *archive)
 {
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) a", archive),
-				   SPI_OK_SELECT);
+	/* dropped by hand: nothing left to drop, and nothing to point at */
+	if (!OidIsValid(dedup_relid_by_name(archive)))
+		return true;
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) a", archive),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (spi_get_int64(0, 1) > 0)
 		return false;
 	spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
@@ -237,8 +241,9 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
  * "a, b, c": the archive's copy of the table's columns that can be written
  * back: those before the archive's own (archive_table_natts), without the
  * table's generated columns, which recompute themselves.  A column the
- * table no longer has, or has under another type, refuses job_id's rollback
- * (a column added since gets its default).
+ * table no longer has, or has under a type its values cannot be assigned to,
+ * refuses job_id's rollback (a column added since gets its default; one
+ * widened, say int to bigint, takes the values by assignment).
  */
 static char *
 restorable_columns(Oid archive, Oid relid, int64 job_id)
@@ -262,7 +267,8 @@ restorable_columns(Oid archive, Oid relid, int64 job_id)
 		attnum = get_attnum(relid, name);
 		if (attnum != InvalidAttrNumber)
 			get_atttypetypmodcoll(relid, attnum, &type, &typmod, &coll);
-		if (attnum == InvalidAttrNumber || type != att->atttypid || typmod != att->atttypmod)
+		if (attnum == InvalidAttrNumber ||
+			!can_coerce_type(1, &att->atttypid, &type, COERCION_ASSIGNMENT))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot roll back job %lld: column %s of %s %s since the job",
@@ -389,8 +395,8 @@ unique_on_key(Oid idx, DedupTarget *t, bool same_key)
 /*
  * The unique index job built, if it is still there: by the identity noted
  * when the job built it (unique_index_oid, 1.3), whatever its name is now;
- * else by its name, if that is a unique index on the job's key columns
- * (REINDEX CONCURRENTLY), and never another index that took its name.  *gone says the job built one
+ * else by its name, if that is a unique constraint's index on the job's key
+ * columns (REINDEX CONCURRENTLY), and never another index that took its name.  *gone says the job built one
  * that is no longer there.  A job written before it was noted (or by a
  * database still at 1.2) is found by the name it recorded.
  */
@@ -427,14 +433,16 @@ job_unique_index(DedupJob *job, DedupTarget *t, bool *gone)
 
 	/*
 	 * REINDEX CONCURRENTLY (or ALTER COLUMN TYPE) gives the job's index a
-	 * new OID and keeps its name, and its constraint: the index of that name
-	 * is the job's while it is a unique index on exactly the job's key
-	 * columns, under a constraint if the job made one (an index a user
-	 * created after dropping the job's constraint has none).
+	 * new OID and keeps its name, and its constraint: when the job made a
+	 * constraint, the index of that name is the job's while it is a unique
+	 * index on exactly the job's key columns under a constraint (an index a
+	 * user created after dropping the job's constraint has none).  A plain
+	 * index of the job's (a partial one) is not told apart from one a user
+	 * made under its name: taken as gone.
 	 */
 	idx = dedup_relid_by_name(job->unique_index);
-	if (OidIsValid(idx) && unique_on_key(idx, t, true) &&
-		(!job->unique_is_constraint || OidIsValid(get_index_constraint(idx))))
+	if (job->unique_is_constraint && OidIsValid(idx) && unique_on_key(idx, t, true) &&
+		OidIsValid(get_index_constraint(idx)))
 		return idx;
 	*gone = true;
 	return InvalidOid;
@@ -478,6 +486,9 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_in
 	Relation	rel = relation_open(t->relid, AccessShareLock);
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
+
+	/* never analyzed: the planner would take a million rows for a few */
+	spi_exec_as_owner(psprintf("ANALYZE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 
 	relation_close(rel, AccessShareLock);
 	foreach(lc, indexes)
@@ -1036,6 +1047,12 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	 * setting linked rows back to NULL, and putting back the orphans.
 	 */
 	fkname = json_field_text(job->undo, "fk_column");
+	if (get_attnum(t->relid, fkname) == InvalidAttrNumber)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: column %s of %s was dropped or renamed since the job",
+						(long long) job->job_id, fk, t->qualname),
+				 errhint("Archive table %s lists the rows the job linked.", linked)));
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) l", linked), SPI_OK_SELECT);
 	if ((spi_get_int64(0, 1) > 0 || deleted) && column_not_null(t->relid, get_attnum(t->relid, fkname)))
 		ereport(ERROR,

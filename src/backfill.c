@@ -315,16 +315,22 @@ refuse_what_would_fail(Backfill *b, bool add_constraint)
 		for (int i = 0; i < natts; i++)
 		{
 			Form_pg_attribute att = TupleDescAttr(desc, i);
-			bool		filled = att->atthasdef || att->attidentity || att->attgenerated ||
+			bool		filled;
+
+			if (att->attisdropped)
+				continue;
+			filled = att->atthasdef || att->attidentity || att->attgenerated ||
 				get_typdefault(att->atttypid) != NULL;
 
 			for (int k = 0; k < b->child->nkeys && !filled; k++)
 				filled = strcmp(NameStr(att->attname), b->pkeyname[k]) == 0;
-			if (!att->attisdropped && att->attnotnull && !filled)
+			/* parent_column too: a created parent without it cannot be linked */
+			if ((att->attnotnull || att->attnum == b->pcolatt) && !filled)
 				ereport(ERROR,
 						(errcode(ERRCODE_NOT_NULL_VIOLATION),
-						 errmsg("on_orphan => 'create_parent' cannot create rows of %s: column \"%s\" is NOT NULL and has no default",
-								b->parent, NameStr(att->attname)),
+						 errmsg("on_orphan => 'create_parent' cannot create rows of %s: column \"%s\" is %s and has no default",
+								b->parent, NameStr(att->attname),
+								att->attnum == b->pcolatt ? "parent_column" : "NOT NULL"),
 						 errdetail("A created parent gets its key columns from the child; every other column, its default."),
 						 errhint("Give the column a default, or use on_orphan => 'report'.")));
 		}

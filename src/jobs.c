@@ -151,7 +151,7 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 						quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), relname),
 						(long long) spi_get_int64(0, 1)),
 				 errdetail("One background job runs on a table at a time."),
-				 errhint("Wait for it with dedup_wait(%lld), or cancel it with dedup_cancel(%lld).",
+				 errhint("Wait for it with dedup_wait(%lld); its submitter (or a superuser) can cancel it with dedup_cancel(%lld).",
 						 (long long) spi_get_int64(0, 1), (long long) spi_get_int64(0, 1))));
 
 	values[0] = CStringGetTextDatum(kind);

@@ -341,6 +341,18 @@ bg_control_requested(BgJob *job)
  * pause that dedup_resume withdrew meanwhile, nor miss a cancel that
  * replaced it.
  */
+/*
+ * A dedup job that ends having removed (and re-pointed) nothing leaves no
+ * empty archive: true when it dropped it.  (A merge's referencing tables may
+ * have archives of their own: kept.)
+ */
+static bool
+empty_archive_dropped(BgJob *job)
+{
+	return strcmp(job->kind, "dedup") == 0 && job->archive_table &&
+		job->action != DEDUP_ACTION_MERGE && archive_drop_if_empty(job->archive_table);
+}
+
 static void
 obey_step(BgJob *job, void *arg)
 {
@@ -353,8 +365,9 @@ obey_step(BgJob *job, void *arg)
 	if (strcmp(job->control, "cancel") == 0)
 	{
 		job_drop_work_table(job->job_id, job->work);
-		bg_record(job, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
-				  " finished_at = pg_catalog.clock_timestamp()");
+		bg_record(job, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
+								" finished_at = pg_catalog.clock_timestamp()%s",
+								empty_archive_dropped(job) ? ", archive_table = NULL" : ""));
 	}
 	else
 		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
@@ -381,10 +394,7 @@ bg_obeyed(BgJob *job)
 static void
 finish_step(BgJob *job, void *arg)
 {
-	/* a job that removed nothing (and re-pointed nothing) leaves no empty archive */
-	bool		no_archive = strcmp(job->kind, "dedup") == 0 && job->archive_table &&
-		job->action != DEDUP_ACTION_MERGE &&
-		archive_drop_if_empty(job->archive_table);
+	bool		no_archive = empty_archive_dropped(job);
 
 	job_drop_work_table(job->job_id, job->work);
 	bg_record(job, psprintf("state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"

@@ -51,8 +51,8 @@ def downgrade():
     op.execute(
         "SELECT dedup_rollback(job_id) FROM dedup_jobs "
         "WHERE relation = 'payments'::regclass AND kind = 'dedup' "
-        "AND state IN ('done', 'cancelled', 'failed') AND rolled_back_by IS NULL "
-        "ORDER BY job_id DESC LIMIT 1"
+        "AND params->>'action' = 'rename' AND (params->>'add_unique')::boolean "
+        "AND rolled_back_by IS NULL ORDER BY job_id DESC LIMIT 1"
     )
 PY
 }
@@ -91,8 +91,8 @@ is($node->safe_psql('postgres', q{SELECT md5(string_agg(p::text, ',' ORDER BY id
 is($node->safe_psql('postgres', q{
 		SELECT count(*) FROM (SELECT dedup_rollback(job_id) FROM dedup_jobs
 		 WHERE relation = 'payments'::regclass AND kind = 'dedup'
-		   AND state IN ('done', 'cancelled', 'failed') AND rolled_back_by IS NULL
-		 ORDER BY job_id DESC LIMIT 1) r}),
+		   AND params->>'action' = 'rename' AND (params->>'add_unique')::boolean
+		   AND rolled_back_by IS NULL ORDER BY job_id DESC LIMIT 1) r}),
 	'0', 'the downgrade statement finds nothing more to undo, and does not fail');
 
 $node->stop;
