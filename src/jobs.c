@@ -20,6 +20,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 /*
@@ -123,6 +124,32 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 }
 
 /*
+ * The background job in progress on table relid, if any, into SPI_tuptable:
+ * read under the latest snapshot, not the caller's, which under REPEATABLE
+ * READ may predate a submission committed while it waited for the lock.
+ */
+static void
+job_in_progress(Oid relid)
+{
+	Oid			saved_user;
+	int			saved_sec;
+	SPIPlanPtr	plan;
+	int			ret;
+
+	GetUserIdAndSecContext(&saved_user, &saved_sec);
+	SetUserIdAndSecContext(dedup_ext_owner(),
+						   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	plan = SPI_prepare(psprintf("SELECT job_id FROM %s.dedup_job WHERE background AND relation OPERATOR(pg_catalog.=) %u"
+								" AND state OPERATOR(pg_catalog.=) ANY ('{queued,running,paused}'::pg_catalog.text[])"
+								" ORDER BY job_id LIMIT 1", dedup_ext_schema(), relid),
+					   0, NULL);
+	ret = plan ? SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1) : -1;
+	SetUserIdAndSecContext(saved_user, saved_sec);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read the jobs of relation %u", relid);
+}
+
+/*
  * Queue a background job: its row commits with the caller's transaction,
  * and a worker starts when it does.
  */
@@ -140,10 +167,7 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	 */
 	spi_exec_count(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%d, %d)",
 							(int) DEDUP_SUBMIT_LOCK, (int) relid), SPI_OK_SELECT);
-	spi_exec_as_owner(psprintf("SELECT job_id FROM %s.dedup_job WHERE background AND relation OPERATOR(pg_catalog.=) %u"
-							   " AND state OPERATOR(pg_catalog.=) ANY ('{queued,running,paused}'::pg_catalog.text[])"
-							   " ORDER BY job_id LIMIT 1", dedup_ext_schema(), relid),
-					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	job_in_progress(relid);
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
