@@ -724,6 +724,25 @@ SET ROLE regress_bf_owner;
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', add_constraint => true)$$);
 RESET ROLE;
 SELECT count(pid) AS linked FROM bf_t.rc;
+-- a key pair whose comparison cannot group them (xid = int4: xid has no
+-- btree operator class) is refused (42883)
+CREATE TABLE bf_t.xidp (id int PRIMARY KEY, n int);
+CREATE TABLE bf_t.xidc (id int PRIMARY KEY, x xid, pid int);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.xidc', 'pid', 'bf_t.xidp', '{x}', parent_key => '{n}')$$);
+-- a NOT NULL column a BEFORE INSERT trigger fills is left to the INSERT
+CREATE TABLE bf_t.tp (id serial PRIMARY KEY, k text, stamp text NOT NULL);
+CREATE FUNCTION bf_t.fill_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  NEW.stamp := 'filled';
+  RETURN NEW;
+END $$;
+CREATE TRIGGER fill_stamp BEFORE INSERT ON bf_t.tp FOR EACH ROW EXECUTE FUNCTION bf_t.fill_stamp();
+CREATE TABLE bf_t.tc (id int PRIMARY KEY, k text, pid int);
+INSERT INTO bf_t.tc VALUES (1, 'new');
+SELECT rows_updated, parents_created
+  FROM backfill_fk('bf_t.tc', 'pid', 'bf_t.tp', '{k}', on_orphan => 'create_parent');
+SELECT k, stamp FROM bf_t.tp;
+
 -- a NOT NULL column filled by its domain's default is no obstacle (nor is a
 -- dropped column)
 CREATE DOMAIN bf_t.tenant AS int NOT NULL DEFAULT 7;
