@@ -723,6 +723,12 @@ GRANT SELECT ON bf_t.rp TO regress_bf_owner;
 SET ROLE regress_bf_owner;
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', add_constraint => true)$$);
 RESET ROLE;
+-- create_parent adds rows to the parent, which the owner of the child may
+-- insert into but does not own: 42501 (only the owner changes a table)
+GRANT INSERT ON bf_t.rp TO regress_bf_owner;
+SET ROLE regress_bf_owner;
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.rc', 'pid', 'bf_t.rp', '{k}', on_orphan => 'create_parent')$$);
+RESET ROLE;
 SELECT count(pid) AS linked FROM bf_t.rc;
 -- a key pair whose comparison cannot group them (xid = int4: xid has no
 -- btree operator class) is refused (42883)

@@ -460,7 +460,8 @@ SELECT state, submitted_by, rows_deleted FROM dedup_jobs WHERE job_id = :jid_o;
 SELECT who, count(*) FROM bgp.deleted_by GROUP BY who;
 DROP TRIGGER m_deleted ON bgp.m;
 SELECT id, k FROM bgp.m ORDER BY id;
-SELECT pg_get_userbyid(c.relowner) AS archive_owner
+SELECT has_table_privilege('regress_bg_owner', j.archive_table, 'SELECT') AS owner_reads_archive,
+       c.relowner = (SELECT extowner FROM pg_extension WHERE extname = 'dedup_ext') AS archive_owned_by_extension
   FROM dedup_jobs j JOIN pg_class c ON c.oid = j.archive_table WHERE j.job_id = :jid_o;
 SET ROLE regress_bg_owner;
 SELECT dedup_rollback(:jid_o) AS restored;
@@ -622,6 +623,24 @@ COMMIT;
 DROP TABLE :arch_na;
 SELECT dedup_cancel(:jid_na) AS cancelled;
 SELECT state, archive_table IS NULL AS no_archive FROM dedup_jobs WHERE job_id = :jid_na;
+
+-- a long dedup_ext.batch_delay does not keep a worker asked to stop: the
+-- pause between batches looks for the request once a second
+CREATE TABLE bg.slow (id int PRIMARY KEY, k int);
+INSERT INTO bg.slow SELECT g, g % 2 FROM generate_series(1, 6) g;
+SET dedup_ext.batch_delay = 600000;
+SELECT job_id AS jid_slow FROM dedup_table('bg.slow', '{k}', background => true, batch_size => 1) \gset
+RESET dedup_ext.batch_delay;
+DO $$
+BEGIN
+  FOR i IN 1..600 LOOP
+    EXIT WHEN (SELECT batches_done FROM dedup_jobs WHERE job_id = (SELECT max(job_id) FROM dedup_jobs WHERE relation = 'bg.slow'::regclass)) >= 1;
+    PERFORM pg_sleep(0.1);
+  END LOOP;
+END $$;
+SELECT dedup_cancel(:jid_slow) AS cancel_asked;
+SELECT dedup_wait(:jid_slow, '20s') AS state;
+SELECT count(*) AS rows_left FROM bg.slow;
 
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs

@@ -41,6 +41,17 @@ SELECT id, label FROM coll.codes ORDER BY id;
 SELECT dedup_rollback(:j3) AS restored;
 SELECT md5(string_agg(c::text, ',' ORDER BY id)) = :'codes_md5' AS exact FROM coll.codes c;
 
+-- rename under citext's equality: 'ABC-2' is taken by 'abc-2', so the
+-- suffix is extended, and no new duplicate is made
+CREATE EXTENSION citext SCHEMA coll;
+CREATE TABLE coll.ci (id int PRIMARY KEY, k coll.citext);
+INSERT INTO coll.ci VALUES (1, 'abc'), (2, 'ABC'), (3, 'abc-2'), (4, 'x'), (5, 'x');
+SELECT row_id, decision, new_value FROM dedup_preview('ci', '{k}', action => 'rename');
+SELECT job_id AS jci, rows_renamed FROM dedup_table('ci', '{k}', action => 'rename') \gset
+SELECT :rows_renamed AS renamed;
+SELECT id, k FROM coll.ci ORDER BY id;
+SELECT check_name, ok FROM dedup_verify(:jci) WHERE check_name = 'no_duplicates';
+
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA coll CASCADE;

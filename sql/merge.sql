@@ -587,6 +587,96 @@ SELECT * FROM merge_t.price;
 SELECT dedup_rollback(:jcur) AS restored;
 SELECT * FROM merge_t.price;
 --
+-- what merge refuses rather than lose a reference (each refusal changes
+-- nothing: the rows are shown after it)
+--
+CREATE FUNCTION merge_t.try(q text, OUT code text, OUT message text)
+LANGUAGE plpgsql AS $$
+BEGIN
+  EXECUTE q;
+  code := 'NOT REFUSED';
+EXCEPTION WHEN OTHERS THEN
+  GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+END $$;
+-- a BEFORE UPDATE trigger that skips a re-point: the loser's removal would
+-- cascade to the row (09000)
+CREATE TABLE merge_t.sp (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.sp VALUES (1, 'x'), (2, 'x');
+CREATE TABLE merge_t.sc (id int PRIMARY KEY, pid int REFERENCES merge_t.sp ON DELETE CASCADE, v text);
+INSERT INTO merge_t.sc VALUES (1, 1, 'a'), (2, 2, 'b');
+CREATE FUNCTION merge_t.skip_b() RETURNS trigger LANGUAGE plpgsql
+  AS $$BEGIN IF OLD.v = 'b' THEN RETURN NULL; END IF; RETURN NEW; END$$;
+CREATE TRIGGER skip_b BEFORE UPDATE ON merge_t.sc FOR EACH ROW EXECUTE FUNCTION merge_t.skip_b();
+SELECT * FROM merge_t.try($$SELECT * FROM dedup_table('merge_t.sp', '{name}', action => 'merge')$$);
+SELECT * FROM merge_t.sc ORDER BY id;
+DROP TRIGGER skip_b ON merge_t.sc;
+-- a BEFORE DELETE trigger that spares a loser: its duplicate would stay (09000)
+CREATE FUNCTION merge_t.keep_2() RETURNS trigger LANGUAGE plpgsql
+  AS $$BEGIN IF OLD.id = 2 THEN RETURN NULL; END IF; RETURN OLD; END$$;
+CREATE TRIGGER keep_2 BEFORE DELETE ON merge_t.sp FOR EACH ROW EXECUTE FUNCTION merge_t.keep_2();
+SELECT * FROM merge_t.try($$SELECT * FROM dedup_table('merge_t.sp', '{name}', action => 'merge')$$);
+SELECT id, pid FROM merge_t.sc ORDER BY id;
+-- a survivor whose referenced UNIQUE column is NULL: the reference would
+-- become NULL (23503)
+CREATE TABLE merge_t.np (id int PRIMARY KEY, code text UNIQUE, name text);
+INSERT INTO merge_t.np VALUES (1, NULL, 'x'), (2, 'c2', 'x');
+CREATE TABLE merge_t.nc (id int PRIMARY KEY, pcode text REFERENCES merge_t.np (code));
+INSERT INTO merge_t.nc VALUES (1, 'c2');
+SELECT * FROM merge_t.try($$SELECT * FROM dedup_table('merge_t.np', '{name}', action => 'merge')$$);
+SELECT * FROM merge_t.nc;
+-- two foreign keys sharing a column that re-pointing would change (0A000);
+-- with that column in the key, loser and survivor share it: merged
+CREATE TABLE merge_t.acct (tenant int, id int, name text, PRIMARY KEY (tenant, id));
+INSERT INTO merge_t.acct VALUES (1, 1, 'x'), (2, 5, 'x'), (2, 1, 'z'), (2, 6, 'z');
+CREATE TABLE merge_t.ac (id int PRIMARY KEY, tenant int, a1 int, a2 int,
+  FOREIGN KEY (tenant, a1) REFERENCES merge_t.acct, FOREIGN KEY (tenant, a2) REFERENCES merge_t.acct);
+INSERT INTO merge_t.ac VALUES (1, 2, 5, 1), (2, 2, 6, 6);
+SELECT * FROM merge_t.try($$SELECT * FROM dedup_table('merge_t.acct', '{name}', action => 'merge')$$);
+SELECT rows_deleted, refs_repointed FROM dedup_table('merge_t.acct', '{tenant,name}', action => 'merge');
+SELECT * FROM merge_t.ac ORDER BY id;
+-- a key column in the table's foreign key to itself: the foreground
+-- statement would leave the duplicates its re-points make (0A000)
+CREATE TABLE merge_t.dir (id int PRIMARY KEY, parent_id int REFERENCES merge_t.dir, name text);
+INSERT INTO merge_t.dir VALUES (1, NULL, 'home'), (2, NULL, 'home'), (3, 1, 'ssh'), (4, 2, 'ssh');
+SELECT * FROM merge_t.try($$SELECT * FROM dedup_table('merge_t.dir', '{parent_id,name}', action => 'merge')$$);
+-- a table named "a": the rollback's check for keys taken since names it
+-- under an alias of its own
+CREATE TABLE merge_t.a (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.a VALUES (1, 'x'), (2, 'x');
+SELECT job_id AS ja FROM dedup_table('merge_t.a', '{name}', action => 'merge') \gset
+SELECT dedup_rollback(:ja) AS restored;
+-- a referencing table whose primary key holds the re-pointed column: its
+-- rows are found again by ctid, and the row found there must be the one the
+-- job re-pointed (a VACUUM FULL since put a newer row at that ctid): 55000
+CREATE TABLE merge_t.tg (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.tg VALUES (1, 'red'), (2, 'red');
+CREATE TABLE merge_t.item_tg (item_id int, tag_id int REFERENCES merge_t.tg, PRIMARY KEY (item_id, tag_id));
+INSERT INTO merge_t.item_tg VALUES (10, 2), (11, 1), (12, 1);
+SELECT job_id AS jtg FROM dedup_table('merge_t.tg', '{name}', action => 'merge') \gset
+INSERT INTO merge_t.item_tg VALUES (13, 1);
+VACUUM FULL merge_t.item_tg;
+SELECT code, regexp_replace(message, 'job [0-9]+', 'job N') AS message
+  FROM merge_t.try(format('SELECT dedup_rollback(%s)', :jtg));
+SELECT * FROM merge_t.item_tg ORDER BY item_id;
+-- two merges that changed the same referencing rows roll back newest first:
+-- the users merge re-pointed member 2, the groups merge then removed it as a
+-- collision; the older rollback alone would leave it out and the newer put
+-- it back with the older job's value (55000, then both in order: exact)
+CREATE TABLE merge_t.mu (id int PRIMARY KEY, email text);
+INSERT INTO merge_t.mu VALUES (1, 'a@x'), (2, 'a@x');
+CREATE TABLE merge_t.mg (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.mg VALUES (10, 'g'), (20, 'g');
+CREATE TABLE merge_t.mm (id int PRIMARY KEY, uid int REFERENCES merge_t.mu, gid int REFERENCES merge_t.mg,
+  UNIQUE (uid, gid));
+INSERT INTO merge_t.mm VALUES (1, 1, 10), (2, 2, 20), (3, 2, 10);
+SELECT job_id AS jmu FROM dedup_table('merge_t.mu', '{email}', action => 'merge') \gset
+SELECT job_id AS jmg FROM dedup_table('merge_t.mg', '{name}', action => 'merge') \gset
+SELECT code, regexp_replace(message, 'job [0-9]+', 'job N', 'g') AS message
+  FROM merge_t.try(format('SELECT dedup_rollback(%s)', :jmu));
+SELECT dedup_rollback(:jmg) AS restored_groups;
+SELECT dedup_rollback(:jmu) AS restored_users;
+SELECT * FROM merge_t.mm ORDER BY id;
+--
 -- cleanup
 --
 RESET search_path;

@@ -124,4 +124,16 @@ SELECT dedup_rollback(:jid4) AS restored;
 SELECT count(*), md5(string_agg(np::text, ',' ORDER BY np::text)) = :'np_md5' AS same_rows
   FROM nulls.np np;
 
+-- a composite key with a NULL field is a value, not a NULL: its equality,
+-- a unique index and the audit all group '(1,)' with '(1,)'; only a NULL
+-- composite is a NULL key
+CREATE TYPE nulls.pair AS (a int, b text);
+CREATE TABLE nulls.comp (id int PRIMARY KEY, c nulls.pair);
+INSERT INTO nulls.comp VALUES (1, '(1,)'), (2, '(1,)'), (3, '(,)'), (4, '(,)'),
+  (5, '(2,x)'), (6, '(2,x)'), (7, NULL), (8, NULL);
+SELECT * FROM dedup_audit('comp', '{c}');
+SELECT * FROM dedup_groups('comp', '{c}');
+SELECT state, duplicate_groups, rows_deleted FROM dedup_table('comp', '{c}', add_unique => true);
+SELECT id, c FROM nulls.comp ORDER BY id;
+
 RESET search_path;

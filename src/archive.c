@@ -36,6 +36,7 @@
 #include "utils/typcache.h"
 
 PG_FUNCTION_INFO_V1(dedup_rollback);
+PG_FUNCTION_INFO_V1(dedup_drop_archive);
 
 /*
  * The dedup_* columns that follow the table's own columns in an archive.
@@ -50,9 +51,29 @@ PG_FUNCTION_INFO_V1(dedup_rollback);
 	" dedup_new_value pg_catalog.text, dedup_survivor pg_catalog.jsonb, dedup_xact pg_catalog.xid8"
 
 /*
+ * An archive has the table's columns, then its own: a table with a column
+ * of one of those names cannot have one.  Refused before the job changes
+ * anything.
+ */
+void
+archive_refuse_own_names(Oid relid)
+{
+	static const char *const own[] = {"dedup_job_id", "dedup_action", "dedup_new_value",
+	"dedup_survivor", "dedup_xact"};
+
+	for (int i = 0; i < lengthof(own); i++)
+		if (get_attnum(relid, own[i]) != InvalidAttrNumber)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_COLUMN),
+					 errmsg("cannot archive rows of %s: its column %s has the name of a column of the archive's own",
+							get_rel_name(relid), own[i]),
+					 errdetail("An archive table has the table's columns, then dedup_job_id, dedup_action, dedup_new_value, dedup_survivor and dedup_xact."),
+					 errhint("Rename the column, or run with archive => false (the job then cannot be rolled back).")));
+}
+
+/*
  * How many of an archive's columns are the table's: those before
- * dedup_job_id, its first own column.  (A table with a column of that name
- * has no archive: its CREATE TABLE fails.)
+ * dedup_job_id, its first own column (archive_refuse_own_names).
  */
 static int
 archive_table_natts(TupleDesc desc)
@@ -94,10 +115,11 @@ column_def(Form_pg_attribute att)
  * or <table>_<job_id>_<tag> for the other tables a job touches.  It has the
  * table's columns and the dedup_* columns; with only, it has just the named
  * columns ("ctid" becoming dedup_ctid), which is how a backfill remembers
- * the rows it linked without copying them.  It belongs to the table's owner;
- * writer, if not that owner, may add rows to it (a merge re-points rows of
- * tables the caller may change but does not own).
+ * the rows it linked without copying them.  Who may read and write it:
+ * archive_grant.
  */
+static void archive_grant(const char *qname, Oid relowner, Oid writer);
+
 char *
 archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 {
@@ -106,7 +128,6 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 	const char *relname = RelationGetRelationName(rel);
 	char	   *qname = archive_name(relname, job_id, tag);
 	Oid			relowner = rel->rd_rel->relowner;
-	char	   *owner = pstrdup(quote_identifier(GetUserNameFromId(relowner, false)));
 	char	   *source = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 												   relname);
 	StringInfoData sql;
@@ -115,6 +136,7 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 	appendStringInfo(&sql, "CREATE TABLE %s (", qname);
 	if (only == NIL)
 	{
+		archive_refuse_own_names(relid);
 		for (int i = 0; i < desc->natts; i++)
 			if (!TupleDescAttr(desc, i)->attisdropped)
 				appendStringInfo(&sql, "%s, ", column_def(TupleDescAttr(desc, i)));
@@ -141,13 +163,29 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 							   sql_literal(psprintf("dedup_ext: rows removed or changed in %s by job %lld",
 													source, (long long) job_id))),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
-	spi_exec_as_owner(psprintf("ALTER TABLE %s OWNER TO %s", qname, owner),
+	archive_grant(qname, relowner, writer);
+	return qname;
+}
+
+/*
+ * An archive belongs to the extension's owner, not to the table's: a rollback
+ * or dedup_verify, which a superuser may run, reads it with the types and
+ * rules it has, and its owner could change those (a column's type to one
+ * whose cast runs code of theirs, the table into a view).  The table's owner
+ * may read it and add rows (the jobs it runs write to it), and so may writer,
+ * a role that is not the owner (a merge re-points rows of tables the caller
+ * may change but does not own).
+ */
+static void
+archive_grant(const char *qname, Oid relowner, Oid writer)
+{
+	spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", qname,
+							   quote_identifier(GetUserNameFromId(relowner, false))),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	if (OidIsValid(writer) && !has_privs_of_role(writer, relowner))
 		spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", qname,
 								   quote_identifier(GetUserNameFromId(writer, false))),
 						  0, NULL, NULL, NULL, SPI_OK_UTILITY);
-	return qname;
 }
 
 /*
@@ -212,6 +250,8 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 {
 	const char *relname = get_rel_name(relid);
 	char	   *qname = archive_name(relname, job_id, NULL);
+	Relation	rel;
+	Oid			relowner;
 
 	spi_exec_as_owner(psprintf("ALTER TABLE %s SET SCHEMA dedup_archive",
 							   quote_qualified_identifier(get_namespace_name(get_rel_namespace(heap)),
@@ -228,6 +268,13 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 							   " ADD COLUMN dedup_xact pg_catalog.xid8",
 							   qname, (long long) job_id),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("ALTER TABLE %s OWNER TO %s", qname,
+							   quote_identifier(GetUserNameFromId(dedup_ext_owner(), false))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	rel = relation_open(relid, NoLock);
+	relowner = rel->rd_rel->relowner;
+	relation_close(rel, NoLock);
+	archive_grant(qname, relowner, InvalidOid);
 	spi_exec_as_owner(psprintf("COMMENT ON TABLE %s IS %s", qname,
 							   sql_literal(psprintf("dedup_ext: rows removed from %s by job %lld (its storage before the rewrite)",
 													quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
@@ -587,7 +634,8 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_in
 		in_pred = pred ? psprintf(" AND (%s)", pred) : "";
 		removed = psprintf("(SELECT true%s FROM %s WHERE dedup_action OPERATOR(pg_catalog.=) 'delete'%s) a"
 						   " WHERE %s", keys.data, archive, in_pred, notnull.data);
-		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s AND EXISTS (SELECT FROM ONLY %s WHERE true%s%s)",
+		/* the table under an alias: a table named "a" would hide a.dedup_k<n> */
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s AND EXISTS (SELECT FROM ONLY %s dedup_t WHERE true%s%s)",
 								removed, t->qualname, in_pred, taken.data),
 					   SPI_OK_SELECT);
 		ntaken = spi_get_int64(0, 1);
@@ -645,6 +693,73 @@ name_list(Datum *names, int n, const char *fmt, const char *sep)
 	return buf.data;
 }
 
+/*
+ * A rule on a table the rollback writes would do something else instead of
+ * (or as well as) putting the rows back; PostgreSQL also refuses one for the
+ * data-modifying WITH that restore_all runs.  Refused before anything changes.
+ */
+static void
+refuse_rules(DedupJob *job, Oid relid, const char *qualname)
+{
+	static const char events[] = {'3', '2', '4'};
+	static const char *const names[] = {"INSERT", "UPDATE", "DELETE"};
+
+	for (int i = 0; i < lengthof(events); i++)
+	{
+		char	   *rule = enabled_rule(relid, events[i]);
+
+		if (rule)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot roll back job %lld: rule %s rewrites the %s of %s",
+							(long long) job->job_id, rule, names[i], qualname),
+					 errdetail("The rollback writes the rows the job changed back into the table; a rule would put them elsewhere."),
+					 errhint("Drop or disable the rule for the rollback (ALTER TABLE ... DISABLE RULE).")));
+	}
+}
+
+/*
+ * Run dml, a statement that puts rows back (INSERT, UPDATE or DELETE, with
+ * no RETURNING), and check that it wrote as many rows as the query expected
+ * counts (in the same statement: the same snapshot).  A BEFORE trigger that
+ * returns NULL skips a row silently, and the archive, which the rollback
+ * drops, would have been that row's last copy: refused as the job refuses a
+ * trigger that spares its losers.  Returns the rows written.
+ */
+static int64
+restore_all(DedupJob *job, const char *dml, const char *expected, const char *qualname)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	int64		written,
+				wanted;
+
+	PG_TRY();
+	{
+		spi_exec_count(psprintf("WITH dedup_r AS (%s RETURNING 1)"
+								" SELECT (SELECT pg_catalog.count(*) FROM dedup_r), (%s)", dml, expected),
+					   SPI_OK_SELECT);
+	}
+	PG_CATCH();
+	{
+		/* a constraint added since, or one NOT VALID that the rows broke before */
+		spi_rethrow_with_hint(oldcxt, ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION, 0,
+							  psprintf("Putting back what job %lld changed in %s would violate the constraint above (added since the job, or NOT VALID and violated before it); change the rows in the way, or restore them from the job's archive by hand.",
+									   (long long) job->job_id, qualname),
+							  true);
+	}
+	PG_END_TRY();
+	written = spi_get_int64(0, 1);
+	wanted = spi_get_int64(0, 2);
+	if (written != wanted)
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("cannot roll back job %lld: %lld of the %lld rows it must write to %s were skipped",
+						(long long) job->job_id, (long long) (wanted - written), (long long) wanted, qualname),
+				 errdetail("A BEFORE trigger on the table skipped them; the archive, which the rollback drops, is their only copy."),
+				 errhint("Disable the trigger for the rollback (ALTER TABLE ... DISABLE TRIGGER), or make it let the rows through.")));
+	return written;
+}
+
 /* OPERATOR(schema.=), the default equality of a foreign key column's type */
 static char *
 type_equality(Oid type)
@@ -664,7 +779,7 @@ type_equality(Oid type)
  * between the job and its rollback change nothing.
  */
 static char *
-points_where_left(Oid childid, Datum *cols, int ncols)
+points_where_left(Oid childid, Datum *cols, int ncols, const char *n)
 {
 	StringInfoData buf;
 
@@ -674,11 +789,100 @@ points_where_left(Oid childid, Datum *cols, int ncols)
 		char	   *name = TextDatumGetCString(cols[i]);
 		Oid			type = get_atttype(childid, get_attnum(childid, name));
 
-		appendStringInfo(&buf, "%sc.%s %s (n.dedup_survivor OPERATOR(pg_catalog.->>) %d)::%s",
-						 i > 0 ? " AND " : "", quote_identifier(name), type_equality(type), i,
+		appendStringInfo(&buf, "%sc.%s %s (%s.dedup_survivor OPERATOR(pg_catalog.->>) %d)::%s",
+						 i > 0 ? " AND " : "", quote_identifier(name), type_equality(type), n, i,
 						 sql_type(type));
 	}
 	return buf.data;
+}
+
+/*
+ * "ROW(c.x, ...)::text IS NOT DISTINCT FROM ROW(a.x, ...)::text" over the
+ * columns archive a shares with referencing table c but its re-pointed ones:
+ * the row at the ctid the job left it at is still the one it re-pointed
+ * (the ctid of a row deleted since may hold another row now).  Compared as
+ * text: any type can be.
+ */
+static char *
+same_other_columns(Oid archiveid, Oid childid, Datum *cols, int ncols)
+{
+	Relation	arel = relation_open(archiveid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(arel);
+	StringInfoData c,
+				a;
+
+	initStringInfo(&c);
+	initStringInfo(&a);
+	for (int i = 0; i < archive_table_natts(desc); i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		const char *name = NameStr(att->attname);
+		bool		repointed = false;
+
+		for (int k = 0; k < ncols; k++)
+			repointed = repointed || strcmp(TextDatumGetCString(cols[k]), name) == 0;
+		if (att->attisdropped || repointed || get_attnum(childid, name) == InvalidAttrNumber)
+			continue;
+		appendStringInfo(&c, "%sc.%s", c.len > 0 ? ", " : "", quote_identifier(name));
+		appendStringInfo(&a, "%sa.%s", a.len > 0 ? ", " : "", quote_identifier(name));
+	}
+	relation_close(arel, AccessShareLock);
+	if (c.len == 0)
+		return "true";
+	return psprintf("ROW(%s)::pg_catalog.text IS NOT DISTINCT FROM ROW(%s)::pg_catalog.text",
+					c.data, a.data);
+}
+
+/*
+ * Rows of table relid that the job changed and that are gone from it now are
+ * skipped by its rollback, as deleted since.  A later job that removed one
+ * (a merge's collision, a dedup's loser) keeps it in its archive, with this
+ * job's value, and would put it back so when rolled back: rollbacks of jobs
+ * that changed the same rows go newest first.  source: the job's archived
+ * rows, alias a; gone: true for a row of source that the table no longer
+ * has; same(x): x is a's row, for archive alias x.
+ */
+static void
+refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const char *source,
+						const char *gone, const char *same)
+{
+	Oid			types[2] = {INT8OID, OIDOID};
+	Datum		values[2] = {Int64GetDatum(job->job_id), ObjectIdGetDatum(relid)};
+	SPITupleTable *later;
+
+	spi_exec_as_owner(psprintf("SELECT j.job_id, a.archive FROM %s.dedup_job j,"
+							   " LATERAL (SELECT j.archive_table::pg_catalog.text AS archive"
+							   "  WHERE j.relation OPERATOR(pg_catalog.=) $2"
+							   "  UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'"
+							   "  FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e"
+							   "  WHERE (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid OPERATOR(pg_catalog.=) $2) a"
+							   " WHERE j.job_id OPERATOR(pg_catalog.>) $1 AND j.rolled_back_by IS NULL"
+							   " AND a.archive IS NOT NULL ORDER BY j.job_id DESC",
+							   dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_SELECT);
+	later = SPI_tuptable;
+	for (uint64 i = 0; i < later->numvals; i++)
+	{
+		char	   *archive = SPI_getvalue(later->vals[i], later->tupdesc, 2);
+		Oid			archiveid = dedup_relid_by_name(archive);
+
+		if (!OidIsValid(archiveid) || get_attnum(archiveid, "dedup_action") == InvalidAttrNumber)
+			continue;
+		/* as the extension's owner: the later job's archive may be another role's */
+		spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s AND EXISTS (SELECT FROM %s x"
+								   " WHERE x.dedup_action OPERATOR(pg_catalog.=) 'delete' AND %s)",
+								   source, gone, archive, same),
+						  0, NULL, NULL, NULL, SPI_OK_SELECT);
+		if (spi_get_int64(0, 1) > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot roll back job %lld: job %s removed %lld rows of %s that it changed",
+							(long long) job->job_id, SPI_getvalue(later->vals[i], later->tupdesc, 1),
+							(long long) spi_get_int64(0, 1), qualname),
+					 errdetail("Their rollback would leave them out, and job %s's would put them back with the values this job gave them.",
+							   SPI_getvalue(later->vals[i], later->tupdesc, 1)),
+					 errhint("Roll back job %s first.", SPI_getvalue(later->vals[i], later->tupdesc, 1))));
+	}
 }
 
 /* Put back the rows of a referencing table that a merge removed as collisions. */
@@ -694,10 +898,12 @@ restore_removed_refs(DedupJob *job, const char *archive, Oid archiveid, const ch
 	if (spi_get_int64(0, 1) == 0)
 		return 0;
 	restorable = restorable_columns(archiveid, childid, job->job_id);
-	return spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
-								   " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
-								   child, restorable, restorable, archive),
-						  SPI_OK_INSERT);
+	return restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
+									 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
+									 child, restorable, restorable, archive),
+					   psprintf("SELECT pg_catalog.count(*) FROM %s a"
+								" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'", archive),
+					   child);
 }
 
 /*
@@ -729,6 +935,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 									   name_list(pk, npk, "c.%s%.0s", ", "),
 									   name_list(pk, npk, "a.%s%.0s", ", "));
 		char	   *job_value;
+		char	   *where;
 		StringInfoData original,
 					some_null;
 		int64		changed;
@@ -746,7 +953,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 							 " WHERE n.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)"
 							 " AND (n.dedup_survivor IS NULL OR (%s)))",
 							 archive, name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "n.%s%.0s", ", "),
-							 points_where_left(childid, cols, ncols));
+							 points_where_left(childid, cols, ncols, "n"));
 		initStringInfo(&original);
 		initStringInfo(&some_null);
 		for (int i = 0; i < ncols; i++)
@@ -758,6 +965,11 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 							 type_equality(get_atttype(childid, get_attnum(childid, name))), q);
 			appendStringInfo(&some_null, "%sc.%s IS NULL", i > 0 ? " OR " : "", q);
 		}
+		refuse_removed_by_later(job, childid, child, psprintf("%s a", source),
+								psprintf("NOT EXISTS (SELECT FROM ONLY %s c WHERE %s)", child, pkmatch),
+								psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
+										 name_list(pk, npk, "x.%s%.0s", ", "),
+										 name_list(pk, npk, "a.%s%.0s", ", ")));
 		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s"
 								" AND NOT (%s) AND NOT (%s) AND NOT %s",
 								child, source, pkmatch, some_null.data, original.data, job_value),
@@ -771,30 +983,37 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 					 errdetail("Their foreign key has a value the job did not give it; a rollback would overwrite it."),
 					 errhint("Compare %s with archive table %s (dedup_survivor: where the job pointed each row), and point those rows back or keep the job's work.",
 							 child, archive)));
-		return spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s"
-									   " AND NOT (%s) AND NOT (%s) AND %s",
-									   child, name_list(cols, ncols, "%s = a.%s", ", "), source,
-									   pkmatch, some_null.data, original.data, job_value),
-							  SPI_OK_UPDATE);
+		where = psprintf("%s AND NOT (%s) AND NOT (%s) AND %s",
+						 pkmatch, some_null.data, original.data, job_value);
+		return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
+										 child, name_list(cols, ncols, "%s = a.%s", ", "), source, where),
+						   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s",
+									child, source, where),
+						   child);
 	}
 
 	source = psprintf("(SELECT a.* FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint')",
 					  archive);
-	match = pstrdup("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid");
-	moved = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
-									child, name_list(cols, ncols, "%s = a.%s", ", "), source, match),
-						   SPI_OK_UPDATE);
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s a", source), SPI_OK_SELECT);
-	expected = spi_get_int64(0, 1);
+	match = psprintf("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid AND %s"
+					 " AND (a.dedup_survivor IS NULL OR (%s))",
+					 same_other_columns(dedup_relid_by_name(archive), childid, cols, ncols),
+					 points_where_left(childid, cols, ncols, "a"));
+	spi_exec_count(psprintf("SELECT (SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s),"
+							" (SELECT pg_catalog.count(*) FROM %s a)", child, source, match, source),
+				   SPI_OK_SELECT);
+	moved = spi_get_int64(0, 1);
+	expected = spi_get_int64(0, 2);
 	if (moved != expected)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot roll back job %lld: %lld of %lld re-pointed rows of %s were found",
 						(long long) job->job_id, (long long) moved, (long long) expected, child),
-				 errdetail("Rows of a table without a primary key (or when it contains the re-pointed columns) are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes."),
+				 errdetail("Rows of a table without a primary key (or when it contains the re-pointed columns) are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes; a row found there must be the one the job re-pointed, still pointing where it left it."),
 				 errhint("Compare %s with archive table %s (dedup_survivor: where the job pointed each row).",
 						 child, archive)));
-	return moved;
+	return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
+									 child, name_list(cols, ncols, "%s = a.%s", ", "), source, match),
+					   psprintf("SELECT %lld", (long long) expected), child);
 }
 
 /*
@@ -853,7 +1072,10 @@ restore_refs(DedupJob *job)
 			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 4, &isnull)),
 							  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
 			if (step == 0)
+			{
+				refuse_rules(job, childid, child);
 				restored += restore_removed_refs(job, archive, archiveid, child, childid);
+			}
 			else
 			{
 				restored += restore_repointed(job, archive, child, childid, cols, ncols, pk, npk);
@@ -923,8 +1145,9 @@ unlink_rows(DedupJob *job, DedupTarget *t, const char *linked, const char *fk, c
 				 errdetail("Their %s has a value the job did not give it; a rollback would clear it.", fk),
 				 errhint("Compare %s with archive table %s, which lists the rows the job linked and their values.",
 						 t->qualname, linked)));
-	return spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL WHERE %s", t->qualname, fk, job_value),
-						  SPI_OK_UPDATE);
+	return restore_all(job, psprintf("UPDATE ONLY %s c SET %s = NULL WHERE %s", t->qualname, fk, job_value),
+					   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE %s", t->qualname, job_value),
+					   t->qualname);
 }
 
 /*
@@ -1004,8 +1227,10 @@ remove_created_parents(DedupJob *job, DedupTarget *t, const char *fk, Oid parent
 						(long long) job->job_id, (long long) spi_get_int64(0, 1), t->qualname),
 				 errdetail("Their %s was set after the job; a rollback removes the parents it created.", fk),
 				 errhint("Point those rows elsewhere, or keep the job's work.")));
-	spi_exec_count(psprintf("DELETE FROM ONLY %s c USING %s a WHERE %s", parent, created, match),
-				   SPI_OK_DELETE);
+	restore_all(job, psprintf("DELETE FROM ONLY %s c USING %s a WHERE %s", parent, created, match),
+				psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE EXISTS (SELECT FROM %s a WHERE %s)",
+						 parent, created, match),
+				parent);
 }
 
 /*
@@ -1036,6 +1261,8 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 						(long long) job->job_id)));
 	parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(parentid)),
 										get_rel_name(parentid));
+	if (created)
+		refuse_rules(job, parentid, parent);
 	if (constraint)
 		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", t->qualname,
 								quote_identifier(constraint)), SPI_OK_UTILITY);
@@ -1068,8 +1295,9 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 
 		refuse_taken_keys(job, t, deleted, InvalidOid, false);
 
-		restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a",
-											t->qualname, cols, cols, deleted), SPI_OK_INSERT);
+		restored += restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a",
+											  t->qualname, cols, cols, deleted),
+								psprintf("SELECT pg_catalog.count(*) FROM %s a", deleted), t->qualname);
 	}
 
 	if (t->npk > 0 && get_attnum(linkedid, fkname) != InvalidAttrNumber)
@@ -1086,15 +1314,19 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 								t->npk == 0 ? "l.dedup_ctid" : sql_pk_list(t, "l"), linked),
 					   SPI_OK_SELECT);
 		expected = spi_get_int64(0, 1);
-		nulled = spi_exec_count(psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
-										 t->qualname, fk, linked, key_archive_match(linkedid, "c", "l", NULL)),
-								SPI_OK_UPDATE);
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE EXISTS (SELECT FROM %s l WHERE %s)",
+								t->qualname, linked, key_archive_match(linkedid, "c", "l", NULL)),
+					   SPI_OK_SELECT);
+		nulled = spi_get_int64(0, 1);
 		if (nulled != expected)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("cannot roll back job %lld: %lld of %lld linked rows of %s were found",
 							(long long) job->job_id, (long long) nulled, (long long) expected, t->qualname),
 					 errdetail("Rows of a table without a primary key are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
+		nulled = restore_all(job, psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
+										   t->qualname, fk, linked, key_archive_match(linkedid, "c", "l", NULL)),
+							 psprintf("SELECT %lld", (long long) expected), t->qualname);
 	}
 	restored += nulled;
 
@@ -1132,6 +1364,11 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 						 " AND r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) n.dedup_new_value)",
 						 job->archive_table, sql_pk_match(t, "r", "n"), col);
 
+	refuse_removed_by_later(job, t->relid, t->qualname, psprintf("%s a", originals),
+							psprintf("NOT EXISTS (SELECT FROM ONLY %s r WHERE %s)", t->qualname,
+									 sql_pk_match(t, "r", "a")),
+							sql_pk_match(t, "x", "a"));
+
 	/*
 	 * A row deleted since, or given its original value back, needs nothing;
 	 * one that has a value the job did not give it was changed by someone
@@ -1151,9 +1388,11 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 				 errdetail("They were changed since the job; a rollback would overwrite that."),
 				 errhint("Compare the table with archive table %s (column dedup_new_value), and set those rows back to the job's values or restore them by hand.",
 						 job->archive_table)));
-	return spi_exec_count(psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a WHERE %s AND %s",
-								   t->qualname, col, col, originals, sql_pk_match(t, "r", "a"), job_value),
-						  SPI_OK_UPDATE);
+	return restore_all(job, psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a WHERE %s AND %s",
+									 t->qualname, col, col, originals, sql_pk_match(t, "r", "a"), job_value),
+					   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s r, %s a WHERE %s AND %s",
+								t->qualname, originals, sql_pk_match(t, "r", "a"), job_value),
+					   t->qualname);
 }
 
 /*
@@ -1175,6 +1414,8 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	Oid			job_index = InvalidOid;
 	bool		job_index_gone = false;
 	bool		nothing;
+	Oid			saved_user;
+	int			saved_sec;
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	job_id = PG_GETARG_INT64(0);
@@ -1210,7 +1451,9 @@ dedup_rollback(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld kept no archive, so it cannot be rolled back", (long long) job_id),
-				 errdetail("It ran with archive => false.")));
+				 job_param(job, "archive") != NULL && strcmp(job_param(job, "archive"), "false") == 0 ?
+				 errdetail("It ran with archive => false.") :
+				 errdetail("Its archive was dropped with dedup_drop_archive.")));
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->relid)))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
@@ -1222,9 +1465,23 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				 errmsg("archive table %s of job %lld no longer exists",
 						job->archive_table, (long long) job_id)));
 
+	/*
+	 * A superuser rolling back another role's job does it with that role's
+	 * rights, as the job ran: what an archive lists is put back only where
+	 * its submitter may still write (a merge's writer may add rows to the
+	 * archive of a table it does not own).  Restored at the end, or by the
+	 * abort of an error.
+	 */
+	GetUserIdAndSecContext(&saved_user, &saved_sec);
+	if (job->submitted_by != saved_user &&
+		SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(job->submitted_by)))
+		SetUserIdAndSecContext(job->submitted_by,
+							   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+
 	/* the owner check and lock; the key is only needed for the primary key */
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
+	refuse_rules(job, t->relid, t->qualname);
 	if (strcmp(job->kind, "backfill") != 0)
 		job_index = job_unique_index(job, t, &job_index_gone);
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
@@ -1237,6 +1494,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 		restored = rollback_backfill(job, t);
 		job_finish(rb_job, NULL, 0, 0, 0, restored, NULL, NULL, false);
 		job_mark_rolled_back(job_id, rb_job);
+		SetUserIdAndSecContext(saved_user, saved_sec);
 		SPI_finish();
 		PG_RETURN_INT64(restored);
 	}
@@ -1247,15 +1505,18 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	{
 		job_finish(rb_job, NULL, 0, 0, 0, 0, NULL, NULL, false);
 		job_mark_rolled_back(job_id, rb_job);
+		SetUserIdAndSecContext(saved_user, saved_sec);
 		SPI_finish();
 		PG_RETURN_INT64(0);
 	}
 
 	cols = restorable_columns(archive, job->relid, job->job_id);
-	restored += spi_exec_count(psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
-										" SELECT %s FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
-										t->qualname, cols, cols, job->archive_table),
-							   SPI_OK_INSERT);
+	restored += restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
+										  " SELECT %s FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
+										  t->qualname, cols, cols, job->archive_table),
+							psprintf("SELECT pg_catalog.count(*) FROM %s a"
+									 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'", job->archive_table),
+							t->qualname);
 
 	if (job->ref_archives)
 		restored += restore_refs(job);
@@ -1264,9 +1525,77 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	if (rename_column)
 		restored += restore_renamed(job, t, quote_identifier(rename_column));
 
-	spi_exec_count(psprintf("DROP TABLE %s", job->archive_table), SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("DROP TABLE %s", job->archive_table), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	job_finish(rb_job, NULL, 0, 0, 0, restored, NULL, NULL, false);
 	job_mark_rolled_back(job_id, rb_job);
+	SetUserIdAndSecContext(saved_user, saved_sec);
 	SPI_finish();
 	PG_RETURN_INT64(restored);
+}
+
+/* drop archive table name (qualified) if it is still there; true if it was */
+static bool
+drop_archive_table(const char *name)
+{
+	if (name == NULL || !OidIsValid(dedup_relid_by_name(name)))
+		return false;
+	spi_exec_as_owner(psprintf("DROP TABLE %s", name), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	return true;
+}
+
+/*
+ * Give up a job's rollback: drop the archive tables it keeps (its table's,
+ * its re-pointed tables', a backfill's lists of linked, deleted and created
+ * rows).  Archives belong to the extension's owner (archive_grant), so this
+ * is how the job's submitter reclaims their space.  Returns the number of
+ * tables dropped.  A job still in progress keeps writing to its archive.
+ */
+Datum
+dedup_drop_archive(PG_FUNCTION_ARGS)
+{
+	int64		job_id;
+	DedupJob   *job;
+	int32		dropped = 0;
+	const char *const undo_fields[] = {"linked", "deleted", "created"};
+
+	dedup_require_arg(fcinfo, 0, "job_id");
+	job_id = PG_GETARG_INT64(0);
+	PreventCommandIfReadOnly("dedup_drop_archive()");
+
+	SPI_connect();
+	job = job_fetch(job_id, true, true);
+	if (strcmp(job->state, "done") != 0 && strcmp(job->state, "failed") != 0 &&
+		strcmp(job->state, "cancelled") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job %lld is %s; only a finished job's archive can be dropped",
+						(long long) job_id, job_effective_state(job_id)),
+				 errhint("Wait for it with dedup_wait(%lld), or cancel it with dedup_cancel(%lld).",
+						 (long long) job_id, (long long) job_id)));
+
+	dropped += drop_archive_table(job->archive_table);
+	if (job->ref_archives)
+	{
+		Oid			types[1] = {TEXTOID};
+		Datum		values[1] = {CStringGetTextDatum(job->ref_archives)};
+		SPITupleTable *refs;
+
+		if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'archive'"
+								  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e",
+								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job_id);
+		refs = SPI_tuptable;
+		for (uint64 i = 0; i < refs->numvals; i++)
+			dropped += drop_archive_table(SPI_getvalue(refs->vals[i], refs->tupdesc, 1));
+	}
+	for (int i = 0; job->undo && i < lengthof(undo_fields); i++)
+		dropped += drop_archive_table(json_field_text(job->undo, undo_fields[i]));
+
+	/* the job's row no longer names them: its rollback says it has none */
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET archive_table = NULL, ref_archives = NULL,"
+							   " undo = NULL WHERE job_id OPERATOR(pg_catalog.=) %lld",
+							   dedup_ext_schema(), (long long) job_id),
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	SPI_finish();
+	PG_RETURN_INT32(dropped);
 }

@@ -216,6 +216,24 @@ open_key(DedupTarget *t, Relation rel, ArrayType *key)
 	}
 }
 
+/*
+ * A preview and every job sort each group's rows (a window over the key):
+ * a key type with hash equality only (xid, cid) cannot be sorted.  The
+ * audit functions group by hashing and take it.
+ */
+void
+dedup_target_require_sort(DedupTarget *t, const char *fn)
+{
+	for (int i = 0; i < t->nkeys; i++)
+		if (!OidIsValid(lookup_type_cache(t->keys[i].type, TYPECACHE_LT_OPR)->lt_opr))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("key column %s has type %s, which %s cannot sort",
+							t->keys[i].quoted, format_type_be(t->keys[i].type), fn),
+					 errdetail("Its type has an equality operator but no ordering (no btree operator class)."),
+					 errhint("dedup_audit and dedup_groups take this key; for the rest, key on a generated column of a type that sorts.")));
+}
+
 static void
 open_primary_key(DedupTarget *t, Relation rel)
 {
@@ -484,12 +502,15 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 	StringInfoData bare;
 
 	initStringInfo(&buf);
-	if (strcmp(keep, "first") == 0 || strcmp(keep, "last") == 0)
+	/* as SQL's words: in any case */
+	if (pg_strcasecmp(keep, "first") == 0 || pg_strcasecmp(keep, "last") == 0)
 	{
-		append_tiebreak(&buf, t, keep[0] == 'l');
+		bool		last = pg_strcasecmp(keep, "last") == 0;
+
+		append_tiebreak(&buf, t, last);
 		t->order_r = buf.data;
-		t->keep_extreme = keep[0];
-		t->keep_sql = pstrdup(keep);
+		t->keep_extreme = last ? 'l' : 'f';
+		t->keep_sql = pstrdup(last ? "last" : "first");
 		return;
 	}
 
@@ -505,18 +526,21 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 		Oid			type = exprType(e);
 		int			from;
 
-		/* in SQL's ORDER BY 3 means a column of the select list; there is none here */
-		if (IsA(e, Const))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid keep: item %d is a constant, which orders nothing",
-							foreach_current_index(ls) + 1),
-					 errhint("Name columns or expressions over them; a number does not refer to a column here.")));
 		if (contain_volatile_functions(e))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("invalid keep: item %d uses a volatile function", foreach_current_index(ls) + 1),
 					 errdetail("The survivor of a group must not depend on chance: a background job reads the groups more than once.")));
+		/*
+		 * in SQL's ORDER BY 3 means a column of the select list; there is
+		 * none here, and an expression of no column ('1 + 1') orders nothing
+		 */
+		if (!contain_vars_of_level(e, 0))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid keep: item %d is a constant, which orders nothing",
+							foreach_current_index(ls) + 1),
+					 errhint("Name columns or expressions over them; a number does not refer to a column here.")));
 		if (bare.len > 0)
 			appendStringInfoString(&bare, ", ");
 		appendStringInfoString(&bare, deparse_qualified(e, t->relname, t->relid, false));
@@ -540,7 +564,13 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 		{
 			Oid			sortop;
 
-			get_sort_group_operators(type, true, false, false, &sortop, NULL, NULL, NULL);
+			get_sort_group_operators(type, false, false, false, &sortop, NULL, NULL, NULL);
+			if (!OidIsValid(sortop))
+				ereport(ERROR,
+						(errcode(ERRCODE_UNDEFINED_FUNCTION),
+						 errmsg("invalid keep: item %d is of type %s, which has no ordering",
+								foreach_current_index(ls) + 1, format_type_be(type)),
+						 errhint("Order by columns or expressions whose type sorts (it has a btree operator class), or name an ordering operator with USING.")));
 			if (sb->sortby_dir == SORTBY_DESC)
 				appendStringInfoString(&buf, " DESC");
 		}
@@ -574,6 +604,14 @@ dedup_target_set_rename(DedupTarget *t)
 				 errdetail("The renamed column gets the suffix '-' || primary key; no column of the key of %s is text, varchar or similar.",
 						   t->qualname),
 				 errhint("Use action => 'delete' or 'merge', or add a text column to the key.")));
+	if (getBaseType(t->keys[t->rename_key].type) == NAMEOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("action \"rename\" cannot change key column %s of %s: it is of type name",
+						t->keys[t->rename_key].quoted, t->qualname),
+				 errdetail("A name holds at most %d bytes and cuts longer values silently: a renamed value could be cut back to a duplicate.",
+						   NAMEDATALEN - 1),
+				 errhint("Use action => 'delete' or 'merge', or put a column of type text last in the key.")));
 	if (get_attgenerated(t->relid, get_attnum(t->relid, t->keys[t->rename_key].name)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -612,6 +650,26 @@ fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **
 	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, 5, &isnull)),
 					  OIDOID, 4, true, TYPALIGN_INT, eqops, NULL, &n);
 	return n;
+}
+
+/*
+ * The name (quoted) of an enabled rule of table relid on event ev_type
+ * (pg_rewrite.ev_type: '2' UPDATE, '3' INSERT, '4' DELETE), or NULL
+ */
+char *
+enabled_rule(Oid relid, char ev_type)
+{
+	Oid			argtypes[2] = {OIDOID, CHAROID};
+	Datum		args[2] = {ObjectIdGetDatum(relid), CharGetDatum(ev_type)};
+
+	if (SPI_execute_with_args("SELECT r.rulename::pg_catalog.text FROM pg_catalog.pg_rewrite r"
+							  " WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND r.ev_type OPERATOR(pg_catalog.=) $2"
+							  " AND r.ev_enabled OPERATOR(pg_catalog.<>) 'D'"
+							  " ORDER BY 1 LIMIT 1", 2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read rules");
+	if (SPI_processed == 0)
+		return NULL;
+	return pstrdup(quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)));
 }
 
 /*

@@ -117,6 +117,7 @@ dedup_preview(PG_FUNCTION_ARGS)
 	dedup_require_arg(fcinfo, 2, "keep");
 	dedup_require_arg(fcinfo, 3, "action");
 	t = open_for_looking(fcinfo, 4, 5);
+	dedup_target_require_sort(t, "dedup_preview");
 	action = dedup_parse_action(text_to_cstring(PG_GETARG_TEXT_PP(3)));
 	dedup_target_set_keep(t, text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	if (action == DEDUP_ACTION_RENAME)
@@ -146,7 +147,7 @@ dedup_preview(PG_FUNCTION_ARGS)
 		new_value = "NULL::pg_catalog.text";
 
 	appendStringInfo(&sql,
-					 "dedup_g AS (SELECT s.*, pg_catalog.dense_rank() OVER (ORDER BY s.dedup_group_kv) AS dedup_group_no"
+					 "dedup_g AS (SELECT s.*, pg_catalog.dense_rank() OVER (ORDER BY s.dedup_group_kv, s.dedup_survivor) AS dedup_group_no"
 					 " FROM dedup_s s WHERE s.dedup_n OPERATOR(pg_catalog.>) 1)"
 					 " SELECT g.dedup_group_no, g.dedup_row_id,"
 					 " CASE WHEN g.dedup_rn OPERATOR(pg_catalog.=) 1 THEN 'keep' ELSE %s END::pg_catalog.text,"

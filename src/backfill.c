@@ -392,11 +392,12 @@ open_backfill(FunctionCallInfo fcinfo)
 				 errmsg("permission denied for table %s", get_rel_name(b->parentid)),
 				 errdetail("backfill_fk reads the parent given as argument \"parent\".")));
 	writes_parent = b->on_orphan == ON_ORPHAN_CREATE_PARENT && !PG_GETARG_BOOL(9);
-	if (writes_parent && pg_class_aclcheck(b->parentid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
+	/* it changes the parent, as dedup_table changes its table: owners only */
+	if (writes_parent && !dedup_rel_ownercheck(b->parentid, GetUserId()))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for table %s", get_rel_name(b->parentid)),
-				 errdetail("on_orphan => 'create_parent' inserts into the parent.")));
+				 errmsg("must be owner of table %s", get_rel_name(b->parentid)),
+				 errdetail("on_orphan => 'create_parent' adds rows to the parent, and its rollback removes them; dedup_ext changes a table only for its owner or a member of the owning role.")));
 	/* an orphan deleted would take with it the parent some rows' keys name */
 	if (b->parentid == childid && b->on_orphan == ON_ORPHAN_DELETE)
 		ereport(ERROR,
@@ -857,6 +858,7 @@ submit_background(FunctionCallInfo fcinfo, Backfill *b, bool archive)
 	if (b->on_orphan == ON_ORPHAN_DELETE)
 		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
 									HINT_KEEP_ORPHANS);
+	job_refuse_temp(b->parentid);
 	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b));
 	if (archive)
 		create_archives(b, &res);
@@ -1186,7 +1188,7 @@ bg_backfill(BgJob *job)
 			/* before a batch takes its row locks (at most 1 ms) */
 			cpu_yield_now();
 			if (bg_xact(job, link_batch, NULL))
-				bg_sleep(job->batch_delay);
+				bg_delay(job);
 		}
 		else if (strcmp(phase, "sweeping") == 0)
 			bg_xact(job, sweep_backfill, NULL);

@@ -527,11 +527,13 @@ batch_step(BgJob *job, void *arg)
 
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "WITH dedup_x AS (SELECT r.ctid AS dedup_rctid, w.dedup_cand"
-						 " FROM ONLY %s r, %s WHERE %s), %s SELECT pg_catalog.count(*) FROM dedup_u",
+						 " FROM ONLY %s r, %s WHERE %s), %s SELECT pg_catalog.count(*),"
+						 " pg_catalog.count(*) FILTER (WHERE u.dedup_same IS NOT TRUE) FROM dedup_u u",
 						 t->qualname, using, where,
 						 sql_rename_apply(t, "dedup_x", "dedup_rctid", job->archive_table, job->job_id));
 		spi_exec_count(sql.data, SPI_OK_SELECT);
 		changed = spi_get_int64(0, 1);
+		rename_stored_check(t, spi_get_int64(0, 2));
 	}
 	else if (job->action == DEDUP_ACTION_MERGE)
 	{
@@ -734,7 +736,7 @@ bg_dedup(BgJob *job)
 			cpu_yield_now();
 			if (!bg_xact(job, batch_step, NULL))
 				continue;
-			bg_sleep(job->batch_delay);
+			bg_delay(job);
 		}
 		else if (strcmp(job->phase, "building unique index") == 0)
 			build_unique(job);

@@ -182,14 +182,21 @@ run_delete(DedupTarget *t, DedupResult *res)
 		spi_rethrow_with_hint(oldcxt, ERRCODE_FOREIGN_KEY_VIOLATION, 0, HINT_MERGE_REFERENCES, false);
 	}
 	PG_END_TRY();
-	if (res->rows_deleted != nlosers)
+	losers_deleted_check(t, res->rows_deleted, nlosers);
+	spi_exec_count(psprintf("DROP TABLE %s", losers), SPI_OK_UTILITY);
+}
+
+/* Of nlosers losers of the table, deleted were: all, or the job stops. */
+void
+losers_deleted_check(DedupTarget *t, int64 deleted, int64 nlosers)
+{
+	if (deleted != nlosers)
 		ereport(ERROR,
 				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
 				 errmsg("%lld of the %lld losers of %s were not deleted",
-						(long long) (nlosers - res->rows_deleted), (long long) nlosers, t->qualname),
+						(long long) (nlosers - deleted), (long long) nlosers, t->qualname),
 				 errdetail("A BEFORE DELETE trigger on the table skipped them (or a row-level security policy for DELETE hid them); their duplicates would stay."),
 				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the losers go.")));
-	spi_exec_count(psprintf("DROP TABLE %s", losers), SPI_OK_UTILITY);
 }
 
 /* Rename the losers' key column, archiving their original versions. */
@@ -210,7 +217,8 @@ run_rename(DedupTarget *t, DedupResult *res)
 					 " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_val IS NULL),"
 					 " (SELECT pg_catalog.min(f.dedup_cand) FROM dedup_f f GROUP BY f.dedup_cand"
 					 "  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1),"
-					 " (SELECT pg_catalog.count(*) FROM dedup_f)",
+					 " (SELECT pg_catalog.count(*) FROM dedup_f),"
+					 " (SELECT pg_catalog.count(*) FROM dedup_u u WHERE u.dedup_same IS NOT TRUE)",
 					 sql_rename_apply(t, "dedup_f", "dedup_ctid", res->archive_table, res->job_id));
 	PG_TRY();
 	{
@@ -237,6 +245,25 @@ run_rename(DedupTarget *t, DedupResult *res)
 						(long long) spi_get_int64(0, 5), t->qualname),
 				 errdetail("A BEFORE UPDATE trigger on the table skipped them (or a row-level security policy for UPDATE hid them); their duplicates would stay."),
 				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the renames through.")));
+	rename_stored_check(t, spi_get_int64(0, 6));
+}
+
+/*
+ * changed: renamed rows that do not hold the value the rename wrote.  A
+ * BEFORE UPDATE trigger changed it, and may have made it a duplicate again
+ * (or of another row); the job cannot say it is done.
+ */
+void
+rename_stored_check(DedupTarget *t, int64 changed)
+{
+	if (changed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("%lld renamed rows of %s do not hold the value the rename gave them",
+						(long long) changed, t->qualname),
+				 errdetail("A BEFORE UPDATE trigger on the table changed their %s; their duplicates could stay.",
+						   t->keys[t->rename_key].quoted),
+				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or use action => 'delete' or 'merge'.")));
 }
 
 /*
@@ -345,21 +372,13 @@ merge(DedupTarget *t, DedupResult *res)
 void
 dedup_refuse_cascades(DedupTarget *t, DedupAction action)
 {
-	Oid			argtypes[2] = {OIDOID, CHAROID};
-	Datum		args[2] = {ObjectIdGetDatum(t->relid),
-	CharGetDatum(action == DEDUP_ACTION_RENAME ? '2' : '4')};
+	char	   *rule = enabled_rule(t->relid, action == DEDUP_ACTION_RENAME ? '2' : '4');
 
-	if (SPI_execute_with_args("SELECT r.rulename::pg_catalog.text FROM pg_catalog.pg_rewrite r"
-							  " WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND r.ev_type OPERATOR(pg_catalog.=) $2"
-							  " AND r.ev_enabled OPERATOR(pg_catalog.<>) 'D'"
-							  " ORDER BY 1 LIMIT 1", 2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "dedup_ext: could not read rules");
-	if (SPI_processed > 0)
+	if (rule)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("cannot %s duplicate rows of %s: rule %s rewrites its %s",
-						dedup_action_name(action), t->qualname,
-						quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+						dedup_action_name(action), t->qualname, rule,
 						action == DEDUP_ACTION_RENAME ? "UPDATE" : "DELETE"),
 				 errdetail("What a rule does instead, or also, no archive would keep."),
 				 errhint("Drop or disable the rule for the job (ALTER TABLE ... DISABLE RULE).")));
@@ -528,6 +547,7 @@ dedup_table(PG_FUNCTION_ARGS)
 						  dry_run || background ? AccessShareLock :
 						  strategy == DEDUP_STRATEGY_REWRITE ? AccessExclusiveLock :
 						  ShareRowExclusiveLock);
+	dedup_target_require_sort(t, "dedup_table");
 	dedup_target_set_keep(t, keep);
 	if (action == DEDUP_ACTION_RENAME)
 		dedup_target_set_rename(t);
@@ -563,6 +583,8 @@ dedup_table(PG_FUNCTION_ARGS)
 	}
 	else if (background)
 	{
+		if (PG_GETARG_BOOL(6))
+			archive_refuse_own_names(t->relid);
 		/* a merge's refusals (privileges on referencing tables...) now, not in its first batch */
 		if (action == DEDUP_ACTION_MERGE)
 			(void) merge_plan(t, false);
@@ -578,6 +600,8 @@ dedup_table(PG_FUNCTION_ARGS)
 	}
 	else
 	{
+		if (PG_GETARG_BOOL(6))
+			archive_refuse_own_names(t->relid);
 		res.job_id = job_create("dedup", foreground_phase(res.strategy, action),
 								t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,

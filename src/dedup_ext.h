@@ -123,6 +123,8 @@ extern bool referenced_row(Oid relid, const char *qualname, const char *rows, bo
 extern void references_immediate(Oid relid);
 extern void refuse_deferred_references(Oid relid, const char *qualname, const char *what,
 									   const char *rows, const char *hint);
+extern char *enabled_rule(Oid relid, char ev_type);
+extern void dedup_target_require_sort(DedupTarget *t, const char *fn);
 extern void refuse_cascading_references(Oid relid, const char *qualname, const char *what,
 										bool on_delete, AttrNumber att, const char *hint);
 /* the hint of a delete refused for the references to its rows */
@@ -289,6 +291,7 @@ extern char *job_param(DedupJob *job, const char *name);
 extern char *json_field_text(const char *json, const char *name);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 extern int64 job_submit(const char *kind, Oid relid, const char *relname, const char *params_json);
+extern void job_refuse_temp(Oid relid);
 extern void job_drop_work_table(int64 job_id, const char *work_table);
 extern void job_set_archive(int64 job_id, const char *archive_table);
 
@@ -333,6 +336,7 @@ extern bool bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
 extern void bg_toplevel(BgJob *job, const char *sql);
 extern void bg_compress_wal(bool on);
 extern void bg_sleep(int ms);
+extern void bg_delay(BgJob *job);
 extern void bg_record(BgJob *job, const char *assignments);
 extern void bg_publish(BgJob *job);
 extern bool bg_control_requested(BgJob *job);
@@ -372,6 +376,7 @@ extern char *archive_adopt(Oid heap, Oid relid, int64 job_id);
 extern bool archive_drop_if_empty(const char *archive);
 extern char *archive_xact_value(const char *archive);
 extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
+extern void archive_refuse_own_names(Oid relid);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);
 
@@ -384,6 +389,8 @@ extern char *unique_existing(DedupTarget *t);
 
 /* dedup.c */
 extern void rename_refusals(DedupTarget *t, int64 null_keys, const char *taken);
+extern void rename_stored_check(DedupTarget *t, int64 changed);
+extern void losers_deleted_check(DedupTarget *t, int64 deleted, int64 nlosers);
 extern void dedup_refuse_cascades(DedupTarget *t, DedupAction action);
 
 /* the SQL-callable functions */

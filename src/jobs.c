@@ -92,6 +92,21 @@ spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 }
 
 /*
+ * A background worker is a session of its own: it cannot read the temporary
+ * tables of the session that submits the job.  Refused at submission.
+ */
+void
+job_refuse_temp(Oid relid)
+{
+	if (get_rel_persistence(relid) == RELPERSISTENCE_TEMP)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot run a background job on temporary table %s", get_rel_name(relid)),
+				 errdetail("The job would run in a background worker, which cannot read another session's temporary tables."),
+				 errhint("Use background => false.")));
+}
+
+/*
  * A foreground job's row, and its slot in dedup_progress (preloaded), shown
  * to other sessions in its first phase until the caller moves it on.
  */
@@ -158,6 +173,8 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 {
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
+
+	job_refuse_temp(relid);
 
 	/*
 	 * One background job per table at a time: two would race to build the

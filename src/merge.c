@@ -88,21 +88,69 @@ refcol_index(MergePlan *plan, const char *name)
 	return list_length(plan->refcols) - 1;
 }
 
-/* The caller needs SELECT, UPDATE and DELETE on a table it re-points rows of. */
+/*
+ * The caller needs SELECT, UPDATE and DELETE on a table it re-points rows
+ * of, and INSERT where rows may collide: the rollback puts removed ones back.
+ */
 static void
 check_child_privileges(RefKey *ref)
 {
-	static const AclMode modes[] = {ACL_SELECT, ACL_UPDATE, ACL_DELETE};
+	static const AclMode modes[] = {ACL_SELECT, ACL_UPDATE, ACL_DELETE, ACL_INSERT};
 
 	if (dedup_rel_ownercheck(ref->childid, GetUserId()))
 		return;
-	for (int i = 0; i < lengthof(modes); i++)
+	for (int i = 0; i < lengthof(modes) - (ref->collisions ? 0 : 1); i++)
 		if (pg_class_aclcheck(ref->childid, GetUserId(), modes[i]) != ACLCHECK_OK)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied for table %s", ref->child),
+					 ref->collisions ?
+					 errdetail("Merging re-points rows of %s (foreign key %s), which needs SELECT, UPDATE and DELETE on it, and INSERT: rows that would collide under its unique indexes are removed, and a rollback puts them back.",
+							   ref->child, quote_identifier(ref->conname)) :
 					 errdetail("Merging re-points rows of %s (foreign key %s), which needs SELECT, UPDATE and DELETE on it.",
 							   ref->child, quote_identifier(ref->conname))));
+}
+
+/*
+ * A re-pointed column that another foreign key of the referencing table
+ * shares ((tenant, account) and (tenant, owner), say) moves that key too,
+ * to a row nobody chose, unless loser and survivor have the same value in
+ * it: the referenced column is one of the dedup key's.  Refused.
+ */
+static void
+refuse_shared_columns(DedupTarget *t, RefKey *ref, Datum *confkey)
+{
+	for (int i = 0; i < ref->ncols; i++)
+	{
+		char	   *refcol = get_attname(t->relid, DatumGetInt16(confkey[i]), false);
+		bool		in_key = false;
+		Oid			argtypes[3] = {OIDOID, TEXTOID, INT2OID};
+		Datum		args[3];
+
+		for (int k = 0; k < t->nkeys; k++)
+			in_key = in_key || strcmp(t->keys[k].name, refcol) == 0;
+		if (in_key)
+			continue;
+		args[0] = ObjectIdGetDatum(ref->childid);
+		args[1] = CStringGetTextDatum(ref->conname);
+		args[2] = Int16GetDatum(ref->attnums[i]);
+		if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"
+								  " WHERE c.conrelid OPERATOR(pg_catalog.=) $1 AND c.contype OPERATOR(pg_catalog.=) 'f'"
+								  " AND c.conname OPERATOR(pg_catalog.<>) $2::pg_catalog.name"
+								  " AND $3 OPERATOR(pg_catalog.=) ANY (c.conkey) ORDER BY 1 LIMIT 1",
+								  3, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "dedup_ext: could not read foreign keys");
+		if (SPI_processed > 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("cannot merge rows of %s: column %s of %s is in foreign key %s and in foreign key %s",
+							t->qualname, ref->cols[i], ref->child, quote_identifier(ref->conname),
+							quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1))),
+					 errdetail("Re-pointing %s changes %s, which would move the other foreign key to a row no one chose: a loser and its survivor may differ in %s.",
+							   quote_identifier(ref->conname), ref->cols[i], quote_identifier(refcol)),
+					 errhint("Add column %s to the key, so that loser and survivor share it.",
+							 quote_identifier(refcol))));
+	}
 }
 
 static bool
@@ -185,7 +233,6 @@ merge_plan(DedupTarget *t, bool lock_children)
 							t->qualname, quote_identifier(ref->conname), get_rel_name(ref->childid))));
 		ref->child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
 												get_rel_name(ref->childid));
-		check_child_privileges(ref);
 		if (check_enable_rls(ref->childid, InvalidOid, true) == RLS_ENABLED)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -218,7 +265,9 @@ merge_plan(DedupTarget *t, bool lock_children)
 		for (int i = 0; i < n && ref->pknames; i++)
 			if (pk_has_name(ref->pknames, ref->colnames[i]))
 				ref->pknames = NIL;
+		refuse_shared_columns(t, ref, confkey);
 		find_collisions(ref);
+		check_child_privileges(ref);
 		plan->refs = lappend(plan->refs, ref);
 	}
 	return plan;
@@ -484,32 +533,75 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 {
 	StringInfoData set;
 
+	StringInfoData survivor_null;
+	int64		moved,
+				wanted;
+
 	initStringInfo(&set);
+	initStringInfo(&survivor_null);
 	for (int i = 0; i < ref->ncols; i++)
-		appendStringInfo(&set, "%s%s = %s.dedup_n%d", i > 0 ? ", " : "", ref->cols[i],
-						 ref->archive ? "o" : "m", ref->mapcol[i]);
-	if (!ref->archive)
-		return spi_exec_count(psprintf("UPDATE ONLY %s c SET %s FROM %s m WHERE %s",
-									   ref->child, set.data, plan->map, ref_join(ref, plan)),
-							  SPI_OK_UPDATE);
+	{
+		appendStringInfo(&set, "%s%s = o.dedup_n%d", i > 0 ? ", " : "", ref->cols[i], ref->mapcol[i]);
+		appendStringInfo(&survivor_null, "%sm.dedup_n%d IS NULL", i > 0 ? " OR " : "", ref->mapcol[i]);
+	}
 
 	/*
-	 * The new ctid goes into dedup_new_value, so that rows of a table
-	 * without a primary key can be found again by a rollback, and the values
-	 * the row now points to into dedup_survivor, so that a rollback sets back
-	 * only rows that still point there.
+	 * A survivor whose referenced column is NULL (a UNIQUE column, not the
+	 * primary key) cannot be pointed at: the reference would become NULL,
+	 * a link lost that no rollback could tell from one a user removed.
 	 */
-	return spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, ROW(c.*)::%s AS dedup_orow, m.*"
-								   " FROM ONLY %s c JOIN %s m ON %s),"
-								   " dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
-								   " WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
-								   " RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval)"
-								   " INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
-								   " u.dedup_nctid::pg_catalog.text, u.dedup_nval%s FROM dedup_u u",
-								   ref->child, ref->child, plan->map, ref_join(ref, plan),
-								   ref->child, set.data, ref_values_json(ref, "c"),
-								   ref->archive, (long long) job_id, archive_xact_value(ref->archive)),
-						  SPI_OK_INSERT);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c JOIN %s m ON %s WHERE %s",
+							ref->child, plan->map, ref_join(ref, plan), survivor_null.data),
+				   SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				 errmsg("cannot merge rows of %s: %lld rows of %s reference losers whose survivor has NULL in a referenced column",
+						plan->t->qualname, (long long) spi_get_int64(0, 1), ref->child),
+				 errdetail("Foreign key %s references a column other than the primary key; re-pointed to such a survivor, the rows would reference nothing.",
+						   quote_identifier(ref->conname)),
+				 errhint("Give those survivors a value in the referenced column first, or choose other survivors with keep.")));
+
+	/*
+	 * The rows to move (dedup_o) are counted against the rows moved: a
+	 * BEFORE UPDATE trigger that skips some would leave them pointing at a
+	 * loser, which the loser's removal then cascades to or fails on.  The
+	 * new ctid goes into dedup_new_value, so that rows of a table without a
+	 * primary key can be found again by a rollback, and the values the row
+	 * now points to into dedup_survivor, so that a rollback sets back only
+	 * rows that still point there.
+	 */
+	if (!ref->archive)
+		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, m.* FROM ONLY %s c JOIN %s m ON %s),"
+								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
+								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid RETURNING 1)"
+								" SELECT (SELECT pg_catalog.count(*) FROM dedup_u), (SELECT pg_catalog.count(*) FROM dedup_o)",
+								ref->child, plan->map, ref_join(ref, plan), ref->child, set.data),
+					   SPI_OK_SELECT);
+	else
+		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, ROW(c.*)::%s AS dedup_orow, m.*"
+								" FROM ONLY %s c JOIN %s m ON %s),"
+								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
+								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
+								" RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval),"
+								" dedup_a AS (INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
+								" u.dedup_nctid::pg_catalog.text, u.dedup_nval%s FROM dedup_u u RETURNING 1)"
+								" SELECT (SELECT pg_catalog.count(*) FROM dedup_a), (SELECT pg_catalog.count(*) FROM dedup_o)",
+								ref->child, ref->child, plan->map, ref_join(ref, plan),
+								ref->child, set.data, ref_values_json(ref, "c"),
+								ref->archive, (long long) job_id, archive_xact_value(ref->archive)),
+					   SPI_OK_SELECT);
+	moved = spi_get_int64(0, 1);
+	wanted = spi_get_int64(0, 2);
+	if (moved != wanted)
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("%lld of the %lld rows of %s that reference losers of %s were not re-pointed",
+						(long long) (wanted - moved), (long long) wanted, ref->child, plan->t->qualname),
+				 errdetail("A BEFORE UPDATE trigger on %s skipped them (or a rule rewrote the UPDATE); removing the losers would cascade to them or fail.",
+						   ref->child),
+				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the re-points through.")));
+	return moved;
 }
 
 static void
@@ -621,7 +713,7 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 	foreach(lc, plan->refs)
 	{
 		RefKey	   *ref = lfirst(lc);
-		char	   *hint = psprintf("Re-pointed rows of %s collide under a unique index with expressions or a predicate, whose collisions merge does not resolve; change the rows that would collide first.",
+		char	   *hint = psprintf("Re-pointed rows of %s would violate the constraint above, which merge does not resolve (it removes only rows that would collide under a plain unique index): change those rows first.",
 									ref->child);
 
 		/* archived by position too: a background batch's table may have changed */
@@ -634,8 +726,12 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 		}
 		PG_CATCH();
 		{
-			/* under a unique index on expressions or with a predicate (find_collisions) */
-			spi_rethrow_with_hint(oldcxt, ERRCODE_UNIQUE_VIOLATION, 0, hint, false);
+			/*
+			 * a unique index on expressions or with a predicate
+			 * (find_collisions), an exclusion or CHECK constraint, a foreign
+			 * key of another table
+			 */
+			spi_rethrow_with_hint(oldcxt, ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION, 0, hint, false);
 		}
 		PG_END_TRY();
 	}
@@ -647,21 +743,29 @@ merge_delete_losers(DedupTarget *t, const char *map, int64 job_id, const char *a
 {
 	StringInfoData pkmatch;
 	const char *del;
+	int64		deleted;
 
 	initStringInfo(&pkmatch);
 	for (int i = 0; i < t->npk; i++)
 		appendStringInfo(&pkmatch, "%sr.%s %s m.dedup_p%d", i > 0 ? " AND " : "",
 						 t->pk[i].quoted, t->pk[i].eq_sql, i);
+
 	del = psprintf("WITH dedup_d AS (DELETE FROM ONLY %s r USING %s m WHERE %s"
 				   " RETURNING ROW(r.*)::%s AS dedup_orow, m.dedup_survivor)",
 				   t->qualname, map, pkmatch.data, t->qualname);
 	if (archive)
-		return spi_exec_count(psprintf("%s INSERT INTO %s SELECT (d.dedup_orow).*, %lld,"
-									   " 'delete', NULL, d.dedup_survivor FROM dedup_d d",
-									   del, archive, (long long) job_id),
-							  SPI_OK_INSERT);
-	spi_exec_count(psprintf("%s SELECT pg_catalog.count(*) FROM dedup_d", del), SPI_OK_SELECT);
-	return spi_get_int64(0, 1);
+		spi_exec_count(psprintf("%s, dedup_a AS (INSERT INTO %s SELECT (d.dedup_orow).*, %lld,"
+								" 'delete', NULL, d.dedup_survivor FROM dedup_d d RETURNING 1)"
+								" SELECT (SELECT pg_catalog.count(*) FROM dedup_a), (SELECT pg_catalog.count(*) FROM %s)",
+								del, archive, (long long) job_id, map),
+					   SPI_OK_SELECT);
+	else
+		spi_exec_count(psprintf("%s SELECT (SELECT pg_catalog.count(*) FROM dedup_d), (SELECT pg_catalog.count(*) FROM %s)",
+								del, map),
+					   SPI_OK_SELECT);
+	deleted = spi_get_int64(0, 1);
+	losers_deleted_check(t, deleted, spi_get_int64(0, 2));
+	return deleted;
 }
 
 /* Run a merge.  archive: the table's archive (NULL: none). */
@@ -670,6 +774,30 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
 {
 	MergePlan  *plan = merge_plan(t, true);
 	char	   *map;
+	ListCell   *lc;
+
+	/*
+	 * A foreign key of the table to itself whose column is in the key
+	 * (parent_id, name: a tree imported twice): re-pointing children changes
+	 * their key, and makes duplicates of groups this one statement has
+	 * already passed.  A background job's next pass merges those.
+	 */
+	foreach(lc, plan->refs)
+	{
+		RefKey	   *ref = lfirst(lc);
+
+		if (ref->childid != t->relid)
+			continue;
+		for (int i = 0; i < ref->ncols; i++)
+			for (int k = 0; k < t->nkeys; k++)
+				if (strcmp(ref->colnames[i], t->keys[k].name) == 0)
+					ereport(ERROR,
+							(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+							 errmsg("cannot merge rows of %s in one statement: key column %s is in its foreign key %s to itself",
+									t->qualname, t->keys[k].quoted, quote_identifier(ref->conname)),
+							 errdetail("Re-pointing rows to their survivors changes their key, which makes new duplicates."),
+							 errhint("Use background => true: each pass of the job merges the duplicates the one before made.")));
+	}
 
 	map = create_map(t, plan);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_rn OPERATOR(pg_catalog.=) 2),"

@@ -461,8 +461,9 @@ run_rewrite(DedupTarget *t, int64 job_id, bool archive, int64 *groups, int64 *de
 	 */
 	swap_keeping_old(t->relid, newheap);
 	archive_table = archive_adopt(newheap, t->relid, job_id);
-	spi_exec_count(psprintf("DELETE FROM %s a USING %s s"
-							" WHERE a.ctid OPERATOR(pg_catalog.=) s.dedup_ctid", archive_table, survivors),
-				   SPI_OK_DELETE);
+	/* the archive belongs to the extension's owner (archive_grant) */
+	spi_exec_as_owner(psprintf("DELETE FROM %s a USING %s s"
+							   " WHERE a.ctid OPERATOR(pg_catalog.=) s.dedup_ctid", archive_table, survivors),
+					  0, NULL, NULL, NULL, SPI_OK_DELETE);
 	return archive_table;
 }

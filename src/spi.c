@@ -134,7 +134,9 @@ spi_query_to_srf(FunctionCallInfo fcinfo, const char *sql)
  * In PG_CATCH around a generated statement: an error with SQLSTATE code, or
  * code2 (0: none), and no hint of its own goes up with hint, and without the
  * generated statement as its context when drop_context; any other error goes
- * up as it is.  cxt: the memory context of the caller before PG_TRY.
+ * up as it is.  A class (ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION) as code
+ * stands for every SQLSTATE of it.  cxt: the memory context of the caller
+ * before PG_TRY.
  */
 void
 spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const char *hint, bool drop_context)
@@ -143,7 +145,8 @@ spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const char *hint, 
 
 	MemoryContextSwitchTo(cxt);
 	edata = CopyErrorData();
-	if ((edata->sqlerrcode == code || (code2 != 0 && edata->sqlerrcode == code2)) &&
+	if ((edata->sqlerrcode == code || (code2 != 0 && edata->sqlerrcode == code2) ||
+		 (ERRCODE_IS_CATEGORY(code) && ERRCODE_TO_CATEGORY(edata->sqlerrcode) == code)) &&
 		edata->hint == NULL)
 	{
 		FlushErrorState();

@@ -11,6 +11,7 @@
 
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 
 char *
 sql_literal(const char *s)
@@ -81,6 +82,20 @@ sql_row_id(DedupTarget *t, const char *alias)
 	return json_object_of(t->pk, t->npk, alias);
 }
 
+/*
+ * " IS NULL" (is_null) or " IS NOT NULL" for a key column: for a composite
+ * type those test every field, so '(1,)' would be neither, while the key's
+ * equality, the hash of candidates.c and a unique index all take it for a
+ * value like any other; IS [NOT] DISTINCT FROM NULL tests the whole value.
+ */
+static const char *
+null_test(DedupColumn *col, bool is_null)
+{
+	if (type_is_rowtype(col->type))
+		return is_null ? " IS NOT DISTINCT FROM NULL" : " IS DISTINCT FROM NULL";
+	return is_null ? " IS NULL" : " IS NOT NULL";
+}
+
 /* "(r.a IS NULL OR r.b IS NULL)" */
 char *
 sql_any_key_null(DedupTarget *t, const char *alias)
@@ -90,7 +105,8 @@ sql_any_key_null(DedupTarget *t, const char *alias)
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '(');
 	for (int i = 0; i < t->nkeys; i++)
-		appendStringInfo(&buf, "%s%s.%s IS NULL", i > 0 ? " OR " : "", alias, t->keys[i].quoted);
+		appendStringInfo(&buf, "%s%s.%s%s", i > 0 ? " OR " : "", alias, t->keys[i].quoted,
+						 null_test(&t->keys[i], true));
 	appendStringInfoChar(&buf, ')');
 	return buf.data;
 }
@@ -111,7 +127,7 @@ sql_rows_where(DedupTarget *t, bool with_filter)
 		appendStringInfo(&buf, " AND %s", t->filter_r);
 	if (t->nulls_distinct)
 		for (int i = 0; i < t->nkeys; i++)
-			appendStringInfo(&buf, " AND r.%s IS NOT NULL", t->keys[i].quoted);
+			appendStringInfo(&buf, " AND r.%s%s", t->keys[i].quoted, null_test(&t->keys[i], false));
 	return buf.data;
 }
 
@@ -131,8 +147,9 @@ sql_keys_match(DedupTarget *t, const char *a, const char *b)
 		if (t->nulls_distinct)
 			appendStringInfo(&buf, "%s.%s %s %s.%s", a, c, t->keys[i].eq_sql, b, c);
 		else
-			appendStringInfo(&buf, "(%s.%s %s %s.%s OR (%s.%s IS NULL AND %s.%s IS NULL))",
-							 a, c, t->keys[i].eq_sql, b, c, a, c, b, c);
+			appendStringInfo(&buf, "(%s.%s %s %s.%s OR (%s.%s%s AND %s.%s%s))",
+							 a, c, t->keys[i].eq_sql, b, c, a, c, null_test(&t->keys[i], true),
+							 b, c, null_test(&t->keys[i], true));
 	}
 	return buf.data;
 }
@@ -313,7 +330,15 @@ sql_rename_cols(DedupTarget *t)
 char *
 sql_rename_ctes(DedupTarget *t, const char *source)
 {
-	const char *col = t->keys[t->rename_key].quoted;
+	DedupColumn *key = &t->keys[t->rename_key];
+	Oid			left,
+				right;
+
+	/*
+	 * "taken" as the key compares, not as text: under citext's equality
+	 * 'ABC-2' is taken by 'abc-2'
+	 */
+	op_input_types(key->eq_opr, &left, &right);
 
 	return psprintf("dedup_c(dedup_ctid, dedup_rn, dedup_suffix, dedup_cand, dedup_depth) AS ("
 					" SELECT s.dedup_ctid, s.dedup_rn, s.dedup_suffix,"
@@ -324,16 +349,16 @@ sql_rename_ctes(DedupTarget *t, const char *source)
 					" c.dedup_cand OPERATOR(pg_catalog.||) '-'::pg_catalog.text OPERATOR(pg_catalog.||) c.dedup_suffix,"
 					" c.dedup_depth OPERATOR(pg_catalog.+) 1 FROM dedup_c c"
 					" WHERE EXISTS (SELECT FROM ONLY %s x"
-					" WHERE x.%s::pg_catalog.text OPERATOR(pg_catalog.=) c.dedup_cand)),"
+					" WHERE x.%s %s c.dedup_cand::%s)),"
 					" dedup_f AS (SELECT DISTINCT ON (c.dedup_ctid) c.dedup_ctid, c.dedup_rn, c.dedup_cand"
 					" FROM dedup_c c ORDER BY c.dedup_ctid, c.dedup_depth DESC)",
-					source, t->qualname, col);
+					source, t->qualname, key->quoted, key->eq_sql, sql_type(right));
 }
 
 /*
  * The CTEs that rename the rows listed in CTE src (their ctid in column
  * ctidcol, their new key in dedup_cand): dedup_a archives their original
- * versions (with archive), dedup_u updates them.
+ * versions (with archive), dedup_u updates them, returning dedup_same.
  */
 char *
 sql_rename_apply(DedupTarget *t, const char *src, const char *ctidcol,
@@ -346,8 +371,12 @@ sql_rename_apply(DedupTarget *t, const char *src, const char *ctidcol,
 		appendStringInfo(&buf, "dedup_a AS (INSERT INTO %s SELECT r.*, %lld, 'rename', x.dedup_cand, NULL%s"
 						 " FROM ONLY %s r JOIN %s x ON r.ctid OPERATOR(pg_catalog.=) x.%s RETURNING 1), ",
 						 archive, (long long) job_id, archive_xact_value(archive), t->qualname, src, ctidcol);
+	/* dedup_same: the row holds the value written (no trigger changed it) */
 	appendStringInfo(&buf, "dedup_u AS (UPDATE ONLY %s r SET %s = x.dedup_cand FROM %s x"
-					 " WHERE r.ctid OPERATOR(pg_catalog.=) x.%s RETURNING 1)",
-					 t->qualname, t->keys[t->rename_key].quoted, src, ctidcol);
+					 " WHERE r.ctid OPERATOR(pg_catalog.=) x.%s"
+					 " RETURNING r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) x.dedup_cand"
+					 " AS dedup_same)",
+					 t->qualname, t->keys[t->rename_key].quoted, src, ctidcol,
+					 t->keys[t->rename_key].quoted);
 	return buf.data;
 }

@@ -54,6 +54,27 @@ bg_sleep(int ms)
 }
 
 /*
+ * The pause between batches (dedup_ext.batch_delay), looking for a pause or
+ * cancel request once a second: a long delay must not keep a worker (and
+ * its slot) that was asked to stop.  The caller's loop obeys the request.
+ */
+void
+bg_delay(BgJob *job)
+{
+	int			left = job->batch_delay;
+
+	while (left > 0)
+	{
+		int			slice = Min(left, 1000);
+
+		bg_sleep(slice);
+		left -= slice;
+		if (left > 0 && bg_control_requested(job))
+			return;
+	}
+}
+
+/*
  * Lock timeouts, deadlocks and serialization failures are retried until the
  * step commits.  A merge's batch also retries a unique violation a few
  * times: a writer may add a referencing row that collides with a re-pointed
@@ -775,6 +796,8 @@ dedup_worker_main(Datum arg)
 	pgstat_report_appname("dedup_ext worker");
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_SESSION);
+	/* row ids hold float keys as text: exact (the functions' own setting) */
+	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_SESSION);
 
 	/*
 	 * In a deadlock with a writer, the batch gives way.  PostgreSQL rolls
