@@ -28,7 +28,7 @@ PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
 
 PG_CPPFLAGS = -I$(srcdir)/src
 
-REGRESS = install audit photos payments soft_delete nulls collations candidates refusals privileges transactions quoting merge backfill rewrite rerun rollback_later background
+REGRESS = upgrade install audit photos payments soft_delete nulls collations candidates refusals privileges transactions quoting merge backfill rewrite rerun rollback_later background
 REGRESS_OPTS = --inputdir=.
 ISOLATION = background_writers background_control background_merge background_pages background_twice background_one
 TAP_TESTS = 1

@@ -642,6 +642,17 @@ SELECT dedup_cancel(:jid_slow) AS cancel_asked;
 SELECT dedup_wait(:jid_slow, '20s') AS state;
 SELECT count(*) AS rows_left FROM bg.slow;
 
+-- an index build that fails for good (a key too large for a btree entry):
+-- the job fails with the error, and leaves no invalid index behind
+CREATE TABLE bg.wide (id int PRIMARY KEY, k text);
+INSERT INTO bg.wide SELECT g, (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 100) i)
+  FROM generate_series(1, 3) g;
+SELECT job_id AS jid_wide FROM dedup_table('bg.wide', '{k}', background => true, add_unique => true) \gset
+SELECT dedup_wait(:jid_wide, '60s') AS state;
+SELECT split_part(error, ':', 1) AS sqlstate FROM dedup_jobs WHERE job_id = :jid_wide;
+SELECT count(*) AS indexes_left FROM pg_index WHERE indrelid = 'bg.wide'::regclass AND NOT indisprimary;
+SELECT count(*) AS rows_left FROM bg.wide;
+
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs
  WHERE relation::text LIKE 'bg%.%' GROUP BY state ORDER BY state;

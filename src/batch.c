@@ -669,10 +669,22 @@ build_unique(BgJob *job)
 		{
 			ErrorData  *edata;
 
-			MemoryContextSwitchTo(cxt);
+			MemoryContextSwitchTo(job->cxt);
 			edata = CopyErrorData();
 			if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION)
-				PG_RE_THROW();
+			{
+				/*
+				 * The job fails (a key too large for a btree entry, say),
+				 * and leaves no invalid index of its own on the table.
+				 */
+				FlushErrorState();
+				AbortCurrentTransaction();
+				bg_compress_wal(false);
+				MemoryContextSwitchTo(job->cxt);
+				bg_toplevel(job, drop_index_sql(job));
+				ReThrowError(edata);
+			}
+			MemoryContextSwitchTo(cxt);
 			elog(DEBUG1, "dedup_ext job %lld: the unique index build found a duplicate, scanning again",
 				 (long long) job->job_id);
 			FlushErrorState();
