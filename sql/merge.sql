@@ -239,6 +239,7 @@ SELECT merge_t.unchanged();
 -- merge needs a primary key: 22023
 SELECT * FROM merge_t.refuse($$SELECT * FROM dedup_table('merge_t.nopk', '{name}', action => 'merge')$$);
 SELECT * FROM merge_t.refuse($$SELECT * FROM dedup_table('merge_t.nopk', '{name}', action => 'merge', dry_run => true)$$);
+SELECT * FROM merge_t.refuse($$SELECT * FROM dedup_preview('merge_t.nopk', '{name}', action => 'merge')$$);
 SELECT count(*) AS nopk_rows FROM merge_t.nopk;
 SELECT * FROM merge_t.nopk_ref;
 

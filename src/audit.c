@@ -125,6 +125,19 @@ dedup_preview(PG_FUNCTION_ARGS)
 	limit = get_limit(fcinfo, 6, "max_rows");
 	row_id = sql_row_id(t, "r");
 
+	SPI_connect();
+	/* what dedup_table would refuse, the preview refuses too */
+	if (action == DEDUP_ACTION_MERGE)
+		(void) merge_plan(t, false);
+	if (action == DEDUP_ACTION_RENAME && !t->nulls_distinct)
+	{
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (%s) s"
+								" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1 AND s.dedup_val IS NULL",
+								sql_ranked(t, sql_rename_cols(t))),
+					   SPI_OK_SELECT);
+		rename_refusals(t, spi_get_int64(0, 1), NULL);
+	}
+
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "WITH RECURSIVE dedup_s AS (%s), ",
 					 sql_ranked(t, psprintf(", %s AS dedup_row_id, %s AS dedup_kv,"
@@ -159,7 +172,6 @@ dedup_preview(PG_FUNCTION_ARGS)
 					 action == DEDUP_ACTION_RENAME ?
 					 " LEFT JOIN dedup_f f ON f.dedup_ctid OPERATOR(pg_catalog.=) g.dedup_ctid" : "",
 					 limit_sql(limit));
-	SPI_connect();
 	spi_query_to_srf(fcinfo, sql.data);
 	SPI_finish();
 	return (Datum) 0;
