@@ -13,20 +13,38 @@ ALTER VIEW @extschema@.dedup_progress SET (security_barrier = true);
 -- An archive's owner could change its column types (to one whose cast runs
 -- code of theirs) or make it a view, and a rollback or dedup_verify run by a
 -- superuser would read it.  Archives made from now on belong to the
--- extension's owner, the table's owner may read and add rows to them; the
--- same for those made before.
+-- extension's owner, and the table's owner may read and add rows to them;
+-- the same for those made before: the tables dedup_job names as archives
+-- (not the work tables of jobs in progress, which their worker truncates as
+-- the submitter).  One that is no longer a plain table, or has rules,
+-- triggers or row-level security, keeps its owner; a rollback or
+-- dedup_verify refuses it.
 DO $$
 DECLARE
   a record;
+  extowner name := (SELECT pg_catalog.pg_get_userbyid(e.extowner) FROM pg_catalog.pg_extension e
+                     WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext');
 BEGIN
-  FOR a IN SELECT c.oid::pg_catalog.regclass AS archive, pg_catalog.pg_get_userbyid(c.relowner) AS owner
+  FOR a IN SELECT c.oid::pg_catalog.regclass AS archive, pg_catalog.pg_get_userbyid(c.relowner) AS owner,
+                  c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relhasrules AND NOT c.relhastriggers
+                  AND NOT c.relrowsecurity AS intact
              FROM pg_catalog.pg_class c
-            WHERE c.relnamespace OPERATOR(pg_catalog.=) 'dedup_archive'::pg_catalog.regnamespace
-              AND c.relkind OPERATOR(pg_catalog.=) 'r'
-              AND c.relowner OPERATOR(pg_catalog.<>) (SELECT r.oid FROM pg_catalog.pg_roles r
-                                                       WHERE r.rolname OPERATOR(pg_catalog.=) current_user)
+            WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                    SELECT pg_catalog.to_regclass(n) FROM @extschema@.dedup_job j,
+                    LATERAL (SELECT j.archive_table::pg_catalog.text
+                             UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'
+                               FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e
+                             UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f
+                               FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n)
+                     WHERE n IS NOT NULL))
+              AND c.relowner OPERATOR(pg_catalog.<>) (SELECT e.extowner FROM pg_catalog.pg_extension e
+                                                        WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext')
   LOOP
-    EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %I', a.archive, current_user);
+    IF NOT a.intact THEN
+      RAISE WARNING 'archive table % is not as dedup_ext made it (a view, or it has rules, triggers or row-level security): left to its owner %, its job cannot be rolled back', a.archive, a.owner;
+      CONTINUE;
+    END IF;
+    EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %I', a.archive, extowner);
     EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO %I', a.archive, a.owner);
   END LOOP;
 END $$;

@@ -618,7 +618,7 @@ CREATE TRIGGER keep_2 BEFORE DELETE ON merge_t.sp FOR EACH ROW EXECUTE FUNCTION 
 SELECT * FROM merge_t.try($$SELECT * FROM dedup_table('merge_t.sp', '{name}', action => 'merge')$$);
 SELECT id, pid FROM merge_t.sc ORDER BY id;
 -- a survivor whose referenced UNIQUE column is NULL: the reference would
--- become NULL (23503)
+-- become NULL (55000)
 CREATE TABLE merge_t.np (id int PRIMARY KEY, code text UNIQUE, name text);
 INSERT INTO merge_t.np VALUES (1, NULL, 'x'), (2, 'c2', 'x');
 CREATE TABLE merge_t.nc (id int PRIMARY KEY, pcode text REFERENCES merge_t.np (code));
@@ -677,6 +677,24 @@ SELECT code, regexp_replace(message, 'job [0-9]+', 'job N', 'g') AS message
 SELECT dedup_rollback(:jmg) AS restored_groups;
 SELECT dedup_rollback(:jmu) AS restored_users;
 SELECT * FROM merge_t.mm ORDER BY id;
+-- a referencing table found again by ctid whose rows a trigger stamps
+-- (updated_at): the rollback tells the job's row by the columns of the
+-- table's unique indexes, and puts it back
+CREATE TABLE merge_t.tg2 (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.tg2 VALUES (1, 'red'), (2, 'red');
+CREATE TABLE merge_t.item_tg2 (item_id int, tag_id int REFERENCES merge_t.tg2, touched int NOT NULL DEFAULT 0,
+  PRIMARY KEY (item_id, tag_id));
+CREATE FUNCTION merge_t.touch() RETURNS trigger LANGUAGE plpgsql
+  AS $$BEGIN NEW.touched := OLD.touched + 1; RETURN NEW; END$$;
+CREATE TRIGGER touch BEFORE UPDATE ON merge_t.item_tg2 FOR EACH ROW EXECUTE FUNCTION merge_t.touch();
+INSERT INTO merge_t.item_tg2 (item_id, tag_id) VALUES (10, 2), (11, 1);
+SELECT job_id AS jtg2 FROM dedup_table('merge_t.tg2', '{name}', action => 'merge') \gset
+SELECT dedup_rollback(:jtg2) AS restored;
+SELECT item_id, tag_id FROM merge_t.item_tg2 ORDER BY item_id;
+-- a dry run of a background merge keyed on the self-reference counts what
+-- its first pass would merge (its later passes merge what re-points make)
+SELECT state, duplicate_groups FROM dedup_table('merge_t.dir', '{parent_id,name}', action => 'merge',
+                                                nulls_distinct => false, dry_run => true, background => true);
 --
 -- cleanup
 --

@@ -254,6 +254,15 @@ SELECT code, message, regexp_replace(hint, 'job [0-9]+', 'job N') AS hint
   FROM try(format('SELECT dedup_rollback(%s)', :jchk));
 SELECT * FROM checked ORDER BY id;
 
+-- a rename's rollback only updates: a rule on the table's DELETE does not
+-- stand in its way (only rules on what the rollback runs do)
+CREATE TABLE ruled (id int PRIMARY KEY, k text);
+INSERT INTO ruled VALUES (1, 'a'), (2, 'a');
+SELECT job_id AS jruled FROM dedup_table('ruled', '{k}', action => 'rename') \gset
+CREATE RULE ruled_delete AS ON DELETE TO ruled DO ALSO NOTIFY ruled;
+SELECT dedup_rollback(:jruled) AS restored;
+SELECT * FROM ruled ORDER BY id;
+
 \set SHOW_CONTEXT errors
 RESET search_path;
 DROP SCHEMA rollback_later CASCADE;

@@ -16,6 +16,7 @@
 #include "access/relation.h"
 #include "access/stratnum.h"
 #include "access/sysattr.h"
+#include "access/transam.h"
 #include "catalog/namespace.h"
 #include "catalog/dependency.h"
 #include "catalog/pg_class.h"
@@ -65,8 +66,9 @@ archive_refuse_own_names(Oid relid)
 		if (get_attnum(relid, own[i]) != InvalidAttrNumber)
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_COLUMN),
-					 errmsg("cannot archive rows of %s: its column %s has the name of a column of the archive's own",
-							get_rel_name(relid), own[i]),
+					 errmsg("table %s has a column named \"%s\", which archive tables reserve",
+							quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+													   get_rel_name(relid)), own[i]),
 					 errdetail("An archive table has the table's columns, then dedup_job_id, dedup_action, dedup_new_value, dedup_survivor and dedup_xact."),
 					 errhint("Rename the column, or run with archive => false (the job then cannot be rolled back).")));
 }
@@ -250,8 +252,6 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 {
 	const char *relname = get_rel_name(relid);
 	char	   *qname = archive_name(relname, job_id, NULL);
-	Relation	rel;
-	Oid			relowner;
 
 	spi_exec_as_owner(psprintf("ALTER TABLE %s SET SCHEMA dedup_archive",
 							   quote_qualified_identifier(get_namespace_name(get_rel_namespace(heap)),
@@ -271,10 +271,7 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 	spi_exec_as_owner(psprintf("ALTER TABLE %s OWNER TO %s", qname,
 							   quote_identifier(GetUserNameFromId(dedup_ext_owner(), false))),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
-	rel = relation_open(relid, NoLock);
-	relowner = rel->rd_rel->relowner;
-	relation_close(rel, NoLock);
-	archive_grant(qname, relowner, InvalidOid);
+	archive_grant(qname, get_rel_owner(relid), InvalidOid);
 	spi_exec_as_owner(psprintf("COMMENT ON TABLE %s IS %s", qname,
 							   sql_literal(psprintf("dedup_ext: rows removed from %s by job %lld (its storage before the rewrite)",
 													quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
@@ -516,6 +513,65 @@ drop_unique(DedupJob *job, const char *qualname, Oid idx)
 }
 
 /*
+ * An archive that a rollback or dedup_verify reads must be as the job left
+ * it: a plain table of the extension's owner, without rules, triggers or
+ * row-level security.  (One from before 1.4 that its owner had changed so
+ * was left to them by the update; what it holds is not the job's word.)
+ */
+void
+archive_require_intact(const char *archive, int64 job_id)
+{
+	Oid			oid = dedup_relid_by_name(archive);
+	HeapTuple	tup;
+	Form_pg_class c;
+	bool		intact;
+
+	if (!OidIsValid(oid))
+		return;					/* the caller says it is gone */
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(oid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", oid);
+	c = (Form_pg_class) GETSTRUCT(tup);
+	intact = c->relkind == RELKIND_RELATION && !c->relhasrules && !c->relhastriggers &&
+		!c->relrowsecurity && c->relowner == dedup_ext_owner();
+	ReleaseSysCache(tup);
+	if (!intact)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("archive table %s of job %lld is not as the job left it", archive, (long long) job_id),
+				 errdetail("It is not a plain table of the extension's owner without rules, triggers or row-level security, so what it holds cannot be taken for what the job archived."),
+				 errhint("Compare it with the table by hand; dedup_drop_archive(%lld) drops it.", (long long) job_id)));
+}
+
+/*
+ * ANALYZE an archive: never analyzed, the planner would take a million rows
+ * for a few.  ANALYZE runs as the table's owner, for an archive the
+ * extension's: the functions of a type a user made (a range type's
+ * subtype_diff, say) would run with those rights.  So only the columns of
+ * built-in types are analyzed; the row count, which is what matters here,
+ * comes with any of them (dedup_action is one).
+ */
+static void
+archive_analyze(const char *archive)
+{
+	Relation	arel = relation_open(dedup_relid_by_name(archive), AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(arel);
+	StringInfoData cols;
+
+	initStringInfo(&cols);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && att->atttypid < FirstNormalObjectId)
+			appendStringInfo(&cols, "%s%s", cols.len > 0 ? ", " : "",
+							 quote_identifier(NameStr(att->attname)));
+	}
+	relation_close(arel, AccessShareLock);
+	spi_exec_as_owner(psprintf("ANALYZE %s (%s)", archive, cols.data), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+}
+
+/*
  * Would putting back the rows the job removed (those of archive, with
  * action 'delete') violate a unique index of the table other than the job's
  * own (job_index, which the rollback drops first)?  Rows written since may hold a removed row's primary key, or, with
@@ -534,8 +590,7 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_in
 	List	   *indexes = RelationGetIndexList(rel);
 	ListCell   *lc;
 
-	/* never analyzed: the planner would take a million rows for a few */
-	spi_exec_as_owner(psprintf("ANALYZE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	archive_analyze(archive);
 
 	relation_close(rel, AccessShareLock);
 	foreach(lc, indexes)
@@ -696,23 +751,23 @@ name_list(Datum *names, int n, const char *fmt, const char *sep)
 /*
  * A rule on a table the rollback writes would do something else instead of
  * (or as well as) putting the rows back; PostgreSQL also refuses one for the
- * data-modifying WITH that restore_all runs.  Refused before anything changes.
+ * data-modifying WITH that restore_all runs.  events: the pg_rewrite.ev_type
+ * of the statements the rollback runs on the table ('3' INSERT, '2' UPDATE,
+ * '4' DELETE).
  */
 static void
-refuse_rules(DedupJob *job, Oid relid, const char *qualname)
+refuse_rules(DedupJob *job, Oid relid, const char *qualname, const char *events)
 {
-	static const char events[] = {'3', '2', '4'};
-	static const char *const names[] = {"INSERT", "UPDATE", "DELETE"};
-
-	for (int i = 0; i < lengthof(events); i++)
+	for (const char *e = events; *e; e++)
 	{
-		char	   *rule = enabled_rule(relid, events[i]);
+		char	   *rule = enabled_rule(relid, *e);
 
 		if (rule)
 			ereport(ERROR,
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("cannot roll back job %lld: rule %s rewrites the %s of %s",
-							(long long) job->job_id, rule, names[i], qualname),
+							(long long) job->job_id, rule,
+							*e == '3' ? "INSERT" : *e == '2' ? "UPDATE" : "DELETE", qualname),
 					 errdetail("The rollback writes the rows the job changed back into the table; a rule would put them elsewhere."),
 					 errhint("Drop or disable the rule for the rollback (ALTER TABLE ... DISABLE RULE).")));
 	}
@@ -797,35 +852,59 @@ points_where_left(Oid childid, Datum *cols, int ncols, const char *n)
 }
 
 /*
- * "ROW(c.x, ...)::text IS NOT DISTINCT FROM ROW(a.x, ...)::text" over the
- * columns archive a shares with referencing table c but its re-pointed ones:
- * the row at the ctid the job left it at is still the one it re-pointed
- * (the ctid of a row deleted since may hold another row now).  Compared as
- * text: any type can be.
+ * "ROW(c.x, ...)::text IS NOT DISTINCT FROM ROW(a.x, ...)::text": the row of
+ * referencing table c at the ctid the job left it at is still the one it
+ * re-pointed (archived as a), not a newer one put there since (a VACUUM FULL
+ * after a delete).  Compared over the columns of c's unique indexes but the
+ * re-pointed ones, which tell rows apart and which triggers (updated_at)
+ * leave alone; without such columns, over all the columns a has but the
+ * re-pointed and generated ones.  As text: any type can be compared.
  */
 static char *
 same_other_columns(Oid archiveid, Oid childid, Datum *cols, int ncols)
 {
 	Relation	arel = relation_open(archiveid, AccessShareLock);
+	Relation	crel = relation_open(childid, AccessShareLock);
 	TupleDesc	desc = RelationGetDescr(arel);
+	Bitmapset  *unique_cols = NULL;
 	StringInfoData c,
 				a;
+	ListCell   *lc;
+
+	foreach(lc, RelationGetIndexList(crel))
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index ix;
+
+		if (!HeapTupleIsValid(tup))
+			continue;
+		ix = (Form_pg_index) GETSTRUCT(tup);
+		for (int k = 0; ix->indisunique && k < ix->indnkeyatts; k++)
+			if (ix->indkey.values[k] > 0)
+				unique_cols = bms_add_member(unique_cols, ix->indkey.values[k]);
+		ReleaseSysCache(tup);
+	}
+	relation_close(crel, AccessShareLock);
 
 	initStringInfo(&c);
 	initStringInfo(&a);
-	for (int i = 0; i < archive_table_natts(desc); i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-		const char *name = NameStr(att->attname);
-		bool		repointed = false;
+	for (int pass = 0; pass < 2 && c.len == 0; pass++)
+		for (int i = 0; i < archive_table_natts(desc); i++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, i);
+			const char *name = NameStr(att->attname);
+			AttrNumber	catt = get_attnum(childid, name);
+			bool		repointed = false;
 
-		for (int k = 0; k < ncols; k++)
-			repointed = repointed || strcmp(TextDatumGetCString(cols[k]), name) == 0;
-		if (att->attisdropped || repointed || get_attnum(childid, name) == InvalidAttrNumber)
-			continue;
-		appendStringInfo(&c, "%sc.%s", c.len > 0 ? ", " : "", quote_identifier(name));
-		appendStringInfo(&a, "%sa.%s", a.len > 0 ? ", " : "", quote_identifier(name));
-	}
+			for (int k = 0; k < ncols; k++)
+				repointed = repointed || strcmp(TextDatumGetCString(cols[k]), name) == 0;
+			if (att->attisdropped || repointed || catt == InvalidAttrNumber ||
+				get_attgenerated(childid, catt) ||
+				(pass == 0 && !bms_is_member(catt, unique_cols)))
+				continue;
+			appendStringInfo(&c, "%sc.%s", c.len > 0 ? ", " : "", quote_identifier(name));
+			appendStringInfo(&a, "%sa.%s", a.len > 0 ? ", " : "", quote_identifier(name));
+		}
 	relation_close(arel, AccessShareLock);
 	if (c.len == 0)
 		return "true";
@@ -868,11 +947,16 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 
 		if (!OidIsValid(archiveid) || get_attnum(archiveid, "dedup_action") == InvalidAttrNumber)
 			continue;
-		/* as the extension's owner: the later job's archive may be another role's */
-		spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s AND EXISTS (SELECT FROM %s x"
-								   " WHERE x.dedup_action OPERATOR(pg_catalog.=) 'delete' AND %s)",
-								   source, gone, archive, same),
-						  0, NULL, NULL, NULL, SPI_OK_SELECT);
+		/*
+		 * As the table's owner, as VACUUM reads a table: it may read every
+		 * archive of it (archive_grant), the later job's may be another
+		 * role's, and the key's operators run with its rights, not more.
+		 */
+		spi_exec_as(get_rel_owner(relid),
+					psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s AND EXISTS (SELECT FROM %s x"
+							 " WHERE x.dedup_action OPERATOR(pg_catalog.=) 'delete' AND %s)",
+							 source, gone, archive, same),
+					0, NULL, NULL, NULL, SPI_OK_SELECT);
 		if (spi_get_int64(0, 1) > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -881,7 +965,9 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 							(long long) spi_get_int64(0, 1), qualname),
 					 errdetail("Their rollback would leave them out, and job %s's would put them back with the values this job gave them.",
 							   SPI_getvalue(later->vals[i], later->tupdesc, 1)),
-					 errhint("Roll back job %s first.", SPI_getvalue(later->vals[i], later->tupdesc, 1))));
+					 errhint("Roll back job %s first (or, if it is to stay, give up its rollback with dedup_drop_archive(%s)).",
+							 SPI_getvalue(later->vals[i], later->tupdesc, 1),
+							 SPI_getvalue(later->vals[i], later->tupdesc, 1))));
 	}
 }
 
@@ -1065,6 +1151,7 @@ restore_refs(DedupJob *job)
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("cannot roll back job %lld: a re-pointed table or its archive %s no longer exists",
 								(long long) job->job_id, archive)));
+			archive_require_intact(archive, job->job_id);
 			child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
 											   get_rel_name(childid));
 			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 3, &isnull)),
@@ -1073,7 +1160,7 @@ restore_refs(DedupJob *job)
 							  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
 			if (step == 0)
 			{
-				refuse_rules(job, childid, child);
+				refuse_rules(job, childid, child, "32");
 				restored += restore_removed_refs(job, archive, archiveid, child, childid);
 			}
 			else
@@ -1259,10 +1346,15 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the parent table or an archive table of job %lld no longer exists",
 						(long long) job->job_id)));
+	archive_require_intact(linked, job->job_id);
+	if (deleted)
+		archive_require_intact(deleted, job->job_id);
+	if (created)
+		archive_require_intact(created, job->job_id);
 	parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(parentid)),
 										get_rel_name(parentid));
 	if (created)
-		refuse_rules(job, parentid, parent);
+		refuse_rules(job, parentid, parent, "4");
 	if (constraint)
 		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", t->qualname,
 								quote_identifier(constraint)), SPI_OK_UTILITY);
@@ -1414,8 +1506,11 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	Oid			job_index = InvalidOid;
 	bool		job_index_gone = false;
 	bool		nothing;
-	Oid			saved_user;
-	int			saved_sec;
+	bool		archived;
+	Oid			saved_user,
+				acting_user;
+	int			saved_sec,
+				acting_sec;
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	job_id = PG_GETARG_INT64(0);
@@ -1443,15 +1538,15 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				 strcmp(job->state, "done") != 0 && job->background ?
 				 errhint("Cancel it first with dedup_cancel(%lld).", (long long) job_id) : 0));
 	/* archive => true, and none left: a dedup that changed nothing dropped its empty archive */
+	archived = job_param(job, "archive") == NULL || strcmp(job_param(job, "archive"), "false") != 0;
 	nothing = job->archive_table == NULL && strcmp(job->kind, "dedup") == 0 &&
-		job->rows_deleted == 0 && job->rows_renamed == 0 &&
-		job_param(job, "archive") != NULL && strcmp(job_param(job, "archive"), "true") == 0;
+		job->rows_deleted == 0 && job->rows_renamed == 0 && archived;
 	if (job->archive_table == NULL && !nothing &&
 		(job->undo == NULL || json_field_text(job->undo, "linked") == NULL))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld kept no archive, so it cannot be rolled back", (long long) job_id),
-				 job_param(job, "archive") != NULL && strcmp(job_param(job, "archive"), "false") == 0 ?
+				 !archived ?
 				 errdetail("It ran with archive => false.") :
 				 errdetail("Its archive was dropped with dedup_drop_archive.")));
 	if (!SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->relid)))
@@ -1464,30 +1559,33 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("archive table %s of job %lld no longer exists",
 						job->archive_table, (long long) job_id)));
+	if (job->archive_table)
+		archive_require_intact(job->archive_table, job_id);
 
 	/*
-	 * A superuser rolling back another role's job does it with that role's
-	 * rights, as the job ran: what an archive lists is put back only where
-	 * its submitter may still write (a merge's writer may add rows to the
-	 * archive of a table it does not own).  Restored at the end, or by the
-	 * abort of an error.
+	 * What an archive lists is put back only where the job's submitter may
+	 * still write (a merge's writer may add rows to the archive of a table it
+	 * does not own).
 	 */
-	GetUserIdAndSecContext(&saved_user, &saved_sec);
-	if (job->submitted_by != saved_user &&
-		SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(job->submitted_by)))
-		SetUserIdAndSecContext(job->submitted_by,
-							   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	job_act_as_submitter(job, &saved_user, &saved_sec);
 
 	/* the owner check and lock; the key is only needed for the primary key */
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
-	refuse_rules(job, t->relid, t->qualname);
+	/* its own table: the removed rows go back (INSERT), renamed or linked ones are set back (UPDATE) */
+	refuse_rules(job, t->relid, t->qualname,
+				 strcmp(job->kind, "backfill") == 0 ? (json_field_text(job->undo, "deleted") ? "32" : "2") :
+				 job_param(job, "rename_column") ? "2" : "3");
 	if (strcmp(job->kind, "backfill") != 0)
 		job_index = job_unique_index(job, t, &job_index_gone);
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
 		refuse_taken_keys(job, t, job->archive_table, job_index, job_index_gone);
+	/* the rollback's own row names who asked for it */
+	GetUserIdAndSecContext(&acting_user, &acting_sec);
+	SetUserIdAndSecContext(saved_user, saved_sec);
 	rb_job = job_create("rollback", "restoring", job->relid, t->relname,
 						psprintf("{\"job_id\": %lld}", (long long) job_id), job_id);
+	SetUserIdAndSecContext(acting_user, acting_sec);
 
 	if (strcmp(job->kind, "backfill") == 0)
 	{
@@ -1537,9 +1635,13 @@ dedup_rollback(PG_FUNCTION_ARGS)
 static bool
 drop_archive_table(const char *name)
 {
-	if (name == NULL || !OidIsValid(dedup_relid_by_name(name)))
+	Oid			oid = name ? dedup_relid_by_name(name) : InvalidOid;
+
+	if (!OidIsValid(oid))
 		return false;
-	spi_exec_as_owner(psprintf("DROP TABLE %s", name), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	/* one its owner made a view before 1.4 (archive_require_intact) goes too */
+	spi_exec_as_owner(psprintf("DROP %s %s", get_rel_relkind(oid) == RELKIND_VIEW ? "VIEW" : "TABLE", name),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	return true;
 }
 
@@ -1591,9 +1693,16 @@ dedup_drop_archive(PG_FUNCTION_ARGS)
 	for (int i = 0; job->undo && i < lengthof(undo_fields); i++)
 		dropped += drop_archive_table(json_field_text(job->undo, undo_fields[i]));
 
-	/* the job's row no longer names them: its rollback says it has none */
+	/*
+	 * The job's row no longer names them: its rollback says it has none.  A
+	 * backfill's undo keeps the rest (its constraint, fk_column, counts),
+	 * which dedup_verify reads.
+	 */
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET archive_table = NULL, ref_archives = NULL,"
-							   " undo = NULL WHERE job_id OPERATOR(pg_catalog.=) %lld",
+							   " undo = undo OPERATOR(pg_catalog.-) 'linked'::pg_catalog.text"
+							   " OPERATOR(pg_catalog.-) 'deleted'::pg_catalog.text"
+							   " OPERATOR(pg_catalog.-) 'created'::pg_catalog.text"
+							   " WHERE job_id OPERATOR(pg_catalog.=) %lld",
 							   dedup_ext_schema(), (long long) job_id),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
 	SPI_finish();

@@ -128,7 +128,7 @@ dedup_preview(PG_FUNCTION_ARGS)
 	SPI_connect();
 	/* what dedup_table would refuse, the preview refuses too */
 	if (action == DEDUP_ACTION_MERGE)
-		(void) merge_plan(t, false);
+		(void) merge_plan(t, false, false);
 	if (action == DEDUP_ACTION_RENAME && !t->nulls_distinct)
 	{
 		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (%s) s"

@@ -447,7 +447,7 @@ static int64
 merge_batch(BgJob *job, const char *using, const char *where, char **counts)
 {
 	DedupTarget *t = job->t;
-	MergePlan  *plan = merge_plan(t, false);
+	MergePlan  *plan = merge_plan(t, false, job->archive_table != NULL);
 	MergeResult res = {0};
 	char	   *map = spi_temp_table_name("merge_map");
 	char	   *archives = NULL;

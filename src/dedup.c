@@ -320,7 +320,7 @@ drop_empty_archives(DedupResult *res)
  * dry run does the merge in a subtransaction and rolls it back.
  */
 static void
-merge(DedupTarget *t, DedupResult *res)
+merge(DedupTarget *t, DedupResult *res, bool archived, bool background)
 {
 	MergeResult mres = {0};
 
@@ -333,7 +333,7 @@ merge(DedupTarget *t, DedupResult *res)
 		MemoryContextSwitchTo(oldcxt);
 		PG_TRY();
 		{
-			run_merge(t, 0, NULL, &mres);
+			run_merge(t, 0, NULL, archived, background, &mres);
 		}
 		PG_CATCH();
 		{
@@ -354,7 +354,7 @@ merge(DedupTarget *t, DedupResult *res)
 		CurrentResourceOwner = oldowner;
 	}
 	else
-		run_merge(t, res->job_id, res->archive_table, &mres);
+		run_merge(t, res->job_id, res->archive_table, archived, background, &mres);
 	res->groups = mres.groups;
 	res->rows_deleted = mres.rows_deleted;
 	res->refs_repointed = mres.refs_repointed;
@@ -573,21 +573,21 @@ dedup_table(PG_FUNCTION_ARGS)
 	SPI_connect();
 	res.strategy = background ? "delete" : choose_strategy(t, action, strategy, dry_run);
 	dedup_refuse_cascades(t, action);
+	if (PG_GETARG_BOOL(6))
+		archive_refuse_own_names(t->relid);
 	if (dry_run)
 	{
 		res.state = "dry_run";
 		if (action == DEDUP_ACTION_MERGE)
-			merge(t, &res);
+			merge(t, &res, PG_GETARG_BOOL(6), PG_GETARG_BOOL(9));
 		else
 			count_losers(t, &res, action);
 	}
 	else if (background)
 	{
-		if (PG_GETARG_BOOL(6))
-			archive_refuse_own_names(t->relid);
 		/* a merge's refusals (privileges on referencing tables...) now, not in its first batch */
 		if (action == DEDUP_ACTION_MERGE)
-			(void) merge_plan(t, false);
+			(void) merge_plan(t, false, PG_GETARG_BOOL(6));
 		res.state = "queued";
 		res.job_id = job_submit("dedup", t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,
@@ -600,8 +600,6 @@ dedup_table(PG_FUNCTION_ARGS)
 	}
 	else
 	{
-		if (PG_GETARG_BOOL(6))
-			archive_refuse_own_names(t->relid);
 		res.job_id = job_create("dedup", foreground_phase(res.strategy, action),
 								t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,
@@ -617,7 +615,7 @@ dedup_table(PG_FUNCTION_ARGS)
 			if (action == DEDUP_ACTION_RENAME)
 				run_rename(t, &res);
 			else if (action == DEDUP_ACTION_MERGE)
-				merge(t, &res);
+				merge(t, &res, PG_GETARG_BOOL(6), false);
 			else
 				run_delete(t, &res);
 		}

@@ -133,6 +133,7 @@ extern void refuse_cascading_references(Oid relid, const char *qualname, const c
 #define HINT_KEEP_ORPHANS \
 	"Use on_orphan => 'report' or 'create_parent', which keep the orphans."
 extern char *sql_operator(Oid opno);
+extern Oid	get_rel_owner(Oid relid);
 extern char *sql_type(Oid type);
 
 /* sqlgen.c */
@@ -225,9 +226,9 @@ typedef struct MergeResult
 
 typedef struct MergePlan MergePlan;
 
-extern void run_merge(DedupTarget *t, int64 job_id, const char *archive,
-					  MergeResult *res);
-extern MergePlan *merge_plan(DedupTarget *t, bool lock_children);
+extern void run_merge(DedupTarget *t, int64 job_id, const char *archive, bool archived,
+					  bool background, MergeResult *res);
+extern MergePlan *merge_plan(DedupTarget *t, bool lock_children, bool archive);
 extern char *merge_archives(MergePlan *plan, int64 job_id, const char *known);
 extern char *merge_map_columns(MergePlan *plan);
 extern void merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res);
@@ -285,6 +286,8 @@ extern void job_set_undo(int64 job_id, const char *undo_json);
 extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
 						 const char *ref_archives);
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
+extern int64 spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
+						 const char *nulls, int expected);
 extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 							   const char *nulls, int expected);
 extern char *job_param(DedupJob *job, const char *name);
@@ -292,6 +295,7 @@ extern char *json_field_text(const char *json, const char *name);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 extern int64 job_submit(const char *kind, Oid relid, const char *relname, const char *params_json);
 extern void job_refuse_temp(Oid relid);
+extern void job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec);
 extern void job_drop_work_table(int64 job_id, const char *work_table);
 extern void job_set_archive(int64 job_id, const char *archive_table);
 
@@ -377,6 +381,7 @@ extern bool archive_drop_if_empty(const char *archive);
 extern char *archive_xact_value(const char *archive);
 extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
 extern void archive_refuse_own_names(Oid relid);
+extern void archive_require_intact(const char *archive, int64 job_id);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);
 

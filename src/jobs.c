@@ -76,12 +76,20 @@ int64
 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
 				  const char *nulls, int expected)
 {
+	return spi_exec_as(dedup_ext_owner(), sql, nargs, types, values, nulls, expected);
+}
+
+/* spi_exec_as_owner, as role (in a security-restricted context too) */
+int64
+spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
+			const char *nulls, int expected)
+{
 	Oid			saved_user;
 	int			saved_sec;
 	int			ret;
 
 	GetUserIdAndSecContext(&saved_user, &saved_sec);
-	SetUserIdAndSecContext(dedup_ext_owner(),
+	SetUserIdAndSecContext(role,
 						   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	ret = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 	SetUserIdAndSecContext(saved_user, saved_sec);
@@ -104,6 +112,27 @@ job_refuse_temp(Oid relid)
 				 errmsg("cannot run a background job on temporary table %s", get_rel_name(relid)),
 				 errdetail("The job would run in a background worker, which cannot read another session's temporary tables."),
 				 errhint("Use background => false.")));
+}
+
+/*
+ * A superuser acting on another role's job (dedup_rollback, dedup_verify)
+ * does it with that role's rights, as the job ran, in a security-restricted
+ * context: what the role made (a filter's function, a trigger, a type's
+ * cast) runs as that role, not as the superuser.  The table's owner's
+ * rights when the role was dropped since.  *saved_user and *saved_sec get
+ * the caller's, to be set back before returning (an error's abort does).
+ */
+void
+job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
+{
+	Oid			role = job->submitted_by;
+
+	GetUserIdAndSecContext(saved_user, saved_sec);
+	if (role == *saved_user || !superuser())
+		return;
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+		role = get_rel_owner(job->relid);
+	SetUserIdAndSecContext(role, *saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 }
 
 /*

@@ -72,6 +72,8 @@ struct MergePlan
 	List	   *refs;			/* RefKey * */
 	List	   *refcols;		/* referenced columns of the table (unquoted) */
 	char	   *map;			/* the map of losers: a table, or a subquery */
+	bool		lock_rows;		/* referencing tables are not locked: lock
+								 * the rows to re-point (a background batch) */
 };
 
 static void find_collisions(RefKey *ref);
@@ -93,19 +95,19 @@ refcol_index(MergePlan *plan, const char *name)
  * of, and INSERT where rows may collide: the rollback puts removed ones back.
  */
 static void
-check_child_privileges(RefKey *ref)
+check_child_privileges(RefKey *ref, bool insert)
 {
 	static const AclMode modes[] = {ACL_SELECT, ACL_UPDATE, ACL_DELETE, ACL_INSERT};
 
 	if (dedup_rel_ownercheck(ref->childid, GetUserId()))
 		return;
-	for (int i = 0; i < lengthof(modes) - (ref->collisions ? 0 : 1); i++)
+	for (int i = 0; i < lengthof(modes) - (insert ? 0 : 1); i++)
 		if (pg_class_aclcheck(ref->childid, GetUserId(), modes[i]) != ACLCHECK_OK)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 					 errmsg("permission denied for table %s", ref->child),
-					 ref->collisions ?
-					 errdetail("Merging re-points rows of %s (foreign key %s), which needs SELECT, UPDATE and DELETE on it, and INSERT: rows that would collide under its unique indexes are removed, and a rollback puts them back.",
+					 insert ?
+					 errdetail("Merging re-points rows of %s (foreign key %s), which needs SELECT, UPDATE and DELETE on it, and INSERT: rows that would collide under its unique indexes are removed and archived, and a rollback puts them back.",
 							   ref->child, quote_identifier(ref->conname)) :
 					 errdetail("Merging re-points rows of %s (foreign key %s), which needs SELECT, UPDATE and DELETE on it.",
 							   ref->child, quote_identifier(ref->conname))));
@@ -184,11 +186,12 @@ primary_key_names(Relation rel)
 /*
  * Find and check every foreign key referencing the table, and with
  * lock_children lock the referencing tables against writes (a background
- * batch relies on its row locks instead).  Runs before anything changes, so
+ * batch relies on its row locks instead).  archive: the merge archives what
+ * it changes in the referencing tables.  Runs before anything changes, so
  * that a refusal changes nothing.
  */
 MergePlan *
-merge_plan(DedupTarget *t, bool lock_children)
+merge_plan(DedupTarget *t, bool lock_children, bool archive)
 {
 	MergePlan  *plan = palloc0(sizeof(MergePlan));
 	Oid			argtypes[1] = {OIDOID};
@@ -209,6 +212,7 @@ merge_plan(DedupTarget *t, bool lock_children)
 	tuptable = SPI_tuptable;
 	nfks = SPI_processed;
 	plan->t = t;
+	plan->lock_rows = !lock_children;
 
 	for (uint64 f = 0; f < nfks; f++)
 	{
@@ -233,6 +237,10 @@ merge_plan(DedupTarget *t, bool lock_children)
 							t->qualname, quote_identifier(ref->conname), get_rel_name(ref->childid))));
 		ref->child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(ref->childid)),
 												get_rel_name(ref->childid));
+		/* before its lock: a caller with no rights there queues none */
+		check_child_privileges(ref, false);
+		if (archive)
+			archive_refuse_own_names(ref->childid);
 		if (check_enable_rls(ref->childid, InvalidOid, true) == RLS_ENABLED)
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -267,7 +275,8 @@ merge_plan(DedupTarget *t, bool lock_children)
 				ref->pknames = NIL;
 		refuse_shared_columns(t, ref, confkey);
 		find_collisions(ref);
-		check_child_privileges(ref);
+		if (archive && ref->collisions)
+			check_child_privileges(ref, true);
 		plan->refs = lappend(plan->refs, ref);
 	}
 	return plan;
@@ -534,6 +543,7 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	StringInfoData set;
 
 	StringInfoData survivor_null;
+	const char *lock;
 	int64		moved,
 				wanted;
 
@@ -555,7 +565,7 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 				   SPI_OK_SELECT);
 	if (spi_get_int64(0, 1) > 0)
 		ereport(ERROR,
-				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot merge rows of %s: %lld rows of %s reference losers whose survivor has NULL in a referenced column",
 						plan->t->qualname, (long long) spi_get_int64(0, 1), ref->child),
 				 errdetail("Foreign key %s references a column other than the primary key; re-pointed to such a survivor, the rows would reference nothing.",
@@ -571,23 +581,29 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	 * now points to into dedup_survivor, so that a rollback sets back only
 	 * rows that still point there.
 	 */
+	/*
+	 * A background batch locks the rows it moves first: one a writer updates
+	 * meanwhile is then moved in its new version (by ctid, the UPDATE would
+	 * find the old one gone and skip it).
+	 */
+	lock = plan->lock_rows ? " FOR UPDATE OF c" : "";
 	if (!ref->archive)
-		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, m.* FROM ONLY %s c JOIN %s m ON %s),"
+		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, m.* FROM ONLY %s c JOIN %s m ON %s%s),"
 								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
 								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid RETURNING 1)"
 								" SELECT (SELECT pg_catalog.count(*) FROM dedup_u), (SELECT pg_catalog.count(*) FROM dedup_o)",
-								ref->child, plan->map, ref_join(ref, plan), ref->child, set.data),
+								ref->child, plan->map, ref_join(ref, plan), lock, ref->child, set.data),
 					   SPI_OK_SELECT);
 	else
 		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, ROW(c.*)::%s AS dedup_orow, m.*"
-								" FROM ONLY %s c JOIN %s m ON %s),"
+								" FROM ONLY %s c JOIN %s m ON %s%s),"
 								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
 								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
 								" RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval),"
 								" dedup_a AS (INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
 								" u.dedup_nctid::pg_catalog.text, u.dedup_nval%s FROM dedup_u u RETURNING 1)"
 								" SELECT (SELECT pg_catalog.count(*) FROM dedup_a), (SELECT pg_catalog.count(*) FROM dedup_o)",
-								ref->child, ref->child, plan->map, ref_join(ref, plan),
+								ref->child, ref->child, plan->map, ref_join(ref, plan), lock,
 								ref->child, set.data, ref_values_json(ref, "c"),
 								ref->archive, (long long) job_id, archive_xact_value(ref->archive)),
 					   SPI_OK_SELECT);
@@ -768,11 +784,16 @@ merge_delete_losers(DedupTarget *t, const char *map, int64 job_id, const char *a
 	return deleted;
 }
 
-/* Run a merge.  archive: the table's archive (NULL: none). */
+/*
+ * Run a merge.  archive: the table's archive (NULL: none, or a dry run's);
+ * archived: the call keeps archives (a dry run refuses what it would);
+ * background: a dry run of a background job (whose passes may do more).
+ */
 void
-run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
+run_merge(DedupTarget *t, int64 job_id, const char *archive, bool archived, bool background,
+		  MergeResult *res)
 {
-	MergePlan  *plan = merge_plan(t, true);
+	MergePlan  *plan = merge_plan(t, true, archived);
 	char	   *map;
 	ListCell   *lc;
 
@@ -786,7 +807,7 @@ run_merge(DedupTarget *t, int64 job_id, const char *archive, MergeResult *res)
 	{
 		RefKey	   *ref = lfirst(lc);
 
-		if (ref->childid != t->relid)
+		if (ref->childid != t->relid || background)
 			continue;
 		for (int i = 0; i < ref->ncols; i++)
 			for (int k = 0; k < t->nkeys; k++)

@@ -9,6 +9,7 @@
 
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
@@ -48,6 +49,7 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 				  psprintf("archive table %s no longer exists", a));
 		return;
 	}
+	archive_require_intact(a, job->job_id);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
 							" pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
 							" FROM %s a", a),
@@ -124,6 +126,7 @@ check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
 
 	if (linked && OidIsValid(dedup_relid_by_name(linked)))
 	{
+		archive_require_intact(linked, job->job_id);
 		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s l WHERE NOT EXISTS"
 							  " (SELECT FROM ONLY %s c WHERE %s AND c.%s IS NOT NULL)",
 							  linked, child,
@@ -162,6 +165,8 @@ dedup_verify(PG_FUNCTION_ARGS)
 	char	   *filter;
 	char	   *add_unique;
 	int64		n;
+	Oid			saved_user;
+	int			saved_sec;
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	InitMaterializedSRF(fcinfo, 0);
@@ -186,9 +191,12 @@ dedup_verify(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
+	/* a superuser verifying another role's job reads with that role's rights */
+	job_act_as_submitter(job, &saved_user, &saved_sec);
 	if (strcmp(job->kind, "backfill") == 0)
 	{
 		check_backfill(rsinfo, job);
+		SetUserIdAndSecContext(saved_user, saved_sec);
 		SPI_finish();
 		return (Datum) 0;
 	}
@@ -220,6 +228,7 @@ dedup_verify(PG_FUNCTION_ARGS)
 				  existing ? psprintf("%s keeps the key unique (the job added none: it was there)", existing)
 				  : "the job recorded no unique index, and none keeps the key unique");
 	}
+	SetUserIdAndSecContext(saved_user, saved_sec);
 	SPI_finish();
 	return (Datum) 0;
 }
