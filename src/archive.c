@@ -661,6 +661,7 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_in
 																	   Int32GetDatum(k + 1),
 																	   BoolGetDatum(true)));
 			char	   *collate = OidIsValid(coll) ? psprintf(" COLLATE %s", generate_collation_name(coll)) : "";
+			Oid			ktype;
 
 			if (!OidIsValid(eq))
 			{
@@ -669,11 +670,15 @@ refuse_taken_keys(DedupJob *job, DedupTarget *t, const char *archive, Oid job_in
 			}
 			appendStringInfo(&keys, ", (%s)%s AS dedup_k%d", expr, collate, k);
 			/* as the index has it, so that the index finds the row */
+			/* a composite key's NULL is the whole value's (sql_null_test) */
+			ktype = TupleDescAttr(RelationGetDescr(idx), k)->atttypid;
 			appendStringInfo(&taken, " AND ((%s)%s %s a.dedup_k%d%s)", expr, collate, sql_operator(eq), k,
-							 nulls_equal ? psprintf(" OR ((%s) IS NULL AND a.dedup_k%d IS NULL)", expr, k) : "");
+							 nulls_equal ? psprintf(" OR ((%s)%s AND a.dedup_k%d%s)", expr,
+													sql_null_test(ktype, true), k,
+													sql_null_test(ktype, true)) : "");
 			appendStringInfo(&again, "%sa.dedup_k%d", k > 0 ? ", " : "", k);
 			if (!nulls_equal)
-				appendStringInfo(&notnull, " AND a.dedup_k%d IS NOT NULL", k);
+				appendStringInfo(&notnull, " AND a.dedup_k%d%s", k, sql_null_test(ktype, false));
 		}
 		iname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(idx)),
 										   RelationGetRelationName(idx));

@@ -143,6 +143,7 @@ extern char *sql_key_json(DedupTarget *t, const char *alias);
 extern char *sql_row_id(DedupTarget *t, const char *alias);
 extern char *sql_rows_where(DedupTarget *t, bool with_filter);
 extern char *sql_any_key_null(DedupTarget *t, const char *alias);
+extern const char *sql_null_test(Oid type, bool is_null);
 extern char *sql_keys_match(DedupTarget *t, const char *a, const char *b);
 extern char *sql_pk_list(DedupTarget *t, const char *alias);
 extern char *sql_pk_match(DedupTarget *t, const char *a, const char *b);

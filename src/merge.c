@@ -404,6 +404,7 @@ find_collisions(RefKey *ref)
 			AttrNumber	att = index->indkey.values[k];
 			char	   *col;
 			char	   *expr;
+			const char *isnull;
 			Oid			eq = get_opfamily_member(idx->rd_opfamily[k], idx->rd_opcintype[k],
 												 idx->rd_opcintype[k], BTEqualStrategyNumber);
 
@@ -427,14 +428,17 @@ find_collisions(RefKey *ref)
 			appendStringInfo(&moved, ", %s AS dedup_k%d", expr, k);
 			appendStringInfo(&stays, ", c.%s AS dedup_k%d", col, k);
 			appendStringInfo(&keys, "%sx.dedup_k%d", k > 0 ? ", " : "", k);
+			/* a composite column's NULL is the whole value's (sql_null_test) */
+			isnull = sql_null_test(get_atttype(ref->childid, att), true);
 			if (OidIsValid(eq) && nulls_not_distinct)
-				appendStringInfo(&same_key, "%s(x.dedup_k%d %s c.%s OR (x.dedup_k%d IS NULL AND c.%s IS NULL))",
-								 k > 0 ? " AND " : "", k, sql_operator(eq), col, k, col);
+				appendStringInfo(&same_key, "%s(x.dedup_k%d %s c.%s OR (x.dedup_k%d%s AND c.%s%s))",
+								 k > 0 ? " AND " : "", k, sql_operator(eq), col, k, isnull, col, isnull);
 			else if (OidIsValid(eq))
 				appendStringInfo(&same_key, "%sx.dedup_k%d %s c.%s", k > 0 ? " AND " : "",
 								 k, sql_operator(eq), col);
 			if (!nulls_not_distinct)
-				appendStringInfo(&notnull, " AND x.dedup_k%d IS NOT NULL", k);
+				appendStringInfo(&notnull, " AND x.dedup_k%d%s", k,
+								 sql_null_test(get_atttype(ref->childid, att), false));
 		}
 		index_close(idx, AccessShareLock);
 		if (!unique || !overlaps)
@@ -551,8 +555,11 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	initStringInfo(&survivor_null);
 	for (int i = 0; i < ref->ncols; i++)
 	{
+		const char *refcol = list_nth(plan->refcols, ref->mapcol[i]);
+
 		appendStringInfo(&set, "%s%s = o.dedup_n%d", i > 0 ? ", " : "", ref->cols[i], ref->mapcol[i]);
-		appendStringInfo(&survivor_null, "%sm.dedup_n%d IS NULL", i > 0 ? " OR " : "", ref->mapcol[i]);
+		appendStringInfo(&survivor_null, "%sm.dedup_n%d%s", i > 0 ? " OR " : "", ref->mapcol[i],
+						 sql_null_test(get_atttype(plan->t->relid, get_attnum(plan->t->relid, refcol)), true));
 	}
 
 	/*

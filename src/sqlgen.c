@@ -88,12 +88,18 @@ sql_row_id(DedupTarget *t, const char *alias)
  * equality, the hash of candidates.c and a unique index all take it for a
  * value like any other; IS [NOT] DISTINCT FROM NULL tests the whole value.
  */
+const char *
+sql_null_test(Oid type, bool is_null)
+{
+	if (type_is_rowtype(type))
+		return is_null ? " IS NOT DISTINCT FROM NULL" : " IS DISTINCT FROM NULL";
+	return is_null ? " IS NULL" : " IS NOT NULL";
+}
+
 static const char *
 null_test(DedupColumn *col, bool is_null)
 {
-	if (type_is_rowtype(col->type))
-		return is_null ? " IS NOT DISTINCT FROM NULL" : " IS DISTINCT FROM NULL";
-	return is_null ? " IS NULL" : " IS NOT NULL";
+	return sql_null_test(col->type, is_null);
 }
 
 /* "(r.a IS NULL OR r.b IS NULL)" */
