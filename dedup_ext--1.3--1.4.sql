@@ -16,36 +16,73 @@ ALTER VIEW @extschema@.dedup_progress SET (security_barrier = true);
 -- extension's owner, and the table's owner may read and add rows to them;
 -- the same for those made before: the tables dedup_job names as archives
 -- (not the work tables of jobs in progress, which their worker truncates as
--- the submitter).  One that is no longer a plain table, or has rules,
--- triggers or row-level security, keeps its owner; a rollback or
--- dedup_verify refuses it.
+-- the submitter).  One that its owner may have made unsafe to read as
+-- another role keeps its owner (a WARNING names it; a rollback or
+-- dedup_verify refuses it): no longer a plain table, with rules, triggers,
+-- row-level security, an index or statistics object (whose expressions
+-- ANALYZE runs), or a column whose type is no longer the table's.  The
+-- others lose every grant but the table owner's and the job submitter's,
+-- and their columns of types users made get no statistics (ANALYZE, as the
+-- new owner, would run those types' functions).
 DO $$
 DECLARE
   a record;
+  g record;
+  col record;
   extowner name := (SELECT pg_catalog.pg_get_userbyid(e.extowner) FROM pg_catalog.pg_extension e
                      WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext');
 BEGIN
-  FOR a IN SELECT c.oid::pg_catalog.regclass AS archive, pg_catalog.pg_get_userbyid(c.relowner) AS owner,
+  FOR a IN SELECT c.oid, c.oid::pg_catalog.regclass AS archive, pg_catalog.pg_get_userbyid(c.relowner) AS owner,
+                  (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) j.submitted_by) AS writer,
                   c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relhasrules AND NOT c.relhastriggers
-                  AND NOT c.relrowsecurity AS intact
-             FROM pg_catalog.pg_class c
-            WHERE c.oid OPERATOR(pg_catalog.=) ANY (ARRAY(
-                    SELECT pg_catalog.to_regclass(n) FROM @extschema@.dedup_job j,
-                    LATERAL (SELECT j.archive_table::pg_catalog.text
-                             UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'
-                               FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e
-                             UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f
-                               FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n)
-                     WHERE n IS NOT NULL))
+                  AND NOT c.relrowsecurity AND NOT c.relhasindex
+                  AND NOT EXISTS (SELECT FROM pg_catalog.pg_statistic_ext s
+                                   WHERE s.stxrelid OPERATOR(pg_catalog.=) c.oid)
+                  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute x
+                                    JOIN pg_catalog.pg_attribute y
+                                      ON y.attrelid OPERATOR(pg_catalog.=) j.relation
+                                     AND y.attname OPERATOR(pg_catalog.=) x.attname AND NOT y.attisdropped
+                                   WHERE x.attrelid OPERATOR(pg_catalog.=) c.oid AND x.attnum OPERATOR(pg_catalog.>) 0
+                                     AND NOT x.attisdropped
+                                     AND x.atttypid OPERATOR(pg_catalog.<>) y.atttypid) AS intact
+             FROM @extschema@.dedup_job j,
+                  LATERAL (SELECT j.archive_table::pg_catalog.text
+                           UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'
+                             FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e
+                           UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f
+                             FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n),
+                  pg_catalog.pg_class c
+            WHERE x.n IS NOT NULL AND c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(x.n)
               AND c.relowner OPERATOR(pg_catalog.<>) (SELECT e.extowner FROM pg_catalog.pg_extension e
                                                         WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext')
   LOOP
     IF NOT a.intact THEN
-      RAISE WARNING 'archive table % is not as dedup_ext made it (a view, or it has rules, triggers or row-level security): left to its owner %, its job cannot be rolled back', a.archive, a.owner;
+      RAISE WARNING 'archive table % is not as dedup_ext made it (a view, or it has rules, triggers, row-level security, an index, a statistics object or a column of another type than its table''s): left to its owner %, its job cannot be rolled back', a.archive, a.owner;
       CONTINUE;
     END IF;
     EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %I', a.archive, extowner);
+    FOR g IN SELECT DISTINCT acl.grantee FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) acl
+              WHERE c.oid OPERATOR(pg_catalog.=) a.oid
+                AND acl.grantee OPERATOR(pg_catalog.<>) (SELECT r.oid FROM pg_catalog.pg_roles r
+                                                          WHERE r.rolname OPERATOR(pg_catalog.=) extowner)
+    LOOP
+      IF g.grantee OPERATOR(pg_catalog.=) 0 THEN
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', a.archive);
+      ELSE
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I', a.archive, pg_catalog.pg_get_userbyid(g.grantee));
+      END IF;
+    END LOOP;
     EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO %I', a.archive, a.owner);
+    -- the job's submitter (who wrote a merge's re-pointed rows of another role's table)
+    IF a.writer IS NOT NULL THEN
+      EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO %I', a.archive, a.writer);
+    END IF;
+    FOR col IN SELECT x.attname FROM pg_catalog.pg_attribute x
+                WHERE x.attrelid OPERATOR(pg_catalog.=) a.oid AND x.attnum OPERATOR(pg_catalog.>) 0
+                  AND NOT x.attisdropped AND x.atttypid OPERATOR(pg_catalog.>=) 16384
+    LOOP
+      EXECUTE pg_catalog.format('ALTER TABLE %s ALTER COLUMN %I SET STATISTICS 0', a.archive, col.attname);
+    END LOOP;
   END LOOP;
 END $$;
 

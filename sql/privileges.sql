@@ -239,6 +239,27 @@ SELECT dedup_drop_archive(:jid_f) AS dropped;
 -- orphans are kept in the job)
 SELECT dedup_drop_archive(:jid_bf) AS bf_dropped;
 SELECT check_name, ok FROM dedup_verify(:jid_bf) ORDER BY check_name;
+-- an archive's columns of types users made get no statistics: ANALYZE (as
+-- the archive's owner, the extension's) would run the type's functions (a
+-- range type's subtype_diff)
+SET ROLE regress_owner;
+CREATE FUNCTION priv.span_diff(a int, b int) RETURNS float8 LANGUAGE sql IMMUTABLE AS 'SELECT (b - a)::float8';
+CREATE TYPE priv.span AS RANGE (subtype = int, subtype_diff = priv.span_diff);
+CREATE TABLE priv.spans (id int PRIMARY KEY, k text, r priv.span);
+INSERT INTO priv.spans VALUES (1, 'a', '[1,5)'), (2, 'a', '[2,6)');
+SELECT job_id AS jid_sp, archive_table AS arch_sp FROM dedup_table('spans', '{k}') \gset
+RESET ROLE;
+SELECT attname, attstattarget FROM pg_attribute
+ WHERE attrelid = :'arch_sp'::regclass AND attname IN ('k', 'r') ORDER BY attname;
+-- dedup_drop_archive drops only the job's own archive: a table a superuser
+-- made under its name since is left alone
+DROP TABLE :arch_sp;
+CREATE TABLE :arch_sp (note text);
+SET ROLE regress_owner;
+SELECT dedup_drop_archive(:jid_sp) AS dropped;
+RESET ROLE;
+SELECT to_regclass(:'arch_sp') IS NOT NULL AS impostor_kept;
+DROP TABLE :arch_sp;
 SELECT submitted_by, kind, count(*) FROM dedup_jobs
  WHERE job_id IN (:jid_owner, :jid_other, :jid_member) OR target_job IN (:jid_owner, :jid_other, :jid_member)
  GROUP BY 1, 2 ORDER BY 1, 2;

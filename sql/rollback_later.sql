@@ -263,6 +263,30 @@ CREATE RULE ruled_delete AS ON DELETE TO ruled DO ALSO NOTIFY ruled;
 SELECT dedup_rollback(:jruled) AS restored;
 SELECT * FROM ruled ORDER BY id;
 
+-- a BEFORE UPDATE trigger that returns OLD makes the rollback's UPDATE
+-- change nothing: refused (09000), the renamed values and the archive kept
+CREATE TABLE frozen (id int PRIMARY KEY, txn text);
+INSERT INTO frozen VALUES (1, 'A'), (2, 'A');
+SELECT job_id AS jfrozen FROM dedup_table('frozen', '{txn}', action => 'rename') \gset
+CREATE FUNCTION keep_old() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN OLD; END$$;
+CREATE TRIGGER keep_old BEFORE UPDATE ON frozen FOR EACH ROW EXECUTE FUNCTION keep_old();
+SELECT code, message FROM try(format('SELECT dedup_rollback(%s)', :jfrozen));
+SELECT * FROM frozen ORDER BY id;
+-- a later dedup removed rows an earlier backfill linked: the backfill's
+-- rollback alone would leave them out, the dedup's would bring them back
+-- linked (55000: roll back the later job first)
+CREATE TABLE kw (id int PRIMARY KEY, name text UNIQUE);
+INSERT INTO kw VALUES (1, 'a'), (2, 'b');
+CREATE TABLE item (id int PRIMARY KEY, name text, kw_id int);
+INSERT INTO item VALUES (1, 'a', NULL), (2, 'a', NULL), (3, 'b', NULL), (4, 'b', NULL);
+SELECT job_id AS jlink FROM backfill_fk('item', 'kw_id', 'kw', '{name}') \gset
+SELECT job_id AS jlater FROM dedup_table('item', '{name}') \gset
+SELECT code, regexp_replace(message, 'job [0-9]+', 'job N', 'g') AS message
+  FROM try(format('SELECT dedup_rollback(%s)', :jlink));
+SELECT dedup_rollback(:jlater) AS restored_later;
+SELECT dedup_rollback(:jlink) AS restored_link;
+SELECT * FROM item ORDER BY id;
+
 \set SHOW_CONTEXT errors
 RESET search_path;
 DROP SCHEMA rollback_later CASCADE;

@@ -13,9 +13,19 @@ SET ROLE regress_up_owner;
 CREATE TABLE up.t (id int PRIMARY KEY, k text);
 INSERT INTO up.t VALUES (1, 'a'), (2, 'a');
 SELECT job_id AS jup, archive_table AS aup FROM dedup_table('up.t', '{k}') \gset
+CREATE TABLE up.s (id int PRIMARY KEY, k text);
+INSERT INTO up.s VALUES (1, 'a'), (2, 'a');
+SELECT job_id AS jups, archive_table AS aups FROM dedup_table('up.s', '{k}') \gset
 RESET ROLE;
--- as 1.3 left it (this library already writes archives as 1.4 does)
+-- as 1.3 left them (this library already writes archives as 1.4 does): the
+-- table's owner's, who granted one to PUBLIC and gave the other a
+-- statistics object (whose expressions ANALYZE would run as the new owner)
 ALTER TABLE :aup OWNER TO regress_up_owner;
+ALTER TABLE :aups OWNER TO regress_up_owner;
+SET ROLE regress_up_owner;
+GRANT SELECT ON :aup TO PUBLIC;
+CREATE STATISTICS up.s_stats ON (id + 1), k FROM :aups;
+RESET ROLE;
 
 ALTER EXTENSION dedup_ext UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'dedup_ext';
@@ -24,6 +34,13 @@ SELECT relowner = (SELECT extowner FROM pg_extension WHERE extname = 'dedup_ext'
        has_table_privilege('regress_up_owner', oid, 'INSERT') AS owner_adds,
        has_table_privilege('regress_up_owner', oid, 'DELETE') AS owner_deletes
   FROM pg_class WHERE oid = :'aup'::regclass;
+SELECT has_table_privilege('public', :'aup', 'SELECT') AS public_reads;
+-- the one with a statistics object was left to its owner (WARNING above),
+-- and its rollback is refused
+SELECT pg_get_userbyid(relowner) AS left_to FROM pg_class WHERE oid = :'aups'::regclass;
+\set VERBOSITY terse
+SELECT dedup_rollback(:jups);
+\set VERBOSITY default
 SELECT relname, reloptions FROM pg_class
  WHERE relname IN ('dedup_jobs', 'dedup_orphans', 'dedup_progress') ORDER BY relname;
 SELECT p.proname, p.proconfig

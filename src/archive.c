@@ -18,6 +18,7 @@
 #include "access/sysattr.h"
 #include "access/transam.h"
 #include "catalog/namespace.h"
+#include "commands/comment.h"
 #include "catalog/dependency.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
@@ -121,6 +122,7 @@ column_def(Form_pg_attribute att)
  * archive_grant.
  */
 static void archive_grant(const char *qname, Oid relowner, Oid writer);
+static void archive_skip_user_types(const char *qname);
 
 char *
 archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
@@ -170,6 +172,34 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 }
 
 /*
+ * ANALYZE of a table (autovacuum's, a superuser's database-wide one) runs as
+ * its owner, for an archive the extension's: the functions of a type a user
+ * made (a range type's subtype_diff) would run with those rights.  Its
+ * columns of such types get no statistics (STATISTICS 0: ANALYZE skips
+ * them); those of built-in types still do.
+ */
+static void
+archive_skip_user_types(const char *qname)
+{
+	Relation	arel = relation_open(dedup_relid_by_name(qname), AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(arel);
+	StringInfoData sql;
+
+	initStringInfo(&sql);
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && att->atttypid >= FirstNormalObjectId)
+			appendStringInfo(&sql, "%s ALTER COLUMN %s SET STATISTICS 0", sql.len > 0 ? "," : "",
+							 quote_identifier(NameStr(att->attname)));
+	}
+	relation_close(arel, AccessShareLock);
+	if (sql.len > 0)
+		spi_exec_as_owner(psprintf("ALTER TABLE %s%s", qname, sql.data), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+}
+
+/*
  * An archive belongs to the extension's owner, not to the table's: a rollback
  * or dedup_verify, which a superuser may run, reads it with the types and
  * rules it has, and its owner could change those (a column's type to one
@@ -181,6 +211,7 @@ archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
 static void
 archive_grant(const char *qname, Oid relowner, Oid writer)
 {
+	archive_skip_user_types(qname);
 	spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", qname,
 							   quote_identifier(GetUserNameFromId(relowner, false))),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
@@ -517,9 +548,10 @@ drop_unique(DedupJob *job, const char *qualname, Oid idx)
  * it: a plain table of the extension's owner, without rules, triggers or
  * row-level security.  (One from before 1.4 that its owner had changed so
  * was left to them by the update; what it holds is not the job's word.)
+ * relid: the table whose rows it holds (InvalidOid: none to grant to).
  */
 void
-archive_require_intact(const char *archive, int64 job_id)
+archive_require_intact(const char *archive, int64 job_id, Oid relid)
 {
 	Oid			oid = dedup_relid_by_name(archive);
 	HeapTuple	tup;
@@ -541,6 +573,16 @@ archive_require_intact(const char *archive, int64 job_id)
 				 errmsg("archive table %s of job %lld is not as the job left it", archive, (long long) job_id),
 				 errdetail("It is not a plain table of the extension's owner without rules, triggers or row-level security, so what it holds cannot be taken for what the job archived."),
 				 errhint("Compare it with the table by hand; dedup_drop_archive(%lld) drops it.", (long long) job_id)));
+
+	/*
+	 * Its table's owner now may read it (and so the rollback, which runs as
+	 * the submitter, a member of it): the table may have changed hands
+	 * since the job, whose owner then got the grant (archive_grant).
+	 */
+	if (OidIsValid(relid) && pg_class_aclcheck(oid, get_rel_owner(relid), ACL_SELECT) != ACLCHECK_OK)
+		spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", archive,
+								   quote_identifier(GetUserNameFromId(get_rel_owner(relid), false))),
+						  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 }
 
 /*
@@ -773,7 +815,7 @@ refuse_rules(DedupJob *job, Oid relid, const char *qualname, const char *events)
 					 errmsg("cannot roll back job %lld: rule %s rewrites the %s of %s",
 							(long long) job->job_id, rule,
 							*e == '3' ? "INSERT" : *e == '2' ? "UPDATE" : "DELETE", qualname),
-					 errdetail("The rollback writes the rows the job changed back into the table; a rule would put them elsewhere."),
+					 errdetail("The rollback writes the rows the job changed back into the table; a rule would rewrite those statements (PostgreSQL refuses one in the data-modifying WITH the rollback uses), and what it did instead or as well no archive would undo."),
 					 errhint("Drop or disable the rule for the rollback (ALTER TABLE ... DISABLE RULE).")));
 	}
 }
@@ -781,13 +823,17 @@ refuse_rules(DedupJob *job, Oid relid, const char *qualname, const char *events)
 /*
  * Run dml, a statement that puts rows back (INSERT, UPDATE or DELETE, with
  * no RETURNING), and check that it wrote as many rows as the query expected
- * counts (in the same statement: the same snapshot).  A BEFORE trigger that
- * returns NULL skips a row silently, and the archive, which the rollback
- * drops, would have been that row's last copy: refused as the job refuses a
- * trigger that spares its losers.  Returns the rows written.
+ * counts (in the same statement: the same snapshot), and, with check (a
+ * condition on a written row), that each holds what the rollback wrote.  A
+ * BEFORE trigger that returns NULL skips a row silently, one that returns
+ * OLD (or sets the value back) makes an UPDATE change nothing, and the
+ * archive, which the rollback drops, would have been those rows' last copy:
+ * refused as the job refuses a trigger that spares its losers.  Returns the
+ * rows written.
  */
 static int64
-restore_all(DedupJob *job, const char *dml, const char *expected, const char *qualname)
+restore_all(DedupJob *job, const char *dml, const char *check, const char *expected,
+			const char *qualname)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	int64		written,
@@ -795,8 +841,9 @@ restore_all(DedupJob *job, const char *dml, const char *expected, const char *qu
 
 	PG_TRY();
 	{
-		spi_exec_count(psprintf("WITH dedup_r AS (%s RETURNING 1)"
-								" SELECT (SELECT pg_catalog.count(*) FROM dedup_r), (%s)", dml, expected),
+		spi_exec_count(psprintf("WITH dedup_r AS (%s RETURNING %s AS dedup_ok)"
+								" SELECT (SELECT pg_catalog.count(*) FROM dedup_r r WHERE r.dedup_ok), (%s)",
+								dml, check ? check : "true", expected),
 					   SPI_OK_SELECT);
 	}
 	PG_CATCH();
@@ -813,9 +860,9 @@ restore_all(DedupJob *job, const char *dml, const char *expected, const char *qu
 	if (written != wanted)
 		ereport(ERROR,
 				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
-				 errmsg("cannot roll back job %lld: %lld of the %lld rows it must write to %s were skipped",
+				 errmsg("cannot roll back job %lld: %lld of the %lld rows it must write to %s were skipped or not written as archived",
 						(long long) job->job_id, (long long) (wanted - written), (long long) wanted, qualname),
-				 errdetail("A BEFORE trigger on the table skipped them; the archive, which the rollback drops, is their only copy."),
+				 errdetail("A BEFORE trigger on the table skipped them, or changed what the rollback wrote; the archive, which the rollback drops, is their only copy."),
 				 errhint("Disable the trigger for the rollback (ALTER TABLE ... DISABLE TRIGGER), or make it let the rows through.")));
 	return written;
 }
@@ -920,7 +967,8 @@ same_other_columns(Oid archiveid, Oid childid, Datum *cols, int ncols)
 /*
  * Rows of table relid that the job changed and that are gone from it now are
  * skipped by its rollback, as deleted since.  A later job that removed one
- * (a merge's collision, a dedup's loser) keeps it in its archive, with this
+ * (a merge's collision, a dedup's loser, a backfill's deleted orphan) keeps
+ * it in its archive, with this
  * job's value, and would put it back so when rolled back: rollbacks of jobs
  * that changed the same rows go newest first.  source: the job's archived
  * rows, alias a; gone: true for a row of source that the table no longer
@@ -936,6 +984,8 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 
 	spi_exec_as_owner(psprintf("SELECT j.job_id, a.archive FROM %s.dedup_job j,"
 							   " LATERAL (SELECT j.archive_table::pg_catalog.text AS archive"
+							   "  WHERE j.relation OPERATOR(pg_catalog.=) $2"
+							   "  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) 'deleted'"
 							   "  WHERE j.relation OPERATOR(pg_catalog.=) $2"
 							   "  UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'"
 							   "  FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e"
@@ -992,6 +1042,7 @@ restore_removed_refs(DedupJob *job, const char *archive, Oid archiveid, const ch
 	return restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a"
 									 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
 									 child, restorable, restorable, archive),
+					   NULL,
 					   psprintf("SELECT pg_catalog.count(*) FROM %s a"
 								" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'", archive),
 					   child);
@@ -1019,6 +1070,10 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 	char	   *match;
 	int64		moved,
 				expected;
+	/* what a written row must hold: its archived values */
+	char	   *written_back = psprintf("ROW(%s) IS NOT DISTINCT FROM ROW(%s)",
+										name_list(cols, ncols, "c.%s%.0s", ", "),
+										name_list(cols, ncols, "a.%s%.0s", ", "));
 
 	if (npk > 0)
 	{
@@ -1078,6 +1133,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 						 pkmatch, some_null.data, original.data, job_value);
 		return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
 										 child, name_list(cols, ncols, "%s = a.%s", ", "), source, where),
+						   written_back,
 						   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s",
 									child, source, where),
 						   child);
@@ -1104,7 +1160,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 						 child, archive)));
 	return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
 									 child, name_list(cols, ncols, "%s = a.%s", ", "), source, match),
-					   psprintf("SELECT %lld", (long long) expected), child);
+					   written_back, psprintf("SELECT %lld", (long long) expected), child);
 }
 
 /*
@@ -1156,7 +1212,7 @@ restore_refs(DedupJob *job)
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("cannot roll back job %lld: a re-pointed table or its archive %s no longer exists",
 								(long long) job->job_id, archive)));
-			archive_require_intact(archive, job->job_id);
+			archive_require_intact(archive, job->job_id, childid);
 			child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
 											   get_rel_name(childid));
 			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 3, &isnull)),
@@ -1165,7 +1221,11 @@ restore_refs(DedupJob *job)
 							  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
 			if (step == 0)
 			{
-				refuse_rules(job, childid, child, "32");
+				/* a table the job did not change needs nothing (nor its rules) */
+				spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) a", archive),
+							   SPI_OK_SELECT);
+				if (spi_get_int64(0, 1) > 0)
+					refuse_rules(job, childid, child, "32");
 				restored += restore_removed_refs(job, archive, archiveid, child, childid);
 			}
 			else
@@ -1224,6 +1284,10 @@ unlink_rows(DedupJob *job, DedupTarget *t, const char *linked, const char *fk, c
 	job_value = psprintf("EXISTS (SELECT FROM %s l WHERE %s AND c.%s %s l.%s)",
 						 linked, sql_pk_match(t, "c", "l"), fk,
 						 type_equality(get_atttype(t->relid, get_attnum(t->relid, fkname))), fk);
+	refuse_removed_by_later(job, t->relid, t->qualname, psprintf("%s a", linked),
+							psprintf("NOT EXISTS (SELECT FROM ONLY %s c WHERE %s)", t->qualname,
+									 sql_pk_match(t, "c", "a")),
+							sql_pk_match(t, "x", "a"));
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NOT NULL"
 							" AND EXISTS (SELECT FROM %s l WHERE %s) AND NOT %s",
 							t->qualname, fk, linked, sql_pk_match(t, "c", "l"), job_value),
@@ -1238,6 +1302,7 @@ unlink_rows(DedupJob *job, DedupTarget *t, const char *linked, const char *fk, c
 				 errhint("Compare %s with archive table %s, which lists the rows the job linked and their values.",
 						 t->qualname, linked)));
 	return restore_all(job, psprintf("UPDATE ONLY %s c SET %s = NULL WHERE %s", t->qualname, fk, job_value),
+					   psprintf("c.%s IS NULL", fk),
 					   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE %s", t->qualname, job_value),
 					   t->qualname);
 }
@@ -1320,6 +1385,7 @@ remove_created_parents(DedupJob *job, DedupTarget *t, const char *fk, Oid parent
 				 errdetail("Their %s was set after the job; a rollback removes the parents it created.", fk),
 				 errhint("Point those rows elsewhere, or keep the job's work.")));
 	restore_all(job, psprintf("DELETE FROM ONLY %s c USING %s a WHERE %s", parent, created, match),
+				NULL,
 				psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE EXISTS (SELECT FROM %s a WHERE %s)",
 						 parent, created, match),
 				parent);
@@ -1351,11 +1417,11 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the parent table or an archive table of job %lld no longer exists",
 						(long long) job->job_id)));
-	archive_require_intact(linked, job->job_id);
+	archive_require_intact(linked, job->job_id, t->relid);
 	if (deleted)
-		archive_require_intact(deleted, job->job_id);
+		archive_require_intact(deleted, job->job_id, t->relid);
 	if (created)
-		archive_require_intact(created, job->job_id);
+		archive_require_intact(created, job->job_id, parentid);
 	parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(parentid)),
 										get_rel_name(parentid));
 	if (created)
@@ -1394,6 +1460,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 
 		restored += restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM %s a",
 											  t->qualname, cols, cols, deleted),
+								NULL,
 								psprintf("SELECT pg_catalog.count(*) FROM %s a", deleted), t->qualname);
 	}
 
@@ -1423,6 +1490,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 					 errdetail("Rows of a table without a primary key are found by their ctid, which an UPDATE, VACUUM FULL or CLUSTER since the job changes.")));
 		nulled = restore_all(job, psprintf("UPDATE ONLY %s c SET %s = NULL FROM %s l WHERE %s",
 										   t->qualname, fk, linked, key_archive_match(linkedid, "c", "l", NULL)),
+							 psprintf("c.%s IS NULL", fk),
 							 psprintf("SELECT %lld", (long long) expected), t->qualname);
 	}
 	restored += nulled;
@@ -1487,6 +1555,8 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 						 job->archive_table)));
 	return restore_all(job, psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a WHERE %s AND %s",
 									 t->qualname, col, col, originals, sql_pk_match(t, "r", "a"), job_value),
+					   psprintf("r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) a.%s::pg_catalog.text",
+								col, col),
 					   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s r, %s a WHERE %s AND %s",
 								t->qualname, originals, sql_pk_match(t, "r", "a"), job_value),
 					   t->qualname);
@@ -1565,7 +1635,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				 errmsg("archive table %s of job %lld no longer exists",
 						job->archive_table, (long long) job_id)));
 	if (job->archive_table)
-		archive_require_intact(job->archive_table, job_id);
+		archive_require_intact(job->archive_table, job_id, job->relid);
 
 	/*
 	 * What an archive lists is put back only where the job's submitter may
@@ -1578,9 +1648,10 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
 	/* its own table: the removed rows go back (INSERT), renamed or linked ones are set back (UPDATE) */
-	refuse_rules(job, t->relid, t->qualname,
-				 strcmp(job->kind, "backfill") == 0 ? (json_field_text(job->undo, "deleted") ? "32" : "2") :
-				 job_param(job, "rename_column") ? "2" : "3");
+	if (!nothing)
+		refuse_rules(job, t->relid, t->qualname,
+					 strcmp(job->kind, "backfill") == 0 ? (json_field_text(job->undo, "deleted") ? "32" : "2") :
+					 job_param(job, "rename_column") ? "2" : "3");
 	if (strcmp(job->kind, "backfill") != 0)
 		job_index = job_unique_index(job, t, &job_index_gone);
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
@@ -1597,7 +1668,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 		restored = rollback_backfill(job, t);
 		job_finish(rb_job, NULL, 0, 0, 0, restored, NULL, NULL, false);
 		job_mark_rolled_back(job_id, rb_job);
-		SetUserIdAndSecContext(saved_user, saved_sec);
+		job_act_as_caller(saved_user, saved_sec);
 		SPI_finish();
 		PG_RETURN_INT64(restored);
 	}
@@ -1608,7 +1679,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	{
 		job_finish(rb_job, NULL, 0, 0, 0, 0, NULL, NULL, false);
 		job_mark_rolled_back(job_id, rb_job);
-		SetUserIdAndSecContext(saved_user, saved_sec);
+		job_act_as_caller(saved_user, saved_sec);
 		SPI_finish();
 		PG_RETURN_INT64(0);
 	}
@@ -1617,6 +1688,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	restored += restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
 										  " SELECT %s FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
 										  t->qualname, cols, cols, job->archive_table),
+							NULL,
 							psprintf("SELECT pg_catalog.count(*) FROM %s a"
 									 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'", job->archive_table),
 							t->qualname);
@@ -1631,18 +1703,29 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	spi_exec_as_owner(psprintf("DROP TABLE %s", job->archive_table), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	job_finish(rb_job, NULL, 0, 0, 0, restored, NULL, NULL, false);
 	job_mark_rolled_back(job_id, rb_job);
-	SetUserIdAndSecContext(saved_user, saved_sec);
+	job_act_as_caller(saved_user, saved_sec);
 	SPI_finish();
 	PG_RETURN_INT64(restored);
 }
 
-/* drop archive table name (qualified) if it is still there; true if it was */
+/*
+ * Drop archive table name (qualified) of job job_id if it is still there;
+ * true if it was.  Only the job's own: a table a superuser made under that
+ * name since does not say, in its comment, that the job made it.
+ */
 static bool
-drop_archive_table(const char *name)
+drop_archive_table(const char *name, int64 job_id)
 {
 	Oid			oid = name ? dedup_relid_by_name(name) : InvalidOid;
+	char	   *comment;
+	char	   *by_job;
 
 	if (!OidIsValid(oid))
+		return false;
+	comment = GetComment(oid, RelationRelationId, 0);
+	by_job = psprintf(" by job %lld", (long long) job_id);
+	if (comment == NULL || strncmp(comment, "dedup_ext: ", 11) != 0 || strstr(comment, by_job) == NULL ||
+		(strstr(comment, by_job)[strlen(by_job)] != '\0' && strstr(comment, by_job)[strlen(by_job)] != ' '))
 		return false;
 	/* one its owner made a view before 1.4 (archive_require_intact) goes too */
 	spi_exec_as_owner(psprintf("DROP %s %s", get_rel_relkind(oid) == RELKIND_VIEW ? "VIEW" : "TABLE", name),
@@ -1677,10 +1760,9 @@ dedup_drop_archive(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld is %s; only a finished job's archive can be dropped",
 						(long long) job_id, job_effective_state(job_id)),
-				 errhint("Wait for it with dedup_wait(%lld), or cancel it with dedup_cancel(%lld).",
-						 (long long) job_id, (long long) job_id)));
+				 errhint("Let it finish, or cancel it with dedup_cancel(%lld).", (long long) job_id)));
 
-	dropped += drop_archive_table(job->archive_table);
+	dropped += drop_archive_table(job->archive_table, job_id);
 	if (job->ref_archives)
 	{
 		Oid			types[1] = {TEXTOID};
@@ -1693,10 +1775,10 @@ dedup_drop_archive(PG_FUNCTION_ARGS)
 			elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job_id);
 		refs = SPI_tuptable;
 		for (uint64 i = 0; i < refs->numvals; i++)
-			dropped += drop_archive_table(SPI_getvalue(refs->vals[i], refs->tupdesc, 1));
+			dropped += drop_archive_table(SPI_getvalue(refs->vals[i], refs->tupdesc, 1), job_id);
 	}
 	for (int i = 0; job->undo && i < lengthof(undo_fields); i++)
-		dropped += drop_archive_table(json_field_text(job->undo, undo_fields[i]));
+		dropped += drop_archive_table(json_field_text(job->undo, undo_fields[i]), job_id);
 
 	/*
 	 * The job's row no longer names them: its rollback says it has none.  A

@@ -667,8 +667,9 @@ fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **
 }
 
 /*
- * The name (quoted) of an enabled rule of table relid on event ev_type
- * (pg_rewrite.ev_type: '2' UPDATE, '3' INSERT, '4' DELETE), or NULL
+ * The name (quoted) of a rule of table relid on event ev_type (pg_rewrite.
+ * ev_type: '2' UPDATE, '3' INSERT, '4' DELETE) that fires in this session,
+ * or NULL
  */
 char *
 enabled_rule(Oid relid, char ev_type)
@@ -678,7 +679,11 @@ enabled_rule(Oid relid, char ev_type)
 
 	if (SPI_execute_with_args("SELECT r.rulename::pg_catalog.text FROM pg_catalog.pg_rewrite r"
 							  " WHERE r.ev_class OPERATOR(pg_catalog.=) $1 AND r.ev_type OPERATOR(pg_catalog.=) $2"
-							  " AND r.ev_enabled OPERATOR(pg_catalog.<>) 'D'"
+							  /* as the rewriter fires them under session_replication_role */
+							  " AND r.ev_enabled OPERATOR(pg_catalog.=) ANY (CASE"
+							  "  WHEN pg_catalog.current_setting('session_replication_role')"
+							  "       OPERATOR(pg_catalog.=) 'replica' THEN '{R,A}'"
+							  "  ELSE '{O,A}' END::pg_catalog.\"char\"[])"
 							  " ORDER BY 1 LIMIT 1", 2, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "dedup_ext: could not read rules");
 	if (SPI_processed == 0)

@@ -297,6 +297,7 @@ extern ArrayType *job_param_array(DedupJob *job, const char *name);
 extern int64 job_submit(const char *kind, Oid relid, const char *relname, const char *params_json);
 extern void job_refuse_temp(Oid relid);
 extern void job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec);
+extern void job_act_as_caller(Oid saved_user, int saved_sec);
 extern void job_drop_work_table(int64 job_id, const char *work_table);
 extern void job_set_archive(int64 job_id, const char *archive_table);
 
@@ -382,7 +383,7 @@ extern bool archive_drop_if_empty(const char *archive);
 extern char *archive_xact_value(const char *archive);
 extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
 extern void archive_refuse_own_names(Oid relid);
-extern void archive_require_intact(const char *archive, int64 job_id);
+extern void archive_require_intact(const char *archive, int64 job_id, Oid relid);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);
 

@@ -122,6 +122,20 @@ job_refuse_temp(Oid relid)
  * rights when the role was dropped since.  *saved_user and *saved_sec get
  * the caller's, to be set back before returning (an error's abort does).
  */
+static ErrorContextCallback acting_context;
+static int64 acting_job;
+static Oid	acting_role;
+static bool acting_owner;
+
+/* errors say with whose rights the superuser's call acted */
+static void
+acting_context_callback(void *arg)
+{
+	errcontext("job %lld, acted on with the rights of role %s (%s)", (long long) acting_job,
+			   GetUserNameFromId(acting_role, true),
+			   acting_owner ? "its table's owner: its submitter no longer exists" : "its submitter");
+}
+
 void
 job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 {
@@ -130,9 +144,25 @@ job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 	GetUserIdAndSecContext(saved_user, saved_sec);
 	if (role == *saved_user || !superuser())
 		return;
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+	acting_owner = !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role));
+	if (acting_owner)
 		role = get_rel_owner(job->relid);
 	SetUserIdAndSecContext(role, *saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	acting_job = job->job_id;
+	acting_role = role;
+	acting_context.callback = acting_context_callback;
+	acting_context.arg = NULL;
+	acting_context.previous = error_context_stack;
+	error_context_stack = &acting_context;
+}
+
+/* back to the caller's rights, after job_act_as_submitter */
+void
+job_act_as_caller(Oid saved_user, int saved_sec)
+{
+	SetUserIdAndSecContext(saved_user, saved_sec);
+	if (error_context_stack == &acting_context)
+		error_context_stack = acting_context.previous;
 }
 
 /*
