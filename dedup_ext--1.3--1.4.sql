@@ -40,19 +40,23 @@ BEGIN
                                    WHERE s.stxrelid OPERATOR(pg_catalog.=) c.oid)
                   AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute x
                                     JOIN pg_catalog.pg_attribute y
-                                      ON y.attrelid OPERATOR(pg_catalog.=) j.relation
+                                      ON y.attrelid OPERATOR(pg_catalog.=) x2.src
                                      AND y.attname OPERATOR(pg_catalog.=) x.attname AND NOT y.attisdropped
                                    WHERE x.attrelid OPERATOR(pg_catalog.=) c.oid AND x.attnum OPERATOR(pg_catalog.>) 0
                                      AND NOT x.attisdropped
                                      AND x.atttypid OPERATOR(pg_catalog.<>) y.atttypid) AS intact
              FROM @extschema@.dedup_job j,
-                  LATERAL (SELECT j.archive_table::pg_catalog.text
-                           UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'
+                  -- each archive, and the table whose rows it holds
+                  LATERAL (SELECT j.archive_table::pg_catalog.text, j.relation::pg_catalog.oid
+                           UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive',
+                                  (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid
                              FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e
-                           UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f
-                             FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n),
+                           UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f, j.relation::pg_catalog.oid
+                             FROM pg_catalog.unnest('{linked,deleted}'::pg_catalog.text[]) f
+                           UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) 'created',
+                                  (j.undo OPERATOR(pg_catalog.->>) 'parent_oid')::pg_catalog.oid) x2(n, src),
                   pg_catalog.pg_class c
-            WHERE x.n IS NOT NULL AND c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(x.n)
+            WHERE x2.n IS NOT NULL AND c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(x2.n)
               AND c.relowner OPERATOR(pg_catalog.<>) (SELECT e.extowner FROM pg_catalog.pg_extension e
                                                         WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext')
   LOOP
@@ -67,9 +71,9 @@ BEGIN
                                                           WHERE r.rolname OPERATOR(pg_catalog.=) extowner)
     LOOP
       IF g.grantee OPERATOR(pg_catalog.=) 0 THEN
-        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC', a.archive);
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM PUBLIC CASCADE', a.archive);
       ELSE
-        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I', a.archive, pg_catalog.pg_get_userbyid(g.grantee));
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I CASCADE', a.archive, pg_catalog.pg_get_userbyid(g.grantee));
       END IF;
     END LOOP;
     EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO %I', a.archive, a.owner);

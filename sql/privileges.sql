@@ -266,8 +266,33 @@ SELECT submitted_by, kind, count(*) FROM dedup_jobs
 -- secret never changed
 SELECT md5(string_agg(s::text, ',' ORDER BY id)) = :'secret_md5' AS secret_unchanged FROM priv.secret s;
 
+-- a table that changed hands since its job: its new owner's role may read
+-- the archive (granted when the rollback reads it), the one before no longer
+-- may; the submitter, a member of the new owner, rolls the job back
+DROP ROLE IF EXISTS regress_new_owner;
+CREATE ROLE regress_new_owner;
+GRANT USAGE, CREATE ON SCHEMA priv TO regress_new_owner;
+SET ROLE regress_member;
+CREATE TABLE priv.handed (id int PRIMARY KEY, k text);
+INSERT INTO priv.handed VALUES (1, 'a'), (2, 'a');
+RESET ROLE;
+ALTER TABLE priv.handed OWNER TO regress_owner;
+SET ROLE regress_member;
+SELECT job_id AS jid_h, archive_table AS arch_h FROM dedup_table('priv.handed', '{k}') \gset
+RESET ROLE;
+ALTER TABLE priv.handed OWNER TO regress_new_owner;
+GRANT regress_new_owner TO regress_member;
+SELECT count(*) > 0 AS verified FROM dedup_verify(:jid_h);
+SELECT r AS role, has_table_privilege(r, :'arch_h', 'SELECT') AS reads_archive
+  FROM unnest(ARRAY['regress_owner', 'regress_new_owner']) r ORDER BY r;
+SET ROLE regress_member;
+SELECT dedup_rollback(:jid_h) AS restored;
+RESET ROLE;
+SELECT count(*) AS handed_rows FROM priv.handed;
+
 RESET search_path;
-DROP OWNED BY regress_owner, regress_other, regress_member, regress_stats;
+DROP OWNED BY regress_owner, regress_other, regress_member, regress_stats, regress_new_owner;
+DROP ROLE regress_new_owner;
 DROP ROLE regress_owner;
 DROP ROLE regress_other;
 DROP ROLE regress_member;

@@ -17,8 +17,10 @@
 #include "access/stratnum.h"
 #include "access/sysattr.h"
 #include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/comment.h"
+#include "common/string.h"
 #include "catalog/dependency.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_index.h"
@@ -123,6 +125,7 @@ column_def(Form_pg_attribute att)
  */
 static void archive_grant(const char *qname, Oid relowner, Oid writer);
 static void archive_skip_user_types(const char *qname);
+static void archive_regrant(const char *archive, Oid oid, Oid relid, int64 job_id);
 
 char *
 archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
@@ -579,10 +582,47 @@ archive_require_intact(const char *archive, int64 job_id, Oid relid)
 	 * the submitter, a member of it): the table may have changed hands
 	 * since the job, whose owner then got the grant (archive_grant).
 	 */
-	if (OidIsValid(relid) && pg_class_aclcheck(oid, get_rel_owner(relid), ACL_SELECT) != ACLCHECK_OK)
-		spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", archive,
-								   quote_identifier(GetUserNameFromId(get_rel_owner(relid), false))),
+	if (OidIsValid(relid) && !XactReadOnly &&
+		pg_class_aclcheck(oid, get_rel_owner(relid), ACL_SELECT) != ACLCHECK_OK)
+		archive_regrant(archive, oid, relid, job_id);
+}
+
+/*
+ * The table whose rows archive holds changed hands since the job: its owner
+ * now may read the archive and add rows, and the one before no longer (it
+ * could add rows that a rollback would put into a table it no longer
+ * controls); the job's submitter keeps what archive_grant gave it.
+ */
+static void
+archive_regrant(const char *archive, Oid oid, Oid relid, int64 job_id)
+{
+	Oid			owner = get_rel_owner(relid);
+	Oid			types[3] = {OIDOID, OIDOID, INT8OID};
+	Datum		values[3] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(owner), Int64GetDatum(job_id)};
+	SPITupleTable *grantees;
+
+	spi_exec_as_owner(psprintf("SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c,"
+							   " pg_catalog.aclexplode(c.relacl) a"
+							   " WHERE c.oid OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.<>) $2"
+							   " AND a.grantee OPERATOR(pg_catalog.<>) c.relowner"
+							   " AND a.grantee OPERATOR(pg_catalog.<>) ALL (SELECT j.submitted_by FROM %s.dedup_job j"
+							   "  WHERE j.job_id OPERATOR(pg_catalog.=) $3)",
+							   dedup_ext_schema()),
+					  3, types, values, NULL, SPI_OK_SELECT);
+	grantees = SPI_tuptable;
+	for (uint64 i = 0; i < grantees->numvals; i++)
+	{
+		bool		isnull;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(grantees->vals[i], grantees->tupdesc, 1, &isnull));
+
+		spi_exec_as_owner(psprintf("REVOKE ALL ON %s FROM %s CASCADE", archive,
+								   grantee == InvalidOid ? "PUBLIC" :
+								   quote_identifier(GetUserNameFromId(grantee, false))),
 						  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	}
+	spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", archive,
+							   quote_identifier(GetUserNameFromId(owner, false))),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 }
 
 /*
@@ -1002,6 +1042,9 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 
 		if (!OidIsValid(archiveid) || get_attnum(archiveid, "dedup_action") == InvalidAttrNumber)
 			continue;
+		/* read as any archive a rollback reads (and readable by the owner) */
+		archive_require_intact(archive, strtoll(SPI_getvalue(later->vals[i], later->tupdesc, 1), NULL, 10),
+							   relid);
 		/*
 		 * As the table's owner, as VACUUM reads a table: it may read every
 		 * archive of it (archive_grant), the later job's may be another
@@ -1071,9 +1114,24 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 	int64		moved,
 				expected;
 	/* what a written row must hold: its archived values */
-	char	   *written_back = psprintf("ROW(%s) IS NOT DISTINCT FROM ROW(%s)",
-										name_list(cols, ncols, "c.%s%.0s", ", "),
-										name_list(cols, ncols, "a.%s%.0s", ", "));
+	StringInfoData written_back;
+
+	/* none re-pointed (only collisions removed): no UPDATE runs */
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s a"
+							" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' LIMIT 1) r", archive),
+				   SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) == 0)
+		return 0;
+	initStringInfo(&written_back);
+	for (int i = 0; i < ncols; i++)
+	{
+		char	   *name = TextDatumGetCString(cols[i]);
+		const char *q = quote_identifier(name);
+
+		appendStringInfo(&written_back, "%s(c.%s %s a.%s OR (c.%s IS NULL AND a.%s IS NULL))",
+						 i > 0 ? " AND " : "", q,
+						 type_equality(get_atttype(childid, get_attnum(childid, name))), q, q, q);
+	}
 
 	if (npk > 0)
 	{
@@ -1133,7 +1191,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 						 pkmatch, some_null.data, original.data, job_value);
 		return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
 										 child, name_list(cols, ncols, "%s = a.%s", ", "), source, where),
-						   written_back,
+						   written_back.data,
 						   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s",
 									child, source, where),
 						   child);
@@ -1160,7 +1218,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 						 child, archive)));
 	return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
 									 child, name_list(cols, ncols, "%s = a.%s", ", "), source, match),
-					   written_back, psprintf("SELECT %lld", (long long) expected), child);
+					   written_back.data, psprintf("SELECT %lld", (long long) expected), child);
 }
 
 /*
@@ -1221,11 +1279,15 @@ restore_refs(DedupJob *job)
 							  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
 			if (step == 0)
 			{
-				/* a table the job did not change needs nothing (nor its rules) */
-				spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) a", archive),
+				/* the statements that will run: removed rows go back, re-points are undone */
+				spi_exec_count(psprintf("SELECT (SELECT pg_catalog.count(*) FROM (SELECT FROM %s a"
+										"  WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete' LIMIT 1) d),"
+										" (SELECT pg_catalog.count(*) FROM (SELECT FROM %s a"
+										"  WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' LIMIT 1) r)",
+										archive, archive),
 							   SPI_OK_SELECT);
-				if (spi_get_int64(0, 1) > 0)
-					refuse_rules(job, childid, child, "32");
+				refuse_rules(job, childid, child,
+							 psprintf("%s%s", spi_get_int64(0, 1) ? "3" : "", spi_get_int64(0, 2) ? "2" : ""));
 				restored += restore_removed_refs(job, archive, archiveid, child, childid);
 			}
 			else
@@ -1647,11 +1709,14 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	/* the owner check and lock; the key is only needed for the primary key */
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
-	/* its own table: the removed rows go back (INSERT), renamed or linked ones are set back (UPDATE) */
+	/*
+	 * its own table: the removed rows go back (INSERT, which a dedup always
+	 * runs), renamed or linked ones are set back (UPDATE)
+	 */
 	if (!nothing)
 		refuse_rules(job, t->relid, t->qualname,
 					 strcmp(job->kind, "backfill") == 0 ? (json_field_text(job->undo, "deleted") ? "32" : "2") :
-					 job_param(job, "rename_column") ? "2" : "3");
+					 job_param(job, "rename_column") ? "32" : "3");
 	if (strcmp(job->kind, "backfill") != 0)
 		job_index = job_unique_index(job, t, &job_index_gone);
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
@@ -1724,8 +1789,10 @@ drop_archive_table(const char *name, int64 job_id)
 		return false;
 	comment = GetComment(oid, RelationRelationId, 0);
 	by_job = psprintf(" by job %lld", (long long) job_id);
-	if (comment == NULL || strncmp(comment, "dedup_ext: ", 11) != 0 || strstr(comment, by_job) == NULL ||
-		(strstr(comment, by_job)[strlen(by_job)] != '\0' && strstr(comment, by_job)[strlen(by_job)] != ' '))
+	/* as archive_create and archive_adopt wrote it: " by job N" ends it, or the adopted one's note */
+	if (comment == NULL || strncmp(comment, "dedup_ext: ", 11) != 0 ||
+		!(pg_str_endswith(comment, by_job) ||
+		  pg_str_endswith(comment, psprintf("%s (its storage before the rewrite)", by_job))))
 		return false;
 	/* one its owner made a view before 1.4 (archive_require_intact) goes too */
 	spi_exec_as_owner(psprintf("DROP %s %s", get_rel_relkind(oid) == RELKIND_VIEW ? "VIEW" : "TABLE", name),

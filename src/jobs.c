@@ -124,7 +124,7 @@ job_refuse_temp(Oid relid)
  */
 static ErrorContextCallback acting_context;
 static int64 acting_job;
-static Oid	acting_role;
+static char acting_role[NAMEDATALEN];
 static bool acting_owner;
 
 /* errors say with whose rights the superuser's call acted */
@@ -132,8 +132,18 @@ static void
 acting_context_callback(void *arg)
 {
 	errcontext("job %lld, acted on with the rights of role %s (%s)", (long long) acting_job,
-			   GetUserNameFromId(acting_role, true),
+			   acting_role,
 			   acting_owner ? "its table's owner: its submitter no longer exists" : "its submitter");
+}
+
+/* is the context already on the stack (a rollback run inside another's trigger)? */
+static bool
+acting_context_pushed(void)
+{
+	for (ErrorContextCallback *e = error_context_stack; e; e = e->previous)
+		if (e == &acting_context)
+			return true;
+	return false;
 }
 
 void
@@ -148,8 +158,11 @@ job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 	if (acting_owner)
 		role = get_rel_owner(job->relid);
 	SetUserIdAndSecContext(role, *saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	/* one static context: a nested call keeps the outer one's */
+	if (acting_context_pushed())
+		return;
 	acting_job = job->job_id;
-	acting_role = role;
+	strlcpy(acting_role, GetUserNameFromId(role, false), NAMEDATALEN);
 	acting_context.callback = acting_context_callback;
 	acting_context.arg = NULL;
 	acting_context.previous = error_context_stack;
