@@ -627,30 +627,15 @@ archive_regrant(const char *archive, Oid oid, Oid relid, int64 job_id)
 
 /*
  * ANALYZE an archive: never analyzed, the planner would take a million rows
- * for a few.  ANALYZE runs as the table's owner, for an archive the
- * extension's: the functions of a type a user made (a range type's
- * subtype_diff, say) would run with those rights.  So only the columns of
- * built-in types are analyzed; the row count, which is what matters here,
- * comes with any of them (dedup_action is one).
+ * for a few.  It runs as the archive's owner, the extension's; columns of
+ * types users made have no statistics to gather (archive_skip_user_types),
+ * and an archive not as the job left it was refused before
+ * (archive_require_intact).
  */
 static void
 archive_analyze(const char *archive)
 {
-	Relation	arel = relation_open(dedup_relid_by_name(archive), AccessShareLock);
-	TupleDesc	desc = RelationGetDescr(arel);
-	StringInfoData cols;
-
-	initStringInfo(&cols);
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && att->atttypid < FirstNormalObjectId)
-			appendStringInfo(&cols, "%s%s", cols.len > 0 ? ", " : "",
-							 quote_identifier(NameStr(att->attname)));
-	}
-	relation_close(arel, AccessShareLock);
-	spi_exec_as_owner(psprintf("ANALYZE %s (%s)", archive, cols.data), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	spi_exec_as_owner(psprintf("ANALYZE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 }
 
 /*
