@@ -260,6 +260,8 @@ CREATE TABLE ruled (id int PRIMARY KEY, k text);
 INSERT INTO ruled VALUES (1, 'a'), (2, 'a');
 SELECT job_id AS jruled FROM dedup_table('ruled', '{k}', action => 'rename') \gset
 CREATE RULE ruled_delete AS ON DELETE TO ruled DO ALSO NOTIFY ruled;
+-- nor one on its INSERT: a rename removed no row, there is none to insert
+CREATE RULE ruled_insert AS ON INSERT TO ruled DO ALSO NOTIFY ruled;
 SELECT dedup_rollback(:jruled) AS restored;
 SELECT * FROM ruled ORDER BY id;
 

@@ -125,7 +125,7 @@ column_def(Form_pg_attribute att)
  */
 static void archive_grant(const char *qname, Oid relowner, Oid writer);
 static void archive_skip_user_types(const char *qname);
-static void archive_regrant(const char *archive, Oid oid, Oid relid, int64 job_id);
+static void archive_regrant(const char *archive, Oid oid, Oid relid, Oid writer);
 
 char *
 archive_create(Oid relid, int64 job_id, const char *tag, Oid writer, List *only)
@@ -551,10 +551,12 @@ drop_unique(DedupJob *job, const char *qualname, Oid idx)
  * it: a plain table of the extension's owner, without rules, triggers or
  * row-level security.  (One from before 1.4 that its owner had changed so
  * was left to them by the update; what it holds is not the job's word.)
- * relid: the table whose rows it holds (InvalidOid: none to grant to).
+ * relid: the table whose rows it holds (InvalidOid: none to grant to);
+ * writer: the role besides its owner that may write to it (a merge's
+ * submitter for a referencing table's archive; InvalidOid: none).
  */
 void
-archive_require_intact(const char *archive, int64 job_id, Oid relid)
+archive_require_intact(const char *archive, int64 job_id, Oid relid, Oid writer)
 {
 	Oid			oid = dedup_relid_by_name(archive);
 	HeapTuple	tup;
@@ -577,39 +579,33 @@ archive_require_intact(const char *archive, int64 job_id, Oid relid)
 				 errdetail("It is not a plain table of the extension's owner without rules, triggers or row-level security, so what it holds cannot be taken for what the job archived."),
 				 errhint("Compare it with the table by hand; dedup_drop_archive(%lld) drops it.", (long long) job_id)));
 
-	/*
-	 * Its table's owner now may read it (and so the rollback, which runs as
-	 * the submitter, a member of it): the table may have changed hands
-	 * since the job, whose owner then got the grant (archive_grant).
-	 */
-	if (OidIsValid(relid) && !XactReadOnly &&
-		pg_class_aclcheck(oid, get_rel_owner(relid), ACL_SELECT) != ACLCHECK_OK)
-		archive_regrant(archive, oid, relid, job_id);
+	if (OidIsValid(relid) && !XactReadOnly)
+		archive_regrant(archive, oid, relid, writer);
 }
 
 /*
- * The table whose rows archive holds changed hands since the job: its owner
- * now may read the archive and add rows, and the one before no longer (it
- * could add rows that a rollback would put into a table it no longer
- * controls); the job's submitter keeps what archive_grant gave it.
+ * The table whose rows archive holds may have changed hands since the job
+ * (archive_grant gave the owner of then): its owner now may read the archive
+ * and add rows, and no one else but writer (the one before could add rows
+ * that a rollback would put into a table it no longer controls).  Done
+ * under a lock on the archive, so that two sessions do not grant at once.
  */
 static void
-archive_regrant(const char *archive, Oid oid, Oid relid, int64 job_id)
+archive_regrant(const char *archive, Oid oid, Oid relid, Oid writer)
 {
 	Oid			owner = get_rel_owner(relid);
-	Oid			types[3] = {OIDOID, OIDOID, INT8OID};
-	Datum		values[3] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(owner), Int64GetDatum(job_id)};
+	Oid			types[3] = {OIDOID, OIDOID, OIDOID};
+	Datum		values[3] = {ObjectIdGetDatum(oid), ObjectIdGetDatum(owner), ObjectIdGetDatum(writer)};
+	const char *others = "SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
+		" WHERE c.oid OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.<>) c.relowner"
+		" AND a.grantee OPERATOR(pg_catalog.<>) $2 AND a.grantee OPERATOR(pg_catalog.<>) $3";
 	SPITupleTable *grantees;
 
-	spi_exec_as_owner(psprintf("SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c,"
-							   " pg_catalog.aclexplode(c.relacl) a"
-							   " WHERE c.oid OPERATOR(pg_catalog.=) $1 AND a.grantee OPERATOR(pg_catalog.<>) $2"
-							   " AND a.grantee OPERATOR(pg_catalog.<>) c.relowner"
-							   " AND a.grantee OPERATOR(pg_catalog.<>) ALL (SELECT j.submitted_by FROM %s.dedup_job j"
-							   "  WHERE j.job_id OPERATOR(pg_catalog.=) $3)",
-							   dedup_ext_schema()),
-					  3, types, values, NULL, SPI_OK_SELECT);
+	LockRelationOid(oid, ShareUpdateExclusiveLock);
+	spi_exec_as_owner(others, 3, types, values, NULL, SPI_OK_SELECT);
 	grantees = SPI_tuptable;
+	if (grantees->numvals == 0 && pg_class_aclcheck(oid, owner, ACL_SELECT) == ACLCHECK_OK)
+		return;					/* as archive_grant left it */
 	for (uint64 i = 0; i < grantees->numvals; i++)
 	{
 		bool		isnull;
@@ -1007,14 +1003,14 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 	Datum		values[2] = {Int64GetDatum(job->job_id), ObjectIdGetDatum(relid)};
 	SPITupleTable *later;
 
-	spi_exec_as_owner(psprintf("SELECT j.job_id, a.archive FROM %s.dedup_job j,"
-							   " LATERAL (SELECT j.archive_table::pg_catalog.text AS archive"
+	spi_exec_as_owner(psprintf("SELECT j.job_id, a.archive, a.writer FROM %s.dedup_job j,"
+							   " LATERAL (SELECT j.archive_table::pg_catalog.text, NULL::pg_catalog.oid"
 							   "  WHERE j.relation OPERATOR(pg_catalog.=) $2"
-							   "  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) 'deleted'"
+							   "  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) 'deleted', NULL"
 							   "  WHERE j.relation OPERATOR(pg_catalog.=) $2"
-							   "  UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'"
+							   "  UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive', j.submitted_by"
 							   "  FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e"
-							   "  WHERE (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid OPERATOR(pg_catalog.=) $2) a"
+							   "  WHERE (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid OPERATOR(pg_catalog.=) $2) a(archive, writer)"
 							   " WHERE j.job_id OPERATOR(pg_catalog.>) $1 AND j.rolled_back_by IS NULL"
 							   " AND a.archive IS NOT NULL ORDER BY j.job_id DESC",
 							   dedup_ext_schema()),
@@ -1024,12 +1020,15 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 	{
 		char	   *archive = SPI_getvalue(later->vals[i], later->tupdesc, 2);
 		Oid			archiveid = dedup_relid_by_name(archive);
+		bool		isnull;
+		Datum		writer = SPI_getbinval(later->vals[i], later->tupdesc, 3, &isnull);
 
 		if (!OidIsValid(archiveid) || get_attnum(archiveid, "dedup_action") == InvalidAttrNumber)
 			continue;
 		/* read as any archive a rollback reads (and readable by the owner) */
+
 		archive_require_intact(archive, strtoll(SPI_getvalue(later->vals[i], later->tupdesc, 1), NULL, 10),
-							   relid);
+							   relid, isnull ? InvalidOid : DatumGetObjectId(writer));
 		/*
 		 * As the table's owner, as VACUUM reads a table: it may read every
 		 * archive of it (archive_grant), the later job's may be another
@@ -1255,7 +1254,7 @@ restore_refs(DedupJob *job)
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("cannot roll back job %lld: a re-pointed table or its archive %s no longer exists",
 								(long long) job->job_id, archive)));
-			archive_require_intact(archive, job->job_id, childid);
+			archive_require_intact(archive, job->job_id, childid, job->submitted_by);
 			child = quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
 											   get_rel_name(childid));
 			deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, refs->tupdesc, 3, &isnull)),
@@ -1438,6 +1437,18 @@ remove_created_parents(DedupJob *job, DedupTarget *t, const char *fk, Oid parent
 				parent);
 }
 
+/* Does archive (NULL: none) hold removed rows ('delete'), to put back with an INSERT? */
+static bool
+archive_has_removed(const char *archive)
+{
+	if (archive == NULL)
+		return false;
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s a"
+							" WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete' LIMIT 1) d", archive),
+				   SPI_OK_SELECT);
+	return spi_get_int64(0, 1) > 0;
+}
+
 /*
  * Undo a backfill: drop the constraints it added, put deleted orphans back,
  * set what it linked back to NULL, and remove the parents it created.
@@ -1464,11 +1475,11 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the parent table or an archive table of job %lld no longer exists",
 						(long long) job->job_id)));
-	archive_require_intact(linked, job->job_id, t->relid);
+	archive_require_intact(linked, job->job_id, t->relid, InvalidOid);
 	if (deleted)
-		archive_require_intact(deleted, job->job_id, t->relid);
+		archive_require_intact(deleted, job->job_id, t->relid, InvalidOid);
 	if (created)
-		archive_require_intact(created, job->job_id, parentid);
+		archive_require_intact(created, job->job_id, parentid, job->submitted_by);
 	parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(parentid)),
 										get_rel_name(parentid));
 	if (created)
@@ -1499,7 +1510,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 				 errdetail("The rollback sets the rows the job linked back to NULL, and puts back orphans whose %s is NULL; the NOT NULL was added after the job.",
 						   fk),
 				 errhint("Roll back the job that added it first, or drop it with ALTER TABLE ... ALTER COLUMN ... DROP NOT NULL.")));
-	if (deleted)
+	if (deleted && archive_has_removed(deleted))
 	{
 		char	   *cols = restorable_columns(dedup_relid_by_name(deleted), t->relid, job->job_id);
 
@@ -1629,6 +1640,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	bool		job_index_gone = false;
 	bool		nothing;
 	bool		archived;
+	bool		removed;
 	Oid			saved_user,
 				acting_user;
 	int			saved_sec,
@@ -1682,7 +1694,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 				 errmsg("archive table %s of job %lld no longer exists",
 						job->archive_table, (long long) job_id)));
 	if (job->archive_table)
-		archive_require_intact(job->archive_table, job_id, job->relid);
+		archive_require_intact(job->archive_table, job_id, job->relid, InvalidOid);
 
 	/*
 	 * What an archive lists is put back only where the job's submitter may
@@ -1695,13 +1707,15 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
 	/*
-	 * its own table: the removed rows go back (INSERT, which a dedup always
-	 * runs), renamed or linked ones are set back (UPDATE)
+	 * its own table: the removed rows go back (INSERT, when there are any),
+	 * renamed or linked ones are set back (UPDATE)
 	 */
+	removed = !nothing && archive_has_removed(strcmp(job->kind, "backfill") == 0 ?
+											  json_field_text(job->undo, "deleted") : job->archive_table);
 	if (!nothing)
 		refuse_rules(job, t->relid, t->qualname,
-					 strcmp(job->kind, "backfill") == 0 ? (json_field_text(job->undo, "deleted") ? "32" : "2") :
-					 job_param(job, "rename_column") ? "32" : "3");
+					 psprintf("%s%s", removed ? "3" : "",
+							  strcmp(job->kind, "backfill") == 0 || job_param(job, "rename_column") ? "2" : ""));
 	if (strcmp(job->kind, "backfill") != 0)
 		job_index = job_unique_index(job, t, &job_index_gone);
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
@@ -1734,8 +1748,9 @@ dedup_rollback(PG_FUNCTION_ARGS)
 		PG_RETURN_INT64(0);
 	}
 
-	cols = restorable_columns(archive, job->relid, job->job_id);
-	restored += restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
+	cols = removed ? restorable_columns(archive, job->relid, job->job_id) : NULL;
+	if (removed)
+		restored += restore_all(job, psprintf("INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE"
 										  " SELECT %s FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'",
 										  t->qualname, cols, cols, job->archive_table),
 							NULL,

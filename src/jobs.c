@@ -123,6 +123,7 @@ job_refuse_temp(Oid relid)
  * the caller's, to be set back before returning (an error's abort does).
  */
 static ErrorContextCallback acting_context;
+static int	acting_depth;		/* calls acting for another role, nested */
 static int64 acting_job;
 static char acting_role[NAMEDATALEN];
 static bool acting_owner;
@@ -150,18 +151,28 @@ void
 job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 {
 	Oid			role = job->submitted_by;
+	bool		owner = false;
 
 	GetUserIdAndSecContext(saved_user, saved_sec);
 	if (role == *saved_user || !superuser())
 		return;
-	acting_owner = !SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role));
-	if (acting_owner)
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+	{
+		owner = true;
 		role = get_rel_owner(job->relid);
+	}
 	SetUserIdAndSecContext(role, *saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	/* one static context: a nested call keeps the outer one's */
-	if (acting_context_pushed())
+
+	/*
+	 * One static context, pushed by the outermost call (an error's abort
+	 * takes it off the stack, and the count starts again)
+	 */
+	if (!acting_context_pushed())
+		acting_depth = 0;
+	if (acting_depth++ > 0)
 		return;
 	acting_job = job->job_id;
+	acting_owner = owner;
 	strlcpy(acting_role, GetUserNameFromId(role, false), NAMEDATALEN);
 	acting_context.callback = acting_context_callback;
 	acting_context.arg = NULL;
@@ -173,9 +184,20 @@ job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 void
 job_act_as_caller(Oid saved_user, int saved_sec)
 {
+	/* job_act_as_submitter changed nothing: neither rights nor context */
+	if (GetUserId() == saved_user)
+		return;
 	SetUserIdAndSecContext(saved_user, saved_sec);
-	if (error_context_stack == &acting_context)
-		error_context_stack = acting_context.previous;
+	if (acting_depth > 0 && --acting_depth == 0)
+	{
+		/* off the stack, wherever it is on it */
+		for (ErrorContextCallback **e = &error_context_stack; *e; e = &(*e)->previous)
+			if (*e == &acting_context)
+			{
+				*e = acting_context.previous;
+				break;
+			}
+	}
 }
 
 /*

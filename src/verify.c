@@ -49,7 +49,7 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 				  psprintf("archive table %s no longer exists", a));
 		return;
 	}
-	archive_require_intact(a, job->job_id, job->relid);
+	archive_require_intact(a, job->job_id, job->relid, InvalidOid);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
 							" pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
 							" FROM %s a", a),
@@ -126,7 +126,7 @@ check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
 
 	if (linked && OidIsValid(dedup_relid_by_name(linked)))
 	{
-		archive_require_intact(linked, job->job_id, job->relid);
+		archive_require_intact(linked, job->job_id, job->relid, InvalidOid);
 		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s l WHERE NOT EXISTS"
 							  " (SELECT FROM ONLY %s c WHERE %s AND c.%s IS NOT NULL)",
 							  linked, child,
