@@ -114,14 +114,7 @@ job_refuse_temp(Oid relid)
 				 errhint("Use background => false.")));
 }
 
-/*
- * A superuser acting on another role's job (dedup_rollback, dedup_verify)
- * does it with that role's rights, as the job ran, in a security-restricted
- * context: what the role made (a filter's function, a trigger, a type's
- * cast) runs as that role, not as the superuser.  The table's owner's
- * rights when the role was dropped since.  *saved_user and *saved_sec get
- * the caller's, to be set back before returning (an error's abort does).
- */
+/* the error context of a call acting with another role's rights */
 static ErrorContextCallback acting_context;
 static int	acting_depth;		/* calls acting for another role, nested */
 static int64 acting_job;
@@ -147,6 +140,15 @@ acting_context_pushed(void)
 	return false;
 }
 
+/*
+ * A superuser acting on another role's job (dedup_rollback, dedup_verify)
+ * does it with that role's rights, as the job ran, in a security-restricted
+ * context: what the role made (a filter's function, a trigger, a type's
+ * cast) runs as that role, not as the superuser.  The table's owner's
+ * rights when the role was dropped since.  *saved_user and *saved_sec get
+ * the caller's, for job_act_as_caller before returning (an error's abort
+ * restores them itself).
+ */
 void
 job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 {
