@@ -21,8 +21,8 @@ ALTER VIEW @extschema@.dedup_progress SET (security_barrier = true);
 -- dedup_verify refuses it): no longer a plain table, with rules, triggers,
 -- row-level security, an index or statistics object (whose expressions
 -- ANALYZE runs), or a column whose type is no longer the table's.  The
--- others lose every grant but the table owner's and the job submitter's,
--- and their columns of types users made get no statistics (ANALYZE, as the
+-- others lose every grant but the table owner's and the job submitter's
+-- (SELECT, and INSERT while the job is in progress), and their columns of types users made get no statistics (ANALYZE, as the
 -- new owner, would run those types' functions).
 DO $$
 DECLARE
@@ -34,6 +34,7 @@ DECLARE
 BEGIN
   FOR a IN SELECT c.oid, c.oid::pg_catalog.regclass AS archive, pg_catalog.pg_get_userbyid(c.relowner) AS owner,
                   (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) j.submitted_by) AS writer,
+                  j.state OPERATOR(pg_catalog.=) ANY ('{queued,running,paused,interrupted}'::pg_catalog.text[]) AS live,
                   c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relhasrules AND NOT c.relhastriggers
                   AND NOT c.relrowsecurity AND NOT c.relhasindex
                   AND NOT EXISTS (SELECT FROM pg_catalog.pg_statistic_ext s
@@ -76,10 +77,13 @@ BEGIN
         EXECUTE pg_catalog.format('REVOKE ALL ON %s FROM %I CASCADE', a.archive, pg_catalog.pg_get_userbyid(g.grantee));
       END IF;
     END LOOP;
-    EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO %I', a.archive, a.owner);
+    -- INSERT only while the job may still write to it
+    EXECUTE pg_catalog.format('GRANT %s ON %s TO %I',
+                              CASE WHEN a.live THEN 'SELECT, INSERT' ELSE 'SELECT' END, a.archive, a.owner);
     -- the job's submitter (who wrote a merge's re-pointed rows of another role's table)
     IF a.writer IS NOT NULL THEN
-      EXECUTE pg_catalog.format('GRANT SELECT, INSERT ON %s TO %I', a.archive, a.writer);
+      EXECUTE pg_catalog.format('GRANT %s ON %s TO %I',
+                                CASE WHEN a.live THEN 'SELECT, INSERT' ELSE 'SELECT' END, a.archive, a.writer);
     END IF;
     FOR col IN SELECT x.attname FROM pg_catalog.pg_attribute x
                 WHERE x.attrelid OPERATOR(pg_catalog.=) a.oid AND x.attnum OPERATOR(pg_catalog.>) 0

@@ -461,6 +461,7 @@ SELECT who, count(*) FROM bgp.deleted_by GROUP BY who;
 DROP TRIGGER m_deleted ON bgp.m;
 SELECT id, k FROM bgp.m ORDER BY id;
 SELECT has_table_privilege('regress_bg_owner', j.archive_table, 'SELECT') AS owner_reads_archive,
+       has_table_privilege('regress_bg_owner', j.archive_table, 'INSERT') AS owner_adds_after_the_job,
        c.relowner = (SELECT extowner FROM pg_extension WHERE extname = 'dedup_ext') AS archive_owned_by_extension
   FROM dedup_jobs j JOIN pg_class c ON c.oid = j.archive_table WHERE j.job_id = :jid_o;
 SET ROLE regress_bg_owner;

@@ -79,6 +79,9 @@ SELECT count(*) FROM :arch_owner;
 SELECT r AS role, has_table_privilege(r, :'arch_owner', 'SELECT') AS can_read
   FROM unnest(ARRAY['regress_owner', 'regress_member', 'regress_other', 'regress_stats', 'public']) r
  ORDER BY r;
+-- and, the job over, no one adds rows to it (a rollback would put them into
+-- the table)
+SELECT has_table_privilege('regress_owner', :'arch_owner', 'INSERT') AS owner_adds;
 -- the job table itself is not for users
 SELECT * FROM priv_util.try($$SELECT count(*) FROM dedup_job$$);
 SELECT * FROM priv_util.try($$UPDATE dedup_job SET state = 'failed'$$);

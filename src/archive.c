@@ -203,6 +203,44 @@ archive_skip_user_types(const char *qname)
 }
 
 /*
+ * A job that ends (done, failed or cancelled) writes to its archives no
+ * more: from then on no one but the extension's owner may add rows to them
+ * (rows added later, its rollback would put into the tables).  Their
+ * readers keep SELECT.
+ */
+void
+archive_close(int64 job_id)
+{
+	SPITupleTable *grants;
+
+	spi_exec_as_owner(psprintf("SELECT x.n, a.grantee FROM %s.dedup_job j,"
+							   " LATERAL (SELECT j.archive_table::pg_catalog.text"
+							   "  UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'"
+							   "  FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e"
+							   "  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f"
+							   "  FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n),"
+							   " pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
+							   " WHERE j.job_id OPERATOR(pg_catalog.=) %lld AND x.n IS NOT NULL"
+							   " AND c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(x.n)"
+							   " AND a.privilege_type OPERATOR(pg_catalog.=) 'INSERT'"
+							   " AND a.grantee OPERATOR(pg_catalog.<>) c.relowner",
+							   dedup_ext_schema(), (long long) job_id),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	grants = SPI_tuptable;
+	for (uint64 i = 0; i < grants->numvals; i++)
+	{
+		bool		isnull;
+		Oid			grantee = DatumGetObjectId(SPI_getbinval(grants->vals[i], grants->tupdesc, 2, &isnull));
+
+		spi_exec_as_owner(psprintf("REVOKE INSERT ON %s FROM %s CASCADE",
+								   SPI_getvalue(grants->vals[i], grants->tupdesc, 1),
+								   grantee == InvalidOid ? "PUBLIC" :
+								   quote_identifier(GetUserNameFromId(grantee, false))),
+						  0, NULL, NULL, NULL, SPI_OK_UTILITY);
+	}
+}
+
+/*
  * An archive belongs to the extension's owner, not to the table's: a rollback
  * or dedup_verify, which a superuser may run, reads it with the types and
  * rules it has, and its owner could change those (a column's type to one
@@ -585,10 +623,10 @@ archive_require_intact(const char *archive, int64 job_id, Oid relid, Oid writer)
 
 /*
  * The table whose rows archive holds may have changed hands since the job
- * (archive_grant gave the owner of then): its owner now may read the archive
- * and add rows, and no one else but writer (the one before could add rows
- * that a rollback would put into a table it no longer controls).  Done
- * under a lock on the archive, so that two sessions do not grant at once.
+ * (archive_grant gave the owner of then): its owner now may read the
+ * archive, and no one else but writer (the one before could read rows of a
+ * table it no longer owns).  Done under a lock on the archive, so that two
+ * sessions do not grant at once.
  */
 static void
 archive_regrant(const char *archive, Oid oid, Oid relid, Oid writer)
@@ -616,7 +654,8 @@ archive_regrant(const char *archive, Oid oid, Oid relid, Oid writer)
 								   quote_identifier(GetUserNameFromId(grantee, false))),
 						  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	}
-	spi_exec_as_owner(psprintf("GRANT SELECT, INSERT ON %s TO %s", archive,
+	/* SELECT only: the job has ended (archive_close) */
+	spi_exec_as_owner(psprintf("GRANT SELECT ON %s TO %s", archive,
 							   quote_identifier(GetUserNameFromId(owner, false))),
 					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 }

@@ -941,6 +941,7 @@ backfill_fk(PG_FUNCTION_ARGS)
 	job_finish(res.job_id, NULL, 0, res.rows_deleted, 0,
 			   res.rows_updated + res.rows_deleted + res.parents_created, NULL, NULL, false);
 	job_set_undo(res.job_id, undo_json(b, &res));
+	archive_close(res.job_id);
 	return_result(fcinfo, &res, "done");
 	SPI_finish();
 	return (Datum) 0;

@@ -230,6 +230,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 								   strcmp(job->kind, "dedup") == 0 && job->archive_table &&
 								   job->batches_done == 0 && archive_drop_if_empty(job->archive_table) ?
 								   ", archive_table = NULL" : ""));
+		archive_close(job_id);
 	}
 	else if (strcmp(state, "running") == 0)
 		set_state(job_id, "control = 'cancel'");

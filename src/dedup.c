@@ -644,6 +644,7 @@ dedup_table(PG_FUNCTION_ARGS)
 				   own_index, res.unique_is_constraint);
 		if (action == DEDUP_ACTION_MERGE)
 			job_set_refs(res.job_id, res.refs_repointed, res.refs_removed, res.ref_archives);
+		archive_close(res.job_id);
 		res.state = "done";
 	}
 	return_result(fcinfo, &res);

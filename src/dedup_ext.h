@@ -383,6 +383,7 @@ extern bool archive_drop_if_empty(const char *archive);
 extern char *archive_xact_value(const char *archive);
 extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
 extern void archive_refuse_own_names(Oid relid);
+extern void archive_close(int64 job_id);
 extern void archive_require_intact(const char *archive, int64 job_id, Oid relid, Oid writer);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);

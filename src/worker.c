@@ -389,6 +389,7 @@ obey_step(BgJob *job, void *arg)
 		bg_record(job, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 								" finished_at = pg_catalog.clock_timestamp()%s",
 								empty_archive_dropped(job) ? ", archive_table = NULL" : ""));
+		archive_close(job->job_id);
 	}
 	else
 		bg_record(job, "state = 'paused', control = NULL, worker_pid = NULL");
@@ -424,6 +425,7 @@ finish_step(BgJob *job, void *arg)
 							job->strategy ? job->strategy : "",
 							job->strategy ? "'" : "",
 							no_archive ? ", archive_table = NULL" : ""));
+	archive_close(job->job_id);
 }
 
 void
@@ -541,6 +543,7 @@ fail_job(void *arg)
 							   " updated_at = pg_catalog.clock_timestamp()"
 							   " WHERE job_id OPERATOR(pg_catalog.=) $1", dedup_ext_schema()),
 					  2, types, values, NULL, SPI_OK_UPDATE);
+	archive_close(f->job_id);
 }
 
 /* who submitted the job, and what it is (as the superuser the worker is) */
