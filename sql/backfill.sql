@@ -735,6 +735,16 @@ SELECT count(pid) AS linked FROM bf_t.rc;
 CREATE TABLE bf_t.xidp (id int PRIMARY KEY, n int);
 CREATE TABLE bf_t.xidc (id int PRIMARY KEY, x xid, pid int);
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.xidc', 'pid', 'bf_t.xidp', '{x}', parent_key => '{n}')$$);
+-- a background backfill whose parent is a temporary table (the worker is
+-- another session, which cannot read it): 0A000 at submission
+CREATE TEMP TABLE tmp_parent (id int PRIMARY KEY, n int UNIQUE);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('bf_t.xidc', 'pid', 'tmp_parent', '{id}', parent_key => '{n}', background => true)$$);
+DO $$
+BEGIN
+  PERFORM backfill_fk('bf_t.xidc', 'pid', 'tmp_parent', '{id}', parent_key => '{n}', background => true);
+EXCEPTION WHEN feature_not_supported THEN
+  RAISE NOTICE '%', SQLERRM;
+END $$;
 -- a NOT NULL column a BEFORE INSERT trigger fills is left to the INSERT
 CREATE TABLE bf_t.tp (id serial PRIMARY KEY, k text, stamp text NOT NULL);
 CREATE FUNCTION bf_t.fill_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
