@@ -621,6 +621,10 @@ SELECT job_id AS jid_na, archive_table AS arch_na
   FROM dedup_table('bg.one', '{k}', background => true) \gset
 SELECT dedup_pause(:jid_na) AS paused;
 COMMIT;
+-- a job not yet finished keeps its archive: dedup_drop_archive refuses
+-- (55000), and a NULL job id (22023)
+SELECT * FROM bg_util.try(format('SELECT dedup_drop_archive(%s)', :jid_na));
+SELECT * FROM bg_util.try('SELECT dedup_drop_archive(NULL)');
 DROP TABLE :arch_na;
 SELECT dedup_cancel(:jid_na) AS cancelled;
 SELECT state, archive_table IS NULL AS no_archive FROM dedup_jobs WHERE job_id = :jid_na;

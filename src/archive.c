@@ -203,6 +203,18 @@ archive_skip_user_types(const char *qname)
 }
 
 /*
+ * The archives a job's row j names, as x(n): its table's, its referencing
+ * tables' (a merge's), a backfill's lists of linked, deleted and created
+ * rows.  Some are NULL.
+ */
+#define JOB_ARCHIVES \
+	" LATERAL (SELECT j.archive_table::pg_catalog.text" \
+	"  UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'" \
+	"  FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e" \
+	"  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f" \
+	"  FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n)"
+
+/*
  * A job that ends (done, failed or cancelled) writes to its archives no
  * more: from then on no one but the extension's owner may add rows to them
  * (rows added later, its rollback would put into the tables).  Their
@@ -213,12 +225,7 @@ archive_close(int64 job_id)
 {
 	SPITupleTable *grants;
 
-	spi_exec_as_owner(psprintf("SELECT x.n, a.grantee FROM %s.dedup_job j,"
-							   " LATERAL (SELECT j.archive_table::pg_catalog.text"
-							   "  UNION ALL SELECT e OPERATOR(pg_catalog.->>) 'archive'"
-							   "  FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e"
-							   "  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f"
-							   "  FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n),"
+	spi_exec_as_owner(psprintf("SELECT x.n, a.grantee FROM %s.dedup_job j," JOB_ARCHIVES ","
 							   " pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
 							   " WHERE j.job_id OPERATOR(pg_catalog.=) %lld AND x.n IS NOT NULL"
 							   " AND c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(x.n)"
@@ -1852,7 +1859,7 @@ dedup_drop_archive(PG_FUNCTION_ARGS)
 	int64		job_id;
 	DedupJob   *job;
 	int32		dropped = 0;
-	const char *const undo_fields[] = {"linked", "deleted", "created"};
+	SPITupleTable *archives;
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	job_id = PG_GETARG_INT64(0);
@@ -1868,23 +1875,13 @@ dedup_drop_archive(PG_FUNCTION_ARGS)
 						(long long) job_id, job_effective_state(job_id)),
 				 errhint("Let it finish, or cancel it with dedup_cancel(%lld).", (long long) job_id)));
 
-	dropped += drop_archive_table(job->archive_table, job_id);
-	if (job->ref_archives)
-	{
-		Oid			types[1] = {TEXTOID};
-		Datum		values[1] = {CStringGetTextDatum(job->ref_archives)};
-		SPITupleTable *refs;
-
-		if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'archive'"
-								  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e",
-								  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job_id);
-		refs = SPI_tuptable;
-		for (uint64 i = 0; i < refs->numvals; i++)
-			dropped += drop_archive_table(SPI_getvalue(refs->vals[i], refs->tupdesc, 1), job_id);
-	}
-	for (int i = 0; job->undo && i < lengthof(undo_fields); i++)
-		dropped += drop_archive_table(json_field_text(job->undo, undo_fields[i]), job_id);
+	spi_exec_as_owner(psprintf("SELECT x.n FROM %s.dedup_job j," JOB_ARCHIVES
+							   " WHERE j.job_id OPERATOR(pg_catalog.=) %lld AND x.n IS NOT NULL",
+							   dedup_ext_schema(), (long long) job_id),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	archives = SPI_tuptable;
+	for (uint64 i = 0; i < archives->numvals; i++)
+		dropped += drop_archive_table(SPI_getvalue(archives->vals[i], archives->tupdesc, 1), job_id);
 
 	/*
 	 * The job's row no longer names them: its rollback says it has none.  A
