@@ -17,6 +17,7 @@ OBJS = \
 	src/merge.o \
 	src/progress.o \
 	src/rewrite.o \
+	src/rollback.o \
 	src/spi.o \
 	src/unique.o \
 	src/verify.o \

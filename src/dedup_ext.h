@@ -5,8 +5,8 @@
  * The flow of every call: args.c validates the arguments into a DedupTarget
  * (everything generated SQL needs to know about the relation and the key),
  * sqlgen.c turns a DedupTarget into SQL fragments, and audit.c / dedup.c /
- * archive.c run those as whole-table statements through SPI.  jobs.c keeps the
- * job rows.  Every per-row step is a set-based statement whose executor
+ * rollback.c run those as whole-table statements through SPI (archive.c
+ * creates the archives they write).  jobs.c keeps the job rows.  Every per-row step is a set-based statement whose executor
  * spills to disk as needed; the one scan in C, candidates.c's key hashes,
  * keeps its pairs within maintenance_work_mem by scanning again (and its
  * result within work_mem, spilling).
@@ -381,12 +381,15 @@ extern void archive_check_columns(Oid relid, const char *archive, int64 job_id);
 extern char *archive_adopt(Oid heap, Oid relid, int64 job_id);
 extern bool archive_drop_if_empty(const char *archive);
 extern char *archive_xact_value(const char *archive);
-extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
+extern int	archive_table_natts(TupleDesc desc);
 extern void archive_refuse_own_names(Oid relid);
 extern void archive_close(int64 job_id);
 extern void archive_require_intact(const char *archive, int64 job_id, Oid relid, Oid writer);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);
+
+/* rollback.c */
+extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
 
 /* unique.c */
 extern char *unique_index_name(DedupTarget *t, bool *is_constraint);
