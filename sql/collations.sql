@@ -52,6 +52,21 @@ SELECT :rows_renamed AS renamed;
 SELECT id, k FROM coll.ci ORDER BY id;
 SELECT check_name, ok FROM dedup_verify(:jci) WHERE check_name = 'no_duplicates';
 
+-- merge when the referencing column has another collation than the
+-- referenced one: references compare under the referenced column's (the
+-- SQL standard's rule), so 'B1' points at 'b1' under coll.ci and moves too
+CREATE TABLE coll.parts (id int PRIMARY KEY, code text COLLATE coll.ci UNIQUE, grp text);
+CREATE TABLE coll.uses (id int PRIMARY KEY, pcode text COLLATE "C" REFERENCES coll.parts (code));
+INSERT INTO coll.parts VALUES (1, 'a1', 'g'), (2, 'b1', 'g'), (3, 'c1', 'h');
+INSERT INTO coll.uses VALUES (1, 'a1'), (2, 'b1'), (3, 'B1'), (4, 'c1');
+SELECT job_id AS jm, rows_deleted, refs_repointed
+  FROM dedup_table('parts', '{grp}', action => 'merge') \gset
+SELECT :rows_deleted AS deleted, :refs_repointed AS repointed;
+SELECT id, pcode FROM coll.uses ORDER BY id;
+SELECT dedup_rollback(:jm) AS restored;
+SELECT id, pcode FROM coll.uses ORDER BY id;
+SELECT id, code FROM coll.parts ORDER BY id;
+
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA coll CASCADE;

@@ -33,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
+#include "utils/ruleutils.h"
 
 /* one foreign key that references the table */
 typedef struct RefKey
@@ -46,6 +47,7 @@ typedef struct RefKey
 	AttrNumber *attnums;
 	int		   *mapcol;			/* index of the referenced column in the map */
 	char	  **eq;				/* conpfeqop, as OPERATOR(...) */
+	char	  **collate;		/* " COLLATE x" of a referenced column, or "" */
 	List	   *pknames;		/* the child's primary key (unquoted), or NIL */
 	List	   *collisions;		/* Collision * */
 	char	   *archive;
@@ -258,13 +260,29 @@ merge_plan(DedupTarget *t, bool lock_children, bool archive)
 		ref->attnums = palloc(sizeof(AttrNumber) * n);
 		ref->mapcol = palloc(sizeof(int) * n);
 		ref->eq = palloc(sizeof(char *) * n);
+		ref->collate = palloc(sizeof(char *) * n);
 		for (int i = 0; i < n; i++)
 		{
+			Oid			ptype,
+						pcoll,
+						ccoll;
+			int32		typmod;
+
 			ref->attnums[i] = DatumGetInt16(conkey[i]);
 			ref->colnames[i] = get_attname(ref->childid, ref->attnums[i], false);
 			ref->cols[i] = pstrdup(quote_identifier(ref->colnames[i]));
 			ref->mapcol[i] = refcol_index(plan, get_attname(t->relid, DatumGetInt16(confkey[i]), false));
 			ref->eq[i] = sql_operator(DatumGetObjectId(eqops[i]));
+			/*
+			 * Columns of two collations compare under neither (42P22); the
+			 * SQL standard has references compare under the referenced
+			 * column's, which is also how its unique index told the
+			 * referenced rows apart.
+			 */
+			get_atttypetypmodcoll(t->relid, DatumGetInt16(confkey[i]), &ptype, &typmod, &pcoll);
+			get_atttypetypmodcoll(ref->childid, ref->attnums[i], &ptype, &typmod, &ccoll);
+			ref->collate[i] = OidIsValid(pcoll) && pcoll != ccoll ?
+				psprintf(" COLLATE %s", generate_collation_name(pcoll)) : "";
 		}
 		child = relation_open(ref->childid, NoLock);
 		ref->pknames = primary_key_names(child);
@@ -296,8 +314,8 @@ ref_join(RefKey *ref, MergePlan *plan)
 
 	initStringInfo(&buf);
 	for (int i = 0; i < ref->ncols; i++)
-		appendStringInfo(&buf, "%sc.%s %s m.dedup_o%d", i > 0 ? " AND " : "",
-						 ref->cols[i], ref->eq[i], ref->mapcol[i]);
+		appendStringInfo(&buf, "%sc.%s %s m.dedup_o%d%s", i > 0 ? " AND " : "",
+						 ref->cols[i], ref->eq[i], ref->mapcol[i], ref->collate[i]);
 	if (ref->childid == t->relid)
 	{
 		appendStringInfo(&buf, " AND NOT EXISTS (SELECT FROM %s l WHERE true", plan->map);
