@@ -287,6 +287,23 @@ SELECT (SELECT md5(string_agg(k::text, ',' ORDER BY id)) FROM bg.kw k) = b.kw AS
        (SELECT md5(string_agg(n::text, ',' ORDER BY id)) FROM bg.kw_note n) = b.note AS note_exact
   FROM kw_before b;
 
+-- float keys are written exactly by the worker too, whatever the database
+-- sets extra_float_digits to (0 rounds 0.1 + 0.2 to "0.3"): the re-pointed
+-- references it records are the values it wrote, so the rollback finds them
+DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET extra_float_digits = 0', current_database()); END $$;
+CREATE TABLE bg.fl (id float8 PRIMARY KEY, k text NOT NULL);
+INSERT INTO bg.fl VALUES (0.3, 'a'), (0.1::float8 + 0.2::float8, 'a'), (0.7, 'b'), (0.7000000000000001, 'b');
+CREATE TABLE bg.fl_ref (id int PRIMARY KEY, fl_id float8 REFERENCES bg.fl);
+INSERT INTO bg.fl_ref VALUES (1, 0.3), (2, 0.1::float8 + 0.2::float8), (3, 0.7), (4, 0.7000000000000001);
+SELECT job_id AS jid_fl FROM dedup_table('fl', '{k}', keep => 'id DESC', action => 'merge',
+                                         background => true) \gset
+SELECT dedup_wait(:jid_fl);
+DO $$ BEGIN EXECUTE format('ALTER DATABASE %I RESET extra_float_digits', current_database()); END $$;
+SELECT state, rows_deleted, refs_repointed FROM dedup_jobs WHERE job_id = :jid_fl;
+SELECT id::text, fl_id::text FROM bg.fl_ref ORDER BY id;
+SELECT dedup_rollback(:jid_fl) AS restored;
+SELECT id::text, fl_id::text FROM bg.fl_ref ORDER BY id;
+
 --
 -- add_unique in the background: a valid unique index built concurrently,
 -- attached as a table constraint, so ON CONFLICT (email) works; rollback
