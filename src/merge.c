@@ -565,7 +565,6 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	StringInfoData set;
 
 	StringInfoData survivor_null;
-	const char *lock;
 	int64		moved,
 				wanted;
 
@@ -606,29 +605,23 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	 * now points to into dedup_survivor, so that a rollback sets back only
 	 * rows that still point there.
 	 */
-	/*
-	 * A background batch locks the rows it moves first: one a writer updates
-	 * meanwhile is then moved in its new version (by ctid, the UPDATE would
-	 * find the old one gone and skip it).
-	 */
-	lock = plan->lock_rows ? " FOR UPDATE OF c" : "";
 	if (!ref->archive)
-		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, m.* FROM ONLY %s c JOIN %s m ON %s%s),"
+		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, m.* FROM ONLY %s c JOIN %s m ON %s),"
 								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
 								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid RETURNING 1)"
 								" SELECT (SELECT pg_catalog.count(*) FROM dedup_u), (SELECT pg_catalog.count(*) FROM dedup_o)",
-								ref->child, plan->map, ref_join(ref, plan), lock, ref->child, set.data),
+								ref->child, plan->map, ref_join(ref, plan), ref->child, set.data),
 					   SPI_OK_SELECT);
 	else
 		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, ROW(c.*)::%s AS dedup_orow, m.*"
-								" FROM ONLY %s c JOIN %s m ON %s%s),"
+								" FROM ONLY %s c JOIN %s m ON %s),"
 								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
 								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
 								" RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval),"
 								" dedup_a AS (INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
 								" u.dedup_nctid::pg_catalog.text, u.dedup_nval%s FROM dedup_u u RETURNING 1)"
 								" SELECT (SELECT pg_catalog.count(*) FROM dedup_a), (SELECT pg_catalog.count(*) FROM dedup_o)",
-								ref->child, ref->child, plan->map, ref_join(ref, plan), lock,
+								ref->child, ref->child, plan->map, ref_join(ref, plan),
 								ref->child, set.data, ref_values_json(ref, "c"),
 								ref->archive, (long long) job_id, archive_xact_value(ref->archive)),
 					   SPI_OK_SELECT);
@@ -760,6 +753,21 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 		/* archived by position too: a background batch's table may have changed */
 		if (ref->archive)
 			archive_check_columns(ref->childid, ref->archive, job_id);
+
+		/*
+		 * A background batch, whose writers keep writing the referencing
+		 * table, locks the rows it moves first, in a statement of its own.
+		 * A row a writer updated after a statement's snapshot is found gone
+		 * by ctid, and skipped, by that statement's DELETE or UPDATE; and
+		 * FOR UPDATE within the UPDATE's own statement locks each row only
+		 * as the UPDATE reaches it.  Locked first, every row the statements
+		 * below move or remove is in its latest version in their snapshots,
+		 * and stays so until the batch commits.
+		 */
+		if (plan->lock_rows)
+			spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s c JOIN %s m ON %s FOR UPDATE OF c) l",
+									ref->child, plan->map, ref_join(ref, plan)),
+						   SPI_OK_SELECT);
 		res->refs_removed += remove_collisions(ref, plan, job_id);
 		PG_TRY();
 		{
