@@ -66,6 +66,20 @@ CREATE TABLE rw.few (id int PRIMARY KEY, code text);
 INSERT INTO rw.few SELECT g, 'c' || CASE WHEN g % 100 = 0 THEN g - 1 ELSE g END FROM generate_series(1, 2000) g;
 ANALYZE rw.few;
 SELECT strategy, rows_deleted FROM dedup_table('few', '{code}');
+-- nothing duplicated under a key of two columns, which the planner alone
+-- takes for 90% duplicates (it counts at most a tenth of the rows as groups
+-- of several columns): 'auto' deletes in place, and the heap stays
+CREATE TABLE rw.pairs (id int PRIMARY KEY, a int NOT NULL, b int NOT NULL);
+INSERT INTO rw.pairs SELECT g, g % 100, g / 100 FROM generate_series(1, 50000) g;
+ANALYZE rw.pairs;
+SELECT pg_relation_filenode('rw.pairs') AS pairs_node \gset
+SELECT strategy, duplicate_groups, rows_deleted FROM dedup_table('pairs', '{a,b}');
+SELECT pg_relation_filenode('rw.pairs') = :pairs_node AS same_heap;
+-- every row three times: two thirds would go, 'auto' rewrites
+INSERT INTO rw.pairs SELECT id + 50000, a, b FROM rw.pairs WHERE id <= 50000;
+INSERT INTO rw.pairs SELECT id + 100000, a, b FROM rw.pairs WHERE id <= 50000;
+ANALYZE rw.pairs;
+SELECT strategy, duplicate_groups, rows_deleted FROM dedup_table('pairs', '{a,b}', dry_run => true);
 
 -- 'rewrite' is refused where it would bypass row-level rules (55000), and for
 -- other actions (22023); nothing changes

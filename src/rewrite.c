@@ -103,9 +103,48 @@ estimated_rows(const char *query)
 }
 
 /*
- * The share of the table's rows a dedup would remove, from the planner's
- * statistics: 1 - groups/rows.  may_analyze: analyze a table that never was
+ * The groups of several key columns, estimated from a sample of about as
+ * many rows as ANALYZE reads (a scan that keeps 30,000 rows: about 50 ms
+ * for five million cached rows), the way ANALYZE estimates a column's distinct values (Haas and
+ * Stokes' Duj1 estimator, as in analyze.c): n sampled rows in d groups, f1
+ * of them alone in the sample, of rows in all.
+ */
+static double
+sampled_groups(DedupTarget *t, const char *where, double rows)
+{
+	double		percent = rows > 30000 ? 100.0 * 30000 / rows : 100;
+	double		n,
+				d,
+				f1,
+				groups;
+
+	spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c)::pg_catalog.int8, pg_catalog.count(*),"
+							" pg_catalog.count(*) FILTER (WHERE s.c OPERATOR(pg_catalog.=) 1)"
+							" FROM (SELECT pg_catalog.count(*) AS c FROM ONLY %s r"
+							" TABLESAMPLE pg_catalog.bernoulli (%g) REPEATABLE (0) WHERE %s GROUP BY %s) s",
+							t->qualname, percent, where, sql_key_list(t, "r")),
+				   SPI_OK_SELECT);
+	n = (double) spi_get_int64(0, 1);
+	d = (double) spi_get_int64(0, 2);
+	f1 = (double) spi_get_int64(0, 3);
+	if (n < 1)
+		return rows;
+	rows = Max(rows, n);
+	groups = n * d / ((n - f1) + f1 * n / rows);
+	return Min(Max(groups, d), rows);
+}
+
+/*
+ * The share of the table's rows a dedup would remove: 1 - groups/rows, from
+ * the planner's statistics.  may_analyze: analyze a table that never was
  * (not in a dry run, which changes nothing).
+ *
+ * For more than one column the planner counts at most a tenth of the rows
+ * as groups (or the most distinct column's count), unless extended
+ * statistics on the columns say more: a table whose pairs are all distinct
+ * looks 90% duplicate, and 'auto' would rewrite a table with nothing to
+ * remove.  So when that estimate says more than a quarter of the rows would
+ * go (where the choices it makes change), a sample decides.
  */
 double
 estimated_loser_share(DedupTarget *t, bool may_analyze)
@@ -124,6 +163,8 @@ estimated_loser_share(DedupTarget *t, bool may_analyze)
 									 t->qualname, where, sql_key_list(t, "r")));
 	if (rows < 1)
 		return 0;
+	if (t->nkeys > 1 && groups < 0.75 * rows)
+		groups = sampled_groups(t, where, rows);
 	return groups >= rows ? 0 : 1.0 - groups / rows;
 }
 
