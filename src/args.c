@@ -625,7 +625,7 @@ dedup_target_set_rename(DedupTarget *t)
 						t->keys[t->rename_key].quoted, t->qualname),
 				 errdetail("A name holds at most %d bytes and cuts longer values silently: a renamed value could be cut back to a duplicate.",
 						   NAMEDATALEN - 1),
-				 errhint("Use action => 'delete' or 'merge', or put a column of type text last in the key.")));
+				 errhint("Use action => 'delete' or 'merge', or put a column of type text after it in the key.")));
 	if (get_attgenerated(t->relid, get_attnum(t->relid, t->keys[t->rename_key].name)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
