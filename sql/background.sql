@@ -291,6 +291,16 @@ SELECT (SELECT md5(string_agg(k::text, ',' ORDER BY id)) FROM bg.kw k) = b.kw AS
 -- sets extra_float_digits to (0 rounds 0.1 + 0.2 to "0.3"): the re-pointed
 -- references it records are the values it wrote, so the rollback finds them
 DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET extra_float_digits = 0', current_database()); END $$;
+-- a worker still running takes queued jobs with the settings it started
+-- with: the job must start a new one
+DO $$
+BEGIN
+  FOR i IN 1 .. 3000 LOOP
+    EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'
+                                                          AND datname = current_database());
+    PERFORM pg_sleep(0.01);
+  END LOOP;
+END $$;
 CREATE TABLE bg.fl (id float8 PRIMARY KEY, k text NOT NULL);
 INSERT INTO bg.fl VALUES (0.3, 'a'), (0.1::float8 + 0.2::float8, 'a'), (0.7, 'b'), (0.7000000000000001, 'b');
 CREATE TABLE bg.fl_ref (id int PRIMARY KEY, fl_id float8 REFERENCES bg.fl);

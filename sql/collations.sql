@@ -67,6 +67,22 @@ SELECT dedup_rollback(:jm) AS restored;
 SELECT id, pcode FROM coll.uses ORDER BY id;
 SELECT id, code FROM coll.parts ORDER BY id;
 
+-- two deterministic collations ("en-x-icu" referenced, "C" referencing,
+-- neither the default: they compare under neither by themselves): a delete
+-- names the row a deferred foreign key still references (23503, was
+-- 42P22), and a merge compares them under the referencing column's, the
+-- same rows as under the other for text
+CREATE TABLE coll.p2 (id int PRIMARY KEY, code text COLLATE "en-x-icu" UNIQUE, grp text);
+CREATE TABLE coll.c2 (id int PRIMARY KEY,
+                      pcode text COLLATE "C" REFERENCES coll.p2 (code) DEFERRABLE INITIALLY DEFERRED);
+INSERT INTO coll.p2 VALUES (1, 'a1', 'g'), (2, 'b1', 'g'), (3, 'c1', 'h');
+INSERT INTO coll.c2 VALUES (1, 'a1'), (2, 'b1'), (3, 'c1');
+\set VERBOSITY sqlstate
+SELECT rows_deleted FROM dedup_table('p2', '{grp}');
+\set VERBOSITY default
+SELECT rows_deleted, refs_repointed FROM dedup_table('p2', '{grp}', action => 'merge');
+SELECT id, pcode FROM coll.c2 ORDER BY id;
+
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA coll CASCADE;

@@ -75,6 +75,14 @@ ANALYZE rw.pairs;
 SELECT pg_relation_filenode('rw.pairs') AS pairs_node \gset
 SELECT strategy, duplicate_groups, rows_deleted FROM dedup_table('pairs', '{a,b}');
 SELECT pg_relation_filenode('rw.pairs') = :pairs_node AS same_heap;
+-- unique but for one pair that a tenth of the rows share: a tenth would go,
+-- 'auto' deletes (the sample sees that pair 3,000 times, and counts it as
+-- one group of 30,000 rows)
+CREATE TABLE rw.one_common (id int PRIMARY KEY, a int NOT NULL, b int NOT NULL);
+INSERT INTO rw.one_common SELECT g, g % 1000, g / 1000 FROM generate_series(1, 270000) g;
+INSERT INTO rw.one_common SELECT g, -1, -1 FROM generate_series(270001, 300000) g;
+ANALYZE rw.one_common;
+SELECT strategy, duplicate_groups, rows_deleted FROM dedup_table('one_common', '{a,b}', dry_run => true);
 -- every row three times: two thirds would go, 'auto' rewrites
 INSERT INTO rw.pairs SELECT id + 50000, a, b FROM rw.pairs WHERE id <= 50000;
 INSERT INTO rw.pairs SELECT id + 100000, a, b FROM rw.pairs WHERE id <= 50000;

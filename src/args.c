@@ -667,6 +667,37 @@ fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **
 }
 
 /*
+ * " COLLATE x" for comparing a referencing column (child, cattnum) with the
+ * column it references (parent, pattnum), or "".  Columns of two collations
+ * may compare under neither (42P22).  The SQL standard has references
+ * compare under the referenced column's collation, which is what its
+ * unique index told rows apart by; where the two are deterministic and the
+ * type's equality is bytewise under any such collation (text, varchar,
+ * char(n)), the referencing column's own gives the same rows and keeps an
+ * index on it usable.
+ */
+char *
+fk_collate(Oid parent, AttrNumber pattnum, Oid child, AttrNumber cattnum)
+{
+	Oid			ptype,
+				ctype,
+				pcoll,
+				ccoll,
+				base;
+	int32		typmod;
+
+	get_atttypetypmodcoll(parent, pattnum, &ptype, &typmod, &pcoll);
+	get_atttypetypmodcoll(child, cattnum, &ctype, &typmod, &ccoll);
+	if (!OidIsValid(pcoll) || !OidIsValid(ccoll) || pcoll == ccoll)
+		return "";
+	base = getBaseType(ctype);
+	if ((base == TEXTOID || base == VARCHAROID || base == BPCHAROID) &&
+		get_collation_isdeterministic(pcoll) && get_collation_isdeterministic(ccoll))
+		return psprintf(" COLLATE %s", generate_collation_name(ccoll));
+	return psprintf(" COLLATE %s", generate_collation_name(pcoll));
+}
+
+/*
  * The name (quoted) of a rule of table relid on event ev_type (pg_rewrite.
  * ev_type: '2' UPDATE, '3' INSERT, '4' DELETE) that fires in this session,
  * or NULL
@@ -774,9 +805,10 @@ referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_
 
 			appendStringInfo(&refcols, "%sc.%s", i > 0 ? ", " : "", refcol);
 			appendStringInfo(&refnames, "%s%s", i > 0 ? ", " : "", refcol);
-			appendStringInfo(&match, " AND x.%s %s c.%s",
+			appendStringInfo(&match, " AND x.%s %s c.%s%s",
 							 quote_identifier(get_attname(childid, DatumGetInt16(conkey[i]), false)),
-							 sql_operator(DatumGetObjectId(eqops[i])), refcol);
+							 sql_operator(DatumGetObjectId(eqops[i])), refcol,
+							 fk_collate(relid, DatumGetInt16(confkey[i]), childid, DatumGetInt16(conkey[i])));
 		}
 		spi_exec_count(psprintf("SELECT ROW(%s)::pg_catalog.text FROM ONLY %s c"
 								" WHERE %s AND EXISTS (SELECT FROM %s x WHERE true%s) LIMIT 1",

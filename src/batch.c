@@ -290,7 +290,8 @@ scan_step(BgJob *job, void *arg)
 		 * made under the lock the statement will hold anyway.
 		 */
 		LockRelationOid(t->relid, AccessShareLock);
-		dedup_target_plan_candidates(t, estimated_loser_share(t, false));
+		/* no sample: it reads every page, and a later pass only the changed ones */
+		dedup_target_plan_candidates(t, estimated_loser_share(t, false, false));
 		PG_TRY();
 		{
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))

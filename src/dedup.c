@@ -440,7 +440,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 
 	if (action != DEDUP_ACTION_DELETE)
 		return "delete";
-	share = estimated_loser_share(t, !dry_run);
+	share = estimated_loser_share(t, !dry_run, true);
 	t->few_groups = share >= 0.5;
 	dedup_target_plan_candidates(t, share);
 	if (strategy == DEDUP_STRATEGY_DELETE)

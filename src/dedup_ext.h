@@ -111,6 +111,7 @@ extern Oid	dedup_relid_by_name(const char *qualified);
 	" FROM pg_catalog.pg_constraint c" \
 	" WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.confrelid OPERATOR(pg_catalog.=) $1"
 extern int	fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **eqops);
+extern char *fk_collate(Oid parent, AttrNumber pattnum, Oid child, AttrNumber cattnum);
 /* a row that a foreign key references: which key, of which table, and how */
 typedef struct ReferencedRow
 {
@@ -211,7 +212,7 @@ extern void spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const 
 
 /* rewrite.c */
 extern const char *rewrite_obstacle(DedupTarget *t);
-extern double estimated_loser_share(DedupTarget *t, bool may_analyze);
+extern double estimated_loser_share(DedupTarget *t, bool may_analyze, bool may_sample);
 extern char *run_rewrite(DedupTarget *t, int64 job_id, bool archive,
 						 int64 *groups, int64 *deleted);
 

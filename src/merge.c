@@ -33,7 +33,6 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
-#include "utils/ruleutils.h"
 
 /* one foreign key that references the table */
 typedef struct RefKey
@@ -47,7 +46,7 @@ typedef struct RefKey
 	AttrNumber *attnums;
 	int		   *mapcol;			/* index of the referenced column in the map */
 	char	  **eq;				/* conpfeqop, as OPERATOR(...) */
-	char	  **collate;		/* " COLLATE x" of a referenced column, or "" */
+	char	  **collate;		/* fk_collate() of each column */
 	List	   *pknames;		/* the child's primary key (unquoted), or NIL */
 	List	   *collisions;		/* Collision * */
 	char	   *archive;
@@ -73,7 +72,8 @@ struct MergePlan
 	DedupTarget *t;
 	List	   *refs;			/* RefKey * */
 	List	   *refcols;		/* referenced columns of the table (unquoted) */
-	char	   *map;			/* the map of losers: a table, or a subquery */
+	char	   *map;			/* the map of losers: a temporary table, the
+								 * same rows for each statement */
 	bool		lock_rows;		/* referencing tables are not locked: lock
 								 * the rows to re-point (a background batch) */
 };
@@ -263,26 +263,12 @@ merge_plan(DedupTarget *t, bool lock_children, bool archive)
 		ref->collate = palloc(sizeof(char *) * n);
 		for (int i = 0; i < n; i++)
 		{
-			Oid			ptype,
-						pcoll,
-						ccoll;
-			int32		typmod;
-
 			ref->attnums[i] = DatumGetInt16(conkey[i]);
 			ref->colnames[i] = get_attname(ref->childid, ref->attnums[i], false);
 			ref->cols[i] = pstrdup(quote_identifier(ref->colnames[i]));
 			ref->mapcol[i] = refcol_index(plan, get_attname(t->relid, DatumGetInt16(confkey[i]), false));
 			ref->eq[i] = sql_operator(DatumGetObjectId(eqops[i]));
-			/*
-			 * Columns of two collations compare under neither (42P22); the
-			 * SQL standard has references compare under the referenced
-			 * column's, which is also how its unique index told the
-			 * referenced rows apart.
-			 */
-			get_atttypetypmodcoll(t->relid, DatumGetInt16(confkey[i]), &ptype, &typmod, &pcoll);
-			get_atttypetypmodcoll(ref->childid, ref->attnums[i], &ptype, &typmod, &ccoll);
-			ref->collate[i] = OidIsValid(pcoll) && pcoll != ccoll ?
-				psprintf(" COLLATE %s", generate_collation_name(pcoll)) : "";
+			ref->collate[i] = fk_collate(t->relid, DatumGetInt16(confkey[i]), ref->childid, ref->attnums[i]);
 		}
 		child = relation_open(ref->childid, NoLock);
 		ref->pknames = primary_key_names(child);

@@ -103,35 +103,51 @@ estimated_rows(const char *query)
 }
 
 /*
- * The groups of several key columns, estimated from a sample of about as
- * many rows as ANALYZE reads (a scan that keeps 30,000 rows: about 50 ms
- * for five million cached rows), the way ANALYZE estimates a column's distinct values (Haas and
- * Stokes' Duj1 estimator, as in analyze.c): n sampled rows in d groups, f1
- * of them alone in the sample, of rows in all.
+ * The share of the rows a dedup would remove, from a Bernoulli sample of
+ * about as many rows as ANALYZE reads (30,000; the scan reads every page,
+ * about 50 ms for five million cached rows).  A group seen at least ten
+ * times in the sample is counted as it is: one group of about c/q rows, q
+ * the sampled share.  The rest are estimated the way ANALYZE estimates a
+ * column's distinct values (Haas and Stokes' Duj1, as in analyze.c): n
+ * sampled rows in d groups, f1 of them alone in the sample, of n/q rows.
+ * Duj1 over every group would take a table whose rows are all unique but
+ * for one key shared by 1% of them for mostly duplicates.
  */
 static double
-sampled_groups(DedupTarget *t, const char *where, double rows)
+sampled_loser_share(DedupTarget *t, const char *where, double rows)
 {
-	double		percent = rows > 30000 ? 100.0 * 30000 / rows : 100;
+	double		q = rows > 30000 ? 30000 / rows : 1;
 	double		n,
 				d,
 				f1,
+				heavy_rows,
+				heavy_groups,
 				groups;
 
-	spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c)::pg_catalog.int8, pg_catalog.count(*),"
-							" pg_catalog.count(*) FILTER (WHERE s.c OPERATOR(pg_catalog.=) 1)"
+	spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c) FILTER (WHERE s.c OPERATOR(pg_catalog.<) 10)::pg_catalog.int8,"
+							" pg_catalog.count(*) FILTER (WHERE s.c OPERATOR(pg_catalog.<) 10),"
+							" pg_catalog.count(*) FILTER (WHERE s.c OPERATOR(pg_catalog.=) 1),"
+							" pg_catalog.sum(s.c) FILTER (WHERE s.c OPERATOR(pg_catalog.>=) 10)::pg_catalog.int8,"
+							" pg_catalog.count(*) FILTER (WHERE s.c OPERATOR(pg_catalog.>=) 10)"
 							" FROM (SELECT pg_catalog.count(*) AS c FROM ONLY %s r"
 							" TABLESAMPLE pg_catalog.bernoulli (%g) REPEATABLE (0) WHERE %s GROUP BY %s) s",
-							t->qualname, percent, where, sql_key_list(t, "r")),
+							t->qualname, 100 * q, where, sql_key_list(t, "r")),
 				   SPI_OK_SELECT);
 	n = (double) spi_get_int64(0, 1);
 	d = (double) spi_get_int64(0, 2);
 	f1 = (double) spi_get_int64(0, 3);
-	if (n < 1)
-		return rows;
-	rows = Max(rows, n);
-	groups = n * d / ((n - f1) + f1 * n / rows);
-	return Min(Max(groups, d), rows);
+	heavy_rows = (double) spi_get_int64(0, 4);
+	heavy_groups = (double) spi_get_int64(0, 5);
+	if (n + heavy_rows < 1)
+		return 0;
+	groups = heavy_groups;
+	if (n >= 1)
+	{
+		double		light = n * d / ((n - f1) + f1 * q);
+
+		groups += Min(Max(light, d), n / q);
+	}
+	return 1.0 - groups / ((n + heavy_rows) / q);
 }
 
 /*
@@ -144,10 +160,10 @@ sampled_groups(DedupTarget *t, const char *where, double rows)
  * statistics on the columns say more: a table whose pairs are all distinct
  * looks 90% duplicate, and 'auto' would rewrite a table with nothing to
  * remove.  So when that estimate says more than a quarter of the rows would
- * go (where the choices it makes change), a sample decides.
+ * go (where the choices it makes change), a sample decides, if may_sample.
  */
 double
-estimated_loser_share(DedupTarget *t, bool may_analyze)
+estimated_loser_share(DedupTarget *t, bool may_analyze, bool may_sample)
 {
 	const char *where = sql_rows_where(t, true);
 	Relation	rel = table_open(t->relid, NoLock);
@@ -163,8 +179,8 @@ estimated_loser_share(DedupTarget *t, bool may_analyze)
 									 t->qualname, where, sql_key_list(t, "r")));
 	if (rows < 1)
 		return 0;
-	if (t->nkeys > 1 && groups < 0.75 * rows)
-		groups = sampled_groups(t, where, rows);
+	if (t->nkeys > 1 && groups < 0.75 * rows && may_sample)
+		return sampled_loser_share(t, where, rows);
 	return groups >= rows ? 0 : 1.0 - groups / rows;
 }
 
