@@ -747,8 +747,11 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 		 * by ctid, and skipped, by that statement's DELETE or UPDATE; and
 		 * FOR UPDATE within the UPDATE's own statement locks each row only
 		 * as the UPDATE reaches it.  Locked first, every row the statements
-		 * below move or remove is in its latest version in their snapshots,
-		 * and stays so until the batch commits.
+		 * below move or remove is in its latest version in their snapshots
+		 * (READ COMMITTED: each takes one), and stays so until the batch
+		 * commits.  In a database whose default is REPEATABLE READ or
+		 * SERIALIZABLE, a row updated since the batch's snapshot fails the
+		 * lock (40001), and the batch is retried.
 		 */
 		if (plan->lock_rows)
 			spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s c JOIN %s m ON %s FOR UPDATE OF c) l",

@@ -801,12 +801,6 @@ dedup_worker_main(Datum arg)
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_SESSION);
 	/* row ids hold float keys as text: exact (the functions' own setting) */
 	SetConfigOption("extra_float_digits", "1", PGC_SUSET, PGC_S_SESSION);
-	/*
-	 * Each statement of a batch sees what committed before it (a merge
-	 * batch locks rows, then moves them by ctid), whatever the database's
-	 * default isolation level is.
-	 */
-	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_SESSION);
 
 	/*
 	 * In a deadlock with a writer, the batch gives way.  PostgreSQL rolls
