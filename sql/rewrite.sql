@@ -83,6 +83,32 @@ INSERT INTO rw.one_common SELECT g, g % 1000, g / 1000 FROM generate_series(1, 2
 INSERT INTO rw.one_common SELECT g, -1, -1 FROM generate_series(270001, 300000) g;
 ANALYZE rw.one_common;
 SELECT strategy, duplicate_groups, rows_deleted FROM dedup_table('one_common', '{a,b}', dry_run => true);
+-- estimates that say "mostly duplicates" where a fifth of the rows or none
+-- would go: 'auto' counts before it rewrites, and deletes in place.  A few
+-- keys shared by a fifth of the rows, the rest unique (the planner takes
+-- them for fewer groups than there are):
+CREATE TABLE rw.skew (id int PRIMARY KEY, k int NOT NULL, flag bool NOT NULL);
+INSERT INTO rw.skew SELECT g, CASE WHEN g % 5 = 0 THEN g % 7 ELSE g + 10 END, g % 5 <> 0
+  FROM generate_series(1, 200000) g;
+ANALYZE rw.skew;
+SELECT strategy, rows_deleted FROM dedup_table('skew', '{k}', dry_run => true);
+-- with a filter that lets in none of the shared keys' rows: nothing goes
+SELECT strategy, rows_deleted FROM dedup_table('skew', '{k}', filter => 'flag', dry_run => true);
+-- a table only vacuumed (no statistics on the key, so the planner guesses
+-- 200 groups), nothing duplicated: the real run deletes nothing in place
+CREATE TABLE rw.vac (id int PRIMARY KEY, k int NOT NULL);
+INSERT INTO rw.vac SELECT g, g FROM generate_series(1, 100000) g;
+VACUUM rw.vac;
+SELECT pg_relation_filenode('rw.vac') AS vac_node \gset
+SELECT strategy, rows_deleted FROM dedup_table('vac', '{k}');
+SELECT pg_relation_filenode('rw.vac') = :vac_node AS same_heap;
+-- a background job deletes in batches: its dry run says 'delete', and
+-- strategy => 'rewrite' with background => true is refused in a dry run too
+SELECT strategy FROM dedup_table('photos', '{property_pk,photo_id}', background => true, dry_run => true);
+\set VERBOSITY sqlstate
+SELECT strategy FROM dedup_table('photos', '{property_pk,photo_id}', background => true,
+                                 strategy => 'rewrite', dry_run => true);
+\set VERBOSITY default
 -- every row three times: two thirds would go, 'auto' rewrites
 INSERT INTO rw.pairs SELECT id + 50000, a, b FROM rw.pairs WHERE id <= 50000;
 INSERT INTO rw.pairs SELECT id + 100000, a, b FROM rw.pairs WHERE id <= 50000;

@@ -428,12 +428,19 @@ refuse_in_background(DedupStrategy strategy)
 }
 
 /*
- * 'auto' rewrites when a delete would remove at least half of the rows (by
- * the planner's estimate of the key's groups) and the table can be
- * rewritten; otherwise it deletes in place.
+ * 'auto' rewrites when a delete would remove at least half of the table's
+ * rows and the table can be rewritten; otherwise it deletes in place.  The
+ * planner's estimate of the key's groups (or a sample's) rules a rewrite
+ * out cheaply; where it allows one, the losers are counted before the whole
+ * table is rewritten under ACCESS EXCLUSIVE: estimates go far wrong with a
+ * few keys shared by many rows and the rest unique, with statistics
+ * missing or stale, or with a filter (whose rows alone the estimate
+ * counts).  may_rewrite: false for a background job's dry run, whose job
+ * deletes in batches.
  */
 static const char *
-choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool dry_run)
+choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool dry_run,
+				bool may_rewrite)
 {
 	const char *obstacle;
 	double		share;
@@ -443,7 +450,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	share = estimated_loser_share(t, !dry_run, true);
 	t->few_groups = share >= 0.5;
 	dedup_target_plan_candidates(t, share);
-	if (strategy == DEDUP_STRATEGY_DELETE)
+	if (strategy == DEDUP_STRATEGY_DELETE || !may_rewrite)
 		return "delete";
 	obstacle = rewrite_obstacle(t);
 	if (strategy == DEDUP_STRATEGY_REWRITE)
@@ -455,7 +462,12 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 					 errhint("Use strategy => 'delete' (action => 'merge' where other tables reference the losers).")));
 		return "rewrite";
 	}
-	return (obstacle == NULL && t->few_groups) ? "rewrite" : "delete";
+	if (obstacle != NULL || !t->few_groups)
+		return "delete";
+	share = counted_loser_share(t);
+	t->few_groups = share >= 0.5;
+	dedup_target_plan_candidates(t, share);
+	return t->few_groups ? "rewrite" : "delete";
 }
 
 /*
@@ -551,7 +563,7 @@ dedup_table(PG_FUNCTION_ARGS)
 	dedup_target_set_keep(t, keep);
 	if (action == DEDUP_ACTION_RENAME)
 		dedup_target_set_rename(t);
-	if (background)
+	if (PG_GETARG_BOOL(9))
 		refuse_in_background(strategy);
 	if (add_unique)
 		refuse_index_without_create(t);
@@ -571,7 +583,7 @@ dedup_table(PG_FUNCTION_ARGS)
 				 errhint("Use add_unique => false, or an immutable filter.")));
 
 	SPI_connect();
-	res.strategy = background ? "delete" : choose_strategy(t, action, strategy, dry_run);
+	res.strategy = background ? "delete" : choose_strategy(t, action, strategy, dry_run, !PG_GETARG_BOOL(9));
 	dedup_refuse_cascades(t, action);
 	if (PG_GETARG_BOOL(6))
 		archive_refuse_own_names(t->relid);

@@ -213,6 +213,7 @@ extern void spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const 
 /* rewrite.c */
 extern const char *rewrite_obstacle(DedupTarget *t);
 extern double estimated_loser_share(DedupTarget *t, bool may_analyze, bool may_sample);
+extern double counted_loser_share(DedupTarget *t);
 extern char *run_rewrite(DedupTarget *t, int64 job_id, bool archive,
 						 int64 *groups, int64 *deleted);
 

@@ -185,6 +185,29 @@ estimated_loser_share(DedupTarget *t, bool may_analyze, bool may_sample)
 }
 
 /*
+ * The losers a delete would remove, counted, as a share of all the table's
+ * rows (a rewrite copies every row, those the filter leaves out too).  One
+ * aggregate over the rows the filter and nulls_distinct let in.
+ */
+double
+counted_loser_share(DedupTarget *t)
+{
+	double		rows = estimated_rows(psprintf("SELECT FROM ONLY %s r", t->qualname));
+	double		counted,
+				losers;
+
+	spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c)::pg_catalog.int8,"
+							" (pg_catalog.sum(s.c) OPERATOR(pg_catalog.-) pg_catalog.count(*))::pg_catalog.int8"
+							" FROM (SELECT pg_catalog.count(*) AS c FROM ONLY %s r WHERE %s GROUP BY %s) s",
+							t->qualname, sql_rows_where(t, true), sql_key_list(t, "r")),
+				   SPI_OK_SELECT);
+	counted = (double) spi_get_int64(0, 1);
+	losers = (double) spi_get_int64(0, 2);
+	rows = Max(rows, counted);
+	return rows < 1 ? 0 : losers / rows;
+}
+
+/*
  * keep 'first'/'last': the duplicate groups with their survivors go to a
  * small temporary table (one aggregate), then two scans of the table, each
  * hash-joined with it, write the losers to the archive and everything else
