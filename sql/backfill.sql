@@ -801,6 +801,25 @@ ALTER TABLE bf_t.oc RENAME COLUMN parent TO pid;
 SELECT dedup_rollback(:bo) AS restored;
 SELECT * FROM bf_t.oc ORDER BY id;
 
+-- the child already has a deferred foreign key on fk_column: filling it
+-- queued that key's checks, which ALTER TABLE refuses to run beside (55006);
+-- the job makes the child's deferrable constraints IMMEDIATE first, keeps
+-- the key (found, not added), and sets NOT NULL; the rollback drops NOT NULL
+CREATE TABLE bf_t.dfr_parent (id int PRIMARY KEY, k text UNIQUE);
+CREATE TABLE bf_t.dfr_child (id int PRIMARY KEY, k text,
+                             pid int REFERENCES bf_t.dfr_parent (id) DEFERRABLE INITIALLY DEFERRED);
+INSERT INTO bf_t.dfr_parent VALUES (1, 'abc'), (2, 'def');
+INSERT INTO bf_t.dfr_child VALUES (1, 'abc', NULL), (2, 'def', NULL);
+SELECT job_id AS bd, rows_updated, constraint_name
+  FROM backfill_fk('dfr_child', 'pid', 'dfr_parent', '{k}', add_constraint => true) \gset
+SELECT :rows_updated AS updated, :'constraint_name' AS constraint_name;
+SELECT conname, condeferrable, condeferred FROM pg_constraint
+ WHERE conrelid = 'bf_t.dfr_child'::regclass AND contype = 'f';
+SELECT attnotnull FROM pg_attribute WHERE attrelid = 'bf_t.dfr_child'::regclass AND attname = 'pid';
+SELECT dedup_rollback(:bd) AS restored;
+SELECT id, pid FROM bf_t.dfr_child ORDER BY id;
+SELECT attnotnull FROM pg_attribute WHERE attrelid = 'bf_t.dfr_child'::regclass AND attname = 'pid';
+
 --
 -- cleanup
 --

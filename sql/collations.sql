@@ -83,6 +83,21 @@ SELECT rows_deleted FROM dedup_table('p2', '{grp}');
 SELECT rows_deleted, refs_repointed FROM dedup_table('p2', '{grp}', action => 'merge');
 SELECT id, pcode FROM coll.c2 ORDER BY id;
 
+-- the other way round, a referencing column under coll.ci and the one it
+-- references under "C": PostgreSQL would check a loser's removal under
+-- coll.ci, where 'b1' (pointing at the kept row 2) equals the loser 'B1';
+-- refused before anything changes (0A000), in a dry run and a preview too
+CREATE TABLE coll.p3 (id int PRIMARY KEY, name text, code text COLLATE "C" UNIQUE);
+INSERT INTO coll.p3 VALUES (1, 'x', 'a1'), (2, 'y', 'b1'), (3, 'x', 'B1');
+CREATE TABLE coll.c3 (id int PRIMARY KEY, code text COLLATE coll.ci REFERENCES coll.p3 (code));
+INSERT INTO coll.c3 VALUES (1, 'b1');
+SELECT * FROM dedup_table('p3', '{name}', action => 'merge');
+\set VERBOSITY sqlstate
+SELECT * FROM dedup_table('p3', '{name}', action => 'merge', dry_run => true);
+SELECT * FROM dedup_preview('p3', '{name}', action => 'merge');
+\set VERBOSITY default
+SELECT count(*) AS p3_rows FROM coll.p3;
+
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA coll CASCADE;

@@ -849,6 +849,31 @@ refuse_deferred_references(Oid relid, const char *qualname, const char *what, co
 				 hint ? errhint("%s", hint) : 0));
 }
 
+/* SET CONSTRAINTS name IMMEDIATE for each (name, table) row that query q finds for $1 */
+static void
+constraints_immediate(const char *q, Oid relid)
+{
+	Oid			argtypes[1] = {OIDOID};
+	Datum		args[1] = {ObjectIdGetDatum(relid)};
+	SPITupleTable *found;
+	uint64		nfound;
+
+	if (SPI_execute_with_args(q, 1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read constraints");
+	found = SPI_tuptable;
+	nfound = SPI_processed;
+	for (uint64 f = 0; f < nfound; f++)
+	{
+		bool		isnull;
+		Oid			conrelid = DatumGetObjectId(SPI_getbinval(found->vals[f], found->tupdesc, 2, &isnull));
+
+		spi_exec_count(psprintf("SET CONSTRAINTS %s IMMEDIATE",
+								quote_qualified_identifier(get_namespace_name(get_rel_namespace(conrelid)),
+														   SPI_getvalue(found->vals[f], found->tupdesc, 1))),
+					   SPI_OK_UTILITY);
+	}
+}
+
 /*
  * Deferred foreign keys that reference relid queued a check for each row the
  * job removed (or re-pointed away from it), and CREATE INDEX refuses a table
@@ -860,26 +885,20 @@ refuse_deferred_references(Oid relid, const char *qualname, const char *what, co
 void
 references_immediate(Oid relid)
 {
-	Oid			argtypes[1] = {OIDOID};
-	Datum		args[1] = {ObjectIdGetDatum(relid)};
-	SPITupleTable *fks;
-	uint64		nfks;
+	constraints_immediate(SQL_REFERENCING_FKS " AND c.condeferrable ORDER BY c.conrelid, c.conname", relid);
+}
 
-	if (SPI_execute_with_args(SQL_REFERENCING_FKS " AND c.condeferrable ORDER BY c.conrelid, c.conname",
-							  1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "dedup_ext: could not read foreign keys");
-	fks = SPI_tuptable;
-	nfks = SPI_processed;
-	for (uint64 f = 0; f < nfks; f++)
-	{
-		bool		isnull;
-		Oid			childid = DatumGetObjectId(SPI_getbinval(fks->vals[f], fks->tupdesc, 2, &isnull));
-
-		spi_exec_count(psprintf("SET CONSTRAINTS %s IMMEDIATE",
-								quote_qualified_identifier(get_namespace_name(get_rel_namespace(childid)),
-														   SPI_getvalue(fks->vals[f], fks->tupdesc, 1))),
-					   SPI_OK_UTILITY);
-	}
+/*
+ * The same for relid's own deferrable constraints (a foreign key of a
+ * column the job filled queued a check per row), before ALTER TABLE, which
+ * refuses a table with pending trigger events.
+ */
+void
+own_constraints_immediate(Oid relid)
+{
+	constraints_immediate("SELECT c.conname::pg_catalog.text, c.conrelid FROM pg_catalog.pg_constraint c"
+						  " WHERE c.conrelid OPERATOR(pg_catalog.=) $1 AND c.condeferrable ORDER BY c.conname",
+						  relid);
 }
 
 DedupAction

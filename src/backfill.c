@@ -706,6 +706,7 @@ constraint_stage(Backfill *b, BackfillResult *res, int stage)
 						 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
 
 			spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
+			own_constraints_immediate(b->child->relid);
 
 			/* a re-run finds the foreign key of an earlier run and keeps it */
 			spi_exec_count(psprintf("SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"

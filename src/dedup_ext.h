@@ -122,6 +122,7 @@ typedef struct ReferencedRow
 extern bool referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_only,
 						   ReferencedRow *found);
 extern void references_immediate(Oid relid);
+extern void own_constraints_immediate(Oid relid);
 extern void refuse_deferred_references(Oid relid, const char *qualname, const char *what,
 									   const char *rows, const char *hint);
 extern char *enabled_rule(Oid relid, char ev_type);

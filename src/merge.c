@@ -33,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
+#include "utils/ruleutils.h"
 
 /* one foreign key that references the table */
 typedef struct RefKey
@@ -79,6 +80,7 @@ struct MergePlan
 };
 
 static void find_collisions(RefKey *ref);
+static void refuse_nondeterministic_reference(DedupTarget *t, RefKey *ref, int i, AttrNumber pattnum);
 
 static int
 refcol_index(MergePlan *plan, const char *name)
@@ -269,6 +271,7 @@ merge_plan(DedupTarget *t, bool lock_children, bool archive)
 			ref->mapcol[i] = refcol_index(plan, get_attname(t->relid, DatumGetInt16(confkey[i]), false));
 			ref->eq[i] = sql_operator(DatumGetObjectId(eqops[i]));
 			ref->collate[i] = fk_collate(t->relid, DatumGetInt16(confkey[i]), ref->childid, ref->attnums[i]);
+			refuse_nondeterministic_reference(t, ref, i, DatumGetInt16(confkey[i]));
 		}
 		child = relation_open(ref->childid, NoLock);
 		ref->pknames = primary_key_names(child);
@@ -284,6 +287,35 @@ merge_plan(DedupTarget *t, bool lock_children, bool archive)
 		plan->refs = lappend(plan->refs, ref);
 	}
 	return plan;
+}
+
+/*
+ * A referencing column under a nondeterministic collation that the column
+ * it references does not share: PostgreSQL 15 checks the removal of a loser
+ * under the referencing column's collation ('b1' = 'B1'), and rows are
+ * re-pointed under the referenced column's, by which a row pointing at
+ * another, kept, row ('b1') does not point at the loser ('B1'); the loser's
+ * removal would then fail on it, or cascade to it.
+ */
+static void
+refuse_nondeterministic_reference(DedupTarget *t, RefKey *ref, int i, AttrNumber pattnum)
+{
+	Oid			type,
+				pcoll,
+				ccoll;
+	int32		typmod;
+
+	get_atttypetypmodcoll(t->relid, pattnum, &type, &typmod, &pcoll);
+	get_atttypetypmodcoll(ref->childid, ref->attnums[i], &type, &typmod, &ccoll);
+	if (!OidIsValid(ccoll) || ccoll == pcoll || get_collation_isdeterministic(ccoll))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("cannot merge rows of %s: column %s of %s in foreign key %s has nondeterministic collation %s, which the column it references does not have",
+					t->qualname, ref->cols[i], ref->child, quote_identifier(ref->conname),
+					generate_collation_name(ccoll)),
+			 errdetail("PostgreSQL checks the removal of a loser under the referencing column's collation, and the merge re-points rows under the referenced column's: a row that points at a kept row could stop, or be removed with, a loser equal to it under the first."),
+			 errhint("Give %s.%s the collation of the column it references.", ref->child, ref->cols[i])));
 }
 
 /*
