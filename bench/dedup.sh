@@ -13,8 +13,9 @@
 #   - the best single hand-written statement: DELETE ... row_number() > 1,
 #     then CREATE UNIQUE INDEX; for payments also DELETE ... USING self-join
 #     (quadratic in a group's size: only with small groups);
-#   - dedup_table(..., add_unique => true) with its archive, strategy delete
-#     and rewrite, and rewrite without archive; and what 'auto' would choose.
+#   - dedup_table(..., add_unique => true) with its archive, strategy delete,
+#     rewrite and auto (which counts the losers before it rewrites), and
+#     rewrite without archive; and what 'auto' would choose.
 # Reports wall time, WAL bytes, the backend's peak private memory and the
 # final table + index size.  Not a test.
 set -euo pipefail
@@ -84,6 +85,10 @@ CREATE UNIQUE INDEX t_key ON t ($key);"
             "SELECT * FROM dedup_table('t', '$keyarr', add_unique => true, strategy => '$strategy')"
         echo "    size after: $(size t)"
     done
+    fresh "$src" t
+    measure "dedup_table(add_unique, strategy => auto)" \
+        "SELECT * FROM dedup_table('t', '$keyarr', add_unique => true)"
+    echo "    size after: $(size t)"
     fresh "$src" t
     measure "dedup_table(add_unique, rewrite, archive => false)" \
         "SELECT * FROM dedup_table('t', '$keyarr', add_unique => true, strategy => 'rewrite', archive => false)"

@@ -464,7 +464,13 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	}
 	if (obstacle != NULL || !t->few_groups)
 		return "delete";
-	share = counted_loser_share(t);
+	/* a rewrite's table of groups, when the estimate expects it small */
+	share = counted_loser_share(t, !dry_run && share >= 0.9);
+	if (share < 0.5 && t->keep_groups)
+	{
+		spi_exec_count(psprintf("DROP TABLE %s", t->keep_groups), SPI_OK_UTILITY);
+		t->keep_groups = NULL;
+	}
 	t->few_groups = share >= 0.5;
 	dedup_target_plan_candidates(t, share);
 	return t->few_groups ? "rewrite" : "delete";

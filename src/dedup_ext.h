@@ -82,6 +82,8 @@ typedef struct DedupTarget
 	char	   *keep_sql;		/* 'first', 'last', or the list deparsed, qualified */
 	char		keep_extreme;	/* keep 'first' ('f') or 'last' ('l'); 0: an ORDER BY list */
 	bool		few_groups;		/* most rows are duplicates (planner's estimate) */
+	char	   *keep_groups;	/* counted_loser_share's temporary table of
+								 * groups, for the rewrite, or NULL */
 	char	   *candidates_fn;	/* dedup_key_candidates, qualified, when the
 								 * passes that look for duplicates read only
 								 * the rows it returns; NULL: all rows */
@@ -214,7 +216,7 @@ extern void spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const 
 /* rewrite.c */
 extern const char *rewrite_obstacle(DedupTarget *t);
 extern double estimated_loser_share(DedupTarget *t, bool may_analyze, bool may_sample);
-extern double counted_loser_share(DedupTarget *t);
+extern double counted_loser_share(DedupTarget *t, bool keep_groups);
 extern char *run_rewrite(DedupTarget *t, int64 job_id, bool archive,
 						 int64 *groups, int64 *deleted);
 

@@ -184,27 +184,77 @@ estimated_loser_share(DedupTarget *t, bool may_analyze, bool may_sample)
 	return groups >= rows ? 0 : 1.0 - groups / rows;
 }
 
+/* sql_group_keep's rows in a new, analyzed temporary table; its name */
+static char *
+keep_groups_table(DedupTarget *t)
+{
+	char	   *g = spi_temp_table_name("keep");
+
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS %s", g, sql_group_keep(t)),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", g), SPI_OK_UTILITY);
+	return g;
+}
+
+/*
+ * Every group of the key (a row with a NULL in it, under nulls_distinct, is
+ * a group of its own: dedup_null) with its survivor (dedup_keep) and size
+ * (dedup_n), in a new, analyzed temporary table; its name.
+ */
+static char *
+survivor_groups_table(DedupTarget *t)
+{
+	char	   *g = spi_temp_table_name("groups");
+
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
+							" SELECT pg_catalog.%s(%s) AS dedup_keep, pg_catalog.count(*) AS dedup_n,"
+							" %s AS dedup_null FROM ONLY %s r GROUP BY %s",
+							g, t->keep_extreme == 'l' ? "max" : "min", sql_keep_column(t),
+							sql_any_key_null(t, "r"), t->qualname, sql_key_list(t, "r")),
+				   SPI_OK_UTILITY);
+	spi_exec_count(psprintf("ANALYZE %s", g), SPI_OK_UTILITY);
+	return g;
+}
+
 /*
  * The losers a delete would remove, counted, as a share of all the table's
  * rows (a rewrite copies every row, those the filter leaves out too).  One
- * aggregate over the rows the filter and nulls_distinct let in.
+ * aggregate over the rows the filter and nulls_distinct let in.  With
+ * keep_groups, where a rewrite would group the rows the same way (keep
+ * 'first' or 'last'), that aggregate is the table of groups the rewrite
+ * then reads (t->keep_groups), so that counting costs it nothing: for a
+ * caller that expects few groups (the table holds one row a group), that
+ * may write (not a dry run, which may run on a standby), and that holds a
+ * lock that keeps writers out until the rewrite.
  */
 double
-counted_loser_share(DedupTarget *t)
+counted_loser_share(DedupTarget *t, bool keep_groups)
 {
 	double		rows = estimated_rows(psprintf("SELECT FROM ONLY %s r", t->qualname));
-	double		counted,
-				losers;
 
-	spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c)::pg_catalog.int8,"
-							" (pg_catalog.sum(s.c) OPERATOR(pg_catalog.-) pg_catalog.count(*))::pg_catalog.int8"
-							" FROM (SELECT pg_catalog.count(*) AS c FROM ONLY %s r WHERE %s GROUP BY %s) s",
-							t->qualname, sql_rows_where(t, true), sql_key_list(t, "r")),
-				   SPI_OK_SELECT);
-	counted = (double) spi_get_int64(0, 1);
-	losers = (double) spi_get_int64(0, 2);
-	rows = Max(rows, counted);
-	return rows < 1 ? 0 : losers / rows;
+	if (keep_groups && sql_keep_column(t) != NULL && t->filter_r == NULL)
+	{
+		t->keep_groups = survivor_groups_table(t);
+		spi_exec_count(psprintf("SELECT COALESCE(pg_catalog.sum(g.dedup_n), 0)::pg_catalog.int8,"
+								" COALESCE(pg_catalog.sum(g.dedup_n OPERATOR(pg_catalog.-) 1)"
+								" FILTER (WHERE NOT g.dedup_null), 0)::pg_catalog.int8 FROM %s g",
+								t->keep_groups), SPI_OK_SELECT);
+	}
+	else if (keep_groups && sql_keep_column(t) != NULL)
+	{
+		t->keep_groups = keep_groups_table(t);
+		spi_exec_count(psprintf("SELECT COALESCE(pg_catalog.sum(g.dedup_n), 0)::pg_catalog.int8,"
+								" COALESCE(pg_catalog.sum(g.dedup_n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
+								" FROM %s g", t->keep_groups), SPI_OK_SELECT);
+	}
+	else
+		spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c)::pg_catalog.int8,"
+								" (pg_catalog.sum(s.c) OPERATOR(pg_catalog.-) pg_catalog.count(*))::pg_catalog.int8"
+								" FROM (SELECT pg_catalog.count(*) AS c FROM ONLY %s r WHERE %s GROUP BY %s) s",
+								t->qualname, sql_rows_where(t, true), sql_key_list(t, "r")),
+					   SPI_OK_SELECT);
+	rows = Max(rows, (double) spi_get_int64(0, 1));
+	return rows < 1 ? 0 : (double) spi_get_int64(0, 2) / rows;
 }
 
 /*
@@ -218,12 +268,9 @@ static void
 fill_by_groups(DedupTarget *t, int64 job_id, const char *archive, const char *newname,
 			   const char *cols, const char *rcols, int64 *groups, int64 *deleted)
 {
-	char	   *g = spi_temp_table_name("keep");
+	char	   *g = t->keep_groups ? t->keep_groups : keep_groups_table(t);
 	const char *col = sql_keep_column(t);
 
-	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS %s", g, sql_group_keep(t)),
-				   SPI_OK_UTILITY);
-	spi_exec_count(psprintf("ANALYZE %s", g), SPI_OK_UTILITY);
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*),"
 							" COALESCE(pg_catalog.sum(g.dedup_n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
 							" FROM %s g", g), SPI_OK_SELECT);
@@ -243,6 +290,7 @@ fill_by_groups(DedupTarget *t, int64 job_id, const char *archive, const char *ne
 							sql_keys_match(t, "r", "g"), sql_rows_where(t, true), col),
 				   SPI_OK_INSERT);
 	spi_exec_count(psprintf("DROP TABLE %s", g), SPI_OK_UTILITY);
+	t->keep_groups = NULL;
 }
 
 /* any other keep: the window pass numbers the rows; one statement does the rest */
@@ -288,17 +336,11 @@ static char *
 fill_by_survivors(DedupTarget *t, const char *newname, const char *cols, const char *rcols,
 				  int64 *groups, int64 *deleted)
 {
-	char	   *g = spi_temp_table_name("groups");
+	char	   *g = t->keep_groups ? t->keep_groups : survivor_groups_table(t);
 	char	   *s = spi_temp_table_name("survivors");
 	const char *anynull = sql_any_key_null(t, "r");
 
-	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
-							" SELECT pg_catalog.%s(%s) AS dedup_keep, pg_catalog.count(*) AS dedup_n,"
-							" %s AS dedup_null FROM ONLY %s r GROUP BY %s",
-							g, t->keep_extreme == 'l' ? "max" : "min", sql_keep_column(t),
-							anynull, t->qualname, sql_key_list(t, "r")),
-				   SPI_OK_UTILITY);
-	spi_exec_count(psprintf("ANALYZE %s", g), SPI_OK_UTILITY);
+	t->keep_groups = NULL;
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS %s"
 							" UNION ALL SELECT r.ctid, 1 FROM ONLY %s r"
 							" WHERE %s AND EXISTS (SELECT FROM %s g WHERE g.dedup_null)",
