@@ -820,6 +820,19 @@ SELECT dedup_rollback(:bd) AS restored;
 SELECT id, pid FROM bf_t.dfr_child ORDER BY id;
 SELECT attnotnull FROM pg_attribute WHERE attrelid = 'bf_t.dfr_child'::regclass AND attname = 'pid';
 
+-- orphans deleted from a child that a deferred key references queued that
+-- key's checks on the child too: made IMMEDIATE as well before ALTER TABLE
+CREATE TABLE bf_t.dfr_note (id int PRIMARY KEY,
+                            child_id int REFERENCES bf_t.dfr_child (id) DEFERRABLE INITIALLY DEFERRED);
+INSERT INTO bf_t.dfr_child VALUES (3, 'none', NULL);
+INSERT INTO bf_t.dfr_note VALUES (1, 1);
+SELECT job_id AS bd2, rows_updated, rows_deleted, constraint_name
+  FROM backfill_fk('dfr_child', 'pid', 'dfr_parent', '{k}', on_orphan => 'delete', add_constraint => true) \gset
+SELECT :rows_updated AS updated, :rows_deleted AS deleted, :'constraint_name' AS constraint_name;
+SELECT id, pid FROM bf_t.dfr_child ORDER BY id;
+SELECT dedup_rollback(:bd2) AS restored;
+SELECT id, pid FROM bf_t.dfr_child ORDER BY id;
+
 --
 -- cleanup
 --

@@ -296,10 +296,13 @@ DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET extra_float_digits = 0', curre
 DO $$
 BEGIN
   FOR i IN 1 .. 3000 LOOP
-    EXIT WHEN NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'
-                                                          AND datname = current_database());
+    IF NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'
+                                                  AND datname = current_database()) THEN
+      RETURN;
+    END IF;
     PERFORM pg_sleep(0.01);
   END LOOP;
+  RAISE EXCEPTION 'a dedup_ext worker is still running after 30 s';
 END $$;
 CREATE TABLE bg.fl (id float8 PRIMARY KEY, k text NOT NULL);
 INSERT INTO bg.fl VALUES (0.3, 'a'), (0.1::float8 + 0.2::float8, 'a'), (0.7, 'b'), (0.7000000000000001, 'b');

@@ -668,33 +668,27 @@ fk_keys(HeapTuple tup, TupleDesc desc, Datum **conkey, Datum **confkey, Datum **
 
 /*
  * " COLLATE x" for comparing a referencing column (child, cattnum) with the
- * column it references (parent, pattnum), or "".  Columns of two collations
- * may compare under neither (42P22).  The SQL standard has references
- * compare under the referenced column's collation, which is what its
- * unique index told rows apart by; where the two are deterministic and the
- * type's equality is bytewise under any such collation (text, varchar,
- * char(n)), the referencing column's own gives the same rows and keeps an
- * index on it usable.
+ * column it references (parent, pattnum), or "": the rows PostgreSQL 15's
+ * own check of a referenced row's removal finds (ri_triggers.c).  That
+ * compares under the referencing column's collation, unless the referenced
+ * column's is another and nondeterministic.  Columns of two collations
+ * compare under neither by themselves (42P22); under the referencing
+ * column's own, an index on it stays usable.
  */
 char *
 fk_collate(Oid parent, AttrNumber pattnum, Oid child, AttrNumber cattnum)
 {
-	Oid			ptype,
-				ctype,
+	Oid			type,
 				pcoll,
-				ccoll,
-				base;
+				ccoll;
 	int32		typmod;
 
-	get_atttypetypmodcoll(parent, pattnum, &ptype, &typmod, &pcoll);
-	get_atttypetypmodcoll(child, cattnum, &ctype, &typmod, &ccoll);
+	get_atttypetypmodcoll(parent, pattnum, &type, &typmod, &pcoll);
+	get_atttypetypmodcoll(child, cattnum, &type, &typmod, &ccoll);
 	if (!OidIsValid(pcoll) || !OidIsValid(ccoll) || pcoll == ccoll)
 		return "";
-	base = getBaseType(ctype);
-	if ((base == TEXTOID || base == VARCHAROID || base == BPCHAROID) &&
-		get_collation_isdeterministic(pcoll) && get_collation_isdeterministic(ccoll))
-		return psprintf(" COLLATE %s", generate_collation_name(ccoll));
-	return psprintf(" COLLATE %s", generate_collation_name(pcoll));
+	return psprintf(" COLLATE %s",
+					generate_collation_name(get_collation_isdeterministic(pcoll) ? ccoll : pcoll));
 }
 
 /*

@@ -707,6 +707,8 @@ constraint_stage(Backfill *b, BackfillResult *res, int stage)
 
 			spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
 			own_constraints_immediate(b->child->relid);
+			/* orphans deleted queued the checks of keys that reference the child */
+			references_immediate(b->child->relid);
 
 			/* a re-run finds the foreign key of an earlier run and keeps it */
 			spi_exec_count(psprintf("SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"

@@ -290,8 +290,13 @@ scan_step(BgJob *job, void *arg)
 		 * made under the lock the statement will hold anyway.
 		 */
 		LockRelationOid(t->relid, AccessShareLock);
-		/* no sample: it reads every page, and a later pass only the changed ones */
-		dedup_target_plan_candidates(t, estimated_loser_share(t, false, false));
+		/*
+		 * Estimated once a run, in its first pass: a sample reads every
+		 * page, and a later pass only the pages that changed.
+		 */
+		if (job->loser_share < 0)
+			job->loser_share = estimated_loser_share(t, false, true);
+		dedup_target_plan_candidates(t, job->loser_share);
 		PG_TRY();
 		{
 			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))

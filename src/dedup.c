@@ -464,8 +464,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	}
 	if (obstacle != NULL || !t->few_groups)
 		return "delete";
-	/* a rewrite's table of groups, when the estimate expects it small */
-	share = counted_loser_share(t, !dry_run && share >= 0.9);
+	share = counted_loser_share(t, !dry_run);
 	if (share < 0.5 && t->keep_groups)
 	{
 		spi_exec_count(psprintf("DROP TABLE %s", t->keep_groups), SPI_OK_UTILITY);

@@ -81,7 +81,8 @@ typedef struct DedupTarget
 	char	   *order_r;		/* keep order + tie-breaker, alias r */
 	char	   *keep_sql;		/* 'first', 'last', or the list deparsed, qualified */
 	char		keep_extreme;	/* keep 'first' ('f') or 'last' ('l'); 0: an ORDER BY list */
-	bool		few_groups;		/* most rows are duplicates (planner's estimate) */
+	bool		few_groups;		/* most rows are duplicates (estimated, or
+								 * counted by auto) */
 	char	   *keep_groups;	/* counted_loser_share's temporary table of
 								 * groups, for the rewrite, or NULL */
 	char	   *candidates_fn;	/* dedup_key_candidates, qualified, when the
@@ -336,6 +337,7 @@ typedef struct BgJob
 	char	   *work;			/* the work table, qualified */
 	int64		pass_rows;		/* work rows of the current pass */
 	int64		pass_changed_from;	/* rows_changed when it began, -1: unknown */
+	double		loser_share;	/* estimated by the run's first pass, or -1 */
 	char	   *index_name;		/* add_unique: unqualified */
 	char	   *nspname;		/* the table's schema */
 	bool		is_constraint;

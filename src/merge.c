@@ -314,7 +314,7 @@ refuse_nondeterministic_reference(DedupTarget *t, RefKey *ref, int i, AttrNumber
 			 errmsg("cannot merge rows of %s: column %s of %s in foreign key %s has nondeterministic collation %s, which the column it references does not have",
 					t->qualname, ref->cols[i], ref->child, quote_identifier(ref->conname),
 					generate_collation_name(ccoll)),
-			 errdetail("PostgreSQL checks the removal of a loser under the referencing column's collation, and the merge re-points rows under the referenced column's: a row that points at a kept row could stop, or be removed with, a loser equal to it under the first."),
+			 errdetail("PostgreSQL checks a loser's removal under the referencing column's collation, under which a row that points at a kept row can equal the loser; the removal would then fail, or cascade to that row."),
 			 errhint("Give %s.%s the collation of the column it references.", ref->child, ref->cols[i])));
 }
 

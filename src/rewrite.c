@@ -218,14 +218,15 @@ survivor_groups_table(DedupTarget *t)
 
 /*
  * The losers a delete would remove, counted, as a share of all the table's
- * rows (a rewrite copies every row, those the filter leaves out too).  One
- * aggregate over the rows the filter and nulls_distinct let in.  With
- * keep_groups, where a rewrite would group the rows the same way (keep
- * 'first' or 'last'), that aggregate is the table of groups the rewrite
- * then reads (t->keep_groups), so that counting costs it nothing: for a
- * caller that expects few groups (the table holds one row a group), that
- * may write (not a dry run, which may run on a standby), and that holds a
- * lock that keeps writers out until the rewrite.
+ * rows (a rewrite copies every row, those the filter leaves out too).  With
+ * keep_groups, where a rewrite reads a table of groups (keep 'first' or
+ * 'last'), the count is that table, made here for the rewrite to read
+ * (t->keep_groups), so that counting costs it nothing: every group with its
+ * survivor (no filter; its sizes add up to the table's rows), or the
+ * duplicate groups of the filter's rows.  Otherwise one aggregate over the
+ * rows the filter and nulls_distinct let in.  keep_groups: the caller may
+ * write (not a dry run, which may run on a standby) and holds a lock that
+ * keeps writers out until the rewrite.
  */
 double
 counted_loser_share(DedupTarget *t, bool keep_groups)
@@ -239,21 +240,25 @@ counted_loser_share(DedupTarget *t, bool keep_groups)
 								" COALESCE(pg_catalog.sum(g.dedup_n OPERATOR(pg_catalog.-) 1)"
 								" FILTER (WHERE NOT g.dedup_null), 0)::pg_catalog.int8 FROM %s g",
 								t->keep_groups), SPI_OK_SELECT);
-	}
-	else if (keep_groups && sql_keep_column(t) != NULL)
-	{
-		t->keep_groups = keep_groups_table(t);
-		spi_exec_count(psprintf("SELECT COALESCE(pg_catalog.sum(g.dedup_n), 0)::pg_catalog.int8,"
-								" COALESCE(pg_catalog.sum(g.dedup_n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
-								" FROM %s g", t->keep_groups), SPI_OK_SELECT);
+		rows = (double) spi_get_int64(0, 1);
 	}
 	else
-		spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c)::pg_catalog.int8,"
-								" (pg_catalog.sum(s.c) OPERATOR(pg_catalog.-) pg_catalog.count(*))::pg_catalog.int8"
-								" FROM (SELECT pg_catalog.count(*) AS c FROM ONLY %s r WHERE %s GROUP BY %s) s",
-								t->qualname, sql_rows_where(t, true), sql_key_list(t, "r")),
-					   SPI_OK_SELECT);
-	rows = Max(rows, (double) spi_get_int64(0, 1));
+	{
+		if (keep_groups && sql_keep_column(t) != NULL)
+		{
+			t->keep_groups = keep_groups_table(t);
+			spi_exec_count(psprintf("SELECT COALESCE(pg_catalog.sum(g.dedup_n), 0)::pg_catalog.int8,"
+									" COALESCE(pg_catalog.sum(g.dedup_n OPERATOR(pg_catalog.-) 1), 0)::pg_catalog.int8"
+									" FROM %s g", t->keep_groups), SPI_OK_SELECT);
+		}
+		else
+			spi_exec_count(psprintf("SELECT pg_catalog.sum(s.c)::pg_catalog.int8,"
+									" (pg_catalog.sum(s.c) OPERATOR(pg_catalog.-) pg_catalog.count(*))::pg_catalog.int8"
+									" FROM (SELECT pg_catalog.count(*) AS c FROM ONLY %s r WHERE %s GROUP BY %s) s",
+									t->qualname, sql_rows_where(t, true), sql_key_list(t, "r")),
+						   SPI_OK_SELECT);
+		rows = Max(rows, (double) spi_get_int64(0, 1));
+	}
 	return rows < 1 ? 0 : (double) spi_get_int64(0, 2) / rows;
 }
 

@@ -648,6 +648,7 @@ bg_run(int64 job_id, MemoryContext cxt)
 
 	job->job_id = job_id;
 	job->cxt = cxt;
+	job->loser_share = -1;
 	plain_xact(identify_job, job);
 	progress_begin(job_id, job->kind, job->relid, job->submitter, false);
 	while (!bg_xact(job, load_job, NULL))
