@@ -2,8 +2,10 @@
 -- upgrade: a 1.3 install, with an archive of a non-superuser's table, updated
 -- to the current version.  1.4 hands archives to the extension's owner (the
 -- table's owner keeps reading them), makes the job views security barriers,
--- and runs the functions that write row ids with exact float output.  Runs
--- first, and drops the extension again for install.
+-- and runs the functions that write row ids with exact float output; 1.5
+-- marks the jobs already there as the database's own (not restored from a
+-- dump of another database: t/009_dump.pl).  Runs first, and drops the
+-- extension again for install.
 --
 CREATE EXTENSION dedup_ext VERSION '1.3';
 DROP ROLE IF EXISTS regress_up_owner;
@@ -49,6 +51,9 @@ SELECT p.proname, p.proconfig
                   AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'dedup_ext'
  WHERE p.proconfig IS NOT NULL ORDER BY p.proname;
+-- the jobs written before 1.5 are this database's own
+SELECT job_id = :jup AS jup, restored, relation FROM dedup_jobs ORDER BY job_id;
+SELECT count(*) AS origins FROM dedup_origin;
 -- the owner rolls its job back as before
 SET ROLE regress_up_owner;
 SELECT dedup_rollback(:jup) AS restored;

@@ -138,12 +138,13 @@ job_id_arg(FunctionCallInfo fcinfo)
 
 /*
  * Lock the job's row and return its state as dedup_jobs shows it.  Only the
- * submitter (or a superuser) controls a job.
+ * submitter (or a superuser) controls a job; a restored one (job_fetch) runs
+ * nowhere and is not run here: what: the refused action, for the message.
  */
 static char *
-control_begin(int64 job_id)
+control_begin(int64 job_id, const char *what)
 {
-	job_fetch(job_id, true, true);
+	job_require_here(job_fetch(job_id, true, true), what);
 	return job_effective_state(job_id);
 }
 
@@ -163,7 +164,7 @@ dedup_pause(PG_FUNCTION_ARGS)
 
 	PreventCommandIfReadOnly("dedup_pause()");
 	SPI_connect();
-	state = control_begin(job_id);
+	state = control_begin(job_id, "pause");
 	if (state_is(state, "queued", "interrupted", NULL))
 		set_state(job_id, "state = 'paused', control = NULL");
 	else if (strcmp(state, "running") == 0)
@@ -187,7 +188,7 @@ dedup_resume(PG_FUNCTION_ARGS)
 
 	PreventCommandIfReadOnly("dedup_resume()");
 	SPI_connect();
-	state = control_begin(job_id);
+	state = control_begin(job_id, "resume");
 	if (state_is(state, "paused", "interrupted", "queued"))
 	{
 		set_state(job_id, "state = 'queued', control = NULL, worker_pid = NULL");
@@ -215,10 +216,29 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	int64		job_id = job_id_arg(fcinfo);
 	char	   *state;
 	bool		result = true;
+	DedupJob   *restored;
 
 	PreventCommandIfReadOnly("dedup_cancel()");
 	SPI_connect();
-	state = control_begin(job_id);
+
+	/*
+	 * A restored job that did not finish where it ran runs nowhere here:
+	 * cancelling it closes its row and drops its work list (restored with
+	 * it, by name); its archives stay, for dedup_drop_archive.
+	 */
+	restored = job_fetch(job_id, true, true);
+	if (!restored->here)
+	{
+		result = !state_is(restored->state, "done", "failed", "cancelled");
+		if (result)
+		{
+			job_drop_work_table(job_id, restored->work_table);
+			set_state(job_id, "state = 'cancelled', control = NULL, finished_at = pg_catalog.clock_timestamp()");
+		}
+		SPI_finish();
+		PG_RETURN_BOOL(result);
+	}
+	state = control_begin(job_id, "cancel");
 	if (state_is(state, "queued", "paused", "interrupted"))
 	{
 		DedupJob   *job = job_fetch(job_id, false, true);

@@ -277,6 +277,7 @@ typedef struct DedupJob
 	int64		retries;
 	char	   *started_at;		/* timestamptz as text, or NULL */
 	bool		created_here;	/* inserted by the current transaction */
+	bool		here;			/* written in this database, not restored (job_here_sql) */
 } DedupJob;
 
 extern char *dedup_ext_schema(void);
@@ -293,6 +294,8 @@ extern void job_set_undo(int64 job_id, const char *undo_json);
 extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
 						 const char *ref_archives);
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
+extern void job_require_here(DedupJob *job, const char *what);
+extern char *job_here_sql(const char *alias);
 extern int64 spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 						 const char *nulls, int expected);
 extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,

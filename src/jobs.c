@@ -100,6 +100,37 @@ spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 }
 
 /*
+ * SQL that is true for a row j of dedup_job written in this database (1.5's
+ * dedup_origin, whose rows pg_dump leaves out: a restore draws another
+ * token).  A database still at 1.4 or older has no origin: all its rows are
+ * its own as far as it can tell.
+ */
+char *
+job_here_sql(const char *alias)
+{
+	char	   *schema = dedup_ext_schema();
+
+	if (get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), "origin") == InvalidAttrNumber)
+		return "true";
+	return psprintf("COALESCE(%s.origin OPERATOR(pg_catalog.=) (SELECT o.origin FROM %s.dedup_origin o), false)",
+					alias, schema);
+}
+
+/* the origin column and its value for a new job row, or nothing before 1.5 */
+static void
+job_origin_insert(const char **column, const char **value)
+{
+	char	   *schema = dedup_ext_schema();
+
+	*column = "";
+	*value = "";
+	if (get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), "origin") == InvalidAttrNumber)
+		return;
+	*column = ", origin";
+	*value = psprintf(", (SELECT o.origin FROM %s.dedup_origin o)", schema);
+}
+
+/*
  * A background worker is a session of its own: it cannot read the temporary
  * tables of the session that submits the job.  Refused at submission.
  */
@@ -213,6 +244,8 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	Oid			types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID, INT8OID};
 	Datum		values[6];
 	char		nulls[7] = "      ";
+	const char *origin_column;
+	const char *origin_value;
 
 	values[0] = CStringGetTextDatum(kind);
 	values[1] = ObjectIdGetDatum(relid);
@@ -222,12 +255,13 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	values[5] = Int64GetDatum(target_job);
 	if (target_job == 0)
 		nulls[5] = 'n';
+	job_origin_insert(&origin_column, &origin_value);
 	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job"
 							   " (kind, relation, relation_name, params, state, submitted_by,"
-							   "  started_at, target_job)"
+							   "  started_at, target_job%s)"
 							   " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
-							   "  pg_catalog.clock_timestamp(), $6) RETURNING job_id",
-							   dedup_ext_schema()),
+							   "  pg_catalog.clock_timestamp(), $6%s) RETURNING job_id",
+							   dedup_ext_schema(), origin_column, origin_value),
 					  6, types, values, nulls, SPI_OK_INSERT_RETURNING);
 	progress_begin(spi_get_int64(0, 1), kind, relid, GetUserId(), true);
 	progress_phase(phase);
@@ -250,9 +284,9 @@ job_in_progress(Oid relid)
 	GetUserIdAndSecContext(&saved_user, &saved_sec);
 	SetUserIdAndSecContext(dedup_ext_owner(),
 						   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	plan = SPI_prepare(psprintf("SELECT job_id FROM %s.dedup_job WHERE background AND relation OPERATOR(pg_catalog.=) %u"
+	plan = SPI_prepare(psprintf("SELECT job_id FROM %s.dedup_job j WHERE background AND relation OPERATOR(pg_catalog.=) %u"
 								" AND state OPERATOR(pg_catalog.=) ANY ('{queued,running,paused}'::pg_catalog.text[])"
-								" ORDER BY job_id LIMIT 1", dedup_ext_schema(), relid),
+								" AND %s ORDER BY job_id LIMIT 1", dedup_ext_schema(), relid, job_here_sql("j")),
 					   0, NULL);
 	ret = plan ? SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1) : -1;
 	SetUserIdAndSecContext(saved_user, saved_sec);
@@ -269,6 +303,8 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 {
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
+	const char *origin_column;
+	const char *origin_value;
 
 	job_refuse_temp(relid);
 
@@ -296,10 +332,11 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	values[2] = CStringGetTextDatum(relname);
 	values[3] = CStringGetTextDatum(params_json);
 	values[4] = ObjectIdGetDatum(GetUserId());
+	job_origin_insert(&origin_column, &origin_value);
 	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job"
-							   " (kind, relation, relation_name, params, state, submitted_by, background)"
-							   " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true) RETURNING job_id",
-							   dedup_ext_schema()),
+							   " (kind, relation, relation_name, params, state, submitted_by, background%s)"
+							   " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true%s) RETURNING job_id",
+							   dedup_ext_schema(), origin_column, origin_value),
 					  5, types, values, NULL, SPI_OK_INSERT_RETURNING);
 	launch_at_commit();
 	return spi_get_int64(0, 1);
@@ -439,9 +476,9 @@ job_fetch(int64 job_id, bool for_update, bool control)
 							   " unique_is_constraint, rolled_back_by, ref_archives::pg_catalog.text,"
 							   " undo::pg_catalog.text, background, phase, checkpoint, passes::pg_catalog.int8, work_table,"
 							   " control, rows_total, rows_done, rows_changed, batches_done,"
-							   " duplicate_groups, started_at, xmin::pg_catalog.text, retries"
-							   " FROM %s.dedup_job WHERE job_id OPERATOR(pg_catalog.=) $1%s",
-							   dedup_ext_schema(), for_update ? " FOR UPDATE" : ""),
+							   " duplicate_groups, started_at, xmin::pg_catalog.text, retries, %s"
+							   " FROM %s.dedup_job j WHERE job_id OPERATOR(pg_catalog.=) $1%s",
+							   job_here_sql("j"), dedup_ext_schema(), for_update ? " FOR UPDATE OF j" : ""),
 					  1, types, values, NULL, SPI_OK_SELECT);
 
 	job = palloc0(sizeof(DedupJob));
@@ -477,14 +514,27 @@ job_fetch(int64 job_id, bool for_update, bool control)
 		job->started_at = get_text(26);
 		job->created_here = TransactionIdIsCurrentTransactionId((TransactionId) strtoul(get_text(27), NULL, 10));
 		job->retries = spi_get_int64(0, 28);
+		s = get_text(29);
+		job->here = s && s[0] == 't';
 	}
-	own = job->job_id != 0 && (job->submitted_by == GetUserId() || superuser());
+
+	/*
+	 * A restored row's submitted_by is a role OID of the database it was
+	 * written in: here it may be another role's.
+	 */
+	own = job->job_id != 0 && ((job->here && job->submitted_by == GetUserId()) || superuser());
 	if (job->job_id == 0 ||
 		(!own && !has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS)))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("job %lld does not exist", (long long) job_id),
 				 errhint("dedup_jobs lists the jobs you can see.")));
+	if (control && !own && !job->here)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be superuser to control job %lld", (long long) job_id),
+				 errdetail("Job %lld was restored from a dump of another database, where its submitter's role is not known.",
+						   (long long) job_id)));
 	if (control && !own)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -492,6 +542,25 @@ job_fetch(int64 job_id, bool for_update, bool control)
 				 errdetail("Job %lld was submitted by role %s.", (long long) job_id,
 						   GetUserNameFromId(job->submitted_by, true))));
 	return job;
+}
+
+/*
+ * A restored job's row names its table, indexes and archived rows by OIDs
+ * and ctids of the database it ran in; here they are other objects, or
+ * nothing.  Refuse to act on them (what: the refused action, for the
+ * message).
+ */
+void
+job_require_here(DedupJob *job, const char *what)
+{
+	if (!job->here)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot %s job %lld: it was restored from a dump of another database",
+						what, (long long) job->job_id),
+				 errdetail("Its row names the table, indexes and rows it changed by object identifiers and row positions of the database it ran in; here they name other objects, or nothing."),
+				 errhint("Its archive tables (dedup_jobs.archive_table, ref_archives) hold the rows it removed or changed as they were; restore from them by hand, or drop them with dedup_drop_archive(%lld).",
+						 (long long) job->job_id)));
 }
 
 /* one top-level field of the job's params, as text (NULL if absent or null) */

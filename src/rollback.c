@@ -584,8 +584,8 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 							   "  FROM pg_catalog.jsonb_array_elements(COALESCE(j.ref_archives, '[]')) e"
 							   "  WHERE (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid OPERATOR(pg_catalog.=) $2) a(archive, writer)"
 							   " WHERE j.job_id OPERATOR(pg_catalog.>) $1 AND j.rolled_back_by IS NULL"
-							   " AND a.archive IS NOT NULL ORDER BY j.job_id DESC",
-							   dedup_ext_schema()),
+							   " AND a.archive IS NOT NULL AND %s ORDER BY j.job_id DESC",
+							   dedup_ext_schema(), job_here_sql("j")),
 					  2, types, values, NULL, SPI_OK_SELECT);
 	later = SPI_tuptable;
 	for (uint64 i = 0; i < later->numvals; i++)
@@ -1224,6 +1224,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	job = job_fetch(job_id, true, true);
+	job_require_here(job, "roll back");
 	if (strcmp(job->kind, "rollback") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

@@ -173,6 +173,14 @@ dedup_verify(PG_FUNCTION_ARGS)
 	SPI_connect();
 	job = job_fetch(PG_GETARG_INT64(0), false, false);
 
+	/* a restored job's identifiers name other objects here (job_require_here) */
+	if (!job->here)
+	{
+		add_check(rsinfo, "same_database", false,
+				  "the job was restored from a dump of another database: the table, indexes and rows it names are that database's");
+		SPI_finish();
+		return (Datum) 0;
+	}
 	add_check(rsinfo, "job_done",
 			  strcmp(job->state, "done") == 0 && job->rolled_back_by == 0,
 			  job->rolled_back_by ?

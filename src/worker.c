@@ -453,9 +453,9 @@ requeue_lost(void *arg)
 {
 	char	   *schema = dedup_ext_schema();
 
-	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'queued', worker_pid = NULL"
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job j SET state = 'queued', worker_pid = NULL"
 							   " WHERE state OPERATOR(pg_catalog.=) 'running' AND background"
-							   " AND NOT %s.dedup_job_alive(job_id)", schema, schema),
+							   " AND NOT %s.dedup_job_alive(job_id) AND %s", schema, schema, job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
 	if (SPI_processed > 0)
 		ereport(LOG,
@@ -476,8 +476,8 @@ claim_job(void *arg)
 	int64	   *ids;
 
 	*job_id = 0;
-	spi_exec_as_owner(psprintf("SELECT job_id FROM %s.dedup_job WHERE state OPERATOR(pg_catalog.=) 'queued'"
-							   " ORDER BY job_id FOR UPDATE SKIP LOCKED", schema),
+	spi_exec_as_owner(psprintf("SELECT job_id FROM %s.dedup_job j WHERE state OPERATOR(pg_catalog.=) 'queued'"
+							   " AND %s ORDER BY job_id FOR UPDATE OF j SKIP LOCKED", schema, job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	ids = palloc(sizeof(int64) * (n + 1));
@@ -501,8 +501,8 @@ claim_job(void *arg)
 static void
 any_queued(void *arg)
 {
-	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job WHERE state OPERATOR(pg_catalog.=) 'queued' LIMIT 1",
-							   dedup_ext_schema()),
+	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE state OPERATOR(pg_catalog.=) 'queued' AND %s LIMIT 1",
+							   dedup_ext_schema(), job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	*(bool *) arg = SPI_processed > 0;
 }
@@ -588,6 +588,7 @@ load_job(BgJob *job, void *arg)
 	bool		nulls_distinct;
 	char	   *started;
 
+	job_require_here(row, "run");
 	job->batch_size = param_int(row, "batch_rows", dedup_batch_size);
 	job->batch_delay = param_int(row, "batch_delay", dedup_batch_delay);
 	job->lock_timeout = param_int(row, "lock_timeout", dedup_lock_timeout);

@@ -1,0 +1,220 @@
+# pg_dump and pg_restore.  dedup_job and dedup_orphan are configuration
+# tables: a dump keeps the jobs, their archives and orphan lists.  Restored
+# elsewhere, a job's row names its table, indexes, rows and submitter by
+# OIDs and ctids of the database it ran in, which name other objects there:
+#   1. restored into a new cluster (whose first role has the OID the jobs'
+#      submitter had), the jobs are history: shown to superusers only, with
+#      no relation and no submitter; a rollback, resume or pause is refused
+#      (55000) and changes nothing; dedup_verify says so; a job that was
+#      running when the dump was taken is not resumed by the launcher after
+#      a restart; dedup_cancel closes it (and drops its work list);
+#      dedup_drop_archive drops a restored job's archives;
+#   2. jobs run after the restore are the database's own: rolled back as
+#      usual, and history again in a copy restored into another database of
+#      the same cluster;
+#   3. a dump of 1.4 (no origin column) restored under 1.5: history too;
+#   4. pg_dump by the tables' owner (no superuser) fails on the
+#      configuration tables, and works without their rows as the README says.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+sub preloaded_node
+{
+	my ($name) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', "shared_preload_libraries = 'dedup_ext'");
+	$node->start;
+	return $node;
+}
+
+my $dir = PostgreSQL::Test::Utils::tempdir;
+
+# --- the database the jobs ran in -------------------------------------------
+my $a = preloaded_node('origin');
+$a->safe_psql('postgres', q{
+	CREATE ROLE app LOGIN;
+	CREATE DATABASE appdb OWNER app;
+});
+$a->safe_psql('appdb', 'CREATE EXTENSION dedup_ext');
+my $app_oid = $a->safe_psql('postgres', q{SELECT 'app'::regrole::oid});
+$a->safe_psql('appdb', q{
+	SET ROLE app;
+	CREATE TABLE photos (id int PRIMARY KEY, url text NOT NULL);
+	INSERT INTO photos SELECT g, 'u' || g % 50 FROM generate_series(1, 500) g;
+	CREATE TABLE photo_tags (id int PRIMARY KEY, photo_id int REFERENCES photos, tag text);
+	INSERT INTO photo_tags SELECT g, g, 't' FROM generate_series(1, 500) g;
+	CREATE TABLE keywords (id int PRIMARY KEY, word text);
+	INSERT INTO keywords VALUES (1, 'red'), (2, 'blue'), (3, 'blue');
+	CREATE TABLE tags (id int PRIMARY KEY, word text, keyword_id int);
+	INSERT INTO tags VALUES (1, 'red'), (2, 'blue'), (3, 'green');
+	CREATE TABLE events (id int PRIMARY KEY, k int NOT NULL);
+	INSERT INTO events SELECT g, g % 1000 FROM generate_series(1, 20000) g;
+	CREATE TABLE notes (id int PRIMARY KEY, k int);
+	INSERT INTO notes SELECT g, g % 10 FROM generate_series(1, 100) g;
+});
+my $merge = $a->safe_psql('appdb', q{
+	SET ROLE app;
+	SELECT job_id FROM dedup_table('photos', '{url}', action => 'merge')});
+my $backfill = $a->safe_psql('appdb', q{
+	SET ROLE app;
+	SELECT job_id FROM backfill_fk('tags', 'keyword_id', 'keywords', '{word}')});
+my $undone = $a->safe_psql('appdb', q{
+	SET ROLE app;
+	SELECT job_id FROM dedup_table('notes', '{k}')});
+$a->safe_psql('appdb', "SET ROLE app; SELECT dedup_rollback($undone)");
+my $running = $a->safe_psql('appdb', q{
+	SET ROLE app;
+	SET dedup_ext.batch_delay = 3600000;
+	SELECT job_id FROM dedup_table('events', '{k}', background => true, batch_size => 1000)});
+ok($a->poll_query_until('appdb',
+		"SELECT batches_done > 0 FROM dedup_jobs WHERE job_id = $running"),
+	'the background job committed a batch');
+my $orphans = $a->safe_psql('appdb', 'SELECT count(*) FROM dedup_orphans');
+is($orphans, '2', 'the backfill listed an orphan and an ambiguous row');
+
+# what a restore must bring back, as the dump sees it
+my $md5 = q{SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM %s t};
+my %before = map { $_ => $a->safe_psql('appdb', sprintf($md5, $_)) }
+  qw(photos photo_tags tags events notes);
+my $dump = "$dir/appdb.dump";
+$a->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $a->connstr('appdb') ],
+	'pg_dump as superuser');
+is($a->safe_psql('appdb', "SELECT dedup_cancel($running)"), 't',
+	'the job is cancelled where it ran');
+
+# --- 4. the tables' owner dumps without the configuration tables' rows -------
+my $ret = PostgreSQL::Test::Utils::run_log(
+	[ 'pg_dump', '-f', "$dir/by_app.sql", '-d', $a->connstr('appdb') . ' user=app' ]);
+ok(!$ret, 'pg_dump by the owner of the data, not a superuser, fails');
+$a->command_ok(
+	[
+		'pg_dump', '-f', "$dir/by_app.sql",
+		'--exclude-table-data=public.dedup_job',
+		'--exclude-table-data=public.dedup_job_job_id_seq',
+		'--exclude-table-data=public.dedup_orphan',
+		'-d', $a->connstr('appdb') . ' user=app'
+	],
+	'and works without the rows of dedup_ext\'s configuration tables');
+like(slurp_file("$dir/by_app.sql"), qr/CREATE TABLE dedup_archive\.photos_$merge /,
+	'that dump has the archives');
+
+# --- 1. restored into a new cluster ------------------------------------------
+my $b = preloaded_node('copy');
+$b->safe_psql('postgres', q{
+	CREATE ROLE mallory LOGIN;
+	CREATE ROLE app LOGIN;
+	CREATE DATABASE appdb OWNER app;
+});
+is($b->safe_psql('postgres', q{SELECT 'mallory'::regrole::oid}), $app_oid,
+	'the new cluster\'s first role has the OID the jobs\' submitter had');
+$b->command_ok([ 'pg_restore', '-d', $b->connstr('appdb'), $dump ], 'pg_restore');
+$b->restart;
+sleep 3;    # the launcher's look at the database's jobs
+
+is($b->safe_psql('appdb', sprintf($md5, $_)), $before{$_}, "$_ restored as dumped")
+  for qw(photos photo_tags tags events);
+is($b->safe_psql('appdb', q{
+	SELECT string_agg(job_id || ' ' || state || ' ' || coalesce(relation::text, '-') || ' '
+	                  || coalesce(submitted_by::text, '-') || ' ' || relation_name || ' ' || restored,
+	                  ', ' ORDER BY job_id) FROM dedup_jobs}),
+	"$merge done - - photos true, $backfill done - - tags true, $undone done - - notes true, "
+	  . ($undone + 1) . " done - - notes true, $running running - - events true",
+	'a superuser sees the restored jobs as history: no relation, no submitter');
+is($b->safe_psql('appdb', 'SELECT count(*) FROM dedup_orphans'), $orphans,
+	'with their orphan lists');
+ok($b->poll_query_until('appdb', q{SELECT count(*) FROM pg_stat_activity
+	WHERE backend_type = 'dedup_ext worker'}, '0'),
+	'the job that was running is not resumed after a restart');
+is($b->safe_psql('appdb', sprintf($md5, 'events')), $before{events},
+	'its table is untouched');
+
+for my $role (qw(mallory app))
+{
+	is($b->safe_psql('appdb', "SET ROLE $role; SELECT count(*) FROM dedup_jobs"),
+		'0', "$role sees none of them");
+	is($b->safe_psql('appdb', "SET ROLE $role; SELECT count(*) FROM dedup_orphans"),
+		'0', "$role sees none of their orphans");
+	my ($r, $o, $e) = $b->psql('appdb', "SET ROLE $role; SELECT dedup_rollback($merge)");
+	like($e, qr/job $merge does not exist/, "$role cannot roll one back");
+}
+
+my ($r, $o, $e) = $b->psql('appdb', "SELECT dedup_rollback($merge)",
+	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+like($e, qr/55000/, 'a superuser\'s rollback of a restored job is refused (55000)');
+($r, $o, $e) = $b->psql('appdb', "SELECT dedup_rollback($merge)");
+like($e, qr/cannot roll back job $merge: it was restored from a dump of another database/,
+	'saying why');
+is($b->safe_psql('appdb', sprintf($md5, $_)), $before{$_}, "$_ unchanged by it")
+  for qw(photos photo_tags);
+($r, $o, $e) = $b->psql('appdb', "SELECT dedup_rollback($backfill)");
+like($e, qr/cannot roll back job $backfill/, 'a restored backfill too');
+is($b->safe_psql('appdb', sprintf($md5, 'tags')), $before{tags}, 'tags unchanged');
+for my $f (qw(resume pause))
+{
+	($r, $o, $e) = $b->psql('appdb', "SELECT dedup_$f($running)",
+		extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+	like($e, qr/55000/, "dedup_$f of a restored job is refused (55000)");
+}
+is($b->safe_psql('appdb',
+		"SELECT check_name || ' ' || ok FROM dedup_verify($merge)"),
+	'same_database false', 'dedup_verify says where the job ran');
+is($b->safe_psql('appdb', "SELECT dedup_cancel($running), dedup_cancel($merge)"),
+	't|f', 'dedup_cancel closes the restored running job, not a finished one');
+is($b->safe_psql('appdb', "SELECT state FROM dedup_jobs WHERE job_id = $running"),
+	'cancelled', 'which is now cancelled');
+is($b->safe_psql('appdb', "SELECT to_regclass('dedup_archive.events_${running}_work')"),
+	'', 'its restored work list dropped');
+is($b->safe_psql('appdb', sprintf($md5, 'events')), $before{events},
+	'and its table untouched');
+is($b->safe_psql('appdb', "SELECT dedup_drop_archive($merge)"), '2',
+	'dedup_drop_archive drops a restored job\'s archives (photos\' and photo_tags\')');
+
+# --- 2. jobs run after the restore are the database's own -------------------
+$b->safe_psql('appdb', q{SET ROLE app;
+	INSERT INTO photos SELECT g, 'u' || g % 50 FROM generate_series(1001, 1100) g});
+my $after = $b->safe_psql('appdb', sprintf($md5, 'photos'));
+my $new = $b->safe_psql('appdb', q{
+	SET ROLE app;
+	SELECT job_id FROM dedup_table('photos', '{url}')});
+ok($new > $running, 'a new job takes a new id');
+is($b->safe_psql('appdb', "SET ROLE app; SELECT relation::text || ' ' || submitted_by || ' ' || restored
+	FROM dedup_jobs WHERE job_id = $new"), 'photos app false', 'its row is the database\'s own');
+is($b->safe_psql('appdb', "SET ROLE app; SELECT dedup_rollback($new)"), '100',
+	'and rolls back');
+is($b->safe_psql('appdb', sprintf($md5, 'photos')), $after, 'exactly');
+
+my $copy = "$dir/copy.dump";
+$b->command_ok([ 'pg_dump', '-Fc', '-f', $copy, '-d', $b->connstr('appdb') ],
+	'pg_dump of the restored database');
+$b->safe_psql('postgres', 'CREATE DATABASE appdb2 OWNER app');
+$b->command_ok([ 'pg_restore', '-d', $b->connstr('appdb2'), $copy ],
+	'restored into another database of the same cluster');
+is($b->safe_psql('appdb2', "SELECT restored FROM dedup_jobs WHERE job_id = $new"), 't',
+	'where the job run after the first restore is history too');
+
+# --- 3. a dump of 1.4 --------------------------------------------------------
+$a->safe_psql('postgres', 'CREATE DATABASE old');
+$a->safe_psql('old', q{
+	CREATE EXTENSION dedup_ext VERSION '1.4';
+	CREATE TABLE t (id int PRIMARY KEY, k int);
+	INSERT INTO t SELECT g, g % 3 FROM generate_series(1, 9) g;
+	SELECT dedup_table('t', '{k}');
+});
+$a->command_ok([ 'pg_dump', '-Fc', '-f', "$dir/old.dump", '-d', $a->connstr('old') ],
+	'pg_dump of a database at 1.4');
+$b->safe_psql('postgres', 'CREATE DATABASE old');
+$b->command_ok([ 'pg_restore', '-d', $b->connstr('old'), "$dir/old.dump" ],
+	'restored under 1.5');
+is($b->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'dedup_ext'}),
+	'1.5', 'the restore installs 1.5');
+is($b->safe_psql('old', q{SELECT job_id || ' ' || restored FROM dedup_jobs}), '1 true',
+	'its job, which has no origin, is history');
+($r, $o, $e) = $b->psql('old', 'SELECT dedup_rollback(1)',
+	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+like($e, qr/55000/, 'and is not rolled back');
+
+done_testing();
