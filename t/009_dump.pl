@@ -12,8 +12,10 @@
 #   2. jobs run after the restore are the database's own: rolled back as
 #      usual, and history again in a copy restored into another database of
 #      the same cluster;
-#   3. a dump of 1.4 (no origin column) restored under 1.5: history too;
-#   4. pg_dump by the tables' owner (no superuser) fails on the
+#   3. after pg_upgrade, which keeps the files, the jobs run after the
+#      restore are still the database's own, and roll back;
+#   4. a dump of 1.4 (no origin column) restored under 1.5: history too;
+#   5. pg_dump by the tables' owner (no superuser) fails on the
 #      configuration tables, and works without their rows as the README says.
 use strict;
 use warnings;
@@ -86,7 +88,7 @@ $a->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $a->connstr('appdb') ],
 is($a->safe_psql('appdb', "SELECT dedup_cancel($running)"), 't',
 	'the job is cancelled where it ran');
 
-# --- 4. the tables' owner dumps without the configuration tables' rows -------
+# --- 5. the tables' owner dumps without the configuration tables' rows -------
 my $ret = PostgreSQL::Test::Utils::run_log(
 	[ 'pg_dump', '-f', "$dir/by_app.sql", '-d', $a->connstr('appdb') . ' user=app' ]);
 ok(!$ret, 'pg_dump by the owner of the data, not a superuser, fails');
@@ -196,7 +198,34 @@ $b->command_ok([ 'pg_restore', '-d', $b->connstr('appdb2'), $copy ],
 is($b->safe_psql('appdb2', "SELECT restored FROM dedup_jobs WHERE job_id = $new"), 't',
 	'where the job run after the first restore is history too');
 
-# --- 3. a dump of 1.4 --------------------------------------------------------
+# --- 3. pg_upgrade keeps the files, the OIDs and the token -------------------
+$b->safe_psql('appdb', q{SET ROLE app;
+	INSERT INTO notes SELECT g, g % 10 FROM generate_series(101, 150) g});
+my $notes = $b->safe_psql('appdb', sprintf($md5, 'notes'));
+my $kept = $b->safe_psql('appdb', q{
+	SET ROLE app;
+	SELECT job_id FROM dedup_table('notes', '{k}')});
+$b->stop;
+my $c = PostgreSQL::Test::Cluster->new('upgraded');
+$c->init;
+$c->append_conf('postgresql.conf', "shared_preload_libraries = 'dedup_ext'");
+my $bindir = $c->config_data('--bindir');
+chdir $dir;    # pg_upgrade writes its scripts where it runs
+command_ok(
+	[
+		'pg_upgrade', '--no-sync', '-d', $b->data_dir, '-D', $c->data_dir,
+		'-b', $bindir, '-B', $bindir, '-s', $c->host, '-p', $b->port, '-P', $c->port
+	],
+	'pg_upgrade of the cluster the dump was restored into');
+$c->start;
+is($c->safe_psql('appdb', "SELECT job_id || ' ' || restored FROM dedup_jobs
+	WHERE job_id IN ($merge, $kept) ORDER BY job_id"),
+	"$merge true\n$kept false", 'after pg_upgrade the restored job is still history, the others the database\'s own');
+is($c->safe_psql('appdb', "SET ROLE app; SELECT dedup_rollback($kept)"), '140',
+	'and roll back');
+is($c->safe_psql('appdb', sprintf($md5, 'notes')), $notes, 'exactly');
+
+# --- 4. a dump of 1.4 --------------------------------------------------------
 $a->safe_psql('postgres', 'CREATE DATABASE old');
 $a->safe_psql('old', q{
 	CREATE EXTENSION dedup_ext VERSION '1.4';
@@ -206,14 +235,14 @@ $a->safe_psql('old', q{
 });
 $a->command_ok([ 'pg_dump', '-Fc', '-f', "$dir/old.dump", '-d', $a->connstr('old') ],
 	'pg_dump of a database at 1.4');
-$b->safe_psql('postgres', 'CREATE DATABASE old');
-$b->command_ok([ 'pg_restore', '-d', $b->connstr('old'), "$dir/old.dump" ],
+$c->safe_psql('postgres', 'CREATE DATABASE old');
+$c->command_ok([ 'pg_restore', '-d', $c->connstr('old'), "$dir/old.dump" ],
 	'restored under 1.5');
-is($b->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'dedup_ext'}),
+is($c->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'dedup_ext'}),
 	'1.5', 'the restore installs 1.5');
-is($b->safe_psql('old', q{SELECT job_id || ' ' || restored FROM dedup_jobs}), '1 true',
+is($c->safe_psql('old', q{SELECT job_id || ' ' || restored FROM dedup_jobs}), '1 true',
 	'its job, which has no origin, is history');
-($r, $o, $e) = $b->psql('old', 'SELECT dedup_rollback(1)',
+($r, $o, $e) = $c->psql('old', 'SELECT dedup_rollback(1)',
 	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
 like($e, qr/55000/, 'and is not rolled back');
 
