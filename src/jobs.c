@@ -99,6 +99,13 @@ spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 	return (int64) SPI_processed;
 }
 
+/* does dedup_job record where its rows were written (1.5)? */
+static bool
+job_has_origin(const char *schema)
+{
+	return get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), "origin") != InvalidAttrNumber;
+}
+
 /*
  * SQL that is true for a row j of dedup_job written in this database (1.5's
  * dedup_origin, whose rows pg_dump leaves out: a restore draws another
@@ -110,7 +117,7 @@ job_here_sql(const char *alias)
 {
 	char	   *schema = dedup_ext_schema();
 
-	if (get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), "origin") == InvalidAttrNumber)
+	if (!job_has_origin(schema))
 		return "true";
 	return psprintf("COALESCE(%s.origin OPERATOR(pg_catalog.=) (SELECT o.origin FROM %s.dedup_origin o), false)",
 					alias, schema);
@@ -124,7 +131,7 @@ job_origin_insert(const char **column, const char **value)
 
 	*column = "";
 	*value = "";
-	if (get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), "origin") == InvalidAttrNumber)
+	if (!job_has_origin(schema))
 		return;
 	*column = ", origin";
 	*value = psprintf(", (SELECT o.origin FROM %s.dedup_origin o)", schema);
