@@ -370,14 +370,26 @@ wait_until_final(int64 job_id, TimestampTz deadline)
 	MemoryContext oldcxt;
 	char	   *state;
 	text	   *result;
+	DedupJob   *job;
 
 	SPI_connect();
-	if (job_fetch(job_id, false, false)->created_here)
+	job = job_fetch(job_id, false, false);
+	if (job->created_here)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("job %lld was submitted in this transaction", (long long) job_id),
 				 errdetail("A background job starts only after the transaction that submitted it commits."),
 				 errhint("COMMIT, then call dedup_wait.")));
+
+	/* a restored job runs nowhere: its state stays as the dump had it */
+	if (!job->here)
+	{
+		oldcxt = MemoryContextSwitchTo(fn_cxt);
+		result = cstring_to_text(job->state);
+		MemoryContextSwitchTo(oldcxt);
+		SPI_finish();
+		return result;
+	}
 	loop_cxt = AllocSetContextCreate(CurrentMemoryContext, "dedup_wait", ALLOCSET_SMALL_SIZES);
 	for (;;)
 	{

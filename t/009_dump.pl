@@ -7,7 +7,8 @@
 #      no relation and no submitter; a rollback, resume or pause is refused
 #      (55000) and changes nothing; dedup_verify says so; a job that was
 #      running when the dump was taken is not resumed by the launcher after
-#      a restart; dedup_cancel closes it (and drops its work list);
+#      a restart, and dedup_wait does not wait for it; dedup_cancel closes
+#      it (and drops its work list);
 #      dedup_drop_archive drops a restored job's archives;
 #   2. jobs run after the restore are the database's own: rolled back as
 #      usual, and history again in a copy restored into another database of
@@ -161,6 +162,8 @@ for my $f (qw(resume pause))
 		extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
 	like($e, qr/55000/, "dedup_$f of a restored job is refused (55000)");
 }
+is($b->safe_psql('appdb', "SELECT dedup_wait($running)"), 'running',
+	'dedup_wait returns the restored running job\'s state at once');
 is($b->safe_psql('appdb',
 		"SELECT check_name || ' ' || ok FROM dedup_verify($merge)"),
 	'same_database false', 'dedup_verify says where the job ran');
