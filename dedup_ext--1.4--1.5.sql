@@ -11,27 +11,35 @@
 -- configuration table): a restore's CREATE EXTENSION draws a new one, while
 -- pg_upgrade, a database copied from a template and a physical copy (a
 -- standby, a base backup), which keep those OIDs and ctids, keep the token.
--- Rows of another token, or of none (from a dump of 1.4 or older), are
--- history here: shown to superusers and pg_read_all_stats only, never run,
--- rolled back or verified.
+-- Rows of another token, or of none, are history here: shown to superusers
+-- and pg_read_all_stats only, never run, rolled back or verified.
 CREATE TABLE dedup_origin (origin uuid NOT NULL);
 CREATE UNIQUE INDEX dedup_origin_one ON dedup_origin ((true));
 INSERT INTO dedup_origin VALUES (pg_catalog.gen_random_uuid());
 REVOKE ALL ON dedup_origin FROM PUBLIC;
 
--- No default: a row restored from an older dump, which has no origin
--- column, must not take this database's.  The rows already here were
--- written here (a restore of 1.4's dump would have to be updated to be
--- told apart, which is what this version is for).
+-- The token goes only into the rows the extension's code inserts; a row
+-- that any other INSERT or COPY brings gets none: a restore into a database
+-- that had the extension already (from a template that has it, and so its
+-- token), a dump of 1.4 or older (no origin column).  ALWAYS: a data-only
+-- restore's session_replication_role = replica does not skip it.  The rows
+-- already here were written here (a restore of 1.4's dump cannot be told
+-- apart any more).
 ALTER TABLE dedup_job ADD COLUMN origin uuid;
 UPDATE dedup_job SET origin = (SELECT o.origin FROM dedup_origin o);
+CREATE FUNCTION dedup_job_origin() RETURNS trigger
+AS 'MODULE_PATHNAME', 'dedup_job_origin' LANGUAGE C;
+REVOKE ALL ON FUNCTION dedup_job_origin() FROM PUBLIC;
+CREATE TRIGGER dedup_job_origin BEFORE INSERT ON dedup_job
+FOR EACH ROW EXECUTE FUNCTION dedup_job_origin();
+ALTER TABLE dedup_job ENABLE ALWAYS TRIGGER dedup_job_origin;
 
 CREATE OR REPLACE VIEW dedup_jobs WITH (security_barrier = true) AS
 SELECT j.job_id, j.kind,
        CASE WHEN h.here THEN j.relation::pg_catalog.regclass END AS relation,
        j.params,
-       CASE WHEN h.here AND j.state OPERATOR(pg_catalog.=) 'running' AND j.background
-                 AND NOT @extschema@.dedup_job_alive(j.job_id)
+       CASE WHEN j.state OPERATOR(pg_catalog.=) 'running' AND j.background
+                 AND (NOT h.here OR NOT @extschema@.dedup_job_alive(j.job_id))
             THEN 'interrupted' ELSE j.state END AS state,
        CASE WHEN h.here THEN pg_catalog.pg_get_userbyid(j.submitted_by) END AS submitted_by,
        j.submitted_at, j.started_at, j.finished_at,

@@ -138,13 +138,13 @@ job_id_arg(FunctionCallInfo fcinfo)
 
 /*
  * Lock the job's row and return its state as dedup_jobs shows it.  Only the
- * submitter (or a superuser) controls a job; a restored one (job_fetch) runs
- * nowhere and is not run here: what: the refused action, for the message.
+ * submitter (or a superuser) controls a job; a restored one (job_fetch) ran
+ * elsewhere, and does not run here.
  */
 static char *
-control_begin(int64 job_id, const char *what)
+control_begin(int64 job_id)
 {
-	job_require_here(job_fetch(job_id, true, true), what);
+	job_require_here(job_fetch(job_id, true, true));
 	return job_effective_state(job_id);
 }
 
@@ -164,7 +164,7 @@ dedup_pause(PG_FUNCTION_ARGS)
 
 	PreventCommandIfReadOnly("dedup_pause()");
 	SPI_connect();
-	state = control_begin(job_id, "pause");
+	state = control_begin(job_id);
 	if (state_is(state, "queued", "interrupted", NULL))
 		set_state(job_id, "state = 'paused', control = NULL");
 	else if (strcmp(state, "running") == 0)
@@ -188,7 +188,7 @@ dedup_resume(PG_FUNCTION_ARGS)
 
 	PreventCommandIfReadOnly("dedup_resume()");
 	SPI_connect();
-	state = control_begin(job_id, "resume");
+	state = control_begin(job_id);
 	if (state_is(state, "paused", "interrupted", "queued"))
 	{
 		set_state(job_id, "state = 'queued', control = NULL, worker_pid = NULL");
@@ -223,8 +223,9 @@ dedup_cancel(PG_FUNCTION_ARGS)
 
 	/*
 	 * A restored job that did not finish where it ran runs nowhere here:
-	 * cancelling it closes its row and drops its work list (restored with
-	 * it, by name); its archives stay, for dedup_drop_archive.
+	 * cancelling it closes its row, drops its work list (restored with it)
+	 * and takes back the INSERT its archives granted while it ran; the
+	 * archives stay, for dedup_drop_archive.
 	 */
 	restored = job_fetch(job_id, true, true);
 	if (!restored->here)
@@ -232,13 +233,15 @@ dedup_cancel(PG_FUNCTION_ARGS)
 		result = !state_is(restored->state, "done", "failed", "cancelled");
 		if (result)
 		{
-			job_drop_work_table(job_id, restored->work_table);
-			set_state(job_id, "state = 'cancelled', control = NULL, finished_at = pg_catalog.clock_timestamp()");
+			job_drop_restored_work_table(job_id, restored->work_table);
+			set_state(job_id, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
+					  " finished_at = pg_catalog.clock_timestamp()");
+			archive_close(job_id);
 		}
 		SPI_finish();
 		PG_RETURN_BOOL(result);
 	}
-	state = control_begin(job_id, "cancel");
+	state = control_begin(job_id);
 	if (state_is(state, "queued", "paused", "interrupted"))
 	{
 		DedupJob   *job = job_fetch(job_id, false, true);
@@ -384,8 +387,9 @@ wait_until_final(int64 job_id, TimestampTz deadline)
 	/* a restored job runs nowhere: its state stays as the dump had it */
 	if (!job->here)
 	{
+		state = job_effective_state(job_id);
 		oldcxt = MemoryContextSwitchTo(fn_cxt);
-		result = cstring_to_text(job->state);
+		result = cstring_to_text(state);
 		MemoryContextSwitchTo(oldcxt);
 		SPI_finish();
 		return result;

@@ -294,8 +294,8 @@ extern void job_set_undo(int64 job_id, const char *undo_json);
 extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
 						 const char *ref_archives);
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
-extern void job_require_here(DedupJob *job, const char *what);
-extern char *job_here_sql(const char *alias);
+extern void job_require_here(DedupJob *job);
+extern const char *job_here_sql(const char *alias);
 extern int64 spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 						 const char *nulls, int expected);
 extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *values,
@@ -308,6 +308,7 @@ extern void job_refuse_temp(Oid relid);
 extern void job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec);
 extern void job_act_as_caller(Oid saved_user, int saved_sec);
 extern void job_drop_work_table(int64 job_id, const char *work_table);
+extern void job_drop_restored_work_table(int64 job_id, const char *work_table);
 extern void job_set_archive(int64 job_id, const char *archive_table);
 
 /* worker.c, batch.c: a background job as its worker runs it */

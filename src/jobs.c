@@ -14,14 +14,21 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "commands/comment.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
+#include "utils/uuid.h"
+
+PG_FUNCTION_INFO_V1(dedup_job_origin);
 
 /*
  * Where the extension lives and who owns it.  get_extension_schema() is not
@@ -99,6 +106,14 @@ spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 	return (int64) SPI_processed;
 }
 
+/*
+ * Is a job row being inserted by this code (job_create, job_submit)?  Only
+ * such a row gets this database's origin from the dedup_job_origin trigger;
+ * rows any other INSERT or COPY brings (a restore, into a database that
+ * already has the extension and so its token too) get none.
+ */
+static bool inserting_job = false;
+
 /* does dedup_job record where its rows were written (1.5)? */
 static bool
 job_has_origin(const char *schema)
@@ -112,7 +127,7 @@ job_has_origin(const char *schema)
  * token).  A database still at 1.4 or older has no origin: all its rows are
  * its own as far as it can tell.
  */
-char *
+const char *
 job_here_sql(const char *alias)
 {
 	char	   *schema = dedup_ext_schema();
@@ -123,18 +138,60 @@ job_here_sql(const char *alias)
 					alias, schema);
 }
 
-/* the origin column and its value for a new job row, or nothing before 1.5 */
+/* run a job row's INSERT (spi_exec_as_owner's arguments) as this code's */
 static void
-job_origin_insert(const char **column, const char **value)
+job_insert(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
 {
-	char	   *schema = dedup_ext_schema();
+	inserting_job = true;
+	PG_TRY();
+	{
+		spi_exec_as_owner(sql, nargs, types, values, nulls, SPI_OK_INSERT_RETURNING);
+	}
+	PG_FINALLY();
+	{
+		inserting_job = false;
+	}
+	PG_END_TRY();
+}
 
-	*column = "";
-	*value = "";
-	if (!job_has_origin(schema))
-		return;
-	*column = ", origin";
-	*value = psprintf(", (SELECT o.origin FROM %s.dedup_origin o)", schema);
+/*
+ * BEFORE INSERT trigger on dedup_job (1.5): origin is this database's token
+ * for a row this code inserts, NULL for any other.
+ */
+Datum
+dedup_job_origin(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	MemoryContext cxt = CurrentMemoryContext;
+	TupleDesc	desc;
+	int			attnum;
+	Datum		origin = (Datum) 0;
+	bool		isnull = true;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		elog(ERROR, "dedup_job_origin: not fired by INSERT, BEFORE, FOR EACH ROW");
+	desc = RelationGetDescr(trigdata->tg_relation);
+	attnum = SPI_fnumber(desc, "origin");
+	if (attnum <= 0)
+		elog(ERROR, "dedup_job_origin: dedup_job has no column origin");
+	if (inserting_job)
+	{
+		SPI_connect();
+		if (SPI_execute(psprintf("SELECT o.origin FROM %s.dedup_origin o", dedup_ext_schema()),
+						true, 0) != SPI_OK_SELECT || SPI_processed != 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table dedup_origin of extension dedup_ext must have one row"),
+					 errdetail("It holds the token that tells this database's jobs from restored ones."),
+					 errhint("Put one back as a superuser: INSERT INTO dedup_origin VALUES (gen_random_uuid()); the jobs written before it then count as restored.")));
+		origin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContextSwitchTo(cxt);
+		origin = datumCopy(origin, false, UUID_LEN);
+		SPI_finish();
+	}
+	return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, desc, 1, &attnum,
+													 &origin, &isnull));
 }
 
 /*
@@ -251,8 +308,6 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	Oid			types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID, INT8OID};
 	Datum		values[6];
 	char		nulls[7] = "      ";
-	const char *origin_column;
-	const char *origin_value;
 
 	values[0] = CStringGetTextDatum(kind);
 	values[1] = ObjectIdGetDatum(relid);
@@ -262,14 +317,13 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	values[5] = Int64GetDatum(target_job);
 	if (target_job == 0)
 		nulls[5] = 'n';
-	job_origin_insert(&origin_column, &origin_value);
-	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job"
-							   " (kind, relation, relation_name, params, state, submitted_by,"
-							   "  started_at, target_job%s)"
-							   " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
-							   "  pg_catalog.clock_timestamp(), $6%s) RETURNING job_id",
-							   dedup_ext_schema(), origin_column, origin_value),
-					  6, types, values, nulls, SPI_OK_INSERT_RETURNING);
+	job_insert(psprintf("INSERT INTO %s.dedup_job"
+						" (kind, relation, relation_name, params, state, submitted_by,"
+						"  started_at, target_job)"
+						" VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
+						"  pg_catalog.clock_timestamp(), $6) RETURNING job_id",
+						dedup_ext_schema()),
+			   6, types, values, nulls);
 	progress_begin(spi_get_int64(0, 1), kind, relid, GetUserId(), true);
 	progress_phase(phase);
 	return spi_get_int64(0, 1);
@@ -310,8 +364,6 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 {
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
-	const char *origin_column;
-	const char *origin_value;
 
 	job_refuse_temp(relid);
 
@@ -339,12 +391,11 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	values[2] = CStringGetTextDatum(relname);
 	values[3] = CStringGetTextDatum(params_json);
 	values[4] = ObjectIdGetDatum(GetUserId());
-	job_origin_insert(&origin_column, &origin_value);
-	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job"
-							   " (kind, relation, relation_name, params, state, submitted_by, background%s)"
-							   " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true%s) RETURNING job_id",
-							   dedup_ext_schema(), origin_column, origin_value),
-					  5, types, values, NULL, SPI_OK_INSERT_RETURNING);
+	job_insert(psprintf("INSERT INTO %s.dedup_job"
+						" (kind, relation, relation_name, params, state, submitted_by, background)"
+						" VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true) RETURNING job_id",
+						dedup_ext_schema()),
+			   5, types, values, NULL);
 	launch_at_commit();
 	return spi_get_int64(0, 1);
 }
@@ -372,6 +423,22 @@ job_drop_work_table(int64 job_id, const char *work_table)
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET work_table = NULL WHERE job_id OPERATOR(pg_catalog.=) %lld",
 							   dedup_ext_schema(), (long long) job_id),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+}
+
+/*
+ * The same for a job restored from a dump, whose row's name of its work
+ * table is trusted only if the table there says, in its comment (batch.c),
+ * that it is that job's work list.
+ */
+void
+job_drop_restored_work_table(int64 job_id, const char *work_table)
+{
+	Oid			relid = work_table ? dedup_relid_by_name(work_table) : InvalidOid;
+	char	   *comment = OidIsValid(relid) ? GetComment(relid, RelationRelationId, 0) : NULL;
+	char	   *says = psprintf("dedup_ext: work list of background job %lld,", (long long) job_id);
+
+	if (comment != NULL && strncmp(comment, says, strlen(says)) == 0)
+		job_drop_work_table(job_id, work_table);
 }
 
 void
@@ -554,19 +621,17 @@ job_fetch(int64 job_id, bool for_update, bool control)
 /*
  * A restored job's row names its table, indexes and archived rows by OIDs
  * and ctids of the database it ran in; here they are other objects, or
- * nothing.  Refuse to act on them (what: the refused action, for the
- * message).
+ * nothing.  Refuse to act on them.
  */
 void
-job_require_here(DedupJob *job, const char *what)
+job_require_here(DedupJob *job)
 {
 	if (!job->here)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot %s job %lld: it was restored from a dump of another database",
-						what, (long long) job->job_id),
+				 errmsg("job %lld was restored from a dump of another database", (long long) job->job_id),
 				 errdetail("Its row names the table, indexes and rows it changed by object identifiers and row positions of the database it ran in; here they name other objects, or nothing."),
-				 errhint("Its archive tables (dedup_jobs.archive_table, ref_archives) hold the rows it removed or changed as they were; restore from them by hand, or drop them with dedup_drop_archive(%lld).",
+				 errhint("Its archive tables (dedup_jobs.archive_table, ref_archives) hold the rows it removed or changed as they were (see the README's \"Backups\"), or drop them with dedup_drop_archive(%lld).",
 						 (long long) job->job_id)));
 }
 

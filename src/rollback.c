@@ -1224,7 +1224,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	job = job_fetch(job_id, true, true);
-	job_require_here(job, "roll back");
+	job_require_here(job);
 	if (strcmp(job->kind, "rollback") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
