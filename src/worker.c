@@ -854,6 +854,14 @@ dedup_worker_main(Datum arg)
 		{
 			int64		job_id = 0;
 
+			/* dedup_ext.max_workers lowered since: this slot is gone */
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			if (slot >= dedup_max_workers)
+				break;
 			plain_xact(claim_job, &job_id);
 			if (job_id == 0)
 				break;

@@ -10,7 +10,8 @@
 #   3. dedup_ext.max_workers = 1: of three jobs one runs, the others wait
 #      queued, and all three finish; a job whose table is locked when its
 #      turn comes waits with no phase yet, then runs; a worker stopped by
-#      pg_terminate_backend leaves its job interrupted, shown once;
+#      pg_terminate_backend leaves its job interrupted, shown once; with
+#      max_workers lowered to 0, a worker whose job stops takes no other;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
 #      until dedup_resume, then finishes (with add_unique, built
 #      CONCURRENTLY); so does a merge, whose referencing table ends as a
@@ -300,6 +301,36 @@ ok($node->poll_query_until('postgres',
 	'resumed, it finishes');
 is($node->safe_psql('postgres', qq{SELECT count(*) FROM dedup_progress WHERE job_id = $stopped}),
 	'0', 'and leaves dedup_progress');
+
+# 3d. dedup_ext.max_workers lowered to 0 while a job runs: its worker takes
+# no further job once that one stops; the queued job waits, and starts at
+# dedup_resume once workers are allowed again
+create_table($node, 'small6', 40_000);
+create_table($node, 'small7', 20_000);
+my $first = submit($node, 'small6', 1000);
+my $second = submit($node, 'small7', 200);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $first}),
+	'the first job runs, the second is queued behind it');
+$node->safe_psql('postgres', q{ALTER SYSTEM SET dedup_ext.max_workers = 0});
+$node->reload;
+ok($node->poll_query_until('postgres', 'SHOW dedup_ext.max_workers', '0'),
+	'max_workers = 0 after reload');
+sleep 1;    # the worker takes the reload at its next batch
+$node->safe_psql('postgres', "SELECT dedup_pause($first)");
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($first, '60s')}), 'paused',
+	'the running job pauses');
+sleep 2;
+is(job_field($node, $second, 'state'), 'queued',
+	'its worker did not take the queued job with max_workers = 0');
+$node->safe_psql('postgres', q{ALTER SYSTEM SET dedup_ext.max_workers = 1});
+$node->reload;
+ok($node->poll_query_until('postgres', 'SHOW dedup_ext.max_workers', '1'),
+	'max_workers = 1 again');
+$node->safe_psql('postgres', "SELECT dedup_resume($second)");
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($second, '120s')}), 'done',
+	'resumed, the queued job runs');
+$node->safe_psql('postgres', "SELECT dedup_cancel($first)");
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET dedup_ext.max_workers});
 $node->reload;
 
