@@ -238,6 +238,24 @@ ALTER TABLE :arch_f OWNER TO regress_owner;
 SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_f));
 SELECT * FROM priv_util.try(format('SELECT * FROM dedup_verify(%s)', :jid_f));
 SELECT dedup_drop_archive(:jid_f) AS dropped;
+-- an archive that holds more rows than the job archived (a restore's COPY
+-- into it, say) is refused by the rollback too, and by dedup_verify's count;
+-- without them it rolls back
+SET ROLE regress_owner;
+CREATE TABLE priv.extra (id int PRIMARY KEY, k text);
+INSERT INTO priv.extra VALUES (1, 'a'), (2, 'a'), (3, 'b');
+SELECT job_id AS jid_x, archive_table AS arch_x FROM dedup_table('priv.extra', '{k}') \gset
+RESET ROLE;
+INSERT INTO :arch_x SELECT 9, 'z', dedup_job_id, dedup_action, dedup_new_value, dedup_survivor, dedup_xact FROM :arch_x;
+SET ROLE regress_owner;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_x));
+SELECT check_name, ok, replace(detail, :'arch_x', 'ARCHIVE') AS detail FROM dedup_verify(:jid_x) WHERE check_name = 'archive_complete';
+RESET ROLE;
+DELETE FROM :arch_x WHERE id = 9;
+SET ROLE regress_owner;
+SELECT dedup_rollback(:jid_x) AS restored;
+SELECT * FROM priv.extra ORDER BY id;
+RESET ROLE;
 -- a backfill whose archives were dropped still verifies (its constraint and
 -- orphans are kept in the job)
 SELECT dedup_drop_archive(:jid_bf) AS bf_dropped;

@@ -1193,6 +1193,36 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 }
 
 /*
+ * A dedup's archive holds as many removed and renamed rows as the job
+ * counted: rows added since (a restore's COPY into it, an owner's INSERT
+ * while the job ran) would be put into the table as if the job had removed
+ * them.  dedup_verify's archive_complete check, refused.
+ */
+static void
+refuse_archive_count(DedupJob *job)
+{
+	int64		deleted,
+				renamed;
+
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
+							   " pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
+							   " FROM %s a", job->archive_table),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	deleted = spi_get_int64(0, 1);
+	renamed = spi_get_int64(0, 2);
+	if (deleted != job->rows_deleted || renamed != job->rows_renamed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("archive table %s of job %lld is not as the job left it", job->archive_table,
+						(long long) job->job_id),
+				 errdetail("It holds %lld removed and %lld renamed rows; the job archived %lld and %lld.",
+						   (long long) deleted, (long long) renamed,
+						   (long long) job->rows_deleted, (long long) job->rows_renamed),
+				 errhint("Compare it with the table by hand; dedup_drop_archive(%lld) drops it.",
+						 (long long) job->job_id)));
+}
+
+/*
  * Undo a dedup job: drop the unique index it added, put back the rows it
  * removed (same ids: identity columns are overridden), set renamed keys back,
  * and drop the archive.  Runs in the caller's transaction, like the job.
@@ -1268,6 +1298,8 @@ dedup_rollback(PG_FUNCTION_ARGS)
 						job->archive_table, (long long) job_id)));
 	if (job->archive_table)
 		archive_require_intact(job->archive_table, job_id, job->relid, InvalidOid);
+	if (job->archive_table && strcmp(job->kind, "dedup") == 0)
+		refuse_archive_count(job);
 
 	/*
 	 * What an archive lists is put back only where the job's submitter may
