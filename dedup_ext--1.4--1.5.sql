@@ -34,6 +34,17 @@ CREATE TRIGGER dedup_job_origin BEFORE INSERT ON dedup_job
 FOR EACH ROW EXECUTE FUNCTION dedup_job_origin();
 ALTER TABLE dedup_job ENABLE ALWAYS TRIGGER dedup_job_origin;
 
+-- A data-only restore into a database with jobs of its own fails on the
+-- dump's job ids, which are taken here; its rows of dedup_orphan, which
+-- name those ids, would become the lists of this database's jobs.  Rows
+-- that a restore brings must belong to a restored job.
+CREATE FUNCTION dedup_orphan_origin() RETURNS trigger
+AS 'MODULE_PATHNAME', 'dedup_orphan_origin' LANGUAGE C;
+REVOKE ALL ON FUNCTION dedup_orphan_origin() FROM PUBLIC;
+CREATE TRIGGER dedup_orphan_origin BEFORE INSERT ON dedup_orphan
+FOR EACH ROW EXECUTE FUNCTION dedup_orphan_origin();
+ALTER TABLE dedup_orphan ENABLE ALWAYS TRIGGER dedup_orphan_origin;
+
 CREATE OR REPLACE VIEW dedup_jobs WITH (security_barrier = true) AS
 SELECT j.job_id, j.kind,
        CASE WHEN h.here THEN j.relation::pg_catalog.regclass END AS relation,

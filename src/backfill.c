@@ -556,10 +556,10 @@ report_orphans(Backfill *b, int64 job_id)
 							tmp, sql_row_id(b->child, "c"), sql_key_json(b->child, "c"),
 							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk),
 				   SPI_OK_UTILITY);
-	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_orphan (job_id, row_id, key_values, reason)"
-							   " SELECT %lld, t.row_id, t.key_values, t.reason FROM %s t",
-							   dedup_ext_schema(), (long long) job_id, tmp),
-					  0, NULL, NULL, NULL, SPI_OK_INSERT);
+	job_insert(psprintf("INSERT INTO %s.dedup_orphan (job_id, row_id, key_values, reason)"
+						" SELECT %lld, t.row_id, t.key_values, t.reason FROM %s t",
+						dedup_ext_schema(), (long long) job_id, tmp),
+			   0, NULL, NULL, NULL, SPI_OK_INSERT);
 	spi_exec_count(psprintf("DROP TABLE %s", tmp), SPI_OK_UTILITY);
 }
 

@@ -29,6 +29,7 @@
 #include "utils/uuid.h"
 
 PG_FUNCTION_INFO_V1(dedup_job_origin);
+PG_FUNCTION_INFO_V1(dedup_orphan_origin);
 
 /*
  * Where the extension lives and who owns it.  get_extension_schema() is not
@@ -107,10 +108,11 @@ spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 }
 
 /*
- * Is a job row being inserted by this code (job_create, job_submit)?  Only
- * such a row gets this database's origin from the dedup_job_origin trigger;
- * rows any other INSERT or COPY brings (a restore, into a database that
- * already has the extension and so its token too) get none.
+ * Are job rows (dedup_job, dedup_orphan) being inserted by this code
+ * (job_insert)?  Only such a job row gets this database's origin from the
+ * dedup_job_origin trigger; rows any other INSERT or COPY brings (a restore,
+ * into a database that already has the extension and so its token too) get
+ * none.
  */
 static bool inserting_job = false;
 
@@ -138,20 +140,41 @@ job_here_sql(const char *alias)
 					alias, schema);
 }
 
-/* run a job row's INSERT (spi_exec_as_owner's arguments) as this code's */
-static void
-job_insert(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+/*
+ * Run an INSERT into dedup_job or dedup_orphan as this code's
+ * (spi_exec_as_owner's arguments).
+ */
+void
+job_insert(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected)
 {
 	inserting_job = true;
 	PG_TRY();
 	{
-		spi_exec_as_owner(sql, nargs, types, values, nulls, SPI_OK_INSERT_RETURNING);
+		spi_exec_as_owner(sql, nargs, types, values, nulls, expected);
 	}
 	PG_FINALLY();
 	{
 		inserting_job = false;
 	}
 	PG_END_TRY();
+}
+
+/*
+ * A data-only restore into a database that has jobs of its own sets the
+ * job id sequence back to the dump's value (its job rows themselves fail on
+ * the ids taken): every job submitted then would fail on the primary key
+ * until the sequence passed them.  Move it past the highest id first.
+ */
+static void
+job_ids_ahead(void)
+{
+	char	   *schema = dedup_ext_schema();
+
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.setval(%s::pg_catalog.regclass, x.m)"
+							   " FROM (SELECT pg_catalog.max(j.job_id) AS m FROM %s.dedup_job j) x,"
+							   " %s.dedup_job_job_id_seq s WHERE x.m OPERATOR(pg_catalog.>=) s.last_value",
+							   sql_literal(psprintf("%s.dedup_job_job_id_seq", schema)), schema, schema),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 }
 
 /*
@@ -192,6 +215,44 @@ dedup_job_origin(PG_FUNCTION_ARGS)
 	}
 	return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, desc, 1, &attnum,
 													 &origin, &isnull));
+}
+
+/*
+ * BEFORE INSERT trigger on dedup_orphan (1.5): a row that this code did not
+ * insert (a restore's) must belong to a restored job.  A data-only restore
+ * into a database with jobs of its own fails on the dump's job ids, which
+ * are taken, and its orphan rows would become those of the jobs here.
+ */
+Datum
+dedup_orphan_origin(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	bool		isnull;
+	Datum		job_id;
+	Oid			types[1] = {INT8OID};
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
+		elog(ERROR, "dedup_orphan_origin: not fired by INSERT, BEFORE, FOR EACH ROW");
+	if (inserting_job)
+		return PointerGetDatum(trigdata->tg_trigtuple);
+	job_id = heap_getattr(trigdata->tg_trigtuple, SPI_fnumber(RelationGetDescr(trigdata->tg_relation), "job_id"),
+						  RelationGetDescr(trigdata->tg_relation), &isnull);
+	if (isnull)
+		return PointerGetDatum(trigdata->tg_trigtuple);
+	SPI_connect();
+	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) $1 AND %s",
+							   dedup_ext_schema(), job_here_sql("j")),
+					  1, types, &job_id, NULL, SPI_OK_SELECT);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot restore rows of dedup_orphan for job %lld: job %lld is this database's own",
+						(long long) DatumGetInt64(job_id), (long long) DatumGetInt64(job_id)),
+				 errdetail("The dump's job of that id did not load here (the id is taken); its rows would be listed as this database's job's."),
+				 errhint("Restore the dump into a database of its own.")));
+	SPI_finish();
+	return PointerGetDatum(trigdata->tg_trigtuple);
 }
 
 /*
@@ -317,13 +378,14 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	values[5] = Int64GetDatum(target_job);
 	if (target_job == 0)
 		nulls[5] = 'n';
+	job_ids_ahead();
 	job_insert(psprintf("INSERT INTO %s.dedup_job"
 						" (kind, relation, relation_name, params, state, submitted_by,"
 						"  started_at, target_job)"
 						" VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
 						"  pg_catalog.clock_timestamp(), $6) RETURNING job_id",
 						dedup_ext_schema()),
-			   6, types, values, nulls);
+			   6, types, values, nulls, SPI_OK_INSERT_RETURNING);
 	progress_begin(spi_get_int64(0, 1), kind, relid, GetUserId(), true);
 	progress_phase(phase);
 	return spi_get_int64(0, 1);
@@ -391,11 +453,12 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	values[2] = CStringGetTextDatum(relname);
 	values[3] = CStringGetTextDatum(params_json);
 	values[4] = ObjectIdGetDatum(GetUserId());
+	job_ids_ahead();
 	job_insert(psprintf("INSERT INTO %s.dedup_job"
 						" (kind, relation, relation_name, params, state, submitted_by, background)"
 						" VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true) RETURNING job_id",
 						dedup_ext_schema()),
-			   5, types, values, NULL);
+			   5, types, values, NULL, SPI_OK_INSERT_RETURNING);
 	launch_at_commit();
 	return spi_get_int64(0, 1);
 }

@@ -16,7 +16,9 @@
 #      the same template (and so the same token), and in a data-only restore
 #      with triggers disabled;
 #   3. after pg_upgrade, which keeps the files, the jobs run after the
-#      restore are still the database's own, and roll back;
+#      restore are still the database's own, and roll back; a data-only
+#      restore of the job tables into a database with jobs of its own
+#      neither lends them the dump's orphan rows nor sets its job ids back;
 #   4. a dump of 1.4 (no origin column) restored under 1.5: history too;
 #   5. pg_dump by the tables' owner (no superuser) fails on the
 #      configuration tables, and works without the job history as the README
@@ -275,6 +277,37 @@ is($c->safe_psql('appdb', "SELECT job_id || ' ' || restored FROM dedup_jobs
 is($c->safe_psql('appdb', "SET ROLE app; SELECT dedup_rollback($kept)"), '140',
 	'and roll back');
 is($c->safe_psql('appdb', sprintf($md5, 'notes')), $notes, 'exactly');
+
+# a data-only restore of the job tables into a database with jobs of its
+# own: the dump's job rows fail on the ids taken, its orphan rows may not
+# become the lists of the jobs here, and its sequence value, lower than the
+# ids here, does not make the next jobs fail
+$c->safe_psql('postgres', 'CREATE DATABASE four');
+$c->safe_psql('four', q{
+	CREATE EXTENSION dedup_ext;
+	CREATE TABLE t (id int PRIMARY KEY, k int);
+	CREATE TABLE p (id int PRIMARY KEY, word text);
+	CREATE TABLE c (id int PRIMARY KEY, word text, p_id int);
+	INSERT INTO p VALUES (1, 'red');
+	INSERT INTO c VALUES (1, 'red'), (2, 'gone');
+	SELECT dedup_table('t', '{k}');
+	SELECT backfill_fk('c', 'p_id', 'p', '{word}');
+	SELECT dedup_table('t', '{k}') FROM generate_series(1, 5);
+});
+is($c->safe_psql('four', 'SELECT max(job_id) || \' \' || count(*) FROM dedup_orphans'), '2 1',
+	'four: seven jobs, job 2 a backfill with one orphan');
+my $ret4 = PostgreSQL::Test::Utils::run_log(
+	[
+		'pg_restore', '--data-only', '-t', 'dedup_job', '-t', 'dedup_orphan',
+		'-t', 'dedup_job_job_id_seq', '-d', $c->connstr('four'), $dump
+	]);
+ok(!$ret4, 'a data-only restore of the job tables into four fails');
+is($c->safe_psql('four', 'SELECT count(*) || \' \' || bool_or(restored) FROM dedup_jobs'), '7 false',
+	'none of its job rows loaded');
+is($c->safe_psql('four', 'SELECT count(*) FROM dedup_orphans'), '1',
+	'nor its orphan rows under job 2 of four');
+is($c->safe_psql('four', q{SELECT job_id FROM dedup_table('t', '{k}')}), '8',
+	'the next job takes the next id');
 
 # --- 4. a dump of 1.4 --------------------------------------------------------
 $a->safe_psql('postgres', 'CREATE DATABASE old');
