@@ -187,6 +187,18 @@ archive_skip_user_types(const char *qname)
 	"  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f" \
 	"  FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n)"
 
+/* the rows of a dedup's archive that it removed, and that it renamed */
+void
+archive_counts(const char *archive, int64 *deleted, int64 *renamed)
+{
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
+							   " pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
+							   " FROM %s a", archive),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	*deleted = spi_get_int64(0, 1);
+	*renamed = spi_get_int64(0, 2);
+}
+
 /*
  * A job that ends (done, failed or cancelled) writes to its archives no
  * more: from then on no one but the extension's owner may add rows to them

@@ -397,6 +397,7 @@ extern char *archive_xact_value(const char *archive);
 extern int	archive_table_natts(TupleDesc desc);
 extern void archive_refuse_own_names(Oid relid);
 extern void archive_close(int64 job_id);
+extern void archive_counts(const char *archive, int64 *deleted, int64 *renamed);
 extern void archive_require_intact(const char *archive, int64 job_id, Oid relid, Oid writer);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);

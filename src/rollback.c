@@ -1204,12 +1204,7 @@ refuse_archive_count(DedupJob *job)
 	int64		deleted,
 				renamed;
 
-	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
-							   " pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
-							   " FROM %s a", job->archive_table),
-					  0, NULL, NULL, NULL, SPI_OK_SELECT);
-	deleted = spi_get_int64(0, 1);
-	renamed = spi_get_int64(0, 2);
+	archive_counts(job->archive_table, &deleted, &renamed);
 	if (deleted != job->rows_deleted || renamed != job->rows_renamed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

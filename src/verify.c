@@ -50,12 +50,7 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 		return;
 	}
 	archive_require_intact(a, job->job_id, job->relid, InvalidOid);
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
-							" pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
-							" FROM %s a", a),
-				   SPI_OK_SELECT);
-	deleted = spi_get_int64(0, 1);
-	renamed = spi_get_int64(0, 2);
+	archive_counts(a, &deleted, &renamed);
 	add_check(rsinfo, "archive_complete",
 			  deleted == job->rows_deleted && renamed == job->rows_renamed,
 			  psprintf("%lld of %lld removed and %lld of %lld renamed rows archived in %s",
