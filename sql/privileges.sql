@@ -255,6 +255,22 @@ DELETE FROM :arch_x WHERE id = 9;
 SET ROLE regress_owner;
 SELECT dedup_rollback(:jid_x) AS restored;
 SELECT * FROM priv.extra ORDER BY id;
+-- the same for the archive of a table a merge re-pointed
+CREATE TABLE priv.xp (id int PRIMARY KEY, k text);
+CREATE TABLE priv.xc (id int PRIMARY KEY, p_id int REFERENCES priv.xp);
+INSERT INTO priv.xp VALUES (1, 'a'), (2, 'a');
+INSERT INTO priv.xc VALUES (1, 2);
+SELECT job_id AS jid_xm FROM dedup_table('priv.xp', '{k}', action => 'merge') \gset
+SELECT ref_archives -> 0 ->> 'archive' AS arch_xc FROM dedup_jobs WHERE job_id = :jid_xm \gset
+RESET ROLE;
+INSERT INTO :arch_xc SELECT 9, p_id, dedup_job_id, dedup_action, dedup_new_value, dedup_survivor, dedup_xact FROM :arch_xc;
+SET ROLE regress_owner;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_xm));
+RESET ROLE;
+DELETE FROM :arch_xc WHERE id = 9;
+SET ROLE regress_owner;
+SELECT dedup_rollback(:jid_xm) AS restored;
+SELECT * FROM priv.xc;
 RESET ROLE;
 -- a backfill whose archives were dropped still verifies (its constraint and
 -- orphans are kept in the job)

@@ -778,6 +778,31 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 }
 
 /*
+ * A merge's archives of its re-pointed tables hold, in all, as many removed
+ * and re-pointed rows as the job counted (refuse_archive_count, for them):
+ * the removed ones were put back already, in this transaction, which the
+ * error rolls back.
+ */
+static void
+refuse_ref_archive_counts(DedupJob *job, int64 removed, int64 repointed)
+{
+	spi_exec_as_owner(psprintf("SELECT j.refs_removed, j.refs_repointed FROM %s.dedup_job j"
+							   " WHERE j.job_id OPERATOR(pg_catalog.=) %lld",
+							   dedup_ext_schema(), (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (removed != spi_get_int64(0, 1) || repointed != spi_get_int64(0, 2))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the archives of the re-pointed tables of job %lld are not as the job left them",
+						(long long) job->job_id),
+				 errdetail("They hold %lld removed and %lld re-pointed rows; the job archived %lld and %lld.",
+						   (long long) removed, (long long) repointed,
+						   (long long) spi_get_int64(0, 1), (long long) spi_get_int64(0, 2)),
+				 errhint("Compare them with the tables by hand; dedup_drop_archive(%lld) drops them.",
+						 (long long) job->job_id)));
+}
+
+/*
  * Undo what a merge did to the referencing tables: put back the rows removed
  * as collisions and set re-pointed foreign keys back.  Runs after the
  * table's own rows are back, so the restored references find their rows.
@@ -789,7 +814,9 @@ restore_refs(DedupJob *job)
 	Datum		values[1] = {CStringGetTextDatum(job->ref_archives)};
 	SPITupleTable *refs;
 	uint64		nrefs;
-	int64		restored = 0;
+	int64		restored = 0,
+				removed = 0,
+				repointed = 0;
 
 	if (SPI_execute_with_args("SELECT (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid, e OPERATOR(pg_catalog.->>) 'archive',"
 							  " ARRAY(SELECT pg_catalog.jsonb_array_elements_text(e OPERATOR(pg_catalog.->) 'columns')),"
@@ -807,6 +834,9 @@ restore_refs(DedupJob *job)
 	 * (the batches of a background merge interleave the foreign keys).
 	 */
 	for (int step = 0; step < 2; step++)
+	{
+		if (step == 1)
+			refuse_ref_archive_counts(job, removed, repointed);
 		for (uint64 i = nrefs; i-- > 0;)
 		{
 			HeapTuple	tup = refs->vals[i];
@@ -836,12 +866,12 @@ restore_refs(DedupJob *job)
 			if (step == 0)
 			{
 				/* the statements that will run: removed rows go back, re-points are undone */
-				spi_exec_count(psprintf("SELECT (SELECT pg_catalog.count(*) FROM (SELECT FROM %s a"
-										"  WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete' LIMIT 1) d),"
-										" (SELECT pg_catalog.count(*) FROM (SELECT FROM %s a"
-										"  WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' LIMIT 1) r)",
-										archive, archive),
+				spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
+										" pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint')"
+										" FROM %s a", archive),
 							   SPI_OK_SELECT);
+				removed += spi_get_int64(0, 1);
+				repointed += spi_get_int64(0, 2);
 				refuse_rules(job, childid, child,
 							 psprintf("%s%s", spi_get_int64(0, 1) ? "3" : "", spi_get_int64(0, 2) ? "2" : ""));
 				restored += restore_removed_refs(job, archive, archiveid, child, childid);
@@ -852,6 +882,7 @@ restore_refs(DedupJob *job)
 				spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 			}
 		}
+	}
 	return restored;
 }
 
