@@ -6,44 +6,39 @@
 -- indexes and roles a row names by OID, and the rows of a merge's archive
 -- named by ctid, are other objects or nothing: a rollback, a resumed job or
 -- a submitter's check would act on whatever holds those numbers now (in a
--- new cluster, likely another of the restored tables).  Each installation
--- draws a token, kept in a table whose rows pg_dump leaves out (it is no
--- configuration table): a restore's CREATE EXTENSION draws a new one, while
--- pg_upgrade, a database copied from a template and a physical copy (a
--- standby, a base backup), which keep those OIDs and ctids, keep the token.
--- Rows of another token, or of none, are history here: shown to superusers
--- and pg_read_all_stats only, never run, rolled back or verified.
-CREATE TABLE dedup_origin (origin uuid NOT NULL);
-CREATE UNIQUE INDEX dedup_origin_one ON dedup_origin ((true));
-INSERT INTO dedup_origin VALUES (pg_catalog.gen_random_uuid());
-REVOKE ALL ON dedup_origin FROM PUBLIC;
-
--- The token goes only into the rows the extension's code inserts; a row
--- that any other INSERT or COPY brings gets none: a restore into a database
--- that had the extension already (from a template that has it, and so its
--- token), a dump of 1.4 or older (no origin column).  ALWAYS: a data-only
--- restore's session_replication_role = replica does not skip it.  The rows
--- already here were written here (a restore of 1.4's dump cannot be told
--- apart any more).
+-- new cluster, likely another of the restored tables).  So each job row
+-- draws a random origin, and the extension's code notes it in
+-- dedup_job_here, a table whose rows pg_dump leaves out (it is no
+-- configuration table): no restore, data-only or with triggers disabled,
+-- can bring a row there, while pg_upgrade, a database copied from a
+-- template and a physical copy (a standby, a base backup), which keep those
+-- OIDs and ctids, keep it.  A job row without its note is history here:
+-- shown to superusers and pg_read_all_stats only, never run, rolled back or
+-- verified.
+CREATE TABLE dedup_job_here (
+    job_id  bigint PRIMARY KEY,
+    origin  uuid NOT NULL
+);
+REVOKE ALL ON dedup_job_here FROM PUBLIC;
 ALTER TABLE dedup_job ADD COLUMN origin uuid;
-UPDATE dedup_job SET origin = (SELECT o.origin FROM dedup_origin o);
-CREATE FUNCTION dedup_job_origin() RETURNS trigger
-AS 'MODULE_PATHNAME', 'dedup_job_origin' LANGUAGE C;
-REVOKE ALL ON FUNCTION dedup_job_origin() FROM PUBLIC;
-CREATE TRIGGER dedup_job_origin BEFORE INSERT ON dedup_job
-FOR EACH ROW EXECUTE FUNCTION dedup_job_origin();
-ALTER TABLE dedup_job ENABLE ALWAYS TRIGGER dedup_job_origin;
+-- the jobs already here were written here (a restore of 1.4's dump cannot
+-- be told apart any more)
+UPDATE dedup_job SET origin = pg_catalog.gen_random_uuid();
+INSERT INTO dedup_job_here SELECT j.job_id, j.origin FROM dedup_job j;
 
--- A data-only restore into a database with jobs of its own fails on the
--- dump's job ids, which are taken here; its rows of dedup_orphan, which
--- name those ids, would become the lists of this database's jobs.  Rows
--- that a restore brings must belong to a restored job.
-CREATE FUNCTION dedup_orphan_origin() RETURNS trigger
-AS 'MODULE_PATHNAME', 'dedup_orphan_origin' LANGUAGE C;
-REVOKE ALL ON FUNCTION dedup_orphan_origin() FROM PUBLIC;
-CREATE TRIGGER dedup_orphan_origin BEFORE INSERT ON dedup_orphan
-FOR EACH ROW EXECUTE FUNCTION dedup_orphan_origin();
-ALTER TABLE dedup_orphan ENABLE ALWAYS TRIGGER dedup_orphan_origin;
+-- A job's orphan rows carry its origin: those a data-only restore brings
+-- for a job id taken here (its job rows fail on it) name another origin,
+-- and are not this job's.
+ALTER TABLE dedup_orphan ADD COLUMN origin uuid;
+UPDATE dedup_orphan o SET origin = j.origin FROM dedup_job j
+ WHERE j.job_id OPERATOR(pg_catalog.=) o.job_id;
+
+CREATE OR REPLACE VIEW dedup_orphans WITH (security_barrier = true) AS
+SELECT o.job_id, o.row_id, o.key_values, o.reason
+  FROM @extschema@.dedup_orphan o
+ WHERE o.job_id IN (SELECT j.job_id FROM @extschema@.dedup_jobs j)
+   AND o.origin IS NOT DISTINCT FROM (SELECT j.origin FROM @extschema@.dedup_job j
+                                       WHERE j.job_id OPERATOR(pg_catalog.=) o.job_id);
 
 CREATE OR REPLACE VIEW dedup_jobs WITH (security_barrier = true) AS
 SELECT j.job_id, j.kind,
@@ -63,8 +58,9 @@ SELECT j.job_id, j.kind,
        j.background, j.phase, j.checkpoint, j.passes, j.worker_pid, j.updated_at, j.retries,
        NOT h.here AS restored
   FROM @extschema@.dedup_job j,
-       LATERAL (SELECT COALESCE(j.origin OPERATOR(pg_catalog.=)
-                                (SELECT o.origin FROM @extschema@.dedup_origin o), false)) h(here)
+       LATERAL (SELECT EXISTS (SELECT FROM @extschema@.dedup_job_here x
+                                WHERE x.job_id OPERATOR(pg_catalog.=) j.job_id
+                                  AND x.origin OPERATOR(pg_catalog.=) j.origin)) h(here)
  WHERE (h.here AND j.submitted_by OPERATOR(pg_catalog.=)
                    (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))
     OR pg_catalog.pg_has_role(CURRENT_USER, 'pg_read_all_stats', 'USAGE');

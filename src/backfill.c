@@ -547,6 +547,8 @@ static void
 report_orphans(Backfill *b, int64 job_id)
 {
 	char	   *tmp = spi_temp_table_name("orphans");
+	const char *origin_column;
+	const char *origin_value;
 
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
 							" SELECT %s AS row_id, %s AS key_values,"
@@ -556,10 +558,11 @@ report_orphans(Backfill *b, int64 job_id)
 							tmp, sql_row_id(b->child, "c"), sql_key_json(b->child, "c"),
 							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk),
 				   SPI_OK_UTILITY);
-	job_insert(psprintf("INSERT INTO %s.dedup_orphan (job_id, row_id, key_values, reason)"
-						" SELECT %lld, t.row_id, t.key_values, t.reason FROM %s t",
-						dedup_ext_schema(), (long long) job_id, tmp),
-			   0, NULL, NULL, NULL, SPI_OK_INSERT);
+	job_orphan_origin(job_id, &origin_column, &origin_value);
+	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_orphan (job_id, row_id, key_values, reason%s)"
+							   " SELECT %lld, t.row_id, t.key_values, t.reason%s FROM %s t",
+							   dedup_ext_schema(), origin_column, (long long) job_id, origin_value, tmp),
+					  0, NULL, NULL, NULL, SPI_OK_INSERT);
 	spi_exec_count(psprintf("DROP TABLE %s", tmp), SPI_OK_UTILITY);
 }
 

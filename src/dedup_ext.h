@@ -295,8 +295,7 @@ extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
 						 const char *ref_archives);
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
 extern void job_require_here(DedupJob *job);
-extern void job_insert(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
-					   int expected);
+extern void job_orphan_origin(int64 job_id, const char **column, const char **value);
 extern const char *job_here_sql(const char *alias);
 extern int64 spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 						 const char *nulls, int expected);

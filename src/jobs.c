@@ -17,19 +17,15 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/comment.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/datum.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
-#include "utils/uuid.h"
 
-PG_FUNCTION_INFO_V1(dedup_job_origin);
-PG_FUNCTION_INFO_V1(dedup_orphan_origin);
 
 /*
  * Where the extension lives and who owns it.  get_extension_schema() is not
@@ -107,15 +103,6 @@ spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 	return (int64) SPI_processed;
 }
 
-/*
- * Are job rows (dedup_job, dedup_orphan) being inserted by this code
- * (job_insert)?  Only such a job row gets this database's origin from the
- * dedup_job_origin trigger; rows any other INSERT or COPY brings (a restore,
- * into a database that already has the extension and so its token too) get
- * none.
- */
-static bool inserting_job = false;
-
 /* does dedup_job record where its rows were written (1.5)? */
 static bool
 job_has_origin(const char *schema)
@@ -124,10 +111,10 @@ job_has_origin(const char *schema)
 }
 
 /*
- * SQL that is true for a row j of dedup_job written in this database (1.5's
- * dedup_origin, whose rows pg_dump leaves out: a restore draws another
- * token).  A database still at 1.4 or older has no origin: all its rows are
- * its own as far as it can tell.
+ * SQL that is true for a row j of dedup_job written in this database: its
+ * origin is noted in dedup_job_here (1.5), whose rows pg_dump leaves out.  A
+ * database still at 1.4 or older has no origin: all its rows are its own as
+ * far as it can tell.
  */
 const char *
 job_here_sql(const char *alias)
@@ -136,27 +123,65 @@ job_here_sql(const char *alias)
 
 	if (!job_has_origin(schema))
 		return "true";
-	return psprintf("COALESCE(%s.origin OPERATOR(pg_catalog.=) (SELECT o.origin FROM %s.dedup_origin o), false)",
-					alias, schema);
+	return psprintf("EXISTS (SELECT FROM %s.dedup_job_here x WHERE x.job_id OPERATOR(pg_catalog.=) %s.job_id"
+					" AND x.origin OPERATOR(pg_catalog.=) %s.origin)", schema, alias, alias);
 }
 
 /*
- * Run an INSERT into dedup_job or dedup_orphan as this code's
- * (spi_exec_as_owner's arguments).
+ * The origin column of a new job row and its value, a new random one, or
+ * two empty strings before 1.5.  Asked under the lock the INSERT takes, so
+ * that an ALTER EXTENSION UPDATE that adds the column is seen.
+ */
+static void
+job_origin_sql(const char **column, const char **value)
+{
+	char	   *schema = dedup_ext_schema();
+
+	LockRelationOid(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), RowExclusiveLock);
+	*column = "";
+	*value = "";
+	if (!job_has_origin(schema))
+		return;
+	*column = ", origin";
+	*value = ", pg_catalog.gen_random_uuid()";
+}
+
+/*
+ * Insert a job row (sql: an INSERT into dedup_job RETURNING job_id, with
+ * job_origin_sql's column) and note its origin in dedup_job_here;
+ * spi_exec_as_owner's arguments.  Returns the job's id.
+ */
+static int64
+job_insert(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+{
+	char	   *schema = dedup_ext_schema();
+	int64		job_id;
+
+	spi_exec_as_owner(sql, nargs, types, values, nulls, SPI_OK_INSERT_RETURNING);
+	job_id = spi_get_int64(0, 1);
+	if (job_has_origin(schema))
+		spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job_here SELECT j.job_id, j.origin FROM %s.dedup_job j"
+								   " WHERE j.job_id OPERATOR(pg_catalog.=) %lld", schema, schema, (long long) job_id),
+						  0, NULL, NULL, NULL, SPI_OK_INSERT);
+	return job_id;
+}
+
+/*
+ * ", origin" and the job's origin, for an INSERT into dedup_orphan of job
+ * job_id's rows, or two empty strings before 1.5
  */
 void
-job_insert(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expected)
+job_orphan_origin(int64 job_id, const char **column, const char **value)
 {
-	inserting_job = true;
-	PG_TRY();
-	{
-		spi_exec_as_owner(sql, nargs, types, values, nulls, expected);
-	}
-	PG_FINALLY();
-	{
-		inserting_job = false;
-	}
-	PG_END_TRY();
+	char	   *schema = dedup_ext_schema();
+
+	*column = "";
+	*value = "";
+	if (!job_has_origin(schema))
+		return;
+	*column = ", origin";
+	*value = psprintf(", (SELECT j.origin FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) %lld)",
+					  schema, (long long) job_id);
 }
 
 /*
@@ -175,84 +200,6 @@ job_ids_ahead(void)
 							   " %s.dedup_job_job_id_seq s WHERE x.m OPERATOR(pg_catalog.>=) s.last_value",
 							   sql_literal(psprintf("%s.dedup_job_job_id_seq", schema)), schema, schema),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
-}
-
-/*
- * BEFORE INSERT trigger on dedup_job (1.5): origin is this database's token
- * for a row this code inserts, NULL for any other.
- */
-Datum
-dedup_job_origin(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	MemoryContext cxt = CurrentMemoryContext;
-	TupleDesc	desc;
-	int			attnum;
-	Datum		origin = (Datum) 0;
-	bool		isnull = true;
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		elog(ERROR, "dedup_job_origin: not fired by INSERT, BEFORE, FOR EACH ROW");
-	desc = RelationGetDescr(trigdata->tg_relation);
-	attnum = SPI_fnumber(desc, "origin");
-	if (attnum <= 0)
-		elog(ERROR, "dedup_job_origin: dedup_job has no column origin");
-	if (inserting_job)
-	{
-		SPI_connect();
-		if (SPI_execute(psprintf("SELECT o.origin FROM %s.dedup_origin o", dedup_ext_schema()),
-						true, 0) != SPI_OK_SELECT || SPI_processed != 1)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("table dedup_origin of extension dedup_ext must have one row"),
-					 errdetail("It holds the token that tells this database's jobs from restored ones."),
-					 errhint("Put one back as a superuser: INSERT INTO dedup_origin VALUES (gen_random_uuid()); the jobs written before it then count as restored.")));
-		origin = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		MemoryContextSwitchTo(cxt);
-		origin = datumCopy(origin, false, UUID_LEN);
-		SPI_finish();
-	}
-	return PointerGetDatum(heap_modify_tuple_by_cols(trigdata->tg_trigtuple, desc, 1, &attnum,
-													 &origin, &isnull));
-}
-
-/*
- * BEFORE INSERT trigger on dedup_orphan (1.5): a row that this code did not
- * insert (a restore's) must belong to a restored job.  A data-only restore
- * into a database with jobs of its own fails on the dump's job ids, which
- * are taken, and its orphan rows would become those of the jobs here.
- */
-Datum
-dedup_orphan_origin(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-	bool		isnull;
-	Datum		job_id;
-	Oid			types[1] = {INT8OID};
-
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
-		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event))
-		elog(ERROR, "dedup_orphan_origin: not fired by INSERT, BEFORE, FOR EACH ROW");
-	if (inserting_job)
-		return PointerGetDatum(trigdata->tg_trigtuple);
-	job_id = heap_getattr(trigdata->tg_trigtuple, SPI_fnumber(RelationGetDescr(trigdata->tg_relation), "job_id"),
-						  RelationGetDescr(trigdata->tg_relation), &isnull);
-	if (isnull)
-		return PointerGetDatum(trigdata->tg_trigtuple);
-	SPI_connect();
-	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) $1 AND %s",
-							   dedup_ext_schema(), job_here_sql("j")),
-					  1, types, &job_id, NULL, SPI_OK_SELECT);
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot restore rows of dedup_orphan for job %lld: job %lld is this database's own",
-						(long long) DatumGetInt64(job_id), (long long) DatumGetInt64(job_id)),
-				 errdetail("The dump's job of that id did not load here (the id is taken); its rows would be listed as this database's job's."),
-				 errhint("Restore the dump into a database of its own.")));
-	SPI_finish();
-	return PointerGetDatum(trigdata->tg_trigtuple);
 }
 
 /*
@@ -369,6 +316,9 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	Oid			types[6] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID, INT8OID};
 	Datum		values[6];
 	char		nulls[7] = "      ";
+	int64		job_id;
+	const char *origin_column;
+	const char *origin_value;
 
 	values[0] = CStringGetTextDatum(kind);
 	values[1] = ObjectIdGetDatum(relid);
@@ -379,16 +329,17 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	if (target_job == 0)
 		nulls[5] = 'n';
 	job_ids_ahead();
-	job_insert(psprintf("INSERT INTO %s.dedup_job"
-						" (kind, relation, relation_name, params, state, submitted_by,"
-						"  started_at, target_job)"
-						" VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
-						"  pg_catalog.clock_timestamp(), $6) RETURNING job_id",
-						dedup_ext_schema()),
-			   6, types, values, nulls, SPI_OK_INSERT_RETURNING);
-	progress_begin(spi_get_int64(0, 1), kind, relid, GetUserId(), true);
+	job_origin_sql(&origin_column, &origin_value);
+	job_id = job_insert(psprintf("INSERT INTO %s.dedup_job"
+								 " (kind, relation, relation_name, params, state, submitted_by,"
+								 "  started_at, target_job%s)"
+								 " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
+								 "  pg_catalog.clock_timestamp(), $6%s) RETURNING job_id",
+								 dedup_ext_schema(), origin_column, origin_value),
+						6, types, values, nulls);
+	progress_begin(job_id, kind, relid, GetUserId(), true);
 	progress_phase(phase);
-	return spi_get_int64(0, 1);
+	return job_id;
 }
 
 /*
@@ -426,6 +377,9 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 {
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
+	int64		job_id;
+	const char *origin_column;
+	const char *origin_value;
 
 	job_refuse_temp(relid);
 
@@ -454,13 +408,14 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	values[3] = CStringGetTextDatum(params_json);
 	values[4] = ObjectIdGetDatum(GetUserId());
 	job_ids_ahead();
-	job_insert(psprintf("INSERT INTO %s.dedup_job"
-						" (kind, relation, relation_name, params, state, submitted_by, background)"
-						" VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true) RETURNING job_id",
-						dedup_ext_schema()),
-			   5, types, values, NULL, SPI_OK_INSERT_RETURNING);
+	job_origin_sql(&origin_column, &origin_value);
+	job_id = job_insert(psprintf("INSERT INTO %s.dedup_job"
+								 " (kind, relation, relation_name, params, state, submitted_by, background%s)"
+								 " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true%s) RETURNING job_id",
+								 dedup_ext_schema(), origin_column, origin_value),
+						5, types, values, NULL);
 	launch_at_commit();
-	return spi_get_int64(0, 1);
+	return job_id;
 }
 
 /* a background job's archive exists from its submission on */

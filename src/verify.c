@@ -130,8 +130,8 @@ check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
 		add_check(rsinfo, "linked_rows_linked", n == 0,
 				  psprintf("%lld rows the job linked are gone or NULL again", (long long) n));
 	}
-	/* the extension's own table: read with its owner's rights, as dedup_orphans does */
-	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_orphan o"
+	/* through dedup_orphans, as its owner: only the rows of this job's origin (1.5) */
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_orphans o"
 							   " WHERE o.job_id OPERATOR(pg_catalog.=) %lld",
 							   dedup_ext_schema(), (long long) job->job_id),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
