@@ -15,6 +15,23 @@
 -- OIDs and ctids, keep it.  A job row without its note is history here:
 -- shown to superusers and pg_read_all_stats only, never run, rolled back or
 -- verified.
+-- The rows already here get their origin and note from one UPDATE and one
+-- INSERT below; under REPEATABLE READ or SERIALIZABLE their snapshot would
+-- miss a job committed while this update waited for its lock, which would
+-- then count as restored for good.  A fresh install has no jobs.
+DO $$
+BEGIN
+  IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'
+     AND EXISTS (SELECT FROM @extschema@.dedup_job) THEN
+    RAISE EXCEPTION 'dedup_ext 1.5 must be installed over jobs at READ COMMITTED'
+      USING ERRCODE = 'invalid_transaction_state',
+            DETAIL = 'The update marks the jobs already here as this database''s own; at '
+                     || pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))
+                     || ' it would miss those committed while it waits for its lock.',
+            HINT = 'Run ALTER EXTENSION dedup_ext UPDATE in a READ COMMITTED transaction.';
+  END IF;
+END $$;
+
 CREATE TABLE dedup_job_here (
     job_id  bigint PRIMARY KEY,
     origin  uuid NOT NULL

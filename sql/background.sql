@@ -599,6 +599,28 @@ SELECT state, rows_deleted, regexp_replace(error, '[0-9]+ passes', 'N passes') A
   FROM dedup_jobs WHERE job_id = :jid_v;
 SELECT count(*) AS rows_left FROM bg.veto;
 
+-- a BEFORE UPDATE trigger that spares a loser of a rename: the batch that
+-- meets it fails the job at once (09000, as in the foreground), instead of
+-- archiving the loser as renamed; the batches before it stay done and roll
+-- back exactly (the archive holds what they renamed, no more)
+CREATE TABLE bg.renveto (id int PRIMARY KEY, k text);
+INSERT INTO bg.renveto SELECT g, 'k' || (g % 10) FROM generate_series(1, 100) g;
+CREATE TABLE bg.renveto_before AS SELECT * FROM bg.renveto;
+CREATE FUNCTION bg.spare_95() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF OLD.id = 95 THEN RETURN NULL; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER spare_95 BEFORE UPDATE ON bg.renveto FOR EACH ROW EXECUTE FUNCTION bg.spare_95();
+SELECT job_id AS jid_rv FROM dedup_table('bg.renveto', '{k}', action => 'rename', background => true,
+                                         batch_size => 20) \gset
+SELECT dedup_wait(:jid_rv, '120s');
+SELECT state, rows_renamed > 0 AS some_renamed, split_part(error, ':', 1) AS sqlstate,
+       regexp_replace(split_part(error, E'\n', 1), '[0-9]+', 'N', 'g') AS error
+  FROM dedup_jobs WHERE job_id = :jid_rv;
+SELECT dedup_rollback(:jid_rv) > 0 AS rolled_back;
+SELECT count(*) AS differ FROM (SELECT * FROM bg.renveto EXCEPT SELECT * FROM bg.renveto_before) d;
+
 -- an archive made by the previous version (a job submitted before an
 -- upgrade) has no dedup_xact: the job and its rollback work without it
 CREATE TABLE bg.old (id int PRIMARY KEY, k text);

@@ -29,6 +29,13 @@ GRANT SELECT ON :aup TO PUBLIC;
 CREATE STATISTICS up.s_stats ON (id + 1), k FROM :aups;
 RESET ROLE;
 
+-- over jobs, the update to 1.5 runs at READ COMMITTED only (its snapshot
+-- must see every job committed while it waits for its lock)
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+\set VERBOSITY terse
+ALTER EXTENSION dedup_ext UPDATE;
+\set VERBOSITY default
+ROLLBACK;
 ALTER EXTENSION dedup_ext UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'dedup_ext';
 SELECT relowner = (SELECT extowner FROM pg_extension WHERE extname = 'dedup_ext') AS owned_by_extension,

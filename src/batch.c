@@ -534,11 +534,14 @@ batch_step(BgJob *job, void *arg)
 		initStringInfo(&sql);
 		appendStringInfo(&sql, "WITH dedup_x AS (SELECT r.ctid AS dedup_rctid, w.dedup_cand"
 						 " FROM ONLY %s r, %s WHERE %s), %s SELECT pg_catalog.count(*),"
-						 " pg_catalog.count(*) FILTER (WHERE u.dedup_same IS NOT TRUE) FROM dedup_u u",
+						 " pg_catalog.count(*) FILTER (WHERE u.dedup_same IS NOT TRUE),"
+						 " (SELECT pg_catalog.count(*) FROM dedup_x) FROM dedup_u u",
 						 t->qualname, using, where,
 						 sql_rename_apply(t, "dedup_x", "dedup_rctid", job->archive_table, job->job_id));
 		spi_exec_count(sql.data, SPI_OK_SELECT);
 		changed = spi_get_int64(0, 1);
+		/* the archive holds every loser of dedup_x as renamed */
+		rename_skipped_check(t, changed, spi_get_int64(0, 3));
 		rename_stored_check(t, spi_get_int64(0, 2));
 	}
 	else if (job->action == DEDUP_ACTION_MERGE)

@@ -237,15 +237,25 @@ run_rename(DedupTarget *t, DedupResult *res)
 	/* the statement's changes go with the transaction this error aborts */
 	rename_refusals(t, spi_get_int64(0, 3),
 					SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4));
-	if (res->rows_renamed != spi_get_int64(0, 5))
+	rename_skipped_check(t, res->rows_renamed, spi_get_int64(0, 5));
+	rename_stored_check(t, spi_get_int64(0, 6));
+}
+
+/*
+ * renamed of wanted losers were renamed: the others a BEFORE UPDATE trigger
+ * skipped (or row-level security hid), and their duplicates would stay,
+ * while the archive holds them as renamed.
+ */
+void
+rename_skipped_check(DedupTarget *t, int64 renamed, int64 wanted)
+{
+	if (renamed != wanted)
 		ereport(ERROR,
 				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
 				 errmsg("%lld of the %lld losers of %s were not renamed",
-						(long long) (spi_get_int64(0, 5) - res->rows_renamed),
-						(long long) spi_get_int64(0, 5), t->qualname),
+						(long long) (wanted - renamed), (long long) wanted, t->qualname),
 				 errdetail("A BEFORE UPDATE trigger on the table skipped them (or a row-level security policy for UPDATE hid them); their duplicates would stay."),
 				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the renames through.")));
-	rename_stored_check(t, spi_get_int64(0, 6));
 }
 
 /*

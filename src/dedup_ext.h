@@ -414,6 +414,7 @@ extern char *unique_existing(DedupTarget *t);
 /* dedup.c */
 extern void rename_refusals(DedupTarget *t, int64 null_keys, const char *taken);
 extern void rename_stored_check(DedupTarget *t, int64 changed);
+extern void rename_skipped_check(DedupTarget *t, int64 renamed, int64 wanted);
 extern void losers_deleted_check(DedupTarget *t, int64 deleted, int64 nlosers);
 extern void dedup_refuse_cascades(DedupTarget *t, DedupAction action);
 

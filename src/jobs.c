@@ -197,7 +197,8 @@ job_ids_ahead(void)
 
 	spi_exec_as_owner(psprintf("SELECT pg_catalog.setval(%s::pg_catalog.regclass, x.m)"
 							   " FROM (SELECT pg_catalog.max(j.job_id) AS m FROM %s.dedup_job j) x,"
-							   " %s.dedup_job_job_id_seq s WHERE x.m OPERATOR(pg_catalog.>=) s.last_value",
+							   " %s.dedup_job_job_id_seq s WHERE x.m OPERATOR(pg_catalog.>) s.last_value"
+							   " OR (x.m OPERATOR(pg_catalog.=) s.last_value AND NOT s.is_called)",
 							   sql_literal(psprintf("%s.dedup_job_job_id_seq", schema)), schema, schema),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 }
