@@ -15,6 +15,7 @@
 -- OIDs and ctids, keep it.  A job row without its note is history here:
 -- shown to superusers and pg_read_all_stats only, never run, rolled back or
 -- verified.
+
 -- The rows already here get their origin and note from one UPDATE and one
 -- INSERT below; under REPEATABLE READ or SERIALIZABLE their snapshot would
 -- miss a job committed while this update waited for its lock, which would
