@@ -19,12 +19,16 @@
 -- The rows already here get their origin and note from one UPDATE and one
 -- INSERT below; under REPEATABLE READ or SERIALIZABLE their snapshot would
 -- miss a job committed while this update waited for its lock, which would
--- then count as restored for good.  A fresh install has no jobs.
+-- then count as restored for good (however few jobs that snapshot shows).
+-- A fresh install, whose job id sequence this transaction created, has no
+-- jobs to miss.
 DO $$
 BEGIN
   IF pg_catalog.current_setting('transaction_isolation') OPERATOR(pg_catalog.<>) 'read committed'
-     AND EXISTS (SELECT FROM @extschema@.dedup_job) THEN
-    RAISE EXCEPTION 'dedup_ext 1.5 must be installed over jobs at READ COMMITTED'
+     AND (SELECT c.xmin FROM pg_catalog.pg_class c
+           WHERE c.oid OPERATOR(pg_catalog.=) '@extschema@.dedup_job_job_id_seq'::pg_catalog.regclass)
+         OPERATOR(pg_catalog.<>) pg_catalog.xid(pg_catalog.pg_current_xact_id()) THEN
+    RAISE EXCEPTION 'dedup_ext can be updated to 1.5 only at READ COMMITTED'
       USING ERRCODE = 'invalid_transaction_state',
             DETAIL = 'The update marks the jobs already here as this database''s own; at '
                      || pg_catalog.upper(pg_catalog.current_setting('transaction_isolation'))

@@ -271,6 +271,22 @@ DELETE FROM :arch_xc WHERE id = 9;
 SET ROLE regress_owner;
 SELECT dedup_rollback(:jid_xm) AS restored;
 SELECT * FROM priv.xc;
+-- and for a backfill's list of the rows it linked
+CREATE TABLE priv.bp (id int PRIMARY KEY, code text);
+CREATE TABLE priv.bc (id int PRIMARY KEY, code text, bp_id int);
+INSERT INTO priv.bp VALUES (1, 'a');
+INSERT INTO priv.bc VALUES (1, 'a', NULL), (2, 'a', NULL), (3, 'z', NULL);
+SELECT job_id AS jid_bl FROM backfill_fk('priv.bc', 'bp_id', 'priv.bp', '{code}') \gset
+SELECT format('dedup_archive.bc_%s_linked', :jid_bl) AS arch_bl \gset
+RESET ROLE;
+INSERT INTO :arch_bl SELECT * FROM :arch_bl LIMIT 1;
+SET ROLE regress_owner;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_bl));
+RESET ROLE;
+DELETE FROM :arch_bl WHERE ctid = (SELECT max(ctid) FROM :arch_bl);
+SET ROLE regress_owner;
+SELECT dedup_rollback(:jid_bl) AS restored;
+SELECT * FROM priv.bc ORDER BY id;
 RESET ROLE;
 -- a backfill whose archives were dropped still verifies (its constraint and
 -- orphans are kept in the job)

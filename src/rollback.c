@@ -1052,6 +1052,44 @@ archive_has_removed(const char *archive)
 	return spi_get_int64(0, 1) > 0;
 }
 
+/* rows in archive (NULL: none) */
+static int64
+archive_rows(const char *archive)
+{
+	if (archive == NULL)
+		return 0;
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s", archive), SPI_OK_SELECT);
+	return spi_get_int64(0, 1);
+}
+
+/*
+ * A backfill's lists hold as many rows as it counted (refuse_archive_count,
+ * for them): rows a restore appended to a list of the same name (a dump of
+ * another database whose job had this id) would be set back, or removed.
+ * The job counted the created parents, and in rows_changed the linked,
+ * deleted and created rows together.
+ */
+static void
+refuse_backfill_archive_counts(DedupJob *job, const char *linked, const char *deleted, const char *created)
+{
+	char	   *parents = json_field_text(job->undo, "parents_created");
+	int64		ncreated = parents ? strtoll(parents, NULL, 10) : 0;
+	int64		nlinked = job->rows_changed - job->rows_deleted - ncreated;
+	int64		in_linked = archive_rows(linked);
+	int64		in_deleted = archive_rows(deleted);
+	int64		in_created = archive_rows(created);
+
+	if (in_linked != nlinked || in_deleted != job->rows_deleted || in_created != ncreated)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the archives of job %lld are not as the job left them", (long long) job->job_id),
+				 errdetail("They list %lld linked, %lld deleted and %lld created rows; the job counted %lld, %lld and %lld.",
+						   (long long) in_linked, (long long) in_deleted, (long long) in_created,
+						   (long long) nlinked, (long long) job->rows_deleted, (long long) ncreated),
+				 errhint("Compare them with the tables by hand; dedup_drop_archive(%lld) drops them.",
+						 (long long) job->job_id)));
+}
+
 /*
  * Undo a backfill: drop the constraints it added, put deleted orphans back,
  * set what it linked back to NULL, and remove the parents it created.
@@ -1083,6 +1121,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 		archive_require_intact(deleted, job->job_id, t->relid, InvalidOid);
 	if (created)
 		archive_require_intact(created, job->job_id, parentid, job->submitted_by);
+	refuse_backfill_archive_counts(job, linked, deleted, created);
 	parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(parentid)),
 										get_rel_name(parentid));
 	if (created)
