@@ -366,7 +366,7 @@ extern void bg_backfill_load(BgJob *job, DedupJob *row);
 extern bool column_not_null(Oid relid, AttrNumber att);
 
 /* launcher.c */
-extern void launch_worker(Oid dbid, bool resume);
+extern bool launch_worker(Oid dbid, bool resume);
 extern void launch_at_commit(void);
 extern void launcher_register(void);
 

@@ -39,9 +39,9 @@ static bool callback_registered = false;
 /*
  * Start a worker for a database.  resume: it re-queues the jobs of the
  * database that lost their worker first.  When no background worker slot is
- * free it warns; the job stays queued.
+ * free it returns false, and for a submission warns: the job stays queued.
  */
-void
+bool
 launch_worker(Oid dbid, bool resume)
 {
 	BackgroundWorker worker = {0};
@@ -57,12 +57,15 @@ launch_worker(Oid dbid, bool resume)
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
 	worker.bgw_extra[0] = resume ? 'r' : 'n';
 	worker.bgw_notify_pid = 0;
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	if (RegisterDynamicBackgroundWorker(&worker, &handle))
+		return true;
+	if (!resume)
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not start a dedup_ext background worker"),
 				 errdetail("All max_worker_processes background worker slots are in use."),
 				 errhint("The job stays queued; dedup_resume(job_id) starts a worker for it later.")));
+	return false;
 }
 
 static void
@@ -74,7 +77,7 @@ launch_xact_callback(XactEvent event, void *arg)
 			if (launch_pending)
 			{
 				launch_pending = false;
-				launch_worker(MyDatabaseId, false);
+				(void) launch_worker(MyDatabaseId, false);
 			}
 			break;
 		case XACT_EVENT_ABORT:
@@ -121,7 +124,9 @@ launcher_register(void)
  * The launcher connects to no database (it reads only the shared catalog
  * pg_database), starts a resuming worker for every database that accepts
  * connections, then sleeps until shutdown, so that it is started again after
- * a crash-restart.
+ * a crash-restart.  A cluster may have more databases than free background
+ * worker slots: the databases whose worker could not start are tried again
+ * every second, as the workers before them finish.
  */
 void
 dedup_launcher_main(Datum arg)
@@ -153,12 +158,17 @@ dedup_launcher_main(Datum arg)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	foreach(lc, dbs)
-		launch_worker(lfirst_oid(lc), true);
-
 	while (!ShutdownRequestPending)
 	{
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L, PG_WAIT_EXTENSION);
+		List	   *left = NIL;
+
+		foreach(lc, dbs)
+			if (!launch_worker(lfirst_oid(lc), true))
+				left = lappend_oid(left, lfirst_oid(lc));
+		list_free(dbs);
+		dbs = left;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (dbs ? WL_TIMEOUT : 0),
+						 dbs ? 1000L : -1L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		/* barriers (DROP DATABASE waits for every process to absorb one) */
 		CHECK_FOR_INTERRUPTS();
