@@ -28,6 +28,7 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/wait_event.h"
 
@@ -150,8 +151,14 @@ dedup_launcher_main(Datum arg)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
+		/* outlives the transaction: the databases not started yet are retried */
 		if (db->datallowconn && !db->datistemplate)
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
 			dbs = lappend_oid(dbs, db->oid);
+			MemoryContextSwitchTo(oldcxt);
+		}
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);

@@ -45,5 +45,7 @@ for my $i (1 .. $ndb)
 }
 ok(!$node->log_contains(qr/could not start a dedup_ext background worker/, $offset),
 	'no warning about a job left queued after the restart: the launcher tries again');
+ok(!$node->log_contains(qr/terminated by signal/),
+	'no process crashed (the launcher keeps its list of databases across its waits)');
 
 done_testing();
