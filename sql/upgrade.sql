@@ -32,7 +32,7 @@ RESET ROLE;
 -- over jobs, the update to 1.5 runs at READ COMMITTED only (its snapshot
 -- must see every job committed while it waits for its lock)
 BEGIN ISOLATION LEVEL REPEATABLE READ;
-\set VERBOSITY terse
+\set VERBOSITY sqlstate
 ALTER EXTENSION dedup_ext UPDATE;
 \set VERBOSITY default
 ROLLBACK;

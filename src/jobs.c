@@ -26,7 +26,6 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
-
 /*
  * Where the extension lives and who owns it.  get_extension_schema() is not
  * exported before PostgreSQL 16, so ask the catalog.
@@ -128,42 +127,30 @@ job_here_sql(const char *alias)
 }
 
 /*
- * The origin column of a new job row and its value, a new random one, or
- * two empty strings before 1.5.  Asked under the lock the INSERT takes, so
- * that an ALTER EXTENSION UPDATE that adds the column is seen.
- */
-static void
-job_origin_sql(const char **column, const char **value)
-{
-	char	   *schema = dedup_ext_schema();
-
-	LockRelationOid(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), RowExclusiveLock);
-	*column = "";
-	*value = "";
-	if (!job_has_origin(schema))
-		return;
-	*column = ", origin";
-	*value = ", pg_catalog.gen_random_uuid()";
-}
-
-/*
- * Insert a job row (sql: an INSERT into dedup_job RETURNING job_id, with
- * job_origin_sql's column) and note its origin in dedup_job_here;
- * spi_exec_as_owner's arguments.  Returns the job's id.
+ * Insert a job row: columns and values (the same number, $n for the
+ * arguments) RETURNING job_id; from 1.5 on with a new random origin, noted
+ * in dedup_job_here by the same statement.  Whether the column is there is
+ * asked under the lock the INSERT takes, so that an ALTER EXTENSION UPDATE
+ * that adds it is seen.  spi_exec_as_owner's arguments; returns the job's id.
  */
 static int64
-job_insert(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
+job_insert(const char *columns, const char *values_sql, int nargs, Oid *types, Datum *values,
+		   const char *nulls)
 {
 	char	   *schema = dedup_ext_schema();
-	int64		job_id;
+	char	   *insert;
 
-	spi_exec_as_owner(sql, nargs, types, values, nulls, SPI_OK_INSERT_RETURNING);
-	job_id = spi_get_int64(0, 1);
-	if (job_has_origin(schema))
-		spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_job_here SELECT j.job_id, j.origin FROM %s.dedup_job j"
-								   " WHERE j.job_id OPERATOR(pg_catalog.=) %lld", schema, schema, (long long) job_id),
-						  0, NULL, NULL, NULL, SPI_OK_INSERT);
-	return job_id;
+	LockRelationOid(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), RowExclusiveLock);
+	if (!job_has_origin(schema))
+		insert = psprintf("INSERT INTO %s.dedup_job (%s) VALUES (%s) RETURNING job_id",
+						  schema, columns, values_sql);
+	else
+		insert = psprintf("WITH j AS (INSERT INTO %s.dedup_job (%s, origin) VALUES (%s, pg_catalog.gen_random_uuid())"
+						  " RETURNING job_id, origin)"
+						  " INSERT INTO %s.dedup_job_here SELECT j.job_id, j.origin FROM j RETURNING job_id",
+						  schema, columns, values_sql, schema);
+	spi_exec_as_owner(insert, nargs, types, values, nulls, SPI_OK_INSERT_RETURNING);
+	return spi_get_int64(0, 1);
 }
 
 /*
@@ -318,8 +305,6 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	Datum		values[6];
 	char		nulls[7] = "      ";
 	int64		job_id;
-	const char *origin_column;
-	const char *origin_value;
 
 	values[0] = CStringGetTextDatum(kind);
 	values[1] = ObjectIdGetDatum(relid);
@@ -330,13 +315,8 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 	if (target_job == 0)
 		nulls[5] = 'n';
 	job_ids_ahead();
-	job_origin_sql(&origin_column, &origin_value);
-	job_id = job_insert(psprintf("INSERT INTO %s.dedup_job"
-								 " (kind, relation, relation_name, params, state, submitted_by,"
-								 "  started_at, target_job%s)"
-								 " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'running', $5,"
-								 "  pg_catalog.clock_timestamp(), $6%s) RETURNING job_id",
-								 dedup_ext_schema(), origin_column, origin_value),
+	job_id = job_insert("kind, relation, relation_name, params, state, submitted_by, started_at, target_job",
+						"$1, $2, $3, $4::pg_catalog.jsonb, 'running', $5, pg_catalog.clock_timestamp(), $6",
 						6, types, values, nulls);
 	progress_begin(job_id, kind, relid, GetUserId(), true);
 	progress_phase(phase);
@@ -379,8 +359,6 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
 	int64		job_id;
-	const char *origin_column;
-	const char *origin_value;
 
 	job_refuse_temp(relid);
 
@@ -409,11 +387,8 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	values[3] = CStringGetTextDatum(params_json);
 	values[4] = ObjectIdGetDatum(GetUserId());
 	job_ids_ahead();
-	job_origin_sql(&origin_column, &origin_value);
-	job_id = job_insert(psprintf("INSERT INTO %s.dedup_job"
-								 " (kind, relation, relation_name, params, state, submitted_by, background%s)"
-								 " VALUES ($1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true%s) RETURNING job_id",
-								 dedup_ext_schema(), origin_column, origin_value),
+	job_id = job_insert("kind, relation, relation_name, params, state, submitted_by, background",
+						"$1, $2, $3, $4::pg_catalog.jsonb, 'queued', $5, true",
 						5, types, values, NULL);
 	launch_at_commit();
 	return job_id;

@@ -74,6 +74,17 @@ bg_delay(BgJob *job)
 	}
 }
 
+/* take a reloaded configuration (SIGHUP) between transactions */
+static void
+reload_config(void)
+{
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
 /*
  * Lock timeouts, deadlocks and serialization failures are retried until the
  * step commits.  A merge's batch also retries a unique violation a few
@@ -135,11 +146,7 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 		Oid			saved_user;
 		int			saved_sec;
 
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
+		reload_config();
 		StartTransactionCommand();
 		GetUserIdAndSecContext(&saved_user, &saved_sec);
 		PG_TRY();
@@ -855,11 +862,7 @@ dedup_worker_main(Datum arg)
 			int64		job_id = 0;
 
 			/* dedup_ext.max_workers lowered since: this slot is gone */
-			if (ConfigReloadPending)
-			{
-				ConfigReloadPending = false;
-				ProcessConfigFile(PGC_SIGHUP);
-			}
+			reload_config();
 			if (slot >= dedup_max_workers)
 				break;
 			plain_xact(claim_job, &job_id);

@@ -162,7 +162,14 @@ for my $role (qw(mallory app))
 	like($e, qr/job $merge does not exist/, "$role cannot roll one back");
 }
 
-my ($r, $o, $e) = $b->psql('appdb', "SELECT dedup_rollback($merge)",
+# a member of pg_read_all_stats sees the restored jobs, and controls none
+$b->safe_psql('postgres', 'CREATE ROLE watcher IN ROLE pg_read_all_stats');
+is($b->safe_psql('appdb', 'SET ROLE watcher; SELECT count(*) FROM dedup_jobs WHERE restored'), '5',
+	'a member of pg_read_all_stats sees them');
+my ($r, $o, $e) = $b->psql('appdb', "SET ROLE watcher; SELECT dedup_rollback($merge)",
+	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+like($e, qr/42501/, 'and may not roll one back (42501)');
+($r, $o, $e) = $b->psql('appdb', "SELECT dedup_rollback($merge)",
 	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
 like($e, qr/55000/, 'a superuser\'s rollback of a restored job is refused (55000)');
 ($r, $o, $e) = $b->psql('appdb', "SELECT dedup_rollback($merge)");
