@@ -833,6 +833,48 @@ SELECT id, pid FROM bf_t.dfr_child ORDER BY id;
 SELECT dedup_rollback(:bd2) AS restored;
 SELECT id, pid FROM bf_t.dfr_child ORDER BY id;
 
+-- create_parent refuses orphans whose key a parent cannot hold as it is (a
+-- numeric 1.5 in an integer column is 2: three parents 2 were made, none
+-- linked), the dry run too, and changes nothing; keys that fit are fine
+CREATE TABLE bf_t.lp (id serial PRIMARY KEY, k int);
+INSERT INTO bf_t.lp (k) VALUES (1);
+CREATE TABLE bf_t.lc (id int PRIMARY KEY, k numeric, pid int);
+INSERT INTO bf_t.lc VALUES (1, 1), (2, 1.5), (3, 2), (4, 2.4);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('lc', 'pid', 'lp', '{k}', on_orphan => 'create_parent', dry_run => true)$$);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('lc', 'pid', 'lp', '{k}', on_orphan => 'create_parent')$$);
+SELECT count(*) AS parents FROM bf_t.lp;
+DELETE FROM bf_t.lc WHERE k IN (1.5, 2.4);
+INSERT INTO bf_t.lc VALUES (5, 2.0);
+SELECT rows_updated, parents_created FROM backfill_fk('lc', 'pid', 'lp', '{k}', on_orphan => 'create_parent');
+SELECT c.id, p.k FROM bf_t.lc c JOIN bf_t.lp p ON p.id = c.pid ORDER BY c.id;
+
+-- fk_column of the child's primary key, or of a foreign key that references
+-- another column: refused, changing nothing; the column it references is fine
+CREATE TABLE bf_t.fkp (id int PRIMARY KEY, n int UNIQUE, k text UNIQUE);
+INSERT INTO bf_t.fkp VALUES (1, 20, 'a'), (2, 10, 'b');
+CREATE TABLE bf_t.fkc (id int PRIMARY KEY, k text, pid int REFERENCES bf_t.fkp (n));
+INSERT INTO bf_t.fkc VALUES (1, 'a', NULL), (2, 'b', NULL);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('fkc', 'id', 'fkp', '{k}', parent_column => 'n')$$);
+SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('fkc', 'pid', 'fkp', '{k}', add_constraint => true)$$);
+SELECT * FROM backfill_fk('fkc', 'id', 'fkp', '{k}', parent_column => 'n');
+SELECT * FROM backfill_fk('fkc', 'pid', 'fkp', '{k}');
+SELECT rows_updated FROM backfill_fk('fkc', 'pid', 'fkp', '{k}', parent_column => 'n');
+SELECT id, pid FROM bf_t.fkc ORDER BY id;
+
+-- refusals name backfill_fk's own arguments
+SELECT * FROM backfill_fk('fkc', 'pid', 'fkp', '{nope}');
+SELECT * FROM backfill_fk('fkc', 'pid', 'fkp', '{}');
+SELECT * FROM backfill_fk('fkc', 'pid', 'fkp', '{k,k}');
+SELECT * FROM backfill_fk('pg_class', 'pid', 'fkp', '{k}');
+
+-- an integer fk_column, and a bigint parent_column whose value it cannot hold
+CREATE TABLE bf_t.bp8 (id bigint PRIMARY KEY, k text);
+INSERT INTO bf_t.bp8 VALUES (5000000000, 'a'), (2, 'b');
+CREATE TABLE bf_t.bc4 (id int PRIMARY KEY, k text, pid int);
+INSERT INTO bf_t.bc4 VALUES (1, 'a', NULL), (2, 'b', NULL);
+SELECT * FROM backfill_fk('bc4', 'pid', 'bp8', '{k}');
+SELECT count(*) AS linked FROM bf_t.bc4 WHERE pid IS NOT NULL;
+
 --
 -- cleanup
 --

@@ -557,7 +557,9 @@ SELECT dedup_wait(:jid_c);
 SELECT state, rows_deleted, split_part(error, ':', 1) AS sqlstate,
        regexp_replace(error, '[0-9]+', 'N', 'g') AS error
   FROM dedup_jobs WHERE job_id = :jid_c;
-SELECT (SELECT count(*) FROM bg.cols) AS rows_left, (SELECT count(*) FROM :arch_c) AS archived;
+-- (it failed before its first batch: its empty archive is dropped)
+SELECT (SELECT count(*) FROM bg.cols) AS rows_left, to_regclass(:'arch_c') IS NULL AS archive_dropped,
+       (SELECT archive_table IS NULL FROM dedup_jobs WHERE job_id = :jid_c) AS archive_unnamed;
 -- its archive dropped by hand while the job was paused: nowhere to put what
 -- a batch removes, so the job fails (55000) and removes nothing
 BEGIN;
@@ -709,6 +711,82 @@ SELECT dedup_wait(:jid_wide, '60s') AS state;
 SELECT split_part(error, ':', 1) AS sqlstate FROM dedup_jobs WHERE job_id = :jid_wide;
 SELECT count(*) AS indexes_left FROM pg_index WHERE indrelid = 'bg.wide'::regclass AND NOT indisprimary;
 SELECT count(*) AS rows_left FROM bg.wide;
+
+-- the worker evaluates a job as the submitting session would: a filter's
+-- date constant is stored as ISO (it was stored as 01/02/2024, which the
+-- worker read back as 2 January, and deleted a row the filter left out),
+-- the unique index's predicate holds the day meant; a timestamptz constant
+-- keeps its offset (IST was read back as Israel's); a filter on the hour and
+-- a keep on the date of a timestamptz follow the session's TimeZone, and a
+-- rename's suffix is the primary key's text in the session's DateStyle
+SET DateStyle = 'SQL, DMY';
+SET TimeZone = 'Asia/Tokyo';
+CREATE TABLE bg.dsf (id int PRIMARY KEY, k int, d date);
+INSERT INTO bg.dsf VALUES (1, 1, '2024-01-15'), (2, 1, '2024-01-16'), (3, 2, '2024-03-01'), (4, 2, '2024-03-02');
+SELECT job_id AS jid_dsf FROM dedup_table('bg.dsf', '{k}', filter => 'd >= ''2024-02-01''',
+                                          add_unique => true, background => true) \gset
+SELECT dedup_wait(:jid_dsf, '60s') AS state;
+SELECT id FROM bg.dsf ORDER BY id;
+INSERT INTO bg.dsf VALUES (5, 1, '2024-01-20');
+SELECT * FROM bg_util.try('INSERT INTO bg.dsf VALUES (6, 2, ''2024-03-05'')');
+CREATE TABLE bg.tzb (id int PRIMARY KEY, k int, ts timestamptz);
+INSERT INTO bg.tzb VALUES (1, 1, '2024-01-01 05:00+09'), (2, 1, '2024-01-01 06:00+09'),
+                          (3, 2, '2024-01-01 05:00+09'), (4, 2, '2024-01-01 06:00+09');
+SELECT job_id AS jid_tzb FROM dedup_table('bg.tzb', '{k}', filter => 'extract(hour from ts) >= 12',
+                                          background => true) \gset
+SELECT dedup_wait(:jid_tzb, '60s') AS state;
+SELECT count(*) AS rows_left FROM bg.tzb;
+CREATE TABLE bg.tzk (id int PRIMARY KEY, k int, ts timestamptz);
+INSERT INTO bg.tzk VALUES (1, 1, '2024-01-01 08:00+09'), (2, 1, '2024-01-01 10:00+09');
+SELECT row_id, decision FROM dedup_preview('bg.tzk', '{k}', keep => '(ts::date = ''2024-01-01'') DESC, id');
+SELECT job_id AS jid_tzk FROM dedup_table('bg.tzk', '{k}', keep => '(ts::date = ''2024-01-01'') DESC, id',
+                                          background => true) \gset
+SELECT dedup_wait(:jid_tzk, '60s') AS state;
+SELECT id FROM bg.tzk;
+CREATE TABLE bg.rts (id timestamptz PRIMARY KEY, t text);
+INSERT INTO bg.rts VALUES ('2024-01-01 00:00+00', 'a'), ('2024-01-02 00:00+00', 'a');
+SELECT new_value FROM dedup_preview('bg.rts', '{t}', action => 'rename') WHERE decision = 'rename';
+SELECT job_id AS jid_rts FROM dedup_table('bg.rts', '{t}', action => 'rename', background => true) \gset
+SELECT dedup_wait(:jid_rts, '60s') AS state;
+SELECT t FROM bg.rts ORDER BY id;
+SET TimeZone = 'Asia/Kolkata';
+CREATE TABLE bg.ist (id int PRIMARY KEY, k int, ts timestamptz);
+INSERT INTO bg.ist VALUES (1, 1, '2024-01-01 04:00+05:30'), (2, 1, '2024-01-01 05:00+05:30');
+SELECT total_rows, duplicate_rows FROM dedup_audit('bg.ist', '{k}', filter => 'ts >= ''2024-01-01 03:00''');
+RESET DateStyle;
+RESET TimeZone;
+
+-- a rename the column refuses (varchar(5)) fails the job with the
+-- foreground's error, and a job that failed before its first batch leaves
+-- no empty archive
+CREATE TABLE bg.r5 (id int PRIMARY KEY, k varchar(5));
+INSERT INTO bg.r5 VALUES (1, 'abcde'), (2, 'abcde');
+SELECT job_id AS jid_r5 FROM dedup_table('bg.r5', '{k}', action => 'rename', background => true) \gset
+SELECT dedup_wait(:jid_r5, '60s') AS state;
+SELECT split_part(error, ':', 1) AS sqlstate, archive_table FROM dedup_jobs WHERE job_id = :jid_r5;
+SELECT count(*) AS archives FROM pg_tables WHERE schemaname = 'dedup_archive' AND tablename LIKE 'r5\_%';
+
+-- a background backfill whose parent_key names other columns than
+-- child_key (the worker read parent_key as NULL, and failed on the child's
+-- names); the orphan it makes a parent for is listed, as in the foreground
+CREATE TABLE bg.pk_p (id serial PRIMARY KEY, name text UNIQUE);
+INSERT INTO bg.pk_p (name) VALUES ('a'), ('b');
+CREATE TABLE bg.pk_c (id int PRIMARY KEY, pname text, pid int);
+INSERT INTO bg.pk_c VALUES (1, 'a'), (2, 'b'), (3, 'z');
+SELECT job_id AS jid_pk FROM backfill_fk('bg.pk_c', 'pid', 'bg.pk_p', '{pname}', parent_key => '{name}',
+                                         on_orphan => 'create_parent', background => true) \gset
+SELECT dedup_wait(:jid_pk, '60s') AS state;
+SELECT c.id, p.name FROM bg.pk_c c JOIN bg.pk_p p ON p.id = c.pid ORDER BY c.id;
+SELECT row_id, key_values, reason FROM dedup_orphans WHERE job_id = :jid_pk;
+SELECT check_name, ok, detail FROM dedup_verify(:jid_pk);
+-- and the orphans it deletes
+CREATE TABLE bg.pk_d (id int PRIMARY KEY, pname text, pid int);
+INSERT INTO bg.pk_d VALUES (1, 'a'), (2, 'y'), (3, 'y');
+SELECT job_id AS jid_pd FROM backfill_fk('bg.pk_d', 'pid', 'bg.pk_p', '{pname}', parent_key => '{name}',
+                                         on_orphan => 'delete', background => true) \gset
+SELECT dedup_wait(:jid_pd, '60s') AS state;
+SELECT row_id, key_values, reason FROM dedup_orphans WHERE job_id = :jid_pd ORDER BY row_id;
+SELECT check_name, ok, detail FROM dedup_verify(:jid_pd);
 
 -- no job is left waiting for a worker
 SELECT state, count(*) FROM dedup_jobs

@@ -187,16 +187,50 @@ archive_skip_user_types(const char *qname)
 	"  UNION ALL SELECT j.undo OPERATOR(pg_catalog.->>) f" \
 	"  FROM pg_catalog.unnest('{linked,deleted,created}'::pg_catalog.text[]) f) x(n)"
 
-/* the rows of a dedup's archive that it removed, and that it renamed */
+/*
+ * The rows of an archive that the job removed, and those it changed in
+ * place: 'rename' in a dedup's own archive, 'repoint' in a merge's archive
+ * of a re-pointed table
+ */
 void
-archive_counts(const char *archive, int64 *deleted, int64 *renamed)
+archive_counts(const char *archive, const char *changed, int64 *deleted, int64 *nchanged)
 {
 	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
-							   " pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename')"
-							   " FROM %s a", archive),
+							   " pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) %s)"
+							   " FROM %s a", sql_literal(changed), archive),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	*deleted = spi_get_int64(0, 1);
-	*renamed = spi_get_int64(0, 2);
+	*nchanged = spi_get_int64(0, 2);
+}
+
+/* rows in archive (NULL: none) */
+static int64
+archive_rows(const char *archive)
+{
+	if (archive == NULL)
+		return 0;
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s", archive),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	return spi_get_int64(0, 1);
+}
+
+/*
+ * What a backfill's lists hold (have) and what the job counted (want): the
+ * linked, deleted and created rows, in that order.  The job counted the
+ * created parents, and in rows_changed the three together.
+ */
+void
+archive_backfill_counts(DedupJob *job, int64 have[3], int64 want[3])
+{
+	char	   *parents = json_field_text(job->undo, "parents_created");
+	int64		ncreated = parents ? strtoll(parents, NULL, 10) : 0;
+
+	have[0] = archive_rows(json_field_text(job->undo, "linked"));
+	have[1] = archive_rows(json_field_text(job->undo, "deleted"));
+	have[2] = archive_rows(json_field_text(job->undo, "created"));
+	want[0] = job->rows_changed - job->rows_deleted - ncreated;
+	want[1] = job->rows_deleted;
+	want[2] = ncreated;
 }
 
 /*

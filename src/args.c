@@ -175,8 +175,9 @@ fill_column(Relation rel, AttrNumber attnum, DedupColumn *col)
 	col->bytewise_eq = bytewise_equality(att);
 }
 
+/* argname: the argument key came as ("key", or backfill_fk's "child_key") */
 static void
-open_key(DedupTarget *t, Relation rel, ArrayType *key)
+open_key(DedupTarget *t, Relation rel, ArrayType *key, const char *argname)
 {
 	Datum	   *elems;
 	bool	   *nulls;
@@ -185,12 +186,12 @@ open_key(DedupTarget *t, Relation rel, ArrayType *key)
 	if (ARR_NDIM(key) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("argument \"key\" must be a one-dimensional array of column names")));
+				 errmsg("argument \"%s\" must be a one-dimensional array of column names", argname)));
 	deconstruct_array(key, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	if (n == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("argument \"key\" must name at least one column")));
+				 errmsg("argument \"%s\" must name at least one column", argname)));
 
 	t->nkeys = n;
 	t->keys = palloc0(sizeof(DedupColumn) * n);
@@ -202,23 +203,23 @@ open_key(DedupTarget *t, Relation rel, ArrayType *key)
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("argument \"key\" must not contain NULL")));
+					 errmsg("argument \"%s\" must not contain NULL", argname)));
 		name = TextDatumGetCString(elems[i]);
 		attnum = get_attnum(t->relid, name);
 		if (attnum == InvalidAttrNumber)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("column \"%s\" named in key does not exist", name),
+					 errmsg("column \"%s\" named in %s does not exist", name, argname),
 					 errdetail("Table %s has no column \"%s\".", t->qualname, name)));
 		if (attnum < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("column \"%s\" named in key is a system column", name)));
+					 errmsg("column \"%s\" named in %s is a system column", name, argname)));
 		for (int j = 0; j < i; j++)
 			if (strcmp(t->keys[j].name, name) == 0)
 				ereport(ERROR,
 						(errcode(ERRCODE_DUPLICATE_COLUMN),
-						 errmsg("column \"%s\" appears more than once in key", name)));
+						 errmsg("column \"%s\" appears more than once in %s", name, argname)));
 
 		fill_column(rel, attnum, &t->keys[i]);
 		if (!OidIsValid(t->keys[i].eq_opr))
@@ -379,7 +380,11 @@ analyze_arg(DedupTarget *t, Relation rel, const char *argname,
  * Deparse with only pg_catalog in the search path, so that every other
  * function, operator and type in the text is schema-qualified: the text
  * means the same under any search_path, including the restricted one of a
- * background worker, which parses it again.
+ * background worker, which parses it again.  Its constants are written as
+ * pg_dump writes them, in the styles every setting reads back alike: a
+ * date written in the session's DateStyle (SQL, DMY: 01/02/2024) was read
+ * back by a worker at ISO, MDY as another day, and a time zone abbreviation
+ * (IST in Asia/Kolkata) as another zone's.
  */
 static char *
 deparse_qualified(Node *expr, const char *alias, Oid relid, bool prefix)
@@ -388,6 +393,12 @@ deparse_qualified(Node *expr, const char *alias, Oid relid, bool prefix)
 	char	   *text;
 
 	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("DateStyle", "ISO", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("IntervalStyle", "postgres", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("extra_float_digits", "3", PGC_USERSET, PGC_S_SESSION,
 							 GUC_ACTION_SAVE, true, 0, false);
 	text = deparse_expression(expr, deparse_context_for(alias, relid), prefix, false);
 	AtEOXact_GUC(true, nest);
@@ -429,6 +440,15 @@ DedupTarget *
 dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 				  bool check_owner, LOCKMODE lockmode)
 {
+	return dedup_target_open_as(relid, key, filter, nulls_distinct, check_owner, lockmode,
+								"rel", "key");
+}
+
+/* dedup_target_open, for a function whose rel and key arguments have other names */
+DedupTarget *
+dedup_target_open_as(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
+					 bool check_owner, LOCKMODE lockmode, const char *relarg, const char *keyarg)
+{
 	DedupTarget *t = palloc0(sizeof(DedupTarget));
 	HeapTuple	tup;
 	Form_pg_class classform;
@@ -438,7 +458,7 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 	if (!HeapTupleIsValid(tup))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("relation with OID %u given as argument \"rel\" does not exist", relid)));
+				 errmsg("relation with OID %u given as argument \"%s\" does not exist", relid, relarg)));
 	classform = (Form_pg_class) GETSTRUCT(tup);
 	t->relid = relid;
 	t->relowner = classform->relowner;
@@ -448,8 +468,8 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 	if (classform->relkind != RELKIND_RELATION)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("argument \"rel\" must be a table, but \"%s\" is %s",
-						t->relname, relkind_name(classform->relkind)),
+				 errmsg("argument \"%s\" must be a table, but \"%s\" is %s",
+						relarg, t->relname, relkind_name(classform->relkind)),
 				 classform->relkind == RELKIND_PARTITIONED_TABLE ?
 				 errhint("Deduplicate each partition: that finds every duplicate when the key contains the partition key.") : 0));
 	ReleaseSysCache(tup);
@@ -458,7 +478,7 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 						OidIsValid(getExtensionOfObject(RelationRelationId, relid))))
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("argument \"rel\" must be a user table, but \"%s\" is %s", t->relname,
+				 errmsg("argument \"%s\" must be a user table, but \"%s\" is %s", relarg, t->relname,
 						IsCatalogRelationOid(relid) ? "a system catalog" : "part of an extension")));
 	if (check_owner)
 		dedup_check_owner(relid);
@@ -472,13 +492,13 @@ dedup_target_open(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
 	if (find_inheritance_children(relid, NoLock) != NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("argument \"rel\" must be a table without inheritance children, but \"%s\" has some",
-						t->relname),
+				 errmsg("argument \"%s\" must be a table without inheritance children, but \"%s\" has some",
+						relarg, t->relname),
 				 errdetail("Its children's rows would be neither read nor changed, though a query of it returns them."),
 				 errhint("Deduplicate each table of the hierarchy on its own.")));
 
 	rel = relation_open(relid, NoLock);
-	open_key(t, rel, key);
+	open_key(t, rel, key, keyarg);
 	open_primary_key(t, rel);
 	t->nulls_distinct = nulls_distinct;
 	if (filter != NULL)

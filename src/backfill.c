@@ -69,6 +69,7 @@ typedef struct Backfill
 	char	  **eq;				/* child_key[i] = parent_key[i] */
 	char	  **pgroup;			/* p.<parent_key[i]> as eq compares it */
 	char	  **cgroup;			/* c.<child_key[i]> as eq compares it */
+	char	  **stored;			/* cgroup[i] as a created parent stores it, compared as pgroup[i] */
 	OnOrphan	on_orphan;
 } Backfill;
 
@@ -172,6 +173,13 @@ key_pair(Backfill *b, int i, Oid op, Oid childid, AttrNumber catt, Oid parentid,
 	b->pgroup[i] = psprintf("CAST(p.%s AS %s)%s%s", b->pkey[i], as[1],
 							OidIsValid(coll) && type_is_collatable(types[1]) ? " COLLATE " : "",
 							OidIsValid(coll) && type_is_collatable(types[1]) ? generate_collation_name(coll) : "");
+	/* type and typmod are the parent column's */
+	b->stored[i] = psprintf("CAST(CAST(%s AS %s) AS %s)%s%s", b->cgroup[i],
+							format_type_extended(type, typmod,
+												 FORMAT_TYPE_TYPEMOD_GIVEN | FORMAT_TYPE_FORCE_QUALIFY),
+							as[1],
+							OidIsValid(coll) && type_is_collatable(types[1]) ? " COLLATE " : "",
+							OidIsValid(coll) && type_is_collatable(types[1]) ? generate_collation_name(coll) : "");
 }
 
 /* the child's key as key_pair groups it: "CAST(c.a AS t), ..." */
@@ -225,6 +233,51 @@ fk_types_compatible(Oid fk, Oid ref)
 		return true;
 	return (fk == INT2OID || fk == INT4OID || fk == INT8OID) &&
 		(ref == INT2OID || ref == INT4OID || ref == INT8OID);
+}
+
+/*
+ * fk_column must be free to hold parent_column's values: not a column of
+ * the child's primary key (never NULL, so never filled: the archive of the
+ * rows linked would have it twice), and not a column of a foreign key that
+ * references anything else (filled with p.id, a column that references
+ * p(n) would name other parents through it, or fail it).
+ */
+static void
+refuse_fk_column_taken(Backfill *b)
+{
+	Oid			types[4] = {OIDOID, INT2OID, OIDOID, INT2OID};
+	Datum		values[4] = {ObjectIdGetDatum(b->child->relid), Int16GetDatum(b->fkatt),
+	ObjectIdGetDatum(b->parentid), Int16GetDatum(b->pcolatt)};
+
+	for (int i = 0; i < b->child->npk; i++)
+		if (strcmp(b->child->pk[i].name, b->fkname) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("argument \"fk_column\" names column \"%s\" of the primary key of %s",
+							b->fkname, b->child->qualname),
+					 errdetail("A primary key column is never NULL, and backfill_fk fills only NULL foreign keys.")));
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "dedup_ext: SPI_connect failed");
+	if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text, c.confrelid::pg_catalog.regclass::pg_catalog.text"
+							  " FROM pg_catalog.pg_constraint c"
+							  " WHERE c.contype OPERATOR(pg_catalog.=) 'f' AND c.conrelid OPERATOR(pg_catalog.=) $1"
+							  " AND $2 OPERATOR(pg_catalog.=) ANY (c.conkey)"
+							  " AND NOT (c.confrelid OPERATOR(pg_catalog.=) $3"
+							  " AND c.conkey OPERATOR(pg_catalog.=) ARRAY[$2] AND c.confkey OPERATOR(pg_catalog.=) ARRAY[$4])"
+							  " ORDER BY 1 LIMIT 1",
+							  4, types, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read foreign keys");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FOREIGN_KEY),
+				 errmsg("fk_column \"%s\" of %s is in foreign key %s, which does not reference parent_column \"%s\" of %s",
+						b->fkname, b->child->qualname,
+						quote_identifier(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)),
+						b->pcolname, b->parent),
+				 errdetail("It references %s: values of %s would name other rows through it, or break it.",
+						   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2), b->pcolname),
+				 errhint("Give the referenced column as parent_column, or drop that foreign key first.")));
+	SPI_finish();
 }
 
 /* The parent's one-column primary key, for parent_column => NULL. */
@@ -382,8 +435,9 @@ open_backfill(FunctionCallInfo fcinfo)
 	require_table(b->parentid, "parent");
 
 	/* the child as a dedup target: owner check, lock, key columns */
-	b->child = dedup_target_open(childid, child_key, NULL, true, true,
-								 weak_locks ? AccessShareLock : ShareRowExclusiveLock);
+	b->child = dedup_target_open_as(childid, child_key, NULL, true, true,
+									weak_locks ? AccessShareLock : ShareRowExclusiveLock,
+									"child", "child_key");
 
 	acl = pg_class_aclcheck(b->parentid, GetUserId(), ACL_SELECT);
 	if (acl != ACLCHECK_OK)
@@ -425,6 +479,7 @@ open_backfill(FunctionCallInfo fcinfo)
 	b->eq = palloc(sizeof(char *) * b->child->nkeys);
 	b->pgroup = palloc(sizeof(char *) * b->child->nkeys);
 	b->cgroup = palloc(sizeof(char *) * b->child->nkeys);
+	b->stored = palloc(sizeof(char *) * b->child->nkeys);
 	b->pkeyname = palloc(sizeof(char *) * b->child->nkeys);
 	for (int i = 0; i < b->child->nkeys; i++)
 	{
@@ -457,6 +512,7 @@ open_backfill(FunctionCallInfo fcinfo)
 						b->fkname, format_type_be(get_atttype(childid, b->fkatt)),
 						b->pcolname, format_type_be(get_atttype(b->parentid, b->pcolatt))),
 				 errhint("A foreign-key column needs the type of the column it references.")));
+	refuse_fk_column_taken(b);
 	refuse_what_would_fail(b, PG_GETARG_BOOL(7));
 	return b;
 }
@@ -538,30 +594,39 @@ classify(Backfill *b, BackfillResult *res)
 	res->orphans_with_key = spi_get_int64(0, 5);
 }
 
+/* which rows report_orphans lists: all the orphan and ambiguous ones */
+#define ORPHANS_AND_AMBIGUOUS "(m.dedup_n IS NULL OR m.dedup_n OPERATOR(pg_catalog.>) 1)"
+
 /*
- * List the orphan and ambiguous rows in dedup_orphans.  They are collected
- * by the caller into a temporary table first; the extension owner only
- * copies that table, so no user code runs with its rights.
+ * List the orphan and ambiguous rows that match which (a condition on the
+ * child row c and its parent key m) in dedup_orphans, but for those listed
+ * for the job already.  They are collected by the caller into a temporary
+ * table first; the extension owner only copies that table, so no user code
+ * runs with its rights.
  */
 static void
-report_orphans(Backfill *b, int64 job_id)
+report_orphans(Backfill *b, int64 job_id, const char *which)
 {
 	char	   *tmp = spi_temp_table_name("orphans");
-	const char *origin_column;
-	const char *origin_value;
+	char	   *origin = job_origin_sql(job_id);
+	char	   *schema = dedup_ext_schema();
 
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
 							" SELECT %s AS row_id, %s AS key_values,"
 							" CASE WHEN m.dedup_n IS NULL THEN 'orphan' ELSE 'ambiguous' END AS reason"
 							" FROM ONLY %s c LEFT JOIN (%s) m ON %s"
-							" WHERE c.%s IS NULL AND (m.dedup_n IS NULL OR m.dedup_n OPERATOR(pg_catalog.>) 1)",
+							" WHERE c.%s IS NULL AND %s",
 							tmp, sql_row_id(b->child, "c"), sql_key_json(b->child, "c"),
-							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk),
+							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk, which),
 				   SPI_OK_UTILITY);
-	job_orphan_origin(job_id, &origin_column, &origin_value);
 	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_orphan (job_id, row_id, key_values, reason%s)"
-							   " SELECT %lld, t.row_id, t.key_values, t.reason%s FROM %s t",
-							   dedup_ext_schema(), origin_column, (long long) job_id, origin_value, tmp),
+							   " SELECT %lld, t.row_id, t.key_values, t.reason%s%s FROM %s t"
+							   " WHERE NOT EXISTS (SELECT FROM %s.dedup_orphan o"
+							   " WHERE o.job_id OPERATOR(pg_catalog.=) %lld"
+							   " AND o.row_id OPERATOR(pg_catalog.=) t.row_id%s%s)",
+							   schema, origin ? ", origin" : "", (long long) job_id,
+							   origin ? ", " : "", origin ? origin : "", tmp, schema, (long long) job_id,
+							   origin ? " AND o.origin OPERATOR(pg_catalog.=) " : "", origin ? origin : ""),
 					  0, NULL, NULL, NULL, SPI_OK_INSERT);
 	spi_exec_count(psprintf("DROP TABLE %s", tmp), SPI_OK_UTILITY);
 }
@@ -588,6 +653,35 @@ delete_orphans(Backfill *b, BackfillResult *res)
 										   SPI_OK_INSERT);
 	else
 		res->rows_deleted = spi_exec_count(del, SPI_OK_DELETE_RETURNING);
+}
+
+/*
+ * A parent created for an orphan holds its key in the parent_key columns,
+ * and must then match it: a numeric 1.5 stored in an integer column is 2,
+ * a text 'ab ' in a char(4) column 'ab  ', and neither compares equal to
+ * the key it was made for (three orphans 1.5, 2 and 2.4 made three parents
+ * 2, none linked, and the child keyed 2 ambiguous for good).  Refused, for
+ * a dry run too, before anything changes.
+ */
+static void
+refuse_unmatched_parents(Backfill *b)
+{
+	StringInfoData same;
+
+	initStringInfo(&same);
+	for (int i = 0; i < b->child->nkeys; i++)
+		appendStringInfo(&same, "%s%s %s %s", i > 0 ? " AND " : "", b->stored[i], b->eq[i], b->cgroup[i]);
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE %s AND %s AND NOT (%s)",
+							b->child->qualname, orphan_condition(b), keys_not_null(b), same.data),
+				   SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("on_orphan => 'create_parent' cannot create parents for %lld orphan rows of %s",
+						(long long) spi_get_int64(0, 1), b->child->qualname),
+				 errdetail("Stored in the parent_key columns of %s, their child_key value changes (a numeric 1.5 in an integer column becomes 2, a text in a char(n) column is padded or cut), and the parent made for it would not match it.",
+						   b->parent),
+				 errhint("Give parent_key the type of child_key, or use on_orphan => 'report' and create those parents by hand.")));
 }
 
 /* one parent per distinct missing key, key columns filled, the rest defaults */
@@ -633,17 +727,34 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 							   b->child->qualname, b->fk, parent_keys(b), b->fk, key_join(b, "m"),
 							   range ? " AND " : "", range ? range : "");
 	char	   *ids;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	int64		linked = 0;
 
-	if (!res->linked_archive)
-		return spi_exec_count(upd, SPI_OK_UPDATE);
-	ids = sql_pk_list(b->child, "c");
-	/* a job submitted by an older version has an archive without it */
-	if (get_attnum(dedup_relid_by_name(res->linked_archive), b->fkname) != InvalidAttrNumber)
-		ids = psprintf("%s, c.%s", ids, b->fk);
-	return spi_exec_count(psprintf("WITH dedup_u AS (%s RETURNING %s)"
-								   " INSERT INTO %s SELECT * FROM dedup_u",
-								   upd, ids, res->linked_archive),
-						  SPI_OK_INSERT);
+	if (res->linked_archive)
+	{
+		ids = sql_pk_list(b->child, "c");
+		/* a job submitted by an older version has an archive without it */
+		if (get_attnum(dedup_relid_by_name(res->linked_archive), b->fkname) != InvalidAttrNumber)
+			ids = psprintf("%s, c.%s", ids, b->fk);
+		upd = psprintf("WITH dedup_u AS (%s RETURNING %s) INSERT INTO %s SELECT * FROM dedup_u",
+					   upd, ids, res->linked_archive);
+	}
+	PG_TRY();
+	{
+		linked = spi_exec_count(upd, res->linked_archive ? SPI_OK_INSERT : SPI_OK_UPDATE);
+	}
+	PG_CATCH();
+	{
+		/* a smallint or integer fk_column, and a parent's value beyond it */
+		spi_rethrow_with_hint(oldcxt, ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, 0,
+							  psprintf("fk_column %s has type %s and parent_column %s type %s: a value of %s does not fit %s. Give %s the type of %s.",
+									   b->fk, format_type_be(get_atttype(b->child->relid, b->fkatt)),
+									   b->pcol, format_type_be(get_atttype(b->parentid, b->pcolatt)),
+									   b->pcol, b->fk, b->fk, b->pcol),
+							  true);
+	}
+	PG_END_TRY();
+	return linked;
 }
 
 /*
@@ -682,6 +793,27 @@ column_not_null(Oid relid, AttrNumber att)
 }
 
 /*
+ * The constraints go on only if every row's foreign key is set, or can be:
+ * a background job's writers may add rows with it NULL that a link finds
+ * (constraint_step links them), but not orphans or ambiguous rows.
+ */
+static void
+refuse_nulls_left(Backfill *b)
+{
+	BackfillResult counts = {0};
+
+	classify(b, &counts);
+	if (counts.orphan_rows + counts.ambiguous_rows > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("cannot add the constraints: %lld rows of %s still have %s NULL",
+						(long long) (counts.orphan_rows + counts.ambiguous_rows), b->child->qualname, b->fk),
+				 errdetail("%lld rows match no parent (orphans) and %lld match more than one (ambiguous); ambiguous rows are never guessed.",
+						   (long long) counts.orphan_rows, (long long) counts.ambiguous_rows),
+				 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
+}
+
+/*
  * FOREIGN KEY NOT VALID + VALIDATE, then NOT NULL through a validated CHECK,
  * one stage at a time: a background job commits after each, so the short
  * strong locks (ADD ... NOT VALID, SET NOT NULL) are never held while a
@@ -691,23 +823,11 @@ static int
 constraint_stage(Backfill *b, BackfillResult *res, int stage)
 {
 	Oid			nsp = get_rel_namespace(b->child->relid);
-	int64		nulls;
 
 	switch (stage)
 	{
 		case 0:
-			spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NULL",
-									b->child->qualname, b->fk), SPI_OK_SELECT);
-			nulls = spi_get_int64(0, 1);
-			if (nulls > 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_NOT_NULL_VIOLATION),
-						 errmsg("cannot add the constraints: %lld rows of %s still have %s NULL",
-								(long long) nulls, b->child->qualname, b->fk),
-						 errdetail("%lld rows match no parent (orphans) and %lld match more than one (ambiguous); ambiguous rows are never guessed.",
-								   (long long) (nulls - res->ambiguous_rows), (long long) res->ambiguous_rows),
-						 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
-
+			refuse_nulls_left(b);
 			spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
 			own_constraints_immediate(b->child->relid);
 			/* orphans deleted queued the checks of keys that reference the child */
@@ -821,9 +941,12 @@ params_json(FunctionCallInfo fcinfo, Backfill *b)
 		appendStringInfoString(&buf, i > 0 ? ", " : "");
 		escape_json(&buf, b->pkeyname[i]);
 	}
-	appendStringInfo(&buf, "], \"batch_rows\": %d, \"batch_delay\": %d, \"lock_timeout\": %d}",
+	appendStringInfo(&buf, "], \"batch_rows\": %d, \"batch_delay\": %d, \"lock_timeout\": %d",
 					 PG_ARGISNULL(11) ? dedup_batch_size : PG_GETARG_INT32(11),
 					 dedup_batch_delay, dedup_lock_timeout);
+	if (PG_GETARG_BOOL(10))
+		job_settings_json(&buf);
+	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
 
@@ -900,6 +1023,8 @@ backfill_fk(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 	classify(b, &res);
+	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT && res.orphans_with_key > 0)
+		refuse_unmatched_parents(b);
 	if (PG_GETARG_BOOL(9))
 	{
 		if (b->on_orphan == ON_ORPHAN_CREATE_PARENT)
@@ -923,7 +1048,7 @@ backfill_fk(PG_FUNCTION_ARGS)
 	res.job_id = job_create("backfill", "preparing", b->child->relid, b->child->relname, params_json(fcinfo, b), 0);
 	progress_counts(res.rows_updated, -1, -1, -1);
 	if (res.orphan_rows + res.ambiguous_rows > 0)
-		report_orphans(b, res.job_id);
+		report_orphans(b, res.job_id, ORPHANS_AND_AMBIGUOUS);
 
 	if (b->on_orphan == ON_ORPHAN_DELETE)
 		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
@@ -1009,6 +1134,9 @@ bg_backfill_load(BgJob *job, DedupJob *row)
 	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
 
 	InitFunctionCallInfoData(*args, NULL, 12, InvalidOid, NULL, NULL);
+	/* LOCAL_FCINFO leaves them unset: a parent_key read as NULL became child_key */
+	for (int i = 0; i < 11; i++)
+		args->args[i].isnull = false;
 	args->args[0].value = ObjectIdGetDatum(job->relid);
 	args->args[1].value = CStringGetTextDatum(fk);
 	args->args[2].value = ObjectIdGetDatum(parentid);
@@ -1062,6 +1190,8 @@ prepare_backfill(BgJob *job, void *arg)
 
 	dedup_check_owner(b->child->relid);
 	classify(b, res);
+	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT && res->orphans_with_key > 0)
+		refuse_unmatched_parents(b);
 	if (b->on_orphan == ON_ORPHAN_ERROR && res->orphan_rows > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
@@ -1090,6 +1220,11 @@ prepare_backfill(BgJob *job, void *arg)
 					 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
 	}
 	bg_record(job, psprintf("rows_total = %lld", (long long) res->rows_updated));
+	/* listed as the foreground lists them: before they are gone, or linked */
+	if (b->on_orphan == ON_ORPHAN_DELETE && res->orphan_rows > 0)
+		report_orphans(b, job->job_id, "m.dedup_n IS NULL");
+	if (b->on_orphan == ON_ORPHAN_CREATE_PARENT && res->orphans_with_key > 0)
+		report_orphans(b, job->job_id, psprintf("m.dedup_n IS NULL AND %s", keys_not_null(b)));
 	res->parents_created = 0;
 	if (b->on_orphan == ON_ORPHAN_DELETE)
 		delete_orphans(b, res);
@@ -1149,15 +1284,26 @@ report_backfill(BgJob *job, void *arg)
 {
 	BgBackfill *bb = job->backfill;
 	BackfillResult counts = {0};
+	char	   *origin = job_origin_sql(job->job_id);
+	char	   *mine = origin ? psprintf(" AND o.origin OPERATOR(pg_catalog.=) %s", origin) : "";
 
 	classify(bb->b, &counts);
-	bb->res.orphan_rows = counts.orphan_rows;
-	bb->res.ambiguous_rows = counts.ambiguous_rows;
-	spi_exec_as_owner(psprintf("DELETE FROM %s.dedup_orphan WHERE job_id OPERATOR(pg_catalog.=) %lld",
-							   dedup_ext_schema(), (long long) job->job_id),
-					  0, NULL, NULL, NULL, SPI_OK_DELETE);
+	/* rows a data-only restore filed under this job id are another database's */
+	if (origin)
+		spi_exec_as_owner(psprintf("DELETE FROM %s.dedup_orphan o WHERE o.job_id OPERATOR(pg_catalog.=) %lld"
+								   " AND o.origin IS DISTINCT FROM %s",
+								   dedup_ext_schema(), (long long) job->job_id, origin),
+						  0, NULL, NULL, NULL, SPI_OK_DELETE);
 	if (counts.orphan_rows + counts.ambiguous_rows > 0)
-		report_orphans(bb->b, job->job_id);
+		report_orphans(bb->b, job->job_id, ORPHANS_AND_AMBIGUOUS);
+	/* listed: the orphans prepare_backfill deleted or made parents for, and those left */
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE o.reason OPERATOR(pg_catalog.=) 'orphan'),"
+							   " pg_catalog.count(*) FILTER (WHERE o.reason OPERATOR(pg_catalog.=) 'ambiguous')"
+							   " FROM %s.dedup_orphan o WHERE o.job_id OPERATOR(pg_catalog.=) %lld%s",
+							   dedup_ext_schema(), (long long) job->job_id, mine),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	bb->res.orphan_rows = spi_get_int64(0, 1);
+	bb->res.ambiguous_rows = spi_get_int64(0, 2);
 	save_undo(job, bb);
 	bg_record(job, psprintf("phase = '%s', checkpoint = 0",
 							bb->add_constraint ? "constraints" : "finishing"));
@@ -1167,7 +1313,20 @@ static void
 constraint_step(BgJob *job, void *arg)
 {
 	BgBackfill *bb = job->backfill;
-	int			next = constraint_stage(bb->b, &bb->res, (int) job->checkpoint);
+	int64		linked = 0;
+	int			next;
+
+	/*
+	 * Writers may have added rows with the foreign key NULL since the sweep,
+	 * until the NOT VALID CHECK of stage 2 stopped them: before that CHECK
+	 * is validated, link those (a refusal names the orphans left).
+	 */
+	if (job->checkpoint == 3)
+	{
+		linked = link_rows(bb->b, &bb->res, NULL);
+		refuse_nulls_left(bb->b);
+	}
+	next = constraint_stage(bb->b, &bb->res, (int) job->checkpoint);
 
 	/* the names chosen now are needed by later stages, in later transactions */
 	if (bb->res.constraint_name)
@@ -1175,7 +1334,10 @@ constraint_step(BgJob *job, void *arg)
 	if (bb->res.check_name)
 		bb->res.check_name = MemoryContextStrdup(job->cxt, bb->res.check_name);
 	save_undo(job, bb);
-	bg_record(job, next < 0 ? "phase = 'finishing'" : psprintf("checkpoint = %d", next));
+	bg_record(job, psprintf("%s, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"
+							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld",
+							next < 0 ? "phase = 'finishing'" : psprintf("checkpoint = %d", next),
+							(long long) linked, (long long) linked));
 }
 
 void

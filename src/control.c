@@ -247,12 +247,9 @@ dedup_cancel(PG_FUNCTION_ARGS)
 		DedupJob   *job = job_fetch(job_id, false, true);
 
 		job_drop_work_table(job_id, job->work_table);
-		/* a dedup cancelled before its first batch leaves no empty archive */
 		set_state(job_id, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 								   " finished_at = pg_catalog.clock_timestamp()%s",
-								   strcmp(job->kind, "dedup") == 0 && job->archive_table &&
-								   job->batches_done == 0 && archive_drop_if_empty(job->archive_table) ?
-								   ", archive_table = NULL" : ""));
+								   job_drop_unused_archive(job)));
 		archive_close(job_id);
 	}
 	else if (strcmp(state, "running") == 0)

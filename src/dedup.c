@@ -104,6 +104,7 @@ params_json(FunctionCallInfo fcinfo, DedupTarget *t, const char *keep,
 		json_raw(&buf, "batch_rows", psprintf("%d", PG_ARGISNULL(10) ? dedup_batch_size : PG_GETARG_INT32(10)));
 		json_raw(&buf, "batch_delay", psprintf("%d", dedup_batch_delay));
 		json_raw(&buf, "lock_timeout", psprintf("%d", dedup_lock_timeout));
+		job_settings_json(&buf);
 	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;

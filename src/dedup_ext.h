@@ -93,6 +93,9 @@ typedef struct DedupTarget
 
 /* args.c */
 extern void dedup_require_arg(FunctionCallInfo fcinfo, int argno, const char *argname);
+extern DedupTarget *dedup_target_open_as(Oid relid, ArrayType *key, text *filter, bool nulls_distinct,
+										 bool check_owner, LOCKMODE lockmode,
+										 const char *relarg, const char *keyarg);
 extern DedupTarget *dedup_target_open(Oid relid, ArrayType *key, text *filter,
 									  bool nulls_distinct, bool check_owner,
 									  LOCKMODE lockmode);
@@ -261,6 +264,8 @@ typedef struct DedupJob
 	bool		unique_is_constraint;
 	int64		rolled_back_by; /* 0: not rolled back */
 	char	   *ref_archives;	/* jsonb text, merge only */
+	int64		refs_removed;	/* a merge's collisions removed */
+	int64		refs_repointed; /* and rows re-pointed */
 	char	   *undo;			/* jsonb text, backfill only */
 	/* background jobs */
 	bool		background;
@@ -275,7 +280,8 @@ typedef struct DedupJob
 	int64		batches_done;
 	int64		groups;
 	int64		retries;
-	char	   *started_at;		/* timestamptz as text, or NULL */
+	bool		started;		/* started_at is set */
+	TimestampTz started_at;
 	bool		created_here;	/* inserted by the current transaction */
 	bool		here;			/* written in this database, not restored (job_here_sql) */
 } DedupJob;
@@ -295,7 +301,7 @@ extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
 						 const char *ref_archives);
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
 extern void job_require_here(DedupJob *job);
-extern void job_orphan_origin(int64 job_id, const char **column, const char **value);
+extern char *job_origin_sql(int64 job_id);
 extern const char *job_here_sql(const char *alias);
 extern int64 spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 						 const char *nulls, int expected);
@@ -303,6 +309,9 @@ extern int64 spi_exec_as_owner(const char *sql, int nargs, Oid *types, Datum *va
 							   const char *nulls, int expected);
 extern char *job_param(DedupJob *job, const char *name);
 extern char *json_field_text(const char *json, const char *name);
+extern void job_settings_json(StringInfo buf);
+extern const char *job_drop_unused_archive(DedupJob *job);
+extern void job_apply_settings(DedupJob *job);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 extern int64 job_submit(const char *kind, Oid relid, const char *relname, const char *params_json);
 extern void job_refuse_temp(Oid relid);
@@ -396,7 +405,8 @@ extern char *archive_xact_value(const char *archive);
 extern int	archive_table_natts(TupleDesc desc);
 extern void archive_refuse_own_names(Oid relid);
 extern void archive_close(int64 job_id);
-extern void archive_counts(const char *archive, int64 *deleted, int64 *renamed);
+extern void archive_counts(const char *archive, const char *changed, int64 *deleted, int64 *nchanged);
+extern void archive_backfill_counts(DedupJob *job, int64 have[3], int64 want[3]);
 extern void archive_require_intact(const char *archive, int64 job_id, Oid relid, Oid writer);
 extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer,
 							List *only);

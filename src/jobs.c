@@ -22,6 +22,8 @@
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -154,21 +156,18 @@ job_insert(const char *columns, const char *values_sql, int nargs, Oid *types, D
 }
 
 /*
- * ", origin" and the job's origin, for an INSERT into dedup_orphan of job
- * job_id's rows, or two empty strings before 1.5
+ * The origin of job job_id, as SQL, for the rows of dedup_orphan it lists;
+ * NULL before 1.5
  */
-void
-job_orphan_origin(int64 job_id, const char **column, const char **value)
+char *
+job_origin_sql(int64 job_id)
 {
 	char	   *schema = dedup_ext_schema();
 
-	*column = "";
-	*value = "";
 	if (!job_has_origin(schema))
-		return;
-	*column = ", origin";
-	*value = psprintf(", (SELECT j.origin FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) %lld)",
-					  schema, (long long) job_id);
+		return NULL;
+	return psprintf("(SELECT j.origin FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) %lld)",
+					schema, (long long) job_id);
 }
 
 /*
@@ -538,13 +537,15 @@ job_fetch(int64 job_id, bool for_update, bool control)
 	DedupJob   *job;
 	char	   *s;
 	bool		own;
+	bool		isnull;
 
 	spi_exec_as_owner(psprintf("SELECT job_id, kind, relation, state, submitted_by, params::pg_catalog.text,"
 							   " rows_deleted, rows_renamed, archive_table, unique_index,"
 							   " unique_is_constraint, rolled_back_by, ref_archives::pg_catalog.text,"
 							   " undo::pg_catalog.text, background, phase, checkpoint, passes::pg_catalog.int8, work_table,"
 							   " control, rows_total, rows_done, rows_changed, batches_done,"
-							   " duplicate_groups, started_at, xmin::pg_catalog.text, retries, %s"
+							   " duplicate_groups, started_at, xmin::pg_catalog.text, retries, %s,"
+							   " refs_removed, refs_repointed"
 							   " FROM %s.dedup_job j WHERE job_id OPERATOR(pg_catalog.=) $1%s",
 							   job_here_sql("j"), dedup_ext_schema(), for_update ? " FOR UPDATE OF j" : ""),
 					  1, types, values, NULL, SPI_OK_SELECT);
@@ -579,11 +580,16 @@ job_fetch(int64 job_id, bool for_update, bool control)
 		job->rows_changed = spi_get_int64(0, 23);
 		job->batches_done = spi_get_int64(0, 24);
 		job->groups = spi_get_int64(0, 25);
-		job->started_at = get_text(26);
+		/* as a value: its text depends on DateStyle and TimeZone (job_apply_settings) */
+		job->started_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+															26, &isnull));
+		job->started = !isnull;
 		job->created_here = TransactionIdIsCurrentTransactionId((TransactionId) strtoul(get_text(27), NULL, 10));
 		job->retries = spi_get_int64(0, 28);
 		s = get_text(29);
 		job->here = s && s[0] == 't';
+		job->refs_removed = spi_get_int64(0, 30);
+		job->refs_repointed = spi_get_int64(0, 31);
 	}
 
 	/*
@@ -629,11 +635,69 @@ job_require_here(DedupJob *job)
 						 (long long) job->job_id)));
 }
 
+/*
+ * A background dedup that ends (cancelled, failed) before its first batch
+ * leaves no empty archive: ", archive_table = NULL" for the job's row when
+ * it dropped it, else "".
+ */
+const char *
+job_drop_unused_archive(DedupJob *job)
+{
+	if (strcmp(job->kind, "dedup") == 0 && job->archive_table && job->batches_done == 0 &&
+		archive_drop_if_empty(job->archive_table))
+		return ", archive_table = NULL";
+	return "";
+}
+
 /* one top-level field of the job's params, as text (NULL if absent or null) */
 char *
 job_param(DedupJob *job, const char *name)
 {
 	return json_field_text(job->params, name);
+}
+
+/*
+ * The settings that change what an expression computes from the same row
+ * or its text: a background job's filter and keep (extract(hour FROM ts)
+ * and ts::date depend on TimeZone, d::text on DateStyle), a rename's suffix
+ * (the primary key's text) and a backfill's key comparisons across types.
+ * The worker evaluates them as the submitting session did.
+ */
+static const char *const session_settings[] = {
+	"DateStyle", "IntervalStyle", "TimeZone", "lc_monetary", "lc_numeric", "lc_time",
+	"default_text_search_config"
+};
+
+/* "settings": the session's values of session_settings, for a background job's params */
+void
+job_settings_json(StringInfo buf)
+{
+	appendStringInfoString(buf, ", \"settings\": {");
+	for (int i = 0; i < lengthof(session_settings); i++)
+	{
+		if (i > 0)
+			appendStringInfoString(buf, ", ");
+		escape_json(buf, session_settings[i]);
+		appendStringInfoString(buf, ": ");
+		escape_json(buf, GetConfigOption(session_settings[i], false, false));
+	}
+	appendStringInfoChar(buf, '}');
+}
+
+/*
+ * In a worker, before a job's expressions are parsed: the settings of the
+ * session that submitted it.  Those a job submitted before they were kept
+ * (or an older job before it) does not name are reset to the worker's own.
+ */
+void
+job_apply_settings(DedupJob *job)
+{
+	char	   *settings = job_param(job, "settings");
+
+	for (int i = 0; i < lengthof(session_settings); i++)
+		SetConfigOption(session_settings[i],
+						settings ? json_field_text(settings, session_settings[i]) : NULL,
+						PGC_SUSET, PGC_S_SESSION);
 }
 
 /* one top-level field of a jsonb text, as text (NULL if absent or null) */

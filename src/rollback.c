@@ -786,18 +786,14 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 static void
 refuse_ref_archive_counts(DedupJob *job, int64 removed, int64 repointed)
 {
-	spi_exec_as_owner(psprintf("SELECT j.refs_removed, j.refs_repointed FROM %s.dedup_job j"
-							   " WHERE j.job_id OPERATOR(pg_catalog.=) %lld",
-							   dedup_ext_schema(), (long long) job->job_id),
-					  0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (removed != spi_get_int64(0, 1) || repointed != spi_get_int64(0, 2))
+	if (removed != job->refs_removed || repointed != job->refs_repointed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the archives of the re-pointed tables of job %lld are not as the job left them",
 						(long long) job->job_id),
 				 errdetail("They hold %lld removed and %lld re-pointed rows; the job counted %lld and %lld.",
 						   (long long) removed, (long long) repointed,
-						   (long long) spi_get_int64(0, 1), (long long) spi_get_int64(0, 2)),
+						   (long long) job->refs_removed, (long long) job->refs_repointed),
 				 errhint("Compare them with the tables by hand; dedup_drop_archive(%lld) drops them.",
 						 (long long) job->job_id)));
 }
@@ -865,15 +861,15 @@ restore_refs(DedupJob *job)
 							  TEXTOID, -1, false, TYPALIGN_INT, &pk, NULL, &npk);
 			if (step == 0)
 			{
+				int64		nremoved,
+							nrepointed;
+
 				/* the statements that will run: removed rows go back, re-points are undone */
-				spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'),"
-										" pg_catalog.count(*) FILTER (WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint')"
-										" FROM %s a", archive),
-							   SPI_OK_SELECT);
-				removed += spi_get_int64(0, 1);
-				repointed += spi_get_int64(0, 2);
+				archive_counts(archive, "repoint", &nremoved, &nrepointed);
+				removed += nremoved;
+				repointed += nrepointed;
 				refuse_rules(job, childid, child,
-							 psprintf("%s%s", spi_get_int64(0, 1) ? "3" : "", spi_get_int64(0, 2) ? "2" : ""));
+							 psprintf("%s%s", nremoved ? "3" : "", nrepointed ? "2" : ""));
 				restored += restore_removed_refs(job, archive, archiveid, child, childid);
 			}
 			else
@@ -1052,40 +1048,25 @@ archive_has_removed(const char *archive)
 	return spi_get_int64(0, 1) > 0;
 }
 
-/* rows in archive (NULL: none) */
-static int64
-archive_rows(const char *archive)
-{
-	if (archive == NULL)
-		return 0;
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM %s", archive), SPI_OK_SELECT);
-	return spi_get_int64(0, 1);
-}
-
 /*
  * A backfill's lists hold as many rows as it counted (refuse_archive_count,
  * for them): rows a restore appended to a list of the same name (a dump of
  * another database whose job had this id) would be set back, or removed.
- * The job counted the created parents, and in rows_changed the linked,
- * deleted and created rows together.
  */
 static void
-refuse_backfill_archive_counts(DedupJob *job, const char *linked, const char *deleted, const char *created)
+refuse_backfill_archive_counts(DedupJob *job)
 {
-	char	   *parents = json_field_text(job->undo, "parents_created");
-	int64		ncreated = parents ? strtoll(parents, NULL, 10) : 0;
-	int64		nlinked = job->rows_changed - job->rows_deleted - ncreated;
-	int64		in_linked = archive_rows(linked);
-	int64		in_deleted = archive_rows(deleted);
-	int64		in_created = archive_rows(created);
+	int64		have[3],
+				want[3];
 
-	if (in_linked != nlinked || in_deleted != job->rows_deleted || in_created != ncreated)
+	archive_backfill_counts(job, have, want);
+	if (have[0] != want[0] || have[1] != want[1] || have[2] != want[2])
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the archives of job %lld are not as the job left them", (long long) job->job_id),
 				 errdetail("They list %lld linked, %lld deleted and %lld created rows; the job counted %lld, %lld and %lld.",
-						   (long long) in_linked, (long long) in_deleted, (long long) in_created,
-						   (long long) nlinked, (long long) job->rows_deleted, (long long) ncreated),
+						   (long long) have[0], (long long) have[1], (long long) have[2],
+						   (long long) want[0], (long long) want[1], (long long) want[2]),
 				 errhint("Compare them with the tables by hand; dedup_drop_archive(%lld) drops them.",
 						 (long long) job->job_id)));
 }
@@ -1121,7 +1102,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 		archive_require_intact(deleted, job->job_id, t->relid, InvalidOid);
 	if (created)
 		archive_require_intact(created, job->job_id, parentid, job->submitted_by);
-	refuse_backfill_archive_counts(job, linked, deleted, created);
+	refuse_backfill_archive_counts(job);
 	parent = quote_qualified_identifier(get_namespace_name(get_rel_namespace(parentid)),
 										get_rel_name(parentid));
 	if (created)
@@ -1132,6 +1113,13 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	if (strcmp(json_field_text(job->undo, "not_null"), "true") == 0)
 		spi_exec_count(psprintf("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL", t->qualname, fk),
 					   SPI_OK_UTILITY);
+	/*
+	 * The CHECK that stands in for NOT NULL until it is set, left by a
+	 * background job that failed in between (rows it could not link)
+	 */
+	else if (json_field_text(job->undo, "check"))
+		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s", t->qualname,
+								quote_identifier(json_field_text(job->undo, "check"))), SPI_OK_UTILITY);
 	/*
 	 * A NOT NULL added since (by a later backfill, or by hand) forbids
 	 * setting linked rows back to NULL, and putting back the orphans.
@@ -1274,7 +1262,7 @@ refuse_archive_count(DedupJob *job)
 	int64		deleted,
 				renamed;
 
-	archive_counts(job->archive_table, &deleted, &renamed);
+	archive_counts(job->archive_table, "rename", &deleted, &renamed);
 	if (deleted != job->rows_deleted || renamed != job->rows_renamed)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -50,7 +50,7 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 		return;
 	}
 	archive_require_intact(a, job->job_id, job->relid, InvalidOid);
-	archive_counts(a, &deleted, &renamed);
+	archive_counts(a, "rename", &deleted, &renamed);
 	add_check(rsinfo, "archive_complete",
 			  deleted == job->rows_deleted && renamed == job->rows_renamed,
 			  psprintf("%lld of %lld removed and %lld of %lld renamed rows archived in %s",
@@ -86,6 +86,51 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 	}
 }
 
+/*
+ * A merge's archives of its re-pointed tables hold, in all, as many removed
+ * and re-pointed rows as it counted (as its rollback requires)
+ */
+static void
+check_ref_archives(ReturnSetInfo *rsinfo, DedupJob *job)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(job->ref_archives)};
+	SPITupleTable *refs;
+	int64		removed = 0,
+				repointed = 0;
+
+	if (SPI_execute_with_args("SELECT e OPERATOR(pg_catalog.->>) 'oid', e OPERATOR(pg_catalog.->>) 'archive'"
+							  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job->job_id);
+	refs = SPI_tuptable;
+	for (uint64 i = 0; i < refs->numvals; i++)
+	{
+		Oid			childid = (Oid) strtoul(SPI_getvalue(refs->vals[i], refs->tupdesc, 1), NULL, 10);
+		char	   *archive = SPI_getvalue(refs->vals[i], refs->tupdesc, 2);
+		int64		nremoved,
+					nrepointed;
+
+		if (!OidIsValid(dedup_relid_by_name(archive)))
+		{
+			add_check(rsinfo, "ref_archives_complete", false,
+					  psprintf("archive table %s no longer exists", archive));
+			return;
+		}
+		/* a re-pointed table dropped since has no owner to grant to */
+		archive_require_intact(archive, job->job_id,
+							   get_rel_name(childid) ? childid : InvalidOid, job->submitted_by);
+		archive_counts(archive, "repoint", &nremoved, &nrepointed);
+		removed += nremoved;
+		repointed += nrepointed;
+	}
+	add_check(rsinfo, "ref_archives_complete",
+			  removed == job->refs_removed && repointed == job->refs_repointed,
+			  psprintf("%lld of %lld removed and %lld of %lld re-pointed rows of the referencing tables archived",
+					   (long long) removed, (long long) job->refs_removed,
+					   (long long) repointed, (long long) job->refs_repointed));
+}
+
 static void
 check_unique(ReturnSetInfo *rsinfo, DedupJob *job)
 {
@@ -105,6 +150,38 @@ check_unique(ReturnSetInfo *rsinfo, DedupJob *job)
 			  : psprintf("%s is missing or not a valid unique index", job->unique_index));
 }
 
+/*
+ * A backfill's lists (with archive) hold as many linked, deleted and created
+ * rows as it counted (as its rollback requires)
+ */
+static void
+check_backfill_lists(ReturnSetInfo *rsinfo, DedupJob *job)
+{
+	static const char *const lists[3] = {"linked", "deleted", "created"};
+	int64		have[3],
+				want[3];
+
+	for (int i = 0; i < 3; i++)
+	{
+		char	   *list = json_field_text(job->undo, lists[i]);
+
+		if (list && !OidIsValid(dedup_relid_by_name(list)))
+		{
+			add_check(rsinfo, "archive_complete", false,
+					  psprintf("archive table %s no longer exists", list));
+			return;
+		}
+		if (list)
+			archive_require_intact(list, job->job_id, InvalidOid, InvalidOid);
+	}
+	archive_backfill_counts(job, have, want);
+	add_check(rsinfo, "archive_complete",
+			  have[0] == want[0] && have[1] == want[1] && have[2] == want[2],
+			  psprintf("%lld of %lld linked, %lld of %lld deleted and %lld of %lld created rows listed in the job's archives",
+					   (long long) have[0], (long long) want[0], (long long) have[1],
+					   (long long) want[1], (long long) have[2], (long long) want[2]));
+}
+
 /* checks of a backfill job: what it linked is still linked, its constraints hold */
 static void
 check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
@@ -119,6 +196,8 @@ check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
 		strtoll(json_field_text(job->undo, "ambiguous_rows"), NULL, 10);
 	int64		n;
 
+	if (linked)
+		check_backfill_lists(rsinfo, job);
 	if (linked && OidIsValid(dedup_relid_by_name(linked)))
 	{
 		archive_require_intact(linked, job->job_id, job->relid, InvalidOid);
@@ -219,6 +298,8 @@ dedup_verify(PG_FUNCTION_ARGS)
 			  psprintf("%lld duplicate groups under the key", (long long) n));
 	if (job->archive_table)
 		check_archive(rsinfo, job, t);
+	if (job->ref_archives)
+		check_ref_archives(rsinfo, job);
 	add_unique = job_param(job, "add_unique");
 	if (job->unique_index)
 		check_unique(rsinfo, job);

@@ -544,11 +544,14 @@ fail_job(void *arg)
 	Oid			types[2] = {INT8OID, TEXTOID};
 	Datum		values[2] = {Int64GetDatum(f->job_id), CStringGetTextDatum(f->error)};
 
-	job_drop_work_table(f->job_id, job_fetch(f->job_id, true, false)->work_table);
+	DedupJob   *job = job_fetch(f->job_id, true, false);
+
+	job_drop_work_table(f->job_id, job->work_table);
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'failed', error = $2, control = NULL,"
 							   " worker_pid = NULL, finished_at = pg_catalog.clock_timestamp(),"
-							   " updated_at = pg_catalog.clock_timestamp()"
-							   " WHERE job_id OPERATOR(pg_catalog.=) $1", dedup_ext_schema()),
+							   " updated_at = pg_catalog.clock_timestamp()%s"
+							   " WHERE job_id OPERATOR(pg_catalog.=) $1", dedup_ext_schema(),
+							   job_drop_unused_archive(job)),
 					  2, types, values, NULL, SPI_OK_UPDATE);
 	archive_close(f->job_id);
 }
@@ -593,9 +596,9 @@ load_job(BgJob *job, void *arg)
 	char	   *action;
 	ArrayType  *key;
 	bool		nulls_distinct;
-	char	   *started;
 
 	job_require_here(row);
+	job_apply_settings(row);
 	job->batch_size = param_int(row, "batch_rows", dedup_batch_size);
 	job->batch_delay = param_int(row, "batch_delay", dedup_batch_delay);
 	job->lock_timeout = param_int(row, "lock_timeout", dedup_lock_timeout);
@@ -609,11 +612,8 @@ load_job(BgJob *job, void *arg)
 	job->batches_done = row->batches_done;
 	job->work = copy_or_null(job, row->work_table);
 	job->archive_table = copy_or_null(job, row->archive_table);
-	started = row->started_at;
-	if (started)
-		progress_started_at(DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(started),
-																	ObjectIdGetDatum(InvalidOid),
-																	Int32GetDatum(-1))));
+	if (row->started)
+		progress_started_at(row->started_at);
 	if (strcmp(job->kind, "dedup") != 0)
 	{
 		bg_backfill_load(job, row);
