@@ -875,6 +875,19 @@ INSERT INTO bf_t.bc4 VALUES (1, 'a', NULL), (2, 'b', NULL);
 SELECT * FROM backfill_fk('bc4', 'pid', 'bp8', '{k}');
 SELECT count(*) AS linked FROM bf_t.bc4 WHERE pid IS NOT NULL;
 
+-- a parent column renamed since a create_parent job: its rollback is
+-- refused cleanly (it failed on the column in its own query)
+CREATE TABLE bf_t.crp (id serial PRIMARY KEY, code text, note text);
+INSERT INTO bf_t.crp (code) VALUES ('a');
+CREATE TABLE bf_t.crc (id int PRIMARY KEY, code text, p_id int);
+INSERT INTO bf_t.crc VALUES (1, 'a', NULL), (2, 'c', NULL);
+SELECT job_id AS jid_rp FROM backfill_fk('crc', 'p_id', 'crp', '{code}', on_orphan => 'create_parent') \gset
+ALTER TABLE bf_t.crp RENAME COLUMN note TO note2;
+SELECT * FROM bf_t.refuse(format('SELECT dedup_rollback(%s)', :jid_rp));
+ALTER TABLE bf_t.crp RENAME COLUMN note2 TO note;
+SELECT dedup_rollback(:jid_rp) AS restored;
+SELECT count(*) AS parents FROM bf_t.crp;
+
 --
 -- cleanup
 --

@@ -346,6 +346,21 @@ SET ROLE regress_member;
 SELECT dedup_rollback(:jid_h) AS restored;
 RESET ROLE;
 SELECT count(*) AS handed_rows FROM priv.handed;
+-- handed to a role the submitter is no member of: the submitter can no
+-- longer roll back, and a superuser's verify and rollback act with the new
+-- owner's rights (with the submitter's they failed, leaving no way back)
+SET ROLE regress_owner;
+CREATE TABLE priv.given (id int PRIMARY KEY, k int);
+INSERT INTO priv.given SELECT g, g % 3 FROM generate_series(1, 9) g;
+SELECT job_id AS jid_g FROM dedup_table('priv.given', '{k}') \gset
+RESET ROLE;
+ALTER TABLE priv.given OWNER TO regress_other;
+SET ROLE regress_owner;
+SELECT * FROM priv_util.try(format('SELECT dedup_rollback(%s)', :jid_g));
+RESET ROLE;
+SELECT check_name, ok FROM dedup_verify(:jid_g) ORDER BY check_name;
+SELECT dedup_rollback(:jid_g) AS restored;
+SELECT count(*) AS given_rows FROM priv.given;
 
 RESET search_path;
 DROP OWNED BY regress_owner, regress_other, regress_member, regress_stats, regress_new_owner;

@@ -988,7 +988,7 @@ submit_background(FunctionCallInfo fcinfo, Backfill *b, bool archive)
 		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
 									HINT_KEEP_ORPHANS);
 	job_refuse_temp(b->parentid);
-	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b));
+	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b), false);
 	if (archive)
 		create_archives(b, &res);
 	job_set_undo(res.job_id, undo_json(b, &res));

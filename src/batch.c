@@ -38,6 +38,7 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "access/relation.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
@@ -429,14 +430,27 @@ lock_rows(BgJob *job, const char *range, bool survivors)
  * id_match).
  * Locking them beforehand took a third of each batch's time, and made a
  * writer that updates a loser wait from the start of the batch instead of
- * from its DELETE.
+ * from its DELETE.  But where a BEFORE DELETE trigger may skip a loser
+ * (skips), they are locked: a loser then still there, unchanged, was
+ * skipped by the trigger, not left to a writer (delete_skipped_check).
  */
 static void
-lock_batch(BgJob *job, const char *range)
+lock_batch(BgJob *job, const char *range, bool skips)
 {
 	lock_rows(job, range, true);
-	if (job->action != DEDUP_ACTION_DELETE)
+	if (job->action != DEDUP_ACTION_DELETE || skips)
 		lock_rows(job, range, false);
+}
+
+/* Has the table a BEFORE DELETE row trigger (enabled or not), which may skip a loser? */
+static bool
+delete_may_skip(Oid relid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	bool		skips = rel->trigdesc != NULL && rel->trigdesc->trig_delete_before_row;
+
+	relation_close(rel, AccessShareLock);
+	return skips;
 }
 
 /*
@@ -504,6 +518,7 @@ batch_step(BgJob *job, void *arg)
 	char	   *tids = "";
 	char	   *counts = "";
 	int64		changed;
+	bool		skips = job->action == DEDUP_ACTION_DELETE && delete_may_skip(t->relid);
 
 	dedup_check_owner(t->relid);
 	if (job->archive_table)
@@ -511,7 +526,7 @@ batch_step(BgJob *job, void *arg)
 	bg_compress_wal(true);
 	/* run_step disarms it */
 	cpu_yield_arm(true);
-	lock_batch(job, range);
+	lock_batch(job, range, skips);
 
 	/* the loser r, its work row w, and its survivor s, still alike */
 	using = psprintf("%s w, (SELECT r.ctid AS dedup_sctid, r.* FROM ONLY %s r WHERE %s) s",
@@ -566,6 +581,18 @@ batch_step(BgJob *job, void *arg)
 					   psprintf("WITH dedup_d AS (%s RETURNING 1) SELECT pg_catalog.count(*) FROM dedup_d", del),
 					   SPI_OK_SELECT);
 			changed = spi_get_int64(0, 1);
+		}
+		/*
+		 * The losers locked and still alike their survivor were skipped by
+		 * the trigger: the job fails now (as in the foreground) rather than
+		 * find them again pass after pass.
+		 */
+		if (skips)
+		{
+			batch_exec(by_lists(job), psprintf("SELECT pg_catalog.count(*) FROM ONLY %s r, %s WHERE %s%s",
+											   t->qualname, using, where, tids),
+					   SPI_OK_SELECT);
+			losers_deleted_check(t, changed, changed + spi_get_int64(0, 1));
 		}
 	}
 	bg_record(job, psprintf("checkpoint = %lld, rows_done = rows_done OPERATOR(pg_catalog.+) %lld,"

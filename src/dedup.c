@@ -16,6 +16,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "optimizer/optimizer.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/json.h"
@@ -613,13 +614,20 @@ dedup_table(PG_FUNCTION_ARGS)
 	}
 	else if (background)
 	{
+		if (t->filter_expr && contain_volatile_functions(t->filter_expr))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid filter: it uses a volatile function"),
+					 errdetail("Which rows take part must not depend on chance: a background job reads the table more than once."),
+					 errhint("Use background => false, or a filter without volatile functions.")));
 		/* a merge's refusals (privileges on referencing tables...) now, not in its first batch */
 		if (action == DEDUP_ACTION_MERGE)
 			(void) merge_plan(t, false, PG_GETARG_BOOL(6));
 		res.state = "queued";
 		res.job_id = job_submit("dedup", t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,
-											text_to_cstring(PG_GETARG_TEXT_PP(11))));
+											text_to_cstring(PG_GETARG_TEXT_PP(11))),
+								action == DEDUP_ACTION_MERGE);
 		if (PG_GETARG_BOOL(6))
 		{
 			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid, NIL);

@@ -313,7 +313,8 @@ extern void job_settings_json(StringInfo buf);
 extern const char *job_drop_unused_archive(DedupJob *job);
 extern void job_apply_settings(DedupJob *job);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
-extern int64 job_submit(const char *kind, Oid relid, const char *relname, const char *params_json);
+extern int64 job_submit(const char *kind, Oid relid, const char *relname,
+						 const char *params_json, bool merge);
 extern void job_refuse_temp(Oid relid);
 extern void job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec);
 extern void job_act_as_caller(Oid saved_user, int saved_sec);

@@ -217,7 +217,7 @@ acting_context_callback(void *arg)
 {
 	errcontext("job %lld, acted on with the rights of role %s (%s)", (long long) acting_job,
 			   acting_role,
-			   acting_owner ? "its table's owner: its submitter no longer exists" : "its submitter");
+			   acting_owner ? "its table's owner: its submitter no longer exists, or owns it no more" : "its submitter");
 }
 
 /* is the context already on the stack (a rollback run inside another's trigger)? */
@@ -235,7 +235,9 @@ acting_context_pushed(void)
  * does it with that role's rights, as the job ran, in a security-restricted
  * context: what the role made (a filter's function, a trigger, a type's
  * cast) runs as that role, not as the superuser.  The table's owner's
- * rights when the role was dropped since.  *saved_user and *saved_sec get
+ * rights when the role was dropped since, or no longer owns the table (ALTER
+ * TABLE ... OWNER TO: as the role, nothing could be rolled back or
+ * verified any more).  *saved_user and *saved_sec get
  * the caller's, for job_act_as_caller before returning (an error's abort
  * restores them itself).
  */
@@ -248,7 +250,9 @@ job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 	GetUserIdAndSecContext(saved_user, saved_sec);
 	if (role == *saved_user || !superuser())
 		return;
-	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)))
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)) ||
+		(SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->relid)) &&
+		 !has_privs_of_role(role, get_rel_owner(job->relid))))
 	{
 		owner = true;
 		role = get_rel_owner(job->relid);
@@ -323,12 +327,13 @@ job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 }
 
 /*
- * The background job in progress on table relid, if any, into SPI_tuptable:
- * read under the latest snapshot, not the caller's, which under REPEATABLE
- * READ may predate a submission committed while it waited for the lock.
+ * The background job in progress that matches which (a condition on j), if
+ * any, into SPI_tuptable (job_id, relation, action): read under the latest
+ * snapshot, not the caller's, which under REPEATABLE READ may predate a
+ * submission committed while it waited for the lock.
  */
 static void
-job_in_progress(Oid relid)
+job_in_progress(const char *which)
 {
 	Oid			saved_user;
 	int			saved_sec;
@@ -338,14 +343,69 @@ job_in_progress(Oid relid)
 	GetUserIdAndSecContext(&saved_user, &saved_sec);
 	SetUserIdAndSecContext(dedup_ext_owner(),
 						   saved_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	plan = SPI_prepare(psprintf("SELECT job_id FROM %s.dedup_job j WHERE background AND relation OPERATOR(pg_catalog.=) %u"
-								" AND state OPERATOR(pg_catalog.=) ANY ('{queued,running,paused}'::pg_catalog.text[])"
-								" AND %s ORDER BY job_id LIMIT 1", dedup_ext_schema(), relid, job_here_sql("j")),
+	plan = SPI_prepare(psprintf("SELECT j.job_id, j.relation, j.params OPERATOR(pg_catalog.->>) 'action'"
+								" FROM %s.dedup_job j WHERE j.background AND (%s)"
+								" AND j.state OPERATOR(pg_catalog.=) ANY ('{queued,running,paused}'::pg_catalog.text[])"
+								" AND %s ORDER BY j.job_id LIMIT 1", dedup_ext_schema(), which, job_here_sql("j")),
 					   0, NULL);
 	ret = plan ? SPI_execute_snapshot(plan, NULL, NULL, GetLatestSnapshot(), InvalidSnapshot, true, false, 1) : -1;
 	SetUserIdAndSecContext(saved_user, saved_sec);
 	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "dedup_ext: could not read the jobs of relation %u", relid);
+		elog(ERROR, "dedup_ext: could not read the jobs in progress");
+}
+
+static char *
+qualified_relname(Oid relid)
+{
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
+}
+
+/*
+ * Nor may a background job run on a table whose rows a background merge
+ * re-points (one with a foreign key to the merge's table), either way
+ * round: each would archive rows the other changed, and neither could be
+ * rolled back before the other.  Submissions of tables linked by a foreign
+ * key queue behind one another's transaction.
+ */
+static void
+job_refuse_related(Oid relid, bool merge)
+{
+	const char *fk = "SELECT %s FROM pg_catalog.pg_constraint c WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+		" AND c.conrelid OPERATOR(pg_catalog.<>) c.confrelid AND c.%s OPERATOR(pg_catalog.=) %u";
+	int64		other;
+	Oid			otherrel;
+
+	spi_exec_count(psprintf("SELECT EXISTS (%s) OR EXISTS (%s)",
+							psprintf(fk, "", "conrelid", relid), psprintf(fk, "", "confrelid", relid)),
+				   SPI_OK_SELECT);
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") != 0)
+		return;
+	spi_exec_count(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%d, 0)", (int) DEDUP_SUBMIT_LOCK),
+				   SPI_OK_SELECT);
+	/* a merge on a table relid references; with merge, any job on one that references relid */
+	job_in_progress(psprintf("(j.params OPERATOR(pg_catalog.->>) 'action' OPERATOR(pg_catalog.=) 'merge'"
+							 " AND j.relation OPERATOR(pg_catalog.=) ANY (%s))%s%s%s",
+							 psprintf(fk, "c.confrelid", "conrelid", relid),
+							 merge ? " OR j.relation OPERATOR(pg_catalog.=) ANY (" : "",
+							 merge ? psprintf(fk, "c.conrelid", "confrelid", relid) : "",
+							 merge ? ")" : ""));
+	if (SPI_processed == 0)
+		return;
+	other = spi_get_int64(0, 1);
+	otherrel = (Oid) spi_get_int64(0, 2);
+	/* the other job merges a table relid references, or runs on one that references relid */
+	spi_exec_count(psprintf("SELECT EXISTS (%s AND c.confrelid OPERATOR(pg_catalog.=) %u)",
+							psprintf(fk, "", "conrelid", relid), otherrel), SPI_OK_SELECT);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_IN_USE),
+			 strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0 ?
+			 errmsg("background job %lld merges rows of %s, which %s references",
+					(long long) other, qualified_relname(otherrel), qualified_relname(relid)) :
+			 errmsg("table %s, which references %s, has background job %lld in progress",
+					qualified_relname(otherrel), qualified_relname(relid), (long long) other),
+			 errdetail("A background merge re-points the rows of the tables that reference its table; a background job on one of them meanwhile would change rows the merge archives, and neither job could be rolled back before the other."),
+			 errhint("Wait for it with dedup_wait(%lld); its submitter (or a superuser) can cancel it with dedup_cancel(%lld).",
+					 (long long) other, (long long) other)));
 }
 
 /*
@@ -353,7 +413,7 @@ job_in_progress(Oid relid)
  * and a worker starts when it does.
  */
 int64
-job_submit(const char *kind, Oid relid, const char *relname, const char *params_json)
+job_submit(const char *kind, Oid relid, const char *relname, const char *params_json, bool merge)
 {
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
@@ -369,7 +429,7 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	 */
 	spi_exec_count(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%d, %d)",
 							(int) DEDUP_SUBMIT_LOCK, (int) relid), SPI_OK_SELECT);
-	job_in_progress(relid);
+	job_in_progress(psprintf("j.relation OPERATOR(pg_catalog.=) %u", relid));
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
@@ -379,6 +439,7 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 				 errdetail("One background job runs on a table at a time."),
 				 errhint("Wait for it with dedup_wait(%lld); its submitter (or a superuser) can cancel it with dedup_cancel(%lld).",
 						 (long long) spi_get_int64(0, 1), (long long) spi_get_int64(0, 1))));
+	job_refuse_related(relid, merge);
 
 	values[0] = CStringGetTextDatum(kind);
 	values[1] = ObjectIdGetDatum(relid);

@@ -974,11 +974,15 @@ remove_created_parents(DedupJob *job, DedupTarget *t, const char *fk, Oid parent
 
 	if (get_attnum(createdid, "dedup_job_id") != InvalidAttrNumber)
 	{
-		Relation	arel = relation_open(createdid, AccessShareLock);
-		TupleDesc	desc = RelationGetDescr(arel);
+		Relation	arel;
+		TupleDesc	desc;
 		StringInfoData now,
 					then;
 
+		/* the parent's columns compared with the archive's: none dropped or renamed since */
+		(void) restorable_columns(createdid, parentid, job->job_id);
+		arel = relation_open(createdid, AccessShareLock);
+		desc = RelationGetDescr(arel);
 		initStringInfo(&now);
 		initStringInfo(&then);
 		for (int i = 0; i < archive_table_natts(desc); i++)
