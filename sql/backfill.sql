@@ -522,7 +522,7 @@ SELECT md5(string_agg(t::text, ',' ORDER BY id)) = :'tags_orig' AS tags_unchange
 --
 -- on_orphan => 'delete' where the orphans are referenced with ON DELETE
 -- CASCADE: the cascade would remove rows no archive keeps, so it is refused
--- (2BP01) and nothing changes
+-- (2BP01), a dry run too, and nothing changes
 --
 CREATE TABLE bf_t.cparent (id int PRIMARY KEY, code text);
 INSERT INTO bf_t.cparent VALUES (1, 'a');
@@ -532,6 +532,9 @@ CREATE TABLE bf_t.cgrand (id int PRIMARY KEY, child_id int REFERENCES bf_t.cchil
 INSERT INTO bf_t.cgrand VALUES (1, 2), (2, 2);
 \set SHOW_CONTEXT never
 SELECT state FROM backfill_fk('bf_t.cchild', 'parent_id', 'bf_t.cparent', '{code}', on_orphan => 'delete');
+\echo :LAST_ERROR_SQLSTATE
+-- the dry run too (it said one row would be deleted)
+SELECT state FROM backfill_fk('bf_t.cchild', 'parent_id', 'bf_t.cparent', '{code}', on_orphan => 'delete', dry_run => true);
 \echo :LAST_ERROR_SQLSTATE
 SELECT (SELECT count(*) FROM bf_t.cchild) AS children, (SELECT count(*) FROM bf_t.cgrand) AS grandchildren,
        (SELECT count(parent_id) FROM bf_t.cchild) AS linked;

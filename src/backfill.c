@@ -984,9 +984,6 @@ submit_background(FunctionCallInfo fcinfo, Backfill *b, bool archive)
 {
 	BackfillResult res = {0};
 
-	if (b->on_orphan == ON_ORPHAN_DELETE)
-		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
-									HINT_KEEP_ORPHANS);
 	job_refuse_temp(b->parentid);
 	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b), false);
 	if (archive)
@@ -1016,6 +1013,10 @@ backfill_fk(PG_FUNCTION_ARGS)
 	archive = PG_GETARG_BOOL(8);
 
 	SPI_connect();
+	/* what a delete would cascade to no archive keeps: refused, a dry run's too */
+	if (b->on_orphan == ON_ORPHAN_DELETE)
+		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
+									HINT_KEEP_ORPHANS);
 	if (PG_GETARG_BOOL(10) && !PG_GETARG_BOOL(9))
 	{
 		submit_background(fcinfo, b, archive);
@@ -1050,9 +1051,6 @@ backfill_fk(PG_FUNCTION_ARGS)
 	if (res.orphan_rows + res.ambiguous_rows > 0)
 		report_orphans(b, res.job_id, ORPHANS_AND_AMBIGUOUS);
 
-	if (b->on_orphan == ON_ORPHAN_DELETE)
-		refuse_cascading_references(b->child->relid, b->child->qualname, "delete orphan", true, 0,
-									HINT_KEEP_ORPHANS);
 	if (archive)
 		create_archives(b, &res);
 	if (b->on_orphan == ON_ORPHAN_DELETE)
