@@ -695,6 +695,34 @@ SELECT item_id, tag_id FROM merge_t.item_tg2 ORDER BY item_id;
 -- its first pass would merge (its later passes merge what re-points make)
 SELECT state, duplicate_groups FROM dedup_table('merge_t.dir', '{parent_id,name}', action => 'merge',
                                                 nulls_distinct => false, dry_run => true, background => true);
+-- a BEFORE UPDATE trigger on a referencing table that keeps the old value
+-- (or sets another): the re-point did not happen, and the loser's removal
+-- cascaded to the row, which no archive kept (a rollback could not bring it
+-- back); now the merge fails (09000) and changes nothing
+CREATE TABLE merge_t.tp (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.tp VALUES (1, 'a'), (2, 'a'), (3, 'b');
+CREATE TABLE merge_t.tc (id int PRIMARY KEY, pid int REFERENCES merge_t.tp ON DELETE CASCADE, tag text);
+INSERT INTO merge_t.tc VALUES (1, 1, 'x'), (2, 2, 'keep-me');
+CREATE FUNCTION merge_t.ignore_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN OLD; END $$;
+CREATE TRIGGER keep_old BEFORE UPDATE ON merge_t.tc FOR EACH ROW EXECUTE FUNCTION merge_t.ignore_update();
+\set VERBOSITY sqlstate
+SELECT * FROM dedup_table('merge_t.tp', '{name}', action => 'merge');
+SELECT * FROM dedup_table('merge_t.tp', '{name}', action => 'merge', archive => false);
+\set VERBOSITY default
+SELECT * FROM merge_t.tc ORDER BY id;
+DROP TRIGGER keep_old ON merge_t.tc;
+CREATE FUNCTION merge_t.redirect() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.pid := 3; RETURN NEW; END $$;
+CREATE TRIGGER redirect BEFORE UPDATE ON merge_t.tc FOR EACH ROW EXECUTE FUNCTION merge_t.redirect();
+SELECT * FROM dedup_table('merge_t.tp', '{name}', action => 'merge');
+DROP TRIGGER redirect ON merge_t.tc;
+-- a rule on a referencing table's UPDATE or DELETE is refused before
+-- anything runs (it failed inside the job's statements)
+CREATE RULE tc_noop AS ON UPDATE TO merge_t.tc WHERE old.tag = 'never' DO INSTEAD NOTHING;
+SELECT * FROM dedup_table('merge_t.tp', '{name}', action => 'merge');
+DROP RULE tc_noop ON merge_t.tc;
+SELECT job_id, state, rows_deleted, refs_repointed FROM dedup_table('merge_t.tp', '{name}', action => 'merge') \gset
+SELECT :'state' AS state, :rows_deleted AS deleted, :refs_repointed AS repointed;
+SELECT * FROM merge_t.tc ORDER BY id;
 --
 -- cleanup
 --

@@ -255,6 +255,19 @@ merge_plan(DedupTarget *t, bool lock_children, bool archive)
 							 ref->child)));
 		if (ref->childid != t->relid)
 			LockRelationOid(ref->childid, lock_children ? ShareRowExclusiveLock : AccessShareLock);
+		/* what a rule does instead of the re-point or the collision's removal, no archive keeps */
+		for (const char *ev = "24"; *ev; ev++)
+		{
+			char	   *rule = enabled_rule(ref->childid, *ev);
+
+			if (rule)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot merge rows of %s: rule %s rewrites the %s of %s, which references them",
+								t->qualname, rule, *ev == '2' ? "UPDATE" : "DELETE", ref->child),
+						 errdetail("What a rule does instead, or also, no archive would keep."),
+						 errhint("Drop or disable the rule for the job (ALTER TABLE ... DISABLE RULE).")));
+		}
 
 		ref->ncols = n;
 		ref->cols = palloc(sizeof(char *) * n);
@@ -583,16 +596,22 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	StringInfoData set;
 
 	StringInfoData survivor_null;
+	StringInfoData there;
 	int64		moved,
-				wanted;
+				wanted,
+				elsewhere;
 
 	initStringInfo(&set);
 	initStringInfo(&survivor_null);
+	initStringInfo(&there);
 	for (int i = 0; i < ref->ncols; i++)
 	{
 		const char *refcol = list_nth(plan->refcols, ref->mapcol[i]);
 
 		appendStringInfo(&set, "%s%s = o.dedup_n%d", i > 0 ? ", " : "", ref->cols[i], ref->mapcol[i]);
+		/* as the foreign key compares */
+		appendStringInfo(&there, "%sc.%s %s o.dedup_n%d%s", i > 0 ? " AND " : "",
+						 ref->cols[i], ref->eq[i], ref->mapcol[i], ref->collate[i]);
 		appendStringInfo(&survivor_null, "%sm.dedup_n%d%s", i > 0 ? " OR " : "", ref->mapcol[i],
 						 sql_null_test(get_atttype(plan->t->relid, get_attnum(plan->t->relid, refcol)), true));
 	}
@@ -621,30 +640,46 @@ repoint(RefKey *ref, MergePlan *plan, int64 job_id)
 	 * new ctid goes into dedup_new_value, so that rows of a table without a
 	 * primary key can be found again by a rollback, and the values the row
 	 * now points to into dedup_survivor, so that a rollback sets back only
-	 * rows that still point there.
+	 * rows that still point there.  dedup_off: a row that does not point at
+	 * its survivor after all (a trigger kept the old value, and the loser's
+	 * removal would cascade to it, or set another).
 	 */
 	if (!ref->archive)
 		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, m.* FROM ONLY %s c JOIN %s m ON %s),"
 								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
-								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid RETURNING 1)"
-								" SELECT (SELECT pg_catalog.count(*) FROM dedup_u), (SELECT pg_catalog.count(*) FROM dedup_o)",
-								ref->child, plan->map, ref_join(ref, plan), ref->child, set.data),
+								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
+								" RETURNING (%s) IS NOT TRUE AS dedup_off)"
+								" SELECT (SELECT pg_catalog.count(*) FROM dedup_u), (SELECT pg_catalog.count(*) FROM dedup_o),"
+								" (SELECT pg_catalog.count(*) FROM dedup_u u WHERE u.dedup_off)",
+								ref->child, plan->map, ref_join(ref, plan), ref->child, set.data,
+								there.data),
 					   SPI_OK_SELECT);
 	else
 		spi_exec_count(psprintf("WITH dedup_o AS (SELECT c.ctid AS dedup_octid, ROW(c.*)::%s AS dedup_orow, m.*"
 								" FROM ONLY %s c JOIN %s m ON %s),"
 								" dedup_u AS (UPDATE ONLY %s c SET %s FROM dedup_o o"
 								" WHERE c.ctid OPERATOR(pg_catalog.=) o.dedup_octid"
-								" RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval),"
+								" RETURNING c.ctid AS dedup_nctid, o.dedup_orow, %s AS dedup_nval,"
+								" (%s) IS NOT TRUE AS dedup_off),"
 								" dedup_a AS (INSERT INTO %s SELECT (u.dedup_orow).*, %lld, 'repoint',"
 								" u.dedup_nctid::pg_catalog.text, u.dedup_nval%s FROM dedup_u u RETURNING 1)"
-								" SELECT (SELECT pg_catalog.count(*) FROM dedup_a), (SELECT pg_catalog.count(*) FROM dedup_o)",
+								" SELECT (SELECT pg_catalog.count(*) FROM dedup_a), (SELECT pg_catalog.count(*) FROM dedup_o),"
+								" (SELECT pg_catalog.count(*) FROM dedup_u u WHERE u.dedup_off)",
 								ref->child, ref->child, plan->map, ref_join(ref, plan),
-								ref->child, set.data, ref_values_json(ref, "c"),
+								ref->child, set.data, ref_values_json(ref, "c"), there.data,
 								ref->archive, (long long) job_id, archive_xact_value(ref->archive)),
 					   SPI_OK_SELECT);
 	moved = spi_get_int64(0, 1);
 	wanted = spi_get_int64(0, 2);
+	elsewhere = spi_get_int64(0, 3);
+	if (elsewhere > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
+				 errmsg("%lld re-pointed rows of %s do not point at their survivor in %s",
+						(long long) elsewhere, ref->child, plan->t->qualname),
+				 errdetail("A BEFORE UPDATE trigger on %s changed the value the job wrote, or kept the old one; removing the losers would cascade to those rows or leave them pointing elsewhere.",
+						   ref->child),
+				 errhint("Disable the trigger for the job (ALTER TABLE ... DISABLE TRIGGER), or make it let the re-points through.")));
 	if (moved != wanted)
 		ereport(ERROR,
 				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
@@ -765,7 +800,7 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 	foreach(lc, plan->refs)
 	{
 		RefKey	   *ref = lfirst(lc);
-		char	   *hint = psprintf("Re-pointed rows of %s would violate the constraint above, which merge does not resolve (it removes only rows that would collide under a plain unique index): change those rows first.",
+		char	   *hint = psprintf("Re-pointed rows of %s would violate the constraint above, which merge does not resolve (it removes only rows that would collide under a plain unique index, which a BEFORE DELETE trigger may have kept): change those rows first, or disable the trigger for the job.",
 									ref->child);
 
 		/* archived by position too: a background batch's table may have changed */
