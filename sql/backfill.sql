@@ -846,6 +846,10 @@ INSERT INTO bf_t.lc VALUES (1, 1), (2, 1.5), (3, 2), (4, 2.4);
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('lc', 'pid', 'lp', '{k}', on_orphan => 'create_parent', dry_run => true)$$);
 SELECT * FROM bf_t.refuse($$SELECT * FROM backfill_fk('lc', 'pid', 'lp', '{k}', on_orphan => 'create_parent')$$);
 SELECT count(*) AS parents FROM bf_t.lp;
+-- a key the parent's column refuses outright: the same refusal, not the cast's error
+INSERT INTO bf_t.lc VALUES (6, 1e10);
+SELECT * FROM backfill_fk('lc', 'pid', 'lp', '{k}', on_orphan => 'create_parent', dry_run => true);
+DELETE FROM bf_t.lc WHERE id = 6;
 DELETE FROM bf_t.lc WHERE k IN (1.5, 2.4);
 INSERT INTO bf_t.lc VALUES (5, 2.0);
 SELECT rows_updated, parents_created FROM backfill_fk('lc', 'pid', 'lp', '{k}', on_orphan => 'create_parent');

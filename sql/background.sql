@@ -814,6 +814,24 @@ SELECT job_id AS jid_mc FROM dedup_table('bg.mc', '{tag}', background => true) \
 SELECT dedup_pause(:jid_mc) AS paused;
 COMMIT;
 SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.mp', '{k}', action => 'merge', background => true)$$);
+-- a background backfill and a background dedup of its parent table refuse
+-- each other (the backfill would link to parents the dedup removes)
+CREATE TABLE bg.rbp (id int PRIMARY KEY, code text);
+INSERT INTO bg.rbp VALUES (1, 'a'), (2, 'a');
+CREATE TABLE bg.rbc (id int PRIMARY KEY, code text, pid int);
+INSERT INTO bg.rbc VALUES (1, 'a', NULL);
+BEGIN;
+SELECT job_id AS jid_rbc FROM backfill_fk('bg.rbc', 'pid', 'bg.rbp', '{code}', background => true) \gset
+SELECT dedup_pause(:jid_rbc) AS paused;
+COMMIT;
+SELECT * FROM bg_util.try($$SELECT * FROM dedup_table('bg.rbp', '{code}', background => true)$$);
+SELECT dedup_cancel(:jid_rbc) AS cancelled;
+BEGIN;
+SELECT job_id AS jid_rbp FROM dedup_table('bg.rbp', '{code}', background => true) \gset
+SELECT dedup_pause(:jid_rbp) AS paused;
+COMMIT;
+SELECT * FROM bg_util.try($$SELECT * FROM backfill_fk('bg.rbc', 'pid', 'bg.rbp', '{code}', background => true)$$);
+SELECT dedup_cancel(:jid_rbp) AS cancelled;
 -- a delete on the referenced table is no merge: it is queued
 BEGIN;
 SELECT job_id AS jid_md, state FROM dedup_table('bg.mp', '{k}', background => true) \gset

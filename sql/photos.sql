@@ -64,7 +64,7 @@ SELECT count(*), min(id), max(id), count(DISTINCT (property_pk, photo_id)) AS ke
 SELECT * FROM dedup_audit('property_photos', '{property_pk,photo_id}');
 
 -- the job row
-SELECT kind, relation, state, submitted_by = current_user AS mine, params,
+SELECT kind, relation, state, submitted_by = current_user AS mine, params - 'settings' AS params,
        rows_deleted, rows_renamed, duplicate_groups, strategy,
        archive_table = :'arch'::regclass AS archive_ok, unique_index,
        submitted_at IS NOT NULL AS submitted, started_at IS NOT NULL AS started,

@@ -361,6 +361,16 @@ RESET ROLE;
 SELECT check_name, ok FROM dedup_verify(:jid_g) ORDER BY check_name;
 SELECT dedup_rollback(:jid_g) AS restored;
 SELECT count(*) AS given_rows FROM priv.given;
+-- but a job with a filter (the submitter's code) is not verified with the
+-- new owner's rights, which may be more than the submitter's
+SET ROLE regress_owner;
+CREATE TABLE priv.given_f (id int PRIMARY KEY, k int);
+INSERT INTO priv.given_f SELECT g, g % 3 FROM generate_series(1, 9) g;
+SELECT job_id AS jid_gf FROM dedup_table('priv.given_f', '{k}', filter => 'id > 0') \gset
+RESET ROLE;
+ALTER TABLE priv.given_f OWNER TO regress_other;
+SELECT * FROM priv_util.try(format('SELECT * FROM dedup_verify(%s)', :jid_gf));
+SELECT dedup_rollback(:jid_gf) AS restored;
 
 RESET search_path;
 DROP OWNED BY regress_owner, regress_other, regress_member, regress_stats, regress_new_owner;

@@ -667,13 +667,37 @@ static void
 refuse_unmatched_parents(Backfill *b)
 {
 	StringInfoData same;
+	MemoryContext oldcxt = CurrentMemoryContext;
 
 	initStringInfo(&same);
 	for (int i = 0; i < b->child->nkeys; i++)
 		appendStringInfo(&same, "%s%s %s %s", i > 0 ? " AND " : "", b->stored[i], b->eq[i], b->cgroup[i]);
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE %s AND %s AND NOT (%s)",
-							b->child->qualname, orphan_condition(b), keys_not_null(b), same.data),
-				   SPI_OK_SELECT);
+	PG_TRY();
+	{
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE %s AND %s AND NOT (%s)",
+								b->child->qualname, orphan_condition(b), keys_not_null(b), same.data),
+					   SPI_OK_SELECT);
+	}
+	PG_CATCH();
+	{
+		/* a key the column refuses outright (1e10 in an integer, a domain's CHECK) */
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) != ERRCODE_DATA_EXCEPTION &&
+			edata->sqlerrcode != ERRCODE_CHECK_VIOLATION)
+			PG_RE_THROW();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("on_orphan => 'create_parent' cannot create parents for the orphan rows of %s",
+						b->child->qualname),
+				 errdetail("Stored in the parent_key columns of %s, a child_key value fails: %s",
+						   b->parent, edata->message),
+				 errhint("Give parent_key the type of child_key, or use on_orphan => 'report' and create those parents by hand.")));
+	}
+	PG_END_TRY();
 	if (spi_get_int64(0, 1) > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -729,6 +753,11 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 	char	   *ids;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	int64		linked = 0;
+	/* a smallint or integer fk_column, and a parent's value beyond it */
+	char	   *hint = psprintf("fk_column %s has type %s and parent_column %s type %s: a value of %s does not fit %s. Give %s the type of %s.",
+								b->fk, format_type_be(get_atttype(b->child->relid, b->fkatt)),
+								b->pcol, format_type_be(get_atttype(b->parentid, b->pcolatt)),
+								b->pcol, b->fk, b->fk, b->pcol);
 
 	if (res->linked_archive)
 	{
@@ -745,13 +774,7 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 	}
 	PG_CATCH();
 	{
-		/* a smallint or integer fk_column, and a parent's value beyond it */
-		spi_rethrow_with_hint(oldcxt, ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, 0,
-							  psprintf("fk_column %s has type %s and parent_column %s type %s: a value of %s does not fit %s. Give %s the type of %s.",
-									   b->fk, format_type_be(get_atttype(b->child->relid, b->fkatt)),
-									   b->pcol, format_type_be(get_atttype(b->parentid, b->pcolatt)),
-									   b->pcol, b->fk, b->fk, b->pcol),
-							  true);
+		spi_rethrow_with_hint(oldcxt, ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE, 0, hint, true);
 	}
 	PG_END_TRY();
 	return linked;
@@ -794,20 +817,29 @@ column_not_null(Oid relid, AttrNumber att)
 
 /*
  * The constraints go on only if every row's foreign key is set, or can be:
- * a background job's writers may add rows with it NULL that a link finds
- * (constraint_step links them), but not orphans or ambiguous rows.
+ * a background job's writers may add rows with it NULL that a later link
+ * finds (constraint_step links them before the NOT NULL), but not orphans
+ * or ambiguous rows.  linked: every row was just offered its link, so one
+ * that could be linked but is still NULL was kept so (a BEFORE UPDATE
+ * trigger, row-level security) and counts too.
  */
 static void
-refuse_nulls_left(Backfill *b)
+refuse_nulls_left(Backfill *b, bool linked)
 {
 	BackfillResult counts = {0};
+	int64		kept = 0;
 
 	classify(b, &counts);
-	if (counts.orphan_rows + counts.ambiguous_rows > 0)
+	if (linked)
+		kept = counts.rows_updated;
+	if (counts.orphan_rows + counts.ambiguous_rows + kept > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("cannot add the constraints: %lld rows of %s still have %s NULL",
-						(long long) (counts.orphan_rows + counts.ambiguous_rows), b->child->qualname, b->fk),
+						(long long) (counts.orphan_rows + counts.ambiguous_rows + kept), b->child->qualname, b->fk),
+				 kept > 0 ?
+				 errdetail("%lld rows match no parent (orphans), %lld match more than one (ambiguous; never guessed), and %lld match one but were not linked (a BEFORE UPDATE trigger or row-level security kept them NULL).",
+						   (long long) counts.orphan_rows, (long long) counts.ambiguous_rows, (long long) kept) :
 				 errdetail("%lld rows match no parent (orphans) and %lld match more than one (ambiguous); ambiguous rows are never guessed.",
 						   (long long) counts.orphan_rows, (long long) counts.ambiguous_rows),
 				 errhint("Run backfill_fk without add_constraint to link what can be linked and list the rest in dedup_orphans; fix them, then run it again with add_constraint => true.")));
@@ -818,16 +850,17 @@ refuse_nulls_left(Backfill *b)
  * one stage at a time: a background job commits after each, so the short
  * strong locks (ADD ... NOT VALID, SET NOT NULL) are never held while a
  * VALIDATE scans.  Returns the next stage, or -1 when all is done.
+ * linked: every row was just offered its link (refuse_nulls_left).
  */
 static int
-constraint_stage(Backfill *b, BackfillResult *res, int stage)
+constraint_stage(Backfill *b, BackfillResult *res, int stage, bool linked)
 {
 	Oid			nsp = get_rel_namespace(b->child->relid);
 
 	switch (stage)
 	{
 		case 0:
-			refuse_nulls_left(b);
+			refuse_nulls_left(b, linked);
 			spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
 			own_constraints_immediate(b->child->relid);
 			/* orphans deleted queued the checks of keys that reference the child */
@@ -879,7 +912,7 @@ static void
 add_constraints(Backfill *b, BackfillResult *res)
 {
 	for (int stage = 0; stage >= 0;)
-		stage = constraint_stage(b, res, stage);
+		stage = constraint_stage(b, res, stage, true);
 }
 
 /* what dedup_rollback needs to undo the job */
@@ -985,7 +1018,8 @@ submit_background(FunctionCallInfo fcinfo, Backfill *b, bool archive)
 	BackfillResult res = {0};
 
 	job_refuse_temp(b->parentid);
-	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b), false);
+	res.job_id = job_submit("backfill", b->child->relid, b->child->relname, params_json(fcinfo, b), false,
+						   b->parentid);
 	if (archive)
 		create_archives(b, &res);
 	job_set_undo(res.job_id, undo_json(b, &res));
@@ -1322,9 +1356,10 @@ constraint_step(BgJob *job, void *arg)
 	if (job->checkpoint == 3)
 	{
 		linked = link_rows(bb->b, &bb->res, NULL);
-		refuse_nulls_left(bb->b);
+		refuse_nulls_left(bb->b, true);
 	}
-	next = constraint_stage(bb->b, &bb->res, (int) job->checkpoint);
+	/* at stage 0, rows written since the sweep are linked at stage 3 */
+	next = constraint_stage(bb->b, &bb->res, (int) job->checkpoint, false);
 
 	/* the names chosen now are needed by later stages, in later transactions */
 	if (bb->res.constraint_name)

@@ -97,15 +97,15 @@ params_json(FunctionCallInfo fcinfo, DedupTarget *t, const char *keep,
 	json_field(&buf, "strategy", strategy);
 	json_field(&buf, "rename_column",
 			   t->rename_key >= 0 ? t->keys[t->rename_key].name : NULL);
+	/* what a worker, or dedup_verify, parses again, and the settings of the session */
+	json_field(&buf, "filter_sql", t->filter_bare);
+	json_field(&buf, "keep_sql", t->keep_sql);
+	job_settings_json(&buf);
 	if (PG_GETARG_BOOL(9))
 	{
-		/* what the worker parses again, and the settings of the session */
-		json_field(&buf, "filter_sql", t->filter_bare);
-		json_field(&buf, "keep_sql", t->keep_sql);
 		json_raw(&buf, "batch_rows", psprintf("%d", PG_ARGISNULL(10) ? dedup_batch_size : PG_GETARG_INT32(10)));
 		json_raw(&buf, "batch_delay", psprintf("%d", dedup_batch_delay));
 		json_raw(&buf, "lock_timeout", psprintf("%d", dedup_lock_timeout));
-		job_settings_json(&buf);
 	}
 	appendStringInfoChar(&buf, '}');
 	return buf.data;
@@ -627,7 +627,7 @@ dedup_table(PG_FUNCTION_ARGS)
 		res.job_id = job_submit("dedup", t->relid, t->relname,
 								params_json(fcinfo, t, keep, action,
 											text_to_cstring(PG_GETARG_TEXT_PP(11))),
-								action == DEDUP_ACTION_MERGE);
+								action == DEDUP_ACTION_MERGE, InvalidOid);
 		if (PG_GETARG_BOOL(6))
 		{
 			res.archive_table = archive_create(t->relid, res.job_id, NULL, InvalidOid, NIL);

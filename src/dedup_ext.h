@@ -311,12 +311,12 @@ extern char *job_param(DedupJob *job, const char *name);
 extern char *json_field_text(const char *json, const char *name);
 extern void job_settings_json(StringInfo buf);
 extern const char *job_drop_unused_archive(DedupJob *job);
-extern void job_apply_settings(DedupJob *job);
+extern void job_apply_settings(DedupJob *job, bool local);
 extern ArrayType *job_param_array(DedupJob *job, const char *name);
 extern int64 job_submit(const char *kind, Oid relid, const char *relname,
-						 const char *params_json, bool merge);
+						 const char *params_json, bool merge, Oid parent);
 extern void job_refuse_temp(Oid relid);
-extern void job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec);
+extern bool job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec);
 extern void job_act_as_caller(Oid saved_user, int saved_sec);
 extern void job_drop_work_table(int64 job_id, const char *work_table);
 extern void job_drop_restored_work_table(int64 job_id, const char *work_table);

@@ -239,9 +239,10 @@ acting_context_pushed(void)
  * TABLE ... OWNER TO: as the role, nothing could be rolled back or
  * verified any more).  *saved_user and *saved_sec get
  * the caller's, for job_act_as_caller before returning (an error's abort
- * restores them itself).
+ * restores them itself).  Returns whether it acts as the table's owner
+ * instead of the submitter.
  */
-void
+bool
 job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 {
 	Oid			role = job->submitted_by;
@@ -249,7 +250,7 @@ job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 
 	GetUserIdAndSecContext(saved_user, saved_sec);
 	if (role == *saved_user || !superuser())
-		return;
+		return false;
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(role)) ||
 		(SearchSysCacheExists1(RELOID, ObjectIdGetDatum(job->relid)) &&
 		 !has_privs_of_role(role, get_rel_owner(job->relid))))
@@ -266,7 +267,7 @@ job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 	if (!acting_context_pushed())
 		acting_depth = 0;
 	if (acting_depth++ > 0)
-		return;
+		return owner;
 	acting_job = job->job_id;
 	acting_owner = owner;
 	strlcpy(acting_role, GetUserNameFromId(role, false), NAMEDATALEN);
@@ -274,6 +275,7 @@ job_act_as_submitter(DedupJob *job, Oid *saved_user, int *saved_sec)
 	acting_context.arg = NULL;
 	acting_context.previous = error_context_stack;
 	error_context_stack = &acting_context;
+	return owner;
 }
 
 /* back to the caller's rights, after job_act_as_submitter */
@@ -360,52 +362,83 @@ qualified_relname(Oid relid)
 	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
 }
 
-/*
- * Nor may a background job run on a table whose rows a background merge
- * re-points (one with a foreign key to the merge's table), either way
- * round: each would archive rows the other changed, and neither could be
- * rolled back before the other.  Submissions of tables linked by a foreign
- * key queue behind one another's transaction.
- */
-static void
-job_refuse_related(Oid relid, bool merge)
+/* "SELECT <col> FROM pg_catalog.pg_constraint c WHERE" foreign keys between two tables "AND c.<side> = relid" */
+static char *
+fks_of(const char *col, const char *side, Oid relid)
 {
-	const char *fk = "SELECT %s FROM pg_catalog.pg_constraint c WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
-		" AND c.conrelid OPERATOR(pg_catalog.<>) c.confrelid AND c.%s OPERATOR(pg_catalog.=) %u";
-	int64		other;
-	Oid			otherrel;
+	return psprintf("SELECT %s FROM pg_catalog.pg_constraint c WHERE c.contype OPERATOR(pg_catalog.=) 'f'"
+					" AND c.conrelid OPERATOR(pg_catalog.<>) c.confrelid AND c.%s OPERATOR(pg_catalog.=) %u",
+					col, side, relid);
+}
 
-	spi_exec_count(psprintf("SELECT EXISTS (%s) OR EXISTS (%s)",
-							psprintf(fk, "", "conrelid", relid), psprintf(fk, "", "confrelid", relid)),
-				   SPI_OK_SELECT);
-	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") != 0)
-		return;
-	spi_exec_count(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%d, 0)", (int) DEDUP_SUBMIT_LOCK),
-				   SPI_OK_SELECT);
-	/* a merge on a table relid references; with merge, any job on one that references relid */
-	job_in_progress(psprintf("(j.params OPERATOR(pg_catalog.->>) 'action' OPERATOR(pg_catalog.=) 'merge'"
-							 " AND j.relation OPERATOR(pg_catalog.=) ANY (%s))%s%s%s",
-							 psprintf(fk, "c.confrelid", "conrelid", relid),
-							 merge ? " OR j.relation OPERATOR(pg_catalog.=) ANY (" : "",
-							 merge ? psprintf(fk, "c.conrelid", "confrelid", relid) : "",
-							 merge ? ")" : ""));
-	if (SPI_processed == 0)
-		return;
-	other = spi_get_int64(0, 1);
-	otherrel = (Oid) spi_get_int64(0, 2);
-	/* the other job merges a table relid references, or runs on one that references relid */
-	spi_exec_count(psprintf("SELECT EXISTS (%s AND c.confrelid OPERATOR(pg_catalog.=) %u)",
-							psprintf(fk, "", "conrelid", relid), otherrel), SPI_OK_SELECT);
+/* the error for a job in progress (SPI_tuptable of job_in_progress) that the submission must not run beside */
+static void
+refuse_beside(const char *what, Oid relid)
+{
+	int64		other = spi_get_int64(0, 1);
+	bool		isnull;
+	Oid			otherrel = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_IN_USE),
-			 strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0 ?
-			 errmsg("background job %lld merges rows of %s, which %s references",
-					(long long) other, qualified_relname(otherrel), qualified_relname(relid)) :
-			 errmsg("table %s, which references %s, has background job %lld in progress",
-					qualified_relname(otherrel), qualified_relname(relid), (long long) other),
-			 errdetail("A background merge re-points the rows of the tables that reference its table; a background job on one of them meanwhile would change rows the merge archives, and neither job could be rolled back before the other."),
+			 errmsg(what, (long long) other, qualified_relname(otherrel), qualified_relname(relid)),
+			 errdetail("A background merge re-points the rows that reference its table, and a background backfill links rows to its parent's; a background job on the other table meanwhile would change rows the first one archives or links to, and neither could be rolled back before the other."),
 			 errhint("Wait for it with dedup_wait(%lld); its submitter (or a superuser) can cancel it with dedup_cancel(%lld).",
 					 (long long) other, (long long) other)));
+}
+
+/*
+ * Nor may background jobs run at once on two tables where one changes rows
+ * the other's rows point to: a merge on a table and a job on one with a
+ * foreign key to it (the merge re-points that table's rows), a backfill and
+ * a dedup of its parent (the backfill links to parents the dedup removes or
+ * renames).  merge: the submission is a merge; parent: a backfill's.
+ */
+static void
+job_refuse_related(Oid relid, bool merge, Oid parent)
+{
+	job_in_progress(psprintf("j.params OPERATOR(pg_catalog.->>) 'action' OPERATOR(pg_catalog.=) 'merge'"
+							 " AND j.relation OPERATOR(pg_catalog.=) ANY (%s)",
+							 fks_of("c.confrelid", "conrelid", relid)));
+	if (SPI_processed > 0)
+		refuse_beside("background job %lld merges rows of %s, which %s references", relid);
+	if (merge)
+	{
+		job_in_progress(psprintf("j.relation OPERATOR(pg_catalog.=) ANY (%s)", fks_of("c.conrelid", "confrelid", relid)));
+		if (SPI_processed > 0)
+			refuse_beside("background job %lld runs on %s, which references %s", relid);
+	}
+	if (OidIsValid(parent))
+	{
+		job_in_progress(psprintf("j.kind OPERATOR(pg_catalog.=) 'dedup' AND j.relation OPERATOR(pg_catalog.=) %u",
+								 parent));
+		if (SPI_processed > 0)
+			refuse_beside("background job %lld deduplicates %s, the parent table of a backfill of %s", relid);
+	}
+	else
+	{
+		job_in_progress(psprintf("j.kind OPERATOR(pg_catalog.=) 'backfill'"
+								 " AND (j.params OPERATOR(pg_catalog.->>) 'parent_oid')::pg_catalog.oid OPERATOR(pg_catalog.=) %u",
+								 relid));
+		if (SPI_processed > 0)
+			refuse_beside("background job %lld backfills %s from %s, its parent table", relid);
+	}
+}
+
+/*
+ * The submission locks (advisory, to the end of the transaction) of table
+ * relid, of the tables it references and of a backfill's parent, in OID
+ * order: a submission on any of them queues behind this transaction, so
+ * that the checks above see every job submitted before.
+ */
+static void
+lock_submissions(Oid relid, Oid parent)
+{
+	spi_exec_count(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%d, o::pg_catalog.int4)"
+							" FROM (SELECT %u::pg_catalog.oid UNION SELECT %u::pg_catalog.oid UNION %s) x(o)"
+							" WHERE o OPERATOR(pg_catalog.<>) 0 ORDER BY o",
+							(int) DEDUP_SUBMIT_LOCK, relid, parent, fks_of("c.confrelid", "conrelid", relid)),
+				   SPI_OK_SELECT);
 }
 
 /*
@@ -413,7 +446,8 @@ job_refuse_related(Oid relid, bool merge)
  * and a worker starts when it does.
  */
 int64
-job_submit(const char *kind, Oid relid, const char *relname, const char *params_json, bool merge)
+job_submit(const char *kind, Oid relid, const char *relname, const char *params_json, bool merge,
+		   Oid parent)
 {
 	Oid			types[5] = {TEXTOID, OIDOID, TEXTOID, TEXTOID, OIDOID};
 	Datum		values[5];
@@ -427,8 +461,7 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	 * snapshot: a deadlock), and each would archive what the other left.
 	 * Submissions of the same table queue behind one another's transaction.
 	 */
-	spi_exec_count(psprintf("SELECT pg_catalog.pg_advisory_xact_lock(%d, %d)",
-							(int) DEDUP_SUBMIT_LOCK, (int) relid), SPI_OK_SELECT);
+	lock_submissions(relid, parent);
 	job_in_progress(psprintf("j.relation OPERATOR(pg_catalog.=) %u", relid));
 	if (SPI_processed > 0)
 		ereport(ERROR,
@@ -439,7 +472,7 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 				 errdetail("One background job runs on a table at a time."),
 				 errhint("Wait for it with dedup_wait(%lld); its submitter (or a superuser) can cancel it with dedup_cancel(%lld).",
 						 (long long) spi_get_int64(0, 1), (long long) spi_get_int64(0, 1))));
-	job_refuse_related(relid, merge);
+	job_refuse_related(relid, merge, parent);
 
 	values[0] = CStringGetTextDatum(kind);
 	values[1] = ObjectIdGetDatum(relid);
@@ -699,15 +732,35 @@ job_require_here(DedupJob *job)
 /*
  * A background dedup that ends (cancelled, failed) before its first batch
  * leaves no empty archive: ", archive_table = NULL" for the job's row when
- * it dropped it, else "".
+ * it dropped it, else "".  In a subtransaction: a reader's view on the
+ * archive keeps it (DROP fails), and the job still ends.
  */
 const char *
 job_drop_unused_archive(DedupJob *job)
 {
-	if (strcmp(job->kind, "dedup") == 0 && job->archive_table && job->batches_done == 0 &&
-		archive_drop_if_empty(job->archive_table))
-		return ", archive_table = NULL";
-	return "";
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool dropped = false;
+
+	if (strcmp(job->kind, "dedup") != 0 || job->archive_table == NULL || job->batches_done != 0)
+		return "";
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		dropped = archive_drop_if_empty(job->archive_table);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return dropped ? ", archive_table = NULL" : "";
 }
 
 /* one top-level field of the job's params, as text (NULL if absent or null) */
@@ -725,8 +778,8 @@ job_param(DedupJob *job, const char *name)
  * The worker evaluates them as the submitting session did.
  */
 static const char *const session_settings[] = {
-	"DateStyle", "IntervalStyle", "TimeZone", "lc_monetary", "lc_numeric", "lc_time",
-	"default_text_search_config"
+	"DateStyle", "IntervalStyle", "TimeZone", "timezone_abbreviations", "lc_monetary", "lc_numeric",
+	"lc_time", "default_text_search_config", "bytea_output", "xmloption"
 };
 
 /* "settings": the session's values of session_settings, for a background job's params */
@@ -746,19 +799,24 @@ job_settings_json(StringInfo buf)
 }
 
 /*
- * In a worker, before a job's expressions are parsed: the settings of the
- * session that submitted it.  Those a job submitted before they were kept
- * (or an older job before it) does not name are reset to the worker's own.
+ * Before a job's expressions are parsed: the settings of the session that
+ * submitted it.  In a worker (local false) for the rest of the session:
+ * those a job submitted before they were kept does not name are reset to
+ * the worker's own.  local (dedup_verify): in the caller's GUC nest level,
+ * which its AtEOXact_GUC ends; a job that kept none changes nothing.
  */
 void
-job_apply_settings(DedupJob *job)
+job_apply_settings(DedupJob *job, bool local)
 {
 	char	   *settings = job_param(job, "settings");
 
+	if (settings == NULL && local)
+		return;
 	for (int i = 0; i < lengthof(session_settings); i++)
-		SetConfigOption(session_settings[i],
-						settings ? json_field_text(settings, session_settings[i]) : NULL,
-						PGC_SUSET, PGC_S_SESSION);
+		(void) set_config_option(session_settings[i],
+								 settings ? json_field_text(settings, session_settings[i]) : NULL,
+								 PGC_SUSET, PGC_S_SESSION, local ? GUC_ACTION_SAVE : GUC_ACTION_SET,
+								 true, 0, false);
 }
 
 /* one top-level field of a jsonb text, as text (NULL if absent or null) */

@@ -11,6 +11,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
@@ -241,6 +242,7 @@ dedup_verify(PG_FUNCTION_ARGS)
 	int64		n;
 	Oid			saved_user;
 	int			saved_sec;
+	int			nest;
 
 	dedup_require_arg(fcinfo, 0, "job_id");
 	InitMaterializedSRF(fcinfo, 0);
@@ -273,8 +275,20 @@ dedup_verify(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
-	/* a superuser verifying another role's job reads with that role's rights */
-	job_act_as_submitter(job, &saved_user, &saved_sec);
+	/*
+	 * A superuser verifying another role's job reads with that role's
+	 * rights, or the table's owner's when the role owns it no more (or was
+	 * dropped).  The filter is the submitter's code (its functions): never
+	 * run with the owner's rights, which may be more.
+	 */
+	if (job_act_as_submitter(job, &saved_user, &saved_sec) && job_param(job, "filter"))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("cannot verify job %lld: its table is no longer its submitter's, and its filter is the submitter's",
+						(long long) job->job_id),
+				 errdetail("dedup_ext would run the filter with the rights of the table's owner now, which may be more than the submitter's."),
+				 errhint("Check the table by hand against archive table %s, or give the table back to the submitter.",
+						 job->archive_table ? job->archive_table : "(none)")));
 	if (strcmp(job->kind, "backfill") == 0)
 	{
 		check_backfill(rsinfo, job);
@@ -283,7 +297,10 @@ dedup_verify(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
-	filter = job_param(job, "filter");
+	/* the filter as stored (ISO constants), under the settings of the job's session */
+	nest = NewGUCNestLevel();
+	job_apply_settings(job, true);
+	filter = job_param(job, "filter_sql") ? job_param(job, "filter_sql") : job_param(job, "filter");
 	t = dedup_target_open(job->relid, job_param_array(job, "key"),
 						  filter ? cstring_to_text(filter) : NULL,
 						  strcmp(job_param(job, "nulls_distinct"), "true") == 0,
@@ -312,6 +329,7 @@ dedup_verify(PG_FUNCTION_ARGS)
 				  existing ? psprintf("%s keeps the key unique (the job added none: it was there)", existing)
 				  : "the job recorded no unique index, and none keeps the key unique");
 	}
+	AtEOXact_GUC(true, nest);
 	job_act_as_caller(saved_user, saved_sec);
 	SPI_finish();
 	return (Datum) 0;

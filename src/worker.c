@@ -598,7 +598,7 @@ load_job(BgJob *job, void *arg)
 	bool		nulls_distinct;
 
 	job_require_here(row);
-	job_apply_settings(row);
+	job_apply_settings(row, false);
 	job->batch_size = param_int(row, "batch_rows", dedup_batch_size);
 	job->batch_delay = param_int(row, "batch_delay", dedup_batch_delay);
 	job->lock_timeout = param_int(row, "lock_timeout", dedup_lock_timeout);
