@@ -895,6 +895,19 @@ ALTER TABLE bf_t.crp RENAME COLUMN note2 TO note;
 SELECT dedup_rollback(:jid_rp) AS restored;
 SELECT count(*) AS parents FROM bf_t.crp;
 
+-- a child without a primary key: the job lists the rows it linked by ctid;
+-- after VACUUM FULL (or a rewrite) those name other rows, and its rollback
+-- is refused (it cleared rows the job never linked, and reported success)
+CREATE TABLE bf_t.np_par (id int PRIMARY KEY, code text UNIQUE);
+INSERT INTO bf_t.np_par VALUES (1, 'c1');
+CREATE TABLE bf_t.np_ch (code text, parent_id int, x int);
+INSERT INTO bf_t.np_ch SELECT 'c1', NULL, g FROM generate_series(1, 4) g;
+SELECT job_id AS jid_np FROM backfill_fk('np_ch', 'parent_id', 'np_par', '{code}') \gset
+DELETE FROM bf_t.np_ch WHERE x = 1;
+VACUUM FULL bf_t.np_ch;
+SELECT * FROM bf_t.refuse(format('SELECT dedup_rollback(%s)', :jid_np));
+SELECT count(parent_id) AS linked FROM bf_t.np_ch;
+
 --
 -- cleanup
 --

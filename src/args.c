@@ -77,6 +77,20 @@ get_rel_owner(Oid relid)
 	return owner;
 }
 
+/* the file of relation relid's rows, which VACUUM FULL, CLUSTER and a rewrite replace */
+Oid
+relation_filenode(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Oid			filenode;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	filenode = ((Form_pg_class) GETSTRUCT(tup))->relfilenode;
+	ReleaseSysCache(tup);
+	return filenode;
+}
+
 /* "OPERATOR(schema.name)" for an operator, so that search_path cannot matter */
 char *
 sql_operator(Oid opno)

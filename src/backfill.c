@@ -89,6 +89,7 @@ typedef struct BackfillResult
 	char	   *deleted_archive;
 	char	   *linked_archive;
 	char	   *created_archive;
+	Oid			filenode;		/* the child's when its linked rows were listed by ctid */
 } BackfillResult;
 
 static OnOrphan
@@ -798,6 +799,9 @@ create_archives(Backfill *b, BackfillResult *res)
 	for (int i = 0; i < b->child->npk; i++)
 		ids = lappend(ids, b->child->pk[i].name);
 	ids = ids ? ids : list_make1("ctid");
+	/* a ctid names a row only until the table is rewritten (dedup_rollback checks) */
+	if (b->child->npk == 0)
+		res->filenode = relation_filenode(b->child->relid);
 	res->linked_archive = archive_create(b->child->relid, res->job_id, "linked", InvalidOid,
 										 lappend(ids, b->fkname));
 }
@@ -937,9 +941,12 @@ undo_json(Backfill *b, BackfillResult *res)
 		else
 			appendStringInfoString(&buf, "null");
 	}
-	appendStringInfo(&buf, ", \"orphan_rows\": %lld, \"ambiguous_rows\": %lld, \"parents_created\": %lld}",
+	appendStringInfo(&buf, ", \"orphan_rows\": %lld, \"ambiguous_rows\": %lld, \"parents_created\": %lld",
 					 (long long) res->orphan_rows, (long long) res->ambiguous_rows,
 					 (long long) res->parents_created);
+	if (OidIsValid(res->filenode))
+		appendStringInfo(&buf, ", \"filenode\": %u", res->filenode);
+	appendStringInfoChar(&buf, '}');
 	return buf.data;
 }
 
@@ -1161,6 +1168,7 @@ bg_backfill_load(BgJob *job, DedupJob *row)
 	char	   *orphans = undo_text(row, "orphan_rows");
 	char	   *ambiguous = undo_text(row, "ambiguous_rows");
 	char	   *parents = undo_text(row, "parents_created");
+	char	   *filenode = undo_text(row, "filenode");
 	double		tuples_per_page;
 	Relation	rel;
 	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
@@ -1196,6 +1204,7 @@ bg_backfill_load(BgJob *job, DedupJob *row)
 	bb->res.orphan_rows = orphans ? strtoll(orphans, NULL, 10) : 0;
 	bb->res.ambiguous_rows = ambiguous ? strtoll(ambiguous, NULL, 10) : 0;
 	bb->res.parents_created = parents ? strtoll(parents, NULL, 10) : 0;
+	bb->res.filenode = filenode ? (Oid) strtoul(filenode, NULL, 10) : InvalidOid;
 	bb->res.rows_deleted = row->rows_deleted;
 	/* a batch is a range of blocks holding about batch_size rows */
 	rel = relation_open(job->relid, AccessShareLock);

@@ -22,6 +22,7 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/rls.h"
+#include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
 /*
@@ -450,16 +451,39 @@ refuse_in_background(DedupStrategy strategy)
  * counts).  may_rewrite: false for a background job's dry run, whose job
  * deletes in batches.
  */
+static bool
+never_analyzed(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	bool		never;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	never = ((Form_pg_class) GETSTRUCT(tup))->reltuples < 0;
+	ReleaseSysCache(tup);
+	return never;
+}
+
 static const char *
 choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool dry_run,
 				bool may_rewrite)
 {
 	const char *obstacle;
 	double		share;
+	bool		guessed;
 
 	if (action != DEDUP_ACTION_DELETE)
 		return "delete";
-	share = estimated_loser_share(t, !dry_run, true);
+	/*
+	 * The call analyzes a table that never was; a dry run, which changes
+	 * nothing, counts instead (the planner's guesses without statistics
+	 * made it say delete where the call then rewrote)
+	 */
+	guessed = dry_run && never_analyzed(t->relid);
+	if (guessed)
+		share = counted_loser_share(t, false, true);
+	else
+		share = estimated_loser_share(t, !dry_run, true);
 	t->few_groups = share >= 0.5;
 	dedup_target_plan_candidates(t, share);
 	if (strategy == DEDUP_STRATEGY_DELETE || !may_rewrite)
@@ -476,7 +500,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	}
 	if (obstacle != NULL || !t->few_groups)
 		return "delete";
-	share = counted_loser_share(t, !dry_run);
+	share = counted_loser_share(t, !dry_run, guessed);
 	if (share < 0.5 && t->keep_groups)
 	{
 		spi_exec_count(psprintf("DROP TABLE %s", t->keep_groups), SPI_OK_UTILITY);

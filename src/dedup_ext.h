@@ -142,6 +142,7 @@ extern void refuse_cascading_references(Oid relid, const char *qualname, const c
 	"Use on_orphan => 'report' or 'create_parent', which keep the orphans."
 extern char *sql_operator(Oid opno);
 extern Oid	get_rel_owner(Oid relid);
+extern Oid	relation_filenode(Oid relid);
 extern char *sql_type(Oid type);
 
 /* sqlgen.c */
@@ -220,7 +221,7 @@ extern void spi_rethrow_with_hint(MemoryContext cxt, int code, int code2, const 
 /* rewrite.c */
 extern const char *rewrite_obstacle(DedupTarget *t);
 extern double estimated_loser_share(DedupTarget *t, bool may_analyze, bool may_sample);
-extern double counted_loser_share(DedupTarget *t, bool keep_groups);
+extern double counted_loser_share(DedupTarget *t, bool keep_groups, bool count_rows);
 extern char *run_rewrite(DedupTarget *t, int64 job_id, bool archive,
 						 int64 *groups, int64 *deleted);
 

@@ -226,12 +226,22 @@ survivor_groups_table(DedupTarget *t)
  * duplicate groups of the filter's rows.  Otherwise one aggregate over the
  * rows the filter and nulls_distinct let in.  keep_groups: the caller may
  * write (not a dry run, which may run on a standby) and holds a lock that
- * keeps writers out until the rewrite.
+ * keeps writers out until the rewrite.  count_rows: the table's rows are
+ * counted too, not estimated (a dry run on a table never analyzed, whose
+ * estimate is the planner's guess from its size).
  */
 double
-counted_loser_share(DedupTarget *t, bool keep_groups)
+counted_loser_share(DedupTarget *t, bool keep_groups, bool count_rows)
 {
-	double		rows = estimated_rows(psprintf("SELECT FROM ONLY %s r", t->qualname));
+	double		rows;
+
+	if (count_rows)
+	{
+		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s r", t->qualname), SPI_OK_SELECT);
+		rows = (double) spi_get_int64(0, 1);
+	}
+	else
+		rows = estimated_rows(psprintf("SELECT FROM ONLY %s r", t->qualname));
 
 	if (keep_groups && sql_keep_column(t) != NULL && t->filter_r == NULL)
 	{

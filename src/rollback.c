@@ -1102,6 +1102,16 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 				 errmsg("the parent table or an archive table of job %lld no longer exists",
 						(long long) job->job_id)));
 	archive_require_intact(linked, job->job_id, t->relid, InvalidOid);
+	/* the rows it linked, listed by ctid, moved since: another row may be where one was */
+	if (json_field_text(job->undo, "filenode") &&
+		(Oid) strtoul(json_field_text(job->undo, "filenode"), NULL, 10) != relation_filenode(t->relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot roll back job %lld: the rows of %s were moved since the job",
+						(long long) job->job_id, t->qualname),
+				 errdetail("The table has no primary key: the job listed the rows it linked by their ctid, which VACUUM FULL, CLUSTER, a rewrite or TRUNCATE since gave to other rows."),
+				 errhint("Compare %s with archive table %s, which lists the rows the job linked and their values, and set them back by hand.",
+						 t->qualname, linked)));
 	if (deleted)
 		archive_require_intact(deleted, job->job_id, t->relid, InvalidOid);
 	if (created)
