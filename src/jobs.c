@@ -356,10 +356,15 @@ job_in_progress(const char *which)
 		elog(ERROR, "dedup_ext: could not read the jobs in progress");
 }
 
+/* a job's table may have been dropped while the job waits */
 static char *
 qualified_relname(Oid relid)
 {
-	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), get_rel_name(relid));
+	char	   *name = get_rel_name(relid);
+
+	if (name == NULL)
+		return psprintf("a dropped table (OID %u)", relid);
+	return quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)), name);
 }
 
 /* "SELECT <col> FROM pg_catalog.pg_constraint c WHERE" foreign keys between two tables "AND c.<side> = relid" */
