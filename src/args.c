@@ -63,32 +63,25 @@ sql_type(Oid type)
 	return format_type_extended(type, -1, FORMAT_TYPE_FORCE_QUALIFY | FORMAT_TYPE_TYPEMOD_GIVEN);
 }
 
+/* the fixed-size part of relation relid's pg_class row */
+FormData_pg_class
+rel_class(Oid relid)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	FormData_pg_class form;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	form = *(Form_pg_class) GETSTRUCT(tup);
+	ReleaseSysCache(tup);
+	return form;
+}
+
 /* the owner of relation relid */
 Oid
 get_rel_owner(Oid relid)
 {
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			owner;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-	return owner;
-}
-
-/* the file of relation relid's rows, which VACUUM FULL, CLUSTER and a rewrite replace */
-Oid
-relation_filenode(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	Oid			filenode;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	filenode = ((Form_pg_class) GETSTRUCT(tup))->relfilenode;
-	ReleaseSysCache(tup);
-	return filenode;
+	return rel_class(relid).relowner;
 }
 
 /* "OPERATOR(schema.name)" for an operator, so that search_path cannot matter */

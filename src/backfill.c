@@ -801,7 +801,7 @@ create_archives(Backfill *b, BackfillResult *res)
 	ids = ids ? ids : list_make1("ctid");
 	/* a ctid names a row only until the table is rewritten (dedup_rollback checks) */
 	if (b->child->npk == 0)
-		res->filenode = relation_filenode(b->child->relid);
+		res->filenode = rel_class(b->child->relid).relfilenode;
 	res->linked_archive = archive_create(b->child->relid, res->job_id, "linked", InvalidOid,
 										 lappend(ids, b->fkname));
 }

@@ -22,7 +22,6 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/rls.h"
-#include "utils/syscache.h"
 #include "utils/tuplestore.h"
 
 /*
@@ -451,19 +450,6 @@ refuse_in_background(DedupStrategy strategy)
  * counts).  may_rewrite: false for a background job's dry run, whose job
  * deletes in batches.
  */
-static bool
-never_analyzed(Oid relid)
-{
-	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-	bool		never;
-
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", relid);
-	never = ((Form_pg_class) GETSTRUCT(tup))->reltuples < 0;
-	ReleaseSysCache(tup);
-	return never;
-}
-
 static const char *
 choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool dry_run,
 				bool may_rewrite)
@@ -479,7 +465,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	 * nothing, counts instead (the planner's guesses without statistics
 	 * made it say delete where the call then rewrote)
 	 */
-	guessed = dry_run && never_analyzed(t->relid);
+	guessed = dry_run && rel_class(t->relid).reltuples < 0;
 	if (guessed)
 		share = counted_loser_share(t, false, true);
 	else

@@ -16,6 +16,7 @@
 
 #include "postgres.h"
 
+#include "catalog/pg_class.h"
 #include "compat.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
@@ -142,7 +143,7 @@ extern void refuse_cascading_references(Oid relid, const char *qualname, const c
 	"Use on_orphan => 'report' or 'create_parent', which keep the orphans."
 extern char *sql_operator(Oid opno);
 extern Oid	get_rel_owner(Oid relid);
-extern Oid	relation_filenode(Oid relid);
+extern FormData_pg_class rel_class(Oid relid);
 extern char *sql_type(Oid type);
 
 /* sqlgen.c */

@@ -1104,7 +1104,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	archive_require_intact(linked, job->job_id, t->relid, InvalidOid);
 	/* the rows it linked, listed by ctid, moved since: another row may be where one was */
 	if (json_field_text(job->undo, "filenode") &&
-		(Oid) strtoul(json_field_text(job->undo, "filenode"), NULL, 10) != relation_filenode(t->relid))
+		(Oid) strtoul(json_field_text(job->undo, "filenode"), NULL, 10) != rel_class(t->relid).relfilenode)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot roll back job %lld: the rows of %s were moved since the job",
