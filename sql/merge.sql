@@ -723,6 +723,18 @@ DROP RULE tc_noop ON merge_t.tc;
 SELECT job_id, state, rows_deleted, refs_repointed FROM dedup_table('merge_t.tp', '{name}', action => 'merge') \gset
 SELECT :'state' AS state, :rows_deleted AS deleted, :refs_repointed AS repointed;
 SELECT * FROM merge_t.tc ORDER BY id;
+-- a BEFORE DELETE trigger on a referencing table that keeps a row that
+-- would collide once re-pointed: 09000, naming the trigger's table (it was
+-- the unique index's 23505, with a hint that did not fit)
+CREATE TABLE merge_t.kp (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.kp VALUES (1, 'a'), (2, 'a');
+CREATE TABLE merge_t.kc (id int PRIMARY KEY, pid int REFERENCES merge_t.kp, tag text, UNIQUE (pid, tag));
+INSERT INTO merge_t.kc VALUES (1, 1, 'x'), (2, 2, 'x');
+CREATE FUNCTION merge_t.keep_rows() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+CREATE TRIGGER no_delete BEFORE DELETE ON merge_t.kc FOR EACH ROW EXECUTE FUNCTION merge_t.keep_rows();
+SELECT * FROM dedup_table('merge_t.kp', '{name}', action => 'merge');
+SELECT * FROM merge_t.kc ORDER BY id;
+
 --
 -- cleanup
 --
