@@ -698,6 +698,12 @@ BEGIN
     PERFORM pg_sleep(0.1);
   END LOOP;
 END $$;
+-- a transaction that holds a lock on the job's table cannot wait for the
+-- job, which may need a lock that conflicts with it (it waited forever)
+BEGIN;
+SELECT count(*) AS rows_seen FROM bg.slow;
+SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s, ''1 s'')', :jid_slow));
+ROLLBACK;
 SELECT dedup_cancel(:jid_slow) AS cancel_asked;
 SELECT dedup_wait(:jid_slow, '20s') AS state;
 SELECT count(*) AS rows_left FROM bg.slow;
@@ -709,6 +715,8 @@ INSERT INTO bg.wide SELECT g, (SELECT string_agg(md5(i::text), '') FROM generate
   FROM generate_series(1, 3) g;
 SELECT job_id AS jid_wide FROM dedup_table('bg.wide', '{k}', background => true, add_unique => true) \gset
 SELECT dedup_wait(:jid_wide, '60s') AS state;
+-- a timeout beyond any date waits for the end, as NULL does (it overflowed)
+SELECT dedup_wait(:jid_wide, '1000000 years') AS state;
 SELECT split_part(error, ':', 1) AS sqlstate FROM dedup_jobs WHERE job_id = :jid_wide;
 SELECT count(*) AS indexes_left FROM pg_index WHERE indrelid = 'bg.wide'::regclass AND NOT indisprimary;
 SELECT count(*) AS rows_left FROM bg.wide;

@@ -97,4 +97,12 @@
 #define dedup_test_for_old_snapshot(snapshot, rel, page) ((void) 0)
 #endif
 
+/* LockHeldByMe() can also look for a stronger mode from 17 on */
+#include "storage/lock.h"
+#if PG_VERSION_NUM >= 170000
+#define dedup_lock_held_by_me(tag, mode) LockHeldByMe((tag), (mode), false)
+#else
+#define dedup_lock_held_by_me(tag, mode) LockHeldByMe((tag), (mode))
+#endif
+
 #endif							/* DEDUP_COMPAT_H */

@@ -358,6 +358,31 @@ poll_state(int64 job_id)
 }
 
 /*
+ * A caller whose transaction holds a lock on the job's table may be what the
+ * job waits for (its unique index or constraints need stronger ones), while
+ * the caller waits for the job: neither would ever go on, and PostgreSQL
+ * cannot see it (one side is this loop).  Refused while the job may still
+ * need a lock.
+ */
+static void
+refuse_waiting_on_own_lock(DedupJob *job)
+{
+	LOCKTAG		tag;
+
+	if (state_is(job->state, "done", "failed", "cancelled") || !job->here)
+		return;
+	SET_LOCKTAG_RELATION(tag, MyDatabaseId, job->relid);
+	for (LOCKMODE mode = AccessShareLock; mode <= AccessExclusiveLock; mode++)
+		if (dedup_lock_held_by_me(&tag, mode))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("dedup_wait cannot wait for job %lld in a transaction that holds a lock on its table",
+							(long long) job->job_id),
+					 errdetail("The job may need a lock that conflicts with it (to build its unique index, to add its constraints): it would wait for this transaction, and this transaction for it."),
+					 errhint("COMMIT or ROLLBACK first, then call dedup_wait in a transaction of its own.")));
+}
+
+/*
  * Wait until the job needs nobody: done, failed or cancelled, or paused or
  * interrupted (which wait for dedup_resume).  With a timeout, return the
  * state at that time.
@@ -381,6 +406,7 @@ wait_until_final(int64 job_id, TimestampTz deadline)
 				 errdetail("A background job starts only after the transaction that submitted it commits."),
 				 errhint("COMMIT, then call dedup_wait.")));
 
+	refuse_waiting_on_own_lock(job);
 	/* a restored job runs nowhere: its state stays as the dump had it */
 	if (!job->here)
 	{
@@ -435,9 +461,12 @@ dedup_wait(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("argument \"timeout\" must not be negative"),
 					 errhint("A zero timeout returns the job's state at once; NULL waits for its end.")));
-		deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-														   TimestampTzGetDatum(GetCurrentTimestamp()),
-														   PointerGetDatum(timeout)));
+		/* a timeout of a thousand years or more waits for the end, as NULL does (it overflowed a date) */
+		if (timeout->month < 12 * 1000 && timeout->day < 365 * 1000 &&
+			timeout->time < INT64CONST(1000) * 365 * USECS_PER_DAY)
+			deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+															   TimestampTzGetDatum(GetCurrentTimestamp()),
+															   PointerGetDatum(timeout)));
 	}
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,

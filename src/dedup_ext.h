@@ -396,6 +396,7 @@ extern void progress_phase(const char *phase);
 extern void progress_counts(int64 rows_total, int64 rows_done, int64 rows_changed,
 							int64 batches_done);
 extern void progress_started_at(TimestampTz started_at);
+extern bool progress_job_visible(int64 job_id);
 extern void progress_end(void);
 
 /* archive.c */

@@ -696,6 +696,12 @@ job_fetch(int64 job_id, bool for_update, bool control)
 	 * written in: here it may be another role's.
 	 */
 	own = job->job_id != 0 && ((job->here && job->submitted_by == GetUserId()) || superuser());
+	if (job->job_id == 0 && progress_job_visible(job_id))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job %lld is a foreground job still in progress", (long long) job_id),
+				 errdetail("Its row commits with the transaction that runs it; until then no other session can act on it."),
+				 errhint("Wait for that transaction to end, or end it (pg_cancel_backend of the pid dedup_progress shows).")));
 	if (job->job_id == 0 ||
 		(!own && !has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS)))
 		ereport(ERROR,

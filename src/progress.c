@@ -243,6 +243,30 @@ progress_end(void)
 }
 
 /* the slots of this database: a role sees its own jobs; pg_read_all_stats sees all */
+/*
+ * Is job_id in progress in a session of this database, as dedup_progress
+ * shows it to the caller?  A foreground job's row is seen only by its own
+ * transaction until it commits.
+ */
+bool
+progress_job_visible(int64 job_id)
+{
+	bool		found = false;
+
+	if (shared == NULL)
+		return false;
+	LWLockAcquire(shared->lock, LW_SHARED);
+	for (int i = 0; i < PROGRESS_SLOTS && !found; i++)
+	{
+		ProgressSlot *s = &shared->slots[i];
+
+		found = s->job_id == job_id && s->dbid == MyDatabaseId &&
+			(s->userid == GetUserId() || has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS));
+	}
+	LWLockRelease(shared->lock);
+	return found;
+}
+
 Datum
 dedup_progress_live(PG_FUNCTION_ARGS)
 {

@@ -71,6 +71,23 @@ held_call('delete', 'SELECT FROM t WHERE id = 500 FOR UPDATE',
 	'dedup t deleting running total 990 done 0', 'done 990');
 is(progress_of($caller_pid), '', 'a finished job leaves dedup_progress');
 
+# another session that controls a foreground job it sees in dedup_progress
+# is told it is a foreground job in progress (it was told it does not exist)
+$node->safe_psql('postgres', q{
+	CREATE TABLE fc (id int PRIMARY KEY, k int);
+	INSERT INTO fc SELECT g, g % 10 FROM generate_series(1, 100) g;
+});
+$s1->query_safe('BEGIN');
+$s1->query_safe('SELECT FROM fc WHERE id = 50 FOR UPDATE');
+$caller->query_until(qr/sent/, "\\echo sent\nSELECT state FROM dedup_table('fc', '{k}', strategy => 'delete');\n");
+wait_for_lock($caller_pid, 'a foreground delete to be controlled');
+my ($rc, $out, $err) = $node->psql('postgres', qq{
+	SELECT dedup_cancel((SELECT job_id FROM dedup_progress WHERE pid = $caller_pid))});
+like($err, qr/job \d+ is a foreground job still in progress/,
+	'dedup_cancel of a foreground job in progress says so');
+$s1->query_safe('COMMIT');
+like($caller->query_safe('SELECT 1'), qr/^done$/m, 'the foreground delete went on');
+
 # a foreground merge, held while it re-points a referencing row s1 holds
 $node->safe_psql('postgres', q{
 	CREATE TABLE mp (id int PRIMARY KEY, name text);
