@@ -903,9 +903,18 @@ INSERT INTO bf_t.np_par VALUES (1, 'c1');
 CREATE TABLE bf_t.np_ch (code text, parent_id int, x int);
 INSERT INTO bf_t.np_ch SELECT 'c1', NULL, g FROM generate_series(1, 4) g;
 SELECT job_id AS jid_np FROM backfill_fk('np_ch', 'parent_id', 'np_par', '{code}') \gset
+-- a linked row goes, one linked by hand comes: after VACUUM FULL the four
+-- ctids the job listed hold four rows linked to 1, one of them not the job's
 DELETE FROM bf_t.np_ch WHERE x = 1;
+INSERT INTO bf_t.np_ch VALUES ('c1', 1, 100);
 VACUUM FULL bf_t.np_ch;
-SELECT * FROM bf_t.refuse(format('SELECT dedup_rollback(%s)', :jid_np));
+SELECT set_config('bf.jid_np', :'jid_np', false) IS NOT NULL AS noted;
+DO $$
+BEGIN
+  PERFORM dedup_rollback(current_setting('bf.jid_np')::bigint);
+EXCEPTION WHEN object_not_in_prerequisite_state THEN
+  RAISE NOTICE '%', regexp_replace(SQLERRM, 'job [0-9]+', 'job N');
+END $$;
 SELECT count(parent_id) AS linked FROM bf_t.np_ch;
 
 --

@@ -698,11 +698,15 @@ BEGIN
     PERFORM pg_sleep(0.1);
   END LOOP;
 END $$;
--- a transaction that holds a lock on the job's table cannot wait for the
--- job, which may need a lock that conflicts with it (it waited forever)
+-- a transaction that holds a lock on the job's table that its batches need
+-- cannot wait for the job (a row it locked would keep it waiting forever);
+-- one that only read the table can (the job builds no index)
 BEGIN;
 SELECT count(*) AS rows_seen FROM bg.slow;
+SELECT dedup_wait(:jid_slow, '0.2 s') AS state;
+SELECT count(*) AS locked FROM (SELECT FROM bg.slow WHERE id = 2 FOR UPDATE) l;
 SELECT * FROM bg_util.try(format('SELECT dedup_wait(%s, ''1 s'')', :jid_slow));
+SELECT dedup_wait(:jid_slow, '0') AS state_now;
 ROLLBACK;
 SELECT dedup_cancel(:jid_slow) AS cancel_asked;
 SELECT dedup_wait(:jid_slow, '20s') AS state;

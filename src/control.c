@@ -359,20 +359,26 @@ poll_state(int64 job_id)
 
 /*
  * A caller whose transaction holds a lock on the job's table may be what the
- * job waits for (its unique index or constraints need stronger ones), while
- * the caller waits for the job: neither would ever go on, and PostgreSQL
- * cannot see it (one side is this loop).  Refused while the job may still
- * need a lock.
+ * job waits for, while the caller waits for the job: neither would ever go
+ * on, and PostgreSQL cannot see it (one side is this loop).  A unique
+ * index's or a constraint's last steps conflict even with a read's lock;
+ * batches with a lock that writes or locks rows (ROW SHARE and up: the
+ * caller may hold the rows they need).  Refused while the job may still
+ * need them, and the call would wait.
  */
 static void
-refuse_waiting_on_own_lock(DedupJob *job)
+refuse_waiting_on_own_lock(DedupJob *job, bool waits)
 {
 	LOCKTAG		tag;
+	char	   *add_unique = job_param(job, "add_unique");
+	char	   *add_constraint = job_param(job, "add_constraint");
+	bool		strong_last = (add_unique && strcmp(add_unique, "true") == 0) ||
+		(add_constraint && strcmp(add_constraint, "true") == 0);
 
-	if (state_is(job->state, "done", "failed", "cancelled") || !job->here)
+	if (!waits || !state_is(job->state, "queued", "running", NULL) || !job->here)
 		return;
 	SET_LOCKTAG_RELATION(tag, MyDatabaseId, job->relid);
-	for (LOCKMODE mode = AccessShareLock; mode <= AccessExclusiveLock; mode++)
+	for (LOCKMODE mode = strong_last ? AccessShareLock : RowShareLock; mode <= AccessExclusiveLock; mode++)
 		if (dedup_lock_held_by_me(&tag, mode))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -406,7 +412,7 @@ wait_until_final(int64 job_id, TimestampTz deadline)
 				 errdetail("A background job starts only after the transaction that submitted it commits."),
 				 errhint("COMMIT, then call dedup_wait.")));
 
-	refuse_waiting_on_own_lock(job);
+	refuse_waiting_on_own_lock(job, deadline == 0 || deadline > GetCurrentTimestamp());
 	/* a restored job runs nowhere: its state stays as the dump had it */
 	if (!job->here)
 	{

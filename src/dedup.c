@@ -486,7 +486,9 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	}
 	if (obstacle != NULL || !t->few_groups)
 		return "delete";
-	share = counted_loser_share(t, !dry_run, guessed);
+	/* a dry run that counted already has the count */
+	if (!guessed)
+		share = counted_loser_share(t, !dry_run, false);
 	if (share < 0.5 && t->keep_groups)
 	{
 		spi_exec_count(psprintf("DROP TABLE %s", t->keep_groups), SPI_OK_UTILITY);

@@ -507,23 +507,33 @@ find_collisions(RefKey *ref)
 }
 
 /*
- * skipped rows that would collide were not removed.  Where a BEFORE DELETE
- * trigger on the referencing table may skip a row, that is the trigger
- * (the re-point would fail on the unique index, saying nothing of it);
- * without one, a writer removed them first, which is no matter.
+ * skipped rows that would collide (ctids: all those to remove, a tid[]
+ * Datum) were not removed.  A writer that updated or deleted one first
+ * moved it, which is no matter; one still where it was, unchanged, was kept
+ * by a BEFORE DELETE trigger (the re-point would then fail on the unique
+ * index, saying nothing of it).
  */
 static void
-collision_skipped_check(RefKey *ref, int64 skipped)
+collision_skipped_check(RefKey *ref, int64 skipped, Datum ctids)
 {
 	Relation	rel;
 	bool		trigger;
+	Oid			types[1] = {TIDARRAYOID};
+	Datum		values[1] = {ctids};
 
 	if (skipped <= 0)
 		return;
 	rel = relation_open(ref->childid, AccessShareLock);
 	trigger = rel->trigdesc != NULL && rel->trigdesc->trig_delete_before_row;
 	relation_close(rel, AccessShareLock);
-	if (trigger)
+	if (!trigger)
+		return;
+	if (SPI_execute_with_args(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c"
+									   " WHERE c.ctid OPERATOR(pg_catalog.=) ANY ($1)", ref->child),
+							  1, types, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not look for the rows a trigger kept");
+	skipped = spi_get_int64(0, 1);
+	if (skipped > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_TRIGGERED_ACTION_EXCEPTION),
 				 errmsg("%lld rows of %s that would collide once re-pointed were not removed",
@@ -552,6 +562,7 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 		Collision  *coll = lfirst(lc);
 		char	   *colliding;
 		char	   *del;
+		bool		isnull;
 
 		colliding = psprintf("WITH dedup_m AS MATERIALIZED (SELECT c.ctid AS dedup_cctid%s"
 							 " FROM ONLY %s c JOIN %s m ON %s),"
@@ -593,16 +604,19 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 		if (ref->archive)
 			spi_exec_count(psprintf("%s, dedup_a AS (INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d"
 									" RETURNING 1) SELECT (SELECT pg_catalog.count(*) FROM dedup_a),"
-									" (SELECT pg_catalog.count(*) FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1)",
+									" (SELECT pg_catalog.count(*) FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1),"
+									" ARRAY(SELECT x.dedup_cctid FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1)",
 									del, ref->archive, (long long) job_id),
 						   SPI_OK_SELECT);
 		else
 			spi_exec_count(psprintf("%s SELECT (SELECT pg_catalog.count(*) FROM dedup_d),"
-									" (SELECT pg_catalog.count(*) FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1)",
+									" (SELECT pg_catalog.count(*) FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1),"
+									" ARRAY(SELECT x.dedup_cctid FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1)",
 									del),
 						   SPI_OK_SELECT);
 		removed += spi_get_int64(0, 1);
-		collision_skipped_check(ref, spi_get_int64(0, 2) - spi_get_int64(0, 1));
+		collision_skipped_check(ref, spi_get_int64(0, 2) - spi_get_int64(0, 1),
+								SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	}
 	return removed;
 }

@@ -252,16 +252,18 @@ bool
 progress_job_visible(int64 job_id)
 {
 	bool		found = false;
+	bool		all;
 
 	if (shared == NULL)
 		return false;
+	/* a catalog lookup, not under the lock */
+	all = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 	LWLockAcquire(shared->lock, LW_SHARED);
 	for (int i = 0; i < PROGRESS_SLOTS && !found; i++)
 	{
 		ProgressSlot *s = &shared->slots[i];
 
-		found = s->job_id == job_id && s->dbid == MyDatabaseId &&
-			(s->userid == GetUserId() || has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS));
+		found = s->job_id == job_id && s->dbid == MyDatabaseId && (s->userid == GetUserId() || all);
 	}
 	LWLockRelease(shared->lock);
 	return found;
