@@ -77,6 +77,20 @@ rel_class(Oid relid)
 	return form;
 }
 
+/*
+ * Has relation relid a BEFORE DELETE row trigger (enabled or not), which may
+ * skip the delete of a row?
+ */
+bool
+has_before_delete_trigger(Oid relid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	bool		found = rel->trigdesc != NULL && rel->trigdesc->trig_delete_before_row;
+
+	relation_close(rel, AccessShareLock);
+	return found;
+}
+
 /* the owner of relation relid */
 Oid
 get_rel_owner(Oid relid)

@@ -833,6 +833,11 @@ refuse_nulls_left(Backfill *b, bool linked)
 	BackfillResult counts = {0};
 	int64		kept = 0;
 
+	/* most often none: then no join with the parent's keys is needed */
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NULL",
+							b->child->qualname, b->fk), SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) == 0)
+		return;
 	classify(b, &counts);
 	if (linked)
 		kept = counts.rows_updated;

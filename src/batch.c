@@ -38,7 +38,6 @@
 #include "catalog/index.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "access/relation.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
@@ -442,17 +441,6 @@ lock_batch(BgJob *job, const char *range, bool skips)
 		lock_rows(job, range, false);
 }
 
-/* Has the table a BEFORE DELETE row trigger (enabled or not), which may skip a loser? */
-static bool
-delete_may_skip(Oid relid)
-{
-	Relation	rel = relation_open(relid, AccessShareLock);
-	bool		skips = rel->trigdesc != NULL && rel->trigdesc->trig_delete_before_row;
-
-	relation_close(rel, AccessShareLock);
-	return skips;
-}
-
 /*
  * A merge's batch: the losers still alike their survivor make the map (a
  * temporary table, dropped at commit); the rows that reference them are
@@ -518,7 +506,7 @@ batch_step(BgJob *job, void *arg)
 	char	   *tids = "";
 	char	   *counts = "";
 	int64		changed;
-	bool		skips = job->action == DEDUP_ACTION_DELETE && delete_may_skip(t->relid);
+	bool		skips = job->action == DEDUP_ACTION_DELETE && has_before_delete_trigger(t->relid);
 
 	dedup_check_owner(t->relid);
 	if (job->archive_table)

@@ -143,6 +143,7 @@ extern void refuse_cascading_references(Oid relid, const char *qualname, const c
 	"Use on_orphan => 'report' or 'create_parent', which keep the orphans."
 extern char *sql_operator(Oid opno);
 extern Oid	get_rel_owner(Oid relid);
+extern bool has_before_delete_trigger(Oid relid);
 extern FormData_pg_class rel_class(Oid relid);
 extern char *sql_type(Oid type);
 

@@ -516,17 +516,10 @@ find_collisions(RefKey *ref)
 static void
 collision_skipped_check(RefKey *ref, int64 skipped, Datum ctids)
 {
-	Relation	rel;
-	bool		trigger;
 	Oid			types[1] = {TIDARRAYOID};
 	Datum		values[1] = {ctids};
 
-	if (skipped <= 0)
-		return;
-	rel = relation_open(ref->childid, AccessShareLock);
-	trigger = rel->trigdesc != NULL && rel->trigdesc->trig_delete_before_row;
-	relation_close(rel, AccessShareLock);
-	if (!trigger)
+	if (skipped <= 0 || !has_before_delete_trigger(ref->childid))
 		return;
 	if (SPI_execute_with_args(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c"
 									   " WHERE c.ctid OPERATOR(pg_catalog.=) ANY ($1)", ref->child),

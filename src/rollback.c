@@ -1086,6 +1086,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	char	   *linked = json_field_text(job->undo, "linked");
 	char	   *created = json_field_text(job->undo, "created");
 	char	   *constraint = json_field_text(job->undo, "constraint");
+	char	   *filenode = json_field_text(job->undo, "filenode");
 	char	   *fk = pstrdup(quote_identifier(json_field_text(job->undo, "fk_column")));
 	Oid			parentid = (Oid) strtoul(json_field_text(job->undo, "parent_oid"), NULL, 10);
 	char	   *parent;
@@ -1103,8 +1104,7 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 						(long long) job->job_id)));
 	archive_require_intact(linked, job->job_id, t->relid, InvalidOid);
 	/* the rows it linked, listed by ctid, moved since: another row may be where one was */
-	if (json_field_text(job->undo, "filenode") &&
-		(Oid) strtoul(json_field_text(job->undo, "filenode"), NULL, 10) != rel_class(t->relid).relfilenode)
+	if (filenode && (Oid) strtoul(filenode, NULL, 10) != rel_class(t->relid).relfilenode)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot roll back job %lld: the rows of %s were moved since the job",

@@ -82,8 +82,9 @@ $s1->query_safe('SELECT FROM fc WHERE id = 50 FOR UPDATE');
 $caller->query_until(qr/sent/, "\\echo sent\nSELECT state FROM dedup_table('fc', '{k}', strategy => 'delete');\n");
 wait_for_lock($caller_pid, 'a foreground delete to be controlled');
 my ($rc, $out, $err) = $node->psql('postgres', qq{
-	SELECT dedup_cancel((SELECT job_id FROM dedup_progress WHERE pid = $caller_pid))});
-like($err, qr/job \d+ is a foreground job still in progress/,
+	SELECT dedup_cancel((SELECT job_id FROM dedup_progress WHERE pid = $caller_pid))},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/55000: job \d+ is a foreground job still in progress/,
 	'dedup_cancel of a foreground job in progress says so');
 $s1->query_safe('COMMIT');
 like($caller->query_safe('SELECT 1'), qr/^done$/m, 'the foreground delete went on');
