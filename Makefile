@@ -24,7 +24,7 @@ OBJS = \
 	src/worker.o
 
 EXTENSION = dedup_ext
-DATA = dedup_ext--1.0.sql dedup_ext--1.0--1.1.sql dedup_ext--1.1--1.2.sql dedup_ext--1.2--1.3.sql dedup_ext--1.3--1.4.sql dedup_ext--1.4--1.5.sql
+DATA = dedup_ext--1.0.sql dedup_ext--1.0--1.1.sql dedup_ext--1.1--1.2.sql dedup_ext--1.2--1.3.sql dedup_ext--1.3--1.4.sql dedup_ext--1.4--1.5.sql dedup_ext--1.5--1.6.sql
 PGFILEDESC = "dedup_ext - safe, reversible de-duplication"
 
 PG_CPPFLAGS = -I$(srcdir)/src

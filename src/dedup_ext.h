@@ -305,6 +305,7 @@ extern void job_set_refs(int64 job_id, int64 refs_repointed, int64 refs_removed,
 extern DedupJob *job_fetch(int64 job_id, bool for_update, bool control);
 extern void job_require_here(DedupJob *job);
 extern char *job_origin_sql(int64 job_id);
+extern bool job_has_column(const char *schema, const char *column);
 extern const char *job_here_sql(const char *alias);
 extern int64 spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 						 const char *nulls, int expected);
@@ -396,7 +397,7 @@ extern void progress_begin(int64 job_id, const char *kind, Oid relid, Oid userid
 extern void progress_phase(const char *phase);
 extern void progress_counts(int64 rows_total, int64 rows_done, int64 rows_changed,
 							int64 batches_done);
-extern void progress_started_at(TimestampTz started_at);
+extern void progress_resumed(TimestampTz started_at, int64 rows_before_run);
 extern bool progress_job_visible(int64 job_id);
 extern void progress_end(void);
 

@@ -104,11 +104,21 @@ spi_exec_as(Oid role, const char *sql, int nargs, Oid *types, Datum *values,
 	return (int64) SPI_processed;
 }
 
-/* does dedup_job record where its rows were written (1.5)? */
+/*
+ * Has dedup_job this column?  A database may still be at an older version
+ * than the library: where its rows were written came with 1.5 (origin),
+ * when a job's run began with 1.6 (run_started_at).
+ */
+bool
+job_has_column(const char *schema, const char *column)
+{
+	return get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), column) != InvalidAttrNumber;
+}
+
 static bool
 job_has_origin(const char *schema)
 {
-	return get_attnum(dedup_relid_by_name(psprintf("%s.dedup_job", schema)), "origin") != InvalidAttrNumber;
+	return job_has_column(schema, "origin");
 }
 
 /*

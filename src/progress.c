@@ -44,8 +44,10 @@ typedef struct ProgressSlot
 	int64		rows_done;
 	int64		rows_changed;
 	int64		batches_done;
-	TimestampTz started_at;
+	TimestampTz started_at;		/* when the job first started */
 	TimestampTz updated_at;
+	TimestampTz run_started_at; /* when it started in this process */
+	int64		rows_before_run;	/* rows_done by its earlier runs */
 } ProgressSlot;
 
 typedef struct ProgressShared
@@ -180,7 +182,7 @@ progress_begin(int64 job_id, const char *kind, Oid relid, Oid userid, bool foreg
 			s->relid = relid;
 			strlcpy(s->kind, kind, sizeof(s->kind));
 			strlcpy(s->state, "running", sizeof(s->state));
-			s->started_at = s->updated_at = GetCurrentTimestamp();
+			s->started_at = s->updated_at = s->run_started_at = GetCurrentTimestamp();
 			my_slot = s;
 			my_slot_foreground = foreground;
 			my_slot_subid = GetCurrentSubTransactionId();
@@ -219,14 +221,18 @@ progress_counts(int64 rows_total, int64 rows_done, int64 rows_changed, int64 bat
 	LWLockRelease(shared->lock);
 }
 
-/* a job started earlier (resumed): counting starts from its committed counters */
+/*
+ * A job started earlier (resumed): counting starts from its committed
+ * counters, and its speed from the rows done before this run.
+ */
 void
-progress_started_at(TimestampTz started_at)
+progress_resumed(TimestampTz started_at, int64 rows_before_run)
 {
 	if (my_slot == NULL)
 		return;
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	my_slot->started_at = started_at;
+	my_slot->rows_before_run = rows_before_run;
 	LWLockRelease(shared->lock);
 }
 
@@ -242,7 +248,6 @@ progress_end(void)
 	my_slot_foreground = false;
 }
 
-/* the slots of this database: a role sees its own jobs; pg_read_all_stats sees all */
 /*
  * Is job_id in progress in a session of this database, as dedup_progress
  * shows it to the caller?  A foreground job's row is seen only by its own
@@ -269,23 +274,31 @@ progress_job_visible(int64 job_id)
 	return found;
 }
 
+/*
+ * The slots of this database: a role sees its own jobs; pg_read_all_stats
+ * sees all.  The last two columns came with 1.6: a database still at an
+ * older version asks for the first thirteen, and tuplestore_putvalues reads
+ * no more values than its descriptor has.
+ */
 Datum
 dedup_progress_live(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		all;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (shared == NULL)
 		return (Datum) 0;
+	/* a catalog lookup, not under the lock */
+	all = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 	LWLockAcquire(shared->lock, LW_SHARED);
 	for (int i = 0; i < PROGRESS_SLOTS; i++)
 	{
 		ProgressSlot *s = &shared->slots[i];
-		Datum		values[13];
-		bool		nulls[13] = {0};
+		Datum		values[15];
+		bool		nulls[15] = {0};
 
-		if (s->job_id == 0 || s->dbid != MyDatabaseId ||
-			!(s->userid == GetUserId() || has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS)))
+		if (s->job_id == 0 || s->dbid != MyDatabaseId || !(s->userid == GetUserId() || all))
 			continue;
 		values[0] = Int64GetDatum(s->job_id);
 		values[1] = Int32GetDatum(s->pid);
@@ -304,6 +317,8 @@ dedup_progress_live(PG_FUNCTION_ARGS)
 		values[10] = TimestampTzGetDatum(s->started_at);
 		values[11] = TimestampTzGetDatum(s->updated_at);
 		values[12] = ObjectIdGetDatum(s->userid);
+		values[13] = TimestampTzGetDatum(s->run_started_at);
+		values[14] = Int64GetDatum(s->rows_before_run);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(shared->lock);

@@ -496,10 +496,14 @@ claim_job(void *arg)
 			Oid			types[2] = {INT8OID, INT4OID};
 			Datum		values[2] = {Int64GetDatum(ids[i]), Int32GetDatum(MyProcPid)};
 
+			/* this run's start, from which dedup_progress counts its speed (1.6) */
+			const char *run = job_has_column(schema, "run_started_at") ?
+				", run_started_at = pg_catalog.clock_timestamp(), rows_before_run = rows_done" : "";
+
 			spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'running', worker_pid = $2,"
 									   " started_at = COALESCE(started_at, pg_catalog.clock_timestamp()),"
-									   " updated_at = pg_catalog.clock_timestamp()"
-									   " WHERE job_id OPERATOR(pg_catalog.=) $1", schema),
+									   " updated_at = pg_catalog.clock_timestamp()%s"
+									   " WHERE job_id OPERATOR(pg_catalog.=) $1", schema, run),
 							  2, types, values, NULL, SPI_OK_UPDATE);
 			*job_id = ids[i];
 		}
@@ -613,7 +617,7 @@ load_job(BgJob *job, void *arg)
 	job->work = copy_or_null(job, row->work_table);
 	job->archive_table = copy_or_null(job, row->archive_table);
 	if (row->started)
-		progress_started_at(row->started_at);
+		progress_resumed(row->started_at, row->rows_done);
 	if (strcmp(job->kind, "dedup") != 0)
 	{
 		bg_backfill_load(job, row);

@@ -111,6 +111,41 @@ sub check_done
 		'0', "$what: work table dropped");
 }
 
+# dedup_progress's speed after a pause: the rows of the run since the
+# resume over that run's time, not every row over the time since the first
+# start.  The job is paused for $pause seconds after its first batch; after
+# the resume it does a batch and waits in its batch_delay, running.  A speed
+# diluted by the pause would be at most rows_done / $pause, and the eta at
+# least the rows left at that speed.
+sub speed_after_pause
+{
+	my ($node, $table, $what) = @_;
+	my $pause = 6;
+	create_table($node, $table, 20_000);
+	my $job = $node->safe_psql('postgres', qq{
+		SET dedup_ext.batch_delay = 3000;
+		SELECT job_id FROM dedup_table('$table', '{k}', background => true, batch_size => 100);
+	});
+	ok($node->poll_query_until('postgres', qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job}),
+		"$what: the job did a batch");
+	$node->safe_psql('postgres', "SELECT dedup_pause($job)");
+	is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'paused', "$what: paused");
+	my $before = job_field($node, $job, 'rows_done');
+	sleep $pause;
+	is($node->safe_psql('postgres', "SELECT dedup_resume($job)"), 't', "$what: resumed");
+	ok($node->poll_query_until('postgres', qq{
+			SELECT rows_done > $before AND state = 'running' FROM dedup_progress WHERE job_id = $job}),
+		"$what: a batch after the resume");
+	is($node->safe_psql('postgres', qq{
+			SELECT format('%s %s', rows_per_second > rows_done / $pause.0,
+			              eta < make_interval(secs => (rows_total - rows_done) * $pause.0 / rows_done))
+			  FROM dedup_progress WHERE job_id = $job}),
+		't t', "$what: rows_per_second and eta count the time since the resume only");
+	$node->safe_psql('postgres', "SELECT dedup_cancel($job)");
+	is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'cancelled', "$what: cancelled");
+	return $job;
+}
+
 ###########################################################################
 # preloaded node
 ###########################################################################
@@ -669,7 +704,31 @@ my $replaced_archive = job_field($node, $job, 'archive_table');
 is($node->safe_psql('postgres', qq{SELECT count(*) FROM $replaced_archive}),
 	job_field($node, $job, 'rows_deleted'), 'replaced: the archive holds the rows the batches deleted');
 $node->safe_psql('postgres', 'DROP TRIGGER note_job_state ON dedup_job');
+# 9. dedup_progress's speed after a pause, from shared memory
+speed_after_pause($node, 'speed', 'preloaded');
 
+# a database still at 1.5 under this library: its dedup_progress_live has
+# thirteen columns and its dedup_job no column for a run's start; a job
+# runs and shows as before, and the update to 1.6 while it runs keeps it
+$node->safe_psql('postgres', 'CREATE DATABASE v15');
+$node->safe_psql('v15', q{
+	CREATE EXTENSION dedup_ext VERSION '1.5';
+	CREATE TABLE t15 (id int PRIMARY KEY, k int NOT NULL);
+	INSERT INTO t15 SELECT g, g % 5000 FROM generate_series(1, 20000) g;
+});
+my $job15 = $node->safe_psql('v15', q{
+	SET dedup_ext.batch_delay = 500;
+	SELECT job_id FROM dedup_table('t15', '{k}', background => true, batch_size => 1000);
+});
+ok($node->poll_query_until('v15', qq{
+		SELECT pid IS NOT NULL AND rows_per_second > 0 FROM dedup_progress WHERE job_id = $job15}),
+	'at 1.5: the job runs and dedup_progress shows its speed');
+$node->safe_psql('v15', 'ALTER EXTENSION dedup_ext UPDATE');
+is($node->safe_psql('v15', qq{SELECT dedup_wait($job15, '120s')}), 'done', 'updated to 1.6 meanwhile: done');
+is($node->safe_psql('v15', q{
+		SELECT extversion || ' ' || (SELECT count(*) - count(DISTINCT k) FROM t15)
+		  FROM pg_extension WHERE extname = 'dedup_ext'}),
+	'1.6 0', 'v15: at 1.6, no duplicate left');
 $node->stop;
 
 ###########################################################################
@@ -778,6 +837,9 @@ is($plain->safe_psql('postgres',
 ok($plain->safe_psql('postgres', qq{SELECT dedup_rollback($job)}) > 0, 'merge: rolled back');
 is(rows_md5($plain, 'mbig') . ' ' . rows_md5($plain, 'mbig_tag'), "$mbig_before $tags_before",
 	'merge: the rollback restores both tables exactly');
+
+# 9. dedup_progress's speed after a pause, from the committed counters
+speed_after_pause($plain, 'speed', 'not preloaded');
 
 $plain->stop;
 done_testing();
