@@ -333,9 +333,9 @@ $a->command_ok([ 'pg_dump', '-Fc', '-f', "$dir/old.dump", '-d', $a->connstr('old
 	'pg_dump of a database at 1.4');
 $c->safe_psql('postgres', 'CREATE DATABASE old');
 $c->command_ok([ 'pg_restore', '-d', $c->connstr('old'), "$dir/old.dump" ],
-	'restored under 1.5');
+	'restored under 1.6');
 is($c->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'dedup_ext'}),
-	'1.5', 'the restore installs 1.5');
+	'1.6', 'the restore installs 1.6');
 is($c->safe_psql('old', q{SELECT job_id || ' ' || restored FROM dedup_jobs}), '1 true',
 	'its job, which has no origin, is history');
 ($r, $o, $e) = $c->psql('old', 'SELECT dedup_rollback(1)',
