@@ -670,6 +670,51 @@ SELECT dedup_wait(:jid_bc);
 SELECT state, split_part(error, E'\n', 1) AS error FROM dedup_jobs WHERE job_id = :jid_bc;
 SELECT count(pid) AS linked FROM bg.bc;
 
+-- one whose linkable row a BEFORE UPDATE trigger keeps NULL fails when its
+-- constraints stage links the rows written since the sweep and finds that
+-- one still NULL (23502), before any constraint goes on (it went on to add
+-- the foreign key and a NOT VALID CHECK, which refused the application's
+-- rows with pid NULL after the job had failed); its rollback takes back
+-- its links
+CREATE TABLE bg.kp (id int PRIMARY KEY, code text UNIQUE);
+INSERT INTO bg.kp VALUES (1, 'a');
+CREATE TABLE bg.kc (id int PRIMARY KEY, code text, pid int);
+INSERT INTO bg.kc SELECT g, 'a', NULL FROM generate_series(1, 30) g;
+CREATE FUNCTION bg.keep_7_null() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.id = 7 THEN NEW.pid := NULL; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER keep_7_null BEFORE UPDATE ON bg.kc FOR EACH ROW EXECUTE FUNCTION bg.keep_7_null();
+SELECT job_id AS jid_kc FROM backfill_fk('bg.kc', 'pid', 'bg.kp', '{code}', add_constraint => true,
+                                         background => true, batch_size => 10) \gset
+SELECT dedup_wait(:jid_kc);
+SELECT state, split_part(error, E'\n', 1) AS error, split_part(error, E'\n', 2) AS detail
+  FROM dedup_jobs WHERE job_id = :jid_kc;
+SELECT count(pid) AS linked,
+       (SELECT count(*) FROM pg_constraint WHERE conrelid = 'bg.kc'::regclass AND contype IN ('c', 'f')) AS constraints
+  FROM bg.kc;
+INSERT INTO bg.kc VALUES (100, 'a', NULL);
+SELECT dedup_rollback(:jid_kc) AS restored;
+SELECT count(pid) AS linked FROM bg.kc;
+-- one that fails after its first constraint stage committed (a row already
+-- names a parent that does not exist: the foreign key's VALIDATE fails,
+-- 23503) drops the NOT VALID foreign key it added, which would go on
+-- refusing the application's rows
+DROP TRIGGER keep_7_null ON bg.kc;
+UPDATE bg.kc SET pid = NULL;
+UPDATE bg.kc SET pid = 99 WHERE id = 100;
+SELECT job_id AS jid_kv FROM backfill_fk('bg.kc', 'pid', 'bg.kp', '{code}', add_constraint => true,
+                                         background => true, batch_size => 10) \gset
+SELECT dedup_wait(:jid_kv);
+SELECT state, split_part(error, E'\n', 1) AS error FROM dedup_jobs WHERE job_id = :jid_kv;
+SELECT count(pid) AS linked,
+       (SELECT count(*) FROM pg_constraint WHERE conrelid = 'bg.kc'::regclass AND contype IN ('c', 'f')) AS constraints
+  FROM bg.kc;
+INSERT INTO bg.kc VALUES (101, 'a', 98);
+SELECT dedup_rollback(:jid_kv) AS restored;
+SELECT count(pid) AS linked FROM bg.kc;
+
 -- a queued job whose archive was dropped by hand can still be cancelled
 BEGIN;
 SELECT job_id AS jid_na, archive_table AS arch_na

@@ -820,18 +820,16 @@ column_not_null(Oid relid, AttrNumber att)
 }
 
 /*
- * The constraints go on only if every row's foreign key is set, or can be:
- * a background job's writers may add rows with it NULL that a later link
- * finds (constraint_step links them before the NOT NULL), but not orphans
- * or ambiguous rows.  linked: every row was just offered its link, so one
- * that could be linked but is still NULL was kept so (a BEFORE UPDATE
- * trigger, row-level security) and counts too.
+ * The constraints go on only if every row's foreign key is set.  Called
+ * right after every row was offered its link: a row left NULL is an orphan,
+ * an ambiguous row, or one that could be linked but was kept NULL (a BEFORE
+ * UPDATE trigger, row-level security).
  */
 static void
-refuse_nulls_left(Backfill *b, bool linked)
+refuse_nulls_left(Backfill *b)
 {
 	BackfillResult counts = {0};
-	int64		kept = 0;
+	int64		kept;
 
 	/* most often none: then no join with the parent's keys is needed */
 	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c WHERE c.%s IS NULL",
@@ -839,8 +837,7 @@ refuse_nulls_left(Backfill *b, bool linked)
 	if (spi_get_int64(0, 1) == 0)
 		return;
 	classify(b, &counts);
-	if (linked)
-		kept = counts.rows_updated;
+	kept = counts.rows_updated;
 	if (counts.orphan_rows + counts.ambiguous_rows + kept > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
@@ -858,18 +855,18 @@ refuse_nulls_left(Backfill *b, bool linked)
  * FOREIGN KEY NOT VALID + VALIDATE, then NOT NULL through a validated CHECK,
  * one stage at a time: a background job commits after each, so the short
  * strong locks (ADD ... NOT VALID, SET NOT NULL) are never held while a
- * VALIDATE scans.  Returns the next stage, or -1 when all is done.
- * linked: every row was just offered its link (refuse_nulls_left).
+ * VALIDATE scans.  Returns the next stage, or -1 when all is done.  Every
+ * row with the foreign key NULL was just offered its link.
  */
 static int
-constraint_stage(Backfill *b, BackfillResult *res, int stage, bool linked)
+constraint_stage(Backfill *b, BackfillResult *res, int stage)
 {
 	Oid			nsp = get_rel_namespace(b->child->relid);
 
 	switch (stage)
 	{
 		case 0:
-			refuse_nulls_left(b, linked);
+			refuse_nulls_left(b);
 			spi_exec_count(psprintf("ANALYZE %s", b->child->qualname), SPI_OK_UTILITY);
 			own_constraints_immediate(b->child->relid);
 			/* orphans deleted queued the checks of keys that reference the child */
@@ -921,7 +918,7 @@ static void
 add_constraints(Backfill *b, BackfillResult *res)
 {
 	for (int stage = 0; stage >= 0;)
-		stage = constraint_stage(b, res, stage, true);
+		stage = constraint_stage(b, res, stage);
 }
 
 /* what dedup_rollback needs to undo the job */
@@ -1363,17 +1360,19 @@ constraint_step(BgJob *job, void *arg)
 	int			next;
 
 	/*
-	 * Writers may have added rows with the foreign key NULL since the sweep,
-	 * until the NOT VALID CHECK of stage 2 stopped them: before that CHECK
-	 * is validated, link those (a refusal names the orphans left).
+	 * Writers may add rows with the foreign key NULL until the NOT VALID
+	 * CHECK of stage 2 stops them.  Those written since the sweep are linked
+	 * before the foreign key goes on (stage 0), again before the CHECK does
+	 * (2), and those written while stage 2 waited for its lock before the
+	 * CHECK is validated (3); a refusal names the rows left (orphans,
+	 * ambiguous, kept NULL by a trigger), at stage 0 before any change.
 	 */
-	if (job->checkpoint == 3)
-	{
+	if (job->checkpoint != 1 && job->checkpoint != 4)
 		linked = link_rows(bb->b, &bb->res, NULL);
-		refuse_nulls_left(bb->b, true);
-	}
-	/* at stage 0, rows written since the sweep are linked at stage 3 */
-	next = constraint_stage(bb->b, &bb->res, (int) job->checkpoint, false);
+	/* stage 0 refuses them itself */
+	if (job->checkpoint == 2 || job->checkpoint == 3)
+		refuse_nulls_left(bb->b);
+	next = constraint_stage(bb->b, &bb->res, (int) job->checkpoint);
 
 	/* the names chosen now are needed by later stages, in later transactions */
 	if (bb->res.constraint_name)
@@ -1385,6 +1384,63 @@ constraint_step(BgJob *job, void *arg)
 							" rows_changed = rows_changed OPERATOR(pg_catalog.+) %lld",
 							next < 0 ? "phase = 'finishing'" : psprintf("checkpoint = %d", next),
 							(long long) linked, (long long) linked));
+}
+
+/*
+ * After a failed constraint stage: drop the foreign key and the CHECK that
+ * this job's earlier stages committed (named in its undo, written with each
+ * stage), so that the table keeps the constraints it had.  A NOT VALID
+ * CHECK left behind would go on refusing the application's rows with
+ * fk_column NULL, for a job that failed.  The links stay, as every failed
+ * job's committed batches do: dedup_rollback undoes them.
+ */
+static void
+drop_constraints_step(BgJob *job, void *arg)
+{
+	DedupJob   *row = job_fetch(job->job_id, false, false);
+	const char *keys[] = {"check", "constraint"};
+
+	for (int i = 0; i < lengthof(keys); i++)
+	{
+		char	   *name = json_field_text(row->undo, keys[i]);
+
+		if (name)
+			spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s",
+									job->backfill->b->child->qualname, quote_identifier(name)),
+						   SPI_OK_UTILITY);
+	}
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET undo = undo OPERATOR(pg_catalog.-) 'check'"
+							   " OPERATOR(pg_catalog.-) 'constraint' WHERE job_id OPERATOR(pg_catalog.=) %lld",
+							   dedup_ext_schema(), (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+}
+
+/* a constraint stage; one that fails after an earlier stage committed undoes those */
+static void
+constraints_or_none(BgJob *job)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		bg_xact(job, constraint_step, NULL);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		if (job->checkpoint == 0)
+			PG_RE_THROW();		/* nothing committed yet */
+		MemoryContextSwitchTo(job->cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(job->cxt);
+		(void) bg_xact(job, drop_constraints_step, NULL);
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
 }
 
 void
@@ -1411,7 +1467,7 @@ bg_backfill(BgJob *job)
 		else if (strcmp(phase, "reporting") == 0)
 			bg_xact(job, report_backfill, NULL);
 		else if (strcmp(phase, "constraints") == 0)
-			bg_xact(job, constraint_step, NULL);
+			constraints_or_none(job);
 		else if (strcmp(phase, "finishing") == 0)
 		{
 			bg_finish(job);
