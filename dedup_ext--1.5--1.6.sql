@@ -1,5 +1,6 @@
 -- dedup_ext 1.5 -> 1.6: dedup_progress's speed and eta count the time the
--- job has run since it last started, not the time since it first started.
+-- job has run since it last started, not the time since it first started;
+-- a job whose committed row says it ended or paused shows as that.
 \echo Use "ALTER EXTENSION dedup_ext UPDATE TO '1.6'" to load this file. \quit
 
 -- Up to 1.5 rows_per_second divided every row a job had done by the time
@@ -30,10 +31,16 @@ AS 'MODULE_PATHNAME', 'dedup_progress_live' LANGUAGE C STRICT VOLATILE;
 
 -- Jobs that run now (or wait): live counters where the library is
 -- preloaded, the counters of the last committed batch otherwise.  A
--- restored row's job runs nowhere: it is history, not progress.
+-- restored row's job runs nowhere: it is history, not progress.  A worker
+-- lets go of its job's live row just after the commit that ends the job (or
+-- pauses it): the committed state wins over that row (up to 1.5 a job
+-- dedup_wait had seen done could still show here, running).
 CREATE VIEW dedup_progress WITH (security_barrier = true) AS
 WITH live AS (
     SELECT l.* FROM @extschema@.dedup_progress_live() l
+     WHERE NOT EXISTS (SELECT FROM @extschema@.dedup_job j
+                        WHERE j.job_id OPERATOR(pg_catalog.=) l.job_id
+                          AND j.state OPERATOR(pg_catalog.<>) 'running')
 ), p AS (
     SELECT l.job_id, l.pid, l.kind, l.relation::pg_catalog.regclass AS relation, l.phase, l.state,
            l.rows_total, l.rows_done, l.rows_changed, l.batches_done, l.started_at, l.updated_at,

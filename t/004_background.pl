@@ -141,6 +141,15 @@ sub speed_after_pause
 			              eta < make_interval(secs => (rows_total - rows_done) * $pause.0 / rows_done))
 			  FROM dedup_progress WHERE job_id = $job}),
 		't t', "$what: rows_per_second and eta count the time since the resume only");
+	# a worker lets go of its live row just after the commit that ends the
+	# job: a row that says the job ended wins (the UPDATE stands for that
+	# commit, and is rolled back)
+	is($node->safe_psql('postgres', qq{
+			BEGIN;
+			UPDATE dedup_job SET state = 'done' WHERE job_id = $job;
+			SELECT count(*) FROM dedup_progress WHERE job_id = $job;
+			ROLLBACK;}),
+		'0', "$what: a job whose row says done is not shown running");
 	$node->safe_psql('postgres', "SELECT dedup_cancel($job)");
 	is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'cancelled', "$what: cancelled");
 	return $job;
