@@ -715,6 +715,51 @@ INSERT INTO bg.kc VALUES (101, 'a', 98);
 SELECT dedup_rollback(:jid_kv) AS restored;
 SELECT count(pid) AS linked FROM bg.kc;
 
+-- one cancelled in its constraints stage drops what its committed stages
+-- added too: paused after its first ALTER TABLE (the foreign key, NOT
+-- VALID) and cancelled while paused, or cancelled by its worker after the
+-- third (the NOT VALID CHECK); the ALTER TABLE that stops it is counted by
+-- an event trigger
+CREATE TABLE bg.ddl_stop (job_id bigint, what text, n int);
+CREATE FUNCTION bg.stop_at_ddl() RETURNS event_trigger LANGUAGE plpgsql
+  SET search_path = public, pg_temp AS $$
+BEGIN
+  UPDATE bg.ddl_stop SET n = n - 1;
+  PERFORM CASE s.what WHEN 'pause' THEN dedup_pause(s.job_id) ELSE dedup_cancel(s.job_id) END
+     FROM bg.ddl_stop s WHERE s.n = 0;
+END $$;
+CREATE EVENT TRIGGER stop_at_ddl ON ddl_command_end WHEN TAG IN ('ALTER TABLE')
+  EXECUTE FUNCTION bg.stop_at_ddl();
+UPDATE bg.kc SET pid = NULL;
+BEGIN;
+SELECT job_id AS jid_kp FROM backfill_fk('bg.kc', 'pid', 'bg.kp', '{code}', add_constraint => true,
+                                         background => true) \gset
+INSERT INTO bg.ddl_stop VALUES (:jid_kp, 'pause', 1);
+COMMIT;
+SELECT dedup_wait(:jid_kp);
+SELECT phase, checkpoint,
+       (SELECT string_agg(contype::text || ' ' || convalidated, ', ') FROM pg_constraint
+         WHERE conrelid = 'bg.kc'::regclass AND contype IN ('c', 'f')) AS constraints
+  FROM dedup_jobs WHERE job_id = :jid_kp;
+DELETE FROM bg.ddl_stop;
+SELECT dedup_cancel(:jid_kp) AS cancelled;
+SELECT state, (SELECT count(*) FROM pg_constraint WHERE conrelid = 'bg.kc'::regclass AND contype IN ('c', 'f')) AS constraints,
+       (SELECT count(pid) FROM bg.kc) AS linked
+  FROM dedup_jobs WHERE job_id = :jid_kp;
+SELECT dedup_rollback(:jid_kp) AS restored;
+BEGIN;
+SELECT job_id AS jid_kx FROM backfill_fk('bg.kc', 'pid', 'bg.kp', '{code}', add_constraint => true,
+                                         background => true) \gset
+INSERT INTO bg.ddl_stop VALUES (:jid_kx, 'cancel', 3);
+COMMIT;
+SELECT dedup_wait(:jid_kx);
+SELECT state, checkpoint AS stage_next, (SELECT count(*) FROM pg_constraint WHERE conrelid = 'bg.kc'::regclass AND contype IN ('c', 'f')) AS constraints,
+       (SELECT count(pid) FROM bg.kc) AS linked
+  FROM dedup_jobs WHERE job_id = :jid_kx;
+DROP EVENT TRIGGER stop_at_ddl;
+INSERT INTO bg.kc VALUES (102, 'a', NULL);
+SELECT dedup_rollback(:jid_kx) AS restored;
+
 -- a queued job whose archive was dropped by hand can still be cancelled
 BEGIN;
 SELECT job_id AS jid_na, archive_table AS arch_na

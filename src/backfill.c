@@ -1387,32 +1387,49 @@ constraint_step(BgJob *job, void *arg)
 }
 
 /*
- * After a failed constraint stage: drop the foreign key and the CHECK that
- * this job's earlier stages committed (named in its undo, written with each
- * stage), so that the table keeps the constraints it had.  A NOT VALID
- * CHECK left behind would go on refusing the application's rows with
- * fk_column NULL, for a job that failed.  The links stay, as every failed
- * job's committed batches do: dedup_rollback undoes them.
+ * A backfill that ends short of done (failed, cancelled) drops the foreign
+ * key and the CHECK its constraint stages committed, named in its undo
+ * (written with each stage), so that the child keeps the constraints it
+ * had: a NOT VALID CHECK left behind would go on refusing the application's
+ * rows with fk_column NULL, for a job that ended.  Its links stay, as every
+ * stopped job's committed batches do, for dedup_rollback.  Only as the
+ * child's owner (the worker acts as the submitter, dedup_cancel as its
+ * caller): otherwise the constraints stay for dedup_rollback too.
  */
+void
+backfill_drop_constraints(DedupJob *job)
+{
+	const char *keys[] = {"check", "constraint"};
+	char	   *relname = get_rel_name(job->relid);
+	bool		dropped = false;
+
+	if (strcmp(job->kind, "backfill") != 0 || job->undo == NULL || relname == NULL ||
+		!dedup_rel_ownercheck(job->relid, GetUserId()))
+		return;
+	for (int i = 0; i < lengthof(keys); i++)
+	{
+		char	   *name = json_field_text(job->undo, keys[i]);
+
+		if (name == NULL)
+			continue;
+		spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s",
+								quote_qualified_identifier(get_namespace_name(get_rel_namespace(job->relid)),
+														   relname),
+								quote_identifier(name)),
+					   SPI_OK_UTILITY);
+		dropped = true;
+	}
+	if (dropped)
+		spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET undo = undo OPERATOR(pg_catalog.-) 'check'"
+								   " OPERATOR(pg_catalog.-) 'constraint' WHERE job_id OPERATOR(pg_catalog.=) %lld",
+								   dedup_ext_schema(), (long long) job->job_id),
+						  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+}
+
 static void
 drop_constraints_step(BgJob *job, void *arg)
 {
-	DedupJob   *row = job_fetch(job->job_id, false, false);
-	const char *keys[] = {"check", "constraint"};
-
-	for (int i = 0; i < lengthof(keys); i++)
-	{
-		char	   *name = json_field_text(row->undo, keys[i]);
-
-		if (name)
-			spi_exec_count(psprintf("ALTER TABLE %s DROP CONSTRAINT IF EXISTS %s",
-									job->backfill->b->child->qualname, quote_identifier(name)),
-						   SPI_OK_UTILITY);
-	}
-	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET undo = undo OPERATOR(pg_catalog.-) 'check'"
-							   " OPERATOR(pg_catalog.-) 'constraint' WHERE job_id OPERATOR(pg_catalog.=) %lld",
-							   dedup_ext_schema(), (long long) job->job_id),
-					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	backfill_drop_constraints(job_fetch(job->job_id, false, false));
 }
 
 /* a constraint stage; one that fails after an earlier stage committed undoes those */

@@ -246,6 +246,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	{
 		DedupJob   *job = job_fetch(job_id, false, true);
 
+		backfill_drop_constraints(job);
 		job_drop_work_table(job_id, job->work_table);
 		set_state(job_id, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 								   " finished_at = pg_catalog.clock_timestamp()%s",

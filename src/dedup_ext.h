@@ -377,6 +377,7 @@ extern void bg_finish(BgJob *job);
 extern void bg_dedup(BgJob *job);
 extern void bg_backfill(BgJob *job);
 extern void bg_backfill_load(BgJob *job, DedupJob *row);
+extern void backfill_drop_constraints(DedupJob *job);
 extern bool column_not_null(Oid relid, AttrNumber att);
 
 /* launcher.c */

@@ -392,6 +392,7 @@ obey_step(BgJob *job, void *arg)
 		return;
 	if (strcmp(job->control, "cancel") == 0)
 	{
+		backfill_drop_constraints(job_fetch(job->job_id, false, false));
 		job_drop_work_table(job->job_id, job->work);
 		bg_record(job, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 								" finished_at = pg_catalog.clock_timestamp()%s",
