@@ -1,6 +1,7 @@
 -- dedup_ext 1.5 -> 1.6: dedup_progress's speed and eta count the time the
 -- job has run since it last started, not the time since it first started;
--- a job whose committed row says it ended or paused shows as that.
+-- a job whose committed row says it ended or paused shows as that; and
+-- dedup_jobs names the job's unique index by identity.
 \echo Use "ALTER EXTENSION dedup_ext UPDATE TO '1.6'" to load this file. \quit
 
 -- Up to 1.5 rows_per_second divided every row a job had done by the time
@@ -11,6 +12,40 @@
 -- before it; the speed is that run's rows over that run's time.
 ALTER TABLE dedup_job ADD COLUMN run_started_at timestamptz,
                       ADD COLUMN rows_before_run bigint;
+
+-- dedup_jobs.unique_index names the index the job built by its identity
+-- (unique_index_oid, noted since 1.3), as dedup_rollback and dedup_verify
+-- find it: renamed or moved with its table, it is still shown (up to 1.5,
+-- by its old name only, NULL once renamed).
+CREATE OR REPLACE VIEW dedup_jobs WITH (security_barrier = true) AS
+SELECT j.job_id, j.kind,
+       CASE WHEN h.here THEN j.relation::pg_catalog.regclass END AS relation,
+       j.params,
+       CASE WHEN j.state OPERATOR(pg_catalog.=) 'running' AND j.background
+                 AND (NOT h.here OR NOT @extschema@.dedup_job_alive(j.job_id))
+            THEN 'interrupted' ELSE j.state END AS state,
+       CASE WHEN h.here THEN pg_catalog.pg_get_userbyid(j.submitted_by) END AS submitted_by,
+       j.submitted_at, j.started_at, j.finished_at,
+       j.rows_done, j.rows_changed, j.error,
+       j.rows_total, j.batches_done, j.strategy, j.duplicate_groups,
+       j.rows_deleted, j.rows_renamed, j.refs_repointed,
+       pg_catalog.to_regclass(j.archive_table) AS archive_table,
+       CASE WHEN h.here THEN
+            COALESCE((SELECT i.indexrelid::pg_catalog.regclass FROM pg_catalog.pg_index i
+                       WHERE i.indexrelid OPERATOR(pg_catalog.=) j.unique_index_oid
+                         AND i.indrelid OPERATOR(pg_catalog.=) j.relation),
+                     pg_catalog.to_regclass(j.unique_index))
+       END AS unique_index,
+       j.target_job, j.rolled_back_by, j.relation_name, j.refs_removed, j.ref_archives,
+       j.background, j.phase, j.checkpoint, j.passes, j.worker_pid, j.updated_at, j.retries,
+       NOT h.here AS restored
+  FROM @extschema@.dedup_job j,
+       LATERAL (SELECT EXISTS (SELECT FROM @extschema@.dedup_job_here x
+                                WHERE x.job_id OPERATOR(pg_catalog.=) j.job_id
+                                  AND x.origin OPERATOR(pg_catalog.=) j.origin)) h(here)
+ WHERE (h.here AND j.submitted_by OPERATOR(pg_catalog.=)
+                   (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))
+    OR pg_catalog.pg_has_role(CURRENT_USER, 'pg_read_all_stats', 'USAGE');
 
 -- The live function returns the same two numbers from shared memory.  A
 -- function's result columns cannot be changed in place, and the view reads

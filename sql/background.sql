@@ -286,6 +286,12 @@ SELECT (SELECT md5(string_agg(k::text, ',' ORDER BY id)) FROM bg.kw k) = b.kw AS
        (SELECT md5(string_agg(t::text, ',' ORDER BY id)) FROM bg.kw_tag t) = b.tag AS tag_exact,
        (SELECT md5(string_agg(n::text, ',' ORDER BY id)) FROM bg.kw_note n) = b.note AS note_exact
   FROM kw_before b;
+-- the same merge in the foreground: the same rows changed (the losers, and
+-- the referencing rows re-pointed or removed)
+SELECT job_id AS jid_mf FROM dedup_table('kw', '{name}', action => 'merge') \gset
+SELECT b.rows_changed AS background, f.rows_changed AS foreground
+  FROM dedup_jobs b, dedup_jobs f WHERE b.job_id = :jid_m AND f.job_id = :jid_mf;
+SELECT dedup_rollback(:jid_mf) AS restored;
 
 -- float keys are written exactly by the worker too, whatever the database
 -- sets extra_float_digits to (0 rounds 0.1 + 0.2 to "0.3"): the re-pointed
@@ -526,6 +532,31 @@ SELECT count(*) AS u_jobs FROM dedup_jobs WHERE relation_name = 'u';
 RESET ROLE;
 SELECT count(*) AS u_rows FROM bgn.u;
 DROP SCHEMA bgn CASCADE;
+
+-- a row-level security policy for DELETE that hides losers the pass saw
+-- (the owner is under FORCE ROW LEVEL SECURITY): the first batch fails
+-- (09000), as the foreground does, and the batch changed nothing (the job
+-- deleted what it could for 25 passes, then blamed writers)
+SET ROLE regress_bg_owner;
+CREATE TABLE bgp.r (id int PRIMARY KEY, k text);
+INSERT INTO bgp.r SELECT g, 'k' || g % 4 FROM generate_series(1, 40) g;
+ALTER TABLE bgp.r ENABLE ROW LEVEL SECURITY;
+ALTER TABLE bgp.r FORCE ROW LEVEL SECURITY;
+CREATE POLICY r_sel ON bgp.r FOR SELECT USING (true);
+CREATE POLICY r_del ON bgp.r FOR DELETE USING (id % 3 = 0);
+SELECT job_id AS jid_rls FROM dedup_table('bgp.r', '{k}', background => true) \gset
+SELECT dedup_wait(:jid_rls);
+SELECT state, passes, rows_deleted, split_part(error, E'\n', 1) AS error FROM dedup_jobs WHERE job_id = :jid_rls;
+SELECT count(*) AS r_rows FROM bgp.r;
+RESET ROLE;
+
+-- a column of the table named as the batch's own alias for a survivor's
+-- ctid (dedup_sctid) made every batch fail (42702)
+CREATE TABLE bg.sct (id int PRIMARY KEY, k text, dedup_sctid text);
+INSERT INTO bg.sct (id, k) SELECT g, 'k' || g % 3 FROM generate_series(1, 30) g;
+SELECT job_id AS jid_sct FROM dedup_table('bg.sct', '{k}', background => true, batch_size => 10) \gset
+SELECT dedup_wait(:jid_sct);
+SELECT state, rows_deleted, (SELECT count(*) FROM bg.sct) AS left FROM dedup_jobs WHERE job_id = :jid_sct;
 
 -- archives of the jobs not rolled back
 DO $$

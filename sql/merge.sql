@@ -735,6 +735,36 @@ CREATE TRIGGER no_delete BEFORE DELETE ON merge_t.kc FOR EACH ROW EXECUTE FUNCTI
 SELECT * FROM dedup_table('merge_t.kp', '{name}', action => 'merge');
 SELECT * FROM merge_t.kc ORDER BY id;
 
+-- a partition referenced through its partitioned table: the foreign key
+-- has a clone for the partition, on the same column, which is no second
+-- foreign key (it was refused as one); the merge re-points, and the
+-- rollback puts both tables back
+CREATE TABLE merge_t.pp (id int PRIMARY KEY, k text) PARTITION BY RANGE (id);
+CREATE TABLE merge_t.pp1 PARTITION OF merge_t.pp FOR VALUES FROM (0) TO (100);
+INSERT INTO merge_t.pp SELECT g, 'k' || g % 3 FROM generate_series(1, 9) g;
+CREATE TABLE merge_t.pc (id int PRIMARY KEY, pid int REFERENCES merge_t.pp);
+INSERT INTO merge_t.pc SELECT g, g FROM generate_series(1, 9) g;
+CREATE TABLE merge_t.pc_before AS SELECT * FROM merge_t.pc;
+SELECT job_id AS jpp, rows_deleted, refs_repointed FROM dedup_table('merge_t.pp1', '{k}', action => 'merge') \gset
+SELECT :rows_deleted AS deleted, :refs_repointed AS repointed;
+SELECT pid, count(*) FROM merge_t.pc GROUP BY pid ORDER BY pid;
+SELECT dedup_rollback(:jpp) AS restored;
+SELECT count(*) AS differ FROM (SELECT * FROM merge_t.pc EXCEPT SELECT * FROM merge_t.pc_before) d;
+-- a generated column in a referencing foreign key cannot be re-pointed:
+-- refused before anything runs (0A000; it failed inside the job's UPDATE)
+CREATE TABLE merge_t.gp (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.gp VALUES (1, 'n'), (2, 'n');
+CREATE TABLE merge_t.gc (id int PRIMARY KEY, raw int,
+                         pid int GENERATED ALWAYS AS (raw) STORED REFERENCES merge_t.gp);
+INSERT INTO merge_t.gc (id, raw) VALUES (1, 1), (2, 2);
+\set VERBOSITY sqlstate
+SELECT * FROM dedup_table('merge_t.gp', '{name}', action => 'merge');
+SELECT * FROM dedup_table('merge_t.gp', '{name}', action => 'merge', dry_run => true);
+SELECT * FROM dedup_table('merge_t.gp', '{name}', action => 'merge', background => true);
+\set VERBOSITY default
+SELECT * FROM dedup_table('merge_t.gp', '{name}', action => 'merge');
+SELECT count(*) AS parents FROM merge_t.gp;
+
 --
 -- cleanup
 --

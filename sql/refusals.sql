@@ -386,6 +386,29 @@ CREATE TABLE ref.arr (id int PRIMARY KEY, a int[]);
 INSERT INTO ref.arr VALUES (1, '{1,2}'), (2, '{1,2}'), (3, '[0:1]={1,2}'), (4, '[0:1]={1,2}');
 SELECT group_no, row_id, decision FROM dedup_preview('ref.arr', '{a}') ORDER BY group_no, row_id->>'id';
 
+-- add_unique where CREATE UNIQUE INDEX fails whatever the rows, refused
+-- before the job's work (a background job's batches had deleted rows
+-- before its index build failed): a filter that reads a system column
+-- (42P17), a key of more columns than an index takes (54011)
+SELECT format('CREATE TABLE ref.wide (%s)', string_agg(format('c%s int', g), ', '))
+  FROM generate_series(1, 33) g \gexec
+INSERT INTO ref.wide SELECT FROM generate_series(1, 2);
+-- and a job's archive, the extension's data, is no table to deduplicate
+CREATE TABLE ref.arsrc (id int PRIMARY KEY, k int);
+INSERT INTO ref.arsrc SELECT g, g % 2 FROM generate_series(1, 6) g;
+SELECT archive_table AS ref_archive FROM dedup_table('ref.arsrc', '{k}') \gset
+UPDATE ref.baseline SET s = ref.snapshot();
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', filter => 'xmin::text::int > 0', add_unique => true)$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.t', '{a}', filter => 'ctid > ''(0,0)''', add_unique => true, background => true)$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.wide', (SELECT array_agg('c' || g) FROM generate_series(1, 33) g),
+                                                     add_unique => true, background => true)$$);
+SELECT code, regexp_replace(message, '_[0-9]+"', '_N"') AS message, unchanged
+  FROM ref.refuse(format('SELECT * FROM dedup_table(%L, %L, archive => false)', :'ref_archive', '{k}'));
+SELECT count(*) AS wide_rows, (SELECT count(*) FROM :ref_archive) AS archived FROM ref.wide;
+-- without add_unique, the same filter and key are fine
+SELECT state, rows_deleted FROM dedup_table('ref.wide', (SELECT array_agg('c' || g) FROM generate_series(1, 33) g),
+                                            dry_run => true);
+
 RESET search_path;
 DROP OWNED BY regress_ref_user;
 DROP ROLE regress_ref_user;

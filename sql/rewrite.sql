@@ -280,6 +280,22 @@ INSERT INTO rw.fresh SELECT g, g % 5 FROM generate_series(1, 1000) g;
 SELECT strategy, rows_deleted FROM dedup_table('rw.fresh', '{k}', dry_run => true);
 SELECT strategy, rows_deleted FROM dedup_table('rw.fresh', '{k}');
 
+-- an invalid index (what a failed CREATE UNIQUE INDEX CONCURRENTLY on the
+-- duplicates leaves) is one a rewrite would rebuild and make valid: the
+-- unique one then took the removed rows' keys, and the rollback was
+-- refused for good.  auto deletes; strategy 'rewrite' is refused (55000)
+CREATE TABLE rw.inv (id int PRIMARY KEY, k text);
+INSERT INTO rw.inv SELECT g, 'k' || g % 3 FROM generate_series(1, 30) g;
+CREATE TABLE rw.inv_before AS SELECT * FROM rw.inv;
+\set VERBOSITY terse
+CREATE UNIQUE INDEX CONCURRENTLY inv_k_key ON rw.inv (k);
+SELECT * FROM dedup_table('rw.inv', '{k}', strategy => 'rewrite');
+\set VERBOSITY default
+SELECT job_id AS jinv, strategy FROM dedup_table('rw.inv', '{k}') \gset
+SELECT :'strategy' AS strategy, indisvalid FROM pg_index WHERE indexrelid = 'rw.inv_k_key'::regclass;
+SELECT dedup_rollback(:jinv) AS restored;
+SELECT count(*) AS differ FROM (SELECT * FROM rw.inv_before EXCEPT ALL SELECT * FROM rw.inv) d;
+
 SET client_min_messages = warning;
 DROP SCHEMA rw CASCADE;
 RESET client_min_messages;

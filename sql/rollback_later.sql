@@ -81,6 +81,10 @@ INSERT INTO t3 VALUES (1, 'a'), (2, 'a'), (3, 'b');
 SELECT job_id AS j3, unique_index FROM dedup_table('t3', '{k}', add_unique => true) \gset
 SELECT :'unique_index' AS unique_index;
 ALTER TABLE t3 RENAME CONSTRAINT t3_k_key TO t3_k_renamed;
+-- dedup_verify and dedup_jobs find it under its new name too (verify said
+-- it was missing, and the view showed NULL)
+SELECT check_name, ok, detail FROM dedup_verify(:j3) WHERE check_name = 'unique_index';
+SELECT unique_index FROM dedup_jobs WHERE job_id = :j3;
 SELECT dedup_rollback(:j3) AS restored;
 SELECT snap('t3') AS t3;
 SELECT count(*) AS constraints FROM pg_constraint WHERE conrelid = 't3'::regclass AND contype = 'u';

@@ -495,12 +495,20 @@ dedup_target_open_as(Oid relid, ArrayType *key, text *filter, bool nulls_distinc
 				 errhint("Deduplicate each partition: that finds every duplicate when the key contains the partition key.") : 0));
 	ReleaseSysCache(tup);
 
-	if (check_owner && (IsCatalogRelationOid(relid) ||
-						OidIsValid(getExtensionOfObject(RelationRelationId, relid))))
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("argument \"%s\" must be a user table, but \"%s\" is %s", relarg, t->relname,
-						IsCatalogRelationOid(relid) ? "a system catalog" : "part of an extension")));
+	/* a job's archive is the extension's data too: what its rollback restores */
+	if (check_owner)
+	{
+		const char *not_user = IsCatalogRelationOid(relid) ? "a system catalog" :
+			OidIsValid(getExtensionOfObject(RelationRelationId, relid)) ? "part of an extension" :
+			strcmp(get_namespace_name(get_rel_namespace(relid)), "dedup_archive") == 0 ?
+			"in schema dedup_archive, where dedup_ext keeps its archives" : NULL;
+
+		if (not_user)
+			ereport(ERROR,
+					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+					 errmsg("argument \"%s\" must be a user table, but \"%s\" is %s",
+							relarg, t->relname, not_user)));
+	}
 	if (check_owner)
 		dedup_check_owner(relid);
 	LockRelationOid(relid, lockmode);

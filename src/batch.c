@@ -44,6 +44,7 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rls.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
@@ -88,6 +89,20 @@ by_ctid(BgJob *job)
  * again, in its new version, by key against the locked survivor).  Without
  * a primary key the ctid is all there is.
  */
+/*
+ * The name a batch's survivor subquery gives the survivor's ctid, beside
+ * the table's own columns (r.*): one none of them has.
+ */
+static const char *
+survivor_ctid_name(DedupTarget *t)
+{
+	const char *name = "dedup_sctid";
+
+	for (int i = 1; get_attnum(t->relid, name) != InvalidAttrNumber; i++)
+		name = psprintf("dedup_sctid%d", i);
+	return name;
+}
+
 static char *
 id_match(BgJob *job, const char *a, bool survivor)
 {
@@ -97,7 +112,7 @@ id_match(BgJob *job, const char *a, bool survivor)
 	initStringInfo(&buf);
 	if (by_ctid(job))
 		appendStringInfo(&buf, "%s.%s OPERATOR(pg_catalog.=) w.%s", a,
-						 strcmp(a, "s") == 0 ? "dedup_sctid" : "ctid",
+						 strcmp(a, "s") == 0 ? survivor_ctid_name(t) : "ctid",
 						 survivor ? "dedup_qctid" : "dedup_ctid");
 	for (int i = 0; i < t->npk; i++)
 		appendStringInfo(&buf, "%s%s.%s %s w.dedup_%c%d", buf.len > 0 ? " AND " : "", a,
@@ -429,9 +444,10 @@ lock_rows(BgJob *job, const char *range, bool survivors)
  * id_match).
  * Locking them beforehand took a third of each batch's time, and made a
  * writer that updates a loser wait from the start of the batch instead of
- * from its DELETE.  But where a BEFORE DELETE trigger may skip a loser
- * (skips), they are locked: a loser then still there, unchanged, was
- * skipped by the trigger, not left to a writer (delete_skipped_check).
+ * from its DELETE.  But where a BEFORE DELETE trigger may skip a loser, or
+ * a row-level security policy for DELETE hide one the pass saw (skips),
+ * they are locked: a loser then still there, unchanged, was skipped, not
+ * left to a writer (losers_deleted_check).
  */
 static void
 lock_batch(BgJob *job, const char *range, bool skips)
@@ -506,7 +522,9 @@ batch_step(BgJob *job, void *arg)
 	char	   *tids = "";
 	char	   *counts = "";
 	int64		changed;
-	bool		skips = job->action == DEDUP_ACTION_DELETE && has_before_delete_trigger(t->relid);
+	bool		skips = job->action == DEDUP_ACTION_DELETE &&
+		(has_before_delete_trigger(t->relid) || check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED);
+	const char *sctid = survivor_ctid_name(t);
 
 	dedup_check_owner(t->relid);
 	if (job->archive_table)
@@ -517,11 +535,11 @@ batch_step(BgJob *job, void *arg)
 	lock_batch(job, range, skips);
 
 	/* the loser r, its work row w, and its survivor s, still alike */
-	using = psprintf("%s w, (SELECT r.ctid AS dedup_sctid, r.* FROM ONLY %s r WHERE %s) s",
-					 job->work, t->qualname, sql_rows_where(t, true));
-	where = psprintf("%s AND %s AND %s AND %s AND %s AND r.ctid OPERATOR(pg_catalog.<>) s.dedup_sctid",
+	using = psprintf("%s w, (SELECT r.ctid AS %s, r.* FROM ONLY %s r WHERE %s) s",
+					 job->work, sctid, t->qualname, sql_rows_where(t, true));
+	where = psprintf("%s AND %s AND %s AND %s AND %s AND r.ctid OPERATOR(pg_catalog.<>) s.%s",
 					 range, id_match(job, "r", false), id_match(job, "s", true),
-					 sql_keys_match(t, "r", "s"), sql_rows_where(t, true));
+					 sql_keys_match(t, "r", "s"), sql_rows_where(t, true), sctid);
 	/*
 	 * The delete's and the merge's rows by one TID scan each (batch_exec).
 	 * A rename's statement updates each row by its ctid too, a join that
@@ -529,7 +547,7 @@ batch_step(BgJob *job, void *arg)
 	 */
 	if (by_lists(job))
 		tids = psprintf(" AND %s AND %s", batch_tids(job, range, "r.ctid", false),
-						batch_tids(job, range, "s.dedup_sctid", true));
+						batch_tids(job, range, psprintf("s.%s", sctid), true));
 	if (job->action == DEDUP_ACTION_RENAME)
 	{
 		StringInfoData sql;
@@ -572,8 +590,8 @@ batch_step(BgJob *job, void *arg)
 		}
 		/*
 		 * The losers locked and still alike their survivor were skipped by
-		 * the trigger: the job fails now (as in the foreground) rather than
-		 * find them again pass after pass.
+		 * the trigger or hidden by a policy: the job fails now (as in the
+		 * foreground) rather than find them again pass after pass.
 		 */
 		if (skips)
 		{

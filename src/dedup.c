@@ -12,7 +12,9 @@
  */
 #include "dedup_ext.h"
 
+#include "access/sysattr.h"
 #include "access/xact.h"
+#include "catalog/heap.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -424,6 +426,35 @@ refuse_index_without_create(DedupTarget *t)
 }
 
 /*
+ * What CREATE UNIQUE INDEX refuses whatever the rows, refused before the
+ * job's work (a background job's batches would have committed it): a key
+ * of more columns than an index takes, a filter (the index's predicate)
+ * that reads a system column.
+ */
+static void
+refuse_unindexable(DedupTarget *t)
+{
+	Bitmapset  *attrs = NULL;
+
+	if (t->nkeys > INDEX_MAX_KEYS)
+		ereport(ERROR,
+				(errcode(ERRCODE_TOO_MANY_COLUMNS),
+				 errmsg("add_unique cannot be used with a key of %d columns", t->nkeys),
+				 errdetail("An index has at most %d columns.", INDEX_MAX_KEYS),
+				 errhint("Use add_unique => false.")));
+	if (t->filter_expr)
+		pull_varattnos(t->filter_expr, 1, &attrs);
+	for (int i = FirstLowInvalidHeapAttributeNumber + 1; i < 0; i++)
+		if (bms_is_member(i - FirstLowInvalidHeapAttributeNumber, attrs))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_OBJECT_DEFINITION),
+					 errmsg("argument \"filter\" cannot be the predicate of a unique index"),
+					 errdetail("It reads system column %s, which an index cannot use.",
+							   NameStr(SystemAttributeDefinition(i)->attname)),
+					 errhint("Use add_unique => false, or a filter on the table's own columns.")));
+}
+
+/*
  * A background job deletes, renames or merges in batches; a rewrite swaps
  * the whole heap under an ACCESS EXCLUSIVE lock, which is what running in
  * the background is meant to avoid.
@@ -595,7 +626,10 @@ dedup_table(PG_FUNCTION_ARGS)
 	if (PG_GETARG_BOOL(9))
 		refuse_in_background(strategy);
 	if (add_unique)
+	{
 		refuse_index_without_create(t);
+		refuse_unindexable(t);
+	}
 	/* a delete under row-level security removes what the policy shows; an index sees all */
 	if (add_unique && check_enable_rls(t->relid, InvalidOid, true) == RLS_ENABLED)
 		ereport(ERROR,

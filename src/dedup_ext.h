@@ -420,6 +420,7 @@ extern char *archive_create(Oid relid, int64 job_id, const char *tag, Oid writer
 
 /* rollback.c */
 extern char *key_archive_match(Oid archive, const char *c, const char *x, const char *except);
+extern Oid	job_unique_index(DedupJob *job, DedupTarget *t, bool *gone);
 
 /* unique.c */
 extern char *unique_index_name(DedupTarget *t, bool *is_constraint);

@@ -140,10 +140,23 @@ refuse_shared_columns(DedupTarget *t, RefKey *ref, Datum *confkey)
 		args[0] = ObjectIdGetDatum(ref->childid);
 		args[1] = CStringGetTextDatum(ref->conname);
 		args[2] = Int16GetDatum(ref->attnums[i]);
-		if (SPI_execute_with_args("SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"
+		/*
+		 * Not the foreign key this one was cloned from: one that references
+		 * a partitioned table has a clone for each of its partitions (this
+		 * table being one), on the same columns.
+		 */
+		if (SPI_execute_with_args("WITH RECURSIVE dedup_a AS ("
+								  " SELECT f.conparentid FROM pg_catalog.pg_constraint f"
+								  " WHERE f.conrelid OPERATOR(pg_catalog.=) $1 AND f.conname OPERATOR(pg_catalog.=) $2::pg_catalog.name"
+								  " AND f.contype OPERATOR(pg_catalog.=) 'f'"
+								  " UNION SELECT p.conparentid FROM pg_catalog.pg_constraint p, dedup_a"
+								  " WHERE p.oid OPERATOR(pg_catalog.=) dedup_a.conparentid)"
+								  " SELECT c.conname::pg_catalog.text FROM pg_catalog.pg_constraint c"
 								  " WHERE c.conrelid OPERATOR(pg_catalog.=) $1 AND c.contype OPERATOR(pg_catalog.=) 'f'"
 								  " AND c.conname OPERATOR(pg_catalog.<>) $2::pg_catalog.name"
-								  " AND $3 OPERATOR(pg_catalog.=) ANY (c.conkey) ORDER BY 1 LIMIT 1",
+								  " AND $3 OPERATOR(pg_catalog.=) ANY (c.conkey)"
+								  " AND c.oid OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT dedup_a.conparentid FROM dedup_a))"
+								  " ORDER BY 1 LIMIT 1",
 								  3, argtypes, args, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "dedup_ext: could not read foreign keys");
 		if (SPI_processed > 0)
@@ -285,6 +298,13 @@ merge_plan(DedupTarget *t, bool lock_children, bool archive)
 			ref->eq[i] = sql_operator(DatumGetObjectId(eqops[i]));
 			ref->collate[i] = fk_collate(t->relid, DatumGetInt16(confkey[i]), ref->childid, ref->attnums[i]);
 			refuse_nondeterministic_reference(t, ref, i, DatumGetInt16(confkey[i]));
+			if (get_attgenerated(ref->childid, ref->attnums[i]) != '\0')
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot merge rows of %s: column %s of %s, in foreign key %s, is a generated column",
+								t->qualname, ref->cols[i], ref->child, quote_identifier(ref->conname)),
+						 errdetail("Its value comes from its expression: it cannot be re-pointed to a survivor."),
+						 errhint("Point those rows at the survivors through the columns the expression reads, then run the job with action => 'delete'.")));
 		}
 		child = relation_open(ref->childid, NoLock);
 		ref->pknames = primary_key_names(child);

@@ -73,7 +73,9 @@ rewrite_obstacle(DedupTarget *t)
 							  "  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
 							  "  WHERE c.oid OPERATOR(pg_catalog.=) $1"
 							  "  AND p.schemaname OPERATOR(pg_catalog.=) n.nspname"
-							  "  AND p.tablename OPERATOR(pg_catalog.=) c.relname)",
+							  "  AND p.tablename OPERATOR(pg_catalog.=) c.relname),"
+							  " EXISTS (SELECT FROM pg_catalog.pg_index i WHERE i.indrelid OPERATOR(pg_catalog.=) $1"
+							  "  AND NOT (i.indisvalid AND i.indisready AND i.indislive))",
 							  1, types, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "dedup_ext: could not read the table's references");
 	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0)
@@ -82,6 +84,9 @@ rewrite_obstacle(DedupTarget *t)
 		return "it has DELETE triggers, which a rewrite would not fire";
 	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3), "t") == 0)
 		return "it is published for logical replication, which does not decode a rewrite";
+	/* REINDEX, which a rewrite ends with, makes an invalid index valid */
+	if (strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4), "t") == 0)
+		return "it has an invalid index (a failed CREATE INDEX CONCURRENTLY leaves one), which a rewrite would rebuild and make valid";
 	return NULL;
 }
 

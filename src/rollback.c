@@ -125,7 +125,7 @@ unique_on_key(Oid idx, DedupTarget *t, bool same_key)
  * that is no longer there.  A job written before it was noted (or by a
  * database still at 1.2) is found by the name it recorded.
  */
-static Oid
+Oid
 job_unique_index(DedupJob *job, DedupTarget *t, bool *gone)
 {
 	char	   *jobtable = psprintf("%s.dedup_job", dedup_ext_schema());

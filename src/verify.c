@@ -132,14 +132,18 @@ check_ref_archives(ReturnSetInfo *rsinfo, DedupJob *job)
 					   (long long) repointed, (long long) job->refs_repointed));
 }
 
+/* the job's unique index, found as dedup_rollback finds it: renamed or moved too */
 static void
-check_unique(ReturnSetInfo *rsinfo, DedupJob *job)
+check_unique(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 {
-	Oid			idx = dedup_relid_by_name(job->unique_index);
+	bool		gone;
+	Oid			idx = job_unique_index(job, t, &gone);
 	bool		ok = false;
+	char	   *name = job->unique_index;
 
 	if (OidIsValid(idx))
 	{
+		name = quote_qualified_identifier(get_namespace_name(get_rel_namespace(idx)), get_rel_name(idx));
 		spi_exec_count(psprintf("SELECT i.indisunique AND i.indisvalid FROM pg_catalog.pg_index i"
 								" WHERE i.indexrelid OPERATOR(pg_catalog.=) %u", idx),
 					   SPI_OK_SELECT);
@@ -147,8 +151,8 @@ check_unique(ReturnSetInfo *rsinfo, DedupJob *job)
 			strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), "t") == 0;
 	}
 	add_check(rsinfo, "unique_index", ok,
-			  ok ? psprintf("%s is a valid unique index", job->unique_index)
-			  : psprintf("%s is missing or not a valid unique index", job->unique_index));
+			  ok ? psprintf("%s is a valid unique index", name)
+			  : psprintf("%s is missing or not a valid unique index", name));
 }
 
 /*
@@ -319,7 +323,7 @@ dedup_verify(PG_FUNCTION_ARGS)
 		check_ref_archives(rsinfo, job);
 	add_unique = job_param(job, "add_unique");
 	if (job->unique_index)
-		check_unique(rsinfo, job);
+		check_unique(rsinfo, job, t);
 	else if (add_unique && strcmp(add_unique, "true") == 0)
 	{
 		/* the job found an index that did the work, and added none */

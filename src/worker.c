@@ -381,6 +381,18 @@ empty_archive_dropped(BgJob *job)
 		job->action != DEDUP_ACTION_MERGE && archive_drop_if_empty(job->archive_table);
 }
 
+/*
+ * A merge's rows_changed counts the referencing rows it re-pointed or
+ * removed as well, once it ends, as a foreground merge's does (its batches
+ * count the table's rows only: a pass compares them with its losers).
+ */
+static const char *
+merge_refs_changed(BgJob *job)
+{
+	return strcmp(job->kind, "dedup") == 0 && job->action == DEDUP_ACTION_MERGE ?
+		", rows_changed = rows_changed OPERATOR(pg_catalog.+) refs_repointed OPERATOR(pg_catalog.+) refs_removed" : "";
+}
+
 static void
 obey_step(BgJob *job, void *arg)
 {
@@ -395,8 +407,9 @@ obey_step(BgJob *job, void *arg)
 		backfill_drop_constraints(job_fetch(job->job_id, false, false));
 		job_drop_work_table(job->job_id, job->work);
 		bg_record(job, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
-								" finished_at = pg_catalog.clock_timestamp()%s",
-								empty_archive_dropped(job) ? ", archive_table = NULL" : ""));
+								" finished_at = pg_catalog.clock_timestamp()%s%s",
+								empty_archive_dropped(job) ? ", archive_table = NULL" : "",
+								merge_refs_changed(job)));
 		archive_close(job->job_id);
 	}
 	else
@@ -428,11 +441,12 @@ finish_step(BgJob *job, void *arg)
 
 	job_drop_work_table(job->job_id, job->work);
 	bg_record(job, psprintf("state = 'done', phase = NULL, control = NULL, worker_pid = NULL,"
-							" finished_at = pg_catalog.clock_timestamp()%s%s%s%s",
+							" finished_at = pg_catalog.clock_timestamp()%s%s%s%s%s",
 							job->strategy ? ", strategy = '" : "",
 							job->strategy ? job->strategy : "",
 							job->strategy ? "'" : "",
-							no_archive ? ", archive_table = NULL" : ""));
+							no_archive ? ", archive_table = NULL" : "",
+							merge_refs_changed(job)));
 	archive_close(job->job_id);
 }
 
