@@ -371,6 +371,10 @@ CREATE TABLE ref.kp (id int PRIMARY KEY, k int, j json, x xid);
 INSERT INTO ref.kp VALUES (1, 1, '{}', '5'), (2, 1, '{}', '5');
 UPDATE ref.baseline SET s = ref.snapshot();
 SELECT row_id, decision FROM dedup_preview('ref.kp', '{k}', keep => 'LAST');
+-- with white space around too (it was taken for a column "last")
+SELECT count(*) AS differ
+  FROM (SELECT row_id::text, decision FROM dedup_preview('ref.kp', '{k}', keep => E' Last\n')
+        EXCEPT SELECT row_id::text, decision FROM dedup_preview('ref.kp', '{k}', keep => 'last')) d;
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.kp', '{k}', keep => '1 + 1')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.kp', '{k}', keep => '''x''')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.kp', '{k}', keep => 'j')$$);

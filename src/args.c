@@ -32,6 +32,7 @@
 #include "parser/parse_expr.h"
 #include "parser/parse_oper.h"
 #include "parser/parse_relation.h"
+#include "parser/scansup.h"
 #include "parser/parser.h"
 #include "rewrite/rewriteManip.h"
 #include "storage/lmgr.h"
@@ -563,12 +564,18 @@ dedup_target_set_keep(DedupTarget *t, const char *keep)
 	ListCell   *ls,
 			   *le;
 	StringInfoData bare;
+	char	   *word;
 
 	initStringInfo(&buf);
-	/* as SQL's words: in any case */
-	if (pg_strcasecmp(keep, "first") == 0 || pg_strcasecmp(keep, "last") == 0)
+	/* as SQL's words: in any case, with white space around */
+	while (scanner_isspace(*keep))
+		keep++;
+	word = pstrdup(keep);
+	for (char *end = word + strlen(word); end > word && scanner_isspace(end[-1]); end--)
+		end[-1] = '\0';
+	if (pg_strcasecmp(word, "first") == 0 || pg_strcasecmp(word, "last") == 0)
 	{
-		bool		last = pg_strcasecmp(keep, "last") == 0;
+		bool		last = pg_strcasecmp(word, "last") == 0;
 
 		append_tiebreak(&buf, t, last);
 		t->order_r = buf.data;
