@@ -1453,7 +1453,19 @@ constraints_or_none(BgJob *job)
 		FlushErrorState();
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(job->cxt);
-		(void) bg_xact(job, drop_constraints_step, NULL);
+		PG_TRY();
+		{
+			(void) bg_xact(job, drop_constraints_step, NULL);
+		}
+		PG_CATCH();
+		{
+			/* the job fails with its own error; its constraints stay for dedup_rollback */
+			MemoryContextSwitchTo(job->cxt);
+			EmitErrorReport();
+			FlushErrorState();
+			AbortCurrentTransaction();
+		}
+		PG_END_TRY();
 		ReThrowError(edata);
 	}
 	PG_END_TRY();
