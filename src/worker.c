@@ -325,6 +325,12 @@ bg_record(BgJob *job, const char *assignments)
 							   dedup_ext_schema(), assignments, assignments[0] ? ", " : "",
 							   (long long) job->retries, (long long) job->job_id),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE_RETURNING);
+	/* its row deleted (the extension dropped and created again): nothing to record into */
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("dedup_ext: job %lld no longer exists", (long long) job->job_id),
+				 errdetail("Its row in dedup_job was deleted while its worker ran it.")));
 	job->retries = 0;
 	control = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	phase = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
