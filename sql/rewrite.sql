@@ -290,6 +290,8 @@ CREATE TABLE rw.inv_before AS SELECT * FROM rw.inv;
 \set VERBOSITY terse
 CREATE UNIQUE INDEX CONCURRENTLY inv_k_key ON rw.inv (k);
 SELECT * FROM dedup_table('rw.inv', '{k}', strategy => 'rewrite');
+\set VERBOSITY sqlstate
+SELECT * FROM dedup_table('rw.inv', '{k}', strategy => 'rewrite');
 \set VERBOSITY default
 SELECT job_id AS jinv, strategy FROM dedup_table('rw.inv', '{k}') \gset
 SELECT :'strategy' AS strategy, indisvalid FROM pg_index WHERE indexrelid = 'rw.inv_k_key'::regclass;

@@ -73,7 +73,22 @@ by_ctid(BgJob *job)
 }
 
 /*
+ * The name a batch's survivor subquery gives the survivor's ctid, beside
+ * the table's own columns (r.*): one none of them has.
+ */
+static const char *
+survivor_ctid_name(DedupTarget *t)
+{
+	const char *name = "dedup_sctid";
+
+	for (int i = 1; get_attnum(t->relid, name) != InvalidAttrNumber; i++)
+		name = psprintf("dedup_sctid%d", i);
+	return name;
+}
+
+/*
  * The work row's loser (or survivor) is row a: r.id = w.dedup_p0 AND ...
+ * (ctid: the column of a that holds its ctid).
  *
  * In the first pass's batches, also r.ctid = w.dedup_ctid: each row is one
  * heap fetch (a TID scan) instead of an index descent, which halves a
@@ -89,30 +104,15 @@ by_ctid(BgJob *job)
  * again, in its new version, by key against the locked survivor).  Without
  * a primary key the ctid is all there is.
  */
-/*
- * The name a batch's survivor subquery gives the survivor's ctid, beside
- * the table's own columns (r.*): one none of them has.
- */
-static const char *
-survivor_ctid_name(DedupTarget *t)
-{
-	const char *name = "dedup_sctid";
-
-	for (int i = 1; get_attnum(t->relid, name) != InvalidAttrNumber; i++)
-		name = psprintf("dedup_sctid%d", i);
-	return name;
-}
-
 static char *
-id_match(BgJob *job, const char *a, bool survivor)
+id_match(BgJob *job, const char *a, const char *ctid, bool survivor)
 {
 	DedupTarget *t = job->t;
 	StringInfoData buf;
 
 	initStringInfo(&buf);
 	if (by_ctid(job))
-		appendStringInfo(&buf, "%s.%s OPERATOR(pg_catalog.=) w.%s", a,
-						 strcmp(a, "s") == 0 ? survivor_ctid_name(t) : "ctid",
+		appendStringInfo(&buf, "%s.%s OPERATOR(pg_catalog.=) w.%s", a, ctid,
 						 survivor ? "dedup_qctid" : "dedup_ctid");
 	for (int i = 0; i < t->npk; i++)
 		appendStringInfo(&buf, "%s%s.%s %s w.dedup_%c%d", buf.len > 0 ? " AND " : "", a,
@@ -419,7 +419,7 @@ lock_rows(BgJob *job, const char *range, bool survivors)
 	else
 	{
 		rows = psprintf("EXISTS (SELECT FROM %s w WHERE %s AND %s)", job->work, range,
-						id_match(job, "x", survivors));
+						id_match(job, "x", "ctid", survivors));
 		if (by_ctid(job))
 			rows = psprintf("%s AND %s", batch_tids(job, range, "x.ctid", survivors), rows);
 	}
@@ -538,7 +538,7 @@ batch_step(BgJob *job, void *arg)
 	using = psprintf("%s w, (SELECT r.ctid AS %s, r.* FROM ONLY %s r WHERE %s) s",
 					 job->work, sctid, t->qualname, sql_rows_where(t, true));
 	where = psprintf("%s AND %s AND %s AND %s AND %s AND r.ctid OPERATOR(pg_catalog.<>) s.%s",
-					 range, id_match(job, "r", false), id_match(job, "s", true),
+					 range, id_match(job, "r", "ctid", false), id_match(job, "s", sctid, true),
 					 sql_keys_match(t, "r", "s"), sql_rows_where(t, true), sctid);
 	/*
 	 * The delete's and the merge's rows by one TID scan each (batch_exec).
