@@ -19,6 +19,7 @@ OBJS = \
 	src/rewrite.o \
 	src/rollback.o \
 	src/spi.o \
+	src/undo_chain.o \
 	src/unique.o \
 	src/verify.o \
 	src/worker.o

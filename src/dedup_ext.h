@@ -248,6 +248,25 @@ extern void merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResu
 extern int64 merge_delete_losers(DedupTarget *t, const char *map, int64 job_id,
 								 const char *archive);
 
+/* undo_chain.c: what a rollback gives back to a row the job changed more than once */
+typedef struct UndoLog UndoLog;
+typedef char *(*UndoAliasSql) (const UndoLog *log, const char *x, const char *y);
+struct UndoLog
+{
+	const char *table;			/* qualified: the table the job changed */
+	const char *archive;		/* qualified: its entries, one per change */
+	const char *action;			/* their dedup_action */
+	char	   *(*row_key) (const UndoLog *log, const char *x); /* "x.id, ..." */
+	UndoAliasSql same_row;		/* x and y are the same row */
+	UndoAliasSql left_at;		/* x holds the value entry y gave its row */
+	UndoAliasSql same_value;	/* x holds the value archived in entry y */
+	const void *arg;			/* for the callbacks */
+};
+
+extern char *undo_last_entries(const UndoLog *log);
+extern char *undo_values_before(const UndoLog *log);
+extern int64 undo_count_changed(const UndoLog *log, const char *needs_nothing);
+
 /* jobs.c */
 
 /* pg_advisory_xact_lock(DEDUP_SUBMIT_LOCK, table oid): background submissions of a table, one at a time */

@@ -25,17 +25,6 @@
 
 PG_FUNCTION_INFO_V1(dedup_rollback);
 /*
- * The order in which the entries of archive a were written: by dedup_xact,
- * then (within a transaction, or in an archive without it) by ctid.
- */
-static char *
-archive_write_order(const char *archive)
-{
-	return get_attnum(dedup_relid_by_name(archive), "dedup_xact") != InvalidAttrNumber ?
-		"a.dedup_xact, a.ctid" : "a.ctid";
-}
-
-/*
  * "a, b, c": the archive's copy of the table's columns that can be written
  * back: those before the archive's own (archive_table_natts), without the
  * table's generated columns, which recompute themselves.  A column the
@@ -479,7 +468,7 @@ type_equality(Oid type)
  * between the job and its rollback change nothing.
  */
 static char *
-points_where_left(Oid childid, Datum *cols, int ncols, const char *n)
+points_where_left(Oid childid, Datum *cols, int ncols, const char *c, const char *n)
 {
 	StringInfoData buf;
 
@@ -489,8 +478,8 @@ points_where_left(Oid childid, Datum *cols, int ncols, const char *n)
 		char	   *name = TextDatumGetCString(cols[i]);
 		Oid			type = get_atttype(childid, get_attnum(childid, name));
 
-		appendStringInfo(&buf, "%sc.%s %s (%s.dedup_survivor OPERATOR(pg_catalog.->>) %d)::%s",
-						 i > 0 ? " AND " : "", quote_identifier(name), type_equality(type), n, i,
+		appendStringInfo(&buf, "%s%s.%s %s (%s.dedup_survivor OPERATOR(pg_catalog.->>) %d)::%s",
+						 i > 0 ? " AND " : "", c, quote_identifier(name), type_equality(type), n, i,
 						 sql_type(type));
 	}
 	return buf.data;
@@ -647,19 +636,74 @@ restore_removed_refs(DedupJob *job, const char *archive, Oid archiveid, const ch
 					   child);
 }
 
+/* a referencing table's re-pointed rows, for their UndoLog's callbacks */
+typedef struct RepointedRows
+{
+	Oid			childid;
+	Datum	   *cols;			/* the re-pointed columns */
+	int			ncols;
+	Datum	   *pk;				/* the primary key's */
+	int			npk;
+} RepointedRows;
+
+static char *
+repointed_key(const UndoLog *log, const char *x)
+{
+	const RepointedRows *r = log->arg;
+
+	return name_list(r->pk, r->npk, psprintf("%s.%%s%%.0s", x), ", ");
+}
+
+static char *
+repointed_same_row(const UndoLog *log, const char *x, const char *y)
+{
+	return psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
+					repointed_key(log, x), repointed_key(log, y));
+}
+
 /*
- * Set the re-pointed columns of a referencing table back.  A row that two
- * passes of a background merge re-pointed (its survivor lost in the second)
- * has two entries: the one written first (archive_write_order) holds its
- * value before the job.
+ * Archives written before dedup_survivor was kept have NULL there: every
+ * row found is taken as the job left it.
+ */
+static char *
+repointed_left_at(const UndoLog *log, const char *x, const char *y)
+{
+	const RepointedRows *r = log->arg;
+
+	return psprintf("(%s.dedup_survivor IS NULL OR (%s))",
+					y, points_where_left(r->childid, r->cols, r->ncols, x, y));
+}
+
+static char *
+repointed_same_value(const UndoLog *log, const char *x, const char *y)
+{
+	const RepointedRows *r = log->arg;
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int i = 0; i < r->ncols; i++)
+	{
+		char	   *name = TextDatumGetCString(r->cols[i]);
+		const char *q = quote_identifier(name);
+
+		appendStringInfo(&buf, "%s%s.%s %s %s.%s", i > 0 ? " AND " : "", x, q,
+						 type_equality(get_atttype(r->childid, get_attnum(r->childid, name))), y, q);
+	}
+	return buf.data;
+}
+
+/*
+ * Set the re-pointed columns of a referencing table back.
  *
  * Found by primary key, a row is set back while it points where the job
- * left it.  One that needs nothing is skipped: deleted since, its original
- * value back, or its foreign key NULL again (a NULL column: it references
- * nothing).  One that points elsewhere since was changed by someone else,
- * and the rollback is refused rather than overwrite it.  Found by ctid (no
- * primary key, or one that contains the re-pointed columns), every row
- * listed must be found.
+ * last left it, to where it pointed before (undo_chain.c: a row that two
+ * passes of a background merge re-pointed, with a writer's change between
+ * them, gets the writer's value).  One that needs nothing is skipped:
+ * deleted since, an old value back, or its foreign key NULL again (a NULL
+ * column: it references nothing).  One that points elsewhere since was
+ * changed by someone else, and the rollback is refused rather than
+ * overwrite it.  Found by ctid (no primary key, or one that contains the
+ * re-pointed columns), every row listed must be found.
  */
 static int64
 restore_repointed(DedupJob *job, const char *archive, const char *child, Oid childid,
@@ -691,50 +735,21 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 
 	if (npk > 0)
 	{
-		char	   *pkmatch = psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
-									   name_list(pk, npk, "c.%s%.0s", ", "),
-									   name_list(pk, npk, "a.%s%.0s", ", "));
-		char	   *job_value;
-		char	   *where;
-		StringInfoData original,
-					some_null;
+		RepointedRows rows = {childid, cols, ncols, pk, npk};
+		UndoLog		log = {child, archive, "repoint", repointed_key, repointed_same_row,
+						   repointed_left_at, repointed_same_value, &rows};
+		StringInfoData some_null;
 		int64		changed;
 
-		source = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
-						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint' ORDER BY %s, %s)",
-						  name_list(pk, npk, "a.%s%.0s", ", "), archive,
-						  name_list(pk, npk, "a.%s%.0s", ", "), archive_write_order(archive));
-		/*
-		 * Where the job (one of its re-points, in a background merge) left
-		 * the row.  (Archives written before dedup_survivor was kept have
-		 * NULL there: every row found is taken as the job left it.)
-		 */
-		job_value = psprintf("EXISTS (SELECT FROM %s n"
-							 " WHERE n.dedup_action OPERATOR(pg_catalog.=) 'repoint' AND ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)"
-							 " AND (n.dedup_survivor IS NULL OR (%s)))",
-							 archive, name_list(pk, npk, "c.%s%.0s", ", "), name_list(pk, npk, "n.%s%.0s", ", "),
-							 points_where_left(childid, cols, ncols, "n"));
-		initStringInfo(&original);
 		initStringInfo(&some_null);
 		for (int i = 0; i < ncols; i++)
-		{
-			char	   *name = TextDatumGetCString(cols[i]);
-			const char *q = quote_identifier(name);
-
-			appendStringInfo(&original, "%sc.%s %s a.%s", i > 0 ? " AND " : "", q,
-							 type_equality(get_atttype(childid, get_attnum(childid, name))), q);
-			appendStringInfo(&some_null, "%sc.%s IS NULL", i > 0 ? " OR " : "", q);
-		}
-		refuse_removed_by_later(job, childid, child, psprintf("%s a", source),
-								psprintf("NOT EXISTS (SELECT FROM ONLY %s c WHERE %s)", child, pkmatch),
-								psprintf("ROW(%s) OPERATOR(pg_catalog.=) ROW(%s)",
-										 name_list(pk, npk, "x.%s%.0s", ", "),
-										 name_list(pk, npk, "a.%s%.0s", ", ")));
-		spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s"
-								" AND NOT (%s) AND NOT (%s) AND NOT %s",
-								child, source, pkmatch, some_null.data, original.data, job_value),
-					   SPI_OK_SELECT);
-		changed = spi_get_int64(0, 1);
+			appendStringInfo(&some_null, "%sc.%s IS NULL", i > 0 ? " OR " : "",
+							 quote_identifier(TextDatumGetCString(cols[i])));
+		refuse_removed_by_later(job, childid, child, psprintf("%s a", undo_last_entries(&log)),
+								psprintf("NOT EXISTS (SELECT FROM ONLY %s c WHERE %s)", child,
+										 repointed_same_row(&log, "c", "a")),
+								repointed_same_row(&log, "x", "a"));
+		changed = undo_count_changed(&log, some_null.data);
 		if (changed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -743,13 +758,12 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 					 errdetail("Their foreign key has a value the job did not give it; a rollback would overwrite it."),
 					 errhint("Compare %s with archive table %s (dedup_survivor: where the job pointed each row), and point those rows back or keep the job's work.",
 							 child, archive)));
-		where = psprintf("%s AND NOT (%s) AND NOT (%s) AND %s",
-						 pkmatch, some_null.data, original.data, job_value);
+		source = undo_values_before(&log);
 		return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
-										 child, name_list(cols, ncols, "%s = a.%s", ", "), source, where),
+										 child, name_list(cols, ncols, "%s = a.%s", ", "), source,
+										 repointed_same_row(&log, "c", "a")),
 						   written_back.data,
-						   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s",
-									child, source, where),
+						   psprintf("SELECT pg_catalog.count(*) FROM %s a", source),
 						   child);
 	}
 
@@ -758,7 +772,7 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 	match = psprintf("c.ctid OPERATOR(pg_catalog.=) a.dedup_new_value::pg_catalog.tid AND %s"
 					 " AND (a.dedup_survivor IS NULL OR (%s))",
 					 same_other_columns(dedup_relid_by_name(archive), childid, cols, ncols),
-					 points_where_left(childid, cols, ncols, "a"));
+					 points_where_left(childid, cols, ncols, "c", "a"));
 	spi_exec_count(psprintf("SELECT (SELECT pg_catalog.count(*) FROM ONLY %s c, %s a WHERE %s),"
 							" (SELECT pg_catalog.count(*) FROM %s a)", child, source, match, source),
 				   SPI_OK_SELECT);
@@ -1208,45 +1222,64 @@ rollback_backfill(DedupJob *job, DedupTarget *t)
 	return restored;
 }
 
+/* the table's renamed rows, for their UndoLog's callbacks */
+typedef struct RenamedRows
+{
+	DedupTarget *t;
+	const char *col;			/* the renamed column, quoted */
+} RenamedRows;
+
+static char *
+renamed_key(const UndoLog *log, const char *x)
+{
+	return sql_pk_list(((const RenamedRows *) log->arg)->t, x);
+}
+
+static char *
+renamed_same_row(const UndoLog *log, const char *x, const char *y)
+{
+	return sql_pk_match(((const RenamedRows *) log->arg)->t, x, y);
+}
+
+/* compared as bytes: under a nondeterministic collation a change of case is a change */
+static char *
+renamed_left_at(const UndoLog *log, const char *x, const char *y)
+{
+	return psprintf("%s.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) %s.dedup_new_value",
+					x, ((const RenamedRows *) log->arg)->col, y);
+}
+
+static char *
+renamed_same_value(const UndoLog *log, const char *x, const char *y)
+{
+	const char *col = ((const RenamedRows *) log->arg)->col;
+
+	return psprintf("%s.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) %s.%s::pg_catalog.text",
+					x, col, y, col);
+}
+
 /*
- * Give the renamed rows their key back: each row's value before the job's
- * first rename of it (a background job may rename a row again in a later
- * pass).  Only rows that still have a value the job gave them: a row changed
- * since keeps what was written, and the rollback is refused rather than
- * overwrite it.
+ * Give the renamed rows their key back: each row that still has the value
+ * the job's last rename of it gave it gets its value from before that
+ * (undo_chain.c: a row that two passes of a background job renamed, with a
+ * writer's change between them, gets the writer's value).  A row deleted
+ * since, or given an old value back, needs nothing; one changed since keeps
+ * what was written, and the rollback is refused rather than overwrite it.
  */
 static int64
 restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 {
-	char	   *pk = sql_pk_list(t, "a");
-	char	   *originals;
-	char	   *job_value;
+	RenamedRows rows = {t, col};
+	UndoLog		log = {t->qualname, job->archive_table, "rename", renamed_key, renamed_same_row,
+					   renamed_left_at, renamed_same_value, &rows};
+	char	   *source;
 	int64		changed;
 
-	originals = psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a"
-						 " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename' ORDER BY %s, %s)",
-						 pk, job->archive_table, pk, archive_write_order(job->archive_table));
-	/* compared as bytes: under a nondeterministic collation a change of case is a change */
-	job_value = psprintf("EXISTS (SELECT FROM %s n WHERE n.dedup_action OPERATOR(pg_catalog.=) 'rename' AND %s"
-						 " AND r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) n.dedup_new_value)",
-						 job->archive_table, sql_pk_match(t, "r", "n"), col);
-
-	refuse_removed_by_later(job, t->relid, t->qualname, psprintf("%s a", originals),
+	refuse_removed_by_later(job, t->relid, t->qualname, psprintf("%s a", undo_last_entries(&log)),
 							psprintf("NOT EXISTS (SELECT FROM ONLY %s r WHERE %s)", t->qualname,
 									 sql_pk_match(t, "r", "a")),
 							sql_pk_match(t, "x", "a"));
-
-	/*
-	 * A row deleted since, or given its original value back, needs nothing;
-	 * one that has a value the job did not give it was changed by someone
-	 * else, and the rollback would overwrite that.
-	 */
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s r, %s a WHERE %s"
-							" AND r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.<>) a.%s::pg_catalog.text"
-							" AND NOT %s",
-							t->qualname, originals, sql_pk_match(t, "r", "a"), col, col, job_value),
-				   SPI_OK_SELECT);
-	changed = spi_get_int64(0, 1);
+	changed = undo_count_changed(&log, NULL);
 	if (changed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1255,12 +1288,11 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 				 errdetail("They were changed since the job; a rollback would overwrite that."),
 				 errhint("Compare the table with archive table %s (column dedup_new_value), and set those rows back to the job's values or restore them by hand.",
 						 job->archive_table)));
-	return restore_all(job, psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a WHERE %s AND %s",
-									 t->qualname, col, col, originals, sql_pk_match(t, "r", "a"), job_value),
-					   psprintf("r.%s::pg_catalog.text COLLATE pg_catalog.\"C\" OPERATOR(pg_catalog.=) a.%s::pg_catalog.text",
-								col, col),
-					   psprintf("SELECT pg_catalog.count(*) FROM ONLY %s r, %s a WHERE %s AND %s",
-								t->qualname, originals, sql_pk_match(t, "r", "a"), job_value),
+	source = undo_values_before(&log);
+	return restore_all(job, psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a WHERE %s",
+									 t->qualname, col, col, source, sql_pk_match(t, "r", "a")),
+					   renamed_same_value(&log, "r", "a"),
+					   psprintf("SELECT pg_catalog.count(*) FROM %s a", source),
 					   t->qualname);
 }
 
