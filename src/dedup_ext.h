@@ -349,6 +349,7 @@ extern void job_set_archive(int64 job_id, const char *archive_table);
 typedef struct BgJob
 {
 	int64		job_id;
+	char	   *origin;			/* its row's origin (1.5), as text, or NULL */
 	MemoryContext cxt;			/* lives as long as the run */
 	Oid			submitter;
 	char	   *kind;

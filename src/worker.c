@@ -116,6 +116,47 @@ log_step(BgJob *job, bool begins)
 }
 
 /*
+ * SQL true for row j of dedup_job when it is the job's row the worker
+ * claimed: a DROP and CREATE EXTENSION (or pg_restore --clean) while the
+ * worker ran may have left in its place nothing, a new job with the same
+ * id, or the old row restored from a dump, whose origin is the same but
+ * not noted in dedup_job_here (job_here_sql).
+ */
+static char *
+job_row_is_ours(int64 job_id, const char *origin)
+{
+	return psprintf("j.job_id OPERATOR(pg_catalog.=) %lld%s%s%s%s", (long long) job_id,
+					origin ? " AND j.origin OPERATOR(pg_catalog.=) " : "",
+					origin ? sql_literal(origin) : "", origin ? "::pg_catalog.uuid AND " : "",
+					origin ? job_here_sql("j") : "");
+}
+
+static void
+job_gone(int64 job_id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("dedup_ext: job %lld no longer exists", (long long) job_id),
+			 errdetail("Its row in dedup_job was deleted or replaced while its worker ran it (the extension dropped and created again, a restore, or a DELETE)."),
+			 errhint("The worker stopped without touching the table again; its last batch committed before that.")));
+}
+
+/*
+ * A step writes the job's table only while the job's row is the one the
+ * worker claimed.  Reading dedup_job holds it (a DROP EXTENSION waits for
+ * the step to commit).
+ */
+static void
+require_job_row(BgJob *job)
+{
+	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE %s", dedup_ext_schema(),
+							   job_row_is_ours(job->job_id, job->origin)),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		job_gone(job->job_id);
+}
+
+/*
  * A step of the job's work needs its table: one dropped while the job
  * waited, paused or ran fails it saying so, not with "relation with OID".
  */
@@ -157,6 +198,7 @@ run_step(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg, bool stopp
 			PushActiveSnapshot(GetTransactionSnapshot());
 			SPI_connect();
 			log_step(job, true);
+			require_job_row(job);
 			if (stoppable)
 				require_table(job);
 			step(job, arg);
@@ -317,20 +359,17 @@ bg_record(BgJob *job, const char *assignments)
 
 	/* the job's row shares its pages with other jobs' rows: never compressed */
 	bg_compress_wal(false);
-	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET %s%sretries = retries OPERATOR(pg_catalog.+) %lld,"
+	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job j SET %s%sretries = retries OPERATOR(pg_catalog.+) %lld,"
 							   " updated_at = pg_catalog.clock_timestamp()"
-							   " WHERE job_id OPERATOR(pg_catalog.=) %lld"
+							   " WHERE %s"
 							   " RETURNING control, phase, rows_total, rows_done, rows_changed,"
 							   " batches_done, checkpoint, passes::pg_catalog.int8",
 							   dedup_ext_schema(), assignments, assignments[0] ? ", " : "",
-							   (long long) job->retries, (long long) job->job_id),
+							   (long long) job->retries, job_row_is_ours(job->job_id, job->origin)),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE_RETURNING);
-	/* its row deleted (the extension dropped and created again): nothing to record into */
+	/* deleted by hand since the step's require_job_row: nothing to record into */
 	if (SPI_processed != 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("dedup_ext: job %lld no longer exists", (long long) job->job_id),
-				 errdetail("Its row in dedup_job was deleted while its worker ran it.")));
+		job_gone(job->job_id);
 	job->retries = 0;
 	control = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	phase = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
@@ -491,6 +530,14 @@ requeue_lost(void *arg)
 						(unsigned long long) SPI_processed)));
 }
 
+/* a claimed job: its id (0: none) and its row's origin, in cxt */
+typedef struct Claim
+{
+	MemoryContext cxt;
+	int64		job_id;
+	char	   *origin;
+} Claim;
+
 /*
  * Take the oldest queued job nobody else runs: its row locked SKIP LOCKED,
  * its advisory lock taken for the life of the run, its state 'running'.
@@ -498,19 +545,27 @@ requeue_lost(void *arg)
 static void
 claim_job(void *arg)
 {
-	int64	   *job_id = (int64 *) arg;
+	Claim	   *claim = (Claim *) arg;
+	int64	   *job_id = &claim->job_id;
 	char	   *schema = dedup_ext_schema();
 	uint64		n;
 	int64	   *ids;
+	char	  **origins;
 
 	*job_id = 0;
-	spi_exec_as_owner(psprintf("SELECT job_id FROM %s.dedup_job j WHERE state OPERATOR(pg_catalog.=) 'queued'"
-							   " AND %s ORDER BY job_id FOR UPDATE OF j SKIP LOCKED", schema, job_here_sql("j")),
+	spi_exec_as_owner(psprintf("SELECT job_id, %s FROM %s.dedup_job j WHERE state OPERATOR(pg_catalog.=) 'queued'"
+							   " AND %s ORDER BY job_id FOR UPDATE OF j SKIP LOCKED",
+							   job_has_column(schema, "origin") ? "origin::pg_catalog.text" : "NULL::pg_catalog.text",
+							   schema, job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	n = SPI_processed;
 	ids = palloc(sizeof(int64) * (n + 1));
+	origins = palloc(sizeof(char *) * (n + 1));
 	for (uint64 i = 0; i < n; i++)
+	{
 		ids[i] = spi_get_int64(i, 1);
+		origins[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+	}
 	for (uint64 i = 0; i < n && *job_id == 0; i++)
 		if (job_lock_try(ids[i]))
 		{
@@ -527,6 +582,7 @@ claim_job(void *arg)
 									   " WHERE job_id OPERATOR(pg_catalog.=) $1", schema, run),
 							  2, types, values, NULL, SPI_OK_UPDATE);
 			*job_id = ids[i];
+			claim->origin = origins[i] ? MemoryContextStrdup(claim->cxt, origins[i]) : NULL;
 		}
 }
 
@@ -559,17 +615,32 @@ error_text(ErrorData *edata)
 typedef struct FailArg
 {
 	int64		job_id;
+	const char *origin;
 	const char *error;
 } FailArg;
 
+/*
+ * Fail the job with its error, unless its row is gone or another job's
+ * (job_row_is_ours): then there is nothing of it left to fail.
+ */
 static void
 fail_job(void *arg)
 {
 	FailArg    *f = (FailArg *) arg;
 	Oid			types[2] = {INT8OID, TEXTOID};
 	Datum		values[2] = {Int64GetDatum(f->job_id), CStringGetTextDatum(f->error)};
+	DedupJob   *job;
 
-	DedupJob   *job = job_fetch(f->job_id, true, false);
+	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE %s FOR UPDATE", dedup_ext_schema(),
+							   job_row_is_ours(f->job_id, f->origin)),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+	{
+		ereport(LOG,
+				(errmsg("dedup_ext: job %lld no longer exists; its worker leaves it", (long long) f->job_id)));
+		return;
+	}
+	job = job_fetch(f->job_id, true, false);
 
 	job_drop_work_table(f->job_id, job->work_table);
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job SET state = 'failed', error = $2, control = NULL,"
@@ -675,15 +746,10 @@ load_job(BgJob *job, void *arg)
 
 /* Run a claimed job: its kind's phases, from where it stands. */
 static void
-bg_run(int64 job_id, MemoryContext cxt)
+bg_run(BgJob *job)
 {
-	BgJob	   *job = palloc0(sizeof(BgJob));
-
-	job->job_id = job_id;
-	job->cxt = cxt;
-	job->loser_share = -1;
 	plain_xact(identify_job, job);
-	progress_begin(job_id, job->kind, job->relid, job->submitter, false);
+	progress_begin(job->job_id, job->kind, job->relid, job->submitter, false);
 	while (!bg_xact(job, load_job, NULL))
 		if (bg_obeyed(job))
 			return;
@@ -693,16 +759,24 @@ bg_run(int64 job_id, MemoryContext cxt)
 		bg_backfill(job);
 }
 
-/* Run one claimed job to its end (done, failed, cancelled) or to a pause. */
+/*
+ * Run one claimed job to its end (done, failed, cancelled) or to a pause.
+ * origin: its row's, in cxt.
+ */
 static void
-run_job(int64 job_id, MemoryContext cxt)
+run_job(int64 job_id, char *origin, MemoryContext cxt)
 {
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	CpuYieldReport yields;
+	BgJob	   *job = palloc0(sizeof(BgJob));
 
+	job->job_id = job_id;
+	job->origin = origin;
+	job->cxt = cxt;
+	job->loser_share = -1;
 	PG_TRY();
 	{
-		bg_run(job_id, cxt);
+		bg_run(job);
 	}
 	PG_CATCH();
 	{
@@ -719,6 +793,7 @@ run_job(int64 job_id, MemoryContext cxt)
 		bg_compress_wal(false);
 		RESUME_INTERRUPTS();
 		f.job_id = job_id;
+		f.origin = origin;
 		f.error = error_text(edata);
 		plain_xact(fail_job, &f);
 	}
@@ -884,16 +959,16 @@ dedup_worker_main(Datum arg)
 			break;
 		for (;;)
 		{
-			int64		job_id = 0;
+			Claim		claim = {cxt, 0, NULL};
 
 			/* dedup_ext.max_workers lowered since: this slot is gone */
 			reload_config();
 			if (slot >= dedup_max_workers)
 				break;
-			plain_xact(claim_job, &job_id);
-			if (job_id == 0)
+			plain_xact(claim_job, &claim);
+			if (claim.job_id == 0)
 				break;
-			run_job(job_id, cxt);
+			run_job(claim.job_id, claim.origin, cxt);
 		}
 		worker_slot_release(slot);
 		plain_xact(any_queued, &more);

@@ -23,7 +23,12 @@
 #   4. a dump of 1.4 (no origin column) restored under 1.5: history too;
 #   5. pg_dump by the tables' owner (no superuser) fails on the
 #      configuration tables, and works without the job history as the README
-#      says; restored by the owner, new jobs run there.
+#      says; restored by the owner, new jobs run there;
+#   6. the extension dropped and created again, or the database restored
+#      with pg_restore --clean, while a worker runs a job between two
+#      batches: the worker touches the table no more, nor the job row put in
+#      its place (a new job with the same id, the old row restored), and
+#      leaves; the new job runs as its own.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -341,5 +346,63 @@ is($c->safe_psql('old', q{SELECT job_id || ' ' || restored FROM dedup_jobs}), '1
 ($r, $o, $e) = $c->psql('old', 'SELECT dedup_rollback(1)',
 	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
 like($e, qr/55000/, 'and is not rolled back');
+
+# --- 6. reinstalled or restored under a running worker -----------------------
+# ev: 3000 rows, keys k0..k299; the job removes 10 rows a batch, 3 s apart
+sub running_job
+{
+	my ($db) = @_;
+	$a->safe_psql($db, q{
+		CREATE TABLE ev (id int PRIMARY KEY, k text NOT NULL);
+		INSERT INTO ev SELECT g, 'k' || g % 300 FROM generate_series(1, 3000) g;
+	});
+	my $job = $a->safe_psql($db, q{SET dedup_ext.batch_delay = 3000;
+		SELECT job_id FROM dedup_table('ev', '{k}', background => true, batch_size => 10)});
+	ok($a->poll_query_until($db, "SELECT batches_done > 0 FROM dedup_jobs WHERE job_id = $job"),
+		"$db: the job committed a batch");
+	return $job;
+}
+
+sub worker_left
+{
+	my ($job, $offset, $what) = @_;
+	ok($a->wait_for_log(qr/dedup_ext: job $job no longer exists; its worker leaves it/, $offset),
+		"$what: the worker leaves the job");
+}
+
+$a->safe_psql('postgres', 'CREATE DATABASE reinstall');
+$a->safe_psql('reinstall', 'CREATE EXTENSION dedup_ext');
+my $gone = running_job('reinstall');
+my $offset = -s $a->logfile;
+$a->safe_psql('reinstall', 'DROP EXTENSION dedup_ext CASCADE; CREATE EXTENSION dedup_ext');
+my $left = $a->safe_psql('reinstall', 'SELECT count(*) FROM ev');
+# a new job with the same id on the same table, a rename: the old job's
+# deletes would tell themselves apart
+my $renamer = $a->safe_psql('reinstall', q{
+	SELECT job_id FROM dedup_table('ev', '{k}', action => 'rename', background => true)});
+is($renamer, $gone, 'reinstalled: a new job takes the id of the job whose worker still runs');
+worker_left($gone, $offset, 'reinstalled');
+is($a->safe_psql('reinstall', "SELECT dedup_wait($renamer, '60s')"), 'done', 'the new job is done');
+is($a->safe_psql('reinstall', "SELECT rows_deleted || ' ' || rows_renamed || ' ' || coalesce(error, '-')
+	FROM dedup_jobs WHERE job_id = $renamer"), '0 ' . ($left - 300) . ' -',
+	'it renamed every duplicate left at the reinstall, and removed none');
+is($a->safe_psql('reinstall', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM ev}),
+	"$left $left", 'no row was removed since the reinstall; every key is distinct');
+
+# pg_restore --clean of a dump taken while the job ran: the job's row comes
+# back as it was dumped (its origin too), history of another run
+$a->safe_psql('postgres', 'CREATE DATABASE restored');
+$a->safe_psql('restored', 'CREATE EXTENSION dedup_ext');
+my $was = running_job('restored');
+$a->command_ok([ 'pg_dump', '-Fc', '-f', "$dir/restored.dump", '-d', $a->connstr('restored') ],
+	'pg_dump while the job runs');
+$offset = -s $a->logfile;
+$a->command_ok([ 'pg_restore', '--clean', '-d', $a->connstr('restored'), "$dir/restored.dump" ],
+	'pg_restore --clean into the same database');
+my $ev_restored = $a->safe_psql('restored', sprintf($md5, 'ev'));
+worker_left($was, $offset, 'restored');
+is($a->safe_psql('restored', "SELECT state || ' ' || restored FROM dedup_jobs WHERE job_id = $was"),
+	'interrupted true', 'the restored row of the job is history, as restored');
+is($a->safe_psql('restored', sprintf($md5, 'ev')), $ev_restored, 'the restored table is untouched');
 
 done_testing();
