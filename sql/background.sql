@@ -615,6 +615,23 @@ SELECT dedup_wait(:jid_d);
 SELECT state, split_part(error, ':', 1) AS sqlstate, regexp_replace(error, '[0-9]+', 'N', 'g') AS error
   FROM dedup_jobs WHERE job_id = :jid_d;
 
+-- a backfill's parent table dropped while the job was paused: the same
+CREATE TABLE bg.gone_p (id int PRIMARY KEY, code text);
+INSERT INTO bg.gone_p VALUES (1, 'a');
+CREATE TABLE bg.gone_c (id int PRIMARY KEY, code text, pid int);
+INSERT INTO bg.gone_c VALUES (1, 'a');
+BEGIN;
+SELECT job_id AS jid_gp FROM backfill_fk('bg.gone_c', 'pid', 'bg.gone_p', '{code}', background => true) \gset
+SELECT dedup_pause(:jid_gp) AS paused;
+COMMIT;
+DROP TABLE bg.gone_p;
+SELECT dedup_resume(:jid_gp) AS resumed;
+SELECT dedup_wait(:jid_gp);
+SELECT state, split_part(error, ':', 1) AS sqlstate, regexp_replace(error, '[0-9]+', 'N', 'g') AS error,
+       (SELECT count(*) FROM bg.gone_c WHERE pid IS NULL) AS rows_unlinked
+  FROM dedup_jobs WHERE job_id = :jid_gp;
+DROP TABLE bg.gone_c;
+
 -- a BEFORE DELETE trigger that spares a loser: the batch that meets it
 -- fails the job at once (09000, as in the foreground; every pass found it
 -- again, and the job failed after 25 of them); the batches before it stay

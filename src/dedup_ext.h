@@ -354,6 +354,7 @@ typedef struct BgJob
 	Oid			submitter;
 	char	   *kind;
 	Oid			relid;
+	Oid			parent;			/* a backfill's parent table, else InvalidOid */
 	int			batch_size;
 	int			batch_delay;
 	int			lock_timeout;

@@ -168,6 +168,11 @@ require_table(BgJob *job)
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("the table of job %lld no longer exists", (long long) job->job_id),
 				 errdetail("It was dropped after the job was submitted.")));
+	if (OidIsValid(job->parent) && get_rel_name(job->parent) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the parent table of job %lld no longer exists", (long long) job->job_id),
+				 errdetail("It was dropped after the job was submitted.")));
 }
 
 /*
@@ -662,6 +667,8 @@ identify_job(void *arg)
 	job->submitter = row->submitted_by;
 	job->relid = row->relid;
 	job->kind = MemoryContextStrdup(job->cxt, row->kind);
+	if (strcmp(row->kind, "backfill") == 0)
+		job->parent = (Oid) strtoul(job_param(row, "parent_oid"), NULL, 10);
 }
 
 static int
