@@ -402,7 +402,6 @@ extern void backfill_drop_constraints(DedupJob *job);
 extern bool column_not_null(Oid relid, AttrNumber att);
 
 /* launcher.c */
-extern bool launch_worker(Oid dbid, bool resume);
 extern void launch_at_commit(void);
 extern void launcher_register(void);
 

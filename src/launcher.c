@@ -9,7 +9,9 @@
  * never starts anything, and they take queued jobs of their database until
  * none is left.  With shared_preload_libraries the launcher, a static
  * worker, starts one worker per database at server start; that worker
- * re-queues the jobs whose worker the previous server run lost.
+ * re-queues the jobs whose worker the previous server run lost.  When all
+ * max_worker_processes slots are taken at a COMMIT, the database is noted
+ * in shared memory, and the launcher starts its worker once a slot is free.
  */
 #include "dedup_ext.h"
 
@@ -27,6 +29,8 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
 #include "tcop/tcopprot.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -37,12 +41,82 @@ PGDLLEXPORT void dedup_launcher_main(Datum arg);
 static bool launch_pending = false;
 static bool callback_registered = false;
 
+/* the databases whose jobs wait for a free slot; preloaded only */
+#define WAITING_DATABASES 64
+typedef struct LaunchShared
+{
+	slock_t		mutex;
+	Latch	   *launcher_latch; /* NULL before the launcher's first start */
+	int			nwaiting;
+	Oid			waiting[WAITING_DATABASES];
+} LaunchShared;
+
+static LaunchShared *launch_shared = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+#ifdef DEDUP_HAVE_SHMEM_REQUEST_HOOK
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+
+static void
+launch_shmem_request(void)
+{
+#ifdef DEDUP_HAVE_SHMEM_REQUEST_HOOK
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(MAXALIGN(sizeof(LaunchShared)));
+}
+
+static void
+launch_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	launch_shared = ShmemInitStruct("dedup_ext launcher", sizeof(LaunchShared), &found);
+	if (!found)
+	{
+		memset(launch_shared, 0, sizeof(LaunchShared));
+		SpinLockInit(&launch_shared->mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Note that database dbid waits for a worker, and wake the launcher: false
+ * when that cannot be (not preloaded, or too many databases wait).
+ */
+static bool
+launch_later(Oid dbid)
+{
+	bool		noted = false;
+	Latch	   *latch;
+
+	if (launch_shared == NULL)
+		return false;
+	SpinLockAcquire(&launch_shared->mutex);
+	for (int i = 0; i < launch_shared->nwaiting && !noted; i++)
+		noted = launch_shared->waiting[i] == dbid;
+	if (!noted && launch_shared->nwaiting < WAITING_DATABASES)
+	{
+		launch_shared->waiting[launch_shared->nwaiting++] = dbid;
+		noted = true;
+	}
+	latch = launch_shared->launcher_latch;
+	SpinLockRelease(&launch_shared->mutex);
+	if (latch)
+		SetLatch(latch);
+	return noted;
+}
+
 /*
  * Start a worker for a database.  resume: it re-queues the jobs of the
  * database that lost their worker first.  When no background worker slot is
- * free it returns false, and for a submission warns: the job stays queued.
+ * free it returns false.
  */
-bool
+static bool
 launch_worker(Oid dbid, bool resume)
 {
 	BackgroundWorker worker = {0};
@@ -58,15 +132,27 @@ launch_worker(Oid dbid, bool resume)
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
 	worker.bgw_extra[0] = resume ? 'r' : 'n';
 	worker.bgw_notify_pid = 0;
-	if (RegisterDynamicBackgroundWorker(&worker, &handle))
-		return true;
-	if (!resume)
+	return RegisterDynamicBackgroundWorker(&worker, &handle);
+}
+
+/* after a submission's COMMIT */
+static void
+launch_submitted(void)
+{
+	if (launch_worker(MyDatabaseId, false))
+		return;
+	if (launch_later(MyDatabaseId))
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start a dedup_ext background worker yet"),
+				 errdetail("All max_worker_processes background worker slots are in use."),
+				 errhint("The job stays queued until a slot is free; the launcher then starts a worker for it.")));
+	else
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not start a dedup_ext background worker"),
 				 errdetail("All max_worker_processes background worker slots are in use."),
-				 errhint("The job stays queued; dedup_resume(job_id) starts a worker for it later.")));
-	return false;
+				 errhint("The job stays queued; dedup_resume(job_id) starts a worker for it later (with dedup_ext in shared_preload_libraries, the launcher does once a slot is free).")));
 }
 
 static void
@@ -78,7 +164,7 @@ launch_xact_callback(XactEvent event, void *arg)
 			if (launch_pending)
 			{
 				launch_pending = false;
-				(void) launch_worker(MyDatabaseId, false);
+				launch_submitted();
 			}
 			break;
 		case XACT_EVENT_ABORT:
@@ -119,6 +205,40 @@ launcher_register(void)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "dedup_ext launcher");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "dedup_ext launcher");
 	RegisterBackgroundWorker(&worker);
+
+#ifdef DEDUP_HAVE_SHMEM_REQUEST_HOOK
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = launch_shmem_request;
+#else
+	launch_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = launch_shmem_startup;
+}
+
+/*
+ * Start a worker for each database noted by launch_later; those that still
+ * find no free slot stay noted.  Returns whether any is left.
+ */
+static bool
+launch_waiting(void)
+{
+	Oid			dbs[WAITING_DATABASES];
+	int			n;
+	bool		left;
+
+	SpinLockAcquire(&launch_shared->mutex);
+	n = launch_shared->nwaiting;
+	memcpy(dbs, launch_shared->waiting, n * sizeof(Oid));
+	launch_shared->nwaiting = 0;
+	SpinLockRelease(&launch_shared->mutex);
+	for (int i = 0; i < n; i++)
+		if (!launch_worker(dbs[i], false))
+			(void) launch_later(dbs[i]);
+	SpinLockAcquire(&launch_shared->mutex);
+	left = launch_shared->nwaiting > 0;
+	SpinLockRelease(&launch_shared->mutex);
+	return left;
 }
 
 /*
@@ -127,7 +247,8 @@ launcher_register(void)
  * connections, then sleeps until shutdown, so that it is started again after
  * a crash-restart.  A cluster may have more databases than free background
  * worker slots: the databases whose worker could not start are tried again
- * every second, as the workers before them finish.
+ * every second, as the workers before them finish; so are the databases
+ * whose submissions found no free slot (launch_later wakes it).
  */
 void
 dedup_launcher_main(Datum arg)
@@ -142,6 +263,9 @@ dedup_launcher_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	SpinLockAcquire(&launch_shared->mutex);
+	launch_shared->launcher_latch = MyLatch;
+	SpinLockRelease(&launch_shared->mutex);
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -168,14 +292,16 @@ dedup_launcher_main(Datum arg)
 	while (!ShutdownRequestPending)
 	{
 		List	   *left = NIL;
+		bool		waiting;
 
 		foreach(lc, dbs)
 			if (!launch_worker(lfirst_oid(lc), true))
 				left = lappend_oid(left, lfirst_oid(lc));
 		list_free(dbs);
 		dbs = left;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (dbs ? WL_TIMEOUT : 0),
-						 dbs ? 1000L : -1L, PG_WAIT_EXTENSION);
+		waiting = launch_waiting();
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (dbs || waiting ? WL_TIMEOUT : 0),
+						 dbs || waiting ? 1000L : -1L, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		/* barriers (DROP DATABASE waits for every process to absorb one) */
 		CHECK_FOR_INTERRUPTS();

@@ -2,6 +2,9 @@
 # immediate stop, the launcher starts a resuming worker for every database,
 # those it could not start at first as the ones before them finish, so the
 # interrupted or queued job of every database runs by itself and finishes.
+# Then jobs submitted in every database while the slots are taken: each
+# submission that finds none says so, and the launcher starts the worker
+# of its database once a slot is free, without dedup_resume.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -45,6 +48,25 @@ for my $i (1 .. $ndb)
 }
 ok(!$node->log_contains(qr/could not start a dedup_ext background worker/, $offset),
 	'no warning about a job left queued after the restart: the launcher tries again');
+
+$offset = -s $node->logfile;
+my %job;
+for my $i (1 .. $ndb)
+{
+	$job{$i} = $node->safe_psql("db$i", q{
+		INSERT INTO t SELECT g, g % 500 FROM generate_series(20001, 40000) g;
+		SET dedup_ext.batch_delay = 200;
+		SELECT job_id FROM dedup_table('t', '{k}', background => true, batch_size => 1000);
+	});
+}
+ok($node->log_contains(qr/could not start a dedup_ext background worker yet.*\n.*\n.*HINT:  The job stays queued until a slot is free; the launcher then starts a worker for it/, $offset),
+	'a submission that found no free slot says the launcher starts its worker later');
+for my $i (1 .. $ndb)
+{
+	ok($node->poll_query_until("db$i", "SELECT state FROM dedup_jobs WHERE job_id = $job{$i}", 'done'),
+		"db$i: the job submitted while the slots were taken finished");
+	is($node->safe_psql("db$i", 'SELECT count(*) FROM t'), '500', "db$i: one row per key left again");
+}
 ok(!$node->log_contains(qr/terminated by signal/),
 	'no process crashed (the launcher keeps its list of databases across its waits)');
 
