@@ -378,6 +378,7 @@ typedef struct BgJob
 	int64		pass_rows;		/* work rows of the current pass */
 	int64		pass_changed_from;	/* rows_changed when it began, -1: unknown */
 	double		loser_share;	/* estimated by the run's first pass, or -1 */
+	TimestampTz first_pass_ended;	/* the run's first pass, or 0 */
 	char	   *index_name;		/* add_unique: unqualified */
 	char	   *nspname;		/* the table's schema */
 	bool		is_constraint;

@@ -3,7 +3,10 @@
 #      rolled back and retried, and the writer's statement goes through;
 #   2. with add_unique, losers the first pass's batches skipped (a writer
 #      updated their survivor) are removed by a second pass before the index
-#      is built, not found by a failed build.
+#      is built, not found by a failed build;
+#   3. a writer that adds duplicates as fast as the passes remove them for
+#      30 passes of a small table (a few seconds), then stops: the job keeps
+#      passing, and ends done (it gave up after 25 passes, a second).
 #
 # 1. t: ids 1..20, k = a..e repeating (group a: survivor 1, losers 6, 11, 16;
 # group b: survivor 2, losers 7, 12, 17).  With batch_size 6 the first batch
@@ -115,6 +118,39 @@ unlike(slurp_file($node->logfile), qr/job $job: the unique index build found a d
 is($node->safe_psql('postgres', q{
 		SELECT string_agg(k || '=' || id || ':' || v, ' ' ORDER BY k) FROM u}),
 	'a=1:0 b=2:0 c=3:0 d=4:0 e=5:1', 'add_unique: one row a key');
+
+# 3. w: 3000 rows, keys 0..999; the writer adds a duplicate of a random key
+# every millisecond or so, each in a transaction of its own, until the job
+# has made 30 passes (or 60 s have gone by)
+$node->safe_psql('postgres', q{
+	CREATE TABLE w (id serial PRIMARY KEY, k int NOT NULL);
+	INSERT INTO w (k) SELECT g % 1000 FROM generate_series(1, 3000) g;
+	ANALYZE w;
+});
+my $dups = $node->background_psql('postgres');
+$dups->query_until(qr/writing/, q{\echo writing
+DO $$
+DECLARE until timestamptz := clock_timestamp() + interval '60 s';
+BEGIN
+  WHILE clock_timestamp() < until
+        AND coalesce((SELECT max(passes) FROM dedup_jobs WHERE relation = 'w'::regclass), 0) <= 30 LOOP
+    INSERT INTO w (k) VALUES (floor(random() * 1000)::int);
+    COMMIT;
+    PERFORM pg_sleep(0.001);
+  END LOOP;
+END $$;
+\echo written
+});
+$job = $node->safe_psql('postgres',
+	q{SELECT job_id FROM dedup_table('w', '{k}', background => true, batch_size => 100)});
+$dups->query_until(qr/written/, '');
+$dups->quit;
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '120s')"), 'done',
+	'duplicates written during many passes: the job is done once the writer stops');
+cmp_ok($node->safe_psql('postgres', "SELECT passes FROM dedup_jobs WHERE job_id = $job"), '>', 30,
+	'after more than 30 passes');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM w}), '1000 1000',
+	'one row a key');
 
 $node->stop;
 done_testing();
