@@ -1297,6 +1297,35 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 }
 
 /*
+ * The rollback's statements join a table with the job's archives.  Planned
+ * from statistics taken before the job changed a large share of the table
+ * (a backfill's foreign key all NULL then: "IS NOT NULL" estimated at one
+ * row), they loop over the whole archive for each row of the table, for
+ * hours on a million rows.  When the table's last ANALYZE came before the
+ * job ended and the job changed a tenth of its rows or more (autovacuum's
+ * threshold, which it may not have reached yet), analyze it first: a
+ * sample, as autovacuum would take.  Only the table's owner may.
+ */
+static void
+analyze_if_stale(DedupJob *job, Oid relid, const char *qualname, int64 changed)
+{
+	if (!dedup_rel_ownercheck(relid, GetUserId()))
+		return;
+	/* the job's row, as the extension's owner */
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c"
+							" WHERE c.oid OPERATOR(pg_catalog.=) %u"
+							" AND %lld OPERATOR(pg_catalog.*) 10 OPERATOR(pg_catalog.>=) c.reltuples"
+							" AND COALESCE(GREATEST(pg_catalog.pg_stat_get_last_analyze_time(c.oid),"
+							" pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid)), '-infinity')"
+							" OPERATOR(pg_catalog.<) (SELECT j.finished_at FROM %s.dedup_job j"
+							" WHERE j.job_id OPERATOR(pg_catalog.=) %lld)",
+							relid, (long long) changed, dedup_ext_schema(), (long long) job->job_id),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) > 0)
+		spi_exec_count(psprintf("ANALYZE %s", qualname), SPI_OK_UTILITY);
+}
+
+/*
  * A dedup's archive holds as many removed and renamed rows as the job
  * counted: rows added since (a restore's COPY into it, an owner's INSERT
  * while the job ran) would be put into the table as if the job had removed
@@ -1410,6 +1439,7 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	/* the owner check and lock; the key is only needed for the primary key */
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
+	analyze_if_stale(job, t->relid, t->qualname, job->rows_changed);
 	/*
 	 * its own table: the removed rows go back (INSERT, when there are any),
 	 * renamed or linked ones are set back (UPDATE)
