@@ -64,6 +64,12 @@ SELECT conname, pg_get_constraintdef(oid) AS def FROM pg_constraint
  WHERE conrelid = 'nulls.n'::regclass AND contype = 'u';
 SELECT (params->>'nulls_distinct') AS nulls_distinct FROM dedup_jobs WHERE job_id = :jid2;
 SELECT count(*) > 0 AS has_checks, bool_and(ok) AS all_ok FROM dedup_verify(:jid2);
+-- the survivors of the groups with a NULL gone: their removed rows have no
+-- row with their key left (grouped as the job grouped them)
+BEGIN;
+DELETE FROM nulls.n WHERE a IS NULL OR b IS NULL;
+SELECT check_name, ok, detail FROM dedup_verify(:jid2) WHERE check_name = 'removed_rows_have_survivor';
+ROLLBACK;
 -- a NULL key now repeats no more
 INSERT INTO nulls.n VALUES (10, NULL, 'x', 100);
 INSERT INTO nulls.n VALUES (10, NULL, NULL, 100);

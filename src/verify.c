@@ -58,10 +58,27 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 					   (long long) deleted, (long long) job->rows_deleted,
 					   (long long) renamed, (long long) job->rows_renamed, a));
 
-	n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s a"
-						  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'"
-						  " AND NOT EXISTS (SELECT FROM ONLY %s r WHERE %s)",
-						  a, t->qualname, sql_keys_match(t, "r", "a")));
+	if (t->nulls_distinct)
+		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s a"
+							  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'"
+							  " AND NOT EXISTS (SELECT FROM ONLY %s r WHERE %s)",
+							  a, t->qualname, sql_keys_match(t, "r", "a")));
+	else
+
+		/*
+		 * With NULLs not distinct, the match "a = b OR both NULL" cannot be
+		 * hashed, and the anti-join looped over the table for each archived
+		 * row.  Grouped, as the job grouped the rows: the removed rows of
+		 * the keys that no row of the table has.
+		 */
+		n = count_of(psprintf("SELECT COALESCE(pg_catalog.sum(g.n), 0)::pg_catalog.int8 FROM"
+							  " (SELECT pg_catalog.count(*) AS n FROM"
+							  " (SELECT %s, true AS dedup_archived FROM %s a"
+							  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'delete'"
+							  " UNION ALL SELECT %s, false FROM ONLY %s r) u"
+							  " GROUP BY %s HAVING pg_catalog.bool_and(u.dedup_archived)) g",
+							  sql_key_list(t, "a"), a, sql_key_list(t, "r"), t->qualname,
+							  sql_partition_list(t, "u")));
 	add_check(rsinfo, "removed_rows_have_survivor", n == 0,
 			  psprintf("%lld removed rows have no row with their key in the table", (long long) n));
 
