@@ -32,7 +32,7 @@ PG_CPPFLAGS = -I$(srcdir)/src
 
 REGRESS = upgrade install audit photos payments soft_delete nulls collations candidates refusals privileges transactions quoting merge backfill rewrite rerun rollback_later background
 REGRESS_OPTS = --inputdir=.
-ISOLATION = background_writers background_control background_merge background_pages background_twice background_one background_merge_rows background_backfill_constraints
+ISOLATION = background_writers background_control background_merge background_pages background_twice background_one background_merge_rows background_backfill_constraints rollback_writers
 TAP_TESTS = 1
 
 PG_CONFIG ?= pg_config

@@ -17,6 +17,7 @@
 #include "miscadmin.h"
 #include "optimizer/optimizer.h"
 #include "parser/parse_coerce.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/ruleutils.h"
@@ -836,6 +837,21 @@ restore_refs(DedupJob *job)
 		elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job->job_id);
 	refs = SPI_tuptable;
 	nrefs = SPI_processed;
+
+	/*
+	 * Its referencing tables are locked against writers as its table is
+	 * (ShareRowExclusiveLock): a writer's uncommitted change of a re-pointed
+	 * row is invisible to the checks below, and the UPDATE that waited for
+	 * its row lock would then write over what it committed.
+	 */
+	for (uint64 i = 0; i < nrefs; i++)
+	{
+		bool		isnull;
+		Oid			childid = DatumGetObjectId(SPI_getbinval(refs->vals[i], refs->tupdesc, 1, &isnull));
+
+		if (get_rel_name(childid) != NULL)
+			LockRelationOid(childid, ShareRowExclusiveLock);
+	}
 
 	/*
 	 * First every removed row goes back, from every archive, then the
