@@ -28,8 +28,9 @@ PG_FUNCTION_INFO_V1(dedup_drop_archive);
 
 /*
  * The dedup_* columns that follow the table's own columns in an archive.
- * dedup_xact, the transaction that renamed or re-pointed the row (NULL for a
- * removed row: it is removed once), orders the entries of a row that a
+ * dedup_xact, the transaction that renamed, re-pointed or (from a merge's
+ * referencing table, as a collision) removed the row (NULL for the table's
+ * own removed rows: each is removed once), orders the entries of a row that a
  * background job changed in two passes; the heap's order does not, since
  * space freed by an aborted batch's entries is used again.  Archives written
  * before it was added have no dedup_xact.
@@ -289,7 +290,7 @@ archive_grant(const char *qname, Oid relowner, Oid writer)
 }
 
 /*
- * ", <value>" of dedup_xact for a renamed or re-pointed row filed in archive:
+ * ", <value>" of dedup_xact for a row filed in archive:
  * the batch's transaction, computed once per statement (an InitPlan).  An
  * archive made by an earlier version (a background job submitted before an
  * upgrade) has no such column: nothing then.

@@ -261,6 +261,7 @@ struct UndoLog
 	UndoAliasSql left_at;		/* x holds the value entry y gave its row */
 	UndoAliasSql same_value;	/* x holds the value archived in entry y */
 	const void *arg;			/* for the callbacks */
+	const char *superseded;		/* entry a is superseded by a later one, or NULL */
 };
 
 extern char *undo_last_entries(const UndoLog *log);

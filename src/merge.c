@@ -615,11 +615,11 @@ remove_collisions(RefKey *ref, MergePlan *plan, int64 job_id)
 					   colliding, ref->child);
 		/* the rows removed, and the rows to remove */
 		if (ref->archive)
-			spi_exec_count(psprintf("%s, dedup_a AS (INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d"
+			spi_exec_count(psprintf("%s, dedup_a AS (INSERT INTO %s SELECT d.*, %lld, 'delete', NULL, NULL%s FROM dedup_d d"
 									" RETURNING 1) SELECT (SELECT pg_catalog.count(*) FROM dedup_a),"
 									" (SELECT pg_catalog.count(*) FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1),"
 									" ARRAY(SELECT x.dedup_cctid FROM dedup_x x WHERE x.dedup_rn OPERATOR(pg_catalog.>) 1)",
-									del, ref->archive, (long long) job_id),
+									del, ref->archive, (long long) job_id, archive_xact_value(ref->archive)),
 						   SPI_OK_SELECT);
 		else
 			spi_exec_count(psprintf("%s SELECT (SELECT pg_catalog.count(*) FROM dedup_d),"

@@ -738,9 +738,22 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 	{
 		RepointedRows rows = {childid, cols, ncols, pk, npk};
 		UndoLog		log = {child, archive, "repoint", repointed_key, repointed_same_row,
-						   repointed_left_at, repointed_same_value, &rows};
+						   repointed_left_at, repointed_same_value, &rows, NULL};
 		StringInfoData some_null;
 		int64		changed;
+
+		/*
+		 * A row re-pointed, then changed by a writer, then removed by a later
+		 * batch as a collision, went back with its value at the removal
+		 * (restore_removed_refs): its re-points before are history.  (A
+		 * removal archived before dedup_xact was noted for removals, NULL,
+		 * came after: a row put back under a removed one's key could not have
+		 * been restored.)
+		 */
+		if (get_attnum(dedup_relid_by_name(archive), "dedup_xact") != InvalidAttrNumber)
+			log.superseded = psprintf("EXISTS (SELECT FROM %s d WHERE d.dedup_action OPERATOR(pg_catalog.=) 'delete'"
+									  " AND %s AND (d.dedup_xact IS NULL OR d.dedup_xact OPERATOR(pg_catalog.>) a.dedup_xact))",
+									  archive, repointed_same_row(&log, "d", "a"));
 
 		initStringInfo(&some_null);
 		for (int i = 0; i < ncols; i++)
@@ -1287,7 +1300,7 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 {
 	RenamedRows rows = {t, col};
 	UndoLog		log = {t->qualname, job->archive_table, "rename", renamed_key, renamed_same_row,
-					   renamed_left_at, renamed_same_value, &rows};
+					   renamed_left_at, renamed_same_value, &rows, NULL};
 	char	   *source;
 	int64		changed;
 

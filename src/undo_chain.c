@@ -32,11 +32,12 @@ write_order(const char *archive, bool desc)
 	return psprintf("a.ctid%s", dir);
 }
 
-/* the entries of the log's action */
+/* the entries of the log's action, but those it supersedes */
 static char *
 entries_where(const UndoLog *log)
 {
-	return psprintf("a.dedup_action OPERATOR(pg_catalog.=) %s", sql_literal(log->action));
+	return psprintf("a.dedup_action OPERATOR(pg_catalog.=) %s%s%s", sql_literal(log->action),
+					log->superseded ? " AND NOT " : "", log->superseded ? log->superseded : "");
 }
 
 /* the newest entry of every row the job changed: a subquery */
