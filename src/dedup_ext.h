@@ -264,6 +264,7 @@ struct UndoLog
 	const char *superseded;		/* entry a is superseded by a later one, or NULL */
 };
 
+extern char *archive_last_entries(const char *archive, const char *where, const char *key);
 extern char *undo_last_entries(const UndoLog *log);
 extern char *undo_values_before(const UndoLog *log);
 extern int64 undo_count_changed(const UndoLog *log, const char *needs_nothing);

@@ -40,14 +40,22 @@ entries_where(const UndoLog *log)
 					log->superseded ? " AND NOT " : "", log->superseded ? log->superseded : "");
 }
 
-/* the newest entry of every row the job changed: a subquery */
+/*
+ * The newest entry of every row in archive whose entries match where (alias
+ * a), rows told apart by key ("a.id, ..."): a subquery
+ */
+char *
+archive_last_entries(const char *archive, const char *where, const char *key)
+{
+	return psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a WHERE %s ORDER BY %s, %s)",
+					key, archive, where, key, write_order(archive, true));
+}
+
+/* the newest entry of every row the job changed */
 char *
 undo_last_entries(const UndoLog *log)
 {
-	char	   *key = log->row_key(log, "a");
-
-	return psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a WHERE %s ORDER BY %s, %s)",
-					key, log->archive, entries_where(log), key, write_order(log->archive, true));
+	return archive_last_entries(log->archive, entries_where(log), log->row_key(log, "a"));
 }
 
 /*

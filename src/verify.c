@@ -93,11 +93,13 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 	}
 	if (renamed > 0 && t->rename_key >= 0 && t->npk > 0)
 	{
+		/* a row renamed in two passes: the value of the later rename */
 		n = count_of(psprintf("SELECT pg_catalog.count(*) FROM %s a"
-							  " WHERE a.dedup_action OPERATOR(pg_catalog.=) 'rename'"
-							  " AND NOT EXISTS (SELECT FROM ONLY %s r WHERE %s"
+							  " WHERE NOT EXISTS (SELECT FROM ONLY %s r WHERE %s"
 							  " AND r.%s::pg_catalog.text OPERATOR(pg_catalog.=) a.dedup_new_value)",
-							  a, t->qualname, sql_pk_match(t, "r", "a"),
+							  archive_last_entries(a, "a.dedup_action OPERATOR(pg_catalog.=) 'rename'",
+												   sql_pk_list(t, "a")),
+							  t->qualname, sql_pk_match(t, "r", "a"),
 							  t->keys[t->rename_key].quoted));
 		add_check(rsinfo, "renamed_rows_renamed", n == 0,
 				  psprintf("%lld renamed rows no longer have their new value", (long long) n));
