@@ -7,6 +7,16 @@
 -- dump of another database: t/009_dump.pl).  Runs first, and drops the
 -- extension again for install.
 --
+-- 1.0 has no background jobs: the library refuses them there, saying so
+CREATE EXTENSION dedup_ext VERSION '1.0';
+CREATE TABLE up_10 (id int PRIMARY KEY, k int);
+\set VERBOSITY sqlstate
+SELECT job_id FROM dedup_table('up_10', '{k}', background => true);
+\set VERBOSITY default
+SELECT job_id FROM dedup_table('up_10', '{k}', background => true);
+DROP TABLE up_10;
+DROP EXTENSION dedup_ext;
+
 CREATE EXTENSION dedup_ext VERSION '1.3';
 DROP ROLE IF EXISTS regress_up_owner;
 CREATE ROLE regress_up_owner;

@@ -469,6 +469,11 @@ job_submit(const char *kind, Oid relid, const char *relname, const char *params_
 	int64		job_id;
 
 	job_refuse_temp(relid);
+	if (!job_has_column(dedup_ext_schema(), "background"))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("background jobs need dedup_ext 1.1 or later; this database has 1.0"),
+				 errhint("Run ALTER EXTENSION dedup_ext UPDATE.")));
 
 	/*
 	 * One background job per table at a time: two would race to build the
