@@ -284,7 +284,9 @@ dedup_verify(PG_FUNCTION_ARGS)
 			  strcmp(job->state, "done") == 0 && job->rolled_back_by == 0,
 			  job->rolled_back_by ?
 			  psprintf("rolled back by job %lld", (long long) job->rolled_back_by) :
-			  psprintf("state is %s", job->state));
+			  /* as dedup_jobs shows it: 'interrupted' for a running job whose worker is gone */
+			  psprintf("state is %s", strcmp(job->state, "done") == 0 ? job->state :
+					   job_effective_state(job->job_id)));
 	if (strcmp(job->kind, "rollback") == 0 || job->rolled_back_by != 0 ||
 		strcmp(job->state, "done") != 0)
 	{

@@ -339,6 +339,9 @@ is($node->safe_psql('postgres', qq{
 		SELECT string_agg(state || ' ' || coalesce(pid::text, 'no pid'), ',')
 		  FROM dedup_progress WHERE job_id = $stopped}),
 	'interrupted no pid', 'dedup_progress: one row, interrupted, run by no process');
+is($node->safe_psql('postgres', qq{
+		SELECT ok || ' ' || detail FROM dedup_verify($stopped) WHERE check_name = 'job_done'}),
+	'false state is interrupted', 'dedup_verify: its state as dedup_jobs shows it');
 $node->safe_psql('postgres', "SELECT dedup_resume($stopped)");
 ok($node->poll_query_until('postgres',
 		qq{SELECT state FROM dedup_jobs WHERE job_id = $stopped}, 'done'),
