@@ -293,6 +293,18 @@ SELECT dedup_rollback(:jlater) AS restored_later;
 SELECT dedup_rollback(:jlink) AS restored_link;
 SELECT * FROM item ORDER BY id;
 
+-- a renamed row of a partition moved to another one since (an update of
+-- the partition key) looks deleted: the rollback leaves it as it is, and
+-- says so
+CREATE TABLE pt (id int, r int, k text, PRIMARY KEY (id, r)) PARTITION BY LIST (r);
+CREATE TABLE pt1 PARTITION OF pt FOR VALUES IN (1);
+CREATE TABLE pt2 PARTITION OF pt FOR VALUES IN (2);
+INSERT INTO pt VALUES (1, 1, 'a'), (2, 1, 'a'), (3, 1, 'a');
+SELECT job_id AS jpt FROM dedup_table('pt1', '{k}', action => 'rename') \gset
+UPDATE pt SET r = 2 WHERE id = 2;
+SELECT dedup_rollback(:jpt) AS restored;
+SELECT tableoid::regclass AS part, id, k FROM pt ORDER BY id;
+
 \set SHOW_CONTEXT errors
 RESET search_path;
 DROP SCHEMA rollback_later CASCADE;

@@ -555,7 +555,9 @@ same_other_columns(Oid archiveid, Oid childid, Datum *cols, int ncols)
  * job's value, and would put it back so when rolled back: rollbacks of jobs
  * that changed the same rows go newest first.  source: the job's archived
  * rows, alias a; gone: true for a row of source that the table no longer
- * has; same(x): x is a's row, for archive alias x.
+ * has; same(x): x is a's row, for archive alias x.  The rows gone otherwise
+ * are counted in a NOTICE: a row moved to another partition looks deleted,
+ * and keeps there what the job gave it.
  */
 static void
 refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const char *source,
@@ -613,6 +615,20 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 							 SPI_getvalue(later->vals[i], later->tupdesc, 1),
 							 SPI_getvalue(later->vals[i], later->tupdesc, 1))));
 	}
+	spi_exec_as(get_rel_owner(relid), psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s", source, gone),
+				0, NULL, NULL, NULL, SPI_OK_SELECT);
+	if (spi_get_int64(0, 1) > 0)
+		ereport(NOTICE,
+				(errmsg_plural("%lld row of %s that job %lld changed is no longer there, and stays as it is",
+							   "%lld rows of %s that job %lld changed are no longer there, and stay as they are",
+							   spi_get_int64(0, 1),
+							   (long long) spi_get_int64(0, 1), qualname, (long long) job->job_id),
+				 get_rel_relispartition(relid) ?
+				 errdetail_plural("It was deleted since the job, or moved to another partition by an update of the partition key (there it keeps what the job gave it).",
+								  "They were deleted since the job, or moved to another partition by an update of the partition key (there they keep what the job gave them).",
+								  spi_get_int64(0, 1)) :
+				 errdetail_plural("It was deleted since the job.", "They were deleted since the job.",
+								  spi_get_int64(0, 1))));
 }
 
 /* Put back the rows of a referencing table that a merge removed as collisions. */
