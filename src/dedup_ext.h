@@ -256,18 +256,20 @@ struct UndoLog
 	const char *table;			/* qualified: the table the job changed */
 	const char *archive;		/* qualified: its entries, one per change */
 	const char *action;			/* their dedup_action */
+	const char *through;		/* or NULL: the dedup_action of entries whose
+								 * archived value the row went back with */
+	const char *needs_nothing;	/* or NULL: row c needs nothing when true */
 	char	   *(*row_key) (const UndoLog *log, const char *x); /* "x.id, ..." */
 	UndoAliasSql same_row;		/* x and y are the same row */
 	UndoAliasSql left_at;		/* x holds the value entry y gave its row */
 	UndoAliasSql same_value;	/* x holds the value archived in entry y */
 	const void *arg;			/* for the callbacks */
-	const char *superseded;		/* entry a is superseded by a later one, or NULL */
 };
 
 extern char *archive_last_entries(const char *archive, const char *where, const char *key);
 extern char *undo_last_entries(const UndoLog *log);
 extern char *undo_values_before(const UndoLog *log);
-extern int64 undo_count_changed(const UndoLog *log, const char *needs_nothing);
+extern int64 undo_count_changed(const UndoLog *log);
 
 /* jobs.c */
 
@@ -406,6 +408,7 @@ extern bool column_not_null(Oid relid, AttrNumber att);
 
 /* launcher.c */
 extern void launch_at_commit(void);
+extern void launch_workers(int n);
 extern void launcher_register(void);
 
 /* control.c */

@@ -38,7 +38,7 @@
 
 PGDLLEXPORT void dedup_launcher_main(Datum arg);
 
-static bool launch_pending = false;
+static int	launch_pending = 0;	/* jobs queued or resumed by this transaction */
 static bool callback_registered = false;
 
 /* the databases whose jobs wait for a free slot; preloaded only */
@@ -135,13 +135,46 @@ launch_worker(Oid dbid, bool resume)
 	return RegisterDynamicBackgroundWorker(&worker, &handle);
 }
 
-/* after a submission's COMMIT */
-static void
-launch_submitted(void)
+/*
+ * Start up to n more workers for the current database (at least one, which
+ * leaves at once when dedup_ext.max_workers is 0); returns false when a
+ * background worker slot was missing, after noting the database for the
+ * launcher (launch_later) if it can.  *noted: whether it could.
+ */
+static bool
+launch_workers_noted(int n, bool *noted)
 {
-	if (launch_worker(MyDatabaseId, false))
+	n = Max(1, Min(n, dedup_max_workers));
+	for (int i = 0; i < n; i++)
+		if (!launch_worker(MyDatabaseId, false))
+		{
+			*noted = launch_later(MyDatabaseId);
+			return false;
+		}
+	return true;
+}
+
+/* a worker's: the jobs it re-queued after a restart run side by side */
+void
+launch_workers(int n)
+{
+	bool		noted;
+
+	(void) launch_workers_noted(n, &noted);
+}
+
+/*
+ * After the COMMIT of a transaction that queued or resumed n jobs: as many
+ * workers, up to dedup_ext.max_workers, so that they run side by side.
+ */
+static void
+launch_submitted(int n)
+{
+	bool		noted = false;
+
+	if (launch_workers_noted(n, &noted))
 		return;
-	if (launch_later(MyDatabaseId))
+	if (noted)
 		ereport(WARNING,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not start a dedup_ext background worker yet"),
@@ -161,24 +194,37 @@ launch_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
-			if (launch_pending)
+			if (launch_pending > 0)
 			{
-				launch_pending = false;
-				launch_submitted();
+				int			n = launch_pending;
+
+				launch_pending = 0;
+				launch_submitted(n);
 			}
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-		case XACT_EVENT_PREPARE:
-			/* a prepared submission starts with the next worker of its database */
-			launch_pending = false;
+			launch_pending = 0;
+			break;
+		case XACT_EVENT_PRE_PREPARE:
+
+			/*
+			 * COMMIT PREPARED, in whatever session runs it, has no callback
+			 * that could start the job's worker: it would stay queued.
+			 */
+			if (launch_pending > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that submitted or resumed a background job"),
+						 errdetail("A job's worker starts when the transaction that queued it commits; COMMIT PREPARED starts none."),
+						 errhint("Submit or resume the job in a transaction that commits directly.")));
 			break;
 		default:
 			break;
 	}
 }
 
-/* a worker is to start when the current transaction commits */
+/* one more job for the workers that start when the current transaction commits */
 void
 launch_at_commit(void)
 {
@@ -187,7 +233,7 @@ launch_at_commit(void)
 		RegisterXactCallback(launch_xact_callback, NULL);
 		callback_registered = true;
 	}
-	launch_pending = true;
+	launch_pending++;
 }
 
 /* from _PG_init, when preloaded */

@@ -753,33 +753,30 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 	if (npk > 0)
 	{
 		RepointedRows rows = {childid, cols, ncols, pk, npk};
-		UndoLog		log = {child, archive, "repoint", repointed_key, repointed_same_row,
-						   repointed_left_at, repointed_same_value, &rows, NULL};
 		StringInfoData some_null;
 		int64		changed;
 
 		/*
-		 * A row re-pointed, then changed by a writer, then removed by a later
-		 * batch as a collision, went back with its value at the removal
-		 * (restore_removed_refs): its re-points before are history.  (A
-		 * removal archived before dedup_xact was noted for removals, NULL,
-		 * came after: a row put back under a removed one's key could not have
-		 * been restored.)
+		 * A row re-pointed and later removed as a collision (a later batch's)
+		 * went back with its value at the removal (restore_removed_refs): the
+		 * walk goes through that entry, and on to the re-points before it
+		 * only if the removal found the value they left (no writer's change
+		 * between).  Removals archived before they noted dedup_xact (NULL)
+		 * sort as the newest entries, as they were.
 		 */
-		if (get_attnum(dedup_relid_by_name(archive), "dedup_xact") != InvalidAttrNumber)
-			log.superseded = psprintf("EXISTS (SELECT FROM %s d WHERE d.dedup_action OPERATOR(pg_catalog.=) 'delete'"
-									  " AND %s AND (d.dedup_xact IS NULL OR d.dedup_xact OPERATOR(pg_catalog.>) a.dedup_xact))",
-									  archive, repointed_same_row(&log, "d", "a"));
+		UndoLog		log = {child, archive, "repoint", "delete", NULL, repointed_key, repointed_same_row,
+						   repointed_left_at, repointed_same_value, &rows};
 
 		initStringInfo(&some_null);
 		for (int i = 0; i < ncols; i++)
 			appendStringInfo(&some_null, "%sc.%s IS NULL", i > 0 ? " OR " : "",
 							 quote_identifier(TextDatumGetCString(cols[i])));
+		log.needs_nothing = some_null.data;
 		refuse_removed_by_later(job, childid, child, psprintf("%s a", undo_last_entries(&log)),
 								psprintf("NOT EXISTS (SELECT FROM ONLY %s c WHERE %s)", child,
 										 repointed_same_row(&log, "c", "a")),
 								repointed_same_row(&log, "x", "a"));
-		changed = undo_count_changed(&log, some_null.data);
+		changed = undo_count_changed(&log);
 		if (changed > 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1315,8 +1312,8 @@ static int64
 restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 {
 	RenamedRows rows = {t, col};
-	UndoLog		log = {t->qualname, job->archive_table, "rename", renamed_key, renamed_same_row,
-					   renamed_left_at, renamed_same_value, &rows, NULL};
+	UndoLog		log = {t->qualname, job->archive_table, "rename", NULL, NULL, renamed_key, renamed_same_row,
+					   renamed_left_at, renamed_same_value, &rows};
 	char	   *source;
 	int64		changed;
 
@@ -1324,7 +1321,7 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 							psprintf("NOT EXISTS (SELECT FROM ONLY %s r WHERE %s)", t->qualname,
 									 sql_pk_match(t, "r", "a")),
 							sql_pk_match(t, "x", "a"));
-	changed = undo_count_changed(&log, NULL);
+	changed = undo_count_changed(&log);
 	if (changed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

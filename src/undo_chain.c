@@ -32,12 +32,28 @@ write_order(const char *archive, bool desc)
 	return psprintf("a.ctid%s", dir);
 }
 
-/* the entries of the log's action, but those it supersedes */
+/* the entries of the log's actions */
 static char *
 entries_where(const UndoLog *log)
 {
-	return psprintf("a.dedup_action OPERATOR(pg_catalog.=) %s%s%s", sql_literal(log->action),
-					log->superseded ? " AND NOT " : "", log->superseded ? log->superseded : "");
+	if (log->through)
+		return psprintf("a.dedup_action OPERATOR(pg_catalog.=) ANY (ARRAY[%s, %s])",
+						sql_literal(log->action), sql_literal(log->through));
+	return psprintf("a.dedup_action OPERATOR(pg_catalog.=) %s", sql_literal(log->action));
+}
+
+/*
+ * x holds the value entry y left its row with: the value y's change gave
+ * it, or for an entry of the log's through action, the value y archived
+ * (the row went back with it)
+ */
+static char *
+left_with(const UndoLog *log, const char *x, const char *y)
+{
+	if (log->through)
+		return psprintf("(CASE WHEN %s.dedup_action OPERATOR(pg_catalog.=) %s THEN (%s) ELSE (%s) END)",
+						y, sql_literal(log->through), log->same_value(log, x, y), log->left_at(log, x, y));
+	return log->left_at(log, x, y);
 }
 
 /*
@@ -58,51 +74,60 @@ undo_last_entries(const UndoLog *log)
 	return archive_last_entries(log->archive, entries_where(log), log->row_key(log, "a"));
 }
 
+/* " AND NOT (needs_nothing)" on row c, or "" */
+static char *
+unless_needs_nothing(const UndoLog *log)
+{
+	return log->needs_nothing ? psprintf(" AND NOT (%s)", log->needs_nothing) : "";
+}
+
 /*
  * For every row of the table that still holds the value the job's last
- * change gave it, the entry whose archived value goes back: a subquery with
- * the archive's columns.  The walk starts at the row's newest entry and
- * steps to the one before while that one gave the value the later one found
- * (dedup_undo_step counts the entries of a row, newest first).
+ * change left it with (and that needs_nothing does not spare), the entry
+ * whose archived value goes back: a subquery with the archive's columns.
+ * The walk starts at the row's newest entry and steps to the one before
+ * while that one gave the value the later one found (dedup_undo_step counts
+ * the entries of a row, newest first).  A walk that ends at an entry of the
+ * through action has nothing to set back: the row went back with that
+ * entry's value already.
  */
 char *
 undo_values_before(const UndoLog *log)
 {
 	char	   *key = log->row_key(log, "a");
 
-	return psprintf("(WITH RECURSIVE dedup_e AS ("
+	return psprintf("(SELECT * FROM (WITH RECURSIVE dedup_e AS ("
 					"SELECT a.*, pg_catalog.row_number() OVER (PARTITION BY %s ORDER BY %s) AS dedup_undo_step"
 					" FROM %s a WHERE %s),"
 					" dedup_walk AS ("
 					"SELECT e.* FROM dedup_e e WHERE e.dedup_undo_step OPERATOR(pg_catalog.=) 1"
-					" AND EXISTS (SELECT FROM ONLY %s c WHERE %s AND %s)"
+					" AND EXISTS (SELECT FROM ONLY %s c WHERE %s AND %s%s)"
 					" UNION ALL SELECT e.* FROM dedup_walk p JOIN dedup_e e ON %s"
 					" AND e.dedup_undo_step OPERATOR(pg_catalog.=) (p.dedup_undo_step OPERATOR(pg_catalog.+) 1)"
 					" WHERE %s)"
-					" SELECT DISTINCT ON (%s) a.* FROM dedup_walk a ORDER BY %s, a.dedup_undo_step DESC)",
+					" SELECT DISTINCT ON (%s) a.* FROM dedup_walk a ORDER BY %s, a.dedup_undo_step DESC) a"
+					" WHERE a.dedup_action OPERATOR(pg_catalog.=) %s)",
 					key, write_order(log->archive, true), log->archive, entries_where(log),
-					log->table, log->same_row(log, "c", "e"), log->left_at(log, "c", "e"),
-					log->same_row(log, "p", "e"), log->left_at(log, "p", "e"),
-					key, key);
+					log->table, log->same_row(log, "c", "e"), left_with(log, "c", "e"),
+					unless_needs_nothing(log),
+					log->same_row(log, "p", "e"), left_with(log, "p", "e"),
+					key, key, sql_literal(log->action));
 }
 
 /*
  * How many rows the job changed hold a value that is neither the one its
- * last change gave them nor one they had before any of its changes: someone
- * else changed them since, and a rollback would overwrite that.  A row that
- * holds an archived old value was set back by hand (or by a writer) and
- * needs nothing.  needs_nothing: another condition on row c under which it
- * needs nothing, or NULL.
+ * last change left them with nor one they had before any of its changes:
+ * someone else changed them since, and a rollback would overwrite that.  A
+ * row that holds an archived old value was set back by hand (or by a
+ * writer) and needs nothing, as does one that needs_nothing spares.
  */
 int64
-undo_count_changed(const UndoLog *log, const char *needs_nothing)
+undo_count_changed(const UndoLog *log)
 {
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s l WHERE %s AND NOT (%s)%s%s%s"
+	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM ONLY %s c, %s l WHERE %s AND NOT (%s)%s"
 							" AND NOT EXISTS (SELECT FROM %s a WHERE %s AND %s AND %s)",
 							log->table, undo_last_entries(log), log->same_row(log, "c", "l"),
-							log->left_at(log, "c", "l"),
-							needs_nothing ? " AND NOT (" : "", needs_nothing ? needs_nothing : "",
-							needs_nothing ? ")" : "",
+							left_with(log, "c", "l"), unless_needs_nothing(log),
 							log->archive, entries_where(log), log->same_row(log, "c", "a"),
 							log->same_value(log, "c", "a")),
 				   SPI_OK_SELECT);

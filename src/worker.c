@@ -519,7 +519,10 @@ check_installed(void *arg)
 		SPI_processed == 1;
 }
 
-/* jobs whose worker the previous server run lost go back to the queue */
+/*
+ * jobs whose worker the previous server run lost go back to the queue; arg:
+ * how many
+ */
 static void
 requeue_lost(void *arg)
 {
@@ -529,6 +532,7 @@ requeue_lost(void *arg)
 							   " WHERE state OPERATOR(pg_catalog.=) 'running' AND background"
 							   " AND NOT %s.dedup_job_alive(job_id) AND %s", schema, schema, job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+	*(uint64 *) arg = SPI_processed;
 	if (SPI_processed > 0)
 		ereport(LOG,
 				(errmsg("dedup_ext: resuming %llu interrupted background jobs",
@@ -955,7 +959,14 @@ dedup_worker_main(Datum arg)
 	if (!installed)
 		proc_exit(0);
 	if (resume)
-		plain_xact(requeue_lost, NULL);
+	{
+		uint64		requeued = 0;
+
+		plain_xact(requeue_lost, &requeued);
+		/* once committed, more workers take them: they run side by side */
+		if (Min(requeued, (uint64) dedup_max_workers) > 1)
+			launch_workers((int) Min(requeued, (uint64) dedup_max_workers) - 1);
+	}
 
 	for (;;)
 	{
