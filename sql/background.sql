@@ -604,6 +604,22 @@ SELECT dedup_wait(:jid_a);
 SELECT state, split_part(error, ':', 1) AS sqlstate, regexp_replace(error, '[0-9]+', 'N', 'g') AS error
   FROM dedup_jobs WHERE job_id = :jid_a;
 SELECT count(*) AS rows_left FROM bg.cols;
+-- a transaction that submitted a background job cannot be prepared: its
+-- worker starts at its COMMIT, and COMMIT PREPARED would start none (the
+-- job stayed queued); the PREPARE fails, and the submission is rolled back
+CREATE TABLE bg.twophase (id int PRIMARY KEY, k text);
+INSERT INTO bg.twophase VALUES (1, 'a'), (2, 'a');
+BEGIN;
+SELECT state FROM dedup_table('bg.twophase', '{k}', background => true);
+\set VERBOSITY sqlstate
+PREPARE TRANSACTION 'dedup_bg';
+\set VERBOSITY default
+BEGIN;
+SELECT state FROM dedup_table('bg.twophase', '{k}', background => true);
+PREPARE TRANSACTION 'dedup_bg';
+SELECT count(*) AS jobs FROM dedup_jobs WHERE relation = 'bg.twophase'::regclass;
+DROP TABLE bg.twophase;
+
 -- a table dropped while its job was paused: the job fails and says so
 BEGIN;
 SELECT job_id AS jid_d FROM dedup_table('bg.cols', '{k}', background => true) \gset

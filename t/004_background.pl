@@ -12,6 +12,7 @@
 #      turn comes waits with no phase yet, then runs; a worker stopped by
 #      pg_terminate_backend leaves its job interrupted, shown once; with
 #      max_workers lowered to 0, a worker whose job stops takes no other;
+#      two jobs submitted in one transaction run side by side;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
 #      until dedup_resume, then finishes (with add_unique, built
 #      CONCURRENTLY); so does a merge, whose referencing table ends as a
@@ -380,6 +381,25 @@ is($node->safe_psql('postgres', qq{SELECT dedup_wait($second, '120s')}), 'done',
 $node->safe_psql('postgres', "SELECT dedup_cancel($first)");
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET dedup_ext.max_workers});
 $node->reload;
+ok($node->poll_query_until('postgres', 'SHOW dedup_ext.max_workers', '2'),
+	'max_workers = 2 again');
+
+# 3e. two jobs submitted in one transaction run side by side (as two
+# submitted apart do, with max_workers = 2): its commit starts a worker
+# for each (it started one, which ran them one after the other)
+create_table($node, 'pair1', 20_000);
+create_table($node, 'pair2', 20_000);
+my ($pair1, $pair2) = split /\n/, $node->safe_psql('postgres', q{
+	SET dedup_ext.batch_delay = 500;
+	BEGIN;
+	SELECT job_id FROM dedup_table('pair1', '{k}', background => true, batch_size => 1000);
+	SELECT job_id FROM dedup_table('pair2', '{k}', background => true, batch_size => 1000);
+	COMMIT;
+});
+ok($node->poll_query_until('postgres',
+		qq{SELECT count(*) FROM dedup_jobs WHERE job_id IN ($pair1, $pair2) AND batches_done >= 1}, '2'),
+	'both jobs of one transaction run at once');
+$node->safe_psql('postgres', "SELECT dedup_cancel($pair1), dedup_cancel($pair2)");
 
 # 5a. a BEFORE DELETE trigger raises a custom SQLSTATE with a HINT, armed
 # once the job has committed a few batches
