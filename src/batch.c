@@ -51,11 +51,11 @@
 /*
  * A job whose passes keep finding duplicates gives up after this many
  * passes, and not before they have been finding them for a minute since the
- * end of its run's first pass: on a small table 25 passes take a second,
+ * scan of its run's first pass ended: on a small table 25 passes take a second,
  * too short to tell writers that keep making duplicates from a burst.
  */
 #define MAX_PASSES 25
-#define MIN_PASSES_MS (60 * 1000)
+#define PASS_LIMIT_MIN_MS (60 * 1000)
 
 static const char *
 batch_phase(BgJob *job)
@@ -373,10 +373,10 @@ scan_step(BgJob *job, void *arg)
 				   SPI_OK_SELECT);
 	groups = spi_get_int64(0, 1);
 
-	if (job->first_pass_ended == 0)
-		job->first_pass_ended = GetCurrentTimestamp();
+	if (job->first_scan_ended == 0)
+		job->first_scan_ended = GetCurrentTimestamp();
 	else if (n > 0 && job->passes + 1 >= MAX_PASSES &&
-			 TimestampDifferenceExceeds(job->first_pass_ended, GetCurrentTimestamp(), MIN_PASSES_MS))
+			 TimestampDifferenceExceeds(job->first_scan_ended, GetCurrentTimestamp(), PASS_LIMIT_MIN_MS))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("duplicates in %s keep coming back after %d passes", t->qualname, job->passes + 1),

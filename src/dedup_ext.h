@@ -251,6 +251,7 @@ extern int64 merge_delete_losers(DedupTarget *t, const char *map, int64 job_id,
 /* undo_chain.c: what a rollback gives back to a row the job changed more than once */
 typedef struct UndoLog UndoLog;
 typedef char *(*UndoAliasSql) (const UndoLog *log, const char *x, const char *y);
+typedef char *(*UndoKeySql) (const UndoLog *log, const char *x);
 struct UndoLog
 {
 	const char *table;			/* qualified: the table the job changed */
@@ -259,7 +260,7 @@ struct UndoLog
 	const char *through;		/* or NULL: the dedup_action of entries whose
 								 * archived value the row went back with */
 	const char *needs_nothing;	/* or NULL: row c needs nothing when true */
-	char	   *(*row_key) (const UndoLog *log, const char *x); /* "x.id, ..." */
+	UndoKeySql	row_key;		/* "x.id, ...", a row's key */
 	UndoAliasSql same_row;		/* x and y are the same row */
 	UndoAliasSql left_at;		/* x holds the value entry y gave its row */
 	UndoAliasSql same_value;	/* x holds the value archived in entry y */
@@ -354,6 +355,7 @@ typedef struct BgJob
 {
 	int64		job_id;
 	char	   *origin;			/* its row's origin (1.5), as text, or NULL */
+	Oid			job_table;		/* the dedup_job it was claimed from */
 	MemoryContext cxt;			/* lives as long as the run */
 	Oid			submitter;
 	char	   *kind;
@@ -382,7 +384,7 @@ typedef struct BgJob
 	int64		pass_rows;		/* work rows of the current pass */
 	int64		pass_changed_from;	/* rows_changed when it began, -1: unknown */
 	double		loser_share;	/* estimated by the run's first pass, or -1 */
-	TimestampTz first_pass_ended;	/* the run's first pass, or 0 */
+	TimestampTz first_scan_ended;	/* when the run's first scan ended, or 0 */
 	char	   *index_name;		/* add_unique: unqualified */
 	char	   *nspname;		/* the table's schema */
 	bool		is_constraint;

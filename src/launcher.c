@@ -185,6 +185,8 @@ launch_submitted(int n)
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not start a dedup_ext background worker"),
 				 errdetail("All max_worker_processes background worker slots are in use."),
+				 launch_shared ?
+				 errhint("The job stays queued; dedup_resume(job_id) starts a worker for it later.") :
 				 errhint("The job stays queued; dedup_resume(job_id) starts a worker for it later (with dedup_ext in shared_preload_libraries, the launcher does once a slot is free).")));
 }
 
@@ -287,6 +289,15 @@ launch_waiting(void)
 	return left;
 }
 
+/* the launcher's latch is its process's: no longer to be set once it exits */
+static void
+forget_launcher_latch(int code, Datum arg)
+{
+	SpinLockAcquire(&launch_shared->mutex);
+	launch_shared->launcher_latch = NULL;
+	SpinLockRelease(&launch_shared->mutex);
+}
+
 /*
  * The launcher connects to no database (it reads only the shared catalog
  * pg_database), starts a resuming worker for every database that accepts
@@ -312,6 +323,7 @@ dedup_launcher_main(Datum arg)
 	SpinLockAcquire(&launch_shared->mutex);
 	launch_shared->launcher_latch = MyLatch;
 	SpinLockRelease(&launch_shared->mutex);
+	on_shmem_exit(forget_launcher_latch, (Datum) 0);
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());

@@ -840,6 +840,33 @@ refuse_ref_archive_counts(DedupJob *job, int64 removed, int64 repointed)
 }
 
 /*
+ * A merge's referencing tables are locked against writers as its table is
+ * (ShareRowExclusiveLock), right after it, before the rollback reads or
+ * writes anything: a writer's uncommitted change of a re-pointed row would
+ * be invisible to the checks, and the UPDATE that waited for its row lock
+ * would then write over what it committed.
+ */
+static void
+lock_referencing_tables(DedupJob *job)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(job->ref_archives)};
+
+	if (SPI_execute_with_args("SELECT (e OPERATOR(pg_catalog.->>) 'oid')::pg_catalog.oid"
+							  " FROM pg_catalog.jsonb_array_elements($1::pg_catalog.jsonb) e",
+							  1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "dedup_ext: could not read the archives of job %lld", (long long) job->job_id);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		/* one dropped since is found missing later, and said so */
+		LockRelationOid(DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+						ShareRowExclusiveLock);
+	}
+}
+
+/*
  * Undo what a merge did to the referencing tables: put back the rows removed
  * as collisions and set re-pointed foreign keys back.  Runs after the
  * table's own rows are back, so the restored references find their rows.
@@ -864,20 +891,6 @@ restore_refs(DedupJob *job)
 	refs = SPI_tuptable;
 	nrefs = SPI_processed;
 
-	/*
-	 * Its referencing tables are locked against writers as its table is
-	 * (ShareRowExclusiveLock): a writer's uncommitted change of a re-pointed
-	 * row is invisible to the checks below, and the UPDATE that waited for
-	 * its row lock would then write over what it committed.
-	 */
-	for (uint64 i = 0; i < nrefs; i++)
-	{
-		bool		isnull;
-		Oid			childid = DatumGetObjectId(SPI_getbinval(refs->vals[i], refs->tupdesc, 1, &isnull));
-
-		if (get_rel_name(childid) != NULL)
-			LockRelationOid(childid, ShareRowExclusiveLock);
-	}
 
 	/*
 	 * First every removed row goes back, from every archive, then the
@@ -1481,6 +1494,8 @@ dedup_rollback(PG_FUNCTION_ARGS)
 	/* the owner check and lock; the key is only needed for the primary key */
 	t = dedup_target_open(job->relid, job_param_array(job, "key"), NULL, true,
 						  true, ShareRowExclusiveLock);
+	if (job->ref_archives)
+		lock_referencing_tables(job);
 	analyze_if_stale(job, t->relid, t->qualname, job->rows_changed);
 	/*
 	 * its own table: the removed rows go back (INSERT, when there are any),

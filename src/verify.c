@@ -64,7 +64,7 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 							  " AND NOT EXISTS (SELECT FROM ONLY %s r WHERE %s)",
 							  a, t->qualname, sql_keys_match(t, "r", "a")));
 	else
-
+	{
 		/*
 		 * With NULLs not distinct, the match "a = b OR both NULL" cannot be
 		 * hashed, and the anti-join looped over the table for each archived
@@ -79,6 +79,7 @@ check_archive(ReturnSetInfo *rsinfo, DedupJob *job, DedupTarget *t)
 							  " GROUP BY %s HAVING pg_catalog.bool_and(u.dedup_archived)) g",
 							  sql_key_list(t, "a"), a, sql_key_list(t, "r"), t->qualname,
 							  sql_partition_list(t, "u")));
+	}
 	add_check(rsinfo, "removed_rows_have_survivor", n == 0,
 			  psprintf("%lld removed rows have no row with their key in the table", (long long) n));
 

@@ -125,10 +125,29 @@ log_step(BgJob *job, bool begins)
 static char *
 job_row_is_ours(int64 job_id, const char *origin)
 {
-	return psprintf("j.job_id OPERATOR(pg_catalog.=) %lld%s%s%s%s", (long long) job_id,
-					origin ? " AND j.origin OPERATOR(pg_catalog.=) " : "",
-					origin ? sql_literal(origin) : "", origin ? "::pg_catalog.uuid AND " : "",
-					origin ? job_here_sql("j") : "");
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "j.job_id OPERATOR(pg_catalog.=) %lld", (long long) job_id);
+	if (origin)
+		appendStringInfo(&buf, " AND j.origin OPERATOR(pg_catalog.=) %s::pg_catalog.uuid AND %s",
+						 sql_literal(origin), job_here_sql("j"));
+	return buf.data;
+}
+
+/* the table dedup_job of the extension as it is now; InvalidOid without one */
+static Oid
+job_table(void)
+{
+	bool		isnull;
+
+	if (SPI_execute("SELECT c.oid FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_class c"
+					" ON c.relnamespace OPERATOR(pg_catalog.=) e.extnamespace"
+					" WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext'"
+					" AND c.relname OPERATOR(pg_catalog.=) 'dedup_job'", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		return InvalidOid;
+	return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 static void
@@ -143,12 +162,16 @@ job_gone(int64 job_id)
 
 /*
  * A step writes the job's table only while the job's row is the one the
- * worker claimed.  Reading dedup_job holds it (a DROP EXTENSION waits for
- * the step to commit).
+ * worker claimed, in the dedup_job it claimed it from (a database before
+ * 1.5 has no origins: a new dedup_job, made by DROP and CREATE EXTENSION,
+ * starts its ids at 1 again).  Reading dedup_job holds it (a DROP EXTENSION
+ * waits for the step to commit).
  */
 static void
 require_job_row(BgJob *job)
 {
+	if (!OidIsValid(job->job_table) || job_table() != job->job_table)
+		job_gone(job->job_id);
 	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE %s", dedup_ext_schema(),
 							   job_row_is_ours(job->job_id, job->origin)),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
@@ -268,8 +291,11 @@ bg_toplevel(BgJob *job, const char *sql)
 
 	StartTransactionCommand();
 	GetUserIdAndSecContext(&saved_user, &saved_sec);
-	SetUserIdAndSecContext(job->submitter, SECURITY_LOCAL_USERID_CHANGE);
 	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	require_job_row(job);
+	SPI_finish();
+	SetUserIdAndSecContext(job->submitter, SECURITY_LOCAL_USERID_CHANGE);
 
 	/*
 	 * The statement commits the transaction it starts in, so its parse tree
@@ -539,12 +565,13 @@ requeue_lost(void *arg)
 						(unsigned long long) SPI_processed)));
 }
 
-/* a claimed job: its id (0: none) and its row's origin, in cxt */
+/* a claimed job: its id (0: none), its row's origin (in cxt) and table */
 typedef struct Claim
 {
 	MemoryContext cxt;
 	int64		job_id;
 	char	   *origin;
+	Oid			job_table;
 } Claim;
 
 /*
@@ -592,6 +619,7 @@ claim_job(void *arg)
 							  2, types, values, NULL, SPI_OK_UPDATE);
 			*job_id = ids[i];
 			claim->origin = origins[i] ? MemoryContextStrdup(claim->cxt, origins[i]) : NULL;
+			claim->job_table = job_table();
 		}
 }
 
@@ -625,6 +653,7 @@ typedef struct FailArg
 {
 	int64		job_id;
 	const char *origin;
+	Oid			job_table;
 	const char *error;
 } FailArg;
 
@@ -639,11 +668,16 @@ fail_job(void *arg)
 	Oid			types[2] = {INT8OID, TEXTOID};
 	Datum		values[2] = {Int64GetDatum(f->job_id), CStringGetTextDatum(f->error)};
 	DedupJob   *job;
+	bool		ours = OidIsValid(f->job_table) && job_table() == f->job_table;
 
-	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE %s FOR UPDATE", dedup_ext_schema(),
-							   job_row_is_ours(f->job_id, f->origin)),
-					  0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed != 1)
+	if (ours)
+	{
+		spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE %s FOR UPDATE", dedup_ext_schema(),
+								   job_row_is_ours(f->job_id, f->origin)),
+						  0, NULL, NULL, NULL, SPI_OK_SELECT);
+		ours = SPI_processed == 1;
+	}
+	if (!ours)
 	{
 		ereport(LOG,
 				(errmsg("dedup_ext: job %lld no longer exists; its worker leaves it", (long long) f->job_id)));
@@ -770,19 +804,19 @@ bg_run(BgJob *job)
 		bg_backfill(job);
 }
 
-/*
- * Run one claimed job to its end (done, failed, cancelled) or to a pause.
- * origin: its row's, in cxt.
- */
+/* Run one claimed job to its end (done, failed, cancelled) or to a pause. */
 static void
-run_job(int64 job_id, char *origin, MemoryContext cxt)
+run_job(Claim *claim)
 {
+	int64		job_id = claim->job_id;
+	MemoryContext cxt = claim->cxt;
 	MemoryContext oldcxt = MemoryContextSwitchTo(cxt);
 	CpuYieldReport yields;
 	BgJob	   *job = palloc0(sizeof(BgJob));
 
 	job->job_id = job_id;
-	job->origin = origin;
+	job->origin = claim->origin;
+	job->job_table = claim->job_table;
 	job->cxt = cxt;
 	job->loser_share = -1;
 	PG_TRY();
@@ -804,7 +838,8 @@ run_job(int64 job_id, char *origin, MemoryContext cxt)
 		bg_compress_wal(false);
 		RESUME_INTERRUPTS();
 		f.job_id = job_id;
-		f.origin = origin;
+		f.origin = claim->origin;
+		f.job_table = claim->job_table;
 		f.error = error_text(edata);
 		plain_xact(fail_job, &f);
 	}
@@ -977,7 +1012,7 @@ dedup_worker_main(Datum arg)
 			break;
 		for (;;)
 		{
-			Claim		claim = {cxt, 0, NULL};
+			Claim		claim = {cxt, 0, NULL, InvalidOid};
 
 			/* dedup_ext.max_workers lowered since: this slot is gone */
 			reload_config();
@@ -986,7 +1021,7 @@ dedup_worker_main(Datum arg)
 			plain_xact(claim_job, &claim);
 			if (claim.job_id == 0)
 				break;
-			run_job(claim.job_id, claim.origin, cxt);
+			run_job(&claim);
 		}
 		worker_slot_release(slot);
 		plain_xact(any_queued, &more);
