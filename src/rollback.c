@@ -412,11 +412,12 @@ refuse_rules(DedupJob *job, Oid relid, const char *qualname, const char *events)
  * OLD (or sets the value back) makes an UPDATE change nothing, and the
  * archive, which the rollback drops, would have been those rows' last copy:
  * refused as the job refuses a trigger that spares its losers.  Returns the
- * rows written.
+ * rows written.  source, if not NULL, is computed once for both, as
+ * dedup_src.
  */
 static int64
-restore_all(DedupJob *job, const char *dml, const char *check, const char *expected,
-			const char *qualname)
+restore_all_from(DedupJob *job, const char *source, const char *dml, const char *check,
+				 const char *expected, const char *qualname)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	int64		written,
@@ -424,9 +425,10 @@ restore_all(DedupJob *job, const char *dml, const char *check, const char *expec
 
 	PG_TRY();
 	{
-		spi_exec_count(psprintf("WITH dedup_r AS (%s RETURNING %s AS dedup_ok)"
+		spi_exec_count(psprintf("WITH %s%s%sdedup_r AS (%s RETURNING %s AS dedup_ok)"
 								" SELECT (SELECT pg_catalog.count(*) FROM dedup_r r WHERE r.dedup_ok), (%s)",
-								dml, check ? check : "true", expected),
+								source ? "dedup_src AS MATERIALIZED " : "", source ? source : "",
+								source ? ", " : "", dml, check ? check : "true", expected),
 					   SPI_OK_SELECT);
 	}
 	PG_CATCH();
@@ -448,6 +450,13 @@ restore_all(DedupJob *job, const char *dml, const char *check, const char *expec
 				 errdetail("A BEFORE trigger on the table skipped them, or changed what the rollback wrote; the archive, which the rollback drops, is their only copy."),
 				 errhint("Disable the trigger for the rollback (ALTER TABLE ... DISABLE TRIGGER), or make it let the rows through.")));
 	return written;
+}
+
+static int64
+restore_all(DedupJob *job, const char *dml, const char *check, const char *expected,
+			const char *qualname)
+{
+	return restore_all_from(job, NULL, dml, check, expected, qualname);
 }
 
 /* OPERATOR(schema.=), the default equality of a foreign key column's type */
@@ -785,13 +794,11 @@ restore_repointed(DedupJob *job, const char *archive, const char *child, Oid chi
 					 errdetail("Their foreign key has a value the job did not give it; a rollback would overwrite it."),
 					 errhint("Compare %s with archive table %s (dedup_survivor: where the job pointed each row), and point those rows back or keep the job's work.",
 							 child, archive)));
-		source = undo_values_before(&log);
-		return restore_all(job, psprintf("UPDATE ONLY %s c SET %s FROM %s a WHERE %s",
-										 child, name_list(cols, ncols, "%s = a.%s", ", "), source,
+		return restore_all_from(job, undo_values_before(&log),
+								psprintf("UPDATE ONLY %s c SET %s FROM dedup_src a WHERE %s",
+										 child, name_list(cols, ncols, "%s = a.%s", ", "),
 										 repointed_same_row(&log, "c", "a")),
-						   written_back.data,
-						   psprintf("SELECT pg_catalog.count(*) FROM %s a", source),
-						   child);
+								written_back.data, "SELECT pg_catalog.count(*) FROM dedup_src", child);
 	}
 
 	source = psprintf("(SELECT a.* FROM %s a WHERE a.dedup_action OPERATOR(pg_catalog.=) 'repoint')",
@@ -1327,7 +1334,6 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 	RenamedRows rows = {t, col};
 	UndoLog		log = {t->qualname, job->archive_table, "rename", NULL, NULL, renamed_key, renamed_same_row,
 					   renamed_left_at, renamed_same_value, &rows};
-	char	   *source;
 	int64		changed;
 
 	refuse_removed_by_later(job, t->relid, t->qualname, psprintf("%s a", undo_last_entries(&log)),
@@ -1343,12 +1349,11 @@ restore_renamed(DedupJob *job, DedupTarget *t, const char *col)
 				 errdetail("They were changed since the job; a rollback would overwrite that."),
 				 errhint("Compare the table with archive table %s (column dedup_new_value), and set those rows back to the job's values or restore them by hand.",
 						 job->archive_table)));
-	source = undo_values_before(&log);
-	return restore_all(job, psprintf("UPDATE ONLY %s r SET %s = a.%s FROM %s a WHERE %s",
-									 t->qualname, col, col, source, sql_pk_match(t, "r", "a")),
-					   renamed_same_value(&log, "r", "a"),
-					   psprintf("SELECT pg_catalog.count(*) FROM %s a", source),
-					   t->qualname);
+	return restore_all_from(job, undo_values_before(&log),
+							psprintf("UPDATE ONLY %s r SET %s = a.%s FROM dedup_src a WHERE %s",
+									 t->qualname, col, col, sql_pk_match(t, "r", "a")),
+							renamed_same_value(&log, "r", "a"), "SELECT pg_catalog.count(*) FROM dedup_src",
+							t->qualname);
 }
 
 /*
