@@ -547,7 +547,7 @@ check_installed(void *arg)
 
 /*
  * jobs whose worker the previous server run lost go back to the queue; arg:
- * how many
+ * how many jobs are queued then, theirs and those queued before
  */
 static void
 requeue_lost(void *arg)
@@ -558,11 +558,14 @@ requeue_lost(void *arg)
 							   " WHERE state OPERATOR(pg_catalog.=) 'running' AND background"
 							   " AND NOT %s.dedup_job_alive(job_id) AND %s", schema, schema, job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
-	*(uint64 *) arg = SPI_processed;
 	if (SPI_processed > 0)
 		ereport(LOG,
 				(errmsg("dedup_ext: resuming %llu interrupted background jobs",
 						(unsigned long long) SPI_processed)));
+	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_job j"
+							   " WHERE state OPERATOR(pg_catalog.=) 'queued' AND %s", schema, job_here_sql("j")),
+					  0, NULL, NULL, NULL, SPI_OK_SELECT);
+	*(uint64 *) arg = (uint64) spi_get_int64(0, 1);
 }
 
 /* a claimed job: its id (0: none), its row's origin (in cxt) and table */
@@ -583,12 +586,18 @@ claim_job(void *arg)
 {
 	Claim	   *claim = (Claim *) arg;
 	int64	   *job_id = &claim->job_id;
-	char	   *schema = dedup_ext_schema();
+	char	   *schema;
 	uint64		n;
 	int64	   *ids;
 	char	  **origins;
+	bool		installed;
 
 	*job_id = 0;
+	/* dropped while the worker ran a job: nothing queued */
+	check_installed(&installed);
+	if (!installed)
+		return;
+	schema = dedup_ext_schema();
 	spi_exec_as_owner(psprintf("SELECT job_id, %s FROM %s.dedup_job j WHERE state OPERATOR(pg_catalog.=) 'queued'"
 							   " AND %s ORDER BY job_id FOR UPDATE OF j SKIP LOCKED",
 							   job_has_column(schema, "origin") ? "origin::pg_catalog.text" : "NULL::pg_catalog.text",
@@ -626,6 +635,9 @@ claim_job(void *arg)
 static void
 any_queued(void *arg)
 {
+	check_installed(arg);
+	if (!*(bool *) arg)
+		return;
 	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE state OPERATOR(pg_catalog.=) 'queued' AND %s LIMIT 1",
 							   dedup_ext_schema(), job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
@@ -995,12 +1007,12 @@ dedup_worker_main(Datum arg)
 		proc_exit(0);
 	if (resume)
 	{
-		uint64		requeued = 0;
+		uint64		queued = 0;
 
-		plain_xact(requeue_lost, &requeued);
+		plain_xact(requeue_lost, &queued);
 		/* once committed, more workers take them: they run side by side */
-		if (Min(requeued, (uint64) dedup_max_workers) > 1)
-			launch_workers((int) Min(requeued, (uint64) dedup_max_workers) - 1);
+		if (Min(queued, (uint64) dedup_max_workers) > 1)
+			launch_workers((int) Min(queued, (uint64) dedup_max_workers) - 1);
 	}
 
 	for (;;)

@@ -3,7 +3,7 @@
 # dedup makes:
 #   1. preloaded: an immediate stop mid-job; the launcher resumes the job at
 #      the next start by itself (its unlogged work list is gone: a new pass
-#      lists what is left);
+#      lists what is left), and a second job beside it, side by side;
 #   2. preloaded: the job's worker is killed with SIGKILL; after the
 #      postmaster's crash-restart the job resumes and finishes (a new pass
 #      here too);
@@ -189,14 +189,24 @@ my $progress = $node->safe_psql('postgres',
 	qq{SELECT state || ' ' || phase || ' ' || (percent > 0 AND percent < 100)
 	     FROM dedup_progress WHERE job_id = $job});
 is($progress, 'running deleting true', 'dedup_progress shows it mid-way');
+# a second job beside it, slower: both are resumed, and run side by side
+create_table($node, 'side1', 40_000);
+my $side = submit($node, 'side1', 1000);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $side}),
+	'a second job is batching beside it');
 $node->stop('immediate');
 my $log_offset = -s $node->logfile;
 $node->start;
 ok($node->poll_query_until('postgres',
+		qq{SELECT count(*) FROM dedup_progress WHERE job_id IN ($job, $side) AND state = 'running'}, '2'),
+	'after an immediate stop and a start both jobs run again, side by side');
+ok($node->poll_query_until('postgres',
 		qq{SELECT state FROM dedup_jobs WHERE job_id = $job}, 'done'),
 	'after an immediate stop and a start the job finishes by itself');
-ok($node->log_contains(qr/dedup_ext: resuming 1 interrupted background jobs/, $log_offset),
-	'the launcher resumed it');
+ok($node->log_contains(qr/dedup_ext: resuming 2 interrupted background jobs/, $log_offset),
+	'the launcher resumed them');
+$node->safe_psql('postgres', "SELECT dedup_cancel($side)");
 ok($node->log_contains(qr/dedup_ext job $job: its work list was emptied by a crash, scanning the table again/,
 		$log_offset),
 	'its unlogged work list was lost in the stop, and a new pass listed what was left');
