@@ -579,7 +579,7 @@ keys_not_null(Backfill *b)
 static void
 classify(Backfill *b, BackfillResult *res)
 {
-	spi_exec_count(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_n OPERATOR(pg_catalog.=) 1),"
+	spi_exec_count_no_nestloop(psprintf("SELECT pg_catalog.count(*) FILTER (WHERE m.dedup_n OPERATOR(pg_catalog.=) 1),"
 							" pg_catalog.count(*) FILTER (WHERE m.dedup_n IS NULL),"
 							" pg_catalog.count(*) FILTER (WHERE m.dedup_n OPERATOR(pg_catalog.>) 1),"
 							" pg_catalog.count(DISTINCT ROW(%s)) FILTER (WHERE m.dedup_n IS NULL AND %s),"
@@ -612,14 +612,16 @@ report_orphans(Backfill *b, int64 job_id, const char *which)
 	char	   *origin = job_origin_sql(job_id);
 	char	   *schema = dedup_ext_schema();
 
-	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS"
-							" SELECT %s AS row_id, %s AS key_values,"
-							" CASE WHEN m.dedup_n IS NULL THEN 'orphan' ELSE 'ambiguous' END AS reason"
-							" FROM ONLY %s c LEFT JOIN (%s) m ON %s"
-							" WHERE c.%s IS NULL AND %s",
-							tmp, sql_row_id(b->child, "c"), sql_key_json(b->child, "c"),
-							b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk, which),
+	spi_exec_count(psprintf("CREATE TEMP TABLE %s (row_id pg_catalog.jsonb, key_values pg_catalog.jsonb,"
+							" reason pg_catalog.text) ON COMMIT DROP", tmp),
 				   SPI_OK_UTILITY);
+	spi_exec_count_no_nestloop(psprintf("INSERT INTO %s SELECT %s, %s,"
+										" CASE WHEN m.dedup_n IS NULL THEN 'orphan' ELSE 'ambiguous' END"
+										" FROM ONLY %s c LEFT JOIN (%s) m ON %s"
+										" WHERE c.%s IS NULL AND %s",
+										tmp, sql_row_id(b->child, "c"), sql_key_json(b->child, "c"),
+										b->child->qualname, parent_keys(b), key_join(b, "m"), b->fk, which),
+							   SPI_OK_INSERT);
 	spi_exec_as_owner(psprintf("INSERT INTO %s.dedup_orphan (job_id, row_id, key_values, reason%s)"
 							   " SELECT %lld, t.row_id, t.key_values, t.reason%s%s FROM %s t"
 							   " WHERE NOT EXISTS (SELECT FROM %s.dedup_orphan o"
@@ -740,9 +742,13 @@ create_parents(Backfill *b, BackfillResult *res)
 }
 
 /*
- * The one pass that links: a hash join with the parent's unambiguous keys.
- * range: NULL for the whole table, or a condition on c (a background
- * batch's blocks).  Returns the rows linked.
+ * The one pass that links: a hash join with the parent's unambiguous keys,
+ * planned without nested loops (as classify and report_orphans are): the
+ * aggregate of the parent's keys is easily estimated at one row (a HAVING,
+ * statistics taken while the tables were small), and a nested loop then
+ * scanned the child once per parent key (60 s for 300,000 rows, against
+ * 0.6 s).  range: NULL for the whole table, or a condition on c (a
+ * background batch's blocks).  Returns the rows linked.
  */
 static int64
 link_rows(Backfill *b, BackfillResult *res, const char *range)
@@ -771,7 +777,7 @@ link_rows(Backfill *b, BackfillResult *res, const char *range)
 	}
 	PG_TRY();
 	{
-		linked = spi_exec_count(upd, res->linked_archive ? SPI_OK_INSERT : SPI_OK_UPDATE);
+		linked = spi_exec_count_no_nestloop(upd, res->linked_archive ? SPI_OK_INSERT : SPI_OK_UPDATE);
 	}
 	PG_CATCH();
 	{
