@@ -37,6 +37,7 @@
 #include "utils/wait_event.h"
 
 PGDLLEXPORT void dedup_launcher_main(Datum arg);
+static List *connectable_databases(void);
 
 static int	launch_pending = 0;	/* jobs queued or resumed by this transaction */
 static bool callback_registered = false;
@@ -305,15 +306,13 @@ forget_launcher_latch(int code, Datum arg)
  * a crash-restart.  A cluster may have more databases than free background
  * worker slots: the databases whose worker could not start are tried again
  * every second, as the workers before them finish; so are the databases
- * whose submissions found no free slot (launch_later wakes it).
+ * whose submissions found no free slot (launch_later wakes it), and, when a
+ * reload raises dedup_ext.max_workers, every database.
  */
 void
 dedup_launcher_main(Datum arg)
 {
-	List	   *dbs = NIL;
-	Relation	rel;
-	TableScanDesc scan;
-	HeapTuple	tup;
+	List	   *dbs;
 	ListCell   *lc;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -325,28 +324,7 @@ dedup_launcher_main(Datum arg)
 	SpinLockRelease(&launch_shared->mutex);
 	on_shmem_exit(forget_launcher_latch, (Datum) 0);
 
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	rel = table_open(DatabaseRelationId, AccessShareLock);
-	scan = table_beginscan_catalog(rel, 0, NULL);
-	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
-
-		/* outlives the transaction: the databases not started yet are retried */
-		if (db->datallowconn && !db->datistemplate)
-		{
-			MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
-
-			dbs = lappend_oid(dbs, db->oid);
-			MemoryContextSwitchTo(oldcxt);
-		}
-	}
-	table_endscan(scan);
-	table_close(rel, AccessShareLock);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-
+	dbs = connectable_databases();
 	while (!ShutdownRequestPending)
 	{
 		List	   *left = NIL;
@@ -365,9 +343,57 @@ dedup_launcher_main(Datum arg)
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
+			int			before = dedup_max_workers;
+
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+
+			/*
+			 * More workers allowed: the jobs queued beyond the old number, in
+			 * any database, get theirs (a worker finds none, or leaves).
+			 */
+			if (dedup_max_workers > before)
+			{
+				List	   *all = connectable_databases();
+
+				foreach(lc, all)
+					(void) launch_later(lfirst_oid(lc));
+				list_free(all);
+			}
 		}
 	}
 	proc_exit(0);
+}
+
+/* the databases that accept connections, in TopMemoryContext */
+static List *
+connectable_databases(void)
+{
+	List	   *dbs = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+		/* outlives the transaction */
+		if (db->datallowconn && !db->datistemplate)
+		{
+			MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+			dbs = lappend_oid(dbs, db->oid);
+			MemoryContextSwitchTo(oldcxt);
+		}
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return dbs;
 }

@@ -12,7 +12,8 @@
 #      turn comes waits with no phase yet, then runs; a worker stopped by
 #      pg_terminate_backend leaves its job interrupted, shown once; with
 #      max_workers lowered to 0, a worker whose job stops takes no other;
-#      two jobs submitted in one transaction run side by side;
+#      two jobs submitted in one transaction run side by side; a job queued
+#      behind the limit starts when a reload raises it;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
 #      until dedup_resume, then finishes (with add_unique, built
 #      CONCURRENTLY); so does a merge, whose referencing table ends as a
@@ -207,6 +208,8 @@ ok($node->poll_query_until('postgres',
 ok($node->log_contains(qr/dedup_ext: resuming 2 interrupted background jobs/, $log_offset),
 	'the launcher resumed them');
 $node->safe_psql('postgres', "SELECT dedup_cancel($side)");
+is($node->safe_psql('postgres', "SELECT dedup_wait($side, '60s')"), 'cancelled',
+	'the second job is cancelled (its work table dropped)');
 ok($node->log_contains(qr/dedup_ext job $job: its work list was emptied by a crash, scanning the table again/,
 		$log_offset),
 	'its unlogged work list was lost in the stop, and a new pass listed what was left');
@@ -410,6 +413,32 @@ ok($node->poll_query_until('postgres',
 		qq{SELECT count(*) FROM dedup_jobs WHERE job_id IN ($pair1, $pair2) AND batches_done >= 1}, '2'),
 	'both jobs of one transaction run at once');
 $node->safe_psql('postgres', "SELECT dedup_cancel($pair1), dedup_cancel($pair2)");
+is($node->safe_psql('postgres', "SELECT dedup_wait($pair1, '60s') || dedup_wait($pair2, '60s')"),
+	'cancelledcancelled', 'both cancelled');
+
+# 3f. max_workers raised by a reload while a job waits queued behind the
+# limit: the launcher starts a worker for it (it waited for the running one)
+$node->safe_psql('postgres', q{ALTER SYSTEM SET dedup_ext.max_workers = 1});
+$node->reload;
+ok($node->poll_query_until('postgres', 'SHOW dedup_ext.max_workers', '1'),
+	'max_workers = 1 for 3f');
+my ($wait1, $wait2) = split /\n/, $node->safe_psql('postgres', q{
+	SET dedup_ext.batch_delay = 1000;
+	SELECT d.job_id FROM unnest('{pair1,pair2}'::regclass[]) t,
+	       LATERAL dedup_table(t, '{k}', background => true, batch_size => 1000) d;
+});
+ok($node->poll_query_until('postgres',
+		qq{SELECT string_agg(state, ',' ORDER BY job_id) FROM dedup_jobs WHERE job_id IN ($wait1, $wait2)},
+		'running,queued'),
+	'one job runs, the other waits queued');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET dedup_ext.max_workers});
+$node->reload;
+ok($node->poll_query_until('postgres',
+		qq{SELECT count(*) FROM dedup_jobs WHERE job_id IN ($wait1, $wait2) AND batches_done >= 1}, '2'),
+	'raised to 2 by a reload, the queued job starts beside the running one');
+$node->safe_psql('postgres', "SELECT dedup_cancel($wait1), dedup_cancel($wait2)");
+is($node->safe_psql('postgres', "SELECT dedup_wait($wait1, '60s') || dedup_wait($wait2, '60s')"),
+	'cancelledcancelled', 'both cancelled again');
 
 # 5a. a BEFORE DELETE trigger raises a custom SQLSTATE with a HINT, armed
 # once the job has committed a few batches
