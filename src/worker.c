@@ -1019,6 +1019,7 @@ dedup_worker_main(Datum arg)
 	{
 		int			slot = worker_slot_take();
 		bool		more = false;
+		bool		ran = false;
 
 		if (slot < 0)
 			break;
@@ -1034,11 +1035,20 @@ dedup_worker_main(Datum arg)
 			if (claim.job_id == 0)
 				break;
 			run_job(&claim);
+			ran = true;
 		}
 		worker_slot_release(slot);
 		plain_xact(any_queued, &more);
 		if (!more)
 			break;
+
+		/*
+		 * Queued jobs, none of which it could claim: their rows are locked
+		 * (a session pausing or cancelling one, its transaction still open,
+		 * or prepared).  Look again in a second, not at once: that spun.
+		 */
+		if (!ran)
+			bg_sleep(1000);
 	}
 	proc_exit(0);
 }

@@ -13,7 +13,8 @@
 #      pg_terminate_backend leaves its job interrupted, shown once; with
 #      max_workers lowered to 0, a worker whose job stops takes no other;
 #      two jobs submitted in one transaction run side by side; a job queued
-#      behind the limit starts when a reload raises it;
+#      behind the limit starts when a reload raises it; workers sleep while
+#      the only queued job's row is held by another session;
 #   4. not preloaded: after an immediate stop the job stays 'interrupted'
 #      until dedup_resume, then finishes (with add_unique, built
 #      CONCURRENTLY); so does a merge, whose referencing table ends as a
@@ -439,6 +440,35 @@ ok($node->poll_query_until('postgres',
 $node->safe_psql('postgres', "SELECT dedup_cancel($wait1), dedup_cancel($wait2)");
 is($node->safe_psql('postgres', "SELECT dedup_wait($wait1, '60s') || dedup_wait($wait2, '60s')"),
 	'cancelledcancelled', 'both cancelled again');
+
+# 3g. a queued job whose row a session holds (a dedup_pause in a
+# transaction still open): the workers that cannot claim it wait a second
+# between looks, sleeping (they spun on the CPU), until it commits
+create_table($node, "hold$_", 20_000) for 1 .. 3;
+my ($hold1, $hold2, $held) = map { submit($node, "hold$_", 300) } 1 .. 3;
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('BEGIN');
+is($holder->query_safe("SELECT state FROM dedup_jobs WHERE job_id = $held"), 'queued',
+	'the third job waits queued behind the two running');
+$holder->query_safe("SELECT dedup_pause($held)");
+is($node->safe_psql('postgres', "SELECT dedup_wait($hold1, '60s') || dedup_wait($hold2, '60s')"),
+	'donedone', 'the two running jobs are done');
+my ($asleep, $looks) = (0, 0);
+for (1 .. 100)
+{
+	my $w = $node->safe_psql('postgres', q{
+		SELECT count(*) FILTER (WHERE wait_event_type = 'Extension') || ' ' || count(*)
+		  FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'});
+	my ($sleeping, $all) = split / /, $w;
+	$looks++ if $all > 0;
+	$asleep++ if $all > 0 && $sleeping == $all;
+	usleep(50_000);
+}
+cmp_ok($asleep, '>=', $looks * 0.9, "the workers sleep while the job's row is held ($asleep of $looks looks)");
+$holder->query_safe('COMMIT');
+$holder->quit;
+is($node->safe_psql('postgres', "SELECT dedup_wait($held, '60s')"), 'paused', 'then the job is paused');
+$node->safe_psql('postgres', "SELECT dedup_cancel($held)");
 
 # 5a. a BEFORE DELETE trigger raises a custom SQLSTATE with a HINT, armed
 # once the job has committed a few batches
