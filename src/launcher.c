@@ -155,7 +155,7 @@ launch_workers_noted(int n, bool *noted)
 	return true;
 }
 
-/* a worker's: the jobs it re-queued after a restart run side by side */
+/* a worker's, after a restart: the jobs queued then run side by side */
 void
 launch_workers(int n)
 {

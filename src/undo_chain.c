@@ -18,18 +18,16 @@
 #include "utils/lsyscache.h"
 
 /*
- * The order in which the entries of archive a were written: by dedup_xact,
- * then (within a transaction, or in an archive without it) by ctid.  desc:
- * newest first.
+ * The entries of archive a newest first, as they were written: by
+ * dedup_xact, then (within a transaction, or in an archive without it) by
+ * ctid.
  */
-static char *
-write_order(const char *archive, bool desc)
+static const char *
+newest_first(const char *archive)
 {
-	const char *dir = desc ? " DESC" : "";
-
 	if (get_attnum(dedup_relid_by_name(archive), "dedup_xact") != InvalidAttrNumber)
-		return psprintf("a.dedup_xact%s, a.ctid%s", dir, dir);
-	return psprintf("a.ctid%s", dir);
+		return "a.dedup_xact DESC, a.ctid DESC";
+	return "a.ctid DESC";
 }
 
 /* the entries of the log's actions */
@@ -64,7 +62,7 @@ char *
 archive_last_entries(const char *archive, const char *where, const char *key)
 {
 	return psprintf("(SELECT DISTINCT ON (%s) a.* FROM %s a WHERE %s ORDER BY %s, %s)",
-					key, archive, where, key, write_order(archive, true));
+					key, archive, where, key, newest_first(archive));
 }
 
 /* the newest entry of every row the job changed */
@@ -107,7 +105,7 @@ undo_values_before(const UndoLog *log)
 					" WHERE %s)"
 					" SELECT DISTINCT ON (%s) a.* FROM dedup_walk a ORDER BY %s, a.dedup_undo_step DESC) a"
 					" WHERE a.dedup_action OPERATOR(pg_catalog.=) %s)",
-					key, write_order(log->archive, true), log->archive, entries_where(log),
+					key, newest_first(log->archive), log->archive, entries_where(log),
 					log->table, log->same_row(log, "c", "e"), left_with(log, "c", "e"),
 					unless_needs_nothing(log),
 					log->same_row(log, "p", "e"), left_with(log, "p", "e"),
