@@ -50,9 +50,10 @@
 
 /*
  * A job whose passes keep finding duplicates gives up after this many
- * passes, and not before they have been finding them for a minute since the
- * scan of its run's first pass ended: on a small table 25 passes take a second,
- * too short to tell writers that keep making duplicates from a burst.
+ * passes, and not before they have been finding them for a minute since
+ * the scan of its run's first pass ended: on a small table 25 passes take
+ * a second, too short to tell writers that keep making duplicates from a
+ * burst.
  */
 #define MAX_PASSES 25
 #define PASS_LIMIT_MIN_MS (60 * 1000)

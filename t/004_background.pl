@@ -398,6 +398,23 @@ $node->reload;
 ok($node->poll_query_until('postgres', 'SHOW dedup_ext.max_workers', '2'),
 	'max_workers = 2 again');
 
+# until jobs x and y have both committed a batch
+sub both_batching
+{
+	my ($node, $x, $y, $what) = @_;
+	ok($node->poll_query_until('postgres',
+			qq{SELECT count(*) FROM dedup_jobs WHERE job_id IN ($x, $y) AND batches_done >= 1}, '2'),
+		$what);
+}
+
+sub cancel_both
+{
+	my ($node, $x, $y, $what) = @_;
+	$node->safe_psql('postgres', "SELECT dedup_cancel($x), dedup_cancel($y)");
+	is($node->safe_psql('postgres', "SELECT dedup_wait($x, '60s') || dedup_wait($y, '60s')"),
+		'cancelledcancelled', $what);
+}
+
 # 3e. two jobs submitted in one transaction run side by side (as two
 # submitted apart do, with max_workers = 2): its commit starts a worker
 # for each (it started one, which ran them one after the other)
@@ -410,12 +427,8 @@ my ($pair1, $pair2) = split /\n/, $node->safe_psql('postgres', q{
 	SELECT job_id FROM dedup_table('pair2', '{k}', background => true, batch_size => 1000);
 	COMMIT;
 });
-ok($node->poll_query_until('postgres',
-		qq{SELECT count(*) FROM dedup_jobs WHERE job_id IN ($pair1, $pair2) AND batches_done >= 1}, '2'),
-	'both jobs of one transaction run at once');
-$node->safe_psql('postgres', "SELECT dedup_cancel($pair1), dedup_cancel($pair2)");
-is($node->safe_psql('postgres', "SELECT dedup_wait($pair1, '60s') || dedup_wait($pair2, '60s')"),
-	'cancelledcancelled', 'both cancelled');
+both_batching($node, $pair1, $pair2, 'both jobs of one transaction run at once');
+cancel_both($node, $pair1, $pair2, 'both cancelled');
 
 # 3f. max_workers raised by a reload while a job waits queued behind the
 # limit: the launcher starts a worker for it (it waited for the running one)
@@ -434,12 +447,8 @@ ok($node->poll_query_until('postgres',
 	'one job runs, the other waits queued');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET dedup_ext.max_workers});
 $node->reload;
-ok($node->poll_query_until('postgres',
-		qq{SELECT count(*) FROM dedup_jobs WHERE job_id IN ($wait1, $wait2) AND batches_done >= 1}, '2'),
-	'raised to 2 by a reload, the queued job starts beside the running one');
-$node->safe_psql('postgres', "SELECT dedup_cancel($wait1), dedup_cancel($wait2)");
-is($node->safe_psql('postgres', "SELECT dedup_wait($wait1, '60s') || dedup_wait($wait2, '60s')"),
-	'cancelledcancelled', 'both cancelled again');
+both_batching($node, $wait1, $wait2, 'raised to 2 by a reload, the queued job starts beside the running one');
+cancel_both($node, $wait1, $wait2, 'both cancelled again');
 
 # 3g. a queued job whose row a session holds (a dedup_pause in a
 # transaction still open): the workers that cannot claim it wait a second
