@@ -390,9 +390,32 @@ refuse_waiting_on_own_lock(DedupJob *job, bool waits)
 }
 
 /*
+ * Will the launcher resume interrupted job job_id by itself?  Yes when its
+ * row was last written before the launcher's last start: the server stopped
+ * or crashed under it, and the resuming worker of its database re-queues it
+ * (a worker stopped by pg_terminate_backend since leaves it to
+ * dedup_resume).
+ */
+static bool
+resumed_by_launcher(int64 job_id)
+{
+	TimestampTz started = launcher_started_at();
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		values[2] = {Int64GetDatum(job_id), TimestampTzGetDatum(started)};
+
+	if (started == 0)
+		return false;
+	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) $1"
+							   " AND j.updated_at OPERATOR(pg_catalog.<) $2", dedup_ext_schema()),
+					  2, types, values, NULL, SPI_OK_SELECT);
+	return SPI_processed == 1;
+}
+
+/*
  * Wait until the job needs nobody: done, failed or cancelled, or paused or
- * interrupted (which wait for dedup_resume).  With a timeout, return the
- * state at that time.
+ * interrupted (which wait for dedup_resume; not one the launcher is about
+ * to resume, after a restart).  With a timeout, return the state at that
+ * time.
  */
 static text *
 wait_until_final(int64 job_id, TimestampTz deadline)
@@ -432,7 +455,8 @@ wait_until_final(int64 job_id, TimestampTz deadline)
 		oldcxt = MemoryContextSwitchTo(loop_cxt);
 		state = poll_state(job_id);
 		final = state_is(state, "done", "failed", "cancelled") ||
-			state_is(state, "paused", "interrupted", NULL) ||
+			state_is(state, "paused", NULL, NULL) ||
+			(state_is(state, "interrupted", NULL, NULL) && !resumed_by_launcher(job_id)) ||
 			(deadline != 0 && GetCurrentTimestamp() >= deadline);
 		MemoryContextSwitchTo(oldcxt);
 		if (final)

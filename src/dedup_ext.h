@@ -411,6 +411,7 @@ extern bool column_not_null(Oid relid, AttrNumber att);
 /* launcher.c */
 extern void launch_at_commit(void);
 extern void launch_workers(int n);
+extern TimestampTz launcher_started_at(void);
 extern void launcher_register(void);
 
 /* control.c */

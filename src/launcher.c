@@ -48,6 +48,7 @@ typedef struct LaunchShared
 {
 	slock_t		mutex;
 	Latch	   *launcher_latch; /* NULL before the launcher's first start */
+	TimestampTz launcher_started;	/* its last start, or 0 */
 	int			nwaiting;
 	Oid			waiting[WAITING_DATABASES];
 } LaunchShared;
@@ -290,6 +291,25 @@ launch_waiting(void)
 	return left;
 }
 
+/*
+ * When the launcher last started (after a server start or a crash-restart):
+ * a job interrupted before then is resumed by the worker it starts for the
+ * job's database.  DT_NOEND while it is yet to start (every interrupted job
+ * is then), 0 without one (not preloaded).
+ */
+TimestampTz
+launcher_started_at(void)
+{
+	TimestampTz started;
+
+	if (launch_shared == NULL)
+		return 0;
+	SpinLockAcquire(&launch_shared->mutex);
+	started = launch_shared->launcher_started;
+	SpinLockRelease(&launch_shared->mutex);
+	return started != 0 ? started : DT_NOEND;
+}
+
 /* the launcher's latch is its process's: no longer to be set once it exits */
 static void
 forget_launcher_latch(int code, Datum arg)
@@ -321,6 +341,7 @@ dedup_launcher_main(Datum arg)
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	SpinLockAcquire(&launch_shared->mutex);
 	launch_shared->launcher_latch = MyLatch;
+	launch_shared->launcher_started = GetCurrentTimestamp();
 	SpinLockRelease(&launch_shared->mutex);
 	on_shmem_exit(forget_launcher_latch, (Datum) 0);
 

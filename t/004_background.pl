@@ -255,6 +255,20 @@ SKIP:
 $log_offset = -s $node->logfile;
 ok(kill('KILL', $pid), "worker $pid killed");
 $node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+# dedup_wait, called while the job is interrupted, waits for the launcher to
+# resume it (it returned 'interrupted' at once)
+my $waited = '';
+for (1 .. 100)
+{
+	my ($ret, $out) = $node->psql('postgres', qq{SELECT dedup_wait($job, '120s')});
+	if ($ret == 0)
+	{
+		$waited = $out;
+		last;
+	}
+	usleep(100_000);    # until the server accepts connections again
+}
+is($waited, 'done', 'dedup_wait right after the crash-restart waits until the job is done');
 ok($node->poll_query_until('postgres',
 		qq{SELECT state FROM dedup_jobs WHERE job_id = $job}, 'done'),
 	'after the crash-restart the job finishes');
