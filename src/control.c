@@ -389,6 +389,9 @@ refuse_waiting_on_own_lock(DedupJob *job, bool waits)
 					 errhint("COMMIT or ROLLBACK first, then call dedup_wait in a transaction of its own.")));
 }
 
+/* how long after the launcher's start dedup_wait waits for it to resume a job */
+#define RESUME_GRACE_MS (60 * 1000)
+
 /*
  * Will the launcher resume interrupted job job_id by itself?  Yes when its
  * row was last written before the launcher's last start: the server stopped
@@ -403,7 +406,14 @@ resumed_by_launcher(int64 job_id)
 	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
 	Datum		values[2] = {Int64GetDatum(job_id), TimestampTzGetDatum(started)};
 
-	if (started == 0)
+	/*
+	 * Not for ever: a resuming worker re-queues its database's jobs within
+	 * seconds of the launcher's start, and one that has not after a minute
+	 * never will (no slot, a database closed to connections, a job still
+	 * alive when it looked, a standby where no launcher runs).
+	 */
+	if (started == 0 || RecoveryInProgress() ||
+		TimestampDifferenceExceeds(started, GetCurrentTimestamp(), RESUME_GRACE_MS))
 		return false;
 	spi_exec_as_owner(psprintf("SELECT FROM %s.dedup_job j WHERE j.job_id OPERATOR(pg_catalog.=) $1"
 							   " AND j.updated_at OPERATOR(pg_catalog.<) $2", dedup_ext_schema()),
@@ -451,18 +461,20 @@ wait_until_final(int64 job_id, TimestampTz deadline)
 	for (;;)
 	{
 		bool		final;
+		char	   *polled;
 
-		oldcxt = MemoryContextSwitchTo(loop_cxt);
-		state = poll_state(job_id);
-		final = state_is(state, "done", "failed", "cancelled") ||
-			state_is(state, "paused", NULL, NULL) ||
-			(state_is(state, "interrupted", NULL, NULL) && !resumed_by_launcher(job_id)) ||
+		/* each look in an SPI connection of its own, whose results it frees */
+		MemoryContextReset(loop_cxt);
+		SPI_connect();
+		polled = poll_state(job_id);
+		final = state_is(polled, "done", "failed", "cancelled") ||
+			state_is(polled, "paused", NULL, NULL) ||
+			(state_is(polled, "interrupted", NULL, NULL) && !resumed_by_launcher(job_id)) ||
 			(deadline != 0 && GetCurrentTimestamp() >= deadline);
-		MemoryContextSwitchTo(oldcxt);
+		state = MemoryContextStrdup(loop_cxt, polled);
+		SPI_finish();
 		if (final)
 			break;
-		SPI_freetuptable(SPI_tuptable);
-		MemoryContextReset(loop_cxt);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100,
 						 PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

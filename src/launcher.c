@@ -48,7 +48,8 @@ typedef struct LaunchShared
 {
 	slock_t		mutex;
 	Latch	   *launcher_latch; /* NULL before the launcher's first start */
-	TimestampTz launcher_started;	/* its last start, or 0 */
+	TimestampTz shmem_started;	/* this memory's: a server start, a crash-restart */
+	TimestampTz launcher_started;	/* the launcher's since, or 0 */
 	int			nwaiting;
 	Oid			waiting[WAITING_DATABASES];
 } LaunchShared;
@@ -82,6 +83,7 @@ launch_shmem_startup(void)
 	{
 		memset(launch_shared, 0, sizeof(LaunchShared));
 		SpinLockInit(&launch_shared->mutex);
+		launch_shared->shmem_started = GetCurrentTimestamp();
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -114,12 +116,15 @@ launch_later(Oid dbid)
 }
 
 /*
- * Start a worker for a database.  resume: it re-queues the jobs of the
- * database that lost their worker first.  When no background worker slot is
- * free it returns false.
+ * Start a worker for a database.  mode, its bgw_extra[0]: 'n' for a
+ * submission's worker; 'q' for the launcher's, which starts more for the
+ * database's queued jobs, up to dedup_ext.max_workers; 'r' for the
+ * launcher's after a server start, which also re-queues first the jobs that
+ * lost their worker.  When no background worker slot is free it returns
+ * false.
  */
 static bool
-launch_worker(Oid dbid, bool resume)
+launch_worker(Oid dbid, char mode)
 {
 	BackgroundWorker worker = {0};
 	BackgroundWorkerHandle *handle;
@@ -132,7 +137,7 @@ launch_worker(Oid dbid, bool resume)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "dedup_ext worker");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "dedup_ext worker");
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
-	worker.bgw_extra[0] = resume ? 'r' : 'n';
+	worker.bgw_extra[0] = mode;
 	worker.bgw_notify_pid = 0;
 	return RegisterDynamicBackgroundWorker(&worker, &handle);
 }
@@ -148,7 +153,7 @@ launch_workers_noted(int n, bool *noted)
 {
 	n = Max(1, Min(n, dedup_max_workers));
 	for (int i = 0; i < n; i++)
-		if (!launch_worker(MyDatabaseId, false))
+		if (!launch_worker(MyDatabaseId, 'n'))
 		{
 			*noted = launch_later(MyDatabaseId);
 			return false;
@@ -283,7 +288,7 @@ launch_waiting(void)
 	launch_shared->nwaiting = 0;
 	SpinLockRelease(&launch_shared->mutex);
 	for (int i = 0; i < n; i++)
-		if (!launch_worker(dbs[i], false))
+		if (!launch_worker(dbs[i], 'q'))
 			(void) launch_later(dbs[i]);
 	SpinLockAcquire(&launch_shared->mutex);
 	left = launch_shared->nwaiting > 0;
@@ -292,10 +297,10 @@ launch_waiting(void)
 }
 
 /*
- * When the launcher last started (after a server start or a crash-restart):
- * a job interrupted before then is resumed by the worker it starts for the
- * job's database.  DT_NOEND while it is yet to start (every interrupted job
- * is then), 0 without one (not preloaded).
+ * When the launcher last started, or, while it is yet to start, when the
+ * server did (or restarted after a crash): a job interrupted before then is
+ * resumed by the worker the launcher starts for the job's database.  0
+ * without a launcher (not preloaded).
  */
 TimestampTz
 launcher_started_at(void)
@@ -305,9 +310,10 @@ launcher_started_at(void)
 	if (launch_shared == NULL)
 		return 0;
 	SpinLockAcquire(&launch_shared->mutex);
-	started = launch_shared->launcher_started;
+	started = launch_shared->launcher_started != 0 ?
+		launch_shared->launcher_started : launch_shared->shmem_started;
 	SpinLockRelease(&launch_shared->mutex);
-	return started != 0 ? started : DT_NOEND;
+	return started;
 }
 
 /* the launcher's latch is its process's: no longer to be set once it exits */
@@ -334,14 +340,16 @@ dedup_launcher_main(Datum arg)
 {
 	List	   *dbs;
 	ListCell   *lc;
+	TimestampTz started;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	started = GetCurrentTimestamp();
 	SpinLockAcquire(&launch_shared->mutex);
 	launch_shared->launcher_latch = MyLatch;
-	launch_shared->launcher_started = GetCurrentTimestamp();
+	launch_shared->launcher_started = started;
 	SpinLockRelease(&launch_shared->mutex);
 	on_shmem_exit(forget_launcher_latch, (Datum) 0);
 
@@ -352,7 +360,7 @@ dedup_launcher_main(Datum arg)
 		bool		waiting;
 
 		foreach(lc, dbs)
-			if (!launch_worker(lfirst_oid(lc), true))
+			if (!launch_worker(lfirst_oid(lc), 'r'))
 				left = lappend_oid(left, lfirst_oid(lc));
 		list_free(dbs);
 		dbs = left;

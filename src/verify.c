@@ -235,9 +235,9 @@ check_backfill(ReturnSetInfo *rsinfo, DedupJob *job)
 		add_check(rsinfo, "linked_rows_linked", n == 0,
 				  psprintf("%lld rows the job linked are gone or NULL again", (long long) n));
 	}
-	/* through dedup_orphans, as its owner: only the rows of this job's origin (1.5) */
 	/*
-	 * The rows dedup_orphans lists for the job, read from its table: the
+	 * As the extension's owner, the rows dedup_orphans lists for the job
+	 * (those of its origin, from 1.5 on), read from its table: the
 	 * view compares each row's origin with its job's by a subquery per row
 	 * (seconds for a million orphans), here one for all.
 	 */

@@ -545,10 +545,7 @@ check_installed(void *arg)
 		SPI_processed == 1;
 }
 
-/*
- * jobs whose worker the previous server run lost go back to the queue; arg:
- * how many jobs are queued then, theirs and those queued before
- */
+/* jobs whose worker the previous server run lost go back to the queue */
 static void
 requeue_lost(void *arg)
 {
@@ -562,10 +559,17 @@ requeue_lost(void *arg)
 		ereport(LOG,
 				(errmsg("dedup_ext: resuming %llu interrupted background jobs",
 						(unsigned long long) SPI_processed)));
+}
+
+/* how many jobs of the database are queued; arg: where to say it */
+static void
+count_queued(void *arg)
+{
 	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM %s.dedup_job j"
-							   " WHERE state OPERATOR(pg_catalog.=) 'queued' AND %s", schema, job_here_sql("j")),
+							   " WHERE state OPERATOR(pg_catalog.=) 'queued' AND %s",
+							   dedup_ext_schema(), job_here_sql("j")),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
-	*(uint64 *) arg = (uint64) spi_get_int64(0, 1);
+	*(int64 *) arg = spi_get_int64(0, 1);
 }
 
 /* a claimed job: its id (0: none), its row's origin (in cxt) and table */
@@ -943,8 +947,8 @@ take_idle_policy(void)
 }
 
 /*
- * Main of a dynamic worker: arg is the database; bgw_extra[0] is 'r' for a
- * worker the launcher started after a server start.  The worker takes one of
+ * Main of a dynamic worker: arg is the database; bgw_extra[0] is its mode
+ * (launch_worker in launcher.c).  The worker takes one of
  * the database's dedup_ext.max_workers slots (or leaves: the workers that have
  * them take the queued jobs), runs queued jobs until none is left, gives its
  * slot back, and looks once more, so that a job queued while it was leaving
@@ -954,7 +958,7 @@ void
 dedup_worker_main(Datum arg)
 {
 	Oid			dbid = DatumGetObjectId(arg);
-	bool		resume = MyBgworkerEntry->bgw_extra[0] == 'r';
+	char		mode = MyBgworkerEntry->bgw_extra[0];
 	MemoryContext cxt;
 	bool		installed = false;
 
@@ -1005,14 +1009,16 @@ dedup_worker_main(Datum arg)
 	plain_xact(check_installed, &installed);
 	if (!installed)
 		proc_exit(0);
-	if (resume)
+	if (mode == 'r')
+		plain_xact(requeue_lost, NULL);
+	if (mode == 'r' || mode == 'q')
 	{
-		uint64		queued = 0;
+		int64		queued = 0;
 
-		plain_xact(requeue_lost, &queued);
+		plain_xact(count_queued, &queued);
 		/* once committed, more workers take them: they run side by side */
-		if (Min(queued, (uint64) dedup_max_workers) > 1)
-			launch_workers((int) Min(queued, (uint64) dedup_max_workers) - 1);
+		if (Min(queued, (int64) dedup_max_workers) > 1)
+			launch_workers((int) Min(queued, (int64) dedup_max_workers) - 1);
 	}
 
 	for (;;)
