@@ -11,6 +11,7 @@ OBJS = \
 	src/control.o \
 	src/cpu_yield.o \
 	src/dedup.o \
+	src/guard.o \
 	src/archive.o \
 	src/jobs.o \
 	src/launcher.o \

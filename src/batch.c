@@ -27,7 +27,9 @@
  *              (add_unique, instead of the last scan: see after_batches)
  *              CREATE UNIQUE INDEX CONCURRENTLY, which never blocks
  *              writers; if a writer made a duplicate in the meantime it
- *              fails, the invalid index is dropped, and another pass runs.
+ *              fails, and another pass runs; its invalid index is dropped,
+ *              or kept until the job ends to refuse writers' duplicates
+ *              meanwhile (guard.c), which lets the job converge.
  *
  * A batch never holds a lock on the table stronger than ROW EXCLUSIVE, and
  * only the rows of one batch are locked, for the duration of the batch.
@@ -382,6 +384,8 @@ scan_step(BgJob *job, void *arg)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("duplicates in %s keep coming back after %d passes", t->qualname, job->passes + 1),
 				 errdetail("Writers add duplicates as fast as the job removes them, or a BEFORE trigger on the table skips some losers' delete or rename; the batches done so far stay done."),
+				 job->add_unique ?
+				 errhint("Stop the writer that makes them (or disable the trigger for the job), then run the job again.") :
 				 errhint("Stop the writer that makes them (or disable the trigger for the job), or run with add_unique => true, then run the job again.")));
 	if (n > 0)
 		next = batch_phase(job);
@@ -693,13 +697,15 @@ drop_index_sql(BgJob *job)
 /*
  * add_unique: CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING
  * INDEX (a catalog change, under lock_timeout).  A duplicate written since the
- * last pass makes the build fail: its invalid index is dropped and the job
- * scans again.
+ * last pass makes the build fail: its invalid index is kept as a guard or
+ * dropped (guard.c), and the job scans again.  The guards go once the index
+ * is valid.
  */
 static void
 build_unique(BgJob *job)
 {
 	int			state = 0;
+	bool		kept = false;
 
 	/* a step stopped by a pause or cancel request: the caller obeys it */
 	if (!bg_xact(job, job->index_name == NULL ? name_index_step : index_state, &state))
@@ -737,13 +743,15 @@ build_unique(BgJob *job)
 				ReThrowError(edata);
 			}
 			MemoryContextSwitchTo(cxt);
-			elog(DEBUG1, "dedup_ext job %lld: the unique index build found a duplicate, scanning again",
-				 (long long) job->job_id);
+			elog(DEBUG1, "dedup_ext job %lld: the unique index build found a duplicate, scanning again: %s",
+				 (long long) job->job_id, edata->detail ? edata->detail : edata->message);
 			FlushErrorState();
 			AbortCurrentTransaction();
 			bg_compress_wal(false);
 			MemoryContextSwitchTo(job->cxt);
-			bg_toplevel(job, drop_index_sql(job));
+			/* an index that was ready stays, as a guard (see guard.c) */
+			if (!bg_xact(job, guard_keep_step, &kept) || !kept)
+				bg_toplevel(job, drop_index_sql(job));
 			job->index_name = NULL;
 			(void) bg_xact(job, rescan_step, NULL);
 			return;
@@ -751,6 +759,7 @@ build_unique(BgJob *job)
 		PG_END_TRY();
 		bg_compress_wal(false);
 	}
+	bg_drop_guards(job);
 	(void) bg_xact(job, unique_done_step, NULL);
 }
 

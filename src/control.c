@@ -247,6 +247,8 @@ dedup_cancel(PG_FUNCTION_ARGS)
 		DedupJob   *job = job_fetch(job_id, false, true);
 
 		backfill_drop_constraints(job);
+		if (strcmp(job->kind, "dedup") == 0)
+			guards_drop(job_id, job->relid, job->unique_index);
 		job_drop_work_table(job_id, job->work_table);
 		set_state(job_id, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 								   " finished_at = pg_catalog.clock_timestamp()%s",

@@ -458,6 +458,12 @@ extern char *unique_constraint_sql(DedupTarget *t, const char *name);
 extern char *unique_create(DedupTarget *t, bool *is_constraint);
 extern char *unique_existing(DedupTarget *t);
 
+/* guard.c */
+extern void guard_keep_step(BgJob *job, void *arg);
+extern void bg_drop_guards(BgJob *job);
+extern void bg_drop_guards_quietly(BgJob *job);
+extern void guards_drop(int64 job_id, Oid relid, const char *unique_index);
+
 /* dedup.c */
 extern void rename_refusals(DedupTarget *t, int64 null_keys, const char *taken);
 extern void rename_stored_check(DedupTarget *t, int64 changed);

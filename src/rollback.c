@@ -1513,7 +1513,15 @@ dedup_rollback(PG_FUNCTION_ARGS)
 					 psprintf("%s%s", removed ? "3" : "",
 							  strcmp(job->kind, "backfill") == 0 || job_param(job, "rename_column") ? "2" : ""));
 	if (strcmp(job->kind, "backfill") != 0)
+	{
+		/*
+		 * The guards a job left (guard.c) would refuse the rows put back;
+		 * they go first, so that what is checked next is the user's.
+		 */
+		if (job->background)
+			guards_drop(job_id, t->relid, NULL);
 		job_index = job_unique_index(job, t, &job_index_gone);
+	}
 	if (strcmp(job->kind, "backfill") != 0 && !nothing)
 		refuse_taken_keys(job, t, job->archive_table, job_index, job_index_gone);
 	/* the rollback's own row names who asked for it */

@@ -506,6 +506,8 @@ bg_obeyed(BgJob *job)
 
 	if (job->control == NULL || (job->phase && strcmp(job->phase, "finishing") == 0))
 		return false;
+	/* a stopped job leaves no guard refusing writers' duplicates */
+	bg_drop_guards(job);
 	run_step(job, obey_step, &obeyed, false);
 	return obeyed;
 }
@@ -853,6 +855,7 @@ run_job(Claim *claim)
 		/* set outside a transaction around an index build: not undone by the abort */
 		bg_compress_wal(false);
 		RESUME_INTERRUPTS();
+		bg_drop_guards_quietly(job);
 		f.job_id = job_id;
 		f.origin = claim->origin;
 		f.job_table = claim->job_table;

@@ -4,9 +4,18 @@
 #   2. with add_unique, losers the first pass's batches skipped (a writer
 #      updated their survivor) are removed by a second pass before the index
 #      is built, not found by a failed build;
-#   3. a writer that adds duplicates as fast as the passes remove them for
-#      30 passes of a small table (a few seconds), then stops: the job keeps
-#      passing, and ends done (it gave up after 25 passes, a second).
+#   3. duplicates that come back as fast as the passes remove them for 30
+#      passes of a small table (a few seconds), then stop: the job keeps
+#      passing, and ends done (it gave up after 25 passes, a second);
+#   4. with add_unique, a writer that adds a duplicate every 50 ms or so for
+#      as long as the job runs, more than one a unique index build takes:
+#      the job keeps the index of a build that failed as a guard (which
+#      refuses the writer's duplicates from then on), and ends done with its
+#      index valid and its guards dropped;
+#   5. a job that stops leaves no guard: paused (its worker drops them),
+#      cancelled while no worker runs it, rolled back.  The guards are made
+#      by hand: invalid unique indexes of a guard's name, as the index of a
+#      build that failed in its second scan is.
 #
 # 1. t: ids 1..20, k = a..e repeating (group a: survivor 1, losers 6, 11, 16;
 # group b: survivor 2, losers 7, 12, 17).  With batch_size 6 the first batch
@@ -119,38 +128,138 @@ is($node->safe_psql('postgres', q{
 		SELECT string_agg(k || '=' || id || ':' || v, ' ' ORDER BY k) FROM u}),
 	'a=1:0 b=2:0 c=3:0 d=4:0 e=5:1', 'add_unique: one row a key');
 
-# 3. w: 3000 rows, keys 0..999; the writer adds a duplicate of a random key
-# every millisecond or so, each in a transaction of its own, until the job
-# has made 30 passes (or 60 s have gone by)
+# 3. w: 3000 rows, keys 0..999.  The duplicates come back as the passes
+# remove them: each loser a batch deletes is written again by a trigger, in
+# the batch's own transaction, until the job has made 30 passes.  (A writer
+# in a session of its own can stall for longer than a pass of this small
+# table takes, which would end the job early.)
 $node->safe_psql('postgres', q{
 	CREATE TABLE w (id serial PRIMARY KEY, k int NOT NULL);
 	INSERT INTO w (k) SELECT g % 1000 FROM generate_series(1, 3000) g;
 	ANALYZE w;
-});
-my $dups = $node->background_psql('postgres');
-$dups->query_until(qr/writing/, q{\echo writing
-DO $$
-DECLARE until timestamptz := clock_timestamp() + interval '60 s';
-BEGIN
-  WHILE clock_timestamp() < until
-        AND coalesce((SELECT max(passes) FROM dedup_jobs WHERE relation = 'w'::regclass), 0) <= 30 LOOP
-    INSERT INTO w (k) VALUES (floor(random() * 1000)::int);
-    COMMIT;
-    PERFORM pg_sleep(0.001);
-  END LOOP;
-END $$;
-\echo written
+	CREATE FUNCTION w_again() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+	  IF coalesce((SELECT max(passes) FROM public.dedup_jobs WHERE relation = 'public.w'::regclass), 0) < 30 THEN
+	    INSERT INTO public.w (k) VALUES (OLD.k);
+	  END IF;
+	  RETURN NULL;
+	END $$;
+	CREATE TRIGGER w_again AFTER DELETE ON w FOR EACH ROW EXECUTE FUNCTION w_again();
 });
 $job = $node->safe_psql('postgres',
 	q{SELECT job_id FROM dedup_table('w', '{k}', background => true, batch_size => 100)});
-$dups->query_until(qr/written/, '');
-$dups->quit;
 is($node->safe_psql('postgres', "SELECT dedup_wait($job, '120s')"), 'done',
-	'duplicates written during many passes: the job is done once the writer stops');
+	'duplicates written during many passes: the job is done once they stop');
 cmp_ok($node->safe_psql('postgres', "SELECT passes FROM dedup_jobs WHERE job_id = $job"), '>', 30,
 	'after more than 30 passes');
 is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM w}), '1000 1000',
 	'one row a key');
+
+# 4. g: 500,000 rows, 1% of them duplicates (a pass after the first reads
+# the few pages that changed, in milliseconds, and a unique index build
+# takes a fifth of a second or more).  Each of the writer's duplicates is a
+# transaction of its own; the writer counts those refused.
+$node->safe_psql('postgres', q{
+	CREATE TABLE g (id serial PRIMARY KEY, k int NOT NULL);
+	INSERT INTO g (k) SELECT CASE WHEN g % 100 = 0 THEN g - 1 ELSE g END FROM generate_series(1, 500000) g;
+	CREATE TABLE refused (n int);
+	ANALYZE g;
+});
+my $log_offset = -s $node->logfile;
+my $steady = $node->background_psql('postgres');
+$steady->query_until(qr/writing/, q{\echo writing
+DO $$
+DECLARE
+  until timestamptz := clock_timestamp() + interval '100 s';
+  n int := 0;
+BEGIN
+  WHILE clock_timestamp() < until
+        AND NOT EXISTS (SELECT FROM dedup_jobs WHERE relation = 'g'::regclass
+                          AND state IN ('done', 'failed', 'cancelled')) LOOP
+    BEGIN
+      INSERT INTO g (k) VALUES (1 + floor(random() * 499999)::int);
+    EXCEPTION WHEN unique_violation THEN
+      n := n + 1;
+    END;
+    COMMIT;
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  INSERT INTO refused VALUES (n);
+END $$;
+\echo written
+});
+$job = $node->safe_psql('postgres',
+	q{SELECT job_id FROM dedup_table('g', '{k}', background => true, add_unique => true)});
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '150s')"), 'done',
+	'add_unique with a writer adding duplicates all along: the job is done');
+$steady->query_until(qr/written/, '');
+$steady->quit;
+like(slurp_file($node->logfile, $log_offset),
+	qr/job $job: its unique index build found a duplicate; the index stays as public\.dedup_guard_${job}_1, invalid/,
+	'a build that failed left a guard');
+is($node->safe_psql('postgres', q{
+	SELECT i.indisvalid FROM pg_index i JOIN dedup_jobs j ON j.unique_index::regclass = i.indexrelid
+	 WHERE j.relation = 'g'::regclass}), 't', 'its unique index is valid');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_index WHERE indrelid = 'g'::regclass}), '2',
+	'no guard is left: the primary key and the unique index');
+is($node->safe_psql('postgres', q{SELECT count(*) - count(DISTINCT k) FROM g}), '0', 'no duplicate');
+cmp_ok($node->safe_psql('postgres', 'SELECT n FROM refused'), '>', 0,
+	"the writer's duplicates were refused");
+
+
+# 5. p: 1000 rows, keys 0..499 twice over
+$node->safe_psql('postgres', q{
+	CREATE TABLE p (id int PRIMARY KEY, k int NOT NULL);
+	INSERT INTO p SELECT g, g % 500 FROM generate_series(1, 1000) g;
+	ANALYZE p;
+});
+# guard NAME: an invalid unique index of that name on p
+sub guard
+{
+	my ($name, $column) = @_;
+	$node->safe_psql('postgres', qq{
+		CREATE UNIQUE INDEX $name ON p ($column);
+		UPDATE pg_index SET indisvalid = false WHERE indexrelid = '$name'::regclass;
+	});
+}
+my $indexes = q{SELECT string_agg(c.relname || CASE WHEN i.indisvalid THEN '' ELSE ' (invalid)' END, ', '
+                                   ORDER BY c.relname)
+                  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'p'::regclass};
+
+# 50 batches of 10 losers, 200 ms apart: paused in the middle
+$job = $node->safe_psql('postgres', q{
+	SET dedup_ext.batch_delay = 200;
+	SELECT job_id FROM dedup_table('p', '{k}', background => true, add_unique => true, batch_size => 10);
+});
+ok($node->poll_query_until('postgres',
+		"SELECT phase = 'deleting' FROM dedup_jobs WHERE job_id = $job"), 'the job is in its batches');
+guard("dedup_guard_${job}_1", 'id');
+guard("dedup_guard_${job}_2", 'id');
+# a valid index of a guard's name is not one
+$node->safe_psql('postgres', "CREATE INDEX dedup_guard_${job}_3 ON p (k)");
+$node->safe_psql('postgres', "SELECT dedup_pause($job)");
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '60s')"), 'paused', 'the job is paused');
+is($node->safe_psql('postgres', $indexes), "dedup_guard_${job}_3, p_pkey",
+	'its worker dropped its guards, and only them');
+
+guard("dedup_guard_${job}_1", 'id');
+is($node->safe_psql('postgres', "SELECT dedup_cancel($job)"), 't', 'the paused job is cancelled');
+is($node->safe_psql('postgres', $indexes), "dedup_guard_${job}_3, p_pkey",
+	'dedup_cancel dropped its guard');
+my $cancelled = $job;
+
+# a job done, then a guard on its key (the rows are unique again): its
+# rollback drops it, or the duplicates it puts back would be refused
+$node->safe_psql('postgres', "DROP INDEX dedup_guard_${job}_3");
+$job = $node->safe_psql('postgres',
+	q{SELECT job_id FROM dedup_table('p', '{k}', background => true, add_unique => true)});
+is($node->safe_psql('postgres', "SELECT dedup_wait($job, '60s')"), 'done', 'a second job is done');
+guard("dedup_guard_${job}_1", 'k');
+cmp_ok($node->safe_psql('postgres', "SELECT dedup_rollback($job)"), '>', 0, 'its rollback puts rows back');
+is($node->safe_psql('postgres', $indexes), 'p_pkey', 'and drops its unique index and its guard');
+cmp_ok($node->safe_psql('postgres', "SELECT dedup_rollback($cancelled)"), '>', 0,
+	"the cancelled job's batches roll back too");
+is($node->safe_psql('postgres', 'SELECT count(*) FROM p'), '1000', 'every row is back');
 
 $node->stop;
 done_testing();
