@@ -711,7 +711,11 @@ build_unique(BgJob *job)
 	if (!bg_xact(job, job->index_name == NULL ? name_index_step : index_state, &state))
 		return;
 	if (job->index_name == NULL)
-		return;					/* an index that does its work was there */
+	{
+		/* an index that does its work was there (one a user made meanwhile) */
+		bg_drop_guards(job);
+		return;
+	}
 	if (state == 1)
 		bg_toplevel(job, drop_index_sql(job));
 	if (state != 2)
@@ -736,7 +740,7 @@ build_unique(BgJob *job)
 				 * and leaves no invalid index of its own on the table.
 				 */
 				FlushErrorState();
-				AbortCurrentTransaction();
+				bg_abort();
 				bg_compress_wal(false);
 				MemoryContextSwitchTo(job->cxt);
 				bg_toplevel(job, drop_index_sql(job));
@@ -746,7 +750,7 @@ build_unique(BgJob *job)
 			elog(DEBUG1, "dedup_ext job %lld: the unique index build found a duplicate, scanning again: %s",
 				 (long long) job->job_id, edata->detail ? edata->detail : edata->message);
 			FlushErrorState();
-			AbortCurrentTransaction();
+			bg_abort();
 			bg_compress_wal(false);
 			MemoryContextSwitchTo(job->cxt);
 			/* an index that was ready stays, as a guard (see guard.c) */

@@ -166,7 +166,13 @@ dedup_pause(PG_FUNCTION_ARGS)
 	SPI_connect();
 	state = control_begin(job_id);
 	if (state_is(state, "queued", "interrupted", NULL))
+	{
+		DedupJob   *job = job_fetch(job_id, false, true);
+
+		if (strcmp(job->kind, "dedup") == 0)
+			guards_drop(job_id, job->relid, job->unique_index);
 		set_state(job_id, "state = 'paused', control = NULL");
+	}
 	else if (strcmp(state, "running") == 0)
 		set_state(job_id, "control = 'pause'");
 	else

@@ -393,6 +393,8 @@ typedef struct BgJob
 } BgJob;
 
 extern bool bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg);
+extern void bg_xact_always(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg);
+extern void bg_abort(void);
 extern void bg_toplevel(BgJob *job, const char *sql);
 extern void bg_compress_wal(bool on);
 extern void bg_sleep(int ms);

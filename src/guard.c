@@ -11,9 +11,10 @@
  * checking it, invalid as it is, for as long as it stays.  The job keeps
  * such an index as a guard, renamed dedup_guard_<job>_<n>, instead of
  * dropping it: its next pass removes the duplicates written before the
- * guard was ready, and no insert adds one since, except of a key whose rows
- * the guard missed (those of transactions that wrote during its build and
- * ended before it was ready).  A second guard has them all (its build began
+ * guard was ready, and no insert adds one since, except of a key whose live
+ * rows the guard all missed: rows of transactions that wrote during its
+ * build and ended before it was ready (a survivor among them whose losers
+ * the pass removed, say).  A second guard has them all (its build began
  * after they ended), so a job keeps two at most.  The job's guards are
  * dropped once its index is built, when it stops without it (cancel, pause,
  * failure), and by its rollback; while they stay, a writer's duplicate is
@@ -134,16 +135,16 @@ bg_drop_guards(BgJob *job)
 	List	   *guards = NIL;
 	ListCell   *lc;
 
-	if (!job->add_unique || !bg_xact(job, list_step, &guards))
-		return;
+	bg_xact_always(job, list_step, &guards);
 	foreach(lc, guards)
 		bg_toplevel(job, psprintf("DROP INDEX CONCURRENTLY IF EXISTS %s", (char *) lfirst(lc)));
 }
 
 /*
- * bg_drop_guards for a job that failed: a guard it cannot drop (its row or
- * table gone, a lock timeout) is left for dedup_rollback, with a warning,
- * rather than hide the job's own error.
+ * bg_drop_guards for a job that failed (whatever its parameters say: a job
+ * resumed after a crash may fail before it has read them): a guard it
+ * cannot drop (its row or table gone) is left for dedup_rollback, with a
+ * warning, rather than hide the job's own error.
  */
 void
 bg_drop_guards_quietly(BgJob *job)
@@ -161,12 +162,13 @@ bg_drop_guards_quietly(BgJob *job)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		AbortOutOfAnyTransaction();
+		bg_abort();
+		MemoryContextSwitchTo(cxt);
 		ereport(WARNING,
 				(errmsg("dedup_ext job %lld: could not drop the invalid indexes that refuse new duplicates while it runs",
 						(long long) job->job_id),
 				 errdetail("%s", edata->message),
-				 errhint("dedup_rollback or dedup_cancel of the job drops them (indexes dedup_guard_%lld_*).",
+				 errhint("dedup_rollback of the job drops them, as does DROP INDEX (indexes dedup_guard_%lld_*).",
 						 (long long) job->job_id)));
 	}
 	PG_END_TRY();
@@ -191,7 +193,8 @@ guards_drop(int64 job_id, Oid relid, const char *unique_index)
 		bool		valid;
 
 		if (index_flags(idx, &ready, &valid) && !valid && IndexGetRelation(idx, true) == relid)
-			guards = lappend(guards, (char *) unique_index);
+			guards = lappend(guards, quote_qualified_identifier(get_namespace_name(get_rel_namespace(idx)),
+																get_rel_name(idx)));
 	}
 	foreach(lc, guards)
 		spi_exec_count(psprintf("DROP INDEX IF EXISTS %s", (char *) lfirst(lc)), SPI_OK_UTILITY);

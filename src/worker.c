@@ -275,6 +275,30 @@ bg_xact(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
 	return run_step(job, step, arg, true);
 }
 
+/* a step that is retried until it commits, whatever is requested */
+void
+bg_xact_always(BgJob *job, void (*step) (BgJob *job, void *arg), void *arg)
+{
+	(void) run_step(job, step, arg, false);
+}
+
+/* the worker's own identity, between jobs and steps */
+static Oid	worker_user;
+static int	worker_sec;
+
+/*
+ * Abort whatever transaction an error left open, and be the worker again: a
+ * statement that commits and starts transactions of its own (bg_toplevel)
+ * and failed in one of them leaves the submitter as the user an abort
+ * returns to.
+ */
+void
+bg_abort(void)
+{
+	AbortOutOfAnyTransaction();
+	SetUserIdAndSecContext(worker_user, worker_sec);
+}
+
 /*
  * Run one utility statement that must be at top level (CREATE INDEX
  * CONCURRENTLY, DROP INDEX CONCURRENTLY): it commits and starts
@@ -851,11 +875,14 @@ run_job(Claim *claim)
 		edata = CopyErrorData();
 		EmitErrorReport();
 		FlushErrorState();
-		AbortOutOfAnyTransaction();
+		bg_abort();
+		MemoryContextSwitchTo(cxt);
 		/* set outside a transaction around an index build: not undone by the abort */
 		bg_compress_wal(false);
 		RESUME_INTERRUPTS();
-		bg_drop_guards_quietly(job);
+		/* a dedup that may have guards: with add_unique, or not loaded yet */
+		if ((job->kind == NULL || strcmp(job->kind, "dedup") == 0) && (job->add_unique || job->t == NULL))
+			bg_drop_guards_quietly(job);
 		f.job_id = job_id;
 		f.origin = claim->origin;
 		f.job_table = claim->job_table;
@@ -970,6 +997,7 @@ dedup_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+	GetUserIdAndSecContext(&worker_user, &worker_sec);
 	pgstat_report_appname("dedup_ext worker");
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("statement_timeout", "0", PGC_SUSET, PGC_S_SESSION);

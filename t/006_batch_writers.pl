@@ -7,13 +7,12 @@
 #   3. duplicates that come back as fast as the passes remove them for 30
 #      passes of a small table (a few seconds), then stop: the job keeps
 #      passing, and ends done (it gave up after 25 passes, a second);
-#   4. with add_unique, a writer that adds a duplicate every 50 ms or so for
-#      as long as the job runs, more than one a unique index build takes:
-#      the job keeps the index of a build that failed as a guard (which
-#      refuses the writer's duplicates from then on), and ends done with its
-#      index valid and its guards dropped;
+#   4. with add_unique, a writer that adds duplicates while each unique
+#      index build scans the table: the job keeps the index of a build that
+#      failed as a guard (which refuses the writer's duplicates from then
+#      on), and ends done with its index valid and its guards dropped;
 #   5. a job that stops leaves no guard: paused (its worker drops them),
-#      cancelled while no worker runs it, rolled back.  The guards are made
+#      paused or cancelled while no worker runs it, rolled back.  The guards are made
 #      by hand: invalid unique indexes of a guard's name, as the index of a
 #      build that failed in its second scan is.
 #
@@ -128,23 +127,24 @@ is($node->safe_psql('postgres', q{
 		SELECT string_agg(k || '=' || id || ':' || v, ' ' ORDER BY k) FROM u}),
 	'a=1:0 b=2:0 c=3:0 d=4:0 e=5:1', 'add_unique: one row a key');
 
-# 3. w: 3000 rows, keys 0..999.  The duplicates come back as the passes
+# 3. w: 1500 rows, keys 0..999.  The duplicates come back as the passes
 # remove them: each loser a batch deletes is written again by a trigger, in
 # the batch's own transaction, until the job has made 30 passes.  (A writer
 # in a session of its own can stall for longer than a pass of this small
 # table takes, which would end the job early.)
 $node->safe_psql('postgres', q{
 	CREATE TABLE w (id serial PRIMARY KEY, k int NOT NULL);
-	INSERT INTO w (k) SELECT g % 1000 FROM generate_series(1, 3000) g;
+	INSERT INTO w (k) SELECT g % 1000 FROM generate_series(1, 1500) g;
 	ANALYZE w;
 	CREATE FUNCTION w_again() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN
 	  IF coalesce((SELECT max(passes) FROM public.dedup_jobs WHERE relation = 'public.w'::regclass), 0) < 30 THEN
-	    INSERT INTO public.w (k) VALUES (OLD.k);
+	    INSERT INTO public.w (k) SELECT k FROM gone;
 	  END IF;
 	  RETURN NULL;
 	END $$;
-	CREATE TRIGGER w_again AFTER DELETE ON w FOR EACH ROW EXECUTE FUNCTION w_again();
+	CREATE TRIGGER w_again AFTER DELETE ON w REFERENCING OLD TABLE AS gone
+	  FOR EACH STATEMENT EXECUTE FUNCTION w_again();
 });
 $job = $node->safe_psql('postgres',
 	q{SELECT job_id FROM dedup_table('w', '{k}', background => true, batch_size => 100)});
@@ -155,10 +155,13 @@ cmp_ok($node->safe_psql('postgres', "SELECT passes FROM dedup_jobs WHERE job_id 
 is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM w}), '1000 1000',
 	'one row a key');
 
-# 4. g: 500,000 rows, 1% of them duplicates (a pass after the first reads
-# the few pages that changed, in milliseconds, and a unique index build
-# takes a fifth of a second or more).  Each of the writer's duplicates is a
-# transaction of its own; the writer counts those refused.
+# 4. g: 500,000 rows, 1% of them duplicates.  The writer adds a duplicate
+# of a random key every 10 ms while an index build of g scans the table
+# (pg_stat_progress_create_index), after the build's snapshot: the worst
+# moment, which fails every build whose index does not refuse it (the
+# build's second scan finds it), as a writer adding duplicates all along
+# fails them on a large table.  Each duplicate is a transaction of its own;
+# the writer counts those refused.
 $node->safe_psql('postgres', q{
 	CREATE TABLE g (id serial PRIMARY KEY, k int NOT NULL);
 	INSERT INTO g (k) SELECT CASE WHEN g % 100 = 0 THEN g - 1 ELSE g END FROM generate_series(1, 500000) g;
@@ -176,13 +179,17 @@ BEGIN
   WHILE clock_timestamp() < until
         AND NOT EXISTS (SELECT FROM dedup_jobs WHERE relation = 'g'::regclass
                           AND state IN ('done', 'failed', 'cancelled')) LOOP
-    BEGIN
-      INSERT INTO g (k) VALUES (1 + floor(random() * 499999)::int);
-    EXCEPTION WHEN unique_violation THEN
-      n := n + 1;
-    END;
+    IF EXISTS (SELECT FROM pg_stat_progress_create_index
+                WHERE relid = 'g'::regclass AND phase LIKE 'building index%') THEN
+      BEGIN
+        INSERT INTO g (k) VALUES (1 + floor(random() * 499999)::int);
+      EXCEPTION WHEN unique_violation THEN
+        n := n + 1;
+      END;
+    END IF;
+    -- a new transaction reads the progress anew
     COMMIT;
-    PERFORM pg_sleep(0.05);
+    PERFORM pg_sleep(0.01);
   END LOOP;
   INSERT INTO refused VALUES (n);
 END $$;
@@ -248,9 +255,27 @@ is($node->safe_psql('postgres', $indexes), "dedup_guard_${job}_3, p_pkey",
 	'dedup_cancel dropped its guard');
 my $cancelled = $job;
 
+# a job paused before it ran (in its submitting transaction), with a guard
+$node->safe_psql('postgres', "DROP INDEX dedup_guard_${cancelled}_3");
+my $queued = $node->safe_psql('postgres', q{
+	BEGIN;
+	CREATE TEMP TABLE submitted ON COMMIT DROP AS
+	  SELECT job_id FROM dedup_table('p', '{k}', background => true, add_unique => true);
+	SELECT format('CREATE UNIQUE INDEX dedup_guard_%s_1 ON p (id)', job_id) FROM submitted \gexec
+	UPDATE pg_index SET indisvalid = false
+	 WHERE indexrelid = (SELECT format('dedup_guard_%s_1', job_id)::regclass FROM submitted);
+	SELECT dedup_pause(job_id) FROM submitted;
+	SELECT job_id FROM submitted;
+	COMMIT;
+});
+($queued) = $queued =~ /(\d+)\s*$/;
+is($node->safe_psql('postgres', "SELECT state FROM dedup_jobs WHERE job_id = $queued"), 'paused',
+	'a job paused before it ran');
+is($node->safe_psql('postgres', $indexes), 'p_pkey', 'dedup_pause dropped its guard');
+$node->safe_psql('postgres', "SELECT dedup_cancel($queued)");
+
 # a job done, then a guard on its key (the rows are unique again): its
 # rollback drops it, or the duplicates it puts back would be refused
-$node->safe_psql('postgres', "DROP INDEX dedup_guard_${job}_3");
 $job = $node->safe_psql('postgres',
 	q{SELECT job_id FROM dedup_table('p', '{k}', background => true, add_unique => true)});
 is($node->safe_psql('postgres', "SELECT dedup_wait($job, '60s')"), 'done', 'a second job is done');
