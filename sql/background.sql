@@ -570,9 +570,10 @@ BEGIN
 END $$;
 
 --
--- a table whose columns change between two batches (here before the first:
--- the job was paused): the batch would file its rows under the archive's
--- columns by position, so the job fails instead, and removes nothing more
+-- a table whose columns change before the job's first batch (the job was
+-- paused; a migration's next step could do it): nothing is archived yet,
+-- so the first batch makes the archive again with the table's columns, and
+-- the job goes on
 --
 CREATE TABLE bg.cols (id int PRIMARY KEY, k int NOT NULL, a int, b int);
 INSERT INTO bg.cols SELECT g, g % 3, g, -g FROM generate_series(1, 12) g;
@@ -585,12 +586,38 @@ ALTER TABLE bg.cols RENAME COLUMN a TO a_old;
 ALTER TABLE bg.cols ADD COLUMN a int;
 SELECT dedup_resume(:jid_c) AS resumed;
 SELECT dedup_wait(:jid_c);
+SELECT state, rows_deleted, error, archive_table::text = :'arch_c' AS same_archive
+  FROM dedup_jobs WHERE job_id = :jid_c;
+SELECT string_agg(attname, ', ' ORDER BY attnum) AS archive_columns
+  FROM pg_attribute WHERE attrelid = :'arch_c'::regclass AND attnum > 0 AND NOT attisdropped;
+SELECT dedup_rollback(:jid_c) AS restored;
+SELECT string_agg(format('%s:%s:%s:%s:%s', id, k, a_old, b, a), ' ' ORDER BY id) AS restored_rows
+  FROM bg.cols WHERE id > 9;
+--
+-- and between two batches: the batch would file its rows under the
+-- archive's columns by position, so the job fails instead, and removes
+-- nothing more.  The stop trigger pauses the job in its first batch.
+--
+CREATE TRIGGER cols_stop BEFORE DELETE ON bg.cols FOR EACH ROW EXECUTE FUNCTION bg.stop_trigger();
+BEGIN;
+SELECT job_id AS jid_c, archive_table AS arch_c
+  FROM dedup_table('bg.cols', '{k}', background => true, batch_size => 2) \gset
+INSERT INTO bg.stop_request VALUES (:jid_c, 'pause');
+COMMIT;
+SELECT dedup_wait(:jid_c);
+DELETE FROM bg.stop_request;
+DROP TRIGGER cols_stop ON bg.cols;
+ALTER TABLE bg.cols RENAME COLUMN a_old TO a_older;
+SELECT dedup_resume(:jid_c) AS resumed;
+SELECT dedup_wait(:jid_c);
 SELECT state, rows_deleted, split_part(error, ':', 1) AS sqlstate,
        regexp_replace(error, '[0-9]+', 'N', 'g') AS error
   FROM dedup_jobs WHERE job_id = :jid_c;
--- (it failed before its first batch: its empty archive is dropped)
-SELECT (SELECT count(*) FROM bg.cols) AS rows_left, to_regclass(:'arch_c') IS NULL AS archive_dropped,
-       (SELECT archive_table IS NULL FROM dedup_jobs WHERE job_id = :jid_c) AS archive_unnamed;
+SELECT (SELECT count(*) FROM bg.cols) AS rows_left, (SELECT count(*) FROM :arch_c) AS archived;
+-- its committed batch rolls back once the table has the archive's columns again
+ALTER TABLE bg.cols RENAME COLUMN a_older TO a_old;
+SELECT dedup_rollback(:jid_c) AS restored;
+SELECT count(*) AS rows_back FROM bg.cols;
 -- its archive dropped by hand while the job was paused: nowhere to put what
 -- a batch removes, so the job fails (55000) and removes nothing
 BEGIN;

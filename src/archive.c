@@ -381,18 +381,12 @@ archive_adopt(Oid heap, Oid relid, int64 job_id)
 }
 
 /*
- * A background job's batches file the rows they remove by position (DELETE
- * ... RETURNING r.* into the archive), and the archive has the columns the
- * table had when the job began.  The job holds no lock on the table between
- * two batches, so an ALTER TABLE may add, drop, rename or retype a column
- * meanwhile: then the next batch would file values under the wrong columns.
- * Checked at the start of every batch; the job fails rather than do that
- * (its committed batches are archived as they should be).
+ * The first difference between the table's columns and its archive's, told
+ * as the change that likely made it, or NULL
  */
-void
-archive_check_columns(Oid relid, const char *archive, int64 job_id)
+static char *
+column_change(Oid relid, Oid archiveid)
 {
-	Oid			archiveid = dedup_relid_by_name(archive);
 	Relation	rel;
 	Relation	arel;
 	TupleDesc	desc;
@@ -404,11 +398,6 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 				i;
 	char	   *change = NULL;
 
-	if (!OidIsValid(archiveid))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("archive table %s of job %lld no longer exists", archive, (long long) job_id),
-				 errdetail("A batch archives every row it removes or changes; without the archive it cannot.")));
 	rel = relation_open(relid, AccessShareLock);
 	arel = relation_open(archiveid, AccessShareLock);
 	desc = RelationGetDescr(rel);
@@ -422,7 +411,6 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 		if (!TupleDescAttr(adesc, i)->attisdropped)
 			acols[an++] = TupleDescAttr(adesc, i);
 
-	/* the first difference, told as the change that likely made it */
 	for (i = 0; i < Min(n, an) && change == NULL; i++)
 	{
 		const char *name = NameStr(cols[i]->attname);
@@ -438,19 +426,63 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
 	if (change == NULL && n != an)
 		change = n > an ? psprintf("column %s was added", quote_identifier(NameStr(cols[an]->attname)))
 			: psprintf("column %s was dropped or renamed", quote_identifier(NameStr(acols[n]->attname)));
+	/* the locks stay until the batch commits: no ALTER TABLE in between */
+	relation_close(arel, NoLock);
+	relation_close(rel, NoLock);
+	return change;
+}
+
+/*
+ * A background job's batches file the rows they remove by position (DELETE
+ * ... RETURNING r.* into the archive), and the archive has the columns the
+ * table had when the job began.  The job holds no lock on the table between
+ * two batches, so an ALTER TABLE may add, drop, rename or retype a column
+ * meanwhile: then the next batch would file values under the wrong columns.
+ * Checked at the start of every batch; the job fails rather than do that
+ * (its committed batches are archived as they should be).
+ */
+void
+archive_check_columns(Oid relid, const char *archive, int64 job_id)
+{
+	Oid			archiveid = dedup_relid_by_name(archive);
+	char	   *change;
+
+	if (!OidIsValid(archiveid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("archive table %s of job %lld no longer exists", archive, (long long) job_id),
+				 errdetail("A batch archives every row it removes or changes; without the archive it cannot.")));
+	change = column_change(relid, archiveid);
 	if (change)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("the columns of table %s changed while job %lld ran: %s",
-						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-												   RelationGetRelationName(rel)),
+						quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+												   get_rel_name(relid)),
 						(long long) job_id, change),
 				 errdetail("Archive table %s has the columns the table had when the job began; rows removed from now on would be filed under the wrong ones.",
 						   archive),
 				 errhint("The batches committed so far are archived; dedup_rollback of the job puts them back if the table gets those columns again. Submit a new job for the rest.")));
-	/* the locks stay until the batch commits: no ALTER TABLE in between */
-	relation_close(arel, NoLock);
-	relation_close(rel, NoLock);
+}
+
+/*
+ * A background job's archive is made when it is submitted.  A column added,
+ * dropped or retyped later in the submitting transaction, or before the
+ * job's first batch (a migration's next step, say), changes nothing the job
+ * has archived yet: the first batch makes the archive again, empty, with the
+ * table's columns now (and its name now, if the table was renamed), instead
+ * of failing the job.  Returns the new archive, or NULL when it is as it
+ * should be (or gone, or not empty: archive_check_columns then says why).
+ */
+char *
+archive_renew(Oid relid, const char *archive, int64 job_id)
+{
+	Oid			archiveid = dedup_relid_by_name(archive);
+
+	if (!OidIsValid(archiveid) || column_change(relid, archiveid) == NULL ||
+		!archive_drop_if_empty(archive))
+		return NULL;
+	return archive_create(relid, job_id, NULL, InvalidOid, NIL);
 }
 
 /*
