@@ -593,6 +593,23 @@ SELECT string_agg(attname, ', ' ORDER BY attnum) AS archive_columns
 SELECT dedup_rollback(:jid_c) AS restored;
 SELECT string_agg(format('%s:%s:%s:%s:%s', id, k, a_old, b, a), ' ' ORDER BY id) AS restored_rows
   FROM bg.cols WHERE id > 9;
+-- in the submitting transaction, the table renamed as well: the archive is
+-- made again under the table's new name (dedup_jobs.archive_table names it)
+CREATE TABLE bg.cols2 (id int PRIMARY KEY, k int NOT NULL);
+INSERT INTO bg.cols2 SELECT g, g % 3 FROM generate_series(1, 12) g;
+BEGIN;
+SELECT job_id AS jid_cr, archive_table AS arch_cr
+  FROM dedup_table('bg.cols2', '{k}', background => true) \gset
+ALTER TABLE bg.cols2 ADD COLUMN note text DEFAULT 'x';
+ALTER TABLE bg.cols2 RENAME TO cols3;
+COMMIT;
+SELECT dedup_wait(:jid_cr);
+SELECT state, rows_deleted, regexp_replace(archive_table::text, '_[0-9]+$', '_N') AS archive,
+       to_regclass(:'arch_cr') IS NULL AS first_archive_gone
+  FROM dedup_jobs WHERE job_id = :jid_cr;
+SELECT dedup_rollback(:jid_cr) AS restored;
+SELECT count(*) AS table_rows, count(*) FILTER (WHERE note = 'x') AS with_note FROM bg.cols3;
+DROP TABLE bg.cols3;
 --
 -- and between two batches: the batch would file its rows under the
 -- archive's columns by position, so the job fails instead, and removes

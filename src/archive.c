@@ -13,6 +13,7 @@
 #include "dedup_ext.h"
 
 #include "access/relation.h"
+#include "access/xact.h"
 #include "commands/comment.h"
 #include "common/string.h"
 #include "executor/spi.h"
@@ -313,12 +314,44 @@ archive_drop_if_empty(const char *archive)
 	/* dropped by hand: nothing left to drop, and nothing to point at */
 	if (!OidIsValid(dedup_relid_by_name(archive)))
 		return true;
+	spi_exec_as_owner(psprintf("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", archive),
+					  0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	spi_exec_as_owner(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM %s LIMIT 1) a", archive),
 					  0, NULL, NULL, NULL, SPI_OK_SELECT);
 	if (spi_get_int64(0, 1) > 0)
 		return false;
 	spi_exec_as_owner(psprintf("DROP TABLE %s", archive), 0, NULL, NULL, NULL, SPI_OK_UTILITY);
 	return true;
+}
+
+/*
+ * archive_drop_if_empty in a subtransaction: a reader's view on the
+ * archive keeps it (DROP fails), and the caller goes on (false)
+ */
+bool
+archive_drop_if_empty_quietly(const char *archive)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool dropped = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		dropped = archive_drop_if_empty(archive);
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+	return dropped;
 }
 
 /* <table>_<job>[_<tag>], the table's name clipped to fit, unquoted */
@@ -480,7 +513,7 @@ archive_renew(Oid relid, const char *archive, int64 job_id)
 	Oid			archiveid = dedup_relid_by_name(archive);
 
 	if (!OidIsValid(archiveid) || column_change(relid, archiveid) == NULL ||
-		!archive_drop_if_empty(archive))
+		!archive_drop_if_empty_quietly(archive))
 		return NULL;
 	return archive_create(relid, job_id, NULL, InvalidOid, NIL);
 }

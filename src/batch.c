@@ -789,24 +789,6 @@ pass_rows_step(BgJob *job, void *arg)
 	}
 }
 
-/*
- * Before the job's first batch: an archive whose table's columns changed
- * since the submission is made again while it is still empty (archive_renew)
- */
-static void
-renew_archive_step(BgJob *job, void *arg)
-{
-	char	   *renewed = archive_renew(job->t->relid, job->archive_table, job->job_id);
-
-	if (renewed == NULL)
-		return;
-	ereport(LOG,
-			(errmsg("dedup_ext job %lld: the columns of %s changed since the job was submitted; its archive is made again, as %s",
-					(long long) job->job_id, job->t->qualname, renewed)));
-	bg_record(job, psprintf("archive_table = %s", sql_literal(renewed)));
-	job->archive_table = MemoryContextStrdup(job->cxt, renewed);
-}
-
 /* the phases of a background dedup, from wherever the job stands */
 void
 bg_dedup(BgJob *job)
@@ -827,9 +809,6 @@ bg_dedup(BgJob *job)
 		}
 		else if (strcmp(job->phase, batch_phase(job)) == 0)
 		{
-			if (job->batches_done == 0 && job->archive_table &&
-				!bg_xact(job, renew_archive_step, NULL))
-				continue;
 			/* before a batch takes its row locks (at most 1 ms) */
 			cpu_yield_now();
 			if (!bg_xact(job, batch_step, NULL))

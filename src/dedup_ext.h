@@ -438,6 +438,7 @@ extern void progress_end(void);
 extern char *archive_name(const char *relname, int64 job_id, const char *tag);
 extern void archive_check_columns(Oid relid, const char *archive, int64 job_id);
 extern char *archive_renew(Oid relid, const char *archive, int64 job_id);
+extern bool archive_drop_if_empty_quietly(const char *archive);
 extern char *archive_adopt(Oid heap, Oid relid, int64 job_id);
 extern bool archive_drop_if_empty(const char *archive);
 extern char *archive_xact_value(const char *archive);

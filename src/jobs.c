@@ -764,29 +764,9 @@ job_require_here(DedupJob *job)
 const char *
 job_drop_unused_archive(DedupJob *job)
 {
-	MemoryContext oldcxt = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool dropped = false;
-
 	if (strcmp(job->kind, "dedup") != 0 || job->archive_table == NULL || job->batches_done != 0)
 		return "";
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(oldcxt);
-	PG_TRY();
-	{
-		dropped = archive_drop_if_empty(job->archive_table);
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(oldcxt);
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(oldcxt);
-	CurrentResourceOwner = oldowner;
-	return dropped ? ", archive_table = NULL" : "";
+	return archive_drop_if_empty_quietly(job->archive_table) ? ", archive_table = NULL" : "";
 }
 
 /* one top-level field of the job's params, as text (NULL if absent or null) */
