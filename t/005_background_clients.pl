@@ -9,7 +9,8 @@
 #      t/003_alembic.pl; dedup_ext not preloaded): a migration submits a
 #      background dedup and then does another step.  If that step fails the
 #      migration rolls back and the job never exists nor runs; if it commits,
-#      the job starts only after the commit and reaches 'done'.
+#      the job starts only after the commit and reaches 'done' (a column
+#      the migration added after the submission is in the job's archive).
 use strict;
 use warnings;
 use FindBin;
@@ -131,9 +132,12 @@ PY
 			q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
 		'0', 'no dedup_ext worker');
 
-	# variant 2: the migration commits; the job starts after the commit
+	# variant 2: the migration commits; the job starts after the commit.  A
+	# later step adds a column to the table: the job's archive, made at the
+	# submission, is made again with it before the first batch
 	$write_migration->(
-		q{op.execute("CREATE TABLE migration_marker AS SELECT clock_timestamp() AS last_step_at")});
+		q{op.execute("ALTER TABLE payments ADD COLUMN note text")
+    op.execute("CREATE TABLE migration_marker AS SELECT clock_timestamp() AS last_step_at")});
 	($ok, $log) = $alembic->('upgrade', 'head');
 	ok($ok, 'the migration commits') or diag($log);
 	my $job = $anode->safe_psql('postgres',
@@ -156,6 +160,11 @@ PY
 		'1', 'unique constraint added');
 	is($anode->safe_psql('postgres', qq{SELECT bool_and(ok) FROM dedup_verify($job)}), 't',
 		'verified');
+	is($anode->safe_psql('postgres', qq{
+			SELECT count(*) FROM pg_attribute
+			 WHERE attrelid = (SELECT archive_table FROM dedup_jobs WHERE job_id = $job)
+			   AND attname = 'note'}),
+		'1', 'its archive has the column the migration added');
 	is($anode->safe_psql('postgres', q{SELECT version_num FROM alembic_version}), '0005',
 		'alembic recorded the revision');
 
