@@ -765,12 +765,12 @@ copy_or_null(BgJob *job, const char *s)
 	return s ? MemoryContextStrdup(job->cxt, s) : NULL;
 }
 
+static void renew_archive(BgJob *job);
+
 /*
  * Load the job as its submitter: the table is opened and validated again,
  * ownership included, exactly as at submit time.
  */
-static void renew_archive(BgJob *job);
-
 static void
 load_job(BgJob *job, void *arg)
 {
