@@ -22,7 +22,6 @@
  */
 #include "dedup_ext.h"
 
-#include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/pg_index.h"
 #include "executor/spi.h"
