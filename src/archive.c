@@ -502,10 +502,11 @@ archive_check_columns(Oid relid, const char *archive, int64 job_id)
  * A background job's archive is made when it is submitted.  A column added,
  * dropped or retyped later in the submitting transaction, or before the
  * job's first batch (a migration's next step, say), changes nothing the job
- * has archived yet: the first batch makes the archive again, empty, with the
- * table's columns now (and its name now, if the table was renamed), instead
- * of failing the job.  Returns the new archive, or NULL when it is as it
- * should be (or gone, or not empty: archive_check_columns then says why).
+ * has archived yet: the worker, loading a job that has run no batch, makes
+ * the archive again, empty, with the table's columns now (and its name now,
+ * if the table was renamed), instead of failing the job.  Returns the new
+ * archive, or NULL when it is as it should be (or gone, or not empty, or
+ * kept by a view on it: archive_check_columns then says why).
  */
 char *
 archive_renew(Oid relid, const char *archive, int64 job_id)

@@ -631,19 +631,12 @@ static void
 index_state(BgJob *job, void *arg)
 {
 	int		   *state = (int *) arg;	/* 0: none, 1: invalid, 2: valid */
-	Oid			idx = get_relname_relid(job->index_name, get_rel_namespace(job->t->relid));
+	bool		ready;
+	bool		valid;
 
 	*state = 0;
-	if (OidIsValid(idx))
-	{
-		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
-
-		if (HeapTupleIsValid(tup))
-		{
-			*state = ((Form_pg_index) GETSTRUCT(tup))->indisvalid ? 2 : 1;
-			ReleaseSysCache(tup);
-		}
-	}
+	if (index_flags(get_relname_relid(job->index_name, get_rel_namespace(job->t->relid)), &ready, &valid))
+		*state = valid ? 2 : 1;
 }
 
 /* name the index to build, unless one that does its work is there already */

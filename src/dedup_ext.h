@@ -463,7 +463,9 @@ extern char *unique_create(DedupTarget *t, bool *is_constraint);
 extern char *unique_existing(DedupTarget *t);
 
 /* guard.c */
+extern bool index_flags(Oid idx, bool *ready, bool *valid);
 extern void guard_keep_step(BgJob *job, void *arg);
+extern bool bg_may_have_guards(BgJob *job);
 extern void bg_drop_guards(BgJob *job);
 extern void bg_drop_guards_quietly(BgJob *job);
 extern void guards_drop(int64 job_id, Oid relid, const char *unique_index);

@@ -57,7 +57,7 @@ guard_list(int64 job_id, Oid relid)
 }
 
 /* index idx's flags (false: it is no index) */
-static bool
+bool
 index_flags(Oid idx, bool *ready, bool *valid)
 {
 	HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(idx));
@@ -121,6 +121,16 @@ list_step(BgJob *job, void *arg)
 		guards = lappend(guards, quote_qualified_identifier(job->nspname, job->index_name));
 	*(List **) arg = guards;
 	MemoryContextSwitchTo(oldcxt);
+}
+
+/*
+ * May the job have guards?  A dedup with add_unique, or one whose
+ * parameters are not read yet (a job resumed after a crash)
+ */
+bool
+bg_may_have_guards(BgJob *job)
+{
+	return (job->kind == NULL || strcmp(job->kind, "dedup") == 0) && (job->add_unique || job->t == NULL);
 }
 
 /*

@@ -866,10 +866,11 @@ lock_referencing_tables(DedupJob *job)
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
+		Datum		oid = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
 
-		/* one dropped since is found missing later, and said so */
-		LockRelationOid(DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
-						ShareRowExclusiveLock);
+		/* one dropped since (or never noted) is found missing later, and said so */
+		if (!isnull)
+			LockRelationOid(DatumGetObjectId(oid), ShareRowExclusiveLock);
 	}
 }
 

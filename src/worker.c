@@ -531,7 +531,8 @@ bg_obeyed(BgJob *job)
 	if (job->control == NULL || (job->phase && strcmp(job->phase, "finishing") == 0))
 		return false;
 	/* a stopped job leaves no guard refusing writers' duplicates */
-	bg_drop_guards(job);
+	if (bg_may_have_guards(job))
+		bg_drop_guards(job);
 	run_step(job, obey_step, &obeyed, false);
 	return obeyed;
 }
@@ -905,8 +906,7 @@ run_job(Claim *claim)
 		/* set outside a transaction around an index build: not undone by the abort */
 		bg_compress_wal(false);
 		RESUME_INTERRUPTS();
-		/* a dedup that may have guards: with add_unique, or not loaded yet */
-		if ((job->kind == NULL || strcmp(job->kind, "dedup") == 0) && (job->add_unique || job->t == NULL))
+		if (bg_may_have_guards(job))
 			bg_drop_guards_quietly(job);
 		f.job_id = job_id;
 		f.origin = claim->origin;
