@@ -314,6 +314,7 @@ typedef struct DedupJob
 } DedupJob;
 
 extern char *dedup_ext_schema(void);
+extern Oid	dedup_ext_namespace(void);
 extern Oid	dedup_ext_owner(void);
 extern int64 job_create(const char *kind, const char *phase, Oid relid, const char *relname,
 						const char *params_json, int64 target_job);

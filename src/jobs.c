@@ -11,17 +11,23 @@
  */
 #include "dedup_ext.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/comment.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
@@ -29,38 +35,54 @@
 #include "utils/syscache.h"
 
 /*
- * Where the extension lives and who owns it.  get_extension_schema() is not
- * exported before PostgreSQL 16, so ask the catalog.
+ * Where the extension lives and who owns it, read from pg_extension by its
+ * index (the C code asks before nearly every statement it builds, a worker
+ * before every step: a catalog lookup, not a query).  get_extension_schema()
+ * is not exported before PostgreSQL 16.
  */
 static void
-extension_info(char **schema, Oid *owner)
+extension_info(Oid *nspid, Oid *owner)
 {
-	bool		isnull;
+	Oid			ext = get_extension_oid("dedup_ext", true);
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
 
-	if (SPI_execute("SELECT n.nspname, e.extowner FROM pg_catalog.pg_extension e"
-					" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace"
-					" WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext'", true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	if (!OidIsValid(ext))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("extension \"dedup_ext\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION dedup_ext.")));
-	if (schema)
-		*schema = pstrdup(quote_identifier(SPI_getvalue(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc, 1)));
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(ext));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "could not find tuple for extension %u", ext);
+	if (nspid)
+		*nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
 	if (owner)
-		*owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 2, &isnull));
+		*owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+}
+
+/* the OID of the extension's schema */
+Oid
+dedup_ext_namespace(void)
+{
+	Oid			nspid;
+
+	extension_info(&nspid, NULL);
+	return nspid;
 }
 
 /* quoted name of the extension's schema */
 char *
 dedup_ext_schema(void)
 {
-	char	   *schema;
-
-	extension_info(&schema, NULL);
-	return schema;
+	return pstrdup(quote_identifier(get_namespace_name(dedup_ext_namespace())));
 }
 
 /* the owner of the extension and of its objects */

@@ -22,6 +22,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -139,15 +140,9 @@ job_row_is_ours(int64 job_id, const char *origin)
 static Oid
 job_table(void)
 {
-	bool		isnull;
-
-	if (SPI_execute("SELECT c.oid FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_class c"
-					" ON c.relnamespace OPERATOR(pg_catalog.=) e.extnamespace"
-					" WHERE e.extname OPERATOR(pg_catalog.=) 'dedup_ext'"
-					" AND c.relname OPERATOR(pg_catalog.=) 'dedup_job'", true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	if (!OidIsValid(get_extension_oid("dedup_ext", true)))
 		return InvalidOid;
-	return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	return get_relname_relid("dedup_job", dedup_ext_namespace());
 }
 
 static void
