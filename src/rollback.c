@@ -575,7 +575,18 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 	Oid			types[2] = {INT8OID, OIDOID};
 	Datum		values[2] = {Int64GetDatum(job->job_id), ObjectIdGetDatum(relid)};
 	SPITupleTable *later;
+	int64		ngone;
 
+	/*
+	 * As the table's owner, as VACUUM reads a table: it may read every
+	 * archive of it (archive_grant), a later job's may be another role's,
+	 * and the key's operators run with its rights, not more.
+	 */
+	spi_exec_as(get_rel_owner(relid), psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s", source, gone),
+				0, NULL, NULL, NULL, SPI_OK_SELECT);
+	ngone = spi_get_int64(0, 1);
+	if (ngone == 0)
+		return;
 	spi_exec_as_owner(psprintf("SELECT j.job_id, a.archive, a.writer FROM %s.dedup_job j,"
 							   " LATERAL (SELECT j.archive_table::pg_catalog.text, NULL::pg_catalog.oid"
 							   "  WHERE j.relation OPERATOR(pg_catalog.=) $2"
@@ -602,11 +613,6 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 
 		archive_require_intact(archive, strtoll(SPI_getvalue(later->vals[i], later->tupdesc, 1), NULL, 10),
 							   relid, isnull ? InvalidOid : DatumGetObjectId(writer));
-		/*
-		 * As the table's owner, as VACUUM reads a table: it may read every
-		 * archive of it (archive_grant), the later job's may be another
-		 * role's, and the key's operators run with its rights, not more.
-		 */
 		spi_exec_as(get_rel_owner(relid),
 					psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s AND EXISTS (SELECT FROM %s x"
 							 " WHERE x.dedup_action OPERATOR(pg_catalog.=) 'delete' AND %s)",
@@ -624,20 +630,17 @@ refuse_removed_by_later(DedupJob *job, Oid relid, const char *qualname, const ch
 							 SPI_getvalue(later->vals[i], later->tupdesc, 1),
 							 SPI_getvalue(later->vals[i], later->tupdesc, 1))));
 	}
-	spi_exec_as(get_rel_owner(relid), psprintf("SELECT pg_catalog.count(*) FROM %s WHERE %s", source, gone),
-				0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (spi_get_int64(0, 1) > 0)
-		ereport(NOTICE,
-				(errmsg_plural("%lld row of %s that job %lld changed is no longer there, and stays as it is",
-							   "%lld rows of %s that job %lld changed are no longer there, and stay as they are",
-							   spi_get_int64(0, 1),
-							   (long long) spi_get_int64(0, 1), qualname, (long long) job->job_id),
-				 get_rel_relispartition(relid) ?
-				 errdetail_plural("It was deleted since the job, or moved to another partition by an update of the partition key (there it keeps what the job gave it).",
-								  "They were deleted since the job, or moved to another partition by an update of the partition key (there they keep what the job gave them).",
-								  spi_get_int64(0, 1)) :
-				 errdetail_plural("It was deleted since the job.", "They were deleted since the job.",
-								  spi_get_int64(0, 1))));
+	ereport(NOTICE,
+			(errmsg_plural("%lld row of %s that job %lld changed is no longer there, and stays as it is",
+						   "%lld rows of %s that job %lld changed are no longer there, and stay as they are",
+						   ngone,
+						   (long long) ngone, qualname, (long long) job->job_id),
+			 get_rel_relispartition(relid) ?
+			 errdetail_plural("It was deleted since the job, or moved to another partition by an update of the partition key (there it keeps what the job gave it).",
+							  "They were deleted since the job, or moved to another partition by an update of the partition key (there they keep what the job gave them).",
+							  ngone) :
+			 errdetail_plural("It was deleted since the job.", "They were deleted since the job.",
+							  ngone)));
 }
 
 /* Put back the rows of a referencing table that a merge removed as collisions. */
