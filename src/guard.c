@@ -35,11 +35,14 @@
 /*
  * The job's guards on table relid, schema-qualified and quoted: its invalid
  * indexes of the job's guard names (no index of the user's is invalid and
- * named so by chance)
+ * named so by chance).  The list is the caller's memory context's: SPI
+ * returns in its own, which SPI_finish frees, and a worker's caller drops
+ * the guards after that, one transaction each.
  */
 static List *
 guard_list(int64 job_id, Oid relid)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	List	   *guards = NIL;
 
 	spi_exec_count(psprintf("SELECT pg_catalog.format('%%I.%%I', n.nspname, c.relname)"
@@ -51,6 +54,7 @@ guard_list(int64 job_id, Oid relid)
 							" ORDER BY c.relname",
 							relid, (long long) job_id),
 				   SPI_OK_SELECT);
+	MemoryContextSwitchTo(cxt);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		guards = lappend(guards, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
 	return guards;
