@@ -296,6 +296,10 @@ SELECT count(*) AS njobs FROM dedup_jobs \gset
 \set SHOW_CONTEXT never
 SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}', strategy => 'delete');
 \echo :LAST_ERROR_SQLSTATE
+-- its dry run says so too, with the same SQLSTATE and hint, rather than
+-- count a delete that would fail
+SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}', dry_run => true);
+\echo :LAST_ERROR_SQLSTATE
 \set SHOW_CONTEXT errors
 SELECT (SELECT count(*) FROM photos.label) AS labels, (SELECT count(*) - :njobs FROM dedup_jobs) AS new_jobs;
 -- a deferred reference (checked at COMMIT, after the call) is refused in the

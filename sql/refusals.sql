@@ -174,8 +174,10 @@ SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.gen', '{full_name}', a
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_preview('ref.gen', '{full_name}', action => 'rename')$$);
 -- nor a column of the primary key, by which renames are undone
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.pkname', '{grp,name}', action => 'rename')$$);
--- a renamed value that does not fit the column fails and leaves no trace
+-- a renamed value that does not fit the column fails and leaves no trace,
+-- and its dry run (a rename rolled back) fails the same way
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.short', '{code}', action => 'rename')$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.short', '{code}', action => 'rename', dry_run => true)$$);
 -- the same in full: what rejected the value, a hint, and no internal
 -- statement as the error's context
 \set SHOW_CONTEXT always
@@ -339,6 +341,7 @@ CREATE TRIGGER cut BEFORE UPDATE ON ref.unrenamed FOR EACH ROW EXECUTE FUNCTION 
 UPDATE ref.baseline SET s = ref.snapshot();
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.named', '{k}', action => 'rename')$$);
 SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.unrenamed', '{k}', action => 'rename')$$);
+SELECT * FROM ref.refuse($$SELECT * FROM dedup_table('ref.unrenamed', '{k}', action => 'rename', dry_run => true)$$);
 SELECT job_id AS jcut FROM dedup_table('ref.unrenamed', '{k}', action => 'rename', background => true) \gset
 SELECT dedup_wait(:jcut, '60s') AS state;
 SELECT split_part(error, E'\n', 1) AS error FROM dedup_jobs WHERE job_id = :jcut;

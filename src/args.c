@@ -882,20 +882,24 @@ referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_
  * that match condition rows) would fail the caller's transaction there, with
  * the job long over.  Look for one now and refuse as the immediate check
  * would (the same SQLSTATE).  what, hint: as for refuse_cascading_references.
+ * Without deferred_only, every foreign key: a dry run's forecast of what the
+ * delete's own checks would refuse.
  */
 void
-refuse_deferred_references(Oid relid, const char *qualname, const char *what, const char *rows,
-						   const char *hint)
+refuse_referenced_rows(Oid relid, const char *qualname, const char *what, const char *rows,
+					   bool deferred_only, const char *hint)
 {
 	ReferencedRow found;
 
-	if (referenced_row(relid, qualname, rows, true, &found))
+	if (referenced_row(relid, qualname, rows, deferred_only, &found))
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
-				 errmsg("cannot %s rows of %s: deferred foreign key %s on %s references them",
-						what, qualname, found.conname, found.child),
+				 errmsg("cannot %s rows of %s: %sforeign key %s on %s references them",
+						what, qualname, deferred_only ? "deferred " : "", found.conname, found.child),
+				 deferred_only ?
 				 errdetail("Key %s is still referenced from table %s; the check deferred to COMMIT would fail there.",
-						   found.key, found.child),
+						   found.key, found.child) :
+				 errdetail("Key %s is still referenced from table %s.", found.key, found.child),
 				 hint ? errhint("%s", hint) : 0));
 }
 

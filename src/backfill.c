@@ -647,8 +647,8 @@ delete_orphans(Backfill *b, BackfillResult *res)
 	char	   *del = psprintf("DELETE FROM ONLY %s c WHERE %s RETURNING c.*",
 							   b->child->qualname, orphan_condition(b));
 
-	refuse_deferred_references(b->child->relid, b->child->qualname, "delete orphan",
-							   orphan_condition(b), HINT_KEEP_ORPHANS);
+	refuse_referenced_rows(b->child->relid, b->child->qualname, "delete orphan",
+						   orphan_condition(b), true, HINT_KEEP_ORPHANS);
 	if (res->deleted_archive)
 		res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s) INSERT INTO %s"
 													" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",

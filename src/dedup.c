@@ -113,21 +113,24 @@ params_json(FunctionCallInfo fcinfo, DedupTarget *t, const char *keep,
 	return buf.data;
 }
 
-/* dry run: what a dedup would do, from the same window pass */
+/*
+ * A dry run's delete: the losers and their groups counted, and refused as
+ * the delete would be when a foreign key references a loser (its check, or
+ * a deferred one at COMMIT, would fail).  A BEFORE DELETE trigger that would
+ * skip a loser is not foreseen.
+ */
 static void
-count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
+count_losers(DedupTarget *t, DedupResult *res)
 {
-	int64		losers;
-
 	spi_exec_count(psprintf("WITH %s SELECT %s, (SELECT pg_catalog.count(*) FROM dedup_l)",
 							sql_losers(t), sql_loser_groups(t)),
 				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
-	losers = spi_get_int64(0, 2);
-	if (action == DEDUP_ACTION_RENAME)
-		res->rows_renamed = losers;
-	else
-		res->rows_deleted = losers;
+	res->rows_deleted = spi_get_int64(0, 2);
+	if (res->rows_deleted > 0)
+		refuse_referenced_rows(t->relid, t->qualname, "delete duplicate",
+							   psprintf("c.ctid IN (WITH %s SELECT l.dedup_ctid FROM dedup_l l)", sql_losers(t)),
+							   false, HINT_MERGE_REFERENCES);
 }
 
 /*
@@ -155,9 +158,9 @@ run_delete(DedupTarget *t, DedupResult *res)
 	res->groups = spi_get_int64(0, 1);
 	nlosers = spi_get_int64(0, 2);
 	progress_counts(nlosers, -1, -1, -1);
-	refuse_deferred_references(t->relid, t->qualname, "delete duplicate",
-							   psprintf("EXISTS (SELECT FROM %s l WHERE l.dedup_ctid OPERATOR(pg_catalog.=) c.ctid)", losers),
-							   HINT_MERGE_REFERENCES);
+	refuse_referenced_rows(t->relid, t->qualname, "delete duplicate",
+						   psprintf("EXISTS (SELECT FROM %s l WHERE l.dedup_ctid OPERATOR(pg_catalog.=) c.ctid)", losers),
+						   true, HINT_MERGE_REFERENCES);
 	progress_phase("deleting");
 
 	if (nlosers * TID_ARRAY_BYTES <= (int64) work_mem * 1024)
@@ -330,50 +333,66 @@ drop_empty_archives(DedupResult *res)
 }
 
 /*
- * A merge's counts depend on the collisions in every referencing table, so a
- * dry run does the merge in a subtransaction and rolls it back.
+ * Run fn in a subtransaction and roll it back: a dry run of a merge or a
+ * rename, whose counts and refusals depend on what the statements meet (the
+ * collisions in every referencing table, a new value the column or a
+ * constraint rejects, a trigger that skips a row).
+ */
+static void
+rolled_back(void (*fn) (DedupTarget *t, DedupResult *res, bool archived, bool background),
+			DedupTarget *t, DedupResult *res, bool archived, bool background)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		fn(t, res, archived, background);
+	}
+	PG_CATCH();
+	{
+		/* leave the subtransaction before the error goes up to the caller's */
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(oldcxt);
+	CurrentResourceOwner = oldowner;
+}
+
+/*
+ * A merge (a dry run's has no job and no archive).  archived: the call keeps
+ * archives (a dry run refuses what it would); background: a dry run of a
+ * background job, whose passes may do more.
  */
 static void
 merge(DedupTarget *t, DedupResult *res, bool archived, bool background)
 {
 	MergeResult mres = {0};
 
-	if (res->job_id == 0)
-	{
-		MemoryContext oldcxt = CurrentMemoryContext;
-		ResourceOwner oldowner = CurrentResourceOwner;
-
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(oldcxt);
-		PG_TRY();
-		{
-			run_merge(t, 0, NULL, archived, background, &mres);
-		}
-		PG_CATCH();
-		{
-			/* leave the subtransaction before the error goes up to the caller's */
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(oldcxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(oldcxt);
-			CurrentResourceOwner = oldowner;
-			ReThrowError(edata);
-		}
-		PG_END_TRY();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
-	}
-	else
-		run_merge(t, res->job_id, res->archive_table, archived, background, &mres);
+	run_merge(t, res->job_id, res->archive_table, archived, background, &mres);
 	res->groups = mres.groups;
 	res->rows_deleted = mres.rows_deleted;
 	res->refs_repointed = mres.refs_repointed;
 	res->refs_removed = mres.refs_removed;
 	res->ref_archives = mres.ref_archives;
+}
+
+/* a dry run's rename, with no archive: rolled_back's fn */
+static void
+dry_rename(DedupTarget *t, DedupResult *res, bool archived, bool background)
+{
+	run_rename(t, res);
 }
 
 /*
@@ -654,9 +673,11 @@ dedup_table(PG_FUNCTION_ARGS)
 	{
 		res.state = "dry_run";
 		if (action == DEDUP_ACTION_MERGE)
-			merge(t, &res, PG_GETARG_BOOL(6), PG_GETARG_BOOL(9));
+			rolled_back(merge, t, &res, PG_GETARG_BOOL(6), PG_GETARG_BOOL(9));
+		else if (action == DEDUP_ACTION_RENAME)
+			rolled_back(dry_rename, t, &res, false, false);
 		else
-			count_losers(t, &res, action);
+			count_losers(t, &res);
 	}
 	else if (background)
 	{

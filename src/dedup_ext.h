@@ -130,8 +130,8 @@ extern bool referenced_row(Oid relid, const char *qualname, const char *rows, bo
 						   ReferencedRow *found);
 extern void references_immediate(Oid relid);
 extern void own_constraints_immediate(Oid relid);
-extern void refuse_deferred_references(Oid relid, const char *qualname, const char *what,
-									   const char *rows, const char *hint);
+extern void refuse_referenced_rows(Oid relid, const char *qualname, const char *what,
+								   const char *rows, bool deferred_only, const char *hint);
 extern char *enabled_rule(Oid relid, char ev_type);
 extern void dedup_target_require_sort(DedupTarget *t, const char *fn);
 extern void refuse_cascading_references(Oid relid, const char *qualname, const char *what,
