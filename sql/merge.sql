@@ -765,6 +765,23 @@ SELECT * FROM dedup_table('merge_t.gp', '{name}', action => 'merge', background 
 SELECT * FROM dedup_table('merge_t.gp', '{name}', action => 'merge');
 SELECT count(*) AS parents FROM merge_t.gp;
 
+-- a referencing row removed as a collision that a third table references:
+-- refused with 23503 and a hint (no generated statement as its context),
+-- the dry run too; nothing changed
+CREATE TABLE merge_t.paint (id int PRIMARY KEY, name text);
+INSERT INTO merge_t.paint VALUES (1, 'red'), (2, 'red');
+CREATE TABLE merge_t.jacket (id int PRIMARY KEY, paint_id int REFERENCES merge_t.paint, size text,
+                             UNIQUE (paint_id, size));
+INSERT INTO merge_t.jacket VALUES (1, 1, 'S'), (2, 2, 'S');
+CREATE TABLE merge_t.zip (id int PRIMARY KEY, jacket_id int REFERENCES merge_t.jacket);
+INSERT INTO merge_t.zip VALUES (1, 2);
+\set SHOW_CONTEXT always
+SELECT * FROM dedup_table('merge_t.paint', '{name}', action => 'merge');
+SELECT * FROM dedup_table('merge_t.paint', '{name}', action => 'merge', dry_run => true);
+\set SHOW_CONTEXT errors
+SELECT (SELECT count(*) FROM merge_t.paint) AS paints,
+       (SELECT string_agg(id || ':' || paint_id, ' ' ORDER BY id) FROM merge_t.jacket) AS jackets;
+
 --
 -- cleanup
 --

@@ -883,7 +883,19 @@ merge_refs(MergePlan *plan, const char *map, int64 job_id, MergeResult *res)
 			spi_exec_count(psprintf("SELECT pg_catalog.count(*) FROM (SELECT FROM ONLY %s c JOIN %s m ON %s FOR UPDATE OF c) l",
 									ref->child, plan->map, ref_join(ref, plan)),
 						   SPI_OK_SELECT);
-		res->refs_removed += remove_collisions(ref, plan, job_id);
+		PG_TRY();
+		{
+			res->refs_removed += remove_collisions(ref, plan, job_id);
+		}
+		PG_CATCH();
+		{
+			/* a row removed as a collision that another table references */
+			spi_rethrow_with_hint(oldcxt, ERRCODE_FOREIGN_KEY_VIOLATION, 0,
+								  psprintf("A row of %s that the merge removes (it would collide once re-pointed) is referenced through a foreign key of another table, and a merge re-points only the rows that reference the table it merges: point those references at the row of %s that stays, or remove them, first.",
+										   ref->child, ref->child),
+								  true);
+		}
+		PG_END_TRY();
 		PG_TRY();
 		{
 			res->refs_repointed += repoint(ref, plan, job_id);
