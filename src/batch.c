@@ -306,63 +306,62 @@ scan_step(BgJob *job, void *arg)
 	const char *next;
 
 	dedup_check_owner(t->relid);
-	if (t->rename_key < 0)
+	/*
+	 * One statement: the candidates and the window see one snapshot.  The
+	 * plan is this step's (its strings live in the step's memory), and made
+	 * under the lock the statement will hold anyway.
+	 */
+	LockRelationOid(t->relid, AccessShareLock);
+	/*
+	 * Estimated once a run, in its first pass: a sample reads every page,
+	 * and a later pass only the pages that changed.
+	 */
+	if (job->loser_share < 0)
+		job->loser_share = estimated_loser_share(t, false, true);
+	dedup_target_plan_candidates(t, job->loser_share);
+	PG_TRY();
 	{
+		if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
+			arm_candidates(job);
+		cpu_yield_arm(false);
+		spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
 		/*
-		 * One statement: the candidates and the window see one snapshot.  The
-		 * plan is this step's (its strings live in the step's memory), and
-		 * made under the lock the statement will hold anyway.
+		 * a heap scan (the window's over every row, or the candidates' when
+		 * they are not remembered) prunes the pages it reads, of rows the
+		 * last pass's batches deleted, and pruning a page writes an image of
+		 * it after a checkpoint; the remembered passes' page walk does not
+		 * prune (see candidates.c)
 		 */
-		LockRelationOid(t->relid, AccessShareLock);
-		/*
-		 * Estimated once a run, in its first pass: a sample reads every
-		 * page, and a later pass only the pages that changed.
-		 */
-		if (job->loser_share < 0)
-			job->loser_share = estimated_loser_share(t, false, true);
-		dedup_target_plan_candidates(t, job->loser_share);
-		PG_TRY();
-		{
-			if (t->candidates_fn && (t->filter_text == NULL || t->filter_immutable))
-				arm_candidates(job);
-			cpu_yield_arm(false);
-			spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
-			/*
-			 * a heap scan (the window's over every row, or the candidates'
-			 * when they are not remembered) prunes the pages it reads, of
-			 * rows the last pass's batches deleted, and pruning a page
-			 * writes an image of it after a checkpoint; the remembered
-			 * passes' page walk does not prune (see candidates.c)
-			 */
-			bg_compress_wal(true);
+		bg_compress_wal(true);
+		if (t->rename_key < 0)
 			n = spi_exec_count(psprintf("INSERT INTO %s SELECT pg_catalog.row_number()"
 										" OVER (ORDER BY s.dedup_qctid, s.dedup_ctid), %s"
 										" FROM (%s) s WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
 										job->work, work_select_list(t, "s"),
 										sql_ranked_dups(t, work_columns(t))),
 							   SPI_OK_INSERT);
-		}
-		PG_FINALLY();
-		{
-			/* armed for this statement only, whatever happened */
-			candidates_disarm();
-			cpu_yield_disarm();
-		}
-		PG_END_TRY();
-		bg_compress_wal(false);
-		t->candidates_fn = NULL;
+		else
+			/* each loser with its new name, free in the whole table */
+			n = spi_exec_count(psprintf("WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
+										" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s"
+										" INSERT INTO %s SELECT pg_catalog.row_number()"
+										" OVER (ORDER BY l.dedup_qctid, l.dedup_ctid), %s, f.dedup_cand"
+										" FROM dedup_l l JOIN dedup_f f ON f.dedup_ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
+										sql_ranked_dups(t, work_columns(t)), sql_rename_ctes(t, "dedup_l"),
+										job->work, work_select_list(t, "l")),
+							   SPI_OK_INSERT);
 	}
-	else
+	PG_FINALLY();
 	{
-		spi_exec_count(psprintf("TRUNCATE %s", job->work), SPI_OK_UTILITY);
-		n = spi_exec_count(psprintf("WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
-									" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s"
-									" INSERT INTO %s SELECT pg_catalog.row_number()"
-									" OVER (ORDER BY l.dedup_qctid, l.dedup_ctid), %s, f.dedup_cand"
-									" FROM dedup_l l JOIN dedup_f f ON f.dedup_ctid OPERATOR(pg_catalog.=) l.dedup_ctid",
-									sql_ranked(t, work_columns(t)), sql_rename_ctes(t, "dedup_l"),
-									job->work, work_select_list(t, "l")),
-						   SPI_OK_INSERT);
+		/* armed for this statement only, whatever happened */
+		candidates_disarm();
+		cpu_yield_disarm();
+	}
+	PG_END_TRY();
+	bg_compress_wal(false);
+	t->candidates_fn = NULL;
+	if (t->rename_key >= 0)
+	{
 		spi_exec_count(psprintf("SELECT (SELECT pg_catalog.count(*) FROM %s w WHERE w.dedup_cand IS NULL),"
 								" (SELECT w.dedup_cand FROM %s w GROUP BY w.dedup_cand"
 								"  HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 1 LIMIT 1)",

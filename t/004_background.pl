@@ -689,6 +689,37 @@ $node->safe_psql('postgres', qq{SELECT dedup_rollback($memo3)});
 is(scalar(@pages3), 2, 'memo3, serializable: one confirming pass');
 is($pages3[0], $pages3[1], 'serializable: the pass after the first read every page');
 
+# 6d. a rename's passes find their candidates as a delete's do: the pass
+# after the first hashes only the rows changed since (the renamed ones, and
+# a writer's duplicate and pair)
+$node->safe_psql('postgres', q{
+	CREATE TABLE memo4 (id int PRIMARY KEY, k text NOT NULL);
+	INSERT INTO memo4 SELECT g, 'k' || CASE WHEN g % 20 = 0 THEN g - 1 ELSE g END
+	  FROM generate_series(1, 20000) g;
+	ANALYZE memo4;
+	ALTER DATABASE postgres SET log_min_messages = debug1;
+});
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+	'memo4: no dedup_ext worker left from the jobs before');
+$log_offset = -s $node->logfile;
+$job = $node->safe_psql('postgres', q{
+	SET dedup_ext.batch_delay = 300;
+	SELECT job_id FROM dedup_table('memo4', '{k}', action => 'rename', background => true, batch_size => 200);
+});
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job}),
+	'memo4 rename is batching');
+$node->safe_psql('postgres', q{INSERT INTO memo4 VALUES (30001, 'k1'), (30002, 'w-1'), (30003, 'w-1')});
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'done', 'memo4 rename done');
+$node->safe_psql('postgres', 'ALTER DATABASE postgres RESET log_min_messages');
+is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo4}),
+	'20003 20003', 'memo4: no duplicate left, the writer\'s included');
+is(job_field($node, $job, 'rows_renamed'), '1002', 'memo4: the 1000 losers and the writer\'s two renamed');
+ok($node->log_contains(qr/dedup_ext: hashed only the rows of "memo4" changed since the remembered pass: \d+$/m,
+		$log_offset),
+	'the rename\'s later pass hashed only the rows changed since the first');
+
 # 7. dedup_ext.wal_compression: the full-page images a job writes after a
 # checkpoint (each page whose rows it deletes) are compressed, and its WAL
 # is smaller.  The WAL measured is the server's: no autovacuum meanwhile.
