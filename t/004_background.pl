@@ -78,6 +78,16 @@ sub submit
 	});
 }
 
+# wait until no dedup_ext worker is left from the jobs before (one still
+# alive would run the next job without the settings changed since)
+sub no_worker_left
+{
+	my ($node, $what) = @_;
+	ok($node->poll_query_until('postgres',
+			q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
+		$what);
+}
+
 sub job_field
 {
 	my ($node, $job, $expr) = @_;
@@ -225,9 +235,7 @@ $node->reload;
 ok($node->poll_query_until('postgres', 'SHOW dedup_ext.worker_sched_idle', 'on'),
 	'worker_sched_idle is on');
 # and the worker that ran job 1, started before the reload, is gone
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
-	'no worker left from job 1');
+no_worker_left($node, 'no worker left from job 1');
 is(create_table($node, 'big2', $N), $dups, 'big2: same duplicates as the clone');
 $job = submit($node, 'big2', 100);
 ok($node->poll_query_until('postgres',
@@ -576,9 +584,7 @@ $node->safe_psql('postgres', q{
 	ALTER DATABASE postgres SET log_min_messages = debug1;
 });
 # a worker still alive from the last job would not have the setting
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
-	'no dedup_ext worker left from the jobs before');
+no_worker_left($node, 'no dedup_ext worker left from the jobs before');
 $log_offset = -s $node->logfile;
 $job = $node->safe_psql('postgres', q{
 	SET dedup_ext.batch_delay = 300;
@@ -659,9 +665,7 @@ my $memo3_job = sub {
 	$node->safe_psql('postgres',
 		join('', map { "ALTER DATABASE postgres SET $_ = $settings{$_};\n" } sort keys %settings));
 	# a worker still alive from the last job would not have the settings
-	ok($node->poll_query_until('postgres',
-			q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
-		"$label: no dedup_ext worker left from the jobs before");
+	no_worker_left($node, "$label: no dedup_ext worker left from the jobs before");
 	my $offset = -s $node->logfile;
 	my $id = $node->safe_psql('postgres', q{
 		SET default_transaction_isolation = 'read committed';
@@ -699,9 +703,7 @@ $node->safe_psql('postgres', q{
 	ANALYZE memo4;
 	ALTER DATABASE postgres SET log_min_messages = debug1;
 });
-ok($node->poll_query_until('postgres',
-		q{SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'dedup_ext worker'}),
-	'memo4: no dedup_ext worker left from the jobs before');
+no_worker_left($node, 'memo4: no dedup_ext worker left from the jobs before');
 $log_offset = -s $node->logfile;
 $job = $node->safe_psql('postgres', q{
 	SET dedup_ext.batch_delay = 300;
