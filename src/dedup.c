@@ -218,7 +218,7 @@ run_rename(DedupTarget *t, DedupResult *res)
 	initStringInfo(&sql);
 	appendStringInfo(&sql, "WITH RECURSIVE dedup_l AS (SELECT * FROM (%s) s"
 					 " WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1), %s, ",
-					 sql_ranked(t, sql_rename_cols(t)), sql_rename_ctes(t, "dedup_l"));
+					 sql_ranked_dups(t, sql_rename_cols(t)), sql_rename_ctes(t, "dedup_l"));
 	appendStringInfo(&sql, "%s SELECT (SELECT pg_catalog.count(*) FROM dedup_u),"
 					 " (SELECT pg_catalog.count(*) FROM dedup_f f WHERE f.dedup_rn OPERATOR(pg_catalog.=) 2),"
 					 " (SELECT pg_catalog.count(*) FROM dedup_l l WHERE l.dedup_val IS NULL),"
@@ -509,7 +509,14 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 	bool		guessed;
 
 	if (action != DEDUP_ACTION_DELETE)
+	{
+		/*
+		 * a rename or merge ranks the candidates as a delete does (a
+		 * rename's new names are then checked against the whole table)
+		 */
+		dedup_target_plan_candidates(t, estimated_loser_share(t, !dry_run, true));
 		return "delete";
+	}
 	/*
 	 * The call analyzes a table that never was; a dry run, which changes
 	 * nothing, counts instead (the planner's guesses without statistics

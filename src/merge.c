@@ -423,7 +423,7 @@ create_map(DedupTarget *t, MergePlan *plan)
 
 	spi_exec_count(psprintf("CREATE TEMP TABLE %s ON COMMIT DROP AS SELECT s.* FROM (%s) s"
 							" WHERE s.dedup_rn OPERATOR(pg_catalog.>) 1",
-							map, sql_ranked(t, psprintf(", %s",
+							map, sql_ranked_dups(t, psprintf(", %s",
 														map_columns(plan, "r", "pg_catalog.first_value(%s) OVER dedup_w")))),
 				   SPI_OK_UTILITY);
 	spi_exec_count(psprintf("ANALYZE %s", map), SPI_OK_UTILITY);
