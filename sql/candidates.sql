@@ -109,6 +109,25 @@ SELECT cand.calls() - :calls_before AS calls;
 SELECT cand.kept_as_expected(:'amount_ids'::int[] || :'nulls_ids'::int[]);
 ROLLBACK;
 
+-- a rename and a merge go through the candidates too: the rows a rename
+-- leaves as they were, and the rows a merge keeps, are the delete's
+BEGIN;
+SET LOCAL track_functions = 'all';
+SELECT cand.calls() AS calls_before \gset
+SELECT duplicate_groups, rows_renamed FROM dedup_table('cand.tx', '{code}', action => 'rename');
+SELECT cand.calls() - :calls_before AS calls;
+SELECT array_agg(id ORDER BY id) = (SELECT array_agg(e ORDER BY e)
+                                      FROM unnest(:'first_ids'::int[] || :'nulls_ids'::int[]) e) AS unrenamed_as_expected
+  FROM cand.tx WHERE code IS NULL OR code !~ '-.*-';
+ROLLBACK;
+BEGIN;
+SET LOCAL track_functions = 'all';
+SELECT cand.calls() AS calls_before \gset
+SELECT duplicate_groups, rows_deleted FROM dedup_table('cand.tx', '{code}', action => 'merge');
+SELECT cand.calls() - :calls_before AS calls;
+SELECT cand.kept_as_expected(:'first_ids'::int[] || :'nulls_ids'::int[]);
+ROLLBACK;
+
 -- a filter: only the rows with amount < 50 take part, keep 'last'
 BEGIN;
 SELECT duplicate_groups, rows_deleted
