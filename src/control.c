@@ -137,15 +137,26 @@ job_id_arg(FunctionCallInfo fcinfo)
 }
 
 /*
- * Lock the job's row and return its state as dedup_jobs shows it.  Only the
- * submitter (or a superuser) controls a job; a restored one (job_fetch) ran
- * elsewhere, and does not run here.
+ * Lock the job's row and return its state as dedup_jobs shows it, and in
+ * *pending (unless NULL) the request its worker has not carried out yet
+ * ('pause', 'cancel' or NULL).  Only the submitter (or a superuser) controls a job; a
+ * restored one (job_fetch) ran elsewhere, and does not run here.
  */
 static char *
-control_begin(int64 job_id)
+control_begin(int64 job_id, const char **pending)
 {
-	job_require_here(job_fetch(job_id, true, true));
+	DedupJob   *job = job_fetch(job_id, true, true);
+
+	job_require_here(job);
+	if (pending)
+		*pending = job->control;
 	return job_effective_state(job_id);
+}
+
+static bool
+is_pending(const char *pending, const char *request)
+{
+	return pending != NULL && strcmp(pending, request) == 0;
 }
 
 static bool
@@ -160,11 +171,12 @@ dedup_pause(PG_FUNCTION_ARGS)
 {
 	int64		job_id = job_id_arg(fcinfo);
 	char	   *state;
+	const char *pending;
 	bool		result = true;
 
 	PreventCommandIfReadOnly("dedup_pause()");
 	SPI_connect();
-	state = control_begin(job_id);
+	state = control_begin(job_id, &pending);
 	if (state_is(state, "queued", "interrupted", NULL))
 	{
 		DedupJob   *job = job_fetch(job_id, false, true);
@@ -173,7 +185,8 @@ dedup_pause(PG_FUNCTION_ARGS)
 			guards_drop(job_id, job->relid, job->unique_index);
 		set_state(job_id, "state = 'paused', control = NULL");
 	}
-	else if (strcmp(state, "running") == 0)
+	/* a cancel requested stays requested: the job is to end, not wait */
+	else if (strcmp(state, "running") == 0 && !is_pending(pending, "cancel"))
 		set_state(job_id, "control = 'pause'");
 	else
 		result = false;
@@ -190,22 +203,23 @@ dedup_resume(PG_FUNCTION_ARGS)
 {
 	int64		job_id = job_id_arg(fcinfo);
 	char	   *state;
+	const char *pending;
 	bool		result = true;
 
 	PreventCommandIfReadOnly("dedup_resume()");
 	SPI_connect();
-	state = control_begin(job_id);
+	state = control_begin(job_id, &pending);
 	if (state_is(state, "paused", "interrupted", "queued"))
 	{
 		set_state(job_id, "state = 'queued', control = NULL, worker_pid = NULL");
 		launch_at_commit();
 	}
-	else if (strcmp(state, "running") == 0)
-	{
-		/* a pause requested but not yet carried out is withdrawn */
+	/*
+	 * A pause requested but not carried out yet is withdrawn, and the job
+	 * goes on; a cancel is not: resume is no way to take one back.
+	 */
+	else if (strcmp(state, "running") == 0 && is_pending(pending, "pause"))
 		set_state(job_id, "control = NULL");
-		result = false;
-	}
 	else
 		result = false;
 	SPI_finish();
@@ -247,7 +261,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 		SPI_finish();
 		PG_RETURN_BOOL(result);
 	}
-	state = control_begin(job_id);
+	state = control_begin(job_id, NULL);
 	if (state_is(state, "queued", "paused", "interrupted"))
 	{
 		DedupJob   *job = job_fetch(job_id, false, true);
