@@ -302,6 +302,22 @@ SELECT state, rows_deleted FROM dedup_table('photos.label', '{title}', dry_run =
 \echo :LAST_ERROR_SQLSTATE
 \set SHOW_CONTEXT errors
 SELECT (SELECT count(*) FROM photos.label) AS labels, (SELECT count(*) - :njobs FROM dedup_jobs) AS new_jobs;
+-- a reference from a loser to a loser (or to itself) goes with the delete,
+-- which succeeds: so does its dry run, with the same count, deferred or not
+-- (the deferred check run before the end: it passes)
+CREATE TABLE photos.folder (id int PRIMARY KEY, name text NOT NULL, parent int REFERENCES photos.folder);
+INSERT INTO photos.folder VALUES (1, 'a', NULL), (2, 'a', 2), (3, 'b', NULL), (4, 'b', NULL), (5, 'b', 4);
+SELECT state, duplicate_groups, rows_deleted FROM dedup_table('photos.folder', '{name}', dry_run => true);
+BEGIN;
+SELECT state, duplicate_groups, rows_deleted FROM dedup_table('photos.folder', '{name}');
+ROLLBACK;
+ALTER TABLE photos.folder ALTER CONSTRAINT folder_parent_fkey DEFERRABLE INITIALLY DEFERRED;
+SELECT state, duplicate_groups, rows_deleted FROM dedup_table('photos.folder', '{name}', dry_run => true);
+BEGIN;
+SELECT state, duplicate_groups, rows_deleted FROM dedup_table('photos.folder', '{name}');
+SET CONSTRAINTS ALL IMMEDIATE;
+SELECT id FROM photos.folder ORDER BY id;
+ROLLBACK;
 -- a deferred reference (checked at COMMIT, after the call) is refused in the
 -- call, with the same SQLSTATE and hint; a background job, whose batches
 -- commit, fails with it; with the reference gone the delete goes through

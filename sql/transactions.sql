@@ -124,10 +124,16 @@ SELECT count(*) AS job_rows FROM dedup_jobs WHERE job_id = :jid7;
 
 -- a read-only transaction (as on a hot standby): every call that changes
 -- something is refused by name (25006), before it reads anything; a delete's
--- dry run answers
+-- and a rename's dry runs answer (a rename's counts its losers, where it
+-- would otherwise rename them and roll back), a merge's, which must do the
+-- merge to count its collisions, is refused by name
 SELECT count(*) AS njobs_ro FROM dedup_jobs \gset
 BEGIN READ ONLY;
 SELECT state, rows_deleted FROM dedup_table('orders', '{ext_ref}', dry_run => true);
+SELECT state, rows_renamed FROM dedup_table('orders', '{ext_ref}', action => 'rename', dry_run => true);
+SAVEPOINT s;
+SELECT state FROM dedup_table('orders', '{ext_ref}', action => 'merge', dry_run => true);
+ROLLBACK TO SAVEPOINT s;
 SAVEPOINT s;
 \set VERBOSITY terse
 SELECT * FROM dedup_table('orders', '{ext_ref}');

@@ -811,8 +811,9 @@ refuse_cascading_references(Oid relid, const char *qualname, const char *what,
 /*
  * Is one of the rows of table relid (alias c) that match condition rows
  * referenced through a foreign key (with deferred_only, one whose check is
- * deferrable and waits for COMMIT when deferred)?  If so, *found gets the
- * foreign key, its table and the referenced key, for a message.
+ * deferrable and waits for COMMIT when deferred), by a row that stays (not
+ * one of those rows itself)?  If so, *found gets the foreign key, its table
+ * and the referenced key, for a message.
  */
 bool
 referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_only,
@@ -860,6 +861,15 @@ referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_
 							 sql_operator(DatumGetObjectId(eqops[i])), refcol,
 							 fk_collate(relid, DatumGetInt16(confkey[i]), childid, DatumGetInt16(conkey[i])));
 		}
+		/*
+		 * a row of the table itself that matches rows goes with them, and
+		 * its reference with it: the check, at the statement's end (or at
+		 * COMMIT), does not see it
+		 */
+		if (childid == relid)
+			appendStringInfo(&match, " AND NOT (x.tableoid OPERATOR(pg_catalog.=) %u AND EXISTS"
+							 " (SELECT FROM ONLY %s c WHERE c.ctid OPERATOR(pg_catalog.=) x.ctid AND %s))",
+							 relid, qualname, rows);
 		spi_exec_count(psprintf("SELECT ROW(%s)::pg_catalog.text FROM ONLY %s c"
 								" WHERE %s AND EXISTS (SELECT FROM %s x WHERE true%s) LIMIT 1",
 								refcols.data, qualname, rows, child, match.data),

@@ -353,13 +353,16 @@ scan_step(BgJob *job, void *arg)
 	}
 	PG_FINALLY();
 	{
-		/* armed for this statement only, whatever happened */
+		/*
+		 * armed for this statement only, whatever happened; the function's
+		 * name lives in the step's memory
+		 */
 		candidates_disarm();
 		cpu_yield_disarm();
+		t->candidates_fn = NULL;
 	}
 	PG_END_TRY();
 	bg_compress_wal(false);
-	t->candidates_fn = NULL;
 	if (t->rename_key >= 0)
 	{
 		spi_exec_count(psprintf("SELECT (SELECT pg_catalog.count(*) FROM %s w WHERE w.dedup_cand IS NULL),"

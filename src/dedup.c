@@ -114,20 +114,29 @@ params_json(FunctionCallInfo fcinfo, DedupTarget *t, const char *keep,
 }
 
 /*
- * A dry run's delete: the losers and their groups counted, and refused as
- * the delete would be when a foreign key references a loser (its check, or
- * a deferred one at COMMIT, would fail).  A BEFORE DELETE trigger that would
- * skip a loser is not foreseen.
+ * A dry run's count of the losers and their groups, as the call would find
+ * them.  A delete's is refused as the delete would be when a foreign key
+ * references a loser (its check, or a deferred one at COMMIT, would fail);
+ * a BEFORE DELETE trigger that would skip a loser is not foreseen.  A
+ * rename's is the read-only transaction's (rolled_back renames otherwise).
  */
 static void
-count_losers(DedupTarget *t, DedupResult *res)
+count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 {
+	int64		losers;
+
 	spi_exec_count(psprintf("WITH %s SELECT %s, (SELECT pg_catalog.count(*) FROM dedup_l)",
 							sql_losers(t), sql_loser_groups(t)),
 				   SPI_OK_SELECT);
 	res->groups = spi_get_int64(0, 1);
-	res->rows_deleted = spi_get_int64(0, 2);
-	if (res->rows_deleted > 0)
+	losers = spi_get_int64(0, 2);
+	if (action == DEDUP_ACTION_RENAME)
+	{
+		res->rows_renamed = losers;
+		return;
+	}
+	res->rows_deleted = losers;
+	if (losers > 0)
 		refuse_referenced_rows(t->relid, t->qualname, "delete duplicate",
 							   psprintf("c.ctid IN (WITH %s SELECT l.dedup_ctid FROM dedup_l l)", sql_losers(t)),
 							   false, HINT_MERGE_REFERENCES);
@@ -514,7 +523,7 @@ choose_strategy(DedupTarget *t, DedupAction action, DedupStrategy strategy, bool
 		 * a rename or merge ranks the candidates as a delete does (a
 		 * rename's new names are then checked against the whole table)
 		 */
-		dedup_target_plan_candidates(t, estimated_loser_share(t, !dry_run, true));
+		dedup_target_plan_candidates(t, estimated_loser_share(t, false, true));
 		return "delete";
 	}
 	/*
@@ -679,12 +688,23 @@ dedup_table(PG_FUNCTION_ARGS)
 	if (dry_run)
 	{
 		res.state = "dry_run";
+		/*
+		 * A merge's and a rename's dry runs do the work and roll it back;
+		 * a read-only transaction (a standby's) counts a rename's losers,
+		 * and cannot count a merge's collisions at all
+		 */
+		if (action == DEDUP_ACTION_MERGE && XactReadOnly)
+			ereport(ERROR,
+					(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+					 errmsg("a dry run of action \"merge\" cannot run in a read-only transaction"),
+					 errdetail("It counts the collisions in the referencing tables by doing the merge in a subtransaction and rolling it back."),
+					 errhint("Run it in a read-write transaction, on the primary.")));
 		if (action == DEDUP_ACTION_MERGE)
 			rolled_back(merge, t, &res, PG_GETARG_BOOL(6), PG_GETARG_BOOL(9));
-		else if (action == DEDUP_ACTION_RENAME)
+		else if (action == DEDUP_ACTION_RENAME && !XactReadOnly)
 			rolled_back(dry_rename, t, &res, false, false);
 		else
-			count_losers(t, &res);
+			count_losers(t, &res, action);
 	}
 	else if (background)
 	{

@@ -347,7 +347,7 @@ bg_toplevel(BgJob *job, const char *sql)
  * Compress the full-page images of the job's bulk writes
  * (dedup_ext.wal_compression): on around the statements of a delete or
  * rename batch and of a backfill batch, around the first statement of a
- * pass (not a rename's), and around the unique index build; off again
+ * pass, and around the unique index build; off again
  * before the job's row is written (bg_record turns it off itself), and for
  * a merge batch, which creates and analyzes tables.  A batch after a
  * checkpoint writes one image per page it changes, and an index build an
