@@ -329,7 +329,7 @@ forget_launcher_latch(int code, Datum arg)
  * The launcher connects to no database (it reads only the shared catalog
  * pg_database), starts a resuming worker for every database that accepts
  * connections, then sleeps until shutdown, so that it is started again after
- * a crash-restart.  A cluster may have more databases than free background
+ * a crash-restart (and, stopped by pg_terminate_backend, 5 s later).  A cluster may have more databases than free background
  * worker slots: the databases whose worker could not start are tried again
  * every second, as the workers before them finish; so are the databases
  * whose submissions found no free slot (launch_later wakes it), and, when a
@@ -341,6 +341,7 @@ dedup_launcher_main(Datum arg)
 	List	   *dbs;
 	ListCell   *lc;
 	TimestampTz started;
+	bool		restarted;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -349,11 +350,18 @@ dedup_launcher_main(Datum arg)
 	started = GetCurrentTimestamp();
 	SpinLockAcquire(&launch_shared->mutex);
 	launch_shared->launcher_latch = MyLatch;
-	launch_shared->launcher_started = started;
+	restarted = launch_shared->launcher_started != 0;
+	if (!restarted)
+		launch_shared->launcher_started = started;
 	SpinLockRelease(&launch_shared->mutex);
 	on_shmem_exit(forget_launcher_latch, (Datum) 0);
 
-	dbs = connectable_databases();
+	/*
+	 * Started again in the same server run (pg_terminate_backend stopped
+	 * it): the jobs were resumed at its first start, and those interrupted
+	 * since wait for dedup_resume, as they would have.
+	 */
+	dbs = restarted ? NIL : connectable_databases();
 	while (!ShutdownRequestPending)
 	{
 		List	   *left = NIL;
@@ -391,7 +399,11 @@ dedup_launcher_main(Datum arg)
 			}
 		}
 	}
-	proc_exit(0);
+	/*
+	 * Not 0, which would unregister it: the postmaster starts it again
+	 * (bgw_restart_time) unless the server is shutting down
+	 */
+	proc_exit(1);
 }
 
 /* the databases that accept connections, in TopMemoryContext */

@@ -996,6 +996,25 @@ take_idle_policy(void)
 #endif
 }
 
+/* the database's worker slot this worker holds, -1 when none */
+static int	held_slot = -1;
+
+/*
+ * A worker that leaves holding a slot was stopped (pg_terminate_backend) or
+ * failed outside a job's handling (FATAL).  Its job shows as interrupted,
+ * for dedup_resume; the jobs queued behind it would wait for a worker
+ * nothing starts, as the other workers take the next job only when theirs
+ * ends.  So a new worker is started for the database.  on_shmem_exit runs
+ * after the session's advisory locks, the slot's among them, are released:
+ * the new worker finds the slot free (or nothing queued, and leaves).
+ */
+static void
+replace_on_exit(int code, Datum arg)
+{
+	if (code != 0 && held_slot >= 0)
+		launch_workers(1);
+}
+
 /*
  * Main of a dynamic worker: arg is the database; bgw_extra[0] is its mode
  * (launch_worker in launcher.c).  The worker takes one of
@@ -1060,6 +1079,7 @@ dedup_worker_main(Datum arg)
 	plain_xact(check_installed, &installed);
 	if (!installed)
 		proc_exit(0);
+	on_shmem_exit(replace_on_exit, (Datum) 0);
 	if (mode == 'r')
 		plain_xact(requeue_lost, NULL);
 	if (mode == 'r' || mode == 'q')
@@ -1080,6 +1100,7 @@ dedup_worker_main(Datum arg)
 
 		if (slot < 0)
 			break;
+		held_slot = slot;
 		for (;;)
 		{
 			Claim		claim = {cxt, 0, NULL, InvalidOid};
@@ -1095,6 +1116,7 @@ dedup_worker_main(Datum arg)
 			ran = true;
 		}
 		worker_slot_release(slot);
+		held_slot = -1;
 		plain_xact(any_queued, &more);
 		if (!more)
 			break;

@@ -10,7 +10,8 @@
 #   3. dedup_ext.max_workers = 1: of three jobs one runs, the others wait
 #      queued, and all three finish; a job whose table is locked when its
 #      turn comes waits with no phase yet, then runs; a worker stopped by
-#      pg_terminate_backend leaves its job interrupted, shown once; with
+#      pg_terminate_backend leaves its job interrupted, shown once, and the
+#      job queued behind it gets a new worker; with
 #      max_workers lowered to 0, a worker whose job stops takes no other;
 #      two jobs submitted in one transaction run side by side; a job queued
 #      behind the limit starts when a reload raises it; workers sleep while
@@ -360,12 +361,16 @@ is(job_field($node, $runner, 'state'), 'cancelled', 'the job before it was cance
 
 # 3c. a worker stopped by pg_terminate_backend frees its slot of
 # dedup_progress: the job shows once, interrupted (no row left in shared
-# memory saying it runs), and dedup_resume finishes it
+# memory saying it runs), and dedup_resume finishes it; the job queued
+# behind it gets a worker of its own
 create_table($node, 'small5', 20_000);
+create_table($node, 'small5q', 4_000);
 my $stopped = submit($node, 'small5', 200);
 ok($node->poll_query_until('postgres',
 		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $stopped}),
 	'a slow job has committed a batch');
+my $behind = submit($node, 'small5q', 0);
+is(job_field($node, $behind, 'state'), 'queued', 'another job waits behind it (max_workers = 1)');
 is($node->safe_psql('postgres', qq{
 		SELECT pg_terminate_backend(worker_pid) FROM dedup_jobs WHERE job_id = $stopped}),
 	't', 'its worker terminated');
@@ -379,6 +384,20 @@ is($node->safe_psql('postgres', qq{
 is($node->safe_psql('postgres', qq{
 		SELECT ok || ' ' || detail FROM dedup_verify($stopped) WHERE check_name = 'job_done'}),
 	'false state is interrupted', 'dedup_verify: its state as dedup_jobs shows it');
+is($node->safe_psql('postgres', qq{SELECT dedup_wait($behind, '60s')}), 'done',
+	'the job queued behind it got a new worker, and is done');
+is(job_field($node, $stopped, 'state'), 'interrupted', 'which left the stopped job to dedup_resume');
+# the launcher stopped the same way comes back (bgw_restart_time), and
+# leaves the interrupted job as it is
+my $launcher = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'dedup_ext launcher'});
+is($node->safe_psql('postgres', "SELECT pg_terminate_backend($launcher)"), 't', 'the launcher terminated');
+ok($node->poll_query_until('postgres',
+		qq{SELECT count(*) = 1 FROM pg_stat_activity
+		    WHERE backend_type = 'dedup_ext launcher' AND pid <> $launcher}),
+	'a new launcher runs');
+sleep 1;
+is(job_field($node, $stopped, 'state'), 'interrupted', 'the stopped job still waits for dedup_resume');
 $node->safe_psql('postgres', "SELECT dedup_resume($stopped)");
 ok($node->poll_query_until('postgres',
 		qq{SELECT state FROM dedup_jobs WHERE job_id = $stopped}, 'done'),
@@ -724,9 +743,15 @@ $node->safe_psql('postgres', 'ALTER DATABASE postgres RESET log_min_messages');
 is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT k) FROM memo4}),
 	'20003 20003', 'memo4: no duplicate left, the writer\'s included');
 is(job_field($node, $job, 'rows_renamed'), '1002', 'memo4: the 1000 losers and the writer\'s two renamed');
-ok($node->log_contains(qr/dedup_ext: hashed only the rows of "memo4" changed since the remembered pass: \d+$/m,
-		$log_offset),
-	'the rename\'s later pass hashed only the rows changed since the first');
+my @hashed4 = slurp_file($node->logfile, $log_offset) =~
+  /dedup_ext: hashed only the rows of "memo4" changed since the remembered pass: (\d+)$/mg;
+ok(@hashed4 && $hashed4[0] < 2000,
+	'the rename\'s second pass hashed only the rows changed since the first (' . ($hashed4[0] // 'none') . ')');
+my @pages4 = slurp_file($node->logfile, $log_offset) =~
+  /dedup_ext: the pass read (\d+) of the (\d+) pages of "memo4"$/mg;
+is(scalar(@pages4), 4, 'memo4: both later passes logged the pages they read');
+cmp_ok($pages4[2], '<', $pages4[3] / 10,
+	"the rename's third pass read only the pages changed since the second ($pages4[2] of $pages4[3])");
 
 # 7. dedup_ext.wal_compression: the full-page images a job writes after a
 # checkpoint (each page whose rows it deletes) are compressed, and its WAL
