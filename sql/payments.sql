@@ -4,6 +4,8 @@
 --
 CREATE SCHEMA payments;
 SET search_path = payments, public;
+-- job ids from 10001 on, whatever the tests before took: NOTICEs name them
+SELECT setval('public.dedup_job_job_id_seq', 10000) AS job_ids_after;
 
 CREATE TABLE payments.payments (
     id             int PRIMARY KEY,
