@@ -21,7 +21,6 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/comment.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
@@ -36,53 +35,65 @@
 
 /*
  * Where the extension lives and who owns it, read from pg_extension by its
- * index (the C code asks before nearly every statement it builds, a worker
- * before every step: a catalog lookup, not a query).  get_extension_schema()
- * is not exported before PostgreSQL 16.
+ * name's index in one lookup (the C code asks before nearly every statement
+ * it builds, a worker before every step: a catalog lookup, not a query);
+ * false when it is not installed.  get_extension_schema() is not exported
+ * before PostgreSQL 16.
  */
-static void
+static bool
 extension_info(Oid *nspid, Oid *owner)
 {
-	Oid			ext = get_extension_oid("dedup_ext", true);
-	Relation	rel;
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tuple;
+	bool		found;
 
-	if (!OidIsValid(ext))
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("dedup_ext"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	found = HeapTupleIsValid(tuple);
+	if (found && nspid)
+		*nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	if (found && owner)
+		*owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+static void
+extension_required(bool found)
+{
+	if (!found)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("extension \"dedup_ext\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION dedup_ext.")));
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(ext));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tuple = systable_getnext(scan);
-	if (!HeapTupleIsValid(tuple))
-		elog(ERROR, "could not find tuple for extension %u", ext);
-	if (nspid)
-		*nspid = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
-	if (owner)
-		*owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
 }
 
-/* the OID of the extension's schema */
+/* the OID of the extension's schema; InvalidOid when it is not installed */
 Oid
 dedup_ext_namespace(void)
 {
 	Oid			nspid;
 
-	extension_info(&nspid, NULL);
-	return nspid;
+	return extension_info(&nspid, NULL) ? nspid : InvalidOid;
 }
 
 /* quoted name of the extension's schema */
 char *
 dedup_ext_schema(void)
 {
-	return pstrdup(quote_identifier(get_namespace_name(dedup_ext_namespace())));
+	Oid			nspid;
+	char	   *name;
+
+	extension_required(extension_info(&nspid, NULL));
+	name = get_namespace_name(nspid);
+	if (name == NULL)
+		elog(ERROR, "dedup_ext: schema %u of the extension not found", nspid);
+	return pstrdup(quote_identifier(name));
 }
 
 /* the owner of the extension and of its objects */
@@ -91,7 +102,7 @@ dedup_ext_owner(void)
 {
 	Oid			owner;
 
-	extension_info(NULL, &owner);
+	extension_required(extension_info(NULL, &owner));
 	return owner;
 }
 

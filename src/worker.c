@@ -22,7 +22,6 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -140,9 +139,9 @@ job_row_is_ours(int64 job_id, const char *origin)
 static Oid
 job_table(void)
 {
-	if (!OidIsValid(get_extension_oid("dedup_ext", true)))
-		return InvalidOid;
-	return get_relname_relid("dedup_job", dedup_ext_namespace());
+	Oid			nspid = dedup_ext_namespace();
+
+	return OidIsValid(nspid) ? get_relname_relid("dedup_job", nspid) : InvalidOid;
 }
 
 static void
