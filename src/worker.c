@@ -997,20 +997,31 @@ take_idle_policy(void)
 
 /* the database's worker slot this worker holds, -1 when none */
 static int	held_slot = -1;
+/* SIGTERM came: pg_terminate_backend, or the server shutting down */
+static volatile sig_atomic_t terminate_requested = false;
+
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	terminate_requested = true;
+	die(postgres_signal_arg);
+}
 
 /*
- * A worker that leaves holding a slot was stopped (pg_terminate_backend) or
- * failed outside a job's handling (FATAL).  Its job shows as interrupted,
- * for dedup_resume; the jobs queued behind it would wait for a worker
- * nothing starts, as the other workers take the next job only when theirs
- * ends.  So a new worker is started for the database.  on_shmem_exit runs
- * after the session's advisory locks, the slot's among them, are released:
- * the new worker finds the slot free (or nothing queued, and leaves).
+ * A worker stopped by pg_terminate_backend while it held a slot leaves its
+ * job interrupted, for dedup_resume; the jobs queued behind it would wait
+ * for a worker nothing starts, as the other workers take the next job only
+ * when theirs ends.  So a new worker is started for the database (the
+ * postmaster starts none while it shuts down).  Not after any other error:
+ * one that would end the new worker too would start workers in a loop.
+ * on_shmem_exit runs after the session's advisory locks, the slot's among
+ * them, are released: the new worker finds the slot free (or nothing
+ * queued, and leaves).
  */
 static void
 replace_on_exit(int code, Datum arg)
 {
-	if (code != 0 && held_slot >= 0)
+	if (terminate_requested && held_slot >= 0)
 		launch_workers(1);
 }
 
@@ -1030,7 +1041,7 @@ dedup_worker_main(Datum arg)
 	MemoryContext cxt;
 	bool		installed = false;
 
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, worker_sigterm);
 	/* settings such as dedup_ext.wal_compression apply from the next step */
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
