@@ -143,8 +143,7 @@ PY
 	my $job = $anode->safe_psql('postgres',
 		q{SELECT job_id FROM dedup_jobs WHERE kind = 'dedup' AND background});
 	ok($job =~ /^\d+$/, "one background job: $job");
-	is($anode->safe_psql('postgres', qq{SELECT dedup_wait($job, '60s')}), 'done',
-		'dedup_wait from another session: done');
+	is(wait_job($anode, $job, '60s'), 'done', 'dedup_wait from another session: done');
 	is($anode->safe_psql('postgres', qq{
 			SELECT j.started_at > m.last_step_at
 			  FROM dedup_jobs j, migration_marker m WHERE j.job_id = $job}),

@@ -33,6 +33,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::RealBin;
+use DedupTest;
 
 my $node = PostgreSQL::Test::Cluster->new('batch_writers');
 $node->init;
@@ -117,7 +120,7 @@ ok( $node->poll_query_until('postgres',
 	'add_unique: the first batch is done');
 # the survivor of group e, whose batch is the last of the pass
 $node->safe_psql('postgres', 'UPDATE u SET v = v + 1 WHERE id = 5');
-is($node->safe_psql('postgres', "SELECT dedup_wait($job, '60s')"), 'done', 'add_unique: the job is done');
+is(wait_job($node, $job, '60s'), 'done', 'add_unique: the job is done');
 is($node->safe_psql('postgres',
 		"SELECT passes || ' ' || rows_deleted || ' ' || unique_index FROM dedup_jobs WHERE job_id = $job"),
 	'2 15 u_k_key', 'add_unique: a second pass removed the skipped losers, then the index was built');
@@ -197,7 +200,7 @@ END $$;
 });
 $job = $node->safe_psql('postgres',
 	q{SELECT job_id FROM dedup_table('g', '{k}', background => true, add_unique => true)});
-is($node->safe_psql('postgres', "SELECT dedup_wait($job, '150s')"), 'done',
+is(wait_job($node, $job, '150s'), 'done',
 	'add_unique with a writer adding duplicates all along: the job is done');
 $steady->query_until(qr/written/, '');
 $steady->quit;
@@ -278,7 +281,7 @@ $node->safe_psql('postgres', "SELECT dedup_cancel($queued)");
 # rollback drops it, or the duplicates it puts back would be refused
 $job = $node->safe_psql('postgres',
 	q{SELECT job_id FROM dedup_table('p', '{k}', background => true, add_unique => true)});
-is($node->safe_psql('postgres', "SELECT dedup_wait($job, '60s')"), 'done', 'a second job is done');
+is(wait_job($node, $job, '60s'), 'done', 'a second job is done');
 guard("dedup_guard_${job}_1", 'k');
 cmp_ok($node->safe_psql('postgres', "SELECT dedup_rollback($job)"), '>', 0, 'its rollback puts rows back');
 is($node->safe_psql('postgres', $indexes), 'p_pkey', 'and drops its unique index and its guard');

@@ -10,9 +10,27 @@ use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
-our @EXPORT = qw(cron_node have_alembic alembic_project);
+our @EXPORT = qw(cron_node have_alembic alembic_project wait_job);
 
 my $python = '/usr/bin/python3';
+
+# dedup_wait(job, timeout) in a session of its own: the job's final state,
+# or its state at the timeout.  Called again when it ends with 40P01: the
+# unique index build of a job with add_unique that began just as the call
+# did may have listed the call's transaction among those it waits for
+# (README, "Background jobs").
+sub wait_job
+{
+	my ($node, $job, $timeout, $dbname) = @_;
+	$dbname //= 'postgres';
+	for (1 .. 20)
+	{
+		my ($ret, $out, $err) = $node->psql($dbname, "SELECT dedup_wait($job, '$timeout')");
+		return $out if $ret == 0;
+		die "dedup_wait($job) failed: $err" unless $err =~ /is waiting for this transaction to end/;
+	}
+	die "dedup_wait($job) refused twenty times";
+}
 
 # A started node running pg_cron's jobs in background workers of database
 # postgres, with both extensions created there.
