@@ -811,13 +811,15 @@ refuse_cascading_references(Oid relid, const char *qualname, const char *what,
 /*
  * Is one of the rows of table relid (alias c) that match condition rows
  * referenced through a foreign key (with deferred_only, one whose check is
- * deferrable and waits for COMMIT when deferred), by a row that stays (not
- * one of those rows itself)?  If so, *found gets the foreign key, its table
- * and the referenced key, for a message.
+ * deferrable and waits for COMMIT when deferred)?  With together, the rows
+ * go in one statement, so a reference from one of them does not count: the
+ * check, at the statement's end (or at COMMIT), does not see it.  If so,
+ * *found gets the foreign key, its table and the referenced key, for a
+ * message.
  */
 bool
 referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_only,
-			   ReferencedRow *found)
+			   bool together, ReferencedRow *found)
 {
 	Oid			argtypes[1] = {OIDOID};
 	Datum		args[1] = {ObjectIdGetDatum(relid)};
@@ -861,12 +863,7 @@ referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_
 							 sql_operator(DatumGetObjectId(eqops[i])), refcol,
 							 fk_collate(relid, DatumGetInt16(confkey[i]), childid, DatumGetInt16(conkey[i])));
 		}
-		/*
-		 * a row of the table itself that matches rows goes with them, and
-		 * its reference with it: the check, at the statement's end (or at
-		 * COMMIT), does not see it
-		 */
-		if (childid == relid)
+		if (together && childid == relid)
 			appendStringInfo(&match, " AND NOT (x.tableoid OPERATOR(pg_catalog.=) %u AND EXISTS"
 							 " (SELECT FROM ONLY %s c WHERE c.ctid OPERATOR(pg_catalog.=) x.ctid AND %s))",
 							 relid, qualname, rows);
@@ -893,15 +890,15 @@ referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_
  * the job long over.  Look for one now and refuse as the immediate check
  * would (the same SQLSTATE).  what, hint: as for refuse_cascading_references.
  * Without deferred_only, every foreign key: a dry run's forecast of what the
- * delete's own checks would refuse.
+ * delete's own checks would refuse.  together: as for referenced_row.
  */
 void
 refuse_referenced_rows(Oid relid, const char *qualname, const char *what, const char *rows,
-					   bool deferred_only, const char *hint)
+					   bool deferred_only, bool together, const char *hint)
 {
 	ReferencedRow found;
 
-	if (referenced_row(relid, qualname, rows, deferred_only, &found))
+	if (referenced_row(relid, qualname, rows, deferred_only, together, &found))
 		ereport(ERROR,
 				(errcode(ERRCODE_FOREIGN_KEY_VIOLATION),
 				 errmsg("cannot %s rows of %s: %sforeign key %s on %s references them",

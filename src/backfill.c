@@ -648,7 +648,7 @@ delete_orphans(Backfill *b, BackfillResult *res)
 							   b->child->qualname, orphan_condition(b));
 
 	refuse_referenced_rows(b->child->relid, b->child->qualname, "delete orphan",
-						   orphan_condition(b), true, HINT_KEEP_ORPHANS);
+						   orphan_condition(b), true, true, HINT_KEEP_ORPHANS);
 	if (res->deleted_archive)
 		res->rows_deleted = spi_exec_count(psprintf("WITH dedup_d AS (%s) INSERT INTO %s"
 													" SELECT d.*, %lld, 'delete', NULL, NULL FROM dedup_d d",

@@ -166,6 +166,26 @@ state_is(const char *state, const char *one, const char *two, const char *three)
 		(three && strcmp(state, three) == 0);
 }
 
+/*
+ * Cancel, in the caller's transaction, a job no worker runs (queued, paused
+ * or interrupted): its constraints, guards and work list go, it closes as
+ * cancelled, and its archive stays for dedup_rollback (or goes, empty).
+ */
+static void
+cancel_unrun(int64 job_id)
+{
+	DedupJob   *job = job_fetch(job_id, false, true);
+
+	backfill_drop_constraints(job);
+	if (strcmp(job->kind, "dedup") == 0)
+		guards_drop(job_id, job->relid, job->unique_index);
+	job_drop_work_table(job_id, job->work_table);
+	set_state(job_id, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
+							   " finished_at = pg_catalog.clock_timestamp()%s",
+							   job_drop_unused_archive(job)));
+	archive_close(job_id);
+}
+
 Datum
 dedup_pause(PG_FUNCTION_ARGS)
 {
@@ -177,7 +197,17 @@ dedup_pause(PG_FUNCTION_ARGS)
 	PreventCommandIfReadOnly("dedup_pause()");
 	SPI_connect();
 	state = control_begin(job_id, &pending);
-	if (state_is(state, "queued", "interrupted", NULL))
+	/*
+	 * A cancel requested stays requested: the job is to end, not wait.  One
+	 * whose worker was lost before it carried it out is cancelled now.
+	 */
+	if (is_pending(pending, "cancel"))
+	{
+		if (state_is(state, "queued", "interrupted", NULL))
+			cancel_unrun(job_id);
+		result = false;
+	}
+	else if (state_is(state, "queued", "interrupted", NULL))
 	{
 		DedupJob   *job = job_fetch(job_id, false, true);
 
@@ -185,8 +215,7 @@ dedup_pause(PG_FUNCTION_ARGS)
 			guards_drop(job_id, job->relid, job->unique_index);
 		set_state(job_id, "state = 'paused', control = NULL");
 	}
-	/* a cancel requested stays requested: the job is to end, not wait */
-	else if (strcmp(state, "running") == 0 && !is_pending(pending, "cancel"))
+	else if (strcmp(state, "running") == 0)
 		set_state(job_id, "control = 'pause'");
 	else
 		result = false;
@@ -209,15 +238,23 @@ dedup_resume(PG_FUNCTION_ARGS)
 	PreventCommandIfReadOnly("dedup_resume()");
 	SPI_connect();
 	state = control_begin(job_id, &pending);
-	if (state_is(state, "paused", "interrupted", "queued"))
+	/*
+	 * Resume is no way to take a cancel back: a running job's stays
+	 * requested, and one whose worker was lost before it carried it out is
+	 * cancelled now.
+	 */
+	if (is_pending(pending, "cancel"))
+	{
+		if (state_is(state, "queued", "interrupted", NULL))
+			cancel_unrun(job_id);
+		result = false;
+	}
+	else if (state_is(state, "paused", "interrupted", "queued"))
 	{
 		set_state(job_id, "state = 'queued', control = NULL, worker_pid = NULL");
 		launch_at_commit();
 	}
-	/*
-	 * A pause requested but not carried out yet is withdrawn, and the job
-	 * goes on; a cancel is not: resume is no way to take one back.
-	 */
+	/* a pause requested but not carried out yet is withdrawn: the job goes on */
 	else if (strcmp(state, "running") == 0 && is_pending(pending, "pause"))
 		set_state(job_id, "control = NULL");
 	else
@@ -263,18 +300,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	}
 	state = control_begin(job_id, NULL);
 	if (state_is(state, "queued", "paused", "interrupted"))
-	{
-		DedupJob   *job = job_fetch(job_id, false, true);
-
-		backfill_drop_constraints(job);
-		if (strcmp(job->kind, "dedup") == 0)
-			guards_drop(job_id, job->relid, job->unique_index);
-		job_drop_work_table(job_id, job->work_table);
-		set_state(job_id, psprintf("state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
-								   " finished_at = pg_catalog.clock_timestamp()%s",
-								   job_drop_unused_archive(job)));
-		archive_close(job_id);
-	}
+		cancel_unrun(job_id);
 	else if (strcmp(state, "running") == 0)
 		set_state(job_id, "control = 'cancel'");
 	else

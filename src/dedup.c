@@ -116,12 +116,14 @@ params_json(FunctionCallInfo fcinfo, DedupTarget *t, const char *keep,
 /*
  * A dry run's count of the losers and their groups, as the call would find
  * them.  A delete's is refused as the delete would be when a foreign key
- * references a loser (its check, or a deferred one at COMMIT, would fail);
- * a BEFORE DELETE trigger that would skip a loser is not foreseen.  A
- * rename's is the read-only transaction's (rolled_back renames otherwise).
+ * references a loser (its check, or a deferred one at COMMIT, would fail;
+ * a loser's reference to another counts in a background job's, whose
+ * batches delete them in different transactions); a BEFORE DELETE trigger
+ * that would skip a loser is not foreseen.  A rename's is the read-only
+ * transaction's (rolled_back renames otherwise).
  */
 static void
-count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
+count_losers(DedupTarget *t, DedupResult *res, DedupAction action, bool background)
 {
 	int64		losers;
 
@@ -139,7 +141,7 @@ count_losers(DedupTarget *t, DedupResult *res, DedupAction action)
 	if (losers > 0)
 		refuse_referenced_rows(t->relid, t->qualname, "delete duplicate",
 							   psprintf("c.ctid IN (WITH %s SELECT l.dedup_ctid FROM dedup_l l)", sql_losers(t)),
-							   false, HINT_MERGE_REFERENCES);
+							   false, !background, HINT_MERGE_REFERENCES);
 }
 
 /*
@@ -169,7 +171,7 @@ run_delete(DedupTarget *t, DedupResult *res)
 	progress_counts(nlosers, -1, -1, -1);
 	refuse_referenced_rows(t->relid, t->qualname, "delete duplicate",
 						   psprintf("EXISTS (SELECT FROM %s l WHERE l.dedup_ctid OPERATOR(pg_catalog.=) c.ctid)", losers),
-						   true, HINT_MERGE_REFERENCES);
+						   true, true, HINT_MERGE_REFERENCES);
 	progress_phase("deleting");
 
 	if (nlosers * TID_ARRAY_BYTES <= (int64) work_mem * 1024)
@@ -704,7 +706,7 @@ dedup_table(PG_FUNCTION_ARGS)
 		else if (action == DEDUP_ACTION_RENAME && !XactReadOnly)
 			rolled_back(dry_rename, t, &res, false, false);
 		else
-			count_losers(t, &res, action);
+			count_losers(t, &res, action, PG_GETARG_BOOL(9));
 	}
 	else if (background)
 	{

@@ -127,11 +127,12 @@ typedef struct ReferencedRow
 	char	   *key;			/* "(a, b)=(1, 2)" */
 } ReferencedRow;
 extern bool referenced_row(Oid relid, const char *qualname, const char *rows, bool deferred_only,
-						   ReferencedRow *found);
+						   bool together, ReferencedRow *found);
 extern void references_immediate(Oid relid);
 extern void own_constraints_immediate(Oid relid);
 extern void refuse_referenced_rows(Oid relid, const char *qualname, const char *what,
-								   const char *rows, bool deferred_only, const char *hint);
+								   const char *rows, bool deferred_only, bool together,
+								   const char *hint);
 extern char *enabled_rule(Oid relid, char ev_type);
 extern void dedup_target_require_sort(DedupTarget *t, const char *fn);
 extern void refuse_cascading_references(Oid relid, const char *qualname, const char *what,

@@ -50,6 +50,7 @@ typedef struct LaunchShared
 	Latch	   *launcher_latch; /* NULL before the launcher's first start */
 	TimestampTz shmem_started;	/* this memory's: a server start, a crash-restart */
 	TimestampTz launcher_started;	/* the launcher's since, or 0 */
+	bool		resumed;		/* every database had its resuming worker */
 	int			nwaiting;
 	Oid			waiting[WAITING_DATABASES];
 } LaunchShared;
@@ -341,7 +342,7 @@ dedup_launcher_main(Datum arg)
 	List	   *dbs;
 	ListCell   *lc;
 	TimestampTz started;
-	bool		restarted;
+	bool		resumed;
 
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -350,18 +351,20 @@ dedup_launcher_main(Datum arg)
 	started = GetCurrentTimestamp();
 	SpinLockAcquire(&launch_shared->mutex);
 	launch_shared->launcher_latch = MyLatch;
-	restarted = launch_shared->launcher_started != 0;
-	if (!restarted)
+	if (launch_shared->launcher_started == 0)
 		launch_shared->launcher_started = started;
+	resumed = launch_shared->resumed;
 	SpinLockRelease(&launch_shared->mutex);
 	on_shmem_exit(forget_launcher_latch, (Datum) 0);
 
 	/*
 	 * Started again in the same server run (pg_terminate_backend stopped
-	 * it): the jobs were resumed at its first start, and those interrupted
-	 * since wait for dedup_resume, as they would have.
+	 * it): a database whose resuming worker started then is not resumed
+	 * again, and the jobs interrupted since wait for dedup_resume, as they
+	 * would have (requeue_lost re-queues only jobs last written before the
+	 * first start).
 	 */
-	dbs = restarted ? NIL : connectable_databases();
+	dbs = resumed ? NIL : connectable_databases();
 	while (!ShutdownRequestPending)
 	{
 		List	   *left = NIL;
@@ -372,6 +375,12 @@ dedup_launcher_main(Datum arg)
 				left = lappend_oid(left, lfirst_oid(lc));
 		list_free(dbs);
 		dbs = left;
+		if (dbs == NIL && !resumed)
+		{
+			SpinLockAcquire(&launch_shared->mutex);
+			launch_shared->resumed = resumed = true;
+			SpinLockRelease(&launch_shared->mutex);
+		}
 		waiting = launch_waiting();
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (dbs || waiting ? WL_TIMEOUT : 0),
 						 dbs || waiting ? 1000L : -1L, PG_WAIT_EXTENSION);

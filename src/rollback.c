@@ -1093,7 +1093,7 @@ remove_created_parents(DedupJob *job, DedupTarget *t, const char *fk, Oid parent
 		match = key_archive_match(createdid, "c", "a", NULL);
 
 	if (referenced_row(parentid, parent, psprintf("EXISTS (SELECT FROM %s a WHERE %s)", created, match),
-					   false, &found))
+					   false, false, &found))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot roll back job %lld: a parent it created in %s is referenced since",

@@ -566,16 +566,24 @@ check_installed(void *arg)
 		SPI_processed == 1;
 }
 
-/* jobs whose worker the previous server run lost go back to the queue */
+/*
+ * Jobs whose worker the previous server run lost go back to the queue: those
+ * last written before the launcher started (a worker stopped since, by
+ * pg_terminate_backend, leaves its job to dedup_resume; resumed_by_launcher
+ * in control.c draws the same line)
+ */
 static void
 requeue_lost(void *arg)
 {
 	char	   *schema = dedup_ext_schema();
+	Oid			types[1] = {TIMESTAMPTZOID};
+	Datum		values[1] = {TimestampTzGetDatum(launcher_started_at())};
 
 	spi_exec_as_owner(psprintf("UPDATE %s.dedup_job j SET state = 'queued', worker_pid = NULL"
 							   " WHERE state OPERATOR(pg_catalog.=) 'running' AND background"
+							   " AND (j.updated_at IS NULL OR j.updated_at OPERATOR(pg_catalog.<) $1)"
 							   " AND NOT %s.dedup_job_alive(job_id) AND %s", schema, schema, job_here_sql("j")),
-					  0, NULL, NULL, NULL, SPI_OK_UPDATE);
+					  1, types, values, NULL, SPI_OK_UPDATE);
 	if (SPI_processed > 0)
 		ereport(LOG,
 				(errmsg("dedup_ext: resuming %llu interrupted background jobs",

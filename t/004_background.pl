@@ -861,10 +861,12 @@ sub request_then
 		COMMIT;
 	});
 	is($paused, 't', "$table: $requested requested");
+	# $control: a function, or an expression with %s for the job's id
+	my $call = $control =~ /%s/ ? sprintf($control =~ s/%s/%1\$s/gr, $job) : "$control($job)";
 	ok($node->poll_query_until('postgres',
-			qq{SELECT $control($job) FROM dedup_jobs WHERE job_id = $job AND batches_done > $seen},
+			qq{SELECT $call FROM dedup_jobs WHERE job_id = $job AND batches_done > $seen},
 			$expected),
-		"$table: $control($job) returned $expected after a batch committed");
+		"$table: $call returned $expected after a batch committed");
 	is($node->safe_psql('postgres',
 			qq{SELECT count(*) > 0 FROM job_states
 			   WHERE job_id = $job AND state = 'running' AND control = '$requested' AND batches_done > $seen}),
@@ -898,14 +900,32 @@ my $replaced_archive = job_field($node, $job, 'archive_table');
 is($node->safe_psql('postgres', qq{SELECT count(*) FROM $replaced_archive}),
 	job_field($node, $job, 'rows_deleted'), 'replaced: the archive holds the rows the batches deleted');
 # a cancel requested is not withdrawn by dedup_resume, nor replaced by a
-# pause: both return false, and the job is cancelled
+# pause, while the job runs: both return false, and the job is cancelled
 create_table($node, 'kept_cancel', 20_000);
-$job = request_then('kept_cancel', 'dedup_cancel', 'dedup_resume', 'f');
-is($node->safe_psql('postgres', qq{SELECT dedup_pause($job)}), 'f', 'kept_cancel: no pause replaces the cancel');
+$job = request_then('kept_cancel', 'dedup_cancel',
+	q{(SELECT state FROM dedup_jobs WHERE job_id = %s) || ' ' || dedup_resume(%s) || ' ' || dedup_pause(%s)},
+	'running false false');
 is($node->safe_psql('postgres', qq{SELECT dedup_wait($job, '120s')}), 'cancelled',
 	'kept_cancel: the job was cancelled');
 cmp_ok($node->safe_psql('postgres', q{SELECT count(*) - count(DISTINCT k) FROM kept_cancel}), '>', 0,
 	'kept_cancel: the batches after the cancel did not run');
+# a cancel requested, then the worker stopped before it carried it out:
+# the job is interrupted, and dedup_resume cancels it (false: nothing
+# resumed)
+create_table($node, 'lost_cancel', 20_000);
+$job = submit($node, 'lost_cancel', 2000);
+ok($node->poll_query_until('postgres',
+		qq{SELECT batches_done >= 1 FROM dedup_jobs WHERE job_id = $job}),
+	'lost_cancel: the job is batching');
+is($node->safe_psql('postgres', qq{
+		SELECT dedup_cancel($job);
+		SELECT pg_terminate_backend(worker_pid) FROM dedup_jobs WHERE job_id = $job}),
+	"t\nt", 'lost_cancel: cancel requested, then its worker terminated');
+ok($node->poll_query_until('postgres',
+		qq{SELECT state FROM dedup_jobs WHERE job_id = $job}, 'interrupted'),
+	'lost_cancel: the job is interrupted');
+is($node->safe_psql('postgres', qq{SELECT dedup_resume($job)}), 'f', 'lost_cancel: dedup_resume resumes nothing');
+is(job_field($node, $job, 'state'), 'cancelled', 'lost_cancel: it carried out the cancel');
 $node->safe_psql('postgres', 'DROP TRIGGER note_job_state ON dedup_job');
 # 9. dedup_progress's speed after a pause, from shared memory
 speed_after_pause($node, 'speed', 'preloaded');
