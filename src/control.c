@@ -139,8 +139,9 @@ job_id_arg(FunctionCallInfo fcinfo)
 /*
  * Lock the job's row and return its state as dedup_jobs shows it, and in
  * *pending (unless NULL) the request its worker has not carried out yet
- * ('pause', 'cancel' or NULL).  Only the submitter (or a superuser) controls a job; a
- * restored one (job_fetch) ran elsewhere, and does not run here.
+ * ('pause', 'cancel' or NULL).  Only the submitter (or a superuser)
+ * controls a job; a restored one (job_fetch) ran elsewhere, and does not
+ * run here.
  */
 static char *
 control_begin(int64 job_id, const char **pending)

@@ -330,8 +330,9 @@ forget_launcher_latch(int code, Datum arg)
  * The launcher connects to no database (it reads only the shared catalog
  * pg_database), starts a resuming worker for every database that accepts
  * connections, then sleeps until shutdown, so that it is started again after
- * a crash-restart (and, stopped by pg_terminate_backend, 5 s later).  A cluster may have more databases than free background
- * worker slots: the databases whose worker could not start are tried again
+ * a crash-restart (and, stopped by pg_terminate_backend, 5 s later).  A
+ * cluster may have more databases than free background worker slots: the
+ * databases whose worker could not start are tried again
  * every second, as the workers before them finish; so are the databases
  * whose submissions found no free slot (launch_later wakes it), and, when a
  * reload raises dedup_ext.max_workers, every database.
@@ -359,10 +360,10 @@ dedup_launcher_main(Datum arg)
 
 	/*
 	 * Started again in the same server run (pg_terminate_backend stopped
-	 * it): a database whose resuming worker started then is not resumed
-	 * again, and the jobs interrupted since wait for dedup_resume, as they
-	 * would have (requeue_lost re-queues only jobs last written before the
-	 * first start).
+	 * it): once every database has had its resuming worker, none gets
+	 * another; a pass cut short is made again, whole.  Either way the jobs
+	 * interrupted since the first start wait for dedup_resume, as they would
+	 * have: requeue_lost re-queues only jobs last written before it.
 	 */
 	dbs = resumed ? NIL : connectable_databases();
 	while (!ShutdownRequestPending)
