@@ -777,7 +777,9 @@ CREATE TABLE merge_t.zip (id int PRIMARY KEY, jacket_id int REFERENCES merge_t.j
 INSERT INTO merge_t.zip VALUES (1, 2);
 \set SHOW_CONTEXT always
 SELECT * FROM dedup_table('merge_t.paint', '{name}', action => 'merge');
+\echo :LAST_ERROR_SQLSTATE
 SELECT * FROM dedup_table('merge_t.paint', '{name}', action => 'merge', dry_run => true);
+\echo :LAST_ERROR_SQLSTATE
 \set SHOW_CONTEXT errors
 SELECT (SELECT count(*) FROM merge_t.paint) AS paints,
        (SELECT string_agg(id || ':' || paint_id, ' ' ORDER BY id) FROM merge_t.jacket) AS jackets;

@@ -133,6 +133,7 @@ SELECT state, rows_deleted FROM dedup_table('orders', '{ext_ref}', dry_run => tr
 SELECT state, rows_renamed FROM dedup_table('orders', '{ext_ref}', action => 'rename', dry_run => true);
 SAVEPOINT s;
 SELECT state FROM dedup_table('orders', '{ext_ref}', action => 'merge', dry_run => true);
+\echo :LAST_ERROR_SQLSTATE
 ROLLBACK TO SAVEPOINT s;
 SAVEPOINT s;
 \set VERBOSITY terse

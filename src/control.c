@@ -137,21 +137,15 @@ job_id_arg(FunctionCallInfo fcinfo)
 }
 
 /*
- * Lock the job's row and return its state as dedup_jobs shows it, and in
- * *pending (unless NULL) the request its worker has not carried out yet
- * ('pause', 'cancel' or NULL).  Only the submitter (or a superuser)
- * controls a job; a restored one (job_fetch) ran elsewhere, and does not
- * run here.
+ * The state, as dedup_jobs shows it, of a job whose row the caller locked
+ * (job_fetch for update).  Only the submitter (or a superuser) controls a
+ * job; a restored one (job_fetch) ran elsewhere, and does not run here.
  */
 static char *
-control_begin(int64 job_id, const char **pending)
+control_state(DedupJob *job)
 {
-	DedupJob   *job = job_fetch(job_id, true, true);
-
 	job_require_here(job);
-	if (pending)
-		*pending = job->control;
-	return job_effective_state(job_id);
+	return job_effective_state(job->job_id);
 }
 
 static bool
@@ -173,9 +167,9 @@ state_is(const char *state, const char *one, const char *two, const char *three)
  * cancelled, and its archive stays for dedup_rollback (or goes, empty).
  */
 static void
-cancel_unrun(int64 job_id)
+cancel_unrun(DedupJob *job)
 {
-	DedupJob   *job = job_fetch(job_id, false, true);
+	int64		job_id = job->job_id;
 
 	backfill_drop_constraints(job);
 	if (strcmp(job->kind, "dedup") == 0)
@@ -191,27 +185,26 @@ Datum
 dedup_pause(PG_FUNCTION_ARGS)
 {
 	int64		job_id = job_id_arg(fcinfo);
+	DedupJob   *job;
 	char	   *state;
-	const char *pending;
 	bool		result = true;
 
 	PreventCommandIfReadOnly("dedup_pause()");
 	SPI_connect();
-	state = control_begin(job_id, &pending);
+	job = job_fetch(job_id, true, true);
+	state = control_state(job);
 	/*
 	 * A cancel requested stays requested: the job is to end, not wait.  One
 	 * whose worker was lost before it carried it out is cancelled now.
 	 */
-	if (is_pending(pending, "cancel"))
+	if (is_pending(job->control, "cancel"))
 	{
 		if (state_is(state, "queued", "interrupted", NULL))
-			cancel_unrun(job_id);
+			cancel_unrun(job);
 		result = false;
 	}
 	else if (state_is(state, "queued", "interrupted", NULL))
 	{
-		DedupJob   *job = job_fetch(job_id, false, true);
-
 		if (strcmp(job->kind, "dedup") == 0)
 			guards_drop(job_id, job->relid, job->unique_index);
 		set_state(job_id, "state = 'paused', control = NULL");
@@ -232,22 +225,23 @@ Datum
 dedup_resume(PG_FUNCTION_ARGS)
 {
 	int64		job_id = job_id_arg(fcinfo);
+	DedupJob   *job;
 	char	   *state;
-	const char *pending;
 	bool		result = true;
 
 	PreventCommandIfReadOnly("dedup_resume()");
 	SPI_connect();
-	state = control_begin(job_id, &pending);
+	job = job_fetch(job_id, true, true);
+	state = control_state(job);
 	/*
 	 * Resume is no way to take a cancel back: a running job's stays
 	 * requested, and one whose worker was lost before it carried it out is
 	 * cancelled now.
 	 */
-	if (is_pending(pending, "cancel"))
+	if (is_pending(job->control, "cancel"))
 	{
 		if (state_is(state, "queued", "interrupted", NULL))
-			cancel_unrun(job_id);
+			cancel_unrun(job);
 		result = false;
 	}
 	else if (state_is(state, "paused", "interrupted", "queued"))
@@ -256,7 +250,7 @@ dedup_resume(PG_FUNCTION_ARGS)
 		launch_at_commit();
 	}
 	/* a pause requested but not carried out yet is withdrawn: the job goes on */
-	else if (strcmp(state, "running") == 0 && is_pending(pending, "pause"))
+	else if (strcmp(state, "running") == 0 && is_pending(job->control, "pause"))
 		set_state(job_id, "control = NULL");
 	else
 		result = false;
@@ -274,7 +268,7 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	int64		job_id = job_id_arg(fcinfo);
 	char	   *state;
 	bool		result = true;
-	DedupJob   *restored;
+	DedupJob   *job;
 
 	PreventCommandIfReadOnly("dedup_cancel()");
 	SPI_connect();
@@ -285,13 +279,13 @@ dedup_cancel(PG_FUNCTION_ARGS)
 	 * and takes back the INSERT its archives granted while it ran; the
 	 * archives stay, for dedup_drop_archive.
 	 */
-	restored = job_fetch(job_id, true, true);
-	if (!restored->here)
+	job = job_fetch(job_id, true, true);
+	if (!job->here)
 	{
-		result = !state_is(restored->state, "done", "failed", "cancelled");
+		result = !state_is(job->state, "done", "failed", "cancelled");
 		if (result)
 		{
-			job_drop_restored_work_table(job_id, restored->work_table);
+			job_drop_restored_work_table(job_id, job->work_table);
 			set_state(job_id, "state = 'cancelled', phase = NULL, control = NULL, worker_pid = NULL,"
 					  " finished_at = pg_catalog.clock_timestamp()");
 			archive_close(job_id);
@@ -299,9 +293,9 @@ dedup_cancel(PG_FUNCTION_ARGS)
 		SPI_finish();
 		PG_RETURN_BOOL(result);
 	}
-	state = control_begin(job_id, NULL);
+	state = control_state(job);
 	if (state_is(state, "queued", "paused", "interrupted"))
-		cancel_unrun(job_id);
+		cancel_unrun(job);
 	else if (strcmp(state, "running") == 0)
 		set_state(job_id, "control = 'cancel'");
 	else

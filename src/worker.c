@@ -768,7 +768,26 @@ copy_or_null(BgJob *job, const char *s)
 	return s ? MemoryContextStrdup(job->cxt, s) : NULL;
 }
 
-static void renew_archive(BgJob *job);
+/*
+ * A job that has not run a batch yet: an archive whose table's columns
+ * changed since the submission is made again, still empty (archive_renew).
+ * Here, in the transaction that reads the job and holds its table, so
+ * that what the worker knows of the table is what the new archive has.
+ */
+static void
+renew_archive(BgJob *job)
+{
+	char	   *renewed = archive_renew(job->relid, job->archive_table, job->job_id);
+
+	if (renewed == NULL)
+		return;
+	ereport(LOG,
+			(errmsg("dedup_ext job %lld: the columns of %s changed since the job was submitted; its archive is made again, as %s",
+					(long long) job->job_id, job->t->qualname, renewed)));
+	bg_record(job, psprintf("archive_table = %s", sql_literal(renewed)));
+	/* load_job reads it again should this transaction not commit */
+	job->archive_table = MemoryContextStrdup(job->cxt, renewed);
+}
 
 /*
  * Load the job as its submitter: the table is opened and validated again,
@@ -836,27 +855,6 @@ load_job(BgJob *job, void *arg)
 	dedup_refuse_cascades(job->t, job->action);
 	if (row->batches_done == 0 && job->archive_table)
 		renew_archive(job);
-}
-
-/*
- * A job that has not run a batch yet: an archive whose table's columns
- * changed since the submission is made again, still empty (archive_renew).
- * Here, in the transaction that reads the job and holds its table, so
- * that what the worker knows of the table is what the new archive has.
- */
-static void
-renew_archive(BgJob *job)
-{
-	char	   *renewed = archive_renew(job->relid, job->archive_table, job->job_id);
-
-	if (renewed == NULL)
-		return;
-	ereport(LOG,
-			(errmsg("dedup_ext job %lld: the columns of %s changed since the job was submitted; its archive is made again, as %s",
-					(long long) job->job_id, job->t->qualname, renewed)));
-	bg_record(job, psprintf("archive_table = %s", sql_literal(renewed)));
-	/* load_job reads it again should this transaction not commit */
-	job->archive_table = MemoryContextStrdup(job->cxt, renewed);
 }
 
 /* Run a claimed job: its kind's phases, from where it stands. */
